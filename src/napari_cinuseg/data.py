@@ -1,0 +1,255 @@
+"""Labelled images: reading them, choosing a step's training pairs, and random training crops.
+
+A :class:`LabelledSet` holds images with class maps in the data set's own class ids (0 background,
+255 unlabelled) and the source (image or slide) of each, so that splits never cut a source in two.
+A :class:`TrainingPair` holds an image and a *step target*: 0 background, 1..n the classes the
+step learns in the order given, 255 unlabelled. The engine maps step targets to channel ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from skimage import io as skio
+
+IGNORE = 255
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+class TrainingPair(NamedTuple):
+    image: np.ndarray  # (H, W, 3) uint8
+    target: np.ndarray  # (H, W) uint8: 0 background, 1..n step classes, 255 unlabelled
+    name: str = ""
+
+
+@dataclass
+class LabelledImage:
+    image: np.ndarray  # (H, W, 3) uint8
+    labels: np.ndarray  # (H, W) uint8 class ids of the set, 0 background, 255 unlabelled
+    source: str  # source image or slide: the unit of every split
+    name: str
+
+
+@dataclass
+class LabelledSet:
+    class_names: list[str]  # class id i + 1 is class_names[i]
+    items: list[LabelledImage]
+
+    def class_id(self, name: str) -> int:
+        for i, n in enumerate(self.class_names):
+            if n.lower() == name.strip().lower():
+                return i + 1
+        raise ValueError(f"unknown class {name!r}; this data set has {', '.join(self.class_names)}")
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted({it.source for it in self.items})
+
+    def subset(self, sources: Sequence[str]) -> "LabelledSet":
+        keep = set(sources)
+        return LabelledSet(self.class_names, [it for it in self.items if it.source in keep])
+
+
+def data_dir(path: str | os.PathLike | None = None) -> Path:
+    """The shared data folder: ``path``, else ``$CINUSEG_DATA``, else ``../shared/data``."""
+    return Path(path or os.environ.get("CINUSEG_DATA") or Path("..") / "shared" / "data")
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An RGB uint8 image (H, W, 3); RGBA loses its alpha, grey is repeated to three channels."""
+    img = np.asarray(skio.imread(str(path)))
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"{path}: expected a 2-D RGB image, got an array of shape {img.shape}")
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        img = img.astype(np.float64)
+        lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
+        img = np.clip((np.nan_to_num(img, nan=lo) - lo) / max(hi - lo, 1e-12) * 255, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img)
+
+
+def read_folder(
+    root: str | os.PathLike,
+    images: str = "images",
+    labels: str = "labels",
+    classes_file: str | os.PathLike | None = None,
+    source_of=None,
+    regroup: dict[str, Sequence[str]] | None = None,
+) -> LabelledSet:
+    """Images + same-stem class-map PNG/TIFF + ``classes.json`` ({"0": "background", "1": ...}).
+
+    ``regroup`` maps new class names to lists of the folder's class names to merge (in that
+    order; classes not named become background). ``source_of(stem)`` gives an image's source.
+    """
+    root = Path(root)
+    cfile = Path(classes_file) if classes_file else root / "classes.json"
+    if not cfile.is_file():
+        raise FileNotFoundError(f"{root} has no classes.json; add one like {{\"0\": \"background\", \"1\": \"tumour\"}}")
+    raw = json.loads(cfile.read_text())
+    ids = {int(k): str(v) for k, v in raw.items() if int(k) != 0}
+    img_dir, lab_dir = root / images, root / labels
+    if not img_dir.is_dir() or not lab_dir.is_dir():
+        raise FileNotFoundError(f"{root} needs the folders {images}/ and {labels}/")
+    if regroup:
+        names = list(regroup)
+        by_name = {v.lower(): k for k, v in ids.items()}
+        lut = np.zeros(256, np.uint8)
+        lut[IGNORE] = IGNORE
+        for new_id, (new_name, members) in enumerate(regroup.items(), start=1):
+            for m in members:
+                if m.lower() not in by_name:
+                    raise ValueError(f"regroup names {m!r}, which {cfile} does not define")
+                lut[by_name[m.lower()]] = new_id
+    else:
+        names = [ids[k] for k in sorted(ids)]
+        if sorted(ids) != list(range(1, len(ids) + 1)):
+            raise ValueError(f"{cfile}: class ids must run 1..N without gaps")
+        lut = None
+    items = []
+    for ip in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        lp = next((lab_dir / (ip.stem + s) for s in (".png", ".tif", ".tiff") if (lab_dir / (ip.stem + s)).exists()), None)
+        if lp is None:
+            continue
+        lab = np.asarray(skio.imread(str(lp)))
+        if lab.ndim == 3:
+            lab = lab[..., 0]
+        lab = lab.astype(np.uint8)
+        img = read_rgb(ip)
+        if img.shape[:2] != lab.shape:
+            raise ValueError(f"{lp} is {lab.shape} but its image is {img.shape[:2]}")
+        if lut is not None:
+            lab = lut[lab]
+        items.append(LabelledImage(img, lab, source_of(ip.stem) if source_of else ip.stem, ip.stem))
+    if not items:
+        raise FileNotFoundError(f"no image in {img_dir} has a class map of the same name in {lab_dir}")
+    return LabelledSet(names, items)
+
+
+# The CiNuSeg paper's three CoNSeP classes, from HoVer-Net's merged ids in classes.json.
+CONSEP_PAPER_CLASSES = {
+    "Epithelial": ["epithelial"],
+    "Spindle-shaped": ["spindle-shaped"],
+    "Other": ["other", "inflammatory"],
+}
+
+
+def read_consep_patches(root: str | os.PathLike) -> LabelledSet:
+    """CoNSeP patches (``train/images/train_<N>_<k>.jpg``), regrouped into the paper's classes.
+
+    The source of a patch is its CoNSeP image ``N``.
+    """
+    root = Path(root)
+    split = root / "train" if (root / "train" / "images").is_dir() else root
+    classes = next((p for p in (split / "classes.json", root / "classes.json") if p.is_file()), None)
+    return read_folder(split, classes_file=classes, source_of=source_of_stem, regroup=CONSEP_PAPER_CLASSES)
+
+
+# MoNuSAC's four classes in the paper's order.
+MONUSAC_PAPER_CLASSES = {
+    "Epithelial": ["epithelial"],
+    "Lymphocyte": ["lymphocyte"],
+    "Macrophage": ["macrophage"],
+    "Neutrophil": ["neutrophil"],
+}
+
+
+def read_monusac_images(root: str | os.PathLike) -> LabelledSet:
+    """MoNuSAC images (``images/<slide>_<n>.jpg`` + ``labels/``); the source is the slide."""
+    return read_folder(root, source_of=source_of_stem, regroup=MONUSAC_PAPER_CLASSES)
+
+
+def source_of_stem(stem: str) -> str:
+    """``train_12_003`` → ``train_12``; ``TCGA-..._4`` → ``TCGA-...``: the image or slide a patch is from."""
+    m = re.match(r"(.+)_\d+$", stem)
+    return m.group(1) if m else stem
+
+
+def step_pairs(data: LabelledSet, step_classes: Sequence[str]) -> list[TrainingPair]:
+    """The paper's protocol: images holding at least one pixel of a step class; in them every pixel
+    not of a step class (old, future, background) is background, unlabelled pixels stay 255."""
+    ids = [data.class_id(n) for n in step_classes]
+    lut = np.zeros(256, np.uint8)
+    lut[IGNORE] = IGNORE
+    for local, cid in enumerate(ids, start=1):
+        lut[cid] = local
+    pairs = []
+    for it in data.items:
+        target = lut[it.labels]
+        if ((target > 0) & (target != IGNORE)).any():
+            pairs.append(TrainingPair(it.image, target, it.name))
+    return pairs
+
+
+def check_pairs(pairs: Sequence[TrainingPair], n_classes: int) -> None:
+    """Clear errors for training data that cannot teach the step's classes."""
+    if not pairs:
+        raise ValueError("no training images: annotate at least one image")
+    seen = np.zeros(n_classes + 1, bool)
+    for i, p in enumerate(pairs):
+        img, tgt = np.asarray(p.image), np.asarray(p.target)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"training image {p.name or i} must be RGB uint8 (H, W, 3), got {img.dtype} {img.shape}")
+        if tgt.shape != img.shape[:2]:
+            raise ValueError(f"annotation of {p.name or i} is {tgt.shape} but its image is {img.shape[:2]}")
+        bad = np.setdiff1d(np.unique(tgt), np.r_[np.arange(n_classes + 1), IGNORE])
+        if bad.size:
+            raise ValueError(
+                f"annotation of {p.name or i} has label(s) {bad.tolist()}; use 0 for background, "
+                f"1..{n_classes} for the step's classes and 255 for unlabelled"
+            )
+        present = np.unique(tgt)
+        seen[present[present <= n_classes]] = True
+    missing = [c for c in range(1, n_classes + 1) if not seen[c]]
+    if missing:
+        raise ValueError(f"no pixel is painted for class(es) {missing} of this step; paint some examples first")
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Random crops with flips and 90° rotations (nuclei have no orientation).
+
+    Crops are drawn from a generator seeded by (seed, epoch, index), so they are the same whatever
+    the number of loader workers. Images smaller than the crop are padded: white image, label 255.
+    """
+
+    def __init__(self, pairs: Sequence[TrainingPair], crop: int, seed: int = 0):
+        self.pairs = list(pairs)
+        self.crop = int(crop)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        img, tgt = self.pairs[index].image, self.pairs[index].target
+        c = self.crop
+        h, w = tgt.shape
+        if h < c or w < c:
+            ph, pw = max(c - h, 0), max(c - w, 0)
+            img = np.pad(img, ((0, ph), (0, pw), (0, 0)), constant_values=255)
+            tgt = np.pad(tgt, ((0, ph), (0, pw)), constant_values=IGNORE)
+            h, w = tgt.shape
+        top = int(rng.integers(0, h - c + 1))
+        left = int(rng.integers(0, w - c + 1))
+        img = img[top : top + c, left : left + c]
+        tgt = tgt[top : top + c, left : left + c]
+        k = int(rng.integers(0, 4))
+        img, tgt = np.rot90(img, k), np.rot90(tgt, k)
+        if rng.random() < 0.5:
+            img, tgt = img[:, ::-1], tgt[:, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        y = torch.from_numpy(np.ascontiguousarray(tgt)).long()
+        return x, y, torch.tensor([index, top, left, c])

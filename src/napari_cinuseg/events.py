@@ -1,0 +1,80 @@
+"""Typed progress events yielded by every long job (training now; segmentation later).
+
+The GUI wraps a job's generator in a napari ``thread_worker`` and turns events into widgets and
+layers; the CLI drains it with a progress bar; tests drain it directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StepStarted:
+    step: int
+    method: str
+    device: str
+    total_iterations: int
+    iterations_per_epoch: int
+    num_images: int
+    classes: tuple[str, ...]  # the classes this step learns
+
+
+@dataclass(frozen=True)
+class CropStats:
+    """Where one training crop came from and what ATT made of it (eqs. 14-16)."""
+
+    image_index: int
+    top: int
+    left: int
+    size: int
+    r: float
+    t_o: float
+    t_n: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    epoch: int
+    iteration: int  # 1-based, of total
+    total: int
+    loss: float
+    terms: dict[str, float]
+    lr: float
+    seconds: float  # since the step started
+    crops: tuple[CropStats, ...] = field(default_factory=tuple)
+
+    @property
+    def fraction(self) -> float:
+        return self.iteration / max(self.total, 1)
+
+    @property
+    def seconds_left(self) -> float:
+        return self.seconds / max(self.iteration, 1) * (self.total - self.iteration)
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    step: int
+    iteration: int
+    message: str = "training was cancelled; nothing was saved and the prior model is unchanged"
+
+
+@dataclass(frozen=True)
+class Saved:
+    path: str
+
+
+@dataclass(frozen=True)
+class StepFinished:
+    step: int
+    model: Any  # CiNuSegModel; Any keeps the dataclass free of a runtime import
+    seconds: float
+    path: str | None = None
+
+
+Event = StepStarted | Progress | Cancelled | Saved | StepFinished
+
+__all__ = ["CropStats", "Cancelled", "Event", "Progress", "Saved", "StepFinished", "StepStarted"]

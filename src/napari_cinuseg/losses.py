@@ -1,0 +1,299 @@
+"""The CiNuSeg losses, equation by equation (Wu, Ding, Wu, Qin, AAAI 2026).
+
+Notation used throughout:
+
+- ``logits`` (B, K, H, W): the model being trained; ``old_logits`` (B, K_old, H, W): the frozen
+  prior model, K_old = 1 + |C^{1:t-1}|. The class id is the channel index, channel 0 = background.
+- ``new_classes``: channel ids of C^t (K_old..K-1); ``old_classes``: 1..K_old-1.
+- ``labels`` (B, H, W) int64 with values in {0} ∪ C^t and ``ignore_index`` (255) = unlabelled.
+- Scores S are ``sigmoid(logits)`` (eqs. 1, 8, 10, 11, 12); eqs. 4-5 compare distributions and
+  use ``softmax`` over channels.
+
+Every loss returns one value **per image**, shape (B,), so that ATT (eqs. 14-16) can weight
+images before the batch mean of eq. 17.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+
+__all__ = [
+    "IGNORE_INDEX",
+    "LossOutput",
+    "adaptive_temperatures",
+    "background_suppression",
+    "base_bce",
+    "cinuseg_loss",
+    "class_anchor_consolidation",
+    "class_anchors",
+    "foreground_guidance",
+    "negative_sample_bce",
+    "negative_sample_mask",
+    "prediction_distillation",
+    "pseudo_labels",
+]
+
+
+def _as_index(classes: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(list(classes) if not torch.is_tensor(classes) else classes, dtype=torch.long, device=device)
+
+
+def _is_in(labels: torch.Tensor, classes: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    return torch.isin(labels, _as_index(classes, labels.device))
+
+
+def _per_image_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` (B, H, W) over ``mask`` per image; 0 for an image with an empty mask."""
+    mask = mask.to(values.dtype)
+    count = mask.flatten(1).sum(1)
+    total = (values * mask).flatten(1).sum(1)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
+
+
+def _old_claim(old_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """max and argmax over the old foreground classes of S^{t-1} = sigmoid(old_logits)."""
+    b, k_old, h, w = old_logits.shape
+    if k_old < 2:
+        zeros = old_logits.new_zeros((b, h, w))
+        return zeros, torch.zeros((b, h, w), dtype=torch.long, device=old_logits.device)
+    score, idx = torch.sigmoid(old_logits[:, 1:].float()).max(dim=1)
+    return score, idx + 1
+
+
+@torch.no_grad()
+def pseudo_labels(
+    labels: torch.Tensor,
+    old_logits: torch.Tensor,
+    new_classes: Sequence[int],
+    tau: float = 0.7,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Eq. 1: the pseudo-label ỹ of every pixel.
+
+    ỹ_i = y_i where y_i ∈ C^t; otherwise argmax_{c∈C^{1:t-1}} S^{t-1}_{c,i} where that maximum
+    exceeds τ; otherwise 0, except that an unlabelled pixel that no old class claims stays
+    ``ignore_index``.
+    """
+    score, cls = _old_claim(old_logits)
+    is_new = _is_in(labels, new_classes)
+    claimed = score > tau
+    out = torch.where(labels == ignore_index, torch.full_like(labels, ignore_index), torch.zeros_like(labels))
+    out = torch.where(claimed, cls, out)
+    return torch.where(is_new, labels, out)
+
+
+@torch.no_grad()
+def negative_sample_mask(
+    labels: torch.Tensor, old_logits: torch.Tensor, new_classes: Sequence[int], tau: float = 0.7
+) -> torch.Tensor:
+    """Eq. 11: O_i = 1 for a new-class pixel that the old model calls old (max_c S^{t-1}_c > τ)."""
+    score, _ = _old_claim(old_logits)
+    return _is_in(labels, new_classes) & (score > tau)
+
+
+def class_anchors(
+    features: torch.Tensor, labels: torch.Tensor, classes: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 2: per image, the mean feature under each class's mask.
+
+    ``features`` (B, D, h, w); ``labels`` (B, H, W) are resized to (h, w) by nearest neighbour.
+    Returns ``anchors`` (B, len(classes), D) and ``present`` (B, len(classes)) bool; the anchor of a
+    class absent from an image is zero and not present.
+    """
+    b, d, h, w = features.shape
+    small = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
+    idx = _as_index(classes, labels.device)
+    masks = (small[:, None] == idx[None, :, None, None]).to(features.dtype)  # (B, C, h, w)
+    counts = masks.flatten(2).sum(2)  # (B, C)
+    sums = torch.einsum("bchw,bdhw->bcd", masks, features)
+    anchors = sums / counts.clamp_min(1)[..., None]
+    return anchors, counts > 0
+
+
+def class_anchor_consolidation(
+    features: Sequence[torch.Tensor],
+    old_features: Sequence[torch.Tensor],
+    pseudo: torch.Tensor,
+    old_classes: Sequence[int],
+) -> torch.Tensor:
+    """Eq. 3 (CAC): (1/L) Σ_l Σ_{c∈C^{1:t-1} present} (1 − cos(A^l_c, Â^l_c)), per image.
+
+    A^l_c are the new model's anchors at encoder layer l, Â^l_c the frozen model's, both taken
+    under the pseudo-label mask of class c.
+    """
+    if len(features) != len(old_features) or not features:
+        raise ValueError("give the same, non-zero number of feature maps for both models")
+    per_layer = []
+    for feat, old_feat in zip(features, old_features):
+        anchors, present = class_anchors(feat.float(), pseudo, old_classes)
+        old_anchors, _ = class_anchors(old_feat.detach().float(), pseudo, old_classes)
+        cos = F.cosine_similarity(anchors, old_anchors, dim=-1, eps=1e-8)
+        per_layer.append(((1 - cos) * present).sum(dim=1))
+    return torch.stack(per_layer).mean(dim=0)
+
+
+def prediction_distillation(
+    logits: torch.Tensor, old_logits: torch.Tensor, new_classes: Sequence[int]
+) -> torch.Tensor:
+    """Eqs. 4-5 (PKD): cross-entropy of the old distribution against the new, background-merged one.
+
+    p = softmax(logits); p̂_0 = p_0 + Σ_{c∈C^t} p_c and p̂_c = p_c for c ∈ C^{1:t-1};
+    q = softmax(old_logits). Loss_i = −Σ_{c∈C^{0:t-1}} q_{c,i} log p̂_{c,i}, averaged over the
+    image's pixels.
+    """
+    logits = logits.float()
+    k_old = old_logits.shape[1]
+    new_idx = _as_index(new_classes, logits.device)
+    log_den = torch.logsumexp(logits, dim=1)
+    bg_idx = torch.cat([torch.zeros(1, dtype=torch.long, device=logits.device), new_idx])
+    log_bg = torch.logsumexp(logits.index_select(1, bg_idx), dim=1) - log_den
+    log_old = logits[:, 1:k_old] - log_den[:, None]
+    log_p_hat = torch.cat([log_bg[:, None], log_old], dim=1)  # (B, K_old, H, W)
+    q = torch.softmax(old_logits.detach().float(), dim=1)
+    return -(q * log_p_hat).sum(dim=1).flatten(1).mean(dim=1)
+
+
+def foreground_guidance(logits: torch.Tensor, labels: torch.Tensor, new_classes: Sequence[int]) -> torch.Tensor:
+    """Eqs. 7-8 (FGL): mean over the image's new-class pixels of −log S_{y_i, i}; 0 if none."""
+    is_new = _is_in(labels, new_classes)
+    target = torch.where(is_new, labels, torch.zeros_like(labels))
+    picked = logits.float().gather(1, target[:, None])[:, 0]
+    return _per_image_mean(-F.logsigmoid(picked), is_new)
+
+
+def background_suppression(logits: torch.Tensor, labels: torch.Tensor, new_classes: Sequence[int]) -> torch.Tensor:
+    """Eq. 10 (BGL): mean over the image's new-class pixels of Σ_{c∈C^{0:t-1}} S_{c,i}²; 0 if none."""
+    is_new = _is_in(labels, new_classes)
+    new_idx = _as_index(new_classes, logits.device)
+    keep = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
+    keep[new_idx] = False
+    old_scores = torch.sigmoid(logits.float()[:, keep])
+    return _per_image_mean((old_scores**2).sum(dim=1), is_new)
+
+
+def negative_sample_bce(
+    logits: torch.Tensor,
+    pseudo: torch.Tensor,
+    negative_mask: torch.Tensor,
+    omega: float = 0.1,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Eq. 12 (NS): Σ_c BCE(one-hot(ỹ)_c, S_c) weighted by (1 + ω·O_i), averaged over the image's
+    pixels that are not ``ignore_index``. With ω = 0 it is the plain pseudo-label BCE baseline."""
+    logits = logits.float()
+    valid = pseudo != ignore_index
+    target = F.one_hot(torch.where(valid, pseudo, torch.zeros_like(pseudo)), logits.shape[1])
+    target = target.permute(0, 3, 1, 2).to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
+    weight = 1 + omega * negative_mask.to(logits.dtype)
+    return _per_image_mean(bce * weight, valid)
+
+
+def base_bce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Step 0 (and fine-tuning): Σ_c BCE(one-hot(y)_c, S_c) averaged over the labelled pixels."""
+    return negative_sample_bce(logits, labels, torch.zeros_like(labels, dtype=torch.bool), 0.0, ignore_index)
+
+
+@torch.no_grad()
+def adaptive_temperatures(
+    pseudo: torch.Tensor,
+    old_classes: Sequence[int],
+    new_classes: Sequence[int],
+    sigma: float = 0.7,
+    alpha_o: float = 10.0,
+    alpha_n: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eqs. 14-16 (ATT): per image the new-class dominance r and the two temperatures.
+
+    Eq. 14: r = N_new / (N_old + N_new), counted on the pseudo-labels ỹ (r = 0 where an image
+    has neither old nor new pixels).
+    Eq. 15: t_o = 1 + α_o · max(0, r − σ)  — the old-knowledge group (CAC + PKD) is raised when
+    new-class pixels dominate the image, where forgetting is most likely.
+    Eq. 16: t_n = 1 − α_n · max(0, r − σ)  — the new-class group (FGL + BGL + NS) is eased by the
+    same amount of dominance.
+    Both are 1 for an image where r ≤ σ. See docs/method.md for how this reading was chosen.
+    """
+    n_old = _is_in(pseudo, old_classes).flatten(1).sum(1).float()
+    n_new = _is_in(pseudo, new_classes).flatten(1).sum(1).float()
+    total = n_old + n_new
+    r = torch.where(total > 0, n_new / total.clamp_min(1), torch.zeros_like(total))
+    excess = (r - sigma).clamp_min(0)
+    return r, 1 + alpha_o * excess, 1 - alpha_n * excess
+
+
+@dataclass
+class LossOutput:
+    """Eq. 17's value, each term's batch mean, and the ATT statistics per image."""
+
+    loss: torch.Tensor
+    terms: dict[str, float] = field(default_factory=dict)
+    r: torch.Tensor | None = None
+    t_o: torch.Tensor | None = None
+    t_n: torch.Tensor | None = None
+
+
+def cinuseg_loss(
+    logits: torch.Tensor,
+    old_logits: torch.Tensor,
+    features: Sequence[torch.Tensor],
+    old_features: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    new_classes: Sequence[int],
+    *,
+    tau: float = 0.7,
+    omega: float = 0.1,
+    sigma: float = 0.7,
+    alpha_o: float = 10.0,
+    alpha_n: float = 0.5,
+    acl: bool = True,
+    drr: bool = True,
+    att: bool = True,
+    ignore_index: int = IGNORE_INDEX,
+) -> LossOutput:
+    """Eq. 17: mean over the batch of t_o·(CAC + PKD) + t_n·(FGL + BGL + NS), per image.
+
+    Switches for the ablation of Table 3: ``acl`` (CAC + PKD), ``drr`` (FGL + BGL and the ω
+    weighting of hard negatives in NS), ``att`` (t_o = t_n = 1 when off). With all three off it
+    is the paper's baseline: pseudo-labels (eq. 1) + BCE.
+    """
+    new_classes = list(new_classes)
+    k_old = old_logits.shape[1]
+    old_classes = list(range(1, k_old))
+    pseudo = pseudo_labels(labels, old_logits, new_classes, tau, ignore_index)
+    zeros = logits.new_zeros(logits.shape[0], dtype=torch.float32)
+    terms: dict[str, torch.Tensor] = {}
+
+    if acl:
+        terms["cac"] = class_anchor_consolidation(features, old_features, pseudo, old_classes)
+        terms["pkd"] = prediction_distillation(logits, old_logits, new_classes)
+    if drr:
+        terms["fgl"] = foreground_guidance(logits, labels, new_classes)
+        terms["bgl"] = background_suppression(logits, labels, new_classes)
+        neg = negative_sample_mask(labels, old_logits, new_classes, tau)
+        terms["ns"] = negative_sample_bce(logits, pseudo, neg, omega, ignore_index)
+    else:
+        neg = torch.zeros_like(labels, dtype=torch.bool)
+        terms["bce"] = negative_sample_bce(logits, pseudo, neg, 0.0, ignore_index)
+
+    if att:
+        r, t_o, t_n = adaptive_temperatures(pseudo, old_classes, new_classes, sigma, alpha_o, alpha_n)
+    else:
+        r, _, _ = adaptive_temperatures(pseudo, old_classes, new_classes, sigma, alpha_o, alpha_n)
+        t_o = t_n = torch.ones_like(r)
+
+    old_group = terms.get("cac", zeros) + terms.get("pkd", zeros)
+    new_group = sum((terms[k] for k in ("fgl", "bgl", "ns", "bce") if k in terms), zeros)
+    per_image = t_o * old_group + t_n * new_group
+    return LossOutput(
+        loss=per_image.mean(),
+        terms={k: float(v.detach().mean()) for k, v in terms.items()},
+        r=r,
+        t_o=t_o,
+        t_n=t_n,
+    )

@@ -1,0 +1,66 @@
+"""Incremental-step methods behind one registry: each is one small module with one loss.
+
+A method turns the model's output on a batch (and, if it uses one, the frozen prior's) into a
+:class:`~napari_cinuseg.losses.LossOutput`. The training engine knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from ..losses import LossOutput
+from ..settings import TrainSettings
+
+
+@dataclass
+class StepBatch:
+    """What a method sees of one iteration of an incremental step."""
+
+    logits: torch.Tensor  # (B, K, H, W) of the model being trained
+    features: Sequence[torch.Tensor]  # its layer1..layer4 outputs
+    labels: torch.Tensor  # (B, H, W) channel ids: 0, the new classes' channels, 255
+    new_classes: list[int]  # channel ids of C^t
+    old_logits: torch.Tensor | None  # (B, K_old, H, W) of the frozen prior, if the method uses it
+    old_features: Sequence[torch.Tensor] | None
+    settings: TrainSettings
+
+
+class Method(Protocol):
+    name: str
+    uses_prior: bool  # False: the prior's forward pass is skipped
+
+    def loss(self, batch: StepBatch) -> LossOutput: ...
+
+
+_REGISTRY: dict[str, Callable[[], Method]] = {}
+
+
+def register(name: str) -> Callable:
+    def deco(factory: Callable[[], Method]) -> Callable[[], Method]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def get_method(name: str) -> Method:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}: choose one of {', '.join(available())}") from None
+
+
+def available() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin() -> None:
+    from . import cinuseg, finetune  # noqa: F401 - they register themselves
+
+
+__all__ = ["Method", "StepBatch", "available", "get_method", "register"]

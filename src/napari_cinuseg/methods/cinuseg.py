@@ -1,0 +1,48 @@
+"""CiNuSeg (eq. 17) and the ablations of Table 3: baseline, +ACL, +DRR, +ACL+DRR, full."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..losses import LossOutput, cinuseg_loss
+from . import StepBatch, register
+
+
+@dataclass
+class CiNuSeg:
+    name: str = "cinuseg"
+    acl: bool = True
+    drr: bool = True
+    att: bool = True
+    uses_prior: bool = True
+
+    def loss(self, b: StepBatch) -> LossOutput:
+        s = b.settings
+        return cinuseg_loss(
+            b.logits,
+            b.old_logits,
+            b.features,
+            b.old_features,
+            b.labels,
+            b.new_classes,
+            tau=s.tau,
+            omega=s.omega,
+            sigma=s.sigma,
+            alpha_o=s.alpha_o,
+            alpha_n=s.alpha_n,
+            acl=self.acl,
+            drr=self.drr,
+            att=self.att,
+        )
+
+
+_VARIANTS = {
+    "cinuseg": (True, True, True),
+    "cinuseg-baseline": (False, False, False),  # pseudo-labels + BCE
+    "cinuseg+acl": (True, False, False),
+    "cinuseg+drr": (False, True, False),
+    "cinuseg+acl+drr": (True, True, False),
+}
+
+for _name, (_acl, _drr, _att) in _VARIANTS.items():
+    register(_name)(lambda n=_name, a=_acl, d=_drr, t=_att: CiNuSeg(n, a, d, t))

@@ -1,0 +1,216 @@
+"""A trained model: the network and its readable record (classes, steps, normalisation, lineage)."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from .network import Architecture, NucleiSegNet
+
+# ImageNet statistics: what torchvision's ResNets expect, and what local pretrained weights need.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# A readable default palette for classes that were not given a colour.
+PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990")
+
+
+@dataclass
+class NucleusClass:
+    """One class the model knows: its channel is its position in ``classes`` plus one."""
+
+    name: str
+    colour: str
+    step: int
+
+
+@dataclass
+class StepRecord:
+    """What one training step did: method, its settings, its data and its results."""
+
+    step: int
+    method: str
+    new_classes: list[str]
+    settings: dict
+    data: dict = field(default_factory=dict)
+    results: dict = field(default_factory=dict)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_class_name(name: str, known: list[str]) -> str:
+    clean = str(name).strip()
+    if not clean:
+        raise ValueError("a class needs a name: type one, e.g. 'Neutrophil'")
+    if clean.lower() == "background":
+        raise ValueError("'background' is channel 0 of every model; name the class something else")
+    if clean.lower() in (k.lower() for k in known):
+        raise ValueError(f"the model already knows a class named {clean!r}; pick another name")
+    return clean
+
+
+def check_colour(colour: str) -> str:
+    c = str(colour).strip()
+    if len(c) != 7 or not c.startswith("#"):
+        raise ValueError(f"colour {colour!r} is not of the form '#rrggbb'")
+    int(c[1:], 16)
+    return c.lower()
+
+
+class CiNuSegModel:
+    """The network plus everything a user needs to know about it.
+
+    ``classes[i]`` is channel ``i + 1``; channel 0 is background.
+    """
+
+    def __init__(
+        self,
+        network: NucleiSegNet,
+        classes: list[NucleusClass],
+        steps: list[StepRecord] | None = None,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        model_id: str | None = None,
+        lineage: list[str] | None = None,
+        created: str | None = None,
+    ):
+        if network.num_classes != len(classes) + 1:
+            raise ValueError(
+                f"the network has {network.num_classes} output channels but {len(classes)} classes "
+                "are named (plus background)"
+            )
+        self.network = network
+        self.classes = list(classes)
+        self.steps = list(steps or [])
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.id = model_id or uuid.uuid4().hex
+        self.lineage = list(lineage or [])  # ids of the models this one was trained from, oldest first
+        self.created = created or _now()
+        self.source_path: str | None = None  # the file it was loaded from, if any
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def new(
+        cls,
+        class_names: list[str],
+        arch: Architecture | None = None,
+        colours: list[str] | None = None,
+        encoder_weights: str | None = None,
+    ) -> "CiNuSegModel":
+        """A fresh model for step 0 with these classes."""
+        names: list[str] = []
+        for n in class_names:
+            names.append(check_class_name(n, names))
+        if not names:
+            raise ValueError("a base model needs at least one class")
+        arch = copy.deepcopy(arch) if arch is not None else Architecture()
+        arch.num_classes = len(names) + 1
+        net = NucleiSegNet(arch)
+        if encoder_weights:
+            net.encoder.load_pretrained(encoder_weights)
+        colours = colours or [PALETTE[i % len(PALETTE)] for i in range(len(names))]
+        classes = [NucleusClass(n, check_colour(c), 0) for n, c in zip(names, colours)]
+        return cls(net, classes)
+
+    def child(self, new_names: list[str], colours: list[str] | None = None) -> "CiNuSegModel":
+        """A copy of this model, grown by ``new_names`` for the next step; this model is unchanged."""
+        known = self.class_names
+        names: list[str] = []
+        for n in new_names:
+            names.append(check_class_name(n, known + names))
+        if not names:
+            raise ValueError("an incremental step needs at least one new class")
+        step = self.next_step
+        start = len(self.classes)
+        colours = colours or [PALETTE[(start + i) % len(PALETTE)] for i in range(len(names))]
+        net = copy.deepcopy(self.network)
+        net.add_classes(len(names))
+        classes = self.classes + [NucleusClass(n, check_colour(c), step) for n, c in zip(names, colours)]
+        return CiNuSegModel(
+            net,
+            classes,
+            steps=copy.deepcopy(self.steps),
+            mean=self.mean,
+            std=self.std,
+            lineage=self.lineage + [self.id],
+        )
+
+    # --- facts --------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.classes) + 1
+
+    @property
+    def next_step(self) -> int:
+        return (self.steps[-1].step + 1) if self.steps else 0
+
+    @property
+    def arch(self) -> Architecture:
+        return self.network.arch
+
+    def channel_of(self, name: str) -> int:
+        for i, c in enumerate(self.classes):
+            if c.name.lower() == name.strip().lower():
+                return i + 1
+        raise KeyError(f"the model knows no class {name!r}; it knows {', '.join(self.class_names)}")
+
+    def record(self) -> dict:
+        """The readable record stored in the model file."""
+        return {
+            "id": self.id,
+            "lineage": list(self.lineage),
+            "created": self.created,
+            "architecture": self.network.arch.to_dict(),
+            "normalization": {"mean": list(self.mean), "std": list(self.std), "scale": 255.0},
+            "classes": [asdict(c) for c in self.classes],
+            "steps": [asdict(s) for s in self.steps],
+        }
+
+    @classmethod
+    def from_record(cls, record: dict, network: NucleiSegNet) -> "CiNuSegModel":
+        norm = record.get("normalization", {})
+        return cls(
+            network,
+            [NucleusClass(**c) for c in record["classes"]],
+            steps=[StepRecord(**s) for s in record.get("steps", [])],
+            mean=tuple(norm.get("mean", IMAGENET_MEAN)),
+            std=tuple(norm.get("std", IMAGENET_STD)),
+            model_id=record.get("id"),
+            lineage=record.get("lineage", []),
+            created=record.get("created"),
+        )
+
+    # --- input --------------------------------------------------------------------------------
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or 0..255 float images (B, 3, H, W) → the network's input."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1) * 255.0
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1) * 255.0
+        return (images.float() - mean) / std
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
+        """Class map (H, W) uint8 of one RGB uint8 image (H, W, 3), the whole image at once."""
+        was_training = self.network.training
+        self.network.eval().to(device)
+        try:
+            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
+            logits = self.network(self.normalize(x)).logits
+            return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        finally:
+            self.network.train(was_training)
+
+    def __repr__(self) -> str:
+        cls = ", ".join(f"{c.name}(step {c.step})" for c in self.classes)
+        return f"CiNuSegModel({self.arch.encoder}/{self.arch.decoder}, classes=[{cls}], id={self.id[:8]})"

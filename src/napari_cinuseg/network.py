@@ -1,0 +1,198 @@
+"""The segmentation network: a torchvision ResNet encoder, a decoder, a growing classifier.
+
+The encoder's four stages ``layer1``..``layer4`` are the encoder layers l = 1..4 of the class
+anchors (eq. 2); the network returns their outputs beside the logits so the losses can use them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models
+from torchvision.models.segmentation.deeplabv3 import ASPP
+
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101")
+DECODERS = ("unet", "aspp")
+
+
+@dataclass
+class Architecture:
+    """What the network is made of; stored in every model file."""
+
+    encoder: str = "resnet18"
+    decoder: str = "unet"
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32)
+    num_classes: int = 1  # background + classes learned so far
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {self.encoder!r}: choose one of {', '.join(ENCODERS)}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {self.decoder!r}: choose one of {', '.join(DECODERS)}")
+        self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
+        if len(self.decoder_channels) != 4 or min(self.decoder_channels) < 1:
+            raise ValueError("decoder_channels needs four positive widths, one per encoder stage")
+        if self.num_classes < 1:
+            raise ValueError("num_classes counts the background too, so it is at least 1")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["decoder_channels"] = list(self.decoder_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Architecture":
+        return cls(**{k: d[k] for k in ("encoder", "decoder", "decoder_channels", "num_classes") if k in d})
+
+
+@dataclass
+class NetworkOutput:
+    logits: torch.Tensor  # (B, K, H, W) at input resolution
+    features: tuple[torch.Tensor, ...] = field(default_factory=tuple)  # layer1..layer4
+
+
+class ResNetEncoder(nn.Module):
+    """torchvision's ResNet without its pooling and fully connected head."""
+
+    def __init__(self, name: str, dilate_last: bool = False):
+        super().__init__()
+        bottleneck = name in ("resnet50", "resnet101")
+        # Dilation keeps layer3/layer4 at stride 8 for the ASPP head; torchvision's BasicBlock
+        # (resnet18/34) does not support it, so those stay at stride 32.
+        dilation = [False, True, True] if (dilate_last and bottleneck) else None
+        net = getattr(models, name)(weights=None, replace_stride_with_dilation=dilation)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)
+        self.pool = net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        width = 4 if bottleneck else 1
+        self.channels = (64 * width, 128 * width, 256 * width, 512 * width)
+        self.stem_channels = 64
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        stem = self.stem(x)
+        f1 = self.layer1(self.pool(stem))
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        f4 = self.layer4(f3)
+        return stem, (f1, f2, f3, f4)
+
+    def load_pretrained(self, path: str | Path) -> None:
+        """Load a local torchvision ResNet state dict (never downloads)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"encoder weights file not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - re-raised with advice
+            raise ValueError(
+                f"{path} is not a PyTorch weights file ({type(exc).__name__}: {exc}); "
+                "give a torchvision ResNet state dict saved with torch.save"
+            ) from exc
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} holds no state dict of a ResNet")
+        mapped = {}
+        for key, value in state.items():
+            key = key.removeprefix("module.").removeprefix("backbone.")
+            if key.startswith("fc."):
+                continue
+            for src, dst in (("conv1.", "stem.0."), ("bn1.", "stem.1.")):
+                if key.startswith(src):
+                    key = dst + key[len(src):]
+            mapped[key] = value
+        missing, unexpected = self.load_state_dict(mapped, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{path} does not fit this encoder: {len(missing)} missing keys "
+                f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
+                "is it the weights of the same ResNet depth?"
+            )
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class UNetDecoder(nn.Module):
+    """U-Net style decoder with skips from layer3, layer2, layer1 and the stride-2 stem."""
+
+    def __init__(self, enc_channels: tuple[int, ...], stem_channels: int, widths: tuple[int, ...]):
+        super().__init__()
+        skips = (enc_channels[2], enc_channels[1], enc_channels[0], stem_channels)
+        blocks, cin = [], enc_channels[3]
+        for skip, width in zip(skips, widths):
+            blocks.append(nn.Sequential(_conv_bn_relu(cin + skip, width), _conv_bn_relu(width, width)))
+            cin = width
+        self.blocks = nn.ModuleList(blocks)
+        self.out_channels = widths[-1]
+
+    def forward(self, stem: torch.Tensor, feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x = feats[3]
+        for block, skip in zip(self.blocks, (feats[2], feats[1], feats[0], stem)):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return x
+
+
+class ASPPDecoder(nn.Module):
+    """DeepLabV3's ASPP head (torchvision) on layer4."""
+
+    def __init__(self, enc_channels: tuple[int, ...], width: int):
+        super().__init__()
+        self.aspp = ASPP(enc_channels[3], [12, 24, 36], out_channels=width)
+        self.out_channels = width
+
+    def forward(self, stem: torch.Tensor, feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.aspp(feats[3])
+
+
+class NucleiSegNet(nn.Module):
+    """Encoder + decoder + a 1×1 classifier with one channel per class (channel 0 = background)."""
+
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        self.arch = arch
+        self.encoder = ResNetEncoder(arch.encoder, dilate_last=arch.decoder == "aspp")
+        if arch.decoder == "unet":
+            self.decoder = UNetDecoder(self.encoder.channels, self.encoder.stem_channels, arch.decoder_channels)
+        else:
+            self.decoder = ASPPDecoder(self.encoder.channels, arch.decoder_channels[0])
+        self.classifier = nn.Conv2d(self.decoder.out_channels, arch.num_classes, 1)
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.out_channels
+
+    def forward(self, x: torch.Tensor) -> NetworkOutput:
+        stem, feats = self.encoder(x)
+        y = self.classifier(self.decoder(stem, feats))
+        if y.shape[-2:] != x.shape[-2:]:
+            y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return NetworkOutput(logits=y, features=feats)
+
+    @torch.no_grad()
+    def add_classes(self, n_new: int) -> None:
+        """Grow the classifier by ``n_new`` channels, initialised from background as MiB does.
+
+        New weights copy the background weights; new biases are ``b_bg - log(n_new + 1)`` and
+        the background bias is set to the same value, so that before any training the background
+        probability is shared evenly between background and the new classes.
+        """
+        if n_new < 1:
+            raise ValueError("add at least one class")
+        old = self.classifier
+        new = nn.Conv2d(old.in_channels, old.out_channels + n_new, 1).to(old.weight.device, old.weight.dtype)
+        new.weight[: old.out_channels] = old.weight
+        new.bias[: old.out_channels] = old.bias
+        new_bias = old.bias[0] - math.log(n_new + 1)
+        new.weight[old.out_channels :] = old.weight[0:1]
+        new.bias[old.out_channels :] = new_bias
+        new.bias[0] = new_bias
+        self.classifier = new
+        self.arch.num_classes = new.out_channels

@@ -1,0 +1,97 @@
+"""Training settings: every hyper-parameter of the paper as a named setting, and the presets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from .network import Architecture
+
+
+@dataclass
+class TrainSettings:
+    # network (used when a base model is made; an incremental step keeps its prior's network)
+    encoder: str = "resnet18"
+    decoder: str = "unet"
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16)
+    encoder_weights: str | None = None  # a local torchvision ResNet state dict; never downloaded
+
+    # optimisation (SGD with momentum, poly schedule)
+    lr_base: float = 0.01  # step 0
+    lr_step: float = 0.001  # incremental steps
+    momentum: float = 0.9
+    weight_decay: float = 0.01
+    poly_power: float = 0.9
+    epochs: int = 30
+    iterations: int | None = None  # if set, overrides epochs
+    batch_size: int = 8
+    crop_size: int = 128
+
+    # CiNuSeg (eqs. 1, 11, 12, 14-16)
+    tau: float = 0.7
+    omega: float = 0.1
+    sigma: float = 0.7
+    alpha_o: float = 10.0
+    alpha_n: float = 0.5
+
+    # running
+    seed: int = 0
+    device: str = "auto"  # auto = CUDA, then MPS, then CPU
+    amp: bool = True  # mixed precision on CUDA only
+    num_workers: int = 0
+    log_every: int = 1
+
+    def architecture(self, num_classes: int = 1) -> Architecture:
+        return Architecture(self.encoder, self.decoder, self.decoder_channels, num_classes)
+
+    def replace(self, **changes) -> "TrainSettings":
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["decoder_channels"] = list(self.decoder_channels)
+        return d
+
+    def __post_init__(self) -> None:
+        self.decoder_channels = tuple(self.decoder_channels)
+        if self.crop_size < 32 or self.crop_size % 32:
+            raise ValueError(f"crop_size must be a multiple of 32 (the encoder's stride), got {self.crop_size}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError("iterations must be at least 1")
+        if self.epochs < 1:
+            raise ValueError("epochs must be at least 1")
+        if not 0 <= self.tau < 1 or not 0 <= self.sigma < 1:
+            raise ValueError("tau and sigma are score/ratio thresholds in [0, 1)")
+
+
+PRESETS: dict[str, TrainSettings] = {
+    # The paper: SGD, momentum 0.9, weight decay 0.01, lr 0.01 at step 0 and 0.001 after, poly
+    # schedule, 100 epochs, batch 12, ResNet-101. Meant for a GPU.
+    "paper": TrainSettings(
+        encoder="resnet101",
+        decoder_channels=(256, 128, 64, 32),
+        epochs=100,
+        batch_size=12,
+        crop_size=256,
+    ),
+    # A small CPU preset for laptops and tests: ResNet-18, 128-pixel crops.
+    "cpu": TrainSettings(),
+}
+
+
+def preset(name: str, **overrides) -> TrainSettings:
+    try:
+        base = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None
+    return base.replace(**overrides)
+
+
+def from_dict(d: dict) -> TrainSettings:
+    known = {f.name for f in fields(TrainSettings)}
+    return TrainSettings(**{k: v for k, v in d.items() if k in known})
+

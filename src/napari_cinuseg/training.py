@@ -1,0 +1,317 @@
+"""The training engine: a base step (step 0) and an incremental step against a frozen prior.
+
+Both are generators that yield typed events (:mod:`napari_cinuseg.events`) and return the new
+model (``None`` when cancelled). Cancellation is checked between iterations: set the ``cancel``
+event (or make the callable return True), or simply close the generator. A cancelled or failed
+step writes no file and leaves the prior model as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Generator, Sequence
+
+import numpy as np
+import torch
+
+from . import devices
+from .data import IGNORE, CropDataset, TrainingPair, check_pairs
+from .events import Cancelled, CropStats, Event, Progress, Saved, StepFinished, StepStarted
+from .losses import LossOutput, base_bce
+from .methods import StepBatch, get_method
+from .model import CiNuSegModel, StepRecord
+from .model_file import ModelFileError, load_model, save_model
+from .settings import TrainSettings
+
+CancelFlag = threading.Event | Callable[[], bool] | None
+
+
+def _is_cancelled(cancel: CancelFlag) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def poly_lr(base: float, iteration: int, total: int, power: float) -> float:
+    """The poly schedule: base · (1 − it/total)^power, it counted from 0."""
+    return base * (1 - iteration / total) ** power
+
+
+def _check_out(out: str | os.PathLike | None, prior: CiNuSegModel | None) -> None:
+    """Fail before training, not after, if the result could not be saved where asked."""
+    if out is None:
+        return
+    out = os.fspath(out)
+    if prior is not None and prior.source_path and os.path.abspath(out) == os.path.abspath(prior.source_path):
+        raise ModelFileError(f"{out} is the prior model's file; save the new model under another name")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise ModelFileError(f"the folder {parent} does not exist; create it or choose another place")
+    if os.path.exists(out):
+        raise ModelFileError(f"{out} exists; choose another name (model files are never overwritten)")
+
+
+@dataclass
+class _Loop:
+    """One step's optimisation, shared by the base and incremental steps."""
+
+    model: CiNuSegModel
+    pairs: Sequence[TrainingPair]
+    channel_of_target: list[int]  # step target value → channel id (index 0 → 0)
+    loss_fn: Callable[[torch.Tensor, object, torch.Tensor], LossOutput]
+    prior: CiNuSegModel | None
+    settings: TrainSettings
+    lr: float
+    step: int
+    method: str
+
+    def run(self, cancel: CancelFlag, out) -> Generator[Event, None, CiNuSegModel | None]:
+        s = self.settings
+        seed_everything(s.seed)
+        device = devices.resolve_device(s.device)
+        amp = devices.amp_dtype(device, s.amp)
+        dataset = CropDataset(self.pairs, s.crop_size, s.seed)
+        batch = min(s.batch_size, len(dataset))
+        per_epoch = max(len(dataset) // batch, 1)
+        total = s.iterations or s.epochs * per_epoch
+        gen = torch.Generator().manual_seed(s.seed)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=s.num_workers,
+            generator=gen,
+            pin_memory=device.type == "cuda",
+            persistent_workers=s.num_workers > 0,
+        )
+        lut = torch.full((256,), IGNORE, dtype=torch.long)
+        for local, ch in enumerate(self.channel_of_target):
+            lut[local] = ch
+
+        net = self.model.network.to(device).train()
+        prior_net = None
+        if self.prior is not None:
+            prior_net = self.prior.network.to(device).eval()
+            for p in prior_net.parameters():
+                p.requires_grad_(False)
+        opt = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+
+        yield StepStarted(
+            step=self.step,
+            method=self.method,
+            device=devices.describe(device),
+            total_iterations=total,
+            iterations_per_epoch=per_epoch,
+            num_images=len(dataset),
+            classes=tuple(c.name for c in self.model.classes if c.step == self.step),
+        )
+        t0 = time.perf_counter()
+        it, epoch, recent = 0, 0, []
+        try:
+            while it < total:
+                dataset.set_epoch(epoch)
+                for images, target, boxes in loader:
+                    if _is_cancelled(cancel):
+                        yield Cancelled(step=self.step, iteration=it)
+                        return None
+                    lr = poly_lr(self.lr, it, total, s.poly_power)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    images = images.to(device, non_blocking=True)
+                    labels = lut[target].to(device, non_blocking=True)
+                    x = self.model.normalize(images)
+                    with devices.autocast(device, amp):
+                        old = None
+                        if prior_net is not None:
+                            with torch.no_grad():
+                                old = prior_net(x)
+                        output = net(x)
+                        result = self.loss_fn(labels, output, old)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(result.loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    it += 1
+                    loss = float(result.loss.detach())
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(
+                            f"the loss became {loss} at iteration {it}; lower the learning rate "
+                            "or check the annotations"
+                        )
+                    recent = (recent + [loss])[-20:]
+                    if it % s.log_every == 0 or it == total:
+                        yield Progress(
+                            step=self.step,
+                            epoch=epoch,
+                            iteration=it,
+                            total=total,
+                            loss=loss,
+                            terms=dict(result.terms),
+                            lr=lr,
+                            seconds=time.perf_counter() - t0,
+                            crops=_crop_stats(boxes, result),
+                        )
+                    if it >= total:
+                        break
+                epoch += 1
+        finally:
+            # Release the device whatever happened: finished, cancelled, failed or closed.
+            net.cpu()
+            if prior_net is not None:
+                prior_net.cpu()
+            devices.release(device)
+
+        seconds = time.perf_counter() - t0
+        self.model.steps.append(
+            StepRecord(
+                step=self.step,
+                method=self.method,
+                new_classes=[c.name for c in self.model.classes if c.step == self.step],
+                settings=s.to_dict(),
+                data={"images": [p.name for p in self.pairs], "num_images": len(self.pairs)},
+                results={
+                    "iterations": it,
+                    "epochs": epoch,
+                    "seconds": round(seconds, 2),
+                    "final_loss": float(np.mean(recent)) if recent else None,
+                    "device": devices.describe(device),
+                },
+            )
+        )
+        path = None
+        if out is not None:
+            path = str(save_model(self.model, out))
+            yield Saved(path)
+        yield StepFinished(step=self.step, model=self.model, seconds=seconds, path=path)
+        return self.model
+
+
+def _crop_stats(boxes: torch.Tensor, result: LossOutput) -> tuple[CropStats, ...]:
+    if result.r is None:
+        return ()
+    r, t_o, t_n = (v.detach().float().cpu().tolist() for v in (result.r, result.t_o, result.t_n))
+    return tuple(
+        CropStats(int(b[0]), int(b[1]), int(b[2]), int(b[3]), r[i], t_o[i], t_n[i])
+        for i, b in enumerate(boxes.tolist())
+    )
+
+
+def train_base(
+    pairs: Sequence[TrainingPair],
+    class_names: Sequence[str],
+    settings: TrainSettings | None = None,
+    *,
+    colours: Sequence[str] | None = None,
+    out: str | os.PathLike | None = None,
+    cancel: CancelFlag = None,
+) -> Generator[Event, None, CiNuSegModel | None]:
+    """Step 0: a new model learns ``class_names`` with BCE on one-hot labels (255 ignored).
+
+    ``pairs`` hold targets 0 background, i the i-th of ``class_names``, 255 unlabelled.
+    """
+    settings = settings or TrainSettings()
+    model = CiNuSegModel.new(
+        list(class_names),
+        settings.architecture(),
+        list(colours) if colours else None,
+        settings.encoder_weights,
+    )
+    check_pairs(pairs, len(model.classes))
+    _check_out(out, None)
+
+    def loss_fn(labels, output, old):
+        per_image = base_bce(output.logits, labels)
+        return LossOutput(loss=per_image.mean(), terms={"bce": float(per_image.detach().mean())})
+
+    loop = _Loop(
+        model=model,
+        pairs=pairs,
+        channel_of_target=list(range(len(model.classes) + 1)),
+        loss_fn=loss_fn,
+        prior=None,
+        settings=settings,
+        lr=settings.lr_base,
+        step=0,
+        method="base",
+    )
+    return loop.run(cancel, out)
+
+
+def train_step(
+    prior: CiNuSegModel | str | os.PathLike,
+    pairs: Sequence[TrainingPair],
+    new_class_names: Sequence[str],
+    settings: TrainSettings | None = None,
+    *,
+    method: str = "cinuseg",
+    colours: Sequence[str] | None = None,
+    out: str | os.PathLike | None = None,
+    cancel: CancelFlag = None,
+) -> Generator[Event, None, CiNuSegModel | None]:
+    """One incremental step: a copy of ``prior`` grows by ``new_class_names`` and learns them with
+    ``method`` against the frozen prior. The prior (object and file) is never changed.
+
+    ``pairs`` hold targets 0 background, i the i-th new class, 255 unlabelled. The network of the
+    prior is kept; the settings' encoder and decoder are not used.
+    """
+    settings = settings or TrainSettings()
+    if not isinstance(prior, CiNuSegModel):
+        prior = load_model(prior)
+    m = get_method(method)
+    model = prior.child(list(new_class_names), list(colours) if colours else None)
+    check_pairs(pairs, len(new_class_names))
+    _check_out(out, prior)
+    k_old = prior.num_channels
+    new_classes = list(range(k_old, model.num_channels))
+
+    def loss_fn(labels, output, old):
+        return m.loss(
+            StepBatch(
+                logits=output.logits,
+                features=output.features,
+                labels=labels,
+                new_classes=new_classes,
+                old_logits=old.logits if old is not None else None,
+                old_features=old.features if old is not None else None,
+                settings=settings,
+            )
+        )
+
+    loop = _Loop(
+        model=model,
+        pairs=pairs,
+        channel_of_target=[0] + new_classes,
+        loss_fn=loss_fn,
+        prior=prior if m.uses_prior else None,
+        settings=settings,
+        lr=settings.lr_step,
+        step=model.next_step,
+        method=m.name,
+    )
+    return loop.run(cancel, out)
+
+
+def drain(job: Generator[Event, None, CiNuSegModel | None], on_event: Callable[[Event], None] | None = None):
+    """Run a job to its end and return its result (the model, or None if cancelled)."""
+    while True:
+        try:
+            ev = next(job)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(ev)

@@ -173,6 +173,17 @@ def source_of_stem(stem: str) -> str:
     return m.group(1) if m else stem
 
 
+def split_by_source(data: LabelledSet, val_fraction: float = 0.2, seed: int = 0) -> tuple[LabelledSet, LabelledSet]:
+    """(train, validation) with whole sources on one side only; the same for the same seed."""
+    sources = data.sources
+    if len(sources) < 2:
+        raise ValueError("a validation split needs images from at least two sources (images or slides)")
+    order = np.random.default_rng(seed).permutation(len(sources))
+    n_val = min(max(1, round(val_fraction * len(sources))), len(sources) - 1)
+    val = {sources[i] for i in order[:n_val]}
+    return data.subset([s for s in sources if s not in val]), data.subset(sorted(val))
+
+
 def step_pairs(data: LabelledSet, step_classes: Sequence[str]) -> list[TrainingPair]:
     """The paper's protocol: images holding at least one pixel of a step class; in them every pixel
     not of a step class (old, future, background) is background, unlabelled pixels stay 255."""

@@ -1,0 +1,211 @@
+"""The ``cinuseg`` command: the same engine as the plugin, for batch work and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import __version__
+from .data import LabelledSet, data_dir, read_consep_patches, read_folder, read_monusac_images, split_by_source, step_pairs
+from .events import Cancelled, Progress, Saved, StepFinished, StepStarted
+from .methods import available
+from .model_file import ModelFileError, load_model, read_record
+from .settings import PRESETS, preset
+
+READERS = {"consep": read_consep_patches, "monusac": read_monusac_images, "folder": read_folder}
+
+
+def _add_data(p: argparse.ArgumentParser, default_split: str) -> None:
+    p.add_argument("--dataset", choices=sorted(READERS), default="consep", help="layout of --data")
+    p.add_argument("--data", help="data folder (default: $CINUSEG_DATA/<dataset>, else ../shared/data/<dataset>)")
+    p.add_argument(
+        "--split",
+        choices=("train", "val", "all"),
+        default=default_split,
+        help="which part of --data to use: a validation split is carved by source image/slide",
+    )
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of sources held out for validation")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--iterations", type=int, help="total iterations (overrides --epochs)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, dest="num_workers", help="data loader processes")
+    for name in ("tau", "omega", "sigma", "alpha_o", "alpha_n"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name, help="CiNuSeg hyper-parameter")
+
+
+def _settings(args: argparse.Namespace, **extra):
+    names = ("epochs", "iterations", "batch_size", "crop_size", "device", "seed", "num_workers", "tau", "omega", "sigma", "alpha_o", "alpha_n")
+    overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    overrides.update({k: v for k, v in extra.items() if v is not None})
+    return preset(args.preset, **overrides)
+
+
+def _load_data(args: argparse.Namespace) -> LabelledSet:
+    root = Path(args.data) if args.data else data_dir() / args.dataset
+    if not root.exists():
+        raise FileNotFoundError(f"data folder {root} does not exist; give --data or set CINUSEG_DATA")
+    data = READERS[args.dataset](root)
+    if args.split == "all":
+        return data
+    train, val = split_by_source(data, args.val_fraction, args.split_seed)
+    return train if args.split == "train" else val
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _drain(job) -> object:
+    """Run a training job with a progress bar; Ctrl-C cancels it cleanly."""
+    bar = None
+    try:
+        while True:
+            try:
+                ev = next(job)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(ev, StepStarted):
+                print(f"step {ev.step} ({ev.method}) on {ev.device}: {', '.join(ev.classes)}, {ev.num_images} images", file=sys.stderr)
+                bar = tqdm(total=ev.total_iterations, unit="it", file=sys.stderr, dynamic_ncols=True)
+            elif isinstance(ev, Progress) and bar is not None:
+                bar.update(ev.iteration - bar.n)
+                bar.set_postfix(loss=f"{ev.loss:.3f}", **{k: f"{v:.3f}" for k, v in ev.terms.items()})
+            elif isinstance(ev, Cancelled):
+                print(ev.message, file=sys.stderr)
+            elif isinstance(ev, Saved):
+                print(f"saved {ev.path}", file=sys.stderr)
+            elif isinstance(ev, StepFinished) and bar is not None:
+                bar.close()
+    except KeyboardInterrupt:
+        job.close()  # runs the engine's clean-up; nothing has been saved
+        print("\ncancelled: nothing was saved and the prior model is unchanged", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def cmd_train_base(args) -> int:
+    from .training import train_base
+
+    data = _load_data(args)
+    classes = _names(args.classes) if args.classes else data.class_names
+    pairs = step_pairs(data, classes)
+    settings = _settings(args, encoder=args.encoder, encoder_weights=args.encoder_weights)
+    model = _drain(train_base(pairs, classes, settings, out=args.out))
+    return 0 if model is not None else 130
+
+
+def cmd_step(args) -> int:
+    from .training import train_step
+
+    prior = load_model(args.prior)
+    data = _load_data(args)
+    new = _names(args.new_classes)
+    pairs = step_pairs(data, new)
+    model = _drain(train_step(prior, pairs, new, _settings(args), method=args.method, out=args.out))
+    return 0 if model is not None else 130
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate
+
+    model = load_model(args.model)
+    data = _load_data(args)
+    with tqdm(total=len(data.items), unit="img", file=sys.stderr) as bar:
+        dice = evaluate(model, data, args.device or "auto", lambda n, t: bar.update(n - bar.n))
+    fg = [v for v in dice.values() if v == v]
+    result = {"model": str(args.model), "split": args.split, "images": len(data.items), "dice": dice, "mean": sum(fg) / len(fg) if fg else None}
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for name, v in dice.items():
+            print(f"{name:>20s}  Dice {v:6.2f}")
+        print(f"{'mean':>20s}  Dice {result['mean']:6.2f}  ({len(data.items)} images, split {args.split})")
+    return 0
+
+
+def cmd_info(args) -> int:
+    record = read_record(args.model)
+    if args.json:
+        print(json.dumps(record, indent=1))
+        return 0
+    a = record["architecture"]
+    print(f"model {record.get('id', '?')}  {a['encoder']} / {a['decoder']}  created {record.get('created', '?')}")
+    print("classes:")
+    for i, c in enumerate(record["classes"], start=1):
+        print(f"  {i}: {c['name']:<20s} {c['colour']}  learned at step {c['step']}")
+    for s in record.get("steps", []):
+        r = s.get("results", {})
+        print(f"step {s['step']}: {s['method']} → {', '.join(s['new_classes'])}; {r.get('iterations')} iterations, {r.get('seconds')} s, final loss {r.get('final_loss')}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    print("\n".join(available()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cinuseg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"napari-cinuseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train-base", help="train a base model (step 0) on labelled images")
+    _add_data(p, "train")
+    _add_settings(p)
+    p.add_argument("--classes", help="comma-separated classes to learn (default: all of the data set's)")
+    p.add_argument("--encoder", choices=("resnet18", "resnet34", "resnet50", "resnet101"))
+    p.add_argument("--encoder-weights", help="local torchvision ResNet weights file (never downloaded)")
+    p.add_argument("--out", required=True, help="new model file (*.cinuseg.pt); never overwritten")
+    p.set_defaults(func=cmd_train_base)
+
+    p = sub.add_parser("step", help="learn new classes in one incremental step against a frozen prior model")
+    p.add_argument("--prior", required=True, help="the prior model file (never changed)")
+    _add_data(p, "train")
+    _add_settings(p)
+    p.add_argument("--new-classes", "--new-class", required=True, help="comma-separated new classes")
+    p.add_argument("--method", default="cinuseg", choices=available())
+    p.add_argument("--out", required=True, help="new model file (*.cinuseg.pt); never overwritten")
+    p.set_defaults(func=cmd_step)
+
+    p = sub.add_parser("evaluate", help="Dice per class of a model on labelled images")
+    p.add_argument("--model", required=True)
+    _add_data(p, "val")
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("info", help="show a model file's record")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("methods", help="list the incremental methods")
+    p.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ModelFileError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"cinuseg: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

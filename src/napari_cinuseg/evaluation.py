@@ -1,0 +1,49 @@
+"""Evaluate a model on labelled images: Dice per class the model and the data share."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .data import IGNORE, LabelledSet
+from .devices import resolve_device
+from .metrics import ConfusionMatrix
+from .model import CiNuSegModel
+
+
+def evaluate(
+    model: CiNuSegModel,
+    data: LabelledSet,
+    device: str = "auto",
+    on_image: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
+    """Dice (0..100) per model class, matched to the data's classes by name.
+
+    Pixels of data classes the model does not know are ignored, as in the paper's per-step curve.
+    Each image is predicted whole.
+    """
+    lut = np.full(256, IGNORE, np.uint8)
+    lut[0] = 0
+    shared = []
+    for i, name in enumerate(data.class_names, start=1):
+        try:
+            lut[i] = model.channel_of(name)
+            shared.append(name)
+        except KeyError:
+            pass
+    if not shared:
+        raise ValueError(
+            f"the model's classes ({', '.join(model.class_names)}) and the data's "
+            f"({', '.join(data.class_names)}) share no name"
+        )
+    cm = ConfusionMatrix(model.num_channels)
+    dev = resolve_device(device)
+    with torch.inference_mode():
+        for n, item in enumerate(data.items):
+            cm.update(lut[item.labels], model.predict(item.image, dev))
+            if on_image:
+                on_image(n + 1, len(data.items))
+    dice = cm.dice()
+    return {name: float(dice[model.channel_of(name)] * 100) for name in shared}

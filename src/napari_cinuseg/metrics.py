@@ -1,0 +1,32 @@
+"""Dice per class from one confusion matrix accumulated over a whole test set."""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE = 255
+
+
+class ConfusionMatrix:
+    """Counts of (ground truth, prediction) over classes 0..K-1; ground truth 255 is skipped."""
+
+    def __init__(self, num_classes: int):
+        self.k = int(num_classes)
+        self.counts = np.zeros((self.k, self.k), np.int64)
+
+    def update(self, truth: np.ndarray, pred: np.ndarray) -> None:
+        truth, pred = np.asarray(truth).ravel(), np.asarray(pred).ravel()
+        if truth.shape != pred.shape:
+            raise ValueError(f"truth and prediction differ in size: {truth.size} vs {pred.size}")
+        keep = truth != IGNORE
+        t, p = truth[keep].astype(np.int64), pred[keep].astype(np.int64)
+        if t.size and (t.max() >= self.k or p.max() >= self.k):
+            raise ValueError(f"class id out of range 0..{self.k - 1}")
+        self.counts += np.bincount(t * self.k + p, minlength=self.k * self.k).reshape(self.k, self.k)
+
+    def dice(self) -> np.ndarray:
+        """2·TP / (|GT| + |Pred|) per class; NaN for a class absent from both."""
+        tp = np.diag(self.counts).astype(np.float64)
+        denom = self.counts.sum(0) + self.counts.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denom > 0, 2 * tp / denom, np.nan)

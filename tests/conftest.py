@@ -1,0 +1,49 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from napari_cinuseg.data import data_dir, read_consep_patches, step_pairs
+from napari_cinuseg.settings import TrainSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data: $CINUSEG_DATA, else ../shared/data beside the repository."""
+    path = data_dir(os.environ.get("CINUSEG_DATA") or ROOT.parent / "shared" / "data")
+    if not (path / "consep").is_dir():
+        msg = f"real data not found at {path}; set CINUSEG_DATA"
+        if os.environ.get("CI"):
+            pytest.fail(msg)  # CI always has ../shared/data: never pass by skipping
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def consep(shared_data):
+    return read_consep_patches(shared_data / "consep")
+
+
+@pytest.fixture(scope="session")
+def few_pairs(consep):
+    """A few real CoNSeP patches for a base step (Epithelial, Spindle-shaped) and a step (Other)."""
+    base = [p for p in step_pairs(consep, ["Epithelial", "Spindle-shaped"]) if p.name.startswith("train_1_")][:4]
+    new = [p for p in step_pairs(consep, ["Other"]) if p.name.startswith("train_2_")][:4]
+    assert len(base) == 4 and len(new) == 4
+    return base, new
+
+
+@pytest.fixture
+def tiny() -> TrainSettings:
+    """A tiny CPU configuration: small crops, a narrow decoder, a handful of iterations."""
+    return TrainSettings(
+        encoder="resnet18",
+        decoder_channels=(32, 16, 16, 8),
+        crop_size=64,
+        batch_size=4,
+        iterations=4,
+        device="cpu",
+        seed=0,
+    )

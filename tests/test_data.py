@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+from skimage import io as skio
+
+from napari_cinuseg.data import (
+    CropDataset,
+    TrainingPair,
+    read_folder,
+    read_monusac_images,
+    split_by_source,
+    step_pairs,
+)
+
+
+def test_consep_regrouped_into_the_papers_classes(consep, shared_data):
+    assert consep.class_names == ["Epithelial", "Spindle-shaped", "Other"]
+    assert len(consep.items) == 432 and len(consep.sources) == 27
+    raw = skio.imread(shared_data / "consep/train/labels/train_1_000.png")
+    item = next(it for it in consep.items if it.name == "train_1_000")
+    assert item.source == "train_1"
+    # merged ids: 3 epithelial → 1, 4 spindle → 2, 1 other + 2 inflammatory → 3
+    np.testing.assert_array_equal(item.labels == 1, raw == 3)
+    np.testing.assert_array_equal(item.labels == 2, raw == 4)
+    np.testing.assert_array_equal(item.labels == 3, (raw == 1) | (raw == 2))
+
+
+def test_monusac_sources_are_slides(shared_data):
+    data = read_monusac_images(shared_data / "monusac")
+    assert data.class_names == ["Epithelial", "Lymphocyte", "Macrophage", "Neutrophil"]
+    assert "TCGA-2Z-A9JN-01Z-00-DX1" in data.sources and len(data.sources) == 12
+
+
+def test_split_by_source_never_cuts_a_source(consep):
+    train, val = split_by_source(consep, 0.2, seed=0)
+    assert not set(train.sources) & set(val.sources)
+    assert len(train.items) + len(val.items) == len(consep.items)
+    assert split_by_source(consep, 0.2, seed=0)[1].sources == val.sources
+
+
+def test_step_pairs_follow_the_protocol(consep):
+    pairs = step_pairs(consep, ["Other"])
+    item = {it.name: it for it in consep.items}
+    for p in pairs[:20]:
+        assert set(np.unique(p.target)) <= {0, 1}
+        np.testing.assert_array_equal(p.target == 1, item[p.name].labels == 3)
+    assert all((p.target == 1).any() for p in pairs)
+
+
+def test_folder_reader_and_its_errors(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    img = np.full((40, 50, 4), 200, np.uint8)  # RGBA: the alpha is dropped
+    skio.imsave(tmp_path / "images/a_1.png", img, check_contrast=False)
+    lab = np.zeros((40, 50), np.uint8)
+    lab[5:10, 5:10] = 2
+    skio.imsave(tmp_path / "labels/a_1.png", lab, check_contrast=False)
+    with pytest.raises(FileNotFoundError, match="classes.json"):
+        read_folder(tmp_path)
+    (tmp_path / "classes.json").write_text(json.dumps({"0": "background", "1": "tumour", "2": "stroma"}))
+    data = read_folder(tmp_path)
+    assert data.class_names == ["tumour", "stroma"] and data.items[0].image.shape == (40, 50, 3)
+    assert (data.items[0].labels == 2).sum() == 25
+
+
+def test_crops_pad_small_images_and_are_reproducible():
+    img = np.arange(40 * 30 * 3, dtype=np.uint8).reshape(40, 30, 3)
+    tgt = np.ones((40, 30), np.uint8)
+    ds = CropDataset([TrainingPair(img, tgt)], crop=64, seed=3)
+    x, y, box = ds[0]
+    assert x.shape == (3, 64, 64) and y.shape == (64, 64)
+    assert (y == 255).sum() == 64 * 64 - 40 * 30 and (y == 1).sum() == 40 * 30
+    x2, y2, _ = ds[0]
+    assert (x == x2).all() and (y == y2).all()
+    ds.set_epoch(1)
+    assert tuple(box.tolist()) == (0, 0, 0, 64)

@@ -1,0 +1,219 @@
+"""Each CiNuSeg loss against values worked out by hand on tiny tensors."""
+
+import math
+
+import pytest
+import torch
+
+from napari_cinuseg.losses import (
+    adaptive_temperatures,
+    background_suppression,
+    base_bce,
+    cinuseg_loss,
+    class_anchor_consolidation,
+    class_anchors,
+    foreground_guidance,
+    negative_sample_bce,
+    negative_sample_mask,
+    prediction_distillation,
+    pseudo_labels,
+)
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def pixels(*columns):
+    """(1, K, 1, W) from per-pixel channel lists."""
+    return torch.tensor(columns, dtype=torch.float32).T[None, :, None, :]
+
+
+# Old model: K_old = 3 (background, old class 1, old class 2); new class = channel 3.
+NEW = [3]
+# per pixel: sigmoid scores (bg, c1, c2) of the old model
+OLD = pixels(
+    [logit(0.1), logit(0.9), logit(0.2)],  # new-class pixel the old model calls class 1
+    [logit(0.1), logit(0.3), logit(0.8)],  # labelled background, old class 2 claims it
+    [logit(0.1), logit(0.6), logit(0.5)],  # unlabelled, nobody above tau
+    [logit(0.1), logit(0.95), logit(0.2)],  # unlabelled, class 1 claims it
+    [logit(0.9), logit(0.1), logit(0.1)],  # labelled background, nobody claims it
+    [logit(0.1), logit(0.5), logit(0.2)],  # new-class pixel, old model unsure
+)
+LABELS = torch.tensor([[[3, 0, 255, 255, 0, 3]]])
+
+
+def test_pseudo_labels_eq1():
+    out = pseudo_labels(LABELS, OLD, NEW, tau=0.7)
+    assert out.tolist() == [[[3, 2, 255, 1, 0, 3]]]
+    assert out.dtype == torch.long
+
+
+def test_pseudo_labels_respects_tau():
+    # with tau = 0.85 class 2's 0.8 no longer claims pixel 1
+    assert pseudo_labels(LABELS, OLD, NEW, tau=0.85).tolist() == [[[3, 0, 255, 1, 0, 3]]]
+
+
+def test_negative_sample_mask_eq11():
+    assert negative_sample_mask(LABELS, OLD, NEW, tau=0.7).tolist() == [[[True, False, False, False, False, False]]]
+
+
+def test_class_anchors_eq2_nearest_resize_and_absent_class():
+    # labels 4x4 → features 2x2: nearest neighbour keeps pixels (0,0), (0,2), (2,0), (2,2)
+    labels = torch.tensor([[[1, 9, 2, 9], [9, 9, 9, 9], [1, 9, 0, 9], [9, 9, 9, 9]]])
+    feats = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[10.0, 20.0], [30.0, 40.0]]]])  # (1, D=2, 2, 2)
+    anchors, present = class_anchors(feats, labels, [1, 2, 5])
+    assert present.tolist() == [[True, True, False]]
+    torch.testing.assert_close(anchors[0, 0], torch.tensor([2.0, 20.0]))  # mean of (1,10) and (3,30)
+    torch.testing.assert_close(anchors[0, 1], torch.tensor([2.0, 20.0]))  # pixel (0,1) of the map
+    torch.testing.assert_close(anchors[0, 2], torch.tensor([0.0, 0.0]))
+
+
+def test_class_anchor_consolidation_eq3():
+    pseudo = torch.tensor([[[1, 1], [2, 0]]])
+    # layer A: class 1 anchor (1,0) vs old (0,1): 1 - cos = 1; class 2 (1,1) vs (2,2): 0
+    new_a = torch.tensor([[[[1.0, 1.0], [1.0, 5.0]], [[0.0, 0.0], [1.0, 5.0]]]])
+    old_a = torch.tensor([[[[0.0, 0.0], [2.0, 7.0]], [[1.0, 1.0], [2.0, 7.0]]]])
+    # layer B: identical → 0
+    new_b = torch.randn(1, 3, 2, 2)
+    loss = class_anchor_consolidation([new_a, new_b], [old_a, new_b.clone()], pseudo, [1, 2])
+    torch.testing.assert_close(loss, torch.tensor([0.5]))  # (1 + 0) summed over classes, mean of 2 layers
+
+
+def test_class_anchor_consolidation_skips_absent_classes():
+    pseudo = torch.zeros(1, 2, 2, dtype=torch.long)  # no old class anywhere
+    f = torch.randn(1, 3, 2, 2)
+    assert class_anchor_consolidation([f], [torch.randn(1, 3, 2, 2)], pseudo, [1, 2]).item() == 0.0
+
+
+def test_prediction_distillation_eqs4_5():
+    # K = 3 (bg, old 1, new 2), K_old = 2; all logits 0 → p = 1/3 each, p̂ = (2/3, 1/3), q = (1/2, 1/2)
+    logits = torch.zeros(1, 3, 1, 2)
+    old = torch.zeros(1, 2, 1, 2)
+    expected = -(0.5 * math.log(2 / 3) + 0.5 * math.log(1 / 3))
+    torch.testing.assert_close(prediction_distillation(logits, old, [2]), torch.tensor([expected]))
+
+
+def test_prediction_distillation_averages_pixels():
+    logits = torch.zeros(1, 3, 1, 2)
+    logits[0, 1, 0, 1] = math.log(4.0)  # pixel 2: p = (1/6, 4/6, 1/6) → p̂ = (1/3, 2/3)
+    old = torch.tensor([[[[0.0, 0.0]], [[0.0, math.log(3.0)]]]])  # pixel 2: q = (1/4, 3/4)
+    px1 = -(0.5 * math.log(2 / 3) + 0.5 * math.log(1 / 3))
+    px2 = -(0.25 * math.log(1 / 3) + 0.75 * math.log(2 / 3))
+    torch.testing.assert_close(prediction_distillation(logits, old, [2]), torch.tensor([(px1 + px2) / 2]))
+
+
+def test_foreground_guidance_eqs7_8():
+    logits = torch.zeros(2, 4, 1, 3)
+    logits[0, 3, 0, 1] = math.log(3.0)  # S = 0.75
+    labels = torch.tensor([[[3, 3, 0]], [[0, 255, 0]]])
+    out = foreground_guidance(logits, labels, NEW)
+    expected = (math.log(2.0) - math.log(0.75)) / 2
+    torch.testing.assert_close(out, torch.tensor([expected, 0.0]))
+
+
+def test_background_suppression_eq10():
+    logits = torch.zeros(2, 4, 1, 2)
+    logits[0, 1, 0, 0] = math.log(3.0)  # old class score 0.75 at the new pixel
+    logits[0, 3, 0, 0] = 5.0  # the new channel itself does not count
+    labels = torch.tensor([[[3, 0]], [[0, 0]]])
+    out = background_suppression(logits, labels, NEW)
+    expected = 0.25 + 0.75**2 + 0.25  # S_bg² + S_1² + S_2²
+    torch.testing.assert_close(out, torch.tensor([expected, 0.0]))
+
+
+def test_negative_sample_bce_eq12():
+    logits = torch.zeros(1, 2, 1, 3)
+    pseudo = torch.tensor([[[1, 0, 255]]])
+    neg = torch.tensor([[[True, False, False]]])
+    two_log2 = 2 * math.log(2.0)  # Σ_c BCE at S = 0.5, whatever the target
+    out = negative_sample_bce(logits, pseudo, neg, omega=0.1)
+    torch.testing.assert_close(out, torch.tensor([(1.1 * two_log2 + two_log2) / 2]))  # 255 left out
+    torch.testing.assert_close(base_bce(logits, pseudo), torch.tensor([two_log2]))
+
+
+def test_negative_sample_bce_target_matters():
+    logits = torch.tensor([[[[0.0]], [[math.log(3.0)]]]])  # S = (0.5, 0.75)
+    out = negative_sample_bce(logits, torch.tensor([[[1]]]), torch.zeros(1, 1, 1, dtype=torch.bool))
+    torch.testing.assert_close(out, torch.tensor([-math.log(0.5) - math.log(0.75)]))
+
+
+def test_adaptive_temperatures_eqs14_16():
+    pseudo = torch.tensor(
+        [
+            [[1, 3, 3, 3, 3, 3, 3, 3, 3, 3]],  # 1 old, 9 new → r = 0.9
+            [[1, 1, 1, 1, 3, 0, 0, 0, 0, 0]],  # 4 old, 1 new → r = 0.2 ≤ σ
+            [[0, 0, 0, 0, 0, 0, 0, 0, 255, 255]],  # neither
+        ]
+    )
+    r, t_o, t_n = adaptive_temperatures(pseudo, [1, 2], [3], sigma=0.7, alpha_o=10.0, alpha_n=0.5)
+    torch.testing.assert_close(r, torch.tensor([0.9, 0.2, 0.0]))
+    torch.testing.assert_close(t_o, torch.tensor([3.0, 1.0, 1.0]))
+    torch.testing.assert_close(t_n, torch.tensor([0.9, 1.0, 1.0]))
+
+
+def _random_case(seed=0, b=3, k_old=3, k=4, h=8, w=8):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, k, h, w, generator=g)
+    old = torch.randn(b, k_old, h, w, generator=g) * 3
+    labels = torch.randint(0, 2, (b, h, w), generator=g) * 3
+    labels[:, :2] = 255
+    labels[0] = 3  # an image that is all new class: ATT is active there
+    feats = [torch.randn(b, 4, h // s, w // s, generator=g) for s in (1, 2, 4, 8)]
+    old_feats = [torch.randn(b, 4, h // s, w // s, generator=g) for s in (1, 2, 4, 8)]
+    return logits, old, feats, old_feats, labels
+
+
+def test_cinuseg_loss_eq17_is_the_weighted_sum_of_its_terms():
+    logits, old, feats, old_feats, labels = _random_case()
+    out = cinuseg_loss(logits, old, feats, old_feats, labels, NEW)
+    pseudo = pseudo_labels(labels, old, NEW)
+    neg = negative_sample_mask(labels, old, NEW)
+    _, t_o, t_n = adaptive_temperatures(pseudo, [1, 2], NEW)
+    old_group = class_anchor_consolidation(feats, old_feats, pseudo, [1, 2]) + prediction_distillation(logits, old, NEW)
+    new_group = (
+        foreground_guidance(logits, labels, NEW)
+        + background_suppression(logits, labels, NEW)
+        + negative_sample_bce(logits, pseudo, neg, 0.1)
+    )
+    torch.testing.assert_close(out.loss, (t_o * old_group + t_n * new_group).mean())
+    assert set(out.terms) == {"cac", "pkd", "fgl", "bgl", "ns"}
+    assert out.t_o[0] > 1 and out.t_n[0] < 1  # image 0 is dominated by the new class
+    assert out.r.shape == (3,)
+
+
+def test_cinuseg_ablation_switches():
+    logits, old, feats, old_feats, labels = _random_case(1)
+    pseudo = pseudo_labels(labels, old, NEW)
+    none = torch.zeros_like(labels, dtype=torch.bool)
+    baseline = cinuseg_loss(logits, old, feats, old_feats, labels, NEW, acl=False, drr=False, att=False)
+    torch.testing.assert_close(baseline.loss, negative_sample_bce(logits, pseudo, none, 0.0).mean())
+    assert set(baseline.terms) == {"bce"}
+    no_att = cinuseg_loss(logits, old, feats, old_feats, labels, NEW, att=False)
+    assert torch.all(no_att.t_o == 1) and torch.all(no_att.t_n == 1)
+    acl_only = cinuseg_loss(logits, old, feats, old_feats, labels, NEW, drr=False, att=False)
+    expected = (
+        class_anchor_consolidation(feats, old_feats, pseudo, [1, 2])
+        + prediction_distillation(logits, old, NEW)
+        + negative_sample_bce(logits, pseudo, none, 0.0)
+    ).mean()
+    torch.testing.assert_close(acl_only.loss, expected)
+
+
+def test_gradients_reach_the_new_model_only():
+    logits, old, feats, old_feats, labels = _random_case(2)
+    logits.requires_grad_(True)
+    feats = [f.requires_grad_(True) for f in feats]
+    old.requires_grad_(True)
+    old_feats = [f.requires_grad_(True) for f in old_feats]
+    cinuseg_loss(logits, old, feats, old_feats, labels, NEW).loss.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    assert all(f.grad is not None for f in feats)
+    assert old.grad is None
+    assert all(f.grad is None for f in old_feats)
+
+
+@pytest.mark.parametrize("fn", [foreground_guidance, background_suppression])
+def test_per_image_shape(fn):
+    logits, _, _, _, labels = _random_case(3)
+    assert fn(logits, labels, NEW).shape == (3,)

@@ -1,0 +1,131 @@
+import json
+import os
+
+import pytest
+import torch
+
+from napari_cinuseg import CiNuSegModel, ModelFileError, load_model, read_record, save_model
+from napari_cinuseg.model import StepRecord
+from napari_cinuseg.network import Architecture
+
+ARCH = Architecture("resnet18", "unet", (32, 16, 16, 8))
+
+
+@pytest.fixture
+def model():
+    m = CiNuSegModel.new(["Epithelial", "Spindle-shaped"], ARCH, colours=["#ff0000", "#00ff00"])
+    m.steps.append(StepRecord(0, "base", ["Epithelial", "Spindle-shaped"], {"epochs": 1}, {}, {"final_loss": 0.5}))
+    return m
+
+
+def test_round_trip(model, tmp_path):
+    path = save_model(model, tmp_path / "m.cinuseg.pt")
+    loaded = load_model(path)
+    assert loaded.record() == model.record()
+    for k, v in model.network.state_dict().items():
+        assert torch.equal(loaded.network.state_dict()[k], v), k
+    record = read_record(path)
+    assert record["classes"][0] == {"name": "Epithelial", "colour": "#ff0000", "step": 0}
+    assert record["architecture"]["encoder"] == "resnet18"
+    assert record["normalization"]["mean"] == [0.485, 0.456, 0.406]
+    assert record["steps"][0]["results"]["final_loss"] == 0.5
+    assert sorted(os.listdir(tmp_path)) == ["m.cinuseg.pt"]
+
+
+def test_half_precision_file_is_smaller_and_loads_as_float(model, tmp_path):
+    full = save_model(model, tmp_path / "full.cinuseg.pt")
+    half = save_model(model, tmp_path / "half.cinuseg.pt", half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    w = load_model(half).network.classifier.weight
+    assert w.dtype == torch.float32
+    torch.testing.assert_close(w, model.network.classifier.weight, atol=1e-3, rtol=1e-3)
+
+
+def test_never_overwrites_without_asking_and_never_a_prior(model, tmp_path):
+    path = save_model(model, tmp_path / "m.cinuseg.pt")
+    with pytest.raises(ModelFileError, match="exists"):
+        save_model(model, path)
+    save_model(model, path, overwrite=True)  # the same model may replace itself when asked
+    child = model.child(["Other"])
+    before = path.read_bytes()
+    with pytest.raises(ModelFileError, match="trained from"):
+        save_model(child, path, overwrite=True)
+    assert path.read_bytes() == before
+
+
+def test_failed_save_keeps_the_old_file(model, tmp_path, monkeypatch):
+    path = save_model(model, tmp_path / "m.cinuseg.pt")
+    before = path.read_bytes()
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(model, path, overwrite=True)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.cinuseg.pt"]
+
+
+class Payload:
+    """Unpickling this would create a file: loading must refuse it, never run it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_code_is_refused_not_executed(tmp_path):
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil.cinuseg.pt"
+    torch.save({"format": "napari-cinuseg-model", "format_version": 1, "record": "{}", "x": Payload(str(marker))}, path)
+    with pytest.raises(ModelFileError, match="pickled Python objects"):
+        load_model(path)
+    assert not marker.exists()
+
+
+def test_bad_files_say_what_is_wrong(model, tmp_path):
+    good = save_model(model, tmp_path / "m.cinuseg.pt")
+    truncated = tmp_path / "t.cinuseg.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ModelFileError, match="not a complete PyTorch file"):
+        load_model(truncated)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ModelFileError, match="not a usable"):
+        load_model(text)
+    other = tmp_path / "weights.pth"
+    torch.save({"conv.weight": torch.zeros(2)}, other)
+    with pytest.raises(ModelFileError, match="not a napari-cinuseg model"):
+        load_model(other)
+    with pytest.raises(ModelFileError, match="no model file"):
+        load_model(tmp_path / "missing.cinuseg.pt")
+    with pytest.raises(ModelFileError, match="resnet18 model but resnet50"):
+        load_model(good, expect_encoder="resnet50")
+    newer = tmp_path / "newer.cinuseg.pt"
+    torch.save({"format": "napari-cinuseg-model", "format_version": 99, "record": "{}", "state_dict": {}}, newer)
+    with pytest.raises(ModelFileError, match="newer"):
+        load_model(newer)
+    mismatched = tmp_path / "mismatch.cinuseg.pt"
+    payload = torch.load(good, weights_only=True)
+    rec = json.loads(payload["record"])
+    rec["architecture"]["num_classes"] = 5
+    payload["record"] = json.dumps(rec)
+    torch.save(payload, mismatched)
+    with pytest.raises(ModelFileError, match="do not match"):
+        load_model(mismatched)
+
+
+def test_child_keeps_parent_and_grows(model):
+    child = model.child(["Other"], colours=["#0000ff"])
+    assert child.class_names == ["Epithelial", "Spindle-shaped", "Other"]
+    assert child.classes[-1].step == 1 and child.lineage == [model.id] and child.id != model.id
+    assert model.network.num_classes == 3 and child.network.num_classes == 4
+    with pytest.raises(ValueError, match="already knows"):
+        model.child(["EPITHELIAL"])
+    with pytest.raises(ValueError, match="background"):
+        model.child(["Background"])
+    with pytest.raises(ValueError, match="#rrggbb"):
+        model.child(["Other"], colours=["red"])

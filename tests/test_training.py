@@ -1,0 +1,144 @@
+"""Base step and incremental step on real CoNSeP patches, tiny model, CPU."""
+
+import hashlib
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cinuseg import drain, load_model, train_base, train_step
+from napari_cinuseg.events import Cancelled, Progress, Saved, StepFinished, StepStarted
+from napari_cinuseg.model_file import ModelFileError
+
+
+def _losses(job):
+    events = []
+    model = drain(job, events.append)
+    return model, events, [e.loss for e in events if isinstance(e, Progress)]
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def base_file(tmp_path_factory, few_pairs):
+    """A base model (Epithelial, Spindle-shaped) trained a little on real patches."""
+    from napari_cinuseg.settings import TrainSettings
+
+    settings = TrainSettings(decoder_channels=(32, 16, 16, 8), crop_size=64, batch_size=4, iterations=12, device="cpu")
+    out = tmp_path_factory.mktemp("models") / "base.cinuseg.pt"
+    model = drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], settings, out=out))
+    assert model is not None
+    return out
+
+
+def test_base_step_learns_and_saves(few_pairs, tiny, tmp_path):
+    out = tmp_path / "base.cinuseg.pt"
+    model, events, losses = _losses(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=15), out=out))
+    assert isinstance(events[0], StepStarted) and events[0].total_iterations == 15
+    assert isinstance(events[-2], Saved) and isinstance(events[-1], StepFinished)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])  # the loss goes down
+    assert model.class_names == ["Epithelial", "Spindle-shaped"]
+    assert [c.step for c in model.classes] == [0, 0]
+    assert model.steps[0].results["iterations"] == 15
+    loaded = load_model(out)
+    assert loaded.id == model.id
+    for k, v in model.network.state_dict().items():
+        torch.testing.assert_close(loaded.network.state_dict()[k], v)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.cinuseg.pt"]  # no temporary file left
+
+
+def test_incremental_step_learns_new_class_and_keeps_prior(base_file, few_pairs, tiny, tmp_path):
+    before = _digest(base_file)
+    prior = load_model(base_file)
+    prior_state = {k: v.clone() for k, v in prior.network.state_dict().items()}
+    out = tmp_path / "step1.cinuseg.pt"
+    # The barely trained prior is never confident: τ = 0.3 lets its pseudo-labels (and so CAC)
+    # take part; lr 0.01 makes 15 iterations enough to see the step's BCE fall.
+    settings = tiny.replace(iterations=15, lr_step=0.01, tau=0.3)
+    model, events, _ = _losses(train_step(prior, few_pairs[1], ["Other"], settings, out=out))
+    progress = [e for e in events if isinstance(e, Progress)]
+    ns = [e.terms["ns"] for e in progress]
+    assert np.mean(ns[-3:]) < np.mean(ns[:3])  # the loss on the step's pseudo-labels goes down
+    assert all(e.terms["cac"] > 0 for e in progress)  # old-class anchors are aligned
+    assert {"cac", "pkd", "fgl", "bgl", "ns"} <= set(progress[-1].terms)
+    assert len(progress[-1].crops) == 4 and all(c.t_o >= 1 >= c.t_n for c in progress[-1].crops)
+    assert model.class_names == ["Epithelial", "Spindle-shaped", "Other"]
+    assert [c.step for c in model.classes] == [0, 0, 1]
+    assert model.lineage == [prior.id] and model.network.num_classes == 4
+    assert [s.method for s in model.steps] == ["base", "cinuseg"]
+    # the prior, in memory and on disk, is untouched
+    assert _digest(base_file) == before
+    assert prior.network.num_classes == 3
+    for k, v in prior.network.state_dict().items():
+        assert torch.equal(v, prior_state[k]), k
+    reloaded = load_model(out)
+    assert reloaded.class_names == model.class_names and reloaded.steps[1].method == "cinuseg"
+
+
+def test_step_refuses_to_write_over_prior(base_file, few_pairs, tiny):
+    before = _digest(base_file)
+    with pytest.raises(ModelFileError, match="prior"):
+        drain(train_step(load_model(base_file), few_pairs[1], ["Other"], tiny, out=base_file))
+    assert _digest(base_file) == before
+
+
+def test_cancel_leaves_no_file_and_prior_unchanged(base_file, few_pairs, tiny, tmp_path):
+    before = _digest(base_file)
+    out = tmp_path / "cancelled.cinuseg.pt"
+    cancel = threading.Event()
+    events = []
+
+    def on_event(ev):
+        events.append(ev)
+        if isinstance(ev, Progress) and ev.iteration == 2:
+            cancel.set()
+
+    result = drain(train_step(base_file, few_pairs[1], ["Other"], tiny.replace(iterations=50), out=out, cancel=cancel), on_event)
+    assert result is None
+    assert isinstance(events[-1], Cancelled) and events[-1].iteration == 2
+    assert list(tmp_path.iterdir()) == []
+    assert _digest(base_file) == before
+
+
+def test_closing_the_generator_cancels(few_pairs, tiny, tmp_path):
+    out = tmp_path / "closed.cinuseg.pt"
+    job = train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=50), out=out)
+    for ev in job:
+        if isinstance(ev, Progress):
+            break
+    job.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_same_seed_same_model_on_cpu(few_pairs, tiny):
+    a = drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=3)))
+    b = drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=3)))
+    c = drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=3, seed=1)))
+    sa, sb, sc = (m.network.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+@pytest.mark.parametrize("method", ["finetune", "cinuseg-baseline", "cinuseg+acl", "cinuseg+drr", "cinuseg+acl+drr"])
+def test_every_method_runs_a_step(base_file, few_pairs, tiny, method):
+    model = drain(train_step(base_file, few_pairs[1], ["Other"], tiny.replace(iterations=2), method=method))
+    assert model.steps[-1].method == method and model.network.num_classes == 4
+
+
+def test_bad_training_input_is_refused_clearly(base_file, few_pairs, tiny):
+    pair = few_pairs[1][0]
+    nothing_painted = [pair._replace(target=np.zeros_like(pair.target))]
+    with pytest.raises(ValueError, match="no pixel is painted"):
+        drain(train_step(base_file, nothing_painted, ["Other"], tiny))
+    with pytest.raises(ValueError, match="already knows"):
+        drain(train_step(base_file, few_pairs[1], ["epithelial"], tiny))
+    with pytest.raises(ValueError, match="needs a name"):
+        drain(train_step(base_file, few_pairs[1], ["  "], tiny))
+    wrong = [pair._replace(target=pair.target[:10])]
+    with pytest.raises(ValueError, match="annotation of"):
+        drain(train_step(base_file, wrong, ["Other"], tiny))
+    with pytest.raises(ValueError, match="unknown method"):
+        drain(train_step(base_file, few_pairs[1], ["Other"], tiny, method="nope"))

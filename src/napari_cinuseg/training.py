@@ -23,12 +23,13 @@ from . import devices
 from .data import IGNORE, CropDataset, TrainingPair, check_pairs
 from .events import Cancelled, CropStats, Event, Progress, Saved, StepFinished, StepStarted
 from .losses import LossOutput, base_bce
-from .methods import StepBatch, get_method
+from .methods import StepBatch, StepContext, get_method
 from .model import CiNuSegModel, StepRecord
 from .model_file import ModelFileError, load_model, save_model
 from .settings import TrainSettings
 
 CancelFlag = threading.Event | Callable[[], bool] | None
+_PREPARE_EPOCH = 2**31 - 1  # crops of the hooks' pass: fixed, and unlike any training epoch's
 
 
 def _is_cancelled(cancel: CancelFlag) -> bool:
@@ -77,6 +78,17 @@ class _Loop:
     lr: float
     step: int
     method: str
+    hooks: object | None = None  # the Method, for its optional prepare/finish hooks
+    new_classes: tuple[int, ...] = ()
+
+    def _context(self, device: torch.device, batch: int, lut: torch.Tensor) -> StepContext:
+        def batches():
+            ds = CropDataset(self.pairs, self.settings.crop_size, self.settings.seed)
+            ds.set_epoch(_PREPARE_EPOCH)
+            for images, target, _ in torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False):
+                yield self.model.normalize(images.to(device)), lut[target].to(device)
+
+        return StepContext(self.prior, self.model, list(self.new_classes), self.settings, device, batches)
 
     def run(self, cancel: CancelFlag, out) -> Generator[Event, None, CiNuSegModel | None]:
         s = self.settings
@@ -122,7 +134,12 @@ class _Loop:
         )
         t0 = time.perf_counter()
         it, epoch, recent = 0, 0, []
+        prepare = getattr(self.hooks, "prepare", None)
+        finish = getattr(self.hooks, "finish", None)
+        ctx = self._context(device, batch, lut) if (prepare or finish) else None
         try:
+            if prepare is not None:
+                prepare(ctx)
             while it < total:
                 dataset.set_epoch(epoch)
                 for images, target, boxes in loader:
@@ -169,6 +186,8 @@ class _Loop:
                     if it >= total:
                         break
                 epoch += 1
+            if finish is not None:
+                finish(ctx)
         finally:
             # Release the device whatever happened: finished, cancelled, failed or closed.
             net.cpu()
@@ -302,6 +321,8 @@ def train_step(
         lr=settings.lr_step,
         step=model.next_step,
         method=m.name,
+        hooks=m,
+        new_classes=tuple(new_classes),
     )
     return loop.run(cancel, out)
 

@@ -7,7 +7,7 @@ A method turns the model's output on a batch (and, if it uses one, the frozen pr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 
@@ -28,7 +28,28 @@ class StepBatch:
     settings: TrainSettings
 
 
+@dataclass
+class StepContext:
+    """What a method's optional hooks see of the whole step."""
+
+    prior: object  # CiNuSegModel, frozen
+    model: object  # CiNuSegModel being trained (already grown by the new classes)
+    new_classes: list[int]
+    settings: TrainSettings
+    device: torch.device
+    batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+    """One pass over the step's data without augmentation: (normalised images, channel-id labels)
+    on the device, for statistics a method needs before training (e.g. PLOP's thresholds)."""
+
+
 class Method(Protocol):
+    """One incremental method. Optional hooks, looked up with ``getattr``:
+
+    - ``prepare(ctx: StepContext) -> None``: before the first iteration;
+    - ``finish(ctx: StepContext) -> None``: after the last one, before the model is saved
+      (e.g. a weight fusion of prior and new model).
+    """
+
     name: str
     uses_prior: bool  # False: the prior's forward pass is skipped
 
@@ -63,4 +84,4 @@ def _load_builtin() -> None:
     from . import cinuseg, finetune  # noqa: F401 - they register themselves
 
 
-__all__ = ["Method", "StepBatch", "available", "get_method", "register"]
+__all__ = ["Method", "StepBatch", "StepContext", "available", "get_method", "register"]

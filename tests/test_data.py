@@ -75,3 +75,16 @@ def test_crops_pad_small_images_and_are_reproducible():
     assert (x == x2).all() and (y == y2).all()
     ds.set_epoch(1)
     assert tuple(box.tolist()) == (0, 0, 0, 64)
+
+
+def test_read_dataset_tells_layouts_apart(shared_data, tmp_path):
+    from napari_cinuseg.datasets import read_dataset
+
+    assert read_dataset("consep", shared_data / "consep").class_names == ["Epithelial", "Spindle-shaped", "Other"]
+    assert len(read_dataset("monusac", shared_data / "monusac").sources) == 12
+    with pytest.raises(ValueError, match="no layout known for consep"):
+        read_dataset("consep", tmp_path)
+    with pytest.raises(ValueError, match="unknown data set"):
+        read_dataset("pannuke", tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_dataset("consep", tmp_path / "missing")

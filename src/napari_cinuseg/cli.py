@@ -10,17 +10,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import __version__
-from .data import LabelledSet, data_dir, read_consep_patches, read_folder, read_monusac_images, split_by_source, step_pairs
+from .data import LabelledSet, data_dir, split_by_source, step_pairs
+from .datasets import DATASETS, read_dataset
 from .events import Cancelled, Progress, Saved, StepFinished, StepStarted
 from .methods import available
 from .model_file import ModelFileError, load_model, read_record
 from .settings import PRESETS, preset
 
-READERS = {"consep": read_consep_patches, "monusac": read_monusac_images, "folder": read_folder}
-
 
 def _add_data(p: argparse.ArgumentParser, default_split: str) -> None:
-    p.add_argument("--dataset", choices=sorted(READERS), default="consep", help="layout of --data")
+    p.add_argument("--dataset", choices=DATASETS, default="consep", help="layout of --data")
     p.add_argument("--data", help="data folder (default: $CINUSEG_DATA/<dataset>, else ../shared/data/<dataset>)")
     p.add_argument(
         "--split",
@@ -53,10 +52,7 @@ def _settings(args: argparse.Namespace, **extra):
 
 
 def _load_data(args: argparse.Namespace) -> LabelledSet:
-    root = Path(args.data) if args.data else data_dir() / args.dataset
-    if not root.exists():
-        raise FileNotFoundError(f"data folder {root} does not exist; give --data or set CINUSEG_DATA")
-    data = READERS[args.dataset](root)
+    data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
     if args.split == "all":
         return data
     train, val = split_by_source(data, args.val_fraction, args.split_seed)
@@ -67,8 +63,8 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def _drain(job) -> object:
-    """Run a training job with a progress bar; Ctrl-C cancels it cleanly."""
+def _drain(job, show=None) -> object:
+    """Run a job with a progress bar per training step; Ctrl-C cancels it cleanly."""
     bar = None
     try:
         while True:
@@ -88,6 +84,8 @@ def _drain(job) -> object:
                 print(f"saved {ev.path}", file=sys.stderr)
             elif isinstance(ev, StepFinished) and bar is not None:
                 bar.close()
+            elif show is not None:
+                show(ev)
     except KeyboardInterrupt:
         job.close()  # runs the engine's clean-up; nothing has been saved
         print("\ncancelled: nothing was saved and the prior model is unchanged", file=sys.stderr)
@@ -153,6 +151,45 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from .benchmark import BenchmarkConfig, StepEvaluated, StepPlanned, BenchmarkStarted, run_benchmark, split_data
+
+    data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
+    test = read_dataset(args.dataset, args.test_data) if args.test_data else None
+    train, test, described = split_data(data, test, args.val_fraction, args.split_seed)
+    cfg = BenchmarkConfig(
+        dataset=args.dataset,
+        train=train,
+        test=test,
+        protocols=_names(args.protocol),
+        methods=_names(args.methods),
+        settings=_settings(args),
+        out=Path(args.out),
+        class_order=_names(args.class_order) if args.class_order else None,
+        steps_only=args.steps_only,
+        test_description=described,
+        command="cinuseg " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("cinuseg") else "",
+    )
+
+    def show(ev) -> None:
+        if isinstance(ev, BenchmarkStarted):
+            print(f"benchmark {', '.join(ev.protocols)} × {', '.join(ev.methods)}: {ev.train_images} training images, {ev.test_images} test images, {ev.device}", file=sys.stderr)
+        elif isinstance(ev, StepPlanned):
+            what = "cached" if ev.cached else "training"
+            print(f"[{ev.protocol} {ev.method} step {ev.step}] {what}: {', '.join(ev.classes)}", file=sys.stderr)
+        elif isinstance(ev, StepEvaluated):
+            dice = ", ".join(f"{k} {v:.1f}" for k, v in ev.dice.items())
+            print(f"[{ev.protocol} {ev.method} step {ev.step}] Dice: {dice}", file=sys.stderr)
+
+    results = _drain(run_benchmark(cfg), show)
+    if results is None:
+        return 130
+    table = Path(args.out) / "table.md"
+    if table.exists():
+        print(table.read_text())
+    return 0
+
+
 def cmd_methods(args) -> int:
     print("\n".join(available()))
     return 0
@@ -192,6 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("benchmark", help="the paper's experiments: protocols × methods, Dice after every step")
+    p.add_argument("--dataset", choices=DATASETS, default="consep", help="layout of --data and --test-data")
+    p.add_argument("--data", help="training data (default: $CINUSEG_DATA/<dataset>)")
+    p.add_argument("--test-data", help="a held-out test set in the same layout; without it a validation split is carved from --data by source")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--protocol", default="1-1", help="one or more X-Y, comma-separated (e.g. 1-1,2-1)")
+    p.add_argument("--methods", default="cinuseg,mib,plop,finetune,offline", help="comma-separated, from: " + ", ".join(available()))
+    p.add_argument("--class-order", help="comma-separated class order (default: the paper's)")
+    p.add_argument("--steps-only", action="store_true", help="train (or resume) the step models, evaluate nothing")
+    p.add_argument("--out", required=True, help="output folder; an interrupted run resumes from it")
+    _add_settings(p)
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("methods", help="list the incremental methods")
     p.set_defaults(func=cmd_methods)

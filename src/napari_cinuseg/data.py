@@ -143,12 +143,13 @@ CONSEP_PAPER_CLASSES = {
 
 
 def read_consep_patches(root: str | os.PathLike) -> LabelledSet:
-    """CoNSeP patches (``train/images/train_<N>_<k>.jpg``), regrouped into the paper's classes.
+    """CoNSeP patches (``train/images/train_<N>_<k>.jpg``, or ``test/...``, or ``images/`` in
+    ``root`` itself), regrouped into the paper's classes.
 
     The source of a patch is its CoNSeP image ``N``.
     """
     root = Path(root)
-    split = root / "train" if (root / "train" / "images").is_dir() else root
+    split = next((root / d for d in ("train", "test") if (root / d / "images").is_dir()), root)
     classes = next((p for p in (split / "classes.json", root / "classes.json") if p.is_file()), None)
     return read_folder(split, classes_file=classes, source_of=source_of_stem, regroup=CONSEP_PAPER_CLASSES)
 

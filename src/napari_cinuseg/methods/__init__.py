@@ -81,7 +81,8 @@ def available() -> list[str]:
 
 
 def _load_builtin() -> None:
-    from . import cinuseg, finetune  # noqa: F401 - they register themselves
+    from . import cinuseg, finetune, mib, plop  # noqa: F401
+    from . import offline  # noqa: F401
 
 
 __all__ = ["Method", "StepBatch", "StepContext", "available", "get_method", "register"]

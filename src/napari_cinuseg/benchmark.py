@@ -1,0 +1,324 @@
+"""The paper's experiments in one job: protocols × methods, per-step evaluation, Table 1 layout.
+
+A generator like every long job: it yields the training events of each step it runs plus its own
+events, and returns the results. Every step model is cached under ``out/models/`` and every
+evaluation in ``out/results.json`` (both written atomically), so an interrupted benchmark resumes
+where it stopped without redoing finished work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generator, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data import LabelledSet, split_by_source, step_pairs
+from .devices import describe, resolve_device
+from .evaluation import evaluate
+from .methods import get_method
+from .model import CiNuSegModel
+from .model_file import load_model
+from .protocols import CLASS_ORDERS, Protocol, make_protocol
+from .settings import TrainSettings
+from .training import train_base, train_step
+
+# Settings that change how a step runs but not what it learns: a cached model trained with other
+# values of these is still valid.
+_RUN_ONLY = {"device", "num_workers", "log_every", "amp"}
+
+
+@dataclass(frozen=True)
+class BenchmarkStarted:
+    protocols: tuple[str, ...]
+    methods: tuple[str, ...]
+    train_images: int
+    test_images: int
+    device: str
+
+
+@dataclass(frozen=True)
+class StepPlanned:
+    """A step model is about to be trained (``cached=False``) or was found on disk."""
+
+    protocol: str
+    method: str
+    step: int
+    classes: tuple[str, ...]
+    cached: bool
+
+
+@dataclass(frozen=True)
+class StepEvaluated:
+    protocol: str
+    method: str
+    step: int
+    dice: dict[str, float]
+    cached: bool
+
+
+@dataclass
+class BenchmarkConfig:
+    dataset: str
+    train: LabelledSet
+    test: LabelledSet
+    protocols: Sequence[str]
+    methods: Sequence[str]
+    settings: TrainSettings
+    out: Path
+    class_order: Sequence[str] | None = None
+    steps_only: bool = False
+    test_description: str = ""
+    command: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def split_data(data: LabelledSet, test: LabelledSet | None, val_fraction: float = 0.2, split_seed: int = 0):
+    """(train, test, description): the given test set, else a validation split by source."""
+    if test is not None:
+        return data, test, "separate test set"
+    train, val = split_by_source(data, val_fraction, split_seed)
+    return train, val, f"validation split: {len(val.sources)} of {len(data.sources)} sources held out (seed {split_seed})"
+
+
+def _atomic_json(path: Path, obj) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _learning_settings(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in _RUN_ONLY}
+
+
+def _check_cached(model: CiNuSegModel, path: Path, classes: Sequence[str], method: str, settings: TrainSettings) -> None:
+    last = model.steps[-1] if model.steps else None
+    same = (
+        last is not None
+        and [c.lower() for c in model.class_names] == [c.lower() for c in classes]
+        and last.method == method
+        and _learning_settings(last.settings) == _learning_settings(settings.to_dict())
+    )
+    if not same:
+        raise ValueError(
+            f"{path} was made by another configuration (classes, method or settings differ); "
+            "give another --out folder, or delete that model to retrain it"
+        )
+
+
+def _summary(protocol: Protocol, dice: dict[str, float]) -> dict[str, float]:
+    """Old = mean over step 0's classes, New = mean over the classes added later, Mean = all."""
+
+    def mean(names):
+        vals = [dice[n] for n in names if n in dice and dice[n] == dice[n]]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    return {"old": mean(protocol.base_classes), "new": mean(protocol.added_classes), "mean": mean(protocol.all_classes)}
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
+    out = Path(cfg.out)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    evaluations: dict = results.setdefault("evaluations", {})
+    timings: dict = results.setdefault("train_seconds", {})
+    settings = cfg.settings
+    order = list(cfg.class_order or CLASS_ORDERS.get(cfg.dataset, cfg.train.class_names))
+    protocols = [make_protocol(p, order, cfg.train.class_names) for p in cfg.protocols]
+    methods = [get_method(m) for m in cfg.methods]
+    device = resolve_device(settings.device)
+    results["config"] = {
+        "dataset": cfg.dataset,
+        "protocols": {p.name: [list(s) for s in p.steps] for p in protocols},
+        "methods": [m.name for m in methods],
+        "settings": settings.to_dict(),
+        "train_images": len(cfg.train.items),
+        "train_sources": len(cfg.train.sources),
+        "test_images": len(cfg.test.items),
+        "test_sources": len(cfg.test.sources),
+        "test": cfg.test_description,
+        "command": cfg.command,
+        **cfg.extra,
+    }
+    results["machine"] = {
+        "device": describe(device),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "napari_cinuseg": __version__,
+    }
+    yield BenchmarkStarted(tuple(p.name for p in protocols), tuple(m.name for m in methods), len(cfg.train.items), len(cfg.test.items), describe(device))
+    t_start = time.perf_counter()
+
+    def model_at(path: Path, classes, method_name, job_factory, protocol, method, step):
+        """Load a cached step model, or train it (yielding the training's events)."""
+        if path.exists():
+            model = load_model(path)
+            _check_cached(model, path, classes, method_name, settings)
+            yield StepPlanned(protocol, method, step, tuple(classes), True)
+            return model
+        yield StepPlanned(protocol, method, step, tuple(classes), False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model = yield from job_factory(path)
+        if model is None:  # cancelled: nothing was saved
+            return None
+        timings[str(path.relative_to(out))] = model.steps[-1].results.get("seconds")
+        _atomic_json(results_path, results)
+        return model
+
+    def evaluated(model, protocol, method, step):
+        key = f"{protocol}/{method}/step{step}"
+        cached = evaluations.get(key)
+        if cached and cached.get("model_id") == model.id:
+            yield StepEvaluated(protocol, method, step, cached["dice"], True)
+            return cached["dice"]
+        dice = evaluate(model, cfg.test, settings.device)
+        evaluations[key] = {"model_id": model.id, "dice": dice, "classes": model.class_names}
+        _atomic_json(results_path, results)
+        yield StepEvaluated(protocol, method, step, dice, False)
+        return dice
+
+    summary: dict = results.setdefault("summary", {})
+    curves: dict = results.setdefault("curves", {})
+    for protocol in protocols:
+        pdir = out / "models" / f"seed{settings.seed}" / protocol.name
+        base = None
+        for method in methods:
+            if getattr(method, "joint", False):
+                classes = list(protocol.all_classes)
+                path = out / "models" / f"seed{settings.seed}" / f"offline-{'_'.join(c.lower() for c in sorted(classes))}.cinuseg.pt"
+                model = yield from model_at(
+                    path,
+                    classes,
+                    "base",
+                    lambda p, c=classes: train_base(step_pairs(cfg.train, c), c, settings, out=p),
+                    protocol.name,
+                    method.name,
+                    0,
+                )
+                if model is None:
+                    return results
+                if not cfg.steps_only:
+                    dice = yield from evaluated(model, protocol.name, method.name, 0)
+                    summary.setdefault(protocol.name, {})[method.name] = _summary(protocol, dice)
+                    curves.setdefault(protocol.name, {})[method.name] = [_summary(protocol, dice)["mean"]] * len(protocol.steps)
+                continue
+            if base is None:
+                classes = list(protocol.base_classes)
+                base = yield from model_at(
+                    pdir / "base.cinuseg.pt",
+                    classes,
+                    "base",
+                    lambda p, c=classes: train_base(step_pairs(cfg.train, c), c, settings, out=p),
+                    protocol.name,
+                    "base",
+                    0,
+                )
+                if base is None:
+                    return results
+            model, curve = base, []
+            if not cfg.steps_only:
+                dice = yield from evaluated(base, protocol.name, "base", 0)
+                curve.append(float(np.mean([v for v in dice.values() if v == v])))
+            for t in range(1, len(protocol.steps)):
+                new = list(protocol.steps[t])
+                prior = model
+                model = yield from model_at(
+                    pdir / method.name / f"step{t}.cinuseg.pt",
+                    list(protocol.seen_after(t)),
+                    method.name,
+                    lambda p, prior=prior, new=new: train_step(prior, step_pairs(cfg.train, new), new, settings, method=method.name, out=p),
+                    protocol.name,
+                    method.name,
+                    t,
+                )
+                if model is None:
+                    return results
+                if not cfg.steps_only:
+                    dice = yield from evaluated(model, protocol.name, method.name, t)
+                    curve.append(float(np.mean([v for v in dice.values() if v == v])))
+            if not cfg.steps_only:
+                summary.setdefault(protocol.name, {})[method.name] = _summary(protocol, dice)
+                summary[protocol.name][method.name]["per_class"] = dice
+                curves.setdefault(protocol.name, {})[method.name] = curve
+    results["wall_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
+    _atomic_json(results_path, results)
+    if not cfg.steps_only:
+        write_table(results, out / "table.md")
+        write_curves(results, out)
+    return results
+
+
+def write_table(results: dict, path: Path) -> None:
+    """Markdown laid out like the paper's Table 1: Old / New / Mean per protocol, offline last."""
+    summary = results.get("summary", {})
+    protocols = list(summary)
+    methods: list[str] = []
+    for p in protocols:
+        for m in summary[p]:
+            if m not in methods:
+                methods.append(m)
+    first_seen = {m: i for i, m in enumerate(methods)}
+    methods.sort(key=lambda m: (m == "offline", m == "cinuseg", first_seen[m]))
+    head = "| Method | " + " | ".join(f"{p} Old | {p} New | {p} Mean" for p in protocols) + " |"
+    rule = "|---|" + "---:|" * (3 * len(protocols))
+    rows = [head, rule]
+
+    def fmt(x):
+        return "–" if x is None or x != x else f"{x:.2f}"
+
+    for m in methods:
+        cells = []
+        for p in protocols:
+            s = summary[p].get(m)
+            cells += [fmt(s["old"]), fmt(s["new"]), fmt(s["mean"])] if s else ["–"] * 3
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    cfg = results.get("config", {})
+    mach = results.get("machine", {})
+    rows += [
+        "",
+        f"Dice (%) on {cfg.get('test', '')} of {cfg.get('dataset', '')}, {cfg.get('test_images', '?')} images; "
+        f"seed {cfg.get('settings', {}).get('seed')}, encoder {cfg.get('settings', {}).get('encoder')}, "
+        f"{mach.get('device', '')}.",
+    ]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def write_curves(results: dict, out: Path) -> None:
+    """The per-step curve (paper's Fig. 5): mean Dice over the classes seen so far."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for protocol, curves in results.get("curves", {}).items():
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+        for method, ys in curves.items():
+            style = "--" if method == "offline" else "-o"
+            ax.plot(range(len(ys)), ys, style, label=method)
+        ax.set_xlabel("step")
+        ax.set_ylabel("mean Dice over seen classes (%)")
+        ax.set_title(f"{results.get('config', {}).get('dataset', '')} {protocol}")
+        ax.set_xticks(range(max(len(v) for v in curves.values())))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"curve-{protocol}.png")
+        plt.close(fig)

@@ -1,0 +1,77 @@
+"""The benchmark job end to end on a few real CoNSeP patches, one iteration per step."""
+
+import json
+
+import pytest
+
+from napari_cinuseg.benchmark import BenchmarkConfig, StepEvaluated, StepPlanned, run_benchmark
+from napari_cinuseg.data import LabelledSet
+from napari_cinuseg.training import drain
+
+
+@pytest.fixture(scope="module")
+def small(consep):
+    def pick(sources, per_source=4):
+        items = []
+        for s in sources:
+            items += [it for it in consep.items if it.source == s][:per_source]
+        return LabelledSet(consep.class_names, items)
+
+    return pick(["train_1", "train_2", "train_3"]), pick(["train_8"], 3)
+
+
+def _config(small, out, tiny, methods=("cinuseg", "finetune", "offline"), **kw):
+    train, test = small
+    return BenchmarkConfig(
+        dataset="consep", train=train, test=test, protocols=["1-1"], methods=list(methods),
+        settings=tiny.replace(iterations=1, batch_size=2), out=out, **kw,
+    )
+
+
+def test_benchmark_writes_results_and_resumes(small, tiny, tmp_path):
+    events = []
+    results = drain(run_benchmark(_config(small, tmp_path, tiny)), events.append)
+    planned = [e for e in events if isinstance(e, StepPlanned)]
+    # base once, two steps for each of the two incremental methods, offline once
+    assert [(e.method, e.step) for e in planned] == [
+        ("base", 0), ("cinuseg", 1), ("cinuseg", 2), ("finetune", 1), ("finetune", 2), ("offline", 0),
+    ]
+    assert not any(e.cached for e in planned)
+    summary = results["summary"]["1-1"]
+    assert set(summary) == {"cinuseg", "finetune", "offline"}
+    for s in summary.values():
+        assert 0 <= s["mean"] <= 100 or s["mean"] != s["mean"]
+    curve = results["curves"]["1-1"]["cinuseg"]
+    assert len(curve) == 3
+    table = (tmp_path / "table.md").read_text()
+    assert "| cinuseg |" in table and table.index("| offline |") > table.index("| cinuseg |")
+    assert (tmp_path / "curve-1-1.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["summary"]["1-1"]["cinuseg"]["mean"] == pytest.approx(summary["cinuseg"]["mean"], nan_ok=True)
+
+    # a second run finds every model and evaluation and redoes nothing
+    events2 = []
+    drain(run_benchmark(_config(small, tmp_path, tiny)), events2.append)
+    assert all(e.cached for e in events2 if isinstance(e, (StepPlanned, StepEvaluated)))
+    assert not any(type(e).__name__ == "Progress" for e in events2)
+
+
+def test_interrupted_benchmark_resumes_without_redoing(small, tiny, tmp_path):
+    job = run_benchmark(_config(small, tmp_path, tiny, methods=("cinuseg",)))
+    for ev in job:
+        if isinstance(ev, StepPlanned) and ev.method == "cinuseg" and ev.step == 2:
+            break  # interrupted while the last step starts
+    job.close()
+    assert not (tmp_path / "models/seed0/1-1/cinuseg/step2.cinuseg.pt").exists()
+    events = []
+    drain(run_benchmark(_config(small, tmp_path, tiny, methods=("cinuseg",))), events.append)
+    planned = [(e.step, e.cached) for e in events if isinstance(e, StepPlanned)]
+    assert planned == [(0, True), (1, True), (2, False)]
+
+
+def test_cached_models_of_another_configuration_are_refused(small, tiny, tmp_path):
+    drain(run_benchmark(_config(small, tmp_path, tiny, methods=("finetune",), steps_only=True)))
+    other = _config(small, tmp_path, tiny, methods=("finetune",), steps_only=True)
+    other.settings = other.settings.replace(lr_step=0.5)
+    with pytest.raises(ValueError, match="another configuration"):
+        drain(run_benchmark(other))

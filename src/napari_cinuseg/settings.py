@@ -21,7 +21,7 @@ class TrainSettings:
     momentum: float = 0.9
     weight_decay: float = 0.01
     poly_power: float = 0.9
-    epochs: int = 30
+    epochs: int = 25
     iterations: int | None = None  # if set, overrides epochs
     batch_size: int = 8
     crop_size: int = 128

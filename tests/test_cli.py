@@ -30,3 +30,26 @@ def test_errors_are_messages_not_tracebacks(shared_data, tmp_path, capsys):
     assert main(["train-base", "--data", str(shared_data / "consep"), "--classes", "Neutrophil", "--out", str(tmp_path / "m.pt")]) == 2
     assert "unknown class 'Neutrophil'" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_segment_slide_to_masks_and_resume(shared_data, tmp_path, capsys):
+    import torch
+
+    from napari_cinuseg import CiNuSegModel, save_model
+    from napari_cinuseg.export import read_masks
+    from napari_cinuseg.network import Architecture
+
+    torch.manual_seed(0)
+    model_path = save_model(CiNuSegModel.new(["Epithelial", "Other"], Architecture("resnet18", "unet", (32, 16, 16, 8))), tmp_path / "m.cinuseg.pt")
+    svs = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    out = tmp_path / "out"
+    args = ["segment", str(svs), str(tmp_path / "missing.svs"), "--model", str(model_path), "--out", str(out), "--tile", "512", "--batch-size", "2", "--in-memory-limit", "1000000"]
+    assert main(args) == 2  # one image missing: said, the other done
+    err = capsys.readouterr().err
+    assert "no image at" in err and "saved" in err
+    class_map, masks, meta = read_masks(out / "CMU-1-Small-Region.masks.tif")
+    assert class_map.shape == (2967, 2220) and list(masks) == ["Epithelial", "Other"]
+    assert meta["source"].endswith("CMU-1-Small-Region.svs")
+    assert sorted(p.name for p in out.iterdir()) == ["CMU-1-Small-Region.masks.tif"]  # no scratch left
+    assert main(args[:2] + args[3:]) == 0
+    assert "skipped" in capsys.readouterr().err

@@ -190,6 +190,60 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_segment(args) -> int:
+    import shutil
+
+    from .export import export_masks
+    from .segmentation import SegmentStarted, TileProgress, segment
+    from .slides import Slide
+
+    model = load_model(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for image in args.images:
+        target = out / (Path(image).name.split(".")[0] + ".masks.tif")
+        if target.exists():
+            print(f"{target} exists: skipped (delete it to segment {image} again)", file=sys.stderr)
+            continue
+        try:
+            slide = Slide(image, level=args.level)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"cinuseg: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        h, w = slide.shape
+        on_disk = h * w > args.in_memory_limit
+        scratch = out / f".{target.name}.zarr"
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        bar = tqdm(total=1, unit="tile", file=sys.stderr, desc=Path(image).name)
+        try:
+            job = segment(model, slide, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device, out=scratch if on_disk else None)
+
+            def show(ev):
+                if isinstance(ev, SegmentStarted):
+                    bar.reset(total=ev.tiles)
+                elif isinstance(ev, TileProgress):
+                    bar.update(ev.done - bar.n)
+                    bar.set_postfix(skipped=ev.skipped)
+
+            result = _drain(job, show)
+            if result is None:
+                return 130
+            import zarr
+
+            class_map = zarr.open_array(str(result), mode="r") if on_disk else result
+            export_masks(class_map, target, model.class_names, [c.colour for c in model.classes], model.id, extra={"source": str(image), "level": args.level})
+            print(f"saved {target}", file=sys.stderr)
+        finally:
+            bar.close()
+            slide.close()
+            if scratch.exists():
+                shutil.rmtree(scratch, ignore_errors=True)
+    return 2 if failed else 0
+
+
 def cmd_methods(args) -> int:
     print("\n".join(available()))
     return 0
@@ -243,6 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder; an interrupted run resumes from it")
     _add_settings(p)
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("segment", help="segment images or whole slides into per-class masks (TIFF)")
+    p.add_argument("images", nargs="+", help="PNG/JPEG/TIFF images or SVS/pyramidal TIFF slides")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help="folder for <name>.masks.tif; images already done are skipped")
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--level", type=int, default=0, help="pyramid level of a slide")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--in-memory-limit", type=int, default=64_000_000, help="pixels above which the class map is built on disk")
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("methods", help="list the incremental methods")
     p.set_defaults(func=cmd_methods)

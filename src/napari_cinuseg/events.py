@@ -7,7 +7,19 @@ layers; the CLI drains it with a progress bar; tests drain it directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+import threading
+from typing import Any, Callable
+
+CancelFlag = threading.Event | Callable[[], bool] | None
+
+
+def is_cancelled(cancel: CancelFlag) -> bool:
+    """A job's cancel flag: a ``threading.Event`` that is set, or a callable that returns True."""
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Generator, Sequence
@@ -21,23 +20,14 @@ import torch
 
 from . import devices
 from .data import IGNORE, CropDataset, TrainingPair, check_pairs
-from .events import Cancelled, CropStats, Event, Progress, Saved, StepFinished, StepStarted
+from .events import CancelFlag, Cancelled, CropStats, Event, Progress, Saved, StepFinished, StepStarted, is_cancelled
 from .losses import LossOutput, base_bce
 from .methods import StepBatch, StepContext, get_method
 from .model import CiNuSegModel, StepRecord
 from .model_file import ModelFileError, load_model, save_model
 from .settings import TrainSettings
 
-CancelFlag = threading.Event | Callable[[], bool] | None
 _PREPARE_EPOCH = 2**31 - 1  # crops of the hooks' pass: fixed, and unlike any training epoch's
-
-
-def _is_cancelled(cancel: CancelFlag) -> bool:
-    if cancel is None:
-        return False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set()
-    return bool(cancel())
 
 
 def seed_everything(seed: int) -> None:
@@ -143,7 +133,7 @@ class _Loop:
             while it < total:
                 dataset.set_epoch(epoch)
                 for images, target, boxes in loader:
-                    if _is_cancelled(cancel):
+                    if is_cancelled(cancel):
                         yield Cancelled(step=self.step, iteration=it)
                         return None
                     lr = poly_lr(self.lr, it, total, s.poly_power)

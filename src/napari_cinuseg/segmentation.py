@@ -1,0 +1,210 @@
+"""Segment an image or a whole slide: overlapping tiles, blended logits, bounded memory.
+
+A generator like every long job: it yields :class:`SegmentStarted`, :class:`TileProgress` and
+:class:`SegmentFinished` (or :class:`~napari_cinuseg.events.Cancelled`) and returns the class
+map (uint8, 0 = background, i = the model's class i), in memory or in a zarr array on disk.
+
+Memory: the slide is read tile by tile; logits are accumulated in one band of tile rows across
+the slide's width (K × tile × width floats), finished rows are written out and dropped. Tiles
+are read by a background thread while the model works on the previous batch; tiles with no
+tissue are skipped (their pixels stay background unless a neighbouring tile covers them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generator, Iterator
+
+import numpy as np
+import torch
+
+from . import devices
+from .events import Cancelled, CancelFlag, is_cancelled
+from .model import CiNuSegModel
+from .slides import Slide
+from .tiling import blend_window, tile_origins, tissue_fraction
+
+
+@dataclass(frozen=True)
+class SegmentStarted:
+    height: int
+    width: int
+    tiles: int
+    device: str
+
+
+@dataclass(frozen=True)
+class TileProgress:
+    done: int
+    total: int
+    skipped: int
+    seconds: float
+
+    @property
+    def fraction(self) -> float:
+        return self.done / max(self.total, 1)
+
+
+@dataclass(frozen=True)
+class SegmentFinished:
+    result: object  # np.ndarray, or the path of the zarr array on disk
+    seconds: float
+    tiles: int
+    skipped: int
+
+
+def _prefetch(slide: Slide, boxes: list[tuple[int, int]], tile: int, workers: int = 2) -> Iterator[np.ndarray]:
+    """Tiles in order, read ahead by a small thread pool (reading and decoding release the GIL)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        ahead = 2 * workers + 2
+        futures = [pool.submit(slide.read, y, x, y + tile, x + tile) for y, x in boxes[:ahead]]
+        nxt = len(futures)
+        for i in range(len(boxes)):
+            img = futures[i].result()
+            futures[i] = None  # drop the reference: memory stays bounded
+            if nxt < len(boxes):
+                y, x = boxes[nxt]
+                futures.append(pool.submit(slide.read, y, x, y + tile, x + tile))
+                nxt += 1
+            yield img
+
+
+def segment(
+    model: CiNuSegModel,
+    image: Slide | np.ndarray | str | os.PathLike,
+    *,
+    tile: int = 512,
+    overlap: int = 64,
+    batch_size: int = 4,
+    device: str = "auto",
+    amp: bool = True,
+    min_tissue: float = 0.01,
+    out: str | os.PathLike | None = None,
+    cancel: CancelFlag = None,
+) -> Generator[object, None, np.ndarray | Path | None]:
+    """Class map of ``image`` (array (H, W, 3) uint8, a :class:`Slide`, or a file path).
+
+    ``out``: a ``.zarr`` folder to write the class map to (for slides too big for memory); it is
+    written under a temporary name and renamed at the end, so a cancelled or failed run leaves
+    nothing. ``min_tissue`` = 0 segments every tile.
+    """
+    if tile % 32 or tile < 64:
+        raise ValueError(f"tile must be a multiple of 32 and at least 64, got {tile}")
+    own = not isinstance(image, (Slide, np.ndarray))
+    slide = Slide(image) if own else image
+    if isinstance(slide, np.ndarray):
+        slide = _ArraySlide(slide)
+    out_path = Path(out) if out is not None else None
+    if out_path is not None and out_path.exists():
+        raise FileExistsError(f"{out_path} exists; choose another output or delete it")
+    tmp_path = out_path.with_name(f".{out_path.name}.partial") if out_path is not None else None
+    dev = devices.resolve_device(device)
+    dtype = devices.amp_dtype(dev, amp)
+    net = model.network
+    was_training = net.training
+    net.eval().to(dev)
+    if dev.type == "cuda":
+        net.to(memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    try:
+        h, w = slide.shape
+        ys, xs = tile_origins(h, tile, overlap), tile_origins(w, tile, overlap)
+        total = len(ys) * len(xs)
+        yield SegmentStarted(h, w, total, devices.describe(dev))
+        if tmp_path is not None:
+            import zarr
+
+            if tmp_path.exists():
+                shutil.rmtree(tmp_path)
+            result = zarr.open_array(str(tmp_path), mode="w", shape=(h, w), chunks=(min(h, 1024), min(w, 1024)), dtype="uint8")
+        else:
+            result = np.zeros((h, w), np.uint8)
+        k = model.num_channels
+        window = torch.from_numpy(blend_window(tile, overlap))
+        band_w = max(w, tile)
+        acc = torch.zeros((k, tile, band_w), dtype=torch.float32)
+        wsum = torch.zeros((tile, band_w), dtype=torch.float32)
+        boxes = [(y, x) for y in ys for x in xs]
+        tiles = _prefetch(slide, boxes, tile)
+        done = skipped = 0
+        for r, y in enumerate(ys):
+            row_imgs, row_x = [], []
+            for x in xs:
+                img = next(tiles)
+                if min_tissue > 0 and tissue_fraction(img) < min_tissue:
+                    skipped += 1
+                    done += 1
+                    continue
+                row_imgs.append(img)
+                row_x.append(x)
+            for b in range(0, len(row_imgs), batch_size):
+                if is_cancelled(cancel):
+                    yield Cancelled(step=-1, iteration=done, message="segmentation was cancelled; nothing was written")
+                    return None
+                batch = torch.from_numpy(np.stack(row_imgs[b : b + batch_size])).permute(0, 3, 1, 2)
+                batch = batch.to(dev, non_blocking=True)
+                if dev.type == "cuda":
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode(), devices.autocast(dev, dtype):
+                    logits = net(model.normalize(batch)).logits.float().cpu()
+                for i, x in enumerate(row_x[b : b + batch_size]):
+                    acc[:, :, x : x + tile] += logits[i] * window
+                    wsum[:, x : x + tile] += window
+                done += len(row_x[b : b + batch_size])
+                yield TileProgress(done, total, skipped, time.perf_counter() - t0)
+            # rows [y, next_y) are final: no later tile reaches them
+            next_y = ys[r + 1] if r + 1 < len(ys) else min(y + tile, h)
+            rows = min(next_y, h) - y
+            labels = acc[:, :rows, :w].argmax(0).to(torch.uint8)
+            labels[wsum[:rows, :w] == 0] = 0
+            result[y : y + rows, :] = labels.numpy()
+            shift = next_y - y
+            acc = torch.roll(acc, -shift, dims=1)
+            wsum = torch.roll(wsum, -shift, dims=0)
+            acc[:, tile - shift :] = 0
+            wsum[tile - shift :] = 0
+        yield TileProgress(done, total, skipped, time.perf_counter() - t0)
+        if tmp_path is not None:
+            os.replace(tmp_path, out_path)
+            result = out_path
+        seconds = time.perf_counter() - t0
+        yield SegmentFinished(result, seconds, total, skipped)
+        return result
+    finally:
+        if tmp_path is not None and tmp_path.exists():
+            shutil.rmtree(tmp_path, ignore_errors=True)
+        net.train(was_training).cpu()
+        if dev.type == "cuda":
+            net.to(memory_format=torch.contiguous_format)
+        devices.release(dev)
+        if own:
+            slide.close()
+
+
+class _ArraySlide:
+    """An in-memory RGB array behind the :class:`Slide` interface."""
+
+    def __init__(self, array: np.ndarray):
+        a = np.asarray(array)
+        if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {a.dtype} {a.shape}")
+        self.array = a
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.array.shape[:2]
+
+    def read(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        h, w = self.shape
+        out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
+        sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = self.array[sy0:sy1, sx0:sx1]
+        return out
+
+    def close(self) -> None:
+        pass

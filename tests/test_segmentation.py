@@ -1,0 +1,116 @@
+"""Slides read lazily, tiled segmentation without seams, and the TIFF export, on real images."""
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_cinuseg import CiNuSegModel, drain
+from napari_cinuseg.events import Cancelled
+from napari_cinuseg.export import export_masks, read_masks
+from napari_cinuseg.network import Architecture
+from napari_cinuseg.segmentation import SegmentFinished, TileProgress, segment
+from napari_cinuseg.slides import Slide
+from napari_cinuseg.tiling import blend_window, tile_origins, tissue_fraction
+
+
+@pytest.fixture(scope="module")
+def svs(shared_data):
+    return shared_data / "slides" / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="module")
+def patch(svs):
+    with Slide(svs) as s:
+        return s.read(1000, 800, 1512, 1312)
+
+
+@pytest.fixture(scope="module")
+def varied_model():
+    """A random network with a strong random classifier: its class map varies from pixel to
+    pixel, so any seam between tiles would show (a freshly initialised one predicts one class)."""
+    torch.manual_seed(0)
+    m = CiNuSegModel.new(["A", "B", "C"], Architecture("resnet18", "unet", (32, 16, 16, 8)))
+    with torch.no_grad():
+        m.network.classifier.weight.normal_(0, 1)
+        m.network.classifier.bias.zero_()
+    return m
+
+
+def test_svs_is_read_lazily_by_region(svs):
+    with Slide(svs) as s:
+        assert s.shape == (2967, 2220)
+        region = s.read(100, 200, 164, 296)
+        assert region.shape == (64, 96, 3) and region.dtype == np.uint8
+        edge = s.read(2950, 2200, 2990, 2240)  # past the corner: padded with white
+        assert (edge[17:, :] == 255).all() and (edge[:, 20:] == 255).all()
+    with tifffile.TiffFile(svs) as tif:
+        np.testing.assert_array_equal(region, tif.series[0].asarray()[100:164, 200:296])
+
+
+def test_tile_grid_and_window():
+    assert tile_origins(1000, 512, 64) == [0, 448, 488]
+    assert tile_origins(300, 512, 64) == [0]
+    w = blend_window(8, 3)
+    assert w[4, 4] == 1 and w[0, 0] < 1e-5 and w.shape == (8, 8)
+    with pytest.raises(ValueError):
+        tile_origins(100, 64, 64)
+
+
+def test_tiled_result_matches_whole_image(varied_model, patch):
+    whole = drain(segment(varied_model, patch, tile=512, overlap=0, min_tissue=0))
+    assert len(np.unique(whole)) >= 3
+    tiled = drain(segment(varied_model, patch, tile=256, overlap=128, min_tissue=0))
+    naive = np.zeros_like(whole)  # four separate tiles, no overlap, no blending
+    for y in (0, 256):
+        for x in (0, 256):
+            naive[y : y + 256, x : x + 256] = drain(segment(varied_model, patch[y : y + 256, x : x + 256].copy(), tile=256, overlap=0, min_tissue=0))
+    seam = np.zeros(whole.shape, bool)
+    seam[240:272, :] = seam[:, 240:272] = True
+    assert (tiled == whole).mean() > 0.998
+    assert (tiled == whole)[seam].mean() > (naive == whole)[seam].mean()
+
+
+def test_background_tiles_are_skipped(varied_model):
+    img = np.full((512, 768, 3), 245, np.uint8)  # empty glass
+    img[100:200, 600:700] = (150, 60, 140)  # some stained tissue in the last column of tiles
+    assert tissue_fraction(img[:256, :256]) == 0.0
+    events = []
+    result = drain(segment(varied_model, img, tile=256, overlap=0), events.append)
+    finished = events[-1]
+    assert isinstance(finished, SegmentFinished) and finished.tiles == 6 and finished.skipped == 5
+    assert (result[:, :512] == 0).all()
+
+
+def test_segmentation_to_disk_and_cancel(varied_model, svs, tmp_path):
+    out = tmp_path / "slide.zarr"
+    cancel = {"now": False}
+
+    def on_event(ev):
+        if isinstance(ev, TileProgress) and ev.done >= 2:
+            cancel["now"] = True
+
+    res = drain(segment(varied_model, svs, tile=256, overlap=32, batch_size=2, out=out, cancel=lambda: cancel["now"]), on_event)
+    assert res is None and list(tmp_path.iterdir()) == []  # nothing half-written
+    with Slide(svs) as s:
+        region = s.read(0, 0, 700, 600)
+    res = drain(segment(varied_model, region, tile=256, overlap=32, out=out))
+    import zarr
+
+    assert res == out and zarr.open_array(str(out), mode="r").shape == (700, 600)
+
+
+def test_export_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    class_map = rng.integers(0, 4, (300, 520)).astype(np.uint8)
+    path = export_masks(class_map, tmp_path / "masks.tif", ["Epithelial", "Spindle-shaped", "Other"], ["#ff0000", "#00ff00", "#0000ff"], model_id="abc")
+    back, masks, meta = read_masks(path)
+    np.testing.assert_array_equal(back, class_map)
+    assert list(masks) == ["Epithelial", "Spindle-shaped", "Other"]
+    np.testing.assert_array_equal(masks["Other"], class_map == 3)
+    assert meta["model_id"] == "abc" and meta["classes"]["2"] == "Spindle-shaped"
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].is_tiled and tif.pages[0].compression == 8  # deflate
+    with pytest.raises(FileExistsError):
+        export_masks(class_map, path, ["a", "b", "c"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks.tif"]

@@ -20,6 +20,8 @@ from .network import Architecture, NucleiSegNet
 FORMAT = "napari-cinuseg-model"
 FORMAT_VERSION = 1
 SUFFIX = ".cinuseg.pt"
+# The base model shipped with the package (see docs/usage.md for the command that made it).
+BUNDLED_MODEL = Path(__file__).parent / "resources" / "base-consep.cinuseg.pt"
 
 
 class ModelFileError(ValueError):

@@ -76,7 +76,7 @@ def _prefetch(slide: Slide, boxes: list[tuple[int, int]], tile: int, workers: in
 
 def segment(
     model: CiNuSegModel,
-    image: Slide | np.ndarray | str | os.PathLike,
+    image,
     *,
     tile: int = 512,
     overlap: int = 64,
@@ -87,7 +87,8 @@ def segment(
     out: str | os.PathLike | None = None,
     cancel: CancelFlag = None,
 ) -> Generator[object, None, np.ndarray | Path | None]:
-    """Class map of ``image`` (array (H, W, 3) uint8, a :class:`Slide`, or a file path).
+    """Class map of ``image``: a file path, a :class:`Slide`, or an array-like (H, W, 3) uint8
+    (numpy, or a lazy zarr/dask level of a napari layer).
 
     ``out``: a ``.zarr`` folder to write the class map to (for slides too big for memory); it is
     written under a temporary name and renamed at the end, so a cancelled or failed run leaves
@@ -95,10 +96,10 @@ def segment(
     """
     if tile % 32 or tile < 64:
         raise ValueError(f"tile must be a multiple of 32 and at least 64, got {tile}")
-    own = not isinstance(image, (Slide, np.ndarray))
+    own = isinstance(image, (str, os.PathLike))
     slide = Slide(image) if own else image
-    if isinstance(slide, np.ndarray):
-        slide = _ArraySlide(slide)
+    if not isinstance(slide, Slide) and not isinstance(slide, ArraySlide):
+        slide = ArraySlide(slide)
     out_path = Path(out) if out is not None else None
     if out_path is not None and out_path.exists():
         raise FileExistsError(f"{out_path} exists; choose another output or delete it")
@@ -186,24 +187,26 @@ def segment(
             slide.close()
 
 
-class _ArraySlide:
-    """An in-memory RGB array behind the :class:`Slide` interface."""
+class ArraySlide:
+    """An array-like RGB image (numpy, zarr, dask: (H, W, 3 or 4) uint8) behind the
+    :class:`Slide` interface; only the regions asked for are read."""
 
-    def __init__(self, array: np.ndarray):
-        a = np.asarray(array)
-        if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {a.dtype} {a.shape}")
-        self.array = a
+    def __init__(self, array):
+        shape, dtype = tuple(array.shape), np.dtype(array.dtype)
+        if len(shape) != 3 or shape[2] not in (3, 4) or dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {dtype} {shape}")
+        self.array = array
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.array.shape[:2]
+        return tuple(self.array.shape[:2])
 
     def read(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         h, w = self.shape
         out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
         sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
-        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = self.array[sy0:sy1, sx0:sx1]
+        if sy1 > sy0 and sx1 > sx0:
+            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = np.asarray(self.array[sy0:sy1, sx0:sx1])[..., :3]
         return out
 
     def close(self) -> None:

@@ -1,0 +1,216 @@
+"""npe2 reader: H&E images and whole slides for napari.
+
+SVS, NDPI, (OME-)TIFF and pyramidal TIFF are opened through tifffile's zarr view, so nothing is
+decoded until napari asks for a region: a pyramid becomes a multiscale layer (one zarr array per
+level), a single-level TIFF one lazy zarr array. Only series 0 (the baseline and its pyramid) is
+read; an SVS's thumbnail, label and macro images are not layers. PNG and JPEG are read in memory.
+
+A TIFF written by :func:`napari_cinuseg.export.export_masks` (page 0 a class map, its description
+naming the classes) opens as a Labels layer with the class names in its ``features``, so that a
+saved class map can be opened, corrected and saved again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi")  # .ome.tif / .ome.tiff end in .tif / .tiff
+PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+LayerData = tuple  # (data, kwargs, layer_type)
+
+# A class map up to this many pixels (256 MB as uint8) is read into memory, so it can be edited;
+# a larger one (a whole slide's) opens lazily and read-only.
+EDITABLE_PIXELS = 2**28
+
+
+def _suffix(path: str | os.PathLike) -> str:
+    return Path(os.fspath(path)).suffix.lower()
+
+
+def _handles(path) -> bool:
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    return _suffix(path) in TIFF_SUFFIXES + PLAIN_SUFFIXES and not Path(os.fspath(path)).is_dir()
+
+
+def get_reader(path: str | os.PathLike | list) -> Callable[[Any], list[LayerData]] | None:
+    """The reader for ``path`` (a path or a list of paths), or None if this plugin does not read it.
+
+    Only the suffix is checked here; a file that turns out to be unreadable raises a
+    ``ValueError`` that says what is wrong when the returned function reads it.
+    """
+    paths = list(path) if isinstance(path, (list, tuple)) else [path]
+    if not paths or not all(_handles(p) for p in paths):
+        return None
+    return read_he
+
+
+def read_he(path: str | os.PathLike | list) -> list[LayerData]:
+    """Layer data for one path or a list of paths (one layer each)."""
+    paths = list(path) if isinstance(path, (list, tuple)) else [path]
+    layers: list[LayerData] = []
+    for p in paths:
+        layers.append(_read_one(Path(os.fspath(p))))
+    return layers
+
+
+def _layer_name(path: Path) -> str:
+    stem = path.stem
+    return stem[: -len(".ome")] if stem.lower().endswith(".ome") else stem
+
+
+def _read_one(path: Path) -> LayerData:
+    if not path.is_file():
+        raise ValueError(f"cannot open {path}: there is no such file")
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return _read_tiff(path)
+    if suffix in PLAIN_SUFFIXES:
+        from .data import read_rgb
+
+        try:
+            image = read_rgb(path)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure becomes advice
+            raise ValueError(
+                f"{path} could not be read as a {suffix[1:].upper()} image ({type(exc).__name__}: {exc}); "
+                "is the file complete and really an image?"
+            ) from None
+        meta = {"path": str(path), "level_shapes": [tuple(image.shape)]}
+        return (image, {"name": _layer_name(path), "rgb": True, "metadata": meta}, "image")
+    raise ValueError(f"{path}: napari-cinuseg reads {', '.join(TIFF_SUFFIXES + PLAIN_SUFFIXES)} files, not {suffix!r}")
+
+
+def _read_tiff(path: Path) -> LayerData:
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(
+            f"{path} is not a readable TIFF/SVS file ({type(exc).__name__}: {exc}); "
+            "is the file complete (not truncated by a download or copy) and really a TIFF?"
+        ) from None
+    try:
+        masks_meta = _cinuseg_masks_meta(tif)
+        if masks_meta is not None:
+            return _masks_layer(tif, path, masks_meta)
+        return _image_layer(tif, path)
+    except ValueError:
+        tif.close()
+        raise
+    except Exception as exc:  # noqa: BLE001
+        tif.close()
+        raise ValueError(
+            f"{path} could not be read as an image ({type(exc).__name__}: {exc}); "
+            "is the file complete (not truncated by a download or copy)?"
+        ) from None
+
+
+def _open_zarr(store, tif):
+    """``zarr.open`` of a tifffile store that keeps ``tif`` (its open file) alive with it."""
+    import zarr
+
+    # The store reads tiles through the TiffFile's file handle: hold the handle as long as the
+    # store (and so every zarr array of the layer, which holds the store) lives.
+    store._cinuseg_tiff = tif
+    return zarr.open(store, mode="r")
+
+
+def _probe(array) -> None:
+    """Decode the first and the last chunk, so a truncated file fails now, not in the viewer."""
+    first = tuple(slice(0, 1) for _ in array.shape)
+    last = tuple(slice(n - 1, n) for n in array.shape)
+    np.asarray(array[first])
+    np.asarray(array[last])
+
+
+def _image_layer(tif, path: Path) -> LayerData:
+    if not tif.series:
+        raise ValueError(
+            f"{path} holds no readable image (its image directory is missing or damaged); "
+            "is the file complete (not truncated by a download or copy)?"
+        )
+    series = tif.series[0]
+    levels = series.levels
+    axes = levels[0].axes
+    shape = tuple(levels[0].shape)
+    if axes in ("YXS", "YXC") and shape[-1] in (3, 4):
+        rgb = True
+    elif axes == "YX":
+        rgb = False
+    else:
+        raise ValueError(
+            f"{path} holds {axes} data of shape {shape}; napari-cinuseg opens 2-D RGB (or grey) "
+            "H&E images. Open stacks and multichannel images with napari's own TIFF reader."
+        )
+    level_shapes = [tuple(lv.shape) for lv in levels]
+    root = _open_zarr(series.aszarr(), tif)
+    if len(levels) > 1:
+        data: Any = [root[str(i)] for i in range(len(levels))]
+        _probe(data[0])
+        _probe(data[-1])
+    else:
+        data = root
+        _probe(data)
+    kwargs: dict[str, Any] = {
+        "name": _layer_name(path),
+        "rgb": rgb,
+        "multiscale": len(levels) > 1,
+        "metadata": {"path": str(path), "level_shapes": level_shapes},
+    }
+    if not rgb:
+        kwargs["colormap"] = "gray"
+    return (data, kwargs, "image")
+
+
+def _cinuseg_masks_meta(tif) -> dict | None:
+    """The JSON description of a napari-cinuseg masks TIFF, or None for any other TIFF."""
+    try:
+        description = tif.pages[0].description
+    except Exception:  # noqa: BLE001
+        return None
+    if not description or not description.lstrip().startswith("{"):
+        return None
+    try:
+        meta = json.loads(description)
+    except ValueError:
+        return None
+    if isinstance(meta, dict) and meta.get("software") == "napari-cinuseg" and isinstance(meta.get("classes"), dict):
+        return meta
+    return None
+
+
+def _masks_layer(tif, path: Path, meta: dict) -> LayerData:
+    page = tif.pages[0]
+    if page.ndim != 2:
+        raise ValueError(f"{path}: the class map (page 0) has shape {page.shape}; a 2-D map was expected")
+    if page.shape[0] * page.shape[1] <= EDITABLE_PIXELS:
+        data: Any = page.asarray()  # in memory: the class map can be painted on and saved again
+        tif.close()
+    else:
+        data = _open_zarr(page.aszarr(), tif)  # a whole slide's map stays on disk (read-only)
+        _probe(data)
+    classes = {int(k): str(v) for k, v in meta["classes"].items()}
+    colours = {int(k): v for k, v in (meta.get("colours") or {}).items()}
+    n = max(classes, default=0)
+    names = [classes.get(i, f"class {i}") for i in range(1, n + 1)]
+    colour_list = [colours.get(i) for i in range(1, n + 1)]
+    features: dict[str, list] = {"index": list(range(n + 1)), "name": ["background"] + names}
+    if any(colour_list):
+        features["colour"] = [None] + colour_list
+    kwargs = {
+        "name": _layer_name(path),
+        "features": features,
+        "metadata": {
+            "path": str(path),
+            "level_shapes": [tuple(page.shape)],
+            "cinuseg": {"class_names": names, "colours": colour_list, "model_id": meta.get("model_id")},
+        },
+    }
+    return (data, kwargs, "labels")

@@ -1,0 +1,20 @@
+"""npe2 sample data: a 1024 × 1024 H&E crop of the OpenSlide CMU-1 test slide (CC0 1.0).
+
+See ``resources/README.md`` for where the crop comes from.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+SAMPLE_NAME = "H&E sample (CMU-1, CC0)"
+SAMPLE_FILE = "cmu1-region.jpg"
+
+
+def sample_he() -> list[tuple]:
+    """[(image, {"name": ..., "rgb": True})]: the packaged crop as (1024, 1024, 3) uint8."""
+    from .data import read_rgb
+
+    with resources.as_file(resources.files(__package__).joinpath("resources", SAMPLE_FILE)) as path:
+        image = read_rgb(path)
+    return [(image, {"name": SAMPLE_NAME, "rgb": True})]

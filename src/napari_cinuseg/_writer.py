@@ -1,0 +1,150 @@
+"""npe2 writer: a Labels layer (class map) to a CiNuSeg masks TIFF.
+
+The file is :func:`napari_cinuseg.export.export_masks`'s: page 0 the class map, then one binary
+page per class, the class names (and colours, and the model's identity) in the metadata.
+
+Class names come from, in this order:
+
+1. the layer's ``features``: a table (DataFrame or dict of columns) with the columns ``index``
+   (the label value) and ``name``, and optionally ``colour`` (or ``color``); row 0 (background)
+   is ignored;
+2. ``metadata["cinuseg"]`` = ``{"class_names": [...], "colours": [...], "model_id": ...}``, which
+   the CiNuSeg widget sets on the layers it makes;
+3. otherwise ``"class 1"``, ``"class 2"``, ... up to the largest label value present.
+
+Label values without a name get ``"class <value>"``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .export import export_masks
+
+SUFFIXES = (".tif", ".tiff")
+_ROWS = 2048  # rows scanned at a time when checking a lazy (zarr/dask) class map
+
+
+def write_masks(path: str | os.PathLike, data: Any, attributes: dict) -> list[str]:
+    """Write the Labels layer ``data`` to ``path`` as a masks TIFF; return ``[path]``."""
+    path = Path(os.fspath(path))
+    if path.suffix.lower() not in SUFFIXES:
+        path = path.with_name(path.name + ".tif")
+    attributes = attributes or {}
+    if isinstance(data, (list, tuple)):  # multiscale labels: the full-resolution level
+        if not data:
+            raise ValueError("the labels layer has no data to write")
+        data = data[0]
+    if not hasattr(data, "shape") or not hasattr(data, "dtype"):
+        data = np.asarray(data)
+    if len(data.shape) != 2:
+        raise ValueError(
+            f"CiNuSeg class masks are 2-D; this labels layer has shape {tuple(data.shape)}. "
+            "Select a 2-D labels layer (one slice of a stack can be copied into a new layer)."
+        )
+    dtype = np.dtype(data.dtype)
+    if not (np.issubdtype(dtype, np.integer) or dtype == np.bool_):
+        raise ValueError(f"a class map holds integer labels, not {dtype} values")
+    present = _label_values(data)
+    if present.size and (present[0] < 0 or present[-1] > 255):
+        raise ValueError(
+            f"the labels layer holds values {int(present[0])}..{int(present[-1])}; a class map's labels are "
+            "0 (background) to 255. Is this an instance (nucleus id) layer rather than a class layer?"
+        )
+    names, colours, model_id = _classes(attributes, int(present[-1]) if present.size else 0)
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"class names must be unique; {', '.join(map(repr, dupes))} name more than one class")
+    extra = {"layer_name": attributes.get("name")} if attributes.get("name") else None
+    # napari's save dialog has already asked before replacing an existing file.
+    export_masks(_as_uint8(data), path, names, colours, model_id, extra=extra, overwrite=True)
+    return [str(path)]
+
+
+def _label_values(data) -> np.ndarray:
+    """The sorted distinct values of a 2-D array, scanning a lazy one a band of rows at a time."""
+    if isinstance(data, np.ndarray):
+        return np.unique(data)
+    values: set = set()
+    for y in range(0, data.shape[0], _ROWS):
+        values.update(np.unique(np.asarray(data[y : y + _ROWS])).tolist())
+    return np.array(sorted(values), dtype=np.int64)
+
+
+def _as_uint8(data):
+    if isinstance(data, np.ndarray):
+        return data.astype(np.uint8, copy=False)
+    return data  # a lazy array is tiled (and cast) by export_masks
+
+
+def _column(table, *names: str):
+    for name in names:
+        if name in table:
+            return list(table[name])
+    return None
+
+
+def _classes(attributes: dict, max_label: int) -> tuple[list[str], list | None, str | None]:
+    """(class names for labels 1..n, colours or None, model id or None)."""
+    meta = (attributes.get("metadata") or {}).get("cinuseg") or {}
+    model_id = meta.get("model_id")
+    by_value: dict[int, str] = {}
+    colour_of: dict[int, Any] = {}
+
+    features = attributes.get("features")
+    if features is not None and len(features):
+        index = _column(features, "index")
+        fnames = _column(features, "name")
+        if index is not None and fnames is not None:
+            fcolours = _column(features, "colour", "color") or [None] * len(index)
+            for value, name, colour in zip(index, fnames, fcolours):
+                if _missing(value) or _missing(name):
+                    continue
+                value = int(value)
+                if 0 < value <= 255:
+                    by_value[value] = str(name)
+                    colour = _hex(colour)
+                    if colour:
+                        colour_of[value] = colour
+
+    if not by_value and meta.get("class_names"):
+        for i, name in enumerate(meta["class_names"], start=1):
+            by_value[i] = str(name)
+        for i, colour in enumerate(meta.get("colours") or [], start=1):
+            colour = _hex(colour)
+            if colour:
+                colour_of[i] = colour
+
+    n = max([max_label, *by_value])
+    names = [by_value.get(i, f"class {i}") for i in range(1, n + 1)]
+    colours = [colour_of.get(i) for i in range(1, n + 1)] if colour_of else None
+    return names, colours, model_id
+
+
+def _missing(x) -> bool:
+    if x is None:
+        return True
+    try:
+        import pandas as pd
+
+        return bool(pd.isna(x)) if np.ndim(x) == 0 else False
+    except ImportError:  # pragma: no cover - napari brings pandas
+        return isinstance(x, float) and np.isnan(x)
+
+
+def _hex(colour) -> str | None:
+    """A colour as given (a name or '#rrggbb') or an RGB(A) tuple in 0..1 as '#rrggbb'; else None."""
+    if isinstance(colour, str):
+        return colour or None
+    if colour is None or np.ndim(colour) != 1 or len(colour) not in (3, 4):
+        return None
+    try:
+        from matplotlib.colors import to_hex
+
+        return to_hex(np.asarray(colour, dtype=float), keep_alpha=False)
+    except ValueError:
+        return None

@@ -1,0 +1,97 @@
+"""From what a user painted to what the engine trains on (the plugin's headless twin).
+
+An annotation is a labels array over an image: 0 unpainted, 1..n the step's new classes,
+n + 1 "background". Unpainted pixels are unlabelled (255: no supervision for the new classes,
+distillation still applies) unless they lie inside a region the user marked as exhaustively
+annotated, where they count as background (the paper's protocol).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from skimage.draw import polygon as draw_polygon
+
+from .data import IGNORE, TrainingPair
+
+
+def exhaustive_mask(shapes: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Pixels inside any of the polygons/rectangles (each (N, 2) vertices as (row, col))."""
+    mask = np.zeros(shape, bool)
+    for verts in shapes:
+        v = np.asarray(verts, dtype=float)
+        if v.ndim != 2 or v.shape[1] < 2:
+            raise ValueError(f"a region needs (N, 2) vertices, got shape {v.shape}")
+        rr, cc = draw_polygon(v[:, -2], v[:, -1], shape=shape)
+        mask[rr, cc] = True
+    return mask
+
+
+def annotation_target(annotation: np.ndarray, n_new: int = 1, exhaustive: np.ndarray | None = None) -> np.ndarray:
+    """The engine's step target: 0 background, 1..n_new the new classes, 255 unlabelled."""
+    ann = np.asarray(annotation)
+    if ann.ndim != 2:
+        raise ValueError(f"an annotation must be 2-D, got shape {ann.shape}")
+    background = n_new + 1
+    bad = np.setdiff1d(np.unique(ann), np.arange(background + 1))
+    if bad.size:
+        raise ValueError(
+            f"the annotation uses label(s) {bad.tolist()}; paint with 1..{n_new} for the new "
+            f"class(es) and {background} for background"
+        )
+    target = np.full(ann.shape, IGNORE, np.uint8)
+    if exhaustive is not None:
+        if exhaustive.shape != ann.shape:
+            raise ValueError("the exhaustive regions do not cover the same pixels as the annotation")
+        target[exhaustive] = 0
+    target[ann == background] = 0
+    painted = (ann >= 1) & (ann <= n_new)
+    target[painted] = ann[painted]
+    return target
+
+
+def annotated_box(annotation: np.ndarray, exhaustive: np.ndarray | None = None, margin: int = 64) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1) around every painted or exhaustive pixel plus a margin; None if none."""
+    used = np.asarray(annotation) > 0
+    if exhaustive is not None:
+        used = used | exhaustive
+    rows, cols = np.nonzero(used.any(axis=1))[0], np.nonzero(used.any(axis=0))[0]
+    if rows.size == 0:
+        return None
+    h, w = used.shape
+    return (max(rows[0] - margin, 0), max(cols[0] - margin, 0), min(rows[-1] + 1 + margin, h), min(cols[-1] + 1 + margin, w))
+
+
+def training_pair(
+    image: np.ndarray,
+    annotation: np.ndarray,
+    n_new: int = 1,
+    exhaustive_regions: Sequence[np.ndarray] = (),
+    name: str = "",
+    margin: int = 64,
+) -> tuple[TrainingPair, tuple[int, int]] | None:
+    """A training pair cropped to the annotated part of ``image`` and the crop's (top, left) in
+    the image; None if nothing is painted.
+
+    ``image`` may be any array-like that slices to RGB uint8 (a lazy slide level too): only the
+    annotated box is read.
+    """
+    ann = np.asarray(annotation)
+    if tuple(ann.shape[:2]) != tuple(image.shape[:2]):
+        raise ValueError(
+            f"the annotation layer is {ann.shape[:2]} but its image is {tuple(image.shape[:2])}; "
+            "paint in a layer made for this image"
+        )
+    ex = exhaustive_mask(exhaustive_regions, ann.shape) if len(exhaustive_regions) else None
+    box = annotated_box(ann, ex, margin)
+    if box is None:
+        return None
+    y0, x0, y1, x1 = box
+    img = np.asarray(image[y0:y1, x0:x1])
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[..., :3]
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"the image must be RGB uint8 for training, got {img.dtype} {img.shape}")
+    target = annotation_target(ann[y0:y1, x0:x1], n_new, ex[y0:y1, x0:x1] if ex is not None else None)
+    return TrainingPair(np.ascontiguousarray(img), target, name), (y0, x0)

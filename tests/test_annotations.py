@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from napari_cinuseg.annotations import annotation_target, exhaustive_mask, training_pair
+from napari_cinuseg.measurements import class_statistics
+
+
+def test_unpainted_is_unlabelled_unless_exhaustive():
+    ann = np.zeros((6, 8), np.uint8)
+    ann[1, 1] = 1  # new class
+    ann[4, 6] = 2  # background brush
+    t = annotation_target(ann)
+    assert t[1, 1] == 1 and t[4, 6] == 0 and (t == 255).sum() == 46
+    ex = exhaustive_mask([np.array([[0, 0], [0, 3], [3, 3], [3, 0]])], ann.shape)
+    t = annotation_target(ann, exhaustive=ex)
+    assert t[1, 1] == 1 and t[2, 2] == 0 and t[5, 7] == 255 and t[4, 6] == 0
+    with pytest.raises(ValueError, match="paint with 1..1"):
+        annotation_target(ann + 5)
+
+
+def test_training_pair_is_cropped_to_the_annotation():
+    img = np.random.default_rng(0).integers(0, 255, (300, 400, 3)).astype(np.uint8)
+    ann = np.zeros((300, 400), np.uint8)
+    ann[100:110, 200:210] = 1
+    pair, offset = training_pair(img, ann, margin=20)
+    assert offset == (80, 180)
+    assert pair.image.shape == (50, 50, 3) and (pair.target == 1).sum() == 100
+    np.testing.assert_array_equal(pair.image, img[80:130, 180:230])
+    assert training_pair(img, np.zeros_like(ann)) is None
+    with pytest.raises(ValueError, match="paint in a layer made for this image"):
+        training_pair(img, ann[:10])
+
+
+def test_class_statistics():
+    cm = np.zeros((10, 10), np.uint8)
+    cm[0:2, 0:2] = 1
+    cm[5:8, 5:8] = 1
+    cm[0, 9] = 2
+    rows = class_statistics(cm, ["A", "B", "C"], pixel_size_um=0.5)
+    assert [r["nuclei"] for r in rows] == [2, 1, 0]
+    assert rows[0]["area_px"] == 13 and rows[0]["mean_area_px"] == 6.5 and rows[0]["area_um2"] == 13 * 0.25

@@ -1,0 +1,104 @@
+"""The whole flow in a real napari window (Xvfb): prior model, paint, train, cancel, segment, export."""
+
+import hashlib
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QSettings
+
+from napari_cinuseg import _widget
+from napari_cinuseg._widget import CiNuSegWidget
+from napari_cinuseg.export import read_masks
+from napari_cinuseg.slides import Slide
+from napari_cinuseg.training import drain, train_base
+
+
+@pytest.fixture
+def prior_file(few_pairs, tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prior") / "base.cinuseg.pt"
+    drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=2), out=out))
+    return out
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tmp_path, monkeypatch, shared_data):
+    monkeypatch.setattr(_widget, "models_dir", lambda: tmp_path)
+    monkeypatch.setattr(CiNuSegWidget, "settings_factory", staticmethod(lambda: QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)))
+    viewer = make_napari_viewer()
+    with Slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as s:
+        viewer.add_image(s.read(1000, 800, 1320, 1120), name="he", rgb=True)
+    w = CiNuSegWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    return w
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_paint_train_cancel_segment_export(widget, prior_file, qtbot, tmp_path):
+    viewer = widget.viewer
+    before = _digest(prior_file)
+    widget.load_model(prior_file)
+    assert "Spindle-shaped" in widget.model_label.text()
+
+    widget.class_name.setText("Neutrophil")
+    widget.colour.setText("#00ffff")
+    layer = widget.add_annotation_layer()
+    assert layer.metadata["cinuseg_annotation"] == {"image": "he", "class": "Neutrophil"}
+    layer.data[40:60, 40:60] = 1  # a few strokes of the new class
+    layer.data[200:230, 150:170] = 2  # and of background
+    layer.refresh()
+
+    widget.iterations.setValue(2)
+    widget.crop.setValue(64)
+    with qtbot.waitSignal(widget.start_training().finished, timeout=120_000):
+        pass
+    assert widget.model.class_names == ["Epithelial", "Spindle-shaped", "Neutrophil"]
+    saved = widget.new_model_path
+    assert saved.exists() and saved.parent == tmp_path
+    assert _digest(prior_file) == before
+    assert "last training crops (ATT)" in viewer.layers
+    assert set(viewer.layers["last training crops (ATT)"].features.columns) >= {"r", "t_o", "t_n"}
+
+    # a second run, cancelled at once: no file, the current model stays
+    files = sorted(tmp_path.glob("*.cinuseg.pt"))
+    current = widget.model
+    widget.class_name.setText("Neutrophil-2")
+    layer2 = widget.add_annotation_layer()
+    layer2.data[40:60, 40:60] = 1
+    widget.iterations.setValue(10_000)
+    worker = widget.start_training()
+    widget.cancel()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    assert sorted(tmp_path.glob("*.cinuseg.pt")) == files and widget.model is current
+    assert "cancelled" in widget.status.text()
+
+    widget.tile.setValue(256)
+    with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
+        pass
+    classes = viewer.layers["he · classes"]
+    assert classes.data.shape == (320, 320)
+    assert list(classes.features["name"]) == ["background", "Epithelial", "Spindle-shaped", "Neutrophil"]
+    assert "he · Neutrophil" in viewer.layers
+    assert widget.table.rowCount() == 3
+
+    out = widget.export_to(tmp_path / "he.masks.tif")
+    class_map, masks, meta = read_masks(out)
+    np.testing.assert_array_equal(class_map, np.asarray(classes.data))
+    assert list(masks) == ["Epithelial", "Spindle-shaped", "Neutrophil"] and meta["model_id"] == widget.model.id
+
+
+def test_clear_messages_and_remembered_settings(widget, qtbot):
+    assert widget.add_annotation_layer() is None  # no class name
+    assert "needs a name" in widget.status.text()
+    widget.class_name.setText("Neutrophil")
+    assert widget.start_training() is None  # nothing painted
+    assert "nothing is painted" in widget.status.text()
+    assert widget.start_segmentation() is None
+    assert "model first" in widget.status.text()
+    widget.iterations.setValue(123)
+    widget._remember()
+    again = CiNuSegWidget(widget.viewer)
+    assert again.iterations.value() == 123

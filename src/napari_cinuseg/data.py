@@ -64,7 +64,12 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """An RGB uint8 image (H, W, 3); RGBA loses its alpha, grey is repeated to three channels."""
-    img = np.asarray(skio.imread(str(path)))
+    return as_rgb_uint8(np.asarray(skio.imread(str(path))), path)
+
+
+def as_rgb_uint8(img: np.ndarray, path: str | os.PathLike = "image") -> np.ndarray:
+    """(H, W) or (H, W, 3|4) of any dtype → RGB uint8: alpha dropped, grey repeated, other dtypes
+    rescaled from their own range (NaN counts as the minimum)."""
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] not in (3, 4):

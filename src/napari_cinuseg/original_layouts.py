@@ -26,6 +26,7 @@ from .data import (
     MONUSAC_PAPER_CLASSES,
     LabelledImage,
     LabelledSet,
+    as_rgb_uint8,
     read_rgb,
 )
 
@@ -190,16 +191,7 @@ def _rgb_from_array(img: np.ndarray, axes: str, path: Path) -> np.ndarray:
         img = img[0]
     if img.ndim == 3 and img.shape[2] not in (3, 4) and img.shape[0] == 1:
         img = img[0]
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError(f"{path}: expected a 2-D RGB image, got an array of shape {img.shape}")
-    img = img[..., :3]
-    if img.dtype != np.uint8:
-        img = img.astype(np.float64)
-        lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
-        img = np.clip((np.nan_to_num(img, nan=lo) - lo) / max(hi - lo, 1e-12) * 255, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(img)
+    return as_rgb_uint8(img, path)
 
 
 def read_tiff_rgb(path: str | os.PathLike) -> np.ndarray:

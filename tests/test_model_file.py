@@ -129,3 +129,17 @@ def test_child_keeps_parent_and_grows(model):
         model.child(["Background"])
     with pytest.raises(ValueError, match="#rrggbb"):
         model.child(["Other"], colours=["red"])
+
+
+def test_bundled_base_model_segments_held_out_consep(consep):
+    """The shipped base model (fp16) loads and segments images of sources it was not trained on."""
+    from napari_cinuseg.data import split_by_source
+    from napari_cinuseg.evaluation import evaluate
+    from napari_cinuseg.model_file import BUNDLED_MODEL
+
+    model = load_model(BUNDLED_MODEL)
+    assert model.class_names == ["Epithelial", "Spindle-shaped"] and model.steps[0].method == "base"
+    _, val = split_by_source(consep, 0.2, seed=0)  # the split it was trained beside
+    few = type(val)(val.class_names, [it for it in val.items if it.source == val.sources[0]][:6])
+    dice = evaluate(model, few, "cpu")
+    assert dice["Epithelial"] > 50, dice

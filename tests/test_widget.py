@@ -98,7 +98,10 @@ def test_clear_messages_and_remembered_settings(widget, qtbot):
     assert "nothing is painted" in widget.status.text()
     assert widget.start_segmentation() is None
     assert "model first" in widget.status.text()
+    widget.bundled_btn.click()  # the shipped base model, remembered for next time
+    assert widget.model.class_names == ["Epithelial", "Spindle-shaped"]
     widget.iterations.setValue(123)
     widget._remember()
     again = CiNuSegWidget(widget.viewer)
     assert again.iterations.value() == 123
+    assert again.model is not None and again.model.id == widget.model.id

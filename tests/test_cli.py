@@ -53,3 +53,25 @@ def test_segment_slide_to_masks_and_resume(shared_data, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["CMU-1-Small-Region.masks.tif"]  # no scratch left
     assert main(args[:2] + args[3:]) == 0
     assert "skipped" in capsys.readouterr().err
+
+
+def test_export_class_map(tmp_path, capsys):
+    import numpy as np
+    from skimage import io as skio
+
+    from napari_cinuseg import CiNuSegModel, save_model
+    from napari_cinuseg.export import read_masks
+    from napari_cinuseg.network import Architecture
+
+    model = save_model(CiNuSegModel.new(["A", "B"], Architecture("resnet18", "unet", (32, 16, 16, 8))), tmp_path / "m.cinuseg.pt")
+    cm = np.zeros((40, 60), np.uint8)
+    cm[5:10, 5:10] = 2
+    skio.imsave(tmp_path / "cm.png", cm, check_contrast=False)
+    assert main(["export", str(tmp_path / "cm.png"), "--model", str(model), "--out", str(tmp_path / "cm.tif")]) == 0
+    back, masks, _ = read_masks(tmp_path / "cm.tif")
+    assert (back == cm).all() and masks["B"].sum() == 25
+    assert main(["export", str(tmp_path / "cm.png"), "--model", str(model), "--out", str(tmp_path / "cm.tif")]) == 2
+    assert "exists" in capsys.readouterr().err
+    skio.imsave(tmp_path / "bad.png", (cm * 3).astype(np.uint8), check_contrast=False)
+    assert main(["export", str(tmp_path / "bad.png"), "--model", str(model), "--out", str(tmp_path / "bad.tif")]) == 2
+    assert "model knows 2 classes" in capsys.readouterr().err

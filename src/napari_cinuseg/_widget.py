@@ -10,6 +10,7 @@ events and results into widgets and layers. Everything it does has a headless tw
 from __future__ import annotations
 
 import re
+from collections import deque
 import threading
 import time
 from datetime import datetime
@@ -125,6 +126,7 @@ class CiNuSegWidget(QWidget):
         self.cancel_event = threading.Event()
         self.last_crops: list = []  # (image layer name, y0, x0) per training pair
         self.new_model_path: Path | None = None
+        self._crops: deque = deque(maxlen=64)
         self._build()
         self._restore()
 
@@ -424,6 +426,7 @@ class CiNuSegWidget(QWidget):
             return (yield from job)
 
         self.plot.clear()
+        self._crops = deque(maxlen=64)  # the last training crops, for the ATT layer
         self.progress.setValue(0)
         self._remember()
         self.worker = create_worker(run)
@@ -455,8 +458,7 @@ class CiNuSegWidget(QWidget):
                 att = f" · ATT r={r:.2f} t_o={t_o:.2f} t_n={t_n:.2f}"
             self.status.setText(f"iteration {ev.iteration}/{ev.total}, loss {ev.loss:.3f}, {left} left{att}")
             self.plot.add(ev)
-            if ev.crops:
-                self._crops = ev.crops
+            self._crops.extend(ev.crops)
         elif isinstance(ev, Cancelled):
             self._say(ev.message)
         elif isinstance(ev, StepFinished):

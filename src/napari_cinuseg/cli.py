@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from . import __version__
@@ -244,6 +245,22 @@ def cmd_segment(args) -> int:
     return 2 if failed else 0
 
 
+def cmd_export(args) -> int:
+    from skimage import io as skio
+
+    from .export import export_masks
+
+    model = load_model(args.model)
+    class_map = np.asarray(skio.imread(args.class_map))
+    if class_map.ndim != 2:
+        raise ValueError(f"{args.class_map} is not a 2-D class map (shape {class_map.shape})")
+    if class_map.max(initial=0) > len(model.classes):
+        raise ValueError(f"{args.class_map} has class ids up to {class_map.max()}, but the model knows {len(model.classes)} classes")
+    out = export_masks(class_map.astype(np.uint8), args.out, model.class_names, [c.colour for c in model.classes], model.id, extra={"source": str(args.class_map)})
+    print(f"saved {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_methods(args) -> int:
     print("\n".join(available()))
     return 0
@@ -310,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-memory-limit", type=int, default=64_000_000, help="pixels above which the class map is built on disk")
     p.set_defaults(func=cmd_segment)
 
+    p = sub.add_parser("export", help="a class map (PNG/TIFF, 0 = background) to per-class TIFF masks named by a model's classes")
+    p.add_argument("class_map")
+    p.add_argument("--model", required=True, help="the model whose classes the ids are")
+    p.add_argument("--out", required=True, help="the TIFF to write (not overwritten)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("methods", help="list the incremental methods")
     p.set_defaults(func=cmd_methods)
     return parser
@@ -319,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ModelFileError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ModelFileError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         print(f"cinuseg: error: {exc}", file=sys.stderr)
         return 2
 

@@ -75,3 +75,12 @@ def test_cached_models_of_another_configuration_are_refused(small, tiny, tmp_pat
     other.settings = other.settings.replace(lr_step=0.5)
     with pytest.raises(ValueError, match="another configuration"):
         drain(run_benchmark(other))
+    # a base model trained again: the step models of the old one are not reused silently
+    (tmp_path / "models/seed0/1-1/base.cinuseg.pt").unlink()
+    with pytest.raises(ValueError, match="prior model"):
+        drain(run_benchmark(_config(small, tmp_path, tiny, methods=("finetune",), steps_only=True)))
+    # other training images: refused too
+    train, test = small
+    fewer = type(train)(train.class_names, train.items[:-2])
+    with pytest.raises(ValueError, match="data"):
+        drain(run_benchmark(_config((fewer, test), tmp_path, tiny, methods=("finetune",), steps_only=True)))

@@ -108,6 +108,12 @@ def test_bad_files_say_what_is_wrong(model, tmp_path):
     torch.save({"format": "napari-cinuseg-model", "format_version": 99, "record": "{}", "state_dict": {}}, newer)
     with pytest.raises(ModelFileError, match="newer"):
         load_model(newer)
+    odd = tmp_path / "odd.cinuseg.pt"
+    payload = torch.load(good, weights_only=True)
+    payload["state_dict"]["classifier.bias"] = 1
+    torch.save(payload, odd)
+    with pytest.raises(ModelFileError, match="not tensors"):
+        load_model(odd)
     mismatched = tmp_path / "mismatch.cinuseg.pt"
     payload = torch.load(good, weights_only=True)
     rec = json.loads(payload["record"])

@@ -82,6 +82,12 @@ def test_background_tiles_are_skipped(varied_model):
     assert (result[:, :512] == 0).all()
 
 
+def test_small_tissue_image_is_not_skipped(varied_model, patch):
+    small = patch[:48, :48].copy()  # all tissue, far smaller than the tile
+    result = drain(segment(varied_model, small, tile=512, overlap=0))
+    assert result.shape == (48, 48) and (result > 0).any()
+
+
 def test_segmentation_to_disk_and_cancel(varied_model, svs, tmp_path):
     out = tmp_path / "slide.zarr"
     cancel = {"now": False}

@@ -142,3 +142,23 @@ def test_bad_training_input_is_refused_clearly(base_file, few_pairs, tiny):
         drain(train_step(base_file, wrong, ["Other"], tiny))
     with pytest.raises(ValueError, match="unknown method"):
         drain(train_step(base_file, few_pairs[1], ["Other"], tiny, method="nope"))
+
+
+def test_a_prior_can_be_reused_for_several_steps(base_file, few_pairs, tiny):
+    """Training against a prior must not freeze it: a second child of it still learns everywhere."""
+    prior = load_model(base_file)
+    drain(train_step(prior, few_pairs[1], ["Other"], tiny.replace(iterations=1)))
+    assert all(p.requires_grad for p in prior.network.parameters())
+    second = drain(train_step(prior, few_pairs[1], ["Other"], tiny.replace(iterations=2, lr_step=0.05)))
+    before = prior.network.encoder.layer1[0].conv1.weight
+    after = second.network.encoder.layer1[0].conv1.weight
+    assert not torch.equal(before, after)
+
+
+def test_seed_sets_the_initial_weights_too(few_pairs, tiny):
+    def initial(seed):  # lr 0: the weights stay as initialised
+        model = drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=1, lr_base=0.0, seed=seed)))
+        return model.network.classifier.weight
+
+    assert torch.equal(initial(3), initial(3))
+    assert not torch.equal(initial(3), initial(4))

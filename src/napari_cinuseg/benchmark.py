@@ -8,6 +8,7 @@ where it stopped without redoing finished work.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -98,18 +99,24 @@ def _learning_settings(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in _RUN_ONLY}
 
 
-def _check_cached(model: CiNuSegModel, path: Path, classes: Sequence[str], method: str, settings: TrainSettings) -> None:
+def _check_cached(
+    model: CiNuSegModel, path: Path, classes: Sequence[str], method: str, settings: TrainSettings, images: list[str], prior: CiNuSegModel | None
+) -> None:
+    """A cached step model is reused only if it is what this run would train: same classes,
+    method, settings and training images, and trained from this run's prior."""
     last = model.steps[-1] if model.steps else None
     same = (
         last is not None
         and [c.lower() for c in model.class_names] == [c.lower() for c in classes]
         and last.method == method
         and _learning_settings(last.settings) == _learning_settings(settings.to_dict())
+        and last.data.get("images") == images
+        and (prior is None or (model.lineage and model.lineage[-1] == prior.id))
     )
     if not same:
         raise ValueError(
-            f"{path} was made by another configuration (classes, method or settings differ); "
-            "give another --out folder, or delete that model to retrain it"
+            f"{path} was made by another configuration (classes, method, settings, data or prior model "
+            "differ); give another --out folder, or delete that model and the ones trained after it"
         )
 
 
@@ -159,11 +166,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
     yield BenchmarkStarted(tuple(p.name for p in protocols), tuple(m.name for m in methods), len(cfg.train.items), len(cfg.test.items), describe(device))
     t_start = time.perf_counter()
 
-    def model_at(path: Path, classes, method_name, job_factory, protocol, method, step):
+    def model_at(path: Path, classes, method_name, pairs, job_factory, protocol, method, step, prior=None):
         """Load a cached step model, or train it (yielding the training's events)."""
+        images = [p.name for p in pairs]
         if path.exists():
             model = load_model(path)
-            _check_cached(model, path, classes, method_name, settings)
+            _check_cached(model, path, classes, method_name, settings, images, prior)
             yield StepPlanned(protocol, method, step, tuple(classes), True)
             return model
         yield StepPlanned(protocol, method, step, tuple(classes), False)
@@ -175,14 +183,16 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
         _atomic_json(results_path, results)
         return model
 
+    test_set = hashlib.sha256("\n".join(sorted(it.name for it in cfg.test.items)).encode()).hexdigest()[:16]
+
     def evaluated(model, protocol, method, step):
         key = f"{protocol}/{method}/step{step}"
         cached = evaluations.get(key)
-        if cached and cached.get("model_id") == model.id:
+        if cached and cached.get("model_id") == model.id and cached.get("test_set") == test_set:
             yield StepEvaluated(protocol, method, step, cached["dice"], True)
             return cached["dice"]
         dice = evaluate(model, cfg.test, settings.device)
-        evaluations[key] = {"model_id": model.id, "dice": dice, "classes": model.class_names}
+        evaluations[key] = {"model_id": model.id, "test_set": test_set, "dice": dice, "classes": model.class_names}
         _atomic_json(results_path, results)
         yield StepEvaluated(protocol, method, step, dice, False)
         return dice
@@ -196,11 +206,13 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
             if getattr(method, "joint", False):
                 classes = list(protocol.all_classes)
                 path = out / "models" / f"seed{settings.seed}" / f"offline-{'_'.join(c.lower() for c in sorted(classes))}.cinuseg.pt"
+                pairs = step_pairs(cfg.train, classes)
                 model = yield from model_at(
                     path,
                     classes,
                     "base",
-                    lambda p, c=classes: train_base(step_pairs(cfg.train, c), c, settings, out=p),
+                    pairs,
+                    lambda p, c=classes, pairs=pairs: train_base(pairs, c, settings, out=p),
                     protocol.name,
                     method.name,
                     0,
@@ -214,11 +226,13 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
                 continue
             if base is None:
                 classes = list(protocol.base_classes)
+                pairs = step_pairs(cfg.train, classes)
                 base = yield from model_at(
                     pdir / "base.cinuseg.pt",
                     classes,
                     "base",
-                    lambda p, c=classes: train_base(step_pairs(cfg.train, c), c, settings, out=p),
+                    pairs,
+                    lambda p, c=classes, pairs=pairs: train_base(pairs, c, settings, out=p),
                     protocol.name,
                     "base",
                     0,
@@ -232,14 +246,17 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
             for t in range(1, len(protocol.steps)):
                 new = list(protocol.steps[t])
                 prior = model
+                pairs = step_pairs(cfg.train, new)
                 model = yield from model_at(
                     pdir / method.name / f"step{t}.cinuseg.pt",
                     list(protocol.seen_after(t)),
                     method.name,
-                    lambda p, prior=prior, new=new: train_step(prior, step_pairs(cfg.train, new), new, settings, method=method.name, out=p),
+                    pairs,
+                    lambda p, prior=prior, new=new, pairs=pairs: train_step(prior, pairs, new, settings, method=method.name, out=p),
                     protocol.name,
                     method.name,
                     t,
+                    prior=prior,
                 )
                 if model is None:
                     return results

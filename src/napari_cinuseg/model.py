@@ -132,6 +132,7 @@ class CiNuSegModel:
         start = len(self.classes)
         colours = colours or [PALETTE[(start + i) % len(PALETTE)] for i in range(len(names))]
         net = copy.deepcopy(self.network)
+        net.requires_grad_(True)  # the copy learns, whatever the prior's flags were
         net.add_classes(len(names))
         classes = self.classes + [NucleusClass(n, check_colour(c), step) for n, c in zip(names, colours)]
         return CiNuSegModel(

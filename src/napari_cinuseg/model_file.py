@@ -142,6 +142,8 @@ def load_model(path: str | os.PathLike, *, expect_encoder: str | None = None) ->
     state = payload.get("state_dict")
     if not isinstance(state, dict):
         raise ModelFileError(f"{path} holds no weights")
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{path} holds weights that are not tensors; the file is damaged")
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     try:
         net.load_state_dict(state, strict=True)

@@ -137,7 +137,8 @@ def segment(
             row_imgs, row_x = [], []
             for x in xs:
                 img = next(tiles)
-                if min_tissue > 0 and tissue_fraction(img) < min_tissue:
+                # tissue is measured inside the image only, not on the white padding past its edge
+                if min_tissue > 0 and tissue_fraction(img[: h - y, : w - x]) < min_tissue:
                     skipped += 1
                     done += 1
                     continue

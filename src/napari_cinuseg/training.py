@@ -27,7 +27,6 @@ from .model import CiNuSegModel, StepRecord
 from .model_file import ModelFileError, load_model, save_model
 from .settings import TrainSettings
 
-_PREPARE_EPOCH = 2**31 - 1  # crops of the hooks' pass: fixed, and unlike any training epoch's
 
 
 def seed_everything(seed: int) -> None:
@@ -73,10 +72,10 @@ class _Loop:
 
     def _context(self, device: torch.device, batch: int, lut: torch.Tensor) -> StepContext:
         def batches():
-            ds = CropDataset(self.pairs, self.settings.crop_size, self.settings.seed)
-            ds.set_epoch(_PREPARE_EPOCH)
-            for images, target, _ in torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False):
-                yield self.model.normalize(images.to(device)), lut[target].to(device)
+            for pair in self.pairs:  # whole images, one at a time, no augmentation
+                image = torch.from_numpy(np.ascontiguousarray(pair.image)).permute(2, 0, 1)[None]
+                target = torch.from_numpy(np.ascontiguousarray(pair.target)).long()[None]
+                yield self.model.normalize(image.to(device)), lut[target].to(device)
 
         return StepContext(self.prior, self.model, list(self.new_classes), self.settings, device, batches)
 
@@ -98,7 +97,7 @@ class _Loop:
             num_workers=s.num_workers,
             generator=gen,
             pin_memory=device.type == "cuda",
-            persistent_workers=s.num_workers > 0,
+            persistent_workers=False,  # workers must see set_epoch: crops differ per epoch
         )
         lut = torch.full((256,), IGNORE, dtype=torch.long)
         for local, ch in enumerate(self.channel_of_target):
@@ -107,9 +106,9 @@ class _Loop:
         net = self.model.network.to(device).train()
         prior_net = None
         if self.prior is not None:
+            # The prior runs under no_grad below; its parameters' own flags are left alone, so a
+            # later child() of the same model object can still learn.
             prior_net = self.prior.network.to(device).eval()
-            for p in prior_net.parameters():
-                p.requires_grad_(False)
         opt = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=s.momentum, weight_decay=s.weight_decay)
         scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
@@ -234,6 +233,7 @@ def train_base(
     ``pairs`` hold targets 0 background, i the i-th of ``class_names``, 255 unlabelled.
     """
     settings = settings or TrainSettings()
+    seed_everything(settings.seed)  # the initial weights depend on the seed too
     model = CiNuSegModel.new(
         list(class_names),
         settings.architecture(),

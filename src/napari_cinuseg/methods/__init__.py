@@ -38,8 +38,9 @@ class StepContext:
     settings: TrainSettings
     device: torch.device
     batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
-    """One pass over the step's data without augmentation: (normalised images, channel-id labels)
-    on the device, for statistics a method needs before training (e.g. PLOP's thresholds)."""
+    """One pass over the step's whole images, one at a time, without augmentation: (normalised
+    image (1, 3, H, W), channel-id labels (1, H, W)) on the device, for statistics a method
+    needs before training (e.g. PLOP's thresholds)."""
 
 
 class Method(Protocol):

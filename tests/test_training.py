@@ -162,3 +162,14 @@ def test_seed_sets_the_initial_weights_too(few_pairs, tiny):
 
     assert torch.equal(initial(3), initial(3))
     assert not torch.equal(initial(3), initial(4))
+
+
+def test_incremental_step_keeps_batchnorm_statistics(base_file, few_pairs, tiny):
+    prior = load_model(base_file)
+    one_image = few_pairs[1][:1]  # the plugin's usual case: one annotated image, batch of crops from it
+    model = drain(train_step(prior, one_image, ["Other"], tiny.replace(iterations=2)))
+    bn, prior_bn = model.network.encoder.layer2[0].bn1, prior.network.encoder.layer2[0].bn1
+    assert torch.equal(bn.running_mean, prior_bn.running_mean)
+    assert model.steps[-1].settings["freeze_bn"] is True
+    thawed = drain(train_step(prior, one_image, ["Other"], tiny.replace(iterations=2, freeze_bn=False)))
+    assert not torch.equal(thawed.network.encoder.layer2[0].bn1.running_mean, prior_bn.running_mean)

@@ -237,21 +237,25 @@ class CropDataset(torch.utils.data.Dataset):
     the number of loader workers. Images smaller than the crop are padded: white image, label 255.
     """
 
-    def __init__(self, pairs: Sequence[TrainingPair], crop: int, seed: int = 0):
+    def __init__(self, pairs: Sequence[TrainingPair], crop: int, seed: int = 0, length: int | None = None):
         self.pairs = list(pairs)
         self.crop = int(crop)
         self.seed = int(seed)
         self.epoch = 0
+        # An epoch has one crop per image, or ``length`` crops drawn from the images in turn
+        # (so that one annotated image still fills a batch).
+        self.length = max(int(length or 0), len(self.pairs))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return self.length
 
     def __getitem__(self, index: int):
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        img, tgt = self.pairs[index].image, self.pairs[index].target
+        pair = self.pairs[index % len(self.pairs)]
+        img, tgt = pair.image, pair.target
         c = self.crop
         h, w = tgt.shape
         if h < c or w < c:
@@ -269,4 +273,4 @@ class CropDataset(torch.utils.data.Dataset):
             img, tgt = img[:, ::-1], tgt[:, ::-1]
         x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
         y = torch.from_numpy(np.ascontiguousarray(tgt)).long()
-        return x, y, torch.tensor([index, top, left, c])
+        return x, y, torch.tensor([index % len(self.pairs), top, left, c])

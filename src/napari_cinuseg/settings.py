@@ -25,6 +25,7 @@ class TrainSettings:
     iterations: int | None = None  # if set, overrides epochs
     batch_size: int = 8
     crop_size: int = 128
+    freeze_bn: bool = True  # incremental steps keep the prior's BatchNorm statistics
 
     # CiNuSeg (eqs. 1, 11, 12, 14-16)
     tau: float = 0.7

@@ -35,6 +35,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _freeze_batchnorm(net: torch.nn.Module) -> None:
+    """Keep BatchNorm's running statistics as the prior learned them (its affine weights still
+    train): an incremental step sees only the new class's images, often a handful at batch 1,
+    and re-estimating the statistics there shifts every old class's features."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def poly_lr(base: float, iteration: int, total: int, power: float) -> float:
     """The poly schedule: base · (1 − it/total)^power, it counted from 0."""
     return base * (1 - iteration / total) ** power
@@ -68,6 +77,7 @@ class _Loop:
     step: int
     method: str
     hooks: object | None = None  # the Method, for its optional prepare/finish hooks
+    freeze_bn: bool = False
     new_classes: tuple[int, ...] = ()
 
     def _context(self, device: torch.device, batch: int, lut: torch.Tensor) -> StepContext:
@@ -84,8 +94,8 @@ class _Loop:
         seed_everything(s.seed)
         device = devices.resolve_device(s.device)
         amp = devices.amp_dtype(device, s.amp)
-        dataset = CropDataset(self.pairs, s.crop_size, s.seed)
-        batch = min(s.batch_size, len(dataset))
+        dataset = CropDataset(self.pairs, s.crop_size, s.seed, length=s.batch_size)
+        batch = s.batch_size
         per_epoch = max(len(dataset) // batch, 1)
         total = s.iterations or s.epochs * per_epoch
         gen = torch.Generator().manual_seed(s.seed)
@@ -104,6 +114,8 @@ class _Loop:
             lut[local] = ch
 
         net = self.model.network.to(device).train()
+        if self.freeze_bn:
+            _freeze_batchnorm(net)
         prior_net = None
         if self.prior is not None:
             # The prior runs under no_grad below; its parameters' own flags are left alone, so a
@@ -313,6 +325,7 @@ def train_step(
         method=m.name,
         hooks=m,
         new_classes=tuple(new_classes),
+        freeze_bn=settings.freeze_bn,
     )
     return loop.run(cancel, out)
 

@@ -3,8 +3,8 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py [--out docs/images]
 
 Opens the sample image, loads the bundled base model, paints a new class ("Other", on the
-sample's darkest nuclei), trains a short step, segments and exports, saving a picture after
-each step. Trains on the CPU for about a minute.
+sample's darkest nuclei inside one exhaustively annotated rectangle), trains a short step,
+segments and exports, saving a picture after each step. Trains on the CPU for about a minute.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def settle(app, seconds=0.5):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="docs/images")
-    ap.add_argument("--iterations", type=int, default=40)
+    ap.add_argument("--iterations", type=int, default=60)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,10 @@ def main() -> None:
     from napari_cinuseg._widget import CiNuSegWidget
 
     scratch = Path(tempfile.mkdtemp(prefix="cinuseg-shots-"))
-    _widget.models_dir = lambda: scratch  # keep the user's model folder clean
+    _widget.models_dir = lambda: scratch  # keep the user's model folder and settings clean
+    from qtpy.QtCore import QSettings
+
+    CiNuSegWidget.settings_factory = staticmethod(lambda: QSettings(str(scratch / "settings.ini"), QSettings.IniFormat))
     viewer = napari.Viewer(title="napari-cinuseg")
     viewer.window._qt_window.resize(1500, 950)
     app = QApplication.instance()
@@ -73,16 +76,18 @@ def main() -> None:
 
     widget.class_name.setText("Other")
     widget.colour.setText("#f58231")
+    widget.exhaustive.setChecked(True)  # everything unpainted inside the rectangle is background
     layer = widget.add_annotation_layer()
-    # paint a few dark, round nuclei in one corner as the new class, and some stroma as background
+    regions = viewer.layers[f"{layer.metadata['cinuseg_annotation']['image']} · exhaustive regions"]
+    regions.add_rectangles(np.array([[80, 80], [420, 420]]))
+    # paint the dark, round nuclei inside the rectangle as the new class
     img = np.asarray(data)
     dark = opening(img.mean(axis=2) < 90, disk(2))
-    strokes = np.zeros(dark.shape, bool)
-    strokes[100:400, 100:400] = True
-    layer.data[dark & strokes] = 1
-    bright = img.mean(axis=2) > 200
-    layer.data[(bright & strokes)[:, :]] = 2
+    inside = np.zeros(dark.shape, bool)
+    inside[80:420, 80:420] = True
+    layer.data[dark & inside] = 1
     layer.refresh()
+    viewer.layers.selection.active = layer
     viewer.camera.zoom = 1.5
     viewer.camera.center = (250, 250)
     shot("03-painted.png")

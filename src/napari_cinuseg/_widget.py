@@ -89,6 +89,7 @@ class LossPlot(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)
+        self.setMinimumHeight(150)
         self.clear()
 
     def clear(self) -> None:

@@ -130,10 +130,15 @@ def test_local_pod_by_hand_at_scale_1():
     old = torch.zeros_like(new)
     # squares [[1, 4], [9, 16]]: row means 2.5, 12.5; column means 5, 10
     expected = math.sqrt(2.5**2 + 12.5**2 + 5**2 + 10**2)
-    assert local_pod([new], [old], scales=(1,)).item() == pytest.approx(expected)
-    assert local_pod([-new], [old], scales=(1,)).item() == pytest.approx(expected)  # squared first
+    assert local_pod([new], [old], scales=(1,), normalize=False).item() == pytest.approx(expected)
+    assert local_pod([-new], [old], scales=(1,), normalize=False).item() == pytest.approx(expected)  # squared first
+    # normalised (PLOP's default for feature maps): the embedding (2.5, 12.5, 5, 10) / its norm, old = 0
+    assert local_pod([new], [old], scales=(1,)).item() == pytest.approx(1.0)
+    halfway = torch.tensor([[2.0, 2.0], [2.0, 2.0]])[None, None]  # embedding (4, 4, 4, 4) → (.5, .5, .5, .5)
+    unit = torch.tensor([2.5, 12.5, 5.0, 10.0]) / expected
+    assert local_pod([new], [halfway], scales=(1,)).item() == pytest.approx(float(torch.linalg.vector_norm(unit - 0.5)))
     # two maps: factors weight them, and the sum is divided by the number of maps
-    two = local_pod([new, new], [old, new], scales=(1,), factors=(0.5, 3.0))
+    two = local_pod([new, new], [old, new], scales=(1,), factors=(0.5, 3.0), normalize=False)
     assert two.item() == pytest.approx(0.5 * expected / 2)
 
 
@@ -224,7 +229,7 @@ def test_plop_loss_on_a_tiny_batch():
     nu = classif_adaptive_factor(labels, pseudo, 3)
     ce = (F.cross_entropy(logits, pseudo, ignore_index=IGNORE_INDEX, reduction="none") * nu[:, None, None]).mean()
     pod = math.sqrt(4 / 1) * local_pod(
-        [*new_feats, logits], [*feats, old_logits], factors=(0.01, 0.01, 0.0005)
+        [*new_feats, logits], [*feats, old_logits], factors=(0.01, 0.01, 0.0005), normalize=(True, True, False)
     )
     assert out.loss.item() == pytest.approx((ce + pod).item(), rel=1e-5)
     out.loss.backward()

@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ModelFileError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+    except (ModelFileError, ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError) as exc:
         print(f"cinuseg: error: {exc}", file=sys.stderr)
         return 2
 

@@ -18,8 +18,9 @@ PLOP's two parts, against this engine:
 The objective is that weighted softmax cross-entropy + Local POD. As read in the authors' code
 (``argparser.py``, ``--method PLOP``; ``train.py``, ``features_distillation`` and ``find_median``):
 
-- Local POD: ``pod="local"``, ``spp_scales=[1, 2, 4]``, ``pod_prepro="pow"`` (square), no L2
-  normalisation of the embeddings (``features_distillation`` sets ``normalize = False``) and no
+- Local POD: ``pod="local"``, ``spp_scales=[1, 2, 4]``, ``pod_prepro="pow"`` (square); each
+  map's embedding is L2-normalised (``features_distillation(normalize=True)``, its default), except
+  the logits' (``switch.after`` sets ``normalize`` from ``norm``, default False), and no
   per-scale normalisation; the distance is the Euclidean ("frobenius") norm per image, averaged
   over the batch, weighted per map, summed, and divided by the number of maps.
 - ``pod_factor = 0.01`` for the encoder maps; ``pod_logits=True`` adds the logits as the last map
@@ -118,10 +119,15 @@ def local_pod(
     scales: Sequence[int] = POD_SCALES,
     factors: Sequence[float] | None = None,
     reduction: str = "mean",
+    normalize: Sequence[bool] | bool = True,
 ) -> torch.Tensor:
     """Local POD (Sec. 3.1) over a list of maps of the model being trained and of the frozen one.
 
-    For map l: d_l = ‖Φ(f_l²) − Φ(f̂_l²)‖₂ per image (:func:`local_pod_embedding`). Returns
+    For map l: d_l = ‖N(Φ(f_l²)) − N(Φ(f̂_l²))‖₂ per image (:func:`local_pod_embedding`), where N
+    is an L2 normalisation of the whole embedding where ``normalize`` (per map, or one flag for
+    all) says so: PLOP's ``features_distillation`` normalises by default (``normalize=True``)
+    and its ``switch.after`` options turn it off for the logits (``norm`` defaults to False).
+    Returns
     (1/L)·Σ_l factor_l·mean_batch(d_l), or with ``reduction="none"`` the (B,) per-image values
     before the batch mean. ``factors`` default to 1 per map. A new map with more channels than the
     old one (the logits) has its extra channels summed into channel 0 first. No gradient flows
@@ -134,14 +140,18 @@ def local_pod(
         raise ValueError(f"give one factor per map: {len(features)} maps, {len(factors)} factors")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    norms = [normalize] * len(features) if isinstance(normalize, bool) else list(normalize)
     total = None
-    for new, old, factor in zip(features, old_features, factors):
+    for new, old, factor, norm in zip(features, old_features, factors, norms):
         new, old = new.float(), old.detach().float()
         if new.shape[1] > old.shape[1]:
             new = _merge_extra_channels(new, old.shape[1])
         if new.shape != old.shape:
             raise ValueError(f"maps of different shapes: {tuple(new.shape)} and {tuple(old.shape)}")
-        diff = local_pod_embedding(new.pow(2), scales) - local_pod_embedding(old.pow(2), scales)
+        emb, old_emb = local_pod_embedding(new.pow(2), scales), local_pod_embedding(old.pow(2), scales)
+        if norm:
+            emb, old_emb = F.normalize(emb, dim=1, p=2), F.normalize(old_emb, dim=1, p=2)
+        diff = emb - old_emb
         term = factor * torch.linalg.vector_norm(diff, dim=1)
         total = term if total is None else total + term
     per_image = total / len(features)
@@ -287,7 +297,8 @@ class PLOP:
         ce_map = F.cross_entropy(b.logits.float(), pseudo, ignore_index=IGNORE_INDEX, reduction="none")
         ce = (ce_map * nu[:, None, None]).mean()
         factors = [self.pod_factor] * len(b.features) + [self.pod_logits_factor]
-        pod = local_pod([*b.features, b.logits], [*b.old_features, b.old_logits], self.scales, factors)
+        norms = [True] * len(b.features) + [False]  # the stages normalised, the logits not (PLOP's defaults)
+        pod = local_pod([*b.features, b.logits], [*b.old_features, b.old_logits], self.scales, factors, normalize=norms)
         if self.pod_schedule:
             pod = pod * math.sqrt(k / len(b.new_classes))
         return LossOutput(

@@ -173,3 +173,12 @@ def test_incremental_step_keeps_batchnorm_statistics(base_file, few_pairs, tiny)
     assert model.steps[-1].settings["freeze_bn"] is True
     thawed = drain(train_step(prior, one_image, ["Other"], tiny.replace(iterations=2, freeze_bn=False)))
     assert not torch.equal(thawed.network.encoder.layer2[0].bn1.running_mean, prior_bn.running_mean)
+
+
+def test_few_images_still_train_min_iterations(few_pairs, tiny):
+    from napari_cinuseg.events import StepStarted as Started
+
+    job = train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=None, epochs=2, min_iterations=7))
+    first = next(job)
+    job.close()
+    assert isinstance(first, Started) and first.total_iterations == 7  # 2 epochs of 1 batch would be 2

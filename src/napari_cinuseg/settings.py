@@ -23,6 +23,9 @@ class TrainSettings:
     poly_power: float = 0.9
     epochs: int = 25
     iterations: int | None = None  # if set, overrides epochs
+    # With few, large images (MoNuSAC) an epoch of one crop per image is a handful of
+    # iterations: a step trains at least this many (unless ``iterations`` is set).
+    min_iterations: int = 400
     batch_size: int = 8
     crop_size: int = 128
     freeze_bn: bool = True  # incremental steps keep the prior's BatchNorm statistics

@@ -97,7 +97,7 @@ class _Loop:
         dataset = CropDataset(self.pairs, s.crop_size, s.seed, length=s.batch_size)
         batch = s.batch_size
         per_epoch = max(len(dataset) // batch, 1)
-        total = s.iterations or s.epochs * per_epoch
+        total = s.iterations or max(s.epochs * per_epoch, s.min_iterations)
         gen = torch.Generator().manual_seed(s.seed)
         loader = torch.utils.data.DataLoader(
             dataset,

@@ -6,7 +6,6 @@ import tifffile
 import torch
 
 from napari_cinuseg import CiNuSegModel, drain
-from napari_cinuseg.events import Cancelled
 from napari_cinuseg.export import export_masks, read_masks
 from napari_cinuseg.network import Architecture
 from napari_cinuseg.segmentation import SegmentFinished, TileProgress, segment

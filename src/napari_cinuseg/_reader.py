@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .slides import open_tiff
+
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi")  # .ome.tif / .ome.tiff end in .tif / .tiff
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -87,15 +89,7 @@ def _read_one(path: Path) -> LayerData:
 
 
 def _read_tiff(path: Path) -> LayerData:
-    import tifffile
-
-    try:
-        tif = tifffile.TiffFile(path)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(
-            f"{path} is not a readable TIFF/SVS file ({type(exc).__name__}: {exc}); "
-            "is the file complete (not truncated by a download or copy) and really a TIFF?"
-        ) from None
+    tif = open_tiff(path)
     try:
         masks_meta = _cinuseg_masks_meta(tif)
         if masks_meta is not None:

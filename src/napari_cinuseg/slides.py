@@ -13,6 +13,19 @@ from .data import read_rgb
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif")
 
 
+def open_tiff(path: str | os.PathLike):
+    """``tifffile.TiffFile(path)``, or a ValueError that says what is wrong with the file."""
+    import tifffile
+
+    try:
+        return tifffile.TiffFile(path)
+    except Exception as exc:  # noqa: BLE001 - tifffile raises several kinds for a broken file
+        raise ValueError(
+            f"{path} is not a readable TIFF/SVS file ({type(exc).__name__}: {exc}); "
+            "is the file complete (not truncated by a download or copy) and really a TIFF?"
+        ) from None
+
+
 class Slide:
     """An RGB image of any size at one pyramid level; ``read(y0, x0, y1, x1)`` gives uint8 RGB.
 
@@ -35,11 +48,10 @@ class Slide:
                 raise ValueError(f"{self.path} could not be read as an image ({type(exc).__name__}: {exc})") from None
 
     def _open_tiff(self) -> None:
-        import tifffile
         import zarr
 
+        self._tif = open_tiff(self.path)
         try:
-            self._tif = tifffile.TiffFile(self.path)
             series = self._tif.series[0]
             self.levels = [tuple(lv.shape) for lv in series.levels]
             if not 0 <= self.level < len(series.levels):

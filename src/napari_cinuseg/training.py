@@ -80,7 +80,7 @@ class _Loop:
     freeze_bn: bool = False
     new_classes: tuple[int, ...] = ()
 
-    def _context(self, device: torch.device, batch: int, lut: torch.Tensor) -> StepContext:
+    def _context(self, device: torch.device, lut: torch.Tensor) -> StepContext:
         def batches():
             for pair in self.pairs:  # whole images, one at a time, no augmentation
                 image = torch.from_numpy(np.ascontiguousarray(pair.image)).permute(2, 0, 1)[None]
@@ -137,7 +137,7 @@ class _Loop:
         it, epoch, recent = 0, 0, []
         prepare = getattr(self.hooks, "prepare", None)
         finish = getattr(self.hooks, "finish", None)
-        ctx = self._context(device, batch, lut) if (prepare or finish) else None
+        ctx = self._context(device, lut) if (prepare or finish) else None
         try:
             if prepare is not None:
                 prepare(ctx)

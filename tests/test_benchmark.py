@@ -84,3 +84,17 @@ def test_cached_models_of_another_configuration_are_refused(small, tiny, tmp_pat
     fewer = type(train)(train.class_names, train.items[:-2])
     with pytest.raises(ValueError, match="data"):
         drain(run_benchmark(_config((fewer, test), tmp_path, tiny, methods=("finetune",), steps_only=True)))
+
+
+def test_cached_record_without_min_iterations_matches_only_if_it_ran_enough():
+    from napari_cinuseg.benchmark import _same_learning_settings
+    from napari_cinuseg.model import StepRecord
+    from napari_cinuseg.settings import TrainSettings
+
+    s = TrainSettings(min_iterations=400)
+    legacy = {k: v for k, v in s.to_dict().items() if k != "min_iterations"}
+    rec = lambda ran: StepRecord(step=1, method="mib", new_classes=["x"], settings=legacy, data={}, results={"iterations": ran})
+    assert _same_learning_settings(rec(850), s)
+    assert not _same_learning_settings(rec(25), s)  # min_iterations would have made it 400
+    changed = dict(legacy, lr=0.5)
+    assert not _same_learning_settings(StepRecord(step=1, method="mib", new_classes=["x"], settings=changed, data={}, results={"iterations": 850}), s)

@@ -26,7 +26,7 @@ from .data import LabelledSet, split_by_source, step_pairs
 from .devices import describe, resolve_device
 from .evaluation import evaluate
 from .methods import get_method
-from .model import CiNuSegModel
+from .model import CiNuSegModel, StepRecord
 from .model_file import load_model
 from .protocols import CLASS_ORDERS, Protocol, make_protocol
 from .settings import TrainSettings
@@ -99,6 +99,18 @@ def _learning_settings(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in _RUN_ONLY}
 
 
+def _same_learning_settings(cached: StepRecord, settings: TrainSettings) -> bool:
+    """Settings equal, where a setting that an older record lacks counts as equal when it could
+    not have changed that step: ``min_iterations`` (added later) only raises the iteration count,
+    so a record without it matches if its step ran at least that many iterations."""
+    old, new = _learning_settings(cached.settings), _learning_settings(settings.to_dict())
+    if "min_iterations" not in old and "min_iterations" in new:
+        ran = (cached.results or {}).get("iterations", 0)
+        if ran < new.pop("min_iterations"):
+            return False
+    return old == new
+
+
 def _check_cached(
     model: CiNuSegModel, path: Path, classes: Sequence[str], method: str, settings: TrainSettings, images: list[str], prior: CiNuSegModel | None
 ) -> None:
@@ -109,7 +121,7 @@ def _check_cached(
         last is not None
         and [c.lower() for c in model.class_names] == [c.lower() for c in classes]
         and last.method == method
-        and _learning_settings(last.settings) == _learning_settings(settings.to_dict())
+        and _same_learning_settings(last, settings)
         and last.data.get("images") == images
         and (prior is None or (model.lineage and model.lineage[-1] == prior.id))
     )

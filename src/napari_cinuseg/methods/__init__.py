@@ -82,8 +82,14 @@ def available() -> list[str]:
 
 
 def _load_builtin() -> None:
-    from . import cinuseg, finetune, mib, plop  # noqa: F401
-    from . import offline  # noqa: F401
+    """Import every module of this package once: each registers its method(s) on import, so a
+    new method is one new module and nothing else."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
 __all__ = ["Method", "StepBatch", "StepContext", "available", "get_method", "register"]

@@ -54,6 +54,7 @@ class Architecture:
 class NetworkOutput:
     logits: torch.Tensor  # (B, K, H, W) at input resolution
     features: tuple[torch.Tensor, ...] = field(default_factory=tuple)  # layer1..layer4
+    embedding: torch.Tensor | None = None  # (B, D, h, w) decoder output, the classifier's input
 
 
 class ResNetEncoder(nn.Module):
@@ -171,10 +172,11 @@ class NucleiSegNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> NetworkOutput:
         stem, feats = self.encoder(x)
-        y = self.classifier(self.decoder(stem, feats))
+        emb = self.decoder(stem, feats)
+        y = self.classifier(emb)
         if y.shape[-2:] != x.shape[-2:]:
             y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return NetworkOutput(logits=y, features=feats)
+        return NetworkOutput(logits=y, features=feats, embedding=emb)
 
     @torch.no_grad()
     def add_classes(self, n_new: int) -> None:

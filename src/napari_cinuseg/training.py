@@ -310,6 +310,8 @@ def train_step(
                 old_logits=old.logits if old is not None else None,
                 old_features=old.features if old is not None else None,
                 settings=settings,
+                embedding=output.embedding,
+                old_embedding=old.embedding if old is not None else None,
             )
         )
 

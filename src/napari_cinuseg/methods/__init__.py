@@ -26,6 +26,9 @@ class StepBatch:
     old_logits: torch.Tensor | None  # (B, K_old, H, W) of the frozen prior, if the method uses it
     old_features: Sequence[torch.Tensor] | None
     settings: TrainSettings
+    embedding: torch.Tensor | None = None  # (B, D, h, w) decoder output (the classifier's input);
+    # h, w = H/2, W/2 for the U-Net decoder, H/8 for ASPP
+    old_embedding: torch.Tensor | None = None  # the frozen prior's, if the method uses it
 
 
 @dataclass

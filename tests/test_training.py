@@ -182,3 +182,34 @@ def test_few_images_still_train_min_iterations(few_pairs, tiny):
     first = next(job)
     job.close()
     assert isinstance(first, Started) and first.total_iterations == 7  # 2 epochs of 1 batch would be 2
+
+
+def test_a_methods_extra_parameters_are_trained_and_not_saved(base_file, few_pairs, tiny, tmp_path):
+    """The ``extra_parameters`` hook: a training-only head built in ``prepare`` learns with the
+    model, and the saved model holds only the network."""
+    from napari_cinuseg.losses import LossOutput
+    from napari_cinuseg.methods import _REGISTRY, register
+
+    class WithHead:
+        name, uses_prior = "test-with-head", False
+
+        def prepare(self, ctx):
+            self.head = torch.nn.Conv2d(ctx.model.network.decoder.out_channels, 4, 1).to(ctx.device)
+            self.start = self.head.weight.detach().clone()
+
+        def extra_parameters(self):
+            return self.head.parameters()
+
+        def loss(self, b):
+            value = self.head(b.embedding).pow(2).mean() + b.logits.float().pow(2).mean()
+            return LossOutput(loss=value, terms={})
+
+    made = []
+    register("test-with-head")(lambda: made.append(WithHead()) or made[-1])
+    try:
+        out = tmp_path / "step.cinuseg.pt"
+        model = drain(train_step(load_model(base_file), few_pairs[1], ["Other"], tiny, method="test-with-head", out=out))
+    finally:
+        _REGISTRY.pop("test-with-head")
+    assert not torch.equal(made[0].head.weight.detach(), made[0].start)  # the head learned
+    assert sorted(load_model(out).network.state_dict()) == sorted(model.network.state_dict())

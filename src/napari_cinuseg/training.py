@@ -141,6 +141,11 @@ class _Loop:
         try:
             if prepare is not None:
                 prepare(ctx)
+            extra = getattr(self.hooks, "extra_parameters", None)
+            if extra is not None:  # training-only modules of a method (e.g. a projection head)
+                params = [p for p in extra() if p.requires_grad]
+                if params:
+                    opt.add_param_group({"params": params})
             while it < total:
                 dataset.set_epoch(epoch)
                 for images, target, boxes in loader:

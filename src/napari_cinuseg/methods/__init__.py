@@ -52,6 +52,10 @@ class Method(Protocol):
     - ``prepare(ctx: StepContext) -> None``: before the first iteration;
     - ``finish(ctx: StepContext) -> None``: after the last one, before the model is saved
       (e.g. a weight fusion of prior and new model).
+    - ``extra_parameters() -> Iterable[torch.nn.Parameter]``: called after ``prepare``; trainable
+      parameters of the method's own training-only modules (e.g. a projection head built in
+      ``prepare`` on ``ctx.device``), optimised with the model's (same SGD, lr schedule and
+      weight decay) and never saved in the model file.
     """
 
     name: str

@@ -40,8 +40,9 @@ from qtpy.QtWidgets import (
 
 from . import devices
 from .annotations import training_pair
-from .events import Cancelled, Progress, StepFinished, StepStarted
+from .events import Cancelled, MemoryReduced, Progress, StepFinished, StepStarted
 from .export import export_masks
+from .images import rgb_view
 from .measurements import class_statistics
 from .model import PALETTE, CiNuSegModel, check_class_name, check_colour
 from .model_file import BUNDLED_MODEL, ModelFileError, load_model
@@ -72,7 +73,10 @@ def _colormap(colours: dict[int, str]):
 
 
 def _level0(layer):
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    """The layer's full-resolution image as the engine reads it: RGB uint8 (converted, with a
+    notice, or refused with a ValueError that says what to do)."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return rgb_view(data, f"image layer {layer.name!r}")
 
 
 class LossPlot(QWidget):
@@ -342,12 +346,12 @@ class CiNuSegWidget(QWidget):
         try:
             name, colour = self._new_class()
             image = self._image_layer()
+            h, w = _level0(image).shape[:2]
         except ValueError as exc:
             self._say(str(exc), error=True)
             return None
         import zarr
 
-        h, w = _level0(image).shape[:2]
         data = np.zeros((h, w), np.uint8) if h * w <= 64_000_000 else zarr.zeros((h, w), chunks=(1024, 1024), dtype="uint8")
         layer = self.viewer.add_labels(
             data,
@@ -421,7 +425,7 @@ class CiNuSegWidget(QWidget):
         if prior is None:
             job = train_base(pairs, [name], settings, colours=[colour], out=out, cancel=self.cancel_event)
         else:
-            job = train_step(prior, pairs, [name], settings, method="cinuseg", colours=[colour], out=out, cancel=self.cancel_event)
+            job = train_step(prior, pairs, [name], settings.for_network(prior.arch), method="cinuseg", colours=[colour], out=out, cancel=self.cancel_event)
 
         def run():
             return (yield from job)
@@ -460,7 +464,7 @@ class CiNuSegWidget(QWidget):
             self.status.setText(f"iteration {ev.iteration}/{ev.total}, loss {ev.loss:.3f}, {left} left{att}")
             self.plot.add(ev)
             self._crops.extend(ev.crops)
-        elif isinstance(ev, Cancelled):
+        elif isinstance(ev, (Cancelled, MemoryReduced)):
             self._say(ev.message)
         elif isinstance(ev, StepFinished):
             self.new_model_path = Path(ev.path) if ev.path else None
@@ -511,11 +515,12 @@ class CiNuSegWidget(QWidget):
             if self.model is None:
                 raise ValueError("choose or train a model first")
             image = self._image_layer()
+            pixels = _level0(image)
         except ValueError as exc:
             self._say(str(exc), error=True)
             return None
         self.cancel_event = threading.Event()
-        job = segment(self.model, _level0(image), tile=self.tile.value(), overlap=min(64, self.tile.value() // 4), cancel=self.cancel_event)
+        job = segment(self.model, pixels, tile=self.tile.value(), overlap=min(64, self.tile.value() // 4), cancel=self.cancel_event)
 
         def run():
             return (yield from job)
@@ -535,7 +540,7 @@ class CiNuSegWidget(QWidget):
         if isinstance(ev, TileProgress):
             self.progress.setRange(0, ev.total)
             self.progress.setValue(ev.done)
-        elif isinstance(ev, Cancelled):
+        elif isinstance(ev, (Cancelled, MemoryReduced)):
             self._say(ev.message)
         elif isinstance(ev, SegmentFinished):
             self._say(f"Segmented in {ev.seconds:.1f} s ({ev.tiles} tiles, {ev.skipped} without tissue skipped)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from tqdm import tqdm
 from . import __version__
 from .data import LabelledSet, data_dir, split_by_source, step_pairs
 from .datasets import DATASETS, read_dataset
-from .events import Cancelled, Progress, Saved, StepFinished, StepStarted
+from .events import Cancelled, MemoryReduced, Progress, Saved, StepFinished, StepStarted
 from .methods import available
 from .model_file import ModelFileError, load_model, read_record
 from .settings import PRESETS, preset
@@ -81,6 +82,8 @@ def _drain(job, show=None) -> object:
                 bar.set_postfix(loss=f"{ev.loss:.3f}", **{k: f"{v:.3f}" for k, v in ev.terms.items()})
             elif isinstance(ev, Cancelled):
                 print(ev.message, file=sys.stderr)
+            elif isinstance(ev, MemoryReduced):
+                print(f"cinuseg: note: {ev.message}", file=sys.stderr)
             elif isinstance(ev, Saved):
                 print(f"saved {ev.path}", file=sys.stderr)
             elif isinstance(ev, StepFinished) and bar is not None:
@@ -114,7 +117,7 @@ def cmd_step(args) -> int:
     data = _load_data(args)
     new = _names(args.new_classes)
     pairs = step_pairs(data, new)
-    model = _drain(train_step(prior, pairs, new, _settings(args), method=args.method, out=args.out))
+    model = _drain(train_step(prior, pairs, new, _settings(args).for_network(prior.arch), method=args.method, out=args.out))
     return 0 if model is not None else 130
 
 
@@ -338,11 +341,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
+    """Conversions of input images (and other warnings) as one line, not a source listing."""
+    print(f"cinuseg: note: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (ModelFileError, ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError) as exc:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_notice
+            return args.func(args)
+    except (ModelFileError, ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError, MemoryError) as exc:
         print(f"cinuseg: error: {exc}", file=sys.stderr)
         return 2
 

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from skimage import io as skio
 
+from .images import as_rgb_uint8
+
 IGNORE = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -63,23 +65,20 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An RGB uint8 image (H, W, 3); RGBA loses its alpha, grey is repeated to three channels."""
-    return as_rgb_uint8(np.asarray(skio.imread(str(path))), path)
-
-
-def as_rgb_uint8(img: np.ndarray, path: str | os.PathLike = "image") -> np.ndarray:
-    """(H, W) or (H, W, 3|4) of any dtype → RGB uint8: alpha dropped, grey repeated, other dtypes
-    rescaled from their own range (NaN counts as the minimum)."""
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError(f"{path}: expected a 2-D RGB image, got an array of shape {img.shape}")
-    img = img[..., :3]
-    if img.dtype != np.uint8:
-        img = img.astype(np.float64)
-        lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
-        img = np.clip((np.nan_to_num(img, nan=lo) - lo) / max(hi - lo, 1e-12) * 255, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(img)
+    """An RGB uint8 image (H, W, 3), converted as :func:`~napari_cinuseg.images.as_rgb_uint8`
+    says (and warns); a file that is not a readable image is a ValueError."""
+    try:
+        img = np.asarray(skio.imread(str(path)))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image at {path}") from None
+    except Exception as exc:  # noqa: BLE001 - every decoder failure becomes advice
+        raise ValueError(
+            f"{path} could not be read as an image ({type(exc).__name__}: {exc}); is it complete "
+            "(not truncated by a download or copy) and really a PNG/JPEG/TIFF?"
+        ) from None
+    if img.dtype == object:  # imageio's answer for some unreadable files
+        raise ValueError(f"{path} could not be read as an image; is it really a PNG/JPEG/TIFF?")
+    return as_rgb_uint8(img, path)
 
 
 def read_folder(

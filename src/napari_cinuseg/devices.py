@@ -52,3 +52,14 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure of the device (CUDA's OutOfMemoryError, MPS's or the CPU
+    allocator's RuntimeError): a smaller batch or tile may succeed."""
+    if isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "DefaultCPUAllocator" in text
+    )

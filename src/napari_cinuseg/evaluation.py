@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -36,7 +37,20 @@ def evaluate(
     if not shared:
         raise ValueError(
             f"the model's classes ({', '.join(model.class_names)}) and the data's "
-            f"({', '.join(data.class_names)}) share no name"
+            f"({', '.join(data.class_names)}) share no name; evaluate on data annotated with the "
+            "model's classes"
+        )
+    unscored = [n for n in model.class_names if n.lower() not in {c.lower() for c in shared}]
+    ignored = [n for n in data.class_names if n not in shared]
+    if unscored or ignored:
+        warnings.warn(
+            "only the classes the model and the data share are scored ("
+            + ", ".join(shared)
+            + ")"
+            + (f"; the model's {', '.join(unscored)} not (the data has no such class)" if unscored else "")
+            + (f"; the data's {', '.join(ignored)} pixels are ignored (the model does not know them)" if ignored else ""),
+            UserWarning,
+            stacklevel=2,
         )
     cm = ConfusionMatrix(model.num_channels)
     dev = resolve_device(device)

@@ -68,6 +68,17 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class MemoryReduced:
+    """The device ran out of memory; the job goes on with a smaller batch (training) or fewer
+    tiles at a time (segmentation). ``message`` says so in words for the user."""
+
+    what: str  # "batch" or "tiles"
+    before: int
+    after: int
+    message: str
+
+
+@dataclass(frozen=True)
 class Cancelled:
     step: int
     iteration: int
@@ -87,6 +98,6 @@ class StepFinished:
     path: str | None = None
 
 
-Event = StepStarted | Progress | Cancelled | Saved | StepFinished
+Event = StepStarted | Progress | MemoryReduced | Cancelled | Saved | StepFinished
 
-__all__ = ["CropStats", "Cancelled", "Event", "Progress", "Saved", "StepFinished", "StepStarted"]
+__all__ = ["CropStats", "Cancelled", "Event", "MemoryReduced", "Progress", "Saved", "StepFinished", "StepStarted"]

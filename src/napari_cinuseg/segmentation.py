@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import devices
-from .events import Cancelled, CancelFlag, is_cancelled
+from .events import Cancelled, CancelFlag, MemoryReduced, is_cancelled
 from .model import CiNuSegModel
 from .slides import Slide
 from .tiling import blend_window, tile_origins, tissue_fraction
@@ -144,20 +144,25 @@ def segment(
                     continue
                 row_imgs.append(img)
                 row_x.append(x)
-            for b in range(0, len(row_imgs), batch_size):
+            b = 0
+            while b < len(row_imgs):
                 if is_cancelled(cancel):
                     yield Cancelled(step=-1, iteration=done, message="segmentation was cancelled; nothing was written")
                     return None
-                batch = torch.from_numpy(np.stack(row_imgs[b : b + batch_size])).permute(0, 3, 1, 2)
-                batch = batch.to(dev, non_blocking=True)
-                if dev.type == "cuda":
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                with torch.inference_mode(), devices.autocast(dev, dtype):
-                    logits = net(model.normalize(batch)).logits.float().cpu()
-                for i, x in enumerate(row_x[b : b + batch_size]):
+                chunk = row_imgs[b : b + batch_size]
+                logits, parts = _forward_tiles(model, net, chunk, dev, dtype)
+                if parts > 1:  # out of memory: fewer tiles at a time from now on
+                    before, batch_size = batch_size, max(1, -(-len(chunk) // parts))
+                    yield MemoryReduced(
+                        "tiles", before, batch_size,
+                        f"the {devices.describe(dev)} ran out of memory with {before} tiles of {tile} px "
+                        f"at a time; going on with {batch_size}",
+                    )
+                for i, x in enumerate(row_x[b : b + len(chunk)]):
                     acc[:, :, x : x + tile] += logits[i] * window
                     wsum[:, x : x + tile] += window
-                done += len(row_x[b : b + batch_size])
+                done += len(chunk)
+                b += len(chunk)
                 yield TileProgress(done, total, skipped, time.perf_counter() - t0)
             # rows [y, next_y) are final: no later tile reaches them
             next_y = ys[r + 1] if r + 1 < len(ys) else min(y + tile, h)
@@ -186,6 +191,35 @@ def segment(
         devices.release(dev)
         if own:
             slide.close()
+
+
+def _forward_tiles(model: CiNuSegModel, net, tiles: list[np.ndarray], dev: torch.device, dtype) -> tuple[torch.Tensor, int]:
+    """Logits (N, K, t, t) on the CPU of ``tiles``, and into how many parts the batch had to be
+    cut to fit in the device's memory (1: it fitted). Out of memory even for one tile is a
+    MemoryError that says what to do."""
+    parts = 1
+    while True:
+        size = -(-len(tiles) // parts)
+        try:
+            out = []
+            for i in range(0, len(tiles), size):
+                batch = torch.from_numpy(np.stack(tiles[i : i + size])).permute(0, 3, 1, 2).to(dev, non_blocking=True)
+                if dev.type == "cuda":
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode(), devices.autocast(dev, dtype):
+                    out.append(net(model.normalize(batch)).logits.float().cpu())
+            return torch.cat(out), parts
+        except Exception as exc:  # noqa: BLE001 - only an allocation failure is retried
+            if not devices.is_out_of_memory(exc):
+                raise
+        out = batch = None  # released once the exception (and its frames' tensors) is gone
+        devices.release(dev)
+        if size == 1:
+            raise MemoryError(
+                f"the {devices.describe(dev)} ran out of memory for a single tile of "
+                f"{tiles[0].shape[0]} px; choose a smaller tile size, or the CPU"
+            )
+        parts *= 2
 
 
 class ArraySlide:

@@ -47,6 +47,11 @@ class TrainSettings:
     def architecture(self, num_classes: int = 1) -> Architecture:
         return Architecture(self.encoder, self.decoder, self.decoder_channels, num_classes)
 
+    def for_network(self, arch: Architecture) -> "TrainSettings":
+        """These settings with the network of ``arch`` (a prior model's): a step keeps its
+        prior's network, so its settings must name that network."""
+        return self.replace(encoder=arch.encoder, decoder=arch.decoder, decoder_channels=tuple(arch.decoder_channels))
+
     def replace(self, **changes) -> "TrainSettings":
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:

@@ -4,11 +4,13 @@ zarr view (only the tiles asked for are decoded), plain PNG/JPEG in memory."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .data import read_rgb
+from .images import ImageNotice, region_to_uint8
 
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif")
 
@@ -18,12 +20,28 @@ def open_tiff(path: str | os.PathLike):
     import tifffile
 
     try:
-        return tifffile.TiffFile(path)
+        tif = tifffile.TiffFile(path)
     except Exception as exc:  # noqa: BLE001 - tifffile raises several kinds for a broken file
         raise ValueError(
             f"{path} is not a readable TIFF/SVS file ({type(exc).__name__}: {exc}); "
             "is the file complete (not truncated by a download or copy) and really a TIFF?"
         ) from None
+    # A truncated file often still has its header: its image data would end past the file's end.
+    size = os.path.getsize(path)
+    try:
+        for page in tif.pages[:64]:
+            offsets, counts = np.asarray(page.dataoffsets, np.int64), np.asarray(page.databytecounts, np.int64)
+            if offsets.size and int((offsets + counts).max()) > size:
+                raise ValueError(
+                    f"{path} is truncated: its image data should reach byte {int((offsets + counts).max()):,} "
+                    f"but the file has {size:,} bytes; copy or download it again"
+                )
+    except ValueError:
+        tif.close()
+        raise
+    except Exception:  # noqa: BLE001 - pages that cannot be parsed are reported when read
+        pass
+    return tif
 
 
 class Slide:
@@ -42,10 +60,7 @@ class Slide:
         if self.path.suffix.lower() in TIFF_SUFFIXES:
             self._open_tiff()
         else:
-            try:
-                self._array = read_rgb(self.path)
-            except Exception as exc:  # noqa: BLE001 - any decoder failure becomes advice
-                raise ValueError(f"{self.path} could not be read as an image ({type(exc).__name__}: {exc})") from None
+            self._array = read_rgb(self.path)  # clear ValueError, conversions said
 
     def _open_tiff(self) -> None:
         import zarr
@@ -73,6 +88,11 @@ class Slide:
             self._channels_last = False
         elif axes == "YX":
             self._channels_last = None
+            warnings.warn(
+                f"{self.path}: grey image repeated to three channels; H&E models expect colour, results may be poor",
+                ImageNotice,
+                stacklevel=3,
+            )
         else:
             self.close()
             raise ValueError(f"{self.path} holds {axes} data ({lv.shape}); a 2-D RGB image is needed")
@@ -94,16 +114,25 @@ class Slide:
             return out
         if self._array is not None:
             region = self._array[sy0:sy1, sx0:sx1]
-        elif self._channels_last is None:
-            region = np.asarray(self._z[sy0:sy1, sx0:sx1])[..., None].repeat(3, axis=2)
-        elif self._channels_last:
-            region = np.asarray(self._z[sy0:sy1, sx0:sx1])[..., :3]
         else:
-            region = np.moveaxis(np.asarray(self._z[:3, sy0:sy1, sx0:sx1]), 0, -1)
+            try:
+                region = self._read_tiff(sy0, sx0, sy1, sx1)
+            except Exception as exc:  # noqa: BLE001 - a damaged tile anywhere in a slide
+                raise ValueError(
+                    f"{self.path}: the region y {sy0}..{sy1}, x {sx0}..{sx1} cannot be decoded "
+                    f"({type(exc).__name__}: {exc}); the file is damaged or incomplete, copy it again"
+                ) from None
         if region.dtype != np.uint8:
-            region = _to_uint8(region)
+            region = region_to_uint8(region)
         out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = region
         return out
+
+    def _read_tiff(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        if self._channels_last is None:
+            return np.asarray(self._z[y0:y1, x0:x1])[..., None].repeat(3, axis=2)
+        if self._channels_last:
+            return np.asarray(self._z[y0:y1, x0:x1])[..., :3]
+        return np.moveaxis(np.asarray(self._z[:3, y0:y1, x0:x1]), 0, -1)
 
     def read_all(self) -> np.ndarray:
         h, w = self.shape
@@ -119,12 +148,3 @@ class Slide:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _to_uint8(region: np.ndarray) -> np.ndarray:
-    if np.issubdtype(region.dtype, np.integer):
-        info = np.iinfo(region.dtype)
-        return (region.astype(np.float64) / info.max * 255).round().clip(0, 255).astype(np.uint8)
-    region = np.nan_to_num(region.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-    scale = 255.0 if region.max() <= 1.0 else 1.0
-    return (region * scale).round().clip(0, 255).astype(np.uint8)

@@ -12,7 +12,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Generator, Sequence
 
 import numpy as np
@@ -20,7 +20,18 @@ import torch
 
 from . import devices
 from .data import IGNORE, CropDataset, TrainingPair, check_pairs
-from .events import CancelFlag, Cancelled, CropStats, Event, Progress, Saved, StepFinished, StepStarted, is_cancelled
+from .events import (
+    CancelFlag,
+    Cancelled,
+    CropStats,
+    Event,
+    MemoryReduced,
+    Progress,
+    Saved,
+    StepFinished,
+    StepStarted,
+    is_cancelled,
+)
 from .losses import LossOutput, base_bce
 from .methods import StepBatch, StepContext, get_method
 from .model import CiNuSegModel, StepRecord
@@ -79,6 +90,7 @@ class _Loop:
     hooks: object | None = None  # the Method, for its optional prepare/finish hooks
     freeze_bn: bool = False
     new_classes: tuple[int, ...] = ()
+    memory_notes: list[str] = field(default_factory=list)  # batches reduced for lack of memory
 
     def _context(self, device: torch.device, lut: torch.Tensor) -> StepContext:
         def batches():
@@ -88,6 +100,24 @@ class _Loop:
                 yield self.model.normalize(image.to(device)), lut[target].to(device)
 
         return StepContext(self.prior, self.model, list(self.new_classes), self.settings, device, batches)
+
+    def _iteration(self, images, target, lut, device, amp, net, prior_net, opt, scaler) -> LossOutput:
+        """One optimisation step on one batch of crops."""
+        images = images.to(device, non_blocking=True)
+        labels = lut[target].to(device, non_blocking=True)
+        x = self.model.normalize(images)
+        with devices.autocast(device, amp):
+            old = None
+            if prior_net is not None:
+                with torch.no_grad():
+                    old = prior_net(x)
+            output = net(x)
+            result = self.loss_fn(labels, output, old)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(result.loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return result
 
     def run(self, cancel: CancelFlag, out) -> Generator[Event, None, CiNuSegModel | None]:
         s = self.settings
@@ -99,16 +129,20 @@ class _Loop:
         per_epoch = max(len(dataset) // batch, 1)
         total = s.iterations or max(s.epochs * per_epoch, s.min_iterations)
         gen = torch.Generator().manual_seed(s.seed)
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch,
-            shuffle=True,
-            drop_last=True,
-            num_workers=s.num_workers,
-            generator=gen,
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,  # workers must see set_epoch: crops differ per epoch
-        )
+
+        def make_loader(batch: int):
+            return torch.utils.data.DataLoader(
+                dataset,
+                batch_size=batch,
+                shuffle=True,
+                drop_last=True,
+                num_workers=s.num_workers,
+                generator=gen,
+                pin_memory=device.type == "cuda",
+                persistent_workers=False,  # workers must see set_epoch: crops differ per epoch
+            )
+
+        loader = make_loader(batch)
         lut = torch.full((256,), IGNORE, dtype=torch.long)
         for local, ch in enumerate(self.channel_of_target):
             lut[local] = ch
@@ -148,6 +182,7 @@ class _Loop:
                     opt.add_param_group({"params": params})
             while it < total:
                 dataset.set_epoch(epoch)
+                reduced = False
                 for images, target, boxes in loader:
                     if is_cancelled(cancel):
                         yield Cancelled(step=self.step, iteration=it)
@@ -155,20 +190,29 @@ class _Loop:
                     lr = poly_lr(self.lr, it, total, s.poly_power)
                     for group in opt.param_groups:
                         group["lr"] = lr
-                    images = images.to(device, non_blocking=True)
-                    labels = lut[target].to(device, non_blocking=True)
-                    x = self.model.normalize(images)
-                    with devices.autocast(device, amp):
-                        old = None
-                        if prior_net is not None:
-                            with torch.no_grad():
-                                old = prior_net(x)
-                        output = net(x)
-                        result = self.loss_fn(labels, output, old)
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(result.loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
+                    try:
+                        result = self._iteration(images, target, lut, device, amp, net, prior_net, opt, scaler)
+                    except Exception as exc:  # noqa: BLE001 - only an allocation failure is retried
+                        if not devices.is_out_of_memory(exc):
+                            raise
+                        result = None  # handled below, once the exception (and its frames' tensors) is gone
+                    if result is None:
+                        opt.zero_grad(set_to_none=True)
+                        devices.release(device)
+                        if batch == 1:
+                            raise MemoryError(
+                                f"the {devices.describe(device)} ran out of memory with a batch of one "
+                                f"{s.crop_size}-px crop; choose a smaller crop size, or the CPU"
+                            ) from None
+                        before, batch = batch, batch // 2
+                        self.memory_notes.append(f"out of memory at batch {before}: went on with {batch}")
+                        yield MemoryReduced(
+                            "batch", before, batch,
+                            f"the {devices.describe(device)} ran out of memory with a batch of {before}; "
+                            f"going on with {batch} (the same number of iterations, each on fewer crops)",
+                        )
+                        loader, reduced = make_loader(batch), True
+                        break  # the same epoch again, with the smaller batch
                     it += 1
                     loss = float(result.loss.detach())
                     if not math.isfinite(loss):
@@ -191,7 +235,8 @@ class _Loop:
                         )
                     if it >= total:
                         break
-                epoch += 1
+                if not reduced:
+                    epoch += 1
             if finish is not None:
                 finish(ctx)
         finally:
@@ -215,6 +260,7 @@ class _Loop:
                     "seconds": round(seconds, 2),
                     "final_loss": float(np.mean(recent)) if recent else None,
                     "device": devices.describe(device),
+                    **({"memory": list(self.memory_notes)} if self.memory_notes else {}),
                 },
             )
         )
@@ -293,11 +339,19 @@ def train_step(
     ``method`` against the frozen prior. The prior (object and file) is never changed.
 
     ``pairs`` hold targets 0 background, i the i-th new class, 255 unlabelled. The network of the
-    prior is kept; the settings' encoder and decoder are not used.
+    prior is kept, and the settings must name it (:meth:`TrainSettings.for_network`).
     """
     settings = settings or TrainSettings()
     if not isinstance(prior, CiNuSegModel):
         prior = load_model(prior)
+    want = (settings.encoder, settings.decoder, tuple(settings.decoder_channels))
+    have = (prior.arch.encoder, prior.arch.decoder, tuple(prior.arch.decoder_channels))
+    if want != have:
+        raise ValueError(
+            f"the prior model's network is {have[0]} + {have[1]} {list(have[2])}, but the settings ask "
+            f"for {want[0]} + {want[1]} {list(want[2])}; a step keeps its prior's network: use "
+            "settings.for_network(prior.arch), or choose a prior with that network"
+        )
     m = get_method(method)
     model = prior.child(list(new_class_names), list(colours) if colours else None)
     check_pairs(pairs, len(new_class_names))

@@ -1,0 +1,306 @@
+"""Every kind of bad input ends in a clear message that says what to do, and changes nothing on
+disk (docs/reliability.md has the table of cases). Tiny images and models on the CPU."""
+
+import hashlib
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from skimage import io as skio
+
+from napari_cinuseg import CiNuSegModel, drain, load_model, save_model, train_base, train_step
+from napari_cinuseg.annotations import training_pair
+from napari_cinuseg.cli import main
+from napari_cinuseg.data import read_rgb
+from napari_cinuseg.images import ImageNotice, as_rgb_uint8, rgb_view
+from napari_cinuseg.model import check_class_name
+from napari_cinuseg.model_file import ModelFileError
+from napari_cinuseg.network import Architecture
+from napari_cinuseg.segmentation import segment
+from napari_cinuseg.slides import Slide
+
+TINY = Architecture("resnet18", "unet", (32, 16, 16, 8))
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tree(folder):
+    """Every file under ``folder`` with its digest: 'nothing changed on disk' is this, equal."""
+    return {str(p.relative_to(folder)): _digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _notices(record):
+    return [str(w.message) for w in record if issubclass(w.category, ImageNotice)]
+
+
+@pytest.fixture
+def rgb(shared_data):
+    """A real H&E patch (CoNSeP), 96 × 96."""
+    path = next(iter(sorted((shared_data / "consep").rglob("*.png"))))
+    return read_rgb(path)[:96, :96]
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+def test_rgba_loses_its_alpha(tmp_path, rgb):
+    path = tmp_path / "rgba.png"
+    skio.imsave(path, np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)]), check_contrast=False)
+    assert np.array_equal(read_rgb(path), rgb)
+
+
+def test_grey_is_converted_and_said(tmp_path, rgb):
+    path = tmp_path / "grey.png"
+    skio.imsave(path, rgb[..., 1], check_contrast=False)
+    with pytest.warns(ImageNotice, match="grey image repeated to three channels"):
+        img = read_rgb(path)
+    assert img.shape == (96, 96, 3) and (img[..., 0] == rgb[..., 1]).all()
+
+
+def test_16_bit_and_float_are_rescaled_and_said(tmp_path, rgb):
+    path16 = tmp_path / "deep.tif"
+    tifffile.imwrite(path16, rgb.astype(np.uint16) * 200, photometric="rgb")
+    with pytest.warns(ImageNotice, match="uint16 values rescaled from their range"):
+        img = read_rgb(path16)
+    lo, hi = rgb.min(), rgb.max()
+    expected = np.round((rgb.astype(float) - lo) / (hi - lo) * 255).astype(np.uint8)
+    assert np.abs(img.astype(int) - expected).max() <= 1
+    with pytest.warns(ImageNotice, match="float32 values in 0..1 scaled to 0..255"):
+        img = as_rgb_uint8(rgb.astype(np.float32) / 255)
+    assert np.abs(img.astype(int) - rgb).max() <= 1
+
+
+def test_channels_first_is_moved_last_and_said(tmp_path, rgb):
+    with pytest.warns(ImageNotice, match="channels were stored first"):
+        assert np.array_equal(as_rgb_uint8(np.moveaxis(rgb, -1, 0)), rgb)
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(path, np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    with Slide(path) as slide:  # a planar TIFF read lazily: the same pixels
+        assert np.array_equal(slide.read_all(), rgb)
+
+
+def test_stacks_and_volumes_are_refused(tmp_path, rgb):
+    for array in (np.stack([rgb] * 5), np.zeros((20, 64, 64), np.uint8), np.zeros((2, 3, 64, 64, 3), np.uint8)):
+        with pytest.raises(ValueError, match="a 2-D RGB image is needed.*save one 2-D RGB plane"):
+            as_rgb_uint8(array)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.stack([rgb] * 5), photometric="rgb")
+    with pytest.raises(ValueError, match="2-D RGB"):
+        read_rgb(path)
+    with pytest.raises(ValueError, match="a 2-D RGB image is needed"):
+        Slide(path)
+
+
+def test_images_smaller_than_the_crop_and_the_tile(rgb, tmp_path):
+    small = rgb[:40, :50]
+    target = np.full(small.shape[:2], 0, np.uint8)
+    target[10:20, 10:20] = 1
+    from napari_cinuseg.data import TrainingPair
+    from napari_cinuseg.settings import TrainSettings
+
+    settings = TrainSettings(decoder_channels=(32, 16, 16, 8), crop_size=64, batch_size=2, iterations=2, device="cpu")
+    model = drain(train_base([TrainingPair(small, target, "small")], ["Tiny"], settings))  # padded crops
+    events = []
+    result = drain(segment(model, small, tile=256, overlap=32, device="cpu", min_tissue=0), events.append)
+    assert result.shape == (40, 50)
+
+
+def test_nan_and_inf_are_replaced_and_said(rgb):
+    img = rgb.astype(np.float32)
+    img[0, 0, 0], img[1, 1, 1], img[2, 2, 2] = np.nan, np.inf, -np.inf
+    with pytest.warns(ImageNotice, match="3 NaN/infinite value"):
+        out = as_rgb_uint8(img)
+    assert out.dtype == np.uint8 and out[1, 1, 1] == 255 and out[2, 2, 2] == 0
+    with pytest.raises(ValueError, match="every pixel is NaN"):
+        as_rgb_uint8(np.full((8, 8, 3), np.nan))
+
+
+def test_truncated_or_corrupt_tiff_and_svs(tmp_path, shared_data, rgb):
+    path = tmp_path / "whole.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(path.read_bytes()[:200])
+    for opener in (read_rgb, Slide):
+        with pytest.raises(ValueError, match="(truncated|complete|damaged)"):
+            opener(cut)
+    svs = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    head = tmp_path / "cut.svs"
+    with open(svs, "rb") as f:
+        head.write_bytes(f.read(4096))
+    with pytest.raises(ValueError, match="truncated|complete|damaged"):
+        Slide(head)
+    # a slide whose tile data is damaged opens, but reading it says so
+    damaged = tmp_path / "damaged.svs"
+    shutil.copy(svs, damaged)
+    with tifffile.TiffFile(svs) as tif:
+        page = tif.pages[0]
+        offset, count = page.dataoffsets[0], page.databytecounts[0]
+    with open(damaged, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\x00" * count)
+    with Slide(damaged) as slide, pytest.raises(ValueError, match="damaged or incomplete"):
+        slide.read(0, 0, 64, 64)
+
+
+def test_a_file_that_is_not_an_image(tmp_path):
+    for name in ("notes.png", "notes.tif", "notes.svs"):
+        path = tmp_path / name
+        path.write_text("patient list, not an image")
+        with pytest.raises(ValueError, match="(not a readable|could not be read as an image)"):
+            Slide(path)
+    with pytest.raises(ValueError, match="could not be read as an image"):
+        read_rgb(tmp_path / "notes.png")
+
+
+def test_paths_with_spaces_and_non_ascii(tmp_path, rgb, capsys):
+    folder = tmp_path / "my slides" / "Präparat ñ 1"
+    folder.mkdir(parents=True)
+    path = folder / "Schnitt 1 · Niere.png"
+    skio.imsave(path, rgb, check_contrast=False)
+    assert np.array_equal(read_rgb(path), rgb)
+    torch.manual_seed(0)
+    model = save_model(CiNuSegModel.new(["Epithelial"], TINY), folder / "Modell ä.cinuseg.pt")
+    out = folder / "Ergebnis ö"
+    assert main(["segment", str(path), "--model", str(model), "--out", str(out), "--tile", "64", "--overlap", "16", "--device", "cpu"]) == 0
+    assert (out / "Schnitt 1 · Niere.masks.tif").is_file()
+
+
+def test_lazy_images_must_already_be_8_bit_rgb():
+    import zarr
+
+    lazy = zarr.zeros((64, 64), dtype="uint16")
+    with pytest.raises(ValueError, match="convert it to 8-bit RGB"):
+        rgb_view(lazy, "layer")
+    ok = zarr.zeros((64, 64, 3), dtype="uint8")
+    assert rgb_view(ok) is ok  # read lazily, not loaded
+
+
+# --- annotations --------------------------------------------------------------------------------
+
+
+def test_annotation_of_another_shape(rgb):
+    with pytest.raises(ValueError, match="annotation layer is .* but its image is .*paint in a layer made for this image"):
+        training_pair(rgb, np.zeros((50, 50), np.uint8))
+
+
+def test_annotation_reusing_a_class_id(rgb):
+    ann = np.zeros(rgb.shape[:2], np.uint8)
+    ann[5:9, 5:9] = 3  # e.g. an old class's id from another labels layer
+    with pytest.raises(ValueError, match=r"uses label\(s\) \[3\]; paint with 1..1 for the new class\(es\) and 2 for background"):
+        training_pair(rgb, ann)
+
+
+def test_nothing_painted_or_only_background(rgb, tiny, tmp_path):
+    assert training_pair(rgb, np.zeros(rgb.shape[:2], np.uint8)) is None  # the widget says "nothing is painted"
+    ann = np.zeros(rgb.shape[:2], np.uint8)
+    ann[10:30, 10:30] = 2  # background only
+    pair, _ = training_pair(rgb, ann)
+    torch.manual_seed(0)
+    prior = save_model(CiNuSegModel.new(["Epithelial"], TINY), tmp_path / "prior.cinuseg.pt")
+    before = _tree(tmp_path)
+    with pytest.raises(ValueError, match=r"no pixel is painted for class\(es\) \[1\].*paint some examples"):
+        drain(train_step(load_model(prior), [pair], ["Neutrophil"], tiny, out=tmp_path / "step.cinuseg.pt"))
+    with pytest.raises(ValueError, match="no pixel is painted"):
+        drain(train_base([pair], ["Neutrophil"], tiny, out=tmp_path / "base.cinuseg.pt"))
+    assert _tree(tmp_path) == before
+
+
+def test_class_names_known_or_empty():
+    with pytest.raises(ValueError, match="already"):
+        check_class_name("epithelial", ["Epithelial"])
+    with pytest.raises(ValueError, match="name"):
+        check_class_name("   ", ["Epithelial"])
+    assert check_class_name(" Neutrophil ", ["Epithelial"]) == "Neutrophil"
+
+
+# --- model files --------------------------------------------------------------------------------
+
+
+def test_model_files_truncated_foreign_or_pickled(tmp_path):
+    torch.manual_seed(0)
+    good = save_model(CiNuSegModel.new(["Epithelial"], TINY), tmp_path / "good.cinuseg.pt")
+    cut = tmp_path / "cut.cinuseg.pt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    foreign = tmp_path / "resnet.pt"
+    torch.save({"conv1.weight": torch.zeros(2)}, foreign)
+    png = tmp_path / "image.cinuseg.pt"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
+    for path, words in ((cut, "truncated|incomplete|damaged"), (foreign, "not a napari-cinuseg model"), (png, "not a")):
+        with pytest.raises(ModelFileError, match=words):
+            load_model(path)
+
+
+def test_prior_with_another_encoder_than_the_settings(tmp_path, few_pairs, tiny):
+    torch.manual_seed(0)
+    prior_path = save_model(CiNuSegModel.new(["Epithelial", "Spindle-shaped"], TINY), tmp_path / "prior.cinuseg.pt")
+    before = _tree(tmp_path)
+    prior = load_model(prior_path)
+    with pytest.raises(ValueError, match="a step keeps its prior's network: use settings.for_network"):
+        drain(train_step(prior, few_pairs[1], ["Other"], tiny.replace(encoder="resnet50"), out=tmp_path / "s.cinuseg.pt"))
+    assert _tree(tmp_path) == before
+    fixed = tiny.replace(encoder="resnet50").for_network(prior.arch)
+    assert (fixed.encoder, fixed.decoder_channels) == ("resnet18", (32, 16, 16, 8))
+
+
+def test_model_classes_that_do_not_match_the_annotation(tmp_path, few_pairs, tiny, shared_data, capsys):
+    torch.manual_seed(0)
+    prior = save_model(CiNuSegModel.new(["Epithelial", "Spindle-shaped"], TINY), tmp_path / "prior.cinuseg.pt")
+    before = _tree(tmp_path)
+    # a step for a class the model already knows
+    with pytest.raises(ValueError, match="already"):
+        drain(train_step(load_model(prior), few_pairs[1], ["epithelial"], tiny, out=tmp_path / "s.cinuseg.pt"))
+    # annotations with more classes than the step names
+    with pytest.raises(ValueError, match=r"label\(s\) \[2\]"):
+        drain(train_step(load_model(prior), few_pairs[0], ["Other"], tiny, out=tmp_path / "s.cinuseg.pt"))
+    # evaluating on a data set that shares only some classes: said; none: refused
+    assert main(["evaluate", "--model", str(prior), "--data", str(shared_data / "monusac"), "--dataset", "monusac", "--val-fraction", "0.1"]) == 0
+    err = capsys.readouterr().err
+    assert "only the classes the model and the data share are scored (Epithelial)" in err
+    assert "the model's Spindle-shaped not" in err and "Lymphocyte" in err
+    other = save_model(CiNuSegModel.new(["Mitosis"], TINY), tmp_path / "other.cinuseg.pt")
+    before = _tree(tmp_path)
+    assert main(["evaluate", "--model", str(other), "--data", str(shared_data / "monusac"), "--dataset", "monusac", "--val-fraction", "0.1"]) == 2
+    assert "share no name; evaluate on data annotated with the model's classes" in capsys.readouterr().err
+    assert _tree(tmp_path) == before
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def _cli_error(args, capsys) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("cinuseg: error:")
+    return err
+
+
+def test_cli_unknown_layout_missing_classes_json_and_empty_folders(tmp_path, shared_data, capsys):
+    out = tmp_path / "m.cinuseg.pt"
+    odd = tmp_path / "odd"
+    (odd / "things").mkdir(parents=True)
+    (odd / "things" / "a.txt").write_text("x")
+    err = _cli_error(["train-base", "--data", str(odd), "--out", str(out)], capsys)
+    assert "layout" in err or "no images" in err
+    nojson = tmp_path / "nojson"
+    shutil.copytree(shared_data / "consep", nojson, ignore=lambda d, names: [n for n in names if n == "classes.json"] + sorted(n for n in names if n.endswith(".png"))[8:])
+    err = _cli_error(["train-base", "--data", str(nojson), "--out", str(out)], capsys)
+    assert "classes.json" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _cli_error(["train-base", "--data", str(empty), "--out", str(out)], capsys)
+    assert "no images" in err or "empty" in err
+    assert not out.exists()
+
+
+def test_cli_protocol_too_long_and_unknown_class_order(tmp_path, shared_data, capsys):
+    common = ["benchmark", "--data", str(shared_data / "consep"), "--out", str(tmp_path / "b")]
+    err = _cli_error([*common, "--protocol", "3-1"], capsys)
+    assert "classes" in err
+    err = _cli_error([*common, "--class-order", "Epithelial,Neutrophil,Other"], capsys)
+    assert "Neutrophil" in err
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").rglob("*.pt"))

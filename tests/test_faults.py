@@ -1,0 +1,175 @@
+"""Faults: cancel, crash, kill and out-of-memory at the worst moment lose nothing and leave no
+half-written file (docs/reliability.md has the table of cases). Tiny models on the CPU."""
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cinuseg import CiNuSegModel, drain, load_model, save_model, train_base, train_step
+from napari_cinuseg import devices, segmentation
+from napari_cinuseg.cli import main
+from napari_cinuseg.events import MemoryReduced, Saved
+from napari_cinuseg.export import read_masks
+from napari_cinuseg.network import Architecture, NucleiSegNet
+from napari_cinuseg.segmentation import segment
+
+TINY = Architecture("resnet18", "unet", (32, 16, 16, 8))
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def prior(tmp_path):
+    torch.manual_seed(0)
+    return save_model(CiNuSegModel.new(["Epithelial", "Spindle-shaped"], TINY), tmp_path / "prior.cinuseg.pt")
+
+
+def _fake_oom(limit):
+    """NucleiSegNet.forward that runs out of memory above ``limit`` images per batch."""
+    real = NucleiSegNet.forward
+
+    def forward(self, x):
+        if x.shape[0] > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return real(self, x)
+
+    return forward
+
+
+def test_cancel_during_saving_leaves_no_file_and_the_prior_unchanged(prior, few_pairs, tiny, tmp_path, monkeypatch):
+    """Ctrl-C (or a cancel that interrupts) while the new model is being written."""
+    before = _tree(tmp_path)
+    real_save = torch.save
+
+    def interrupted(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)  # the temporary file is complete …
+        raise KeyboardInterrupt  # … but the rename never happens
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        drain(train_step(load_model(prior), few_pairs[1], ["Other"], tiny.replace(iterations=2), out=tmp_path / "new.cinuseg.pt"))
+    assert _tree(tmp_path) == before  # no new file, no temporary file, the prior as it was
+
+
+def test_a_kill_during_a_save_keeps_the_previous_file(tmp_path):
+    """A process killed in the middle of writing (no Python clean-up at all): the file it was
+    replacing is intact and loads."""
+    torch.manual_seed(0)
+    path = save_model(CiNuSegModel.new(["Epithelial"], TINY), tmp_path / "m.cinuseg.pt")
+    before = path.read_bytes()
+    script = textwrap.dedent(
+        f"""
+        import os, torch
+        from napari_cinuseg import CiNuSegModel, load_model, save_model
+
+        def killed(obj, f, *a, **k):
+            with open(f, "wb") as fh:
+                fh.write(b"half a model")
+                fh.flush()
+            os._exit(9)  # like SIGKILL: no finally, no atexit
+
+        torch.save = killed
+        model = load_model({str(path)!r})
+        save_model(CiNuSegModel.new(["Other"], model.arch), {str(path)!r}, overwrite=True)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    assert path.read_bytes() == before
+    assert load_model(path).class_names == ["Epithelial"]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "m.cinuseg.pt"]
+    assert all(n.startswith(".m.cinuseg.pt.") and n.endswith(".tmp") for n in leftovers)  # hidden, never mistaken for a model
+
+
+def test_out_of_memory_in_training_halves_the_batch_and_goes_on(prior, few_pairs, tiny, tmp_path, monkeypatch):
+    released = []
+    monkeypatch.setattr(NucleiSegNet, "forward", _fake_oom(limit=2))
+    monkeypatch.setattr(devices, "release", lambda dev: released.append(dev))
+    events = []
+    model = drain(train_step(load_model(prior), few_pairs[1], ["Other"], tiny.replace(iterations=3, batch_size=8), out=tmp_path / "s.cinuseg.pt"), events.append)
+    reduced = [e for e in events if isinstance(e, MemoryReduced)]
+    assert [(e.before, e.after) for e in reduced] == [(8, 4), (4, 2)]
+    assert "ran out of memory with a batch of 8; going on with 4" in reduced[0].message
+    assert model.steps[-1].results["iterations"] == 3
+    assert model.steps[-1].results["memory"] == ["out of memory at batch 8: went on with 4", "out of memory at batch 4: went on with 2"]
+    assert any(isinstance(e, Saved) for e in events)
+    assert len(released) >= 3  # after each failure, and at the end
+
+
+def test_out_of_memory_even_with_batch_one_is_a_clear_error(prior, few_pairs, tiny, tmp_path, monkeypatch):
+    before = _tree(tmp_path)
+    monkeypatch.setattr(NucleiSegNet, "forward", _fake_oom(limit=0))
+    with pytest.raises(MemoryError, match="batch of one 64-px crop; choose a smaller crop size, or the CPU"):
+        drain(train_step(load_model(prior), few_pairs[1], ["Other"], tiny.replace(iterations=3, batch_size=2), out=tmp_path / "s.cinuseg.pt"))
+    assert _tree(tmp_path) == before
+
+
+def test_out_of_memory_in_segmentation_takes_fewer_tiles_with_the_same_result(prior, shared_data, monkeypatch):
+    from napari_cinuseg.slides import Slide
+
+    model = load_model(prior)
+    with Slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as s:
+        region = s.read(1200, 1000, 1800, 1700)
+    expected = drain(segment(model, region, tile=256, overlap=32, batch_size=4, device="cpu", min_tissue=0))
+    monkeypatch.setattr(NucleiSegNet, "forward", _fake_oom(limit=1))
+    events = []
+    got = drain(segment(model, region, tile=256, overlap=32, batch_size=4, device="cpu", min_tissue=0), events.append)
+    reduced = [e for e in events if isinstance(e, MemoryReduced)]
+    assert reduced and reduced[0].what == "tiles" and reduced[-1].after == 1
+    assert np.array_equal(got, expected)
+    monkeypatch.setattr(NucleiSegNet, "forward", _fake_oom(limit=0))
+    with pytest.raises(MemoryError, match="single tile of 256 px; choose a smaller tile size"):
+        drain(segment(model, region, tile=256, overlap=32, device="cpu"))
+
+
+def test_interrupted_batch_segmentation_resumes_without_redoing(prior, shared_data, tmp_path, monkeypatch, capsys):
+    from skimage import io as skio
+
+    from napari_cinuseg.slides import Slide
+
+    with Slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as s:
+        for i, (y, x) in enumerate([(1200, 1200), (1500, 800), (2000, 1000)]):  # all tissue
+            skio.imsave(tmp_path / f"region{i}.png", s.read(y, x, y + 300, x + 300), check_contrast=False)
+    images = [str(tmp_path / f"region{i}.png") for i in range(3)]
+    out = tmp_path / "masks"
+    args = ["segment", *images, "--model", str(prior), "--out", str(out), "--tile", "256", "--overlap", "32", "--device", "cpu"]
+    calls = {"n": 0}
+    real = segmentation._forward_tiles
+
+    def interrupted(*a, **k):
+        if (out / "region0.masks.tif").exists():
+            calls["n"] += 1
+            if calls["n"] == 2:  # the second image's second batch: Ctrl-C
+                raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(segmentation, "_forward_tiles", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        main(args + ["--batch-size", "2"])
+    assert stop.value.code == 130
+    assert sorted(p.name for p in out.iterdir()) == ["region0.masks.tif"]  # no half-written second
+    first = _tree(out)
+    monkeypatch.setattr(segmentation, "_forward_tiles", real)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "skipped" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [f"region{i}.masks.tif" for i in range(3)]
+    assert {k: v for k, v in _tree(out).items() if k in first} == first  # finished work not redone
+    for i in range(3):
+        assert read_masks(out / f"region{i}.masks.tif")[0].shape == (300, 300)
+
+
+def test_same_seed_same_model_and_masks_on_the_cpu(few_pairs, tiny):
+    runs = [drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=3))) for _ in range(2)]
+    image = few_pairs[0][0].image
+    masks = [drain(segment(m, image, tile=128, overlap=32, device="cpu", min_tissue=0)) for m in runs]
+    assert np.array_equal(masks[0], masks[1])
+    probs = [m.predict(image, torch.device("cpu")) for m in runs]
+    assert np.array_equal(probs[0], probs[1])

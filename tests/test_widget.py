@@ -105,3 +105,32 @@ def test_clear_messages_and_remembered_settings(widget, qtbot):
     again = CiNuSegWidget(widget.viewer)
     assert again.iterations.value() == 123
     assert again.model is not None and again.model.id == widget.model.id
+
+
+def test_bad_layers_and_annotations_are_messages_and_lose_nothing(widget, prior_file, qtbot):
+    from napari_cinuseg.images import ImageNotice
+
+    viewer = widget.viewer
+    widget.class_name.setText("Neutrophil")
+    viewer.add_image(np.zeros((4, 64, 64), np.uint16), name="stack")
+    widget.image_combo.setCurrentText("stack")
+    assert widget.add_annotation_layer() is None
+    assert "a 2-D RGB image is needed" in widget.status.text()
+    viewer.add_image(np.asarray(viewer.layers["he"].data)[..., 1], name="grey")
+    widget.image_combo.setCurrentText("grey")
+    with pytest.warns(ImageNotice, match="grey image repeated"):
+        layer = widget.add_annotation_layer()
+    assert layer is not None and layer.data.shape == (320, 320)
+
+    widget.load_model(prior_file)
+    widget.class_name.setText("epithelial")
+    assert widget.add_annotation_layer() is None
+    assert "already" in widget.status.text()
+
+    widget.class_name.setText("Neutrophil")
+    layer.data[10:20, 10:20] = 3  # a label the annotation does not use
+    layer.refresh()
+    painted = np.array(layer.data)
+    assert widget.start_training() is None
+    assert "uses label(s) [3]" in widget.status.text()
+    np.testing.assert_array_equal(layer.data, painted)  # the annotation is kept as painted

@@ -6,7 +6,7 @@ a ValueError that says what to do.
 
 - RGBA: the alpha channel is dropped (silently: routine, e.g. every MoNuSAC TIFF).
 - Grey (H, W): repeated to three channels (H&E is colour; a grey image segments poorly).
-- Channels first (3|4, H, W): moved last.
+- Channels first (3, H, W): moved last (four planes are taken for a stack, not RGBA).
 - 16-bit and other integers: rescaled from the image's own range (min..max) to 0..255; floats in
   0..1 are multiplied by 255, other floats rescaled from their own range.
 - NaN and ±inf: replaced by the lowest / highest finite value.
@@ -39,9 +39,9 @@ def _say(path, what: str) -> None:
 def as_rgb_uint8(img: np.ndarray, path: str | os.PathLike = "image") -> np.ndarray:
     """Any 2-D image array → RGB uint8 (H, W, 3), with an :class:`ImageNotice` per conversion."""
     img = np.asarray(img)
-    if img.ndim == 3 and img.shape[0] in (3, 4) and img.shape[2] not in (3, 4):
+    if img.ndim == 3 and img.shape[0] == 3 and img.shape[2] not in (3, 4):
         img = np.moveaxis(img, 0, -1)
-        _say(path, f"channels were stored first ({img.shape[2]}, H, W); moved last")
+        _say(path, "channels were stored first (3, H, W); moved last")
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
         _say(path, "grey image repeated to three channels; H&E models expect colour, results may be poor")

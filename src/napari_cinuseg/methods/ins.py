@@ -118,13 +118,13 @@ def update_centroids(
     feats = features.detach().float()
     idx = torch.as_tensor(list(classes), dtype=torch.long, device=labels.device)
     masks = (labels[:, None] == idx[None, :, None, None]).to(feats.dtype)  # (B, C, h, w)
-    m = masks.sum(dim=(0, 2, 3))
-    sums = torch.einsum("bchw,bdhw->cd", masks, feats)
+    m = masks.sum(dim=(0, 2, 3)).to(centroids.device, counts.dtype)
+    sums = torch.einsum("bchw,bdhw->cd", masks, feats).to(centroids.device, centroids.dtype)
     idx = idx.to(centroids.device)
     n = counts[idx]
-    total = n + m.to(counts.dtype)
-    new = (centroids[idx] * n[:, None] + sums.to(centroids.dtype)) / total.clamp_min(1)[:, None]
-    seen = m.to(centroids.device) > 0
+    total = n + m
+    new = (centroids[idx] * n[:, None] + sums) / total.clamp_min(1)[:, None]
+    seen = m > 0
     centroids[idx[seen]] = new[seen]
     counts[idx[seen]] = total[seen]
 

@@ -98,6 +98,10 @@ def test_puce_by_hand():
     torch.testing.assert_close(per_pixel[0, 0], torch.tensor(expected))
     mean = pseudo_unbiased_cross_entropy(torch.zeros(1, 3, 1, 5), labels, old, thresholds)
     assert mean.item() == pytest.approx(sum(expected) / 5)  # over all pixels, the ignored one counting 0
+    # the top probability must *exceed* θ (the code's ``>``): p = .5 at θ = .5 is not confident
+    tie = pseudo_unbiased_cross_entropy(torch.zeros(1, 3, 1, 1), torch.zeros(1, 1, 1, dtype=torch.long),
+                                        torch.zeros(1, 2, 1, 1), torch.tensor([0.5, 0.5]), reduction="none")
+    assert tie.item() == pytest.approx(math.log(1.5))
 
 
 def test_puce_matches_ce_and_unbiased_ce_on_random_values():
@@ -274,6 +278,10 @@ def test_fca_relabels_background_close_to_the_seen_centroids():
     cents[2], counts[2] = torch.tensor([0.0, 2.0]), 1
     assert future_class_labels(labels, feats, cents, counts, [2, 3], 4).tolist() == [[[0, 0, 3, U, 0]]]
     assert future_class_labels(labels, feats, cents, counts, [2, 3], 4, threshold=0.7).tolist() == [[[0, 0, 3, U, 4]]]
+    # the code's ``>=``: a similarity equal to the threshold is close enough
+    assert future_class_labels(labels, feats, cents, counts, [3], 4, threshold=1.0).tolist() == [[[0, 0, 3, U, 0]]]
+    exact = torch.tensor([[1.0], [0.0]])[None, :, :, None]
+    assert future_class_labels(torch.zeros(1, 1, 1, dtype=torch.long), exact, cents, counts, [3], 4, 1.0).item() == 4
     # no centroid yet: nothing changes
     assert torch.equal(future_class_labels(labels, feats, cents, torch.zeros(4), [3], 4), labels)
 

@@ -12,7 +12,14 @@ from torch import nn
 from napari_cinuseg import drain, load_model, train_base, train_step
 from napari_cinuseg.events import Progress
 from napari_cinuseg.losses import IGNORE_INDEX
-from napari_cinuseg.methods import _REGISTRY, StepBatch, StepContext, available, get_method, register
+from napari_cinuseg.methods import (
+    _REGISTRY,
+    StepBatch,
+    StepContext,
+    available,
+    get_method,
+    register,
+)
 from napari_cinuseg.methods.barm import (
     BARM,
     background_adaptation_losses,
@@ -249,7 +256,7 @@ def test_nest_prepare_installs_the_transform_of_the_old_rows():
 
 
 def test_nest_prepare_leaves_batchnorm_statistics_alone():
-    prior, model, ctx = _tiny_step(n_images=2)
+    _, model, ctx = _tiny_step(n_images=2)
     model.network.train()
     before = {k: v.clone() for k, v in model.network.state_dict().items() if "running" in k}
     NeST(pretune_epochs=1).prepare(ctx)

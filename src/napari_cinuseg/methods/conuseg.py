@@ -381,7 +381,7 @@ class CoNuSeg:
     def loss(self, b: StepBatch) -> LossOutput:
         if self.thresholds is None or self.prototypes is None or self.prototype_counts is None:
             raise RuntimeError("CoNuSeg needs its thresholds and prototypes: call prepare(ctx) first")
-        k, k_old = b.logits.shape[1], b.old_logits.shape[1]
+        k_old = b.old_logits.shape[1]
         feats = _pick(b.features, b.embedding, self.features_from).float()
         old_feats = _pick(b.old_features, b.old_embedding, self.features_from).float()
         size = feats.shape[-2:]

@@ -1,7 +1,7 @@
 """IDEC, a baseline: Zhao, Yuan, Shi, "Inherit With Distillation and Evolve With Contrast: Exploring
-Class Incremental Semantic Segmentation Without Exemplar Memory", IEEE TPAMI 45(10), 2023 (authors'
-code: YBIO/IDEC, ``main.py``, ``run.sh``, ``utils/loss.py``, ``utils/contrastive_learning.py``,
-``network/_deeplab.py``).
+Class Incremental Semantic Segmentation Without Exemplar Memory", IEEE TPAMI 2023,
+doi:10.1109/TPAMI.2023.3273574 (authors' code: YBIO/IDEC, ``main.py``, ``run.sh``, ``utils/loss.py``,
+``utils/contrastive_learning.py``, ``network/_deeplab.py``).
 
 The paper's text was not available to us, only its abstract; the public code is an SSUL-based
 DeepLabV3 pipeline in which parts of IDEC appear (the layer-weighted feature distillation, the

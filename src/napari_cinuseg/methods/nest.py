@@ -66,16 +66,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..losses import LossOutput
 from . import StepBatch, StepContext, register
 from .ewf import make_base
 from .mib import unbiased_cross_entropy
-from ..losses import LossOutput
 
 __all__ = [
     "NeST",

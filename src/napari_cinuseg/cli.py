@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -65,6 +66,9 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+_MAIN_RANK = int(os.environ.get("RANK", "0")) == 0
+
+
 def _drain(job, show=None) -> object:
     """Run a job with a progress bar per training step; Ctrl-C cancels it cleanly."""
     bar = None
@@ -74,6 +78,8 @@ def _drain(job, show=None) -> object:
                 ev = next(job)
             except StopIteration as stop:
                 return stop.value
+            if not _MAIN_RANK:
+                continue  # under torchrun only rank 0 reports
             if isinstance(ev, StepStarted):
                 print(f"step {ev.step} ({ev.method}) on {ev.device}: {', '.join(ev.classes)}, {ev.num_images} images", file=sys.stderr)
                 bar = tqdm(total=ev.total_iterations, unit="it", file=sys.stderr, dynamic_ncols=True)
@@ -194,8 +200,26 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def _shard(images: list[str], spec: str | None) -> list[str]:
+    """This process's share of a cohort: ``K/N`` takes images K, K+N, K+2N, … (0-based); under
+    torchrun (and without --shard) it is RANK/WORLD_SIZE. Shares never overlap, and each image's
+    output is its own file, so processes need not talk to each other."""
+    if spec is None:
+        k, n = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    else:
+        try:
+            k, n = (int(v) for v in spec.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must be K/N with 0 <= K < N (e.g. 0/4), got {spec!r}") from None
+    if not 0 <= k < n:
+        raise ValueError(f"--shard must be K/N with 0 <= K < N (e.g. 0/4), got {k}/{n}")
+    return list(images)[k::n]
+
+
 def cmd_segment(args) -> int:
     import shutil
+
+    import torch
 
     from .export import export_masks
     from .segmentation import SegmentStarted, TileProgress, segment
@@ -204,8 +228,11 @@ def cmd_segment(args) -> int:
     model = load_model(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    images, device = _shard(args.images, args.shard), args.device
+    if os.environ.get("LOCAL_RANK") and device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"  # one GPU per process
     failed = 0
-    for image in args.images:
+    for image in images:
         target = out / (Path(image).name.split(".")[0] + ".masks.tif")
         if target.exists():
             print(f"{target} exists: skipped (delete it to segment {image} again)", file=sys.stderr)
@@ -223,7 +250,7 @@ def cmd_segment(args) -> int:
             shutil.rmtree(scratch)
         bar = tqdm(total=1, unit="tile", file=sys.stderr, desc=Path(image).name)
         try:
-            job = segment(model, slide, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device, out=scratch if on_disk else None)
+            job = segment(model, slide, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device, out=scratch if on_disk else None)
 
             def show(ev):
                 if isinstance(ev, SegmentStarted):
@@ -326,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--level", type=int, default=0, help="pyramid level of a slide")
+    p.add_argument("--shard", help="K/N: only images K, K+N, … (0-based), to split a cohort over N processes or machines (under torchrun: RANK/WORLD_SIZE)")
     p.add_argument("--device", default="auto")
     p.add_argument("--in-memory-limit", type=int, default=64_000_000, help="pixels above which the class map is built on disk")
     p.set_defaults(func=cmd_segment)

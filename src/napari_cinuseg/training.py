@@ -18,7 +18,7 @@ from typing import Callable, Generator, Sequence
 import numpy as np
 import torch
 
-from . import devices
+from . import devices, distributed
 from .data import IGNORE, CropDataset, TrainingPair, check_pairs
 from .events import (
     CancelFlag,
@@ -91,6 +91,7 @@ class _Loop:
     freeze_bn: bool = False
     new_classes: tuple[int, ...] = ()
     memory_notes: list[str] = field(default_factory=list)  # batches reduced for lack of memory
+    _extra: list = field(default_factory=list)  # a method's training-only parameters
 
     def _context(self, device: torch.device, lut: torch.Tensor) -> StepContext:
         def batches():
@@ -115,6 +116,7 @@ class _Loop:
             result = self.loss_fn(labels, output, old)
         opt.zero_grad(set_to_none=True)
         scaler.scale(result.loss).backward()
+        distributed.average_gradients(self._extra)  # DDP averages the network's own
         scaler.step(opt)
         scaler.update()
         return result
@@ -122,22 +124,24 @@ class _Loop:
     def run(self, cancel: CancelFlag, out) -> Generator[Event, None, CiNuSegModel | None]:
         s = self.settings
         seed_everything(s.seed)
-        device = devices.resolve_device(s.device)
+        device = distributed.init_from_env(devices.resolve_device(s.device))  # torchrun: this rank's
+        world, rank = distributed.world_size(), distributed.rank()
         amp = devices.amp_dtype(device, s.amp)
         dataset = CropDataset(self.pairs, s.crop_size, s.seed, length=s.batch_size)
-        batch = s.batch_size
+        batch = s.batch_size  # the global batch, over all ranks
         per_epoch = max(len(dataset) // batch, 1)
         total = s.iterations or max(s.epochs * per_epoch, s.min_iterations)
-        gen = torch.Generator().manual_seed(s.seed)
+        sampler = None
 
         def make_loader(batch: int):
+            nonlocal sampler
+            sampler = distributed.GlobalBatchSampler(len(dataset), batch, s.seed, rank, world)
             return torch.utils.data.DataLoader(
                 dataset,
-                batch_size=batch,
-                shuffle=True,
+                batch_size=sampler.local_batch,
+                sampler=sampler,
                 drop_last=True,
                 num_workers=s.num_workers,
-                generator=gen,
                 pin_memory=device.type == "cuda",
                 persistent_workers=False,  # workers must see set_epoch: crops differ per epoch
             )
@@ -156,6 +160,11 @@ class _Loop:
             # later child() of the same model object can still learn.
             prior_net = self.prior.network.to(device).eval()
         opt = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        train_net = net
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            train_net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
         scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
         yield StepStarted(
@@ -180,8 +189,10 @@ class _Loop:
                 params = [p for p in extra() if p.requires_grad]
                 if params:
                     opt.add_param_group({"params": params})
+                    self._extra = params
             while it < total:
                 dataset.set_epoch(epoch)
+                sampler.set_epoch(epoch)
                 reduced = False
                 for images, target, boxes in loader:
                     if is_cancelled(cancel):
@@ -191,7 +202,7 @@ class _Loop:
                     for group in opt.param_groups:
                         group["lr"] = lr
                     try:
-                        result = self._iteration(images, target, lut, device, amp, net, prior_net, opt, scaler)
+                        result = self._iteration(images, target, lut, device, amp, train_net, prior_net, opt, scaler)
                     except Exception as exc:  # noqa: BLE001 - only an allocation failure is retried
                         if not devices.is_out_of_memory(exc):
                             raise
@@ -199,6 +210,11 @@ class _Loop:
                     if result is None:
                         opt.zero_grad(set_to_none=True)
                         devices.release(device)
+                        if world > 1:
+                            raise MemoryError(
+                                f"the {devices.describe(device)} of rank {rank} ran out of memory with a batch "
+                                f"of {batch // world} crops; run again with a smaller --batch-size"
+                            )
                         if batch == 1:
                             raise MemoryError(
                                 f"the {devices.describe(device)} ran out of memory with a batch of one "
@@ -214,7 +230,7 @@ class _Loop:
                         loader, reduced = make_loader(batch), True
                         break  # the same epoch again, with the smaller batch
                     it += 1
-                    loss = float(result.loss.detach())
+                    loss = distributed.all_reduce_mean(float(result.loss.detach()), device)
                     if not math.isfinite(loss):
                         raise FloatingPointError(
                             f"the loss became {loss} at iteration {it}; lower the learning rate "
@@ -259,13 +275,13 @@ class _Loop:
                     "epochs": epoch,
                     "seconds": round(seconds, 2),
                     "final_loss": float(np.mean(recent)) if recent else None,
-                    "device": devices.describe(device),
+                    "device": devices.describe(device) + (f" × {world} processes" if world > 1 else ""),
                     **({"memory": list(self.memory_notes)} if self.memory_notes else {}),
                 },
             )
         )
         path = None
-        if out is not None:
+        if out is not None and distributed.is_main():  # one writer under torchrun
             path = str(save_model(self.model, out))
             yield Saved(path)
         yield StepFinished(step=self.step, model=self.model, seconds=seconds, path=path)

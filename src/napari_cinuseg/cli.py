@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--protocol", default="1-1", help="one or more X-Y, comma-separated (e.g. 1-1,2-1)")
-    p.add_argument("--methods", default="cinuseg,mib,plop,finetune,offline", help="comma-separated, from: " + ", ".join(available()))
+    p.add_argument("--methods", default="cinuseg,mib,plop,conuseg,ins,ewf,idec,nest,barm,finetune,offline", help="comma-separated, from: " + ", ".join(available()))
     p.add_argument("--class-order", help="comma-separated class order (default: the paper's)")
     p.add_argument("--steps-only", action="store_true", help="train (or resume) the step models, evaluate nothing")
     p.add_argument("--out", required=True, help="output folder; an interrupted run resumes from it")

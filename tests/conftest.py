@@ -47,3 +47,15 @@ def tiny() -> TrainSettings:
         device="cpu",
         seed=0,
     )
+
+
+@pytest.fixture(scope="session")
+def base_file(tmp_path_factory, few_pairs):
+    """A base model file (Epithelial, Spindle-shaped) trained a little on real patches; tests
+    only read it (a step's prior)."""
+    from napari_cinuseg import drain, train_base
+
+    settings = TrainSettings(decoder_channels=(32, 16, 16, 8), crop_size=64, batch_size=4, iterations=12, device="cpu")
+    out = tmp_path_factory.mktemp("models") / "base.cinuseg.pt"
+    assert drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], settings, out=out)) is not None
+    return out

@@ -3,7 +3,6 @@ disk (docs/reliability.md has the table of cases). Tiny images and models on the
 
 import hashlib
 import shutil
-import warnings
 
 import numpy as np
 import pytest

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_cinuseg import drain, load_model, train_base, train_step
+from napari_cinuseg import drain, load_model, train_step
 from napari_cinuseg.events import Progress
 from napari_cinuseg.losses import IGNORE_INDEX
 from napari_cinuseg.methods import StepBatch, StepContext, available, get_method
@@ -517,12 +517,6 @@ def test_idec_is_finite_without_new_or_old_pixels(fill):
 # --- one short step each, on real patches ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def base_file(tmp_path_factory, few_pairs):
-    settings = TrainSettings(decoder_channels=(32, 16, 16, 8), crop_size=64, batch_size=4, iterations=6, device="cpu")
-    out = tmp_path_factory.mktemp("models") / "base.cinuseg.pt"
-    assert drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], settings, out=out)) is not None
-    return out
 
 
 @pytest.mark.parametrize(

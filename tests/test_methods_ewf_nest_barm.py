@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_cinuseg import drain, load_model, train_base, train_step
+from napari_cinuseg import drain, load_model, train_step
 from napari_cinuseg.events import Progress
 from napari_cinuseg.losses import IGNORE_INDEX
 from napari_cinuseg.methods import (
@@ -381,12 +381,6 @@ def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def base_file(tmp_path_factory, few_pairs):
-    settings = TrainSettings(decoder_channels=(32, 16, 16, 8), crop_size=64, batch_size=4, iterations=12, device="cpu")
-    out = tmp_path_factory.mktemp("models") / "base.cinuseg.pt"
-    assert drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], settings, out=out)) is not None
-    return out
 
 
 class _ProbeEWF(EWF):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_cinuseg import drain, load_model, train_base, train_step
+from napari_cinuseg import drain, load_model, train_step
 from napari_cinuseg.events import Progress
 from napari_cinuseg.losses import IGNORE_INDEX
 from napari_cinuseg.methods import StepBatch, available, get_method
@@ -241,18 +241,12 @@ def test_plop_loss_on_a_tiny_batch():
 # --- one short step each, on real patches ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory, few_pairs):
-    settings = TrainSettings(decoder_channels=(32, 16, 16, 8), crop_size=64, batch_size=4, iterations=6, device="cpu")
-    out = tmp_path_factory.mktemp("models") / "base.cinuseg.pt"
-    assert drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], settings, out=out)) is not None
-    return out
 
 
 @pytest.mark.parametrize("method, terms", [("mib", {"uce", "ukd"}), ("plop", {"ce", "pod", "nu"})])
-def test_two_iterations_of_a_step(base_model, few_pairs, tiny, method, terms):
+def test_two_iterations_of_a_step(base_file, few_pairs, tiny, method, terms):
     events = []
-    prior = load_model(base_model)
+    prior = load_model(base_file)
     model = drain(train_step(prior, few_pairs[1], ["Other"], tiny.replace(iterations=2), method=method), events.append)
     progress = [e for e in events if isinstance(e, Progress)]
     assert len(progress) == 2 and all(math.isfinite(e.loss) for e in progress)

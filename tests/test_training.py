@@ -22,16 +22,6 @@ def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def base_file(tmp_path_factory, few_pairs):
-    """A base model (Epithelial, Spindle-shaped) trained a little on real patches."""
-    from napari_cinuseg.settings import TrainSettings
-
-    settings = TrainSettings(decoder_channels=(32, 16, 16, 8), crop_size=64, batch_size=4, iterations=12, device="cpu")
-    out = tmp_path_factory.mktemp("models") / "base.cinuseg.pt"
-    model = drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], settings, out=out))
-    assert model is not None
-    return out
 
 
 def test_base_step_learns_and_saves(few_pairs, tiny, tmp_path):

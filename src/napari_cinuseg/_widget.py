@@ -40,6 +40,7 @@ from qtpy.QtWidgets import (
 
 from . import devices
 from .annotations import training_pair
+from .data import check_pairs
 from .events import Cancelled, MemoryReduced, Progress, StepFinished, StepStarted
 from .export import export_masks
 from .images import rgb_view
@@ -94,19 +95,34 @@ class LossPlot(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)
         self.setMinimumHeight(150)
+        from qtpy.QtCore import QTimer
+
+        self._timer = QTimer(self)  # one pending redraw at a time, dies with the widget
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self._redraw)
         self.clear()
 
     def clear(self) -> None:
+        self._timer.stop()
         self.history: dict[str, list[float]] = {}
         self.iterations: list[int] = []
         self.ax.clear()
         self.ax.set_xlabel("iteration", fontsize=8)
         self.canvas.draw_idle()
 
+    REDRAW_MS = 500  # redraw at most twice a second: a matplotlib redraw costs tens of ms of the event loop
+
     def add(self, ev: Progress) -> None:
         self.iterations.append(ev.iteration)
         for k, v in {"loss": ev.loss, **ev.terms}.items():
             self.history.setdefault(k, []).append(v)
+        if ev.iteration >= ev.total:
+            self._redraw()  # the last point, at once
+        elif not self._timer.isActive():
+            self._timer.start(self.REDRAW_MS)
+
+    def _redraw(self) -> None:
+        self._timer.stop()
         self.ax.clear()
         for k, ys in self.history.items():
             self.ax.plot(self.iterations[-len(ys) :], ys, label=k, lw=1.5 if k == "loss" else 0.8)
@@ -413,6 +429,7 @@ class CiNuSegWidget(QWidget):
         try:
             name, colour = self._new_class()
             pairs = self.training_pairs(name)
+            check_pairs(pairs, 1)
             settings = self.current_settings()
         except ValueError as exc:
             self._say(str(exc), error=True)
@@ -421,13 +438,13 @@ class CiNuSegWidget(QWidget):
         prior = self.model
         base = _slug(Path(prior.source_path).name.split(".")[0]) if prior and prior.source_path else "base"
         out = models_dir() / f"{base}+{_slug(name)}-{stamp}.cinuseg.pt"
-        self.cancel_event = threading.Event()
-        if prior is None:
-            job = train_base(pairs, [name], settings, colours=[colour], out=out, cancel=self.cancel_event)
-        else:
-            job = train_step(prior, pairs, [name], settings.for_network(prior.arch), method="cinuseg", colours=[colour], out=out, cancel=self.cancel_event)
+        self.cancel_event = cancel = threading.Event()
 
-        def run():
+        def run():  # in the worker thread: even copying the prior would stall the viewer
+            if prior is None:
+                job = train_base(pairs, [name], settings, colours=[colour], out=out, cancel=cancel)
+            else:
+                job = train_step(prior, pairs, [name], settings.for_network(prior.arch), method="cinuseg", colours=[colour], out=out, cancel=cancel)
             return (yield from job)
 
         self.plot.clear()

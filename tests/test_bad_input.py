@@ -303,3 +303,15 @@ def test_cli_protocol_too_long_and_unknown_class_order(tmp_path, shared_data, ca
     err = _cli_error([*common, "--class-order", "Epithelial,Neutrophil,Other"], capsys)
     assert "Neutrophil" in err
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").rglob("*.pt"))
+
+
+def test_cli_segment_outputs_never_clash(tmp_path, rgb, capsys):
+    from napari_cinuseg.cli import _stem
+
+    assert _stem("/x/Schnitt 1.v2.png") == "Schnitt 1.v2" and _stem("a.OME.tif") == "a" and _stem("b.svs") == "b"
+    for name in ("a.png", "a.tif"):
+        skio.imsave(tmp_path / name, rgb, check_contrast=False)
+    torch.manual_seed(0)
+    model = save_model(CiNuSegModel.new(["Epithelial"], TINY), tmp_path / "m.cinuseg.pt")
+    err = _cli_error(["segment", str(tmp_path / "a.png"), str(tmp_path / "a.tif"), "--model", str(model), "--out", str(tmp_path / "out")], capsys)
+    assert "several images would write a.masks.tif" in err and not (tmp_path / "out").exists()

@@ -200,6 +200,15 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def _stem(image: str) -> str:
+    """The image's name without its extension (two for OME-TIFF: ``a.ome.tif`` → ``a``)."""
+    name = Path(image).name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
 def _shard(images: list[str], spec: str | None) -> list[str]:
     """This process's share of a cohort: ``K/N`` takes images K, K+N, K+2N, … (0-based); under
     torchrun (and without --shard) it is RANK/WORLD_SIZE. Shares never overlap, and each image's
@@ -227,13 +236,17 @@ def cmd_segment(args) -> int:
 
     model = load_model(args.model)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     images, device = _shard(args.images, args.shard), args.device
     if os.environ.get("LOCAL_RANK") and device == "auto" and torch.cuda.is_available():
         device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"  # one GPU per process
+    targets = {image: out / (_stem(image) + ".masks.tif") for image in images}
+    clash = [t.name for t in targets.values() if list(targets.values()).count(t) > 1]
+    if clash:
+        raise ValueError(f"several images would write {sorted(set(clash))[0]}; give them different names or run them into different --out folders")
+    out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for image in images:
-        target = out / (Path(image).name.split(".")[0] + ".masks.tif")
+        target = targets[image]
         if target.exists():
             print(f"{target} exists: skipped (delete it to segment {image} again)", file=sys.stderr)
             continue

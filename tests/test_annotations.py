@@ -39,3 +39,18 @@ def test_class_statistics():
     rows = class_statistics(cm, ["A", "B", "C"], pixel_size_um=0.5)
     assert [r["nuclei"] for r in rows] == [2, 1, 0]
     assert rows[0]["area_px"] == 13 and rows[0]["mean_area_px"] == 6.5 and rows[0]["area_um2"] == 13 * 0.25
+
+
+def test_sparse_annotations_get_advice():
+    from napari_cinuseg.annotations import sparse_annotation_advice
+    from napari_cinuseg.data import TrainingPair
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    target = np.full((64, 64), 255, np.uint8)
+    target[2:4, 2:4] = 1  # one nucleus, no background
+    advice = sparse_annotation_advice([TrainingPair(img, target)])
+    assert "only 1 painted example(s)" in advice and "no background is painted" in advice
+    for i in range(10):  # ten separate nuclei and some background
+        target[10 + 4 * i : 12 + 4 * i, 20:22] = 1
+    target[:, 60:] = 0
+    assert sparse_annotation_advice([TrainingPair(img, target)]) is None

@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from . import devices
-from .annotations import training_pair
+from .annotations import sparse_annotation_advice, training_pair
 from .data import check_pairs
 from .events import Cancelled, MemoryReduced, Progress, StepFinished, StepStarted
 from .export import export_masks
@@ -457,7 +457,12 @@ class CiNuSegWidget(QWidget):
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(lambda: self._set_busy(False))
         self._set_busy(True)
-        self._say(f"Training {name} on {len(pairs)} image(s)…")
+        advice = sparse_annotation_advice(pairs)
+        self._say(f"Training {name} on {len(pairs)} image(s)…" + (f" Note: {advice}." if advice else ""))
+        if advice:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"Training goes on, but {advice}.")
         self.worker.start()
         return self.worker
 

@@ -95,3 +95,24 @@ def training_pair(
         raise ValueError(f"the image must be RGB uint8 for training, got {img.dtype} {img.shape}")
     target = annotation_target(ann[y0:y1, x0:x1], n_new, ex[y0:y1, x0:x1] if ex is not None else None)
     return TrainingPair(np.ascontiguousarray(img), target, name), (y0, x0)
+
+
+MIN_EXAMPLES = 10  # painted nuclei below which a step rarely learns a usable class
+
+
+def sparse_annotation_advice(pairs: Sequence[TrainingPair], n_new: int = 1) -> str | None:
+    """A sentence for the user when the annotation is too sparse to teach much: fewer than
+    :data:`MIN_EXAMPLES` painted objects (connected regions) of a new class, or no background
+    painted at all (then nothing says what is *not* the class, except exhaustive regions)."""
+    from skimage.measure import label
+
+    notes = []
+    for c in range(1, n_new + 1):
+        n = sum(int(label(np.asarray(p.target) == c).max()) for p in pairs)
+        if n < MIN_EXAMPLES:
+            notes.append(
+                f"only {n} painted example(s) of class {c}; paint {MIN_EXAMPLES} or more nuclei for a useful model"
+            )
+    if not any((np.asarray(p.target) == 0).any() for p in pairs):
+        notes.append("no background is painted; paint some background (label %d) too" % (n_new + 1))
+    return "; ".join(notes) or None

@@ -19,11 +19,13 @@ def evaluate(
     data: LabelledSet,
     device: str = "auto",
     on_image: Callable[[int, int], None] | None = None,
+    say_unscored: bool = True,
 ) -> dict[str, float]:
     """Dice (0..100) per model class, matched to the data's classes by name.
 
     Pixels of data classes the model does not know are ignored, as in the paper's per-step curve.
-    Each image is predicted whole.
+    Each image is predicted whole. ``say_unscored``: warn when some classes of the model or the
+    data are not scored (off where that is the protocol, as in the benchmark's per-step curve).
     """
     lut = np.full(256, IGNORE, np.uint8)
     lut[0] = 0
@@ -42,7 +44,7 @@ def evaluate(
         )
     unscored = [n for n in model.class_names if n.lower() not in {c.lower() for c in shared}]
     ignored = [n for n in data.class_names if n not in shared]
-    if unscored or ignored:
+    if say_unscored and (unscored or ignored):
         warnings.warn(
             "only the classes the model and the data share are scored ("
             + ", ".join(shared)

@@ -45,10 +45,12 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, dest="num_workers", help="data loader processes")
     for name in ("tau", "omega", "sigma", "alpha_o", "alpha_n"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name, help="CiNuSeg hyper-parameter")
+    p.add_argument("--stain-jitter", type=float, help="HED stain augmentation: stain amounts scaled by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)")
+    p.add_argument("--scale-jitter", type=float, help="zoom augmentation: crops zoomed by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)")
 
 
 def _settings(args: argparse.Namespace, **extra):
-    names = ("epochs", "iterations", "batch_size", "crop_size", "device", "seed", "num_workers", "tau", "omega", "sigma", "alpha_o", "alpha_n")
+    names = ("epochs", "iterations", "batch_size", "crop_size", "device", "seed", "num_workers", "tau", "omega", "sigma", "alpha_o", "alpha_n", "stain_jitter", "scale_jitter")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     overrides.update({k: v for k, v in extra.items() if v is not None})
     return preset(args.preset, **overrides)

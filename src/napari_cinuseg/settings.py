@@ -29,6 +29,9 @@ class TrainSettings:
     batch_size: int = 8
     crop_size: int = 128
     freeze_bn: bool = True  # incremental steps keep the prior's BatchNorm statistics
+    # augmentation beyond flips and rotations (augment.py); 0 = off, as in the paper's protocol
+    stain_jitter: float = 0.0  # HED stain strength s: concentrations × 2^U(−s, s), + U(−s, s)·spread/2
+    scale_jitter: float = 0.0  # zoom 2^U(−s, s): 1.0 covers 20× to 80× for a 40× training set
 
     # CiNuSeg (eqs. 1, 11, 12, 14-16)
     tau: float = 0.7
@@ -75,6 +78,10 @@ class TrainSettings:
             raise ValueError("epochs must be at least 1")
         if not 0 <= self.tau < 1 or not 0 <= self.sigma < 1:
             raise ValueError("tau and sigma are score/ratio thresholds in [0, 1)")
+        if not 0 <= self.stain_jitter <= 2:
+            raise ValueError(f"stain_jitter is log2 of the largest stain scaling, in [0, 2] (1 = 0.5×..2×), got {self.stain_jitter}")
+        if not 0 <= self.scale_jitter <= 2:
+            raise ValueError(f"scale_jitter is log2 of the largest zoom, in [0, 2] (1 = 0.5×..2×), got {self.scale_jitter}")
 
 
 PRESETS: dict[str, TrainSettings] = {

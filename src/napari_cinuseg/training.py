@@ -127,7 +127,7 @@ class _Loop:
         device = distributed.init_from_env(devices.resolve_device(s.device))  # torchrun: this rank's
         world, rank = distributed.world_size(), distributed.rank()
         amp = devices.amp_dtype(device, s.amp)
-        dataset = CropDataset(self.pairs, s.crop_size, s.seed, length=s.batch_size)
+        dataset = CropDataset(self.pairs, s.crop_size, s.seed, length=s.batch_size, stain_jitter=s.stain_jitter, scale_jitter=s.scale_jitter)
         batch = s.batch_size  # the global batch, over all ranks
         per_epoch = max(len(dataset) // batch, 1)
         total = s.iterations or max(s.epochs * per_epoch, s.min_iterations)

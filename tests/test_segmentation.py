@@ -8,7 +8,7 @@ import torch
 from napari_cinuseg import CiNuSegModel, drain
 from napari_cinuseg.export import export_masks, read_masks
 from napari_cinuseg.network import Architecture
-from napari_cinuseg.segmentation import SegmentFinished, TileProgress, segment
+from napari_cinuseg.segmentation import SegmentFinished, SegmentStarted, TileProgress, segment
 from napari_cinuseg.slides import Slide
 from napari_cinuseg.tiling import blend_window, tile_origins, tissue_fraction
 
@@ -103,6 +103,38 @@ def test_segmentation_to_disk_and_cancel(varied_model, svs, tmp_path):
     import zarr
 
     assert res == out and zarr.open_array(str(out), mode="r").shape == (700, 600)
+
+
+def test_strips_give_the_same_class_map(varied_model, patch, tmp_path):
+    """Vertical strips bound the memory by the strip width; the seam tiles are recomputed so the
+    class map is exactly the one segmented in a single strip, in memory and on disk."""
+    img = patch[:192].copy()  # 192 x 512 of real tissue: 4 rows of 64 px tiles, 11 columns
+    ys, xs = tile_origins(192, 64, 16), tile_origins(512, 64, 16)
+
+    def run(strip, **kw):
+        events = []
+        res = drain(segment(varied_model, img, tile=64, overlap=16, strip=strip, **kw), events.append)
+        started = next(e for e in events if isinstance(e, SegmentStarted))
+        progress = [e for e in events if isinstance(e, TileProgress)]
+        assert progress[-1].done == progress[-1].total == started.tiles
+        return res, started.tiles
+
+    whole, n_whole = run(8192)
+    assert n_whole == len(ys) * len(xs)  # one strip: today's tiles, none recomputed
+    assert len(np.unique(whole)) >= 3
+    strips, n_strips = run(160)  # 4 strips of at most 160 columns
+    assert n_strips > n_whole
+    assert np.array_equal(strips, whole)
+    import zarr
+
+    out = drain(segment(varied_model, img, tile=64, overlap=16, strip=160, out=tmp_path / "strips.zarr"))
+    assert np.array_equal(zarr.open_array(str(out), mode="r")[:], whole)
+
+
+@pytest.mark.parametrize("strip", [32, 0, -512, 100.0, True])
+def test_bad_strip_is_refused(varied_model, patch, strip):
+    with pytest.raises(ValueError, match="strip must be"):
+        drain(segment(varied_model, patch, tile=64, overlap=16, strip=strip))
 
 
 def test_export_round_trip(tmp_path):

@@ -4,10 +4,15 @@ A generator like every long job: it yields :class:`SegmentStarted`, :class:`Tile
 :class:`SegmentFinished` (or :class:`~napari_cinuseg.events.Cancelled`) and returns the class
 map (uint8, 0 = background, i = the model's class i), in memory or in a zarr array on disk.
 
-Memory: the slide is read tile by tile; logits are accumulated in one band of tile rows across
-the slide's width (K × tile × width floats), finished rows are written out and dropped. Tiles
-are read by a background thread while the model works on the previous batch; tiles with no
-tissue are skipped (their pixels stay background unless a neighbouring tile covers them).
+Memory: the slide is read tile by tile, in vertical strips of at most ``strip`` output pixels
+wide, and within a strip row of tiles by row of tiles; logits are accumulated in one band of
+tile rows across the strip (K × tile × (strip + up to 2 tiles) floats), finished rows are written
+out and dropped. Memory is bounded by the strip width and the tile size, not by the slide's
+size. A strip also segments the tiles left of it that reach into its columns, so every pixel
+gets the blended logits of every tile covering it, exactly as without strips; these seam tiles
+are recomputed (about one column of tiles per seam, none for a slide narrower than a strip).
+Tiles are read by a background thread while the model works on the previous batch; tiles with
+no tissue are skipped (their pixels stay background unless a neighbouring tile covers them).
 """
 
 from __future__ import annotations
@@ -74,6 +79,28 @@ def _prefetch(slide: Slide, boxes: list[tuple[int, int]], tile: int, workers: in
             yield img
 
 
+def _strips(w: int, xs: list[int], tile: int, strip: int) -> list[tuple[int, int, list[int]]]:
+    """Vertical strips of the tile columns ``xs`` of an image ``w`` wide: (x0, x1, origins) with
+    [x0, x1) the strip's output columns (at most ``strip`` wide, ``strip`` >= ``tile``) and
+    ``origins`` every tile column that covers any of them, in order. A strip owns the tile columns
+    from its first to its last, its output running from the first's origin to the next strip's
+    first origin (to ``w`` for the last strip): columns that no later tile reaches. Tile columns
+    left of the strip that reach into it are recomputed there; none right of it can. One strip,
+    with all of ``xs``, when the image is at most ``strip`` wide."""
+    strips, a = [], 0
+    while a < len(xs):
+        b = a + 1  # a single tile column is at most ``tile`` <= ``strip`` wide
+        while b < len(xs) and (xs[b + 1] if b + 1 < len(xs) else w) - xs[a] <= strip:
+            b += 1
+        x0, x1 = xs[a], (xs[b] if b < len(xs) else w)
+        first = a
+        while first > 0 and xs[first - 1] + tile > x0:
+            first -= 1
+        strips.append((x0, x1, xs[first:b]))
+        a = b
+    return strips
+
+
 def segment(
     model: CiNuSegModel,
     image,
@@ -84,6 +111,7 @@ def segment(
     device: str = "auto",
     amp: bool = True,
     min_tissue: float = 0.01,
+    strip: int = 8192,
     out: str | os.PathLike | None = None,
     cancel: CancelFlag = None,
 ) -> Generator[object, None, np.ndarray | Path | None]:
@@ -93,9 +121,21 @@ def segment(
     ``out``: a ``.zarr`` folder to write the class map to (for slides too big for memory); it is
     written under a temporary name and renamed at the end, so a cancelled or failed run leaves
     nothing. ``min_tissue`` = 0 segments every tile.
+
+    ``strip``: the widest run of output columns segmented at a time (pixels, at least ``tile``).
+    The logits buffer is K × tile × (``strip`` + up to 2 tiles) floats whatever the slide's width
+    or height. The result does not depend on it: a strip also segments the tiles left of it that
+    reach into its columns, so each seam between strips costs one or two columns of tiles
+    segmented twice (counted in ``SegmentStarted.tiles`` and ``TileProgress.total``). An image
+    at most ``strip`` wide is one strip, with no extra tiles.
     """
     if tile % 32 or tile < 64:
         raise ValueError(f"tile must be a multiple of 32 and at least 64, got {tile}")
+    if isinstance(strip, bool) or not isinstance(strip, (int, np.integer)) or strip <= 0:
+        raise ValueError(f"strip must be a positive whole number of pixels, got {strip!r}")
+    if strip < tile:
+        raise ValueError(f"strip must be at least one tile wide ({tile} px), got {strip}")
+    strip = int(strip)
     own = isinstance(image, (str, os.PathLike))
     slide = Slide(image) if own else image
     if not isinstance(slide, Slide) and not isinstance(slide, ArraySlide):
@@ -115,7 +155,8 @@ def segment(
     try:
         h, w = slide.shape
         ys, xs = tile_origins(h, tile, overlap), tile_origins(w, tile, overlap)
-        total = len(ys) * len(xs)
+        strips = _strips(w, xs, tile, strip)
+        total = len(ys) * sum(len(sx) for _, _, sx in strips)
         yield SegmentStarted(h, w, total, devices.describe(dev))
         if tmp_path is not None:
             import zarr
@@ -127,54 +168,57 @@ def segment(
             result = np.zeros((h, w), np.uint8)
         k = model.num_channels
         window = torch.from_numpy(blend_window(tile, overlap))
-        band_w = max(w, tile)
-        acc = torch.zeros((k, tile, band_w), dtype=torch.float32)
-        wsum = torch.zeros((tile, band_w), dtype=torch.float32)
-        boxes = [(y, x) for y in ys for x in xs]
+        boxes = [(y, x) for _, _, sx in strips for y in ys for x in sx]
         tiles = _prefetch(slide, boxes, tile)
         done = skipped = 0
-        for r, y in enumerate(ys):
-            row_imgs, row_x = [], []
-            for x in xs:
-                img = next(tiles)
-                # tissue is measured inside the image only, not on the white padding past its edge
-                if min_tissue > 0 and tissue_fraction(img[: h - y, : w - x]) < min_tissue:
-                    skipped += 1
-                    done += 1
-                    continue
-                row_imgs.append(img)
-                row_x.append(x)
-            b = 0
-            while b < len(row_imgs):
-                if is_cancelled(cancel):
-                    yield Cancelled(step=-1, iteration=done, message="segmentation was cancelled; nothing was written")
-                    return None
-                chunk = row_imgs[b : b + batch_size]
-                logits, parts = _forward_tiles(model, net, chunk, dev, dtype)
-                if parts > 1:  # out of memory: fewer tiles at a time from now on
-                    before, batch_size = batch_size, max(1, -(-len(chunk) // parts))
-                    yield MemoryReduced(
-                        "tiles", before, batch_size,
-                        f"the {devices.describe(dev)} ran out of memory with {before} tiles of {tile} px "
-                        f"at a time; going on with {batch_size}",
-                    )
-                for i, x in enumerate(row_x[b : b + len(chunk)]):
-                    acc[:, :, x : x + tile] += logits[i] * window
-                    wsum[:, x : x + tile] += window
-                done += len(chunk)
-                b += len(chunk)
-                yield TileProgress(done, total, skipped, time.perf_counter() - t0)
-            # rows [y, next_y) are final: no later tile reaches them
-            next_y = ys[r + 1] if r + 1 < len(ys) else min(y + tile, h)
-            rows = min(next_y, h) - y
-            labels = acc[:, :rows, :w].argmax(0).to(torch.uint8)
-            labels[wsum[:rows, :w] == 0] = 0
-            result[y : y + rows, :] = labels.numpy()
-            shift = next_y - y
-            acc = torch.roll(acc, -shift, dims=1)
-            wsum = torch.roll(wsum, -shift, dims=0)
-            acc[:, tile - shift :] = 0
-            wsum[tile - shift :] = 0
+        for x0, x1, sx in strips:
+            left = sx[0]  # band column 0 is image column ``left``
+            band_w = sx[-1] + tile - left  # max(w, tile) for a single strip, as without strips
+            acc = wsum = None  # the previous strip's band goes before the next is allocated
+            acc = torch.zeros((k, tile, band_w), dtype=torch.float32)
+            wsum = torch.zeros((tile, band_w), dtype=torch.float32)
+            for r, y in enumerate(ys):
+                row_imgs, row_x = [], []
+                for x in sx:
+                    img = next(tiles)
+                    # tissue is measured inside the image only, not on the white padding past its edge
+                    if min_tissue > 0 and tissue_fraction(img[: h - y, : w - x]) < min_tissue:
+                        skipped += 1
+                        done += 1
+                        continue
+                    row_imgs.append(img)
+                    row_x.append(x - left)
+                b = 0
+                while b < len(row_imgs):
+                    if is_cancelled(cancel):
+                        yield Cancelled(step=-1, iteration=done, message="segmentation was cancelled; nothing was written")
+                        return None
+                    chunk = row_imgs[b : b + batch_size]
+                    logits, parts = _forward_tiles(model, net, chunk, dev, dtype)
+                    if parts > 1:  # out of memory: fewer tiles at a time from now on
+                        before, batch_size = batch_size, max(1, -(-len(chunk) // parts))
+                        yield MemoryReduced(
+                            "tiles", before, batch_size,
+                            f"the {devices.describe(dev)} ran out of memory with {before} tiles of {tile} px "
+                            f"at a time; going on with {batch_size}",
+                        )
+                    for i, bx in enumerate(row_x[b : b + len(chunk)]):
+                        acc[:, :, bx : bx + tile] += logits[i] * window
+                        wsum[:, bx : bx + tile] += window
+                    done += len(chunk)
+                    b += len(chunk)
+                    yield TileProgress(done, total, skipped, time.perf_counter() - t0)
+                # rows [y, next_y) of this strip are final: no later tile reaches them
+                next_y = ys[r + 1] if r + 1 < len(ys) else min(y + tile, h)
+                rows = min(next_y, h) - y
+                labels = acc[:, :rows, x0 - left : x1 - left].argmax(0).to(torch.uint8)
+                labels[wsum[:rows, x0 - left : x1 - left] == 0] = 0
+                result[y : y + rows, x0:x1] = labels.numpy()
+                shift = next_y - y
+                acc = torch.roll(acc, -shift, dims=1)
+                wsum = torch.roll(wsum, -shift, dims=0)
+                acc[:, tile - shift :] = 0
+                wsum[tile - shift :] = 0
         yield TileProgress(done, total, skipped, time.perf_counter() - t0)
         if tmp_path is not None:
             os.replace(tmp_path, out_path)

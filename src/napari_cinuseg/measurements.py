@@ -1,28 +1,75 @@
-"""Nuclei counts and areas per class, from a class map (connected components)."""
+"""Nuclei counts and areas per class, from a class map (connected components).
+
+Small in-memory class maps are labelled whole. Large or lazy ones (a whole-slide class map as a
+zarr or dask array) are measured block by block in bounded memory; see :func:`class_statistics`.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import find_objects
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
+#: Above this many pixels a numpy class map is measured blockwise, like a lazy one.
+IN_MEMORY_MAX_PX = 64_000_000
 
-def class_statistics(class_map: np.ndarray, class_names: list[str], pixel_size_um: float | None = None) -> list[dict]:
+
+def class_statistics(
+    class_map,
+    class_names: list[str],
+    pixel_size_um: float | None = None,
+    *,
+    block: int = 4096,
+    margin: int = 256,
+    blockwise: bool | None = None,
+) -> list[dict]:
     """One row per class: nuclei (connected components of that class), total and mean area.
 
-    Areas are in pixels, and also in µm² when ``pixel_size_um`` is given.
+    Row keys: ``class``, ``nuclei``, ``area_px``, ``mean_area_px``, ``median_area_px``, and
+    ``area_um2``, ``mean_area_um2`` when ``pixel_size_um`` is given. Class ``i`` (1-based) of
+    ``class_names`` is the value ``i`` in ``class_map``; nuclei are its connected components with
+    4-connectivity (``connectivity=1``).
+
+    ``class_map`` is a numpy array or anything 2-D with ``.shape`` and slicing (a zarr or dask
+    array: each block slice is read with ``np.asarray``). A numpy map of at most
+    ``IN_MEMORY_MAX_PX`` pixels is labelled whole (exact). A larger or non-numpy 2-D map is
+    measured blockwise (``blockwise=True``/``False`` forces the choice):
+
+    - the map is cut into core blocks of ``block`` × ``block`` pixels; each is read with a halo of
+      ``margin`` pixels on every side (clipped at the map's edges), and connected components are
+      labelled in that extended block;
+    - a component is counted by exactly one block: the one whose core contains the top-left corner
+      (min row, min col, in global coordinates) of the component's bounding box as seen in the
+      extended block, and it contributes its area as seen there;
+    - ``area_px`` is exact in any case (the class's pixel count over the core blocks);
+      ``mean_area_px`` and ``median_area_px`` are over the counted components.
+
+    Limit: this is exact (same rows as labelling the whole map) for every component whose bounding
+    box is smaller than ``margin`` in both directions. A bigger component (not a single nucleus)
+    may be cut by the halo's edge and counted in pieces, with the pieces' areas; ``nuclei``,
+    ``mean_area_px`` and ``median_area_px`` are then approximate. Memory is bounded by one
+    extended block (its labels are int64: about 8 × (block + 2·margin)² bytes, ~170 MB at the
+    defaults) plus one float per counted nucleus.
     """
+    if not hasattr(class_map, "shape"):
+        class_map = np.asarray(class_map)
+    if blockwise is None:
+        small = isinstance(class_map, np.ndarray) and class_map.size <= IN_MEMORY_MAX_PX
+        blockwise = not small and len(class_map.shape) == 2
+    if blockwise:
+        areas, totals = _blockwise_areas(class_map, len(class_names), block, margin)
+    else:
+        areas, totals = _whole_areas(np.asarray(class_map), len(class_names))
     rows = []
-    cm = np.asarray(class_map)
-    for i, name in enumerate(class_names, start=1):
-        comps = connected_components(cm == i, connectivity=1)
-        areas = np.array([r.area for r in regionprops(comps)], dtype=float)
+    for i, name in enumerate(class_names):
+        a = areas[i]
         row = {
             "class": name,
-            "nuclei": int(areas.size),
-            "area_px": int(areas.sum()),
-            "mean_area_px": float(areas.mean()) if areas.size else 0.0,
-            "median_area_px": float(np.median(areas)) if areas.size else 0.0,
+            "nuclei": int(a.size),
+            "area_px": int(totals[i]),
+            "mean_area_px": float(a.mean()) if a.size else 0.0,
+            "median_area_px": float(np.median(a)) if a.size else 0.0,
         }
         if pixel_size_um:
             px = pixel_size_um**2
@@ -30,3 +77,63 @@ def class_statistics(class_map: np.ndarray, class_names: list[str], pixel_size_u
             row["mean_area_um2"] = row["mean_area_px"] * px
         rows.append(row)
     return rows
+
+
+def _whole_areas(cm: np.ndarray, n: int) -> tuple[list[np.ndarray], list[int]]:
+    """Exact: label the whole map, one class at a time."""
+    areas, totals = [], []
+    for i in range(1, n + 1):
+        comps = connected_components(cm == i, connectivity=1)
+        a = np.array([r.area for r in regionprops(comps)], dtype=float)
+        areas.append(a)
+        totals.append(int(a.sum()))
+    return areas, totals
+
+
+def _class_values(ext: np.ndarray, n: int) -> np.ndarray:
+    """``ext`` as unsigned ints where a pixel is ``i`` if it equals class ``i`` (1..n), else 0."""
+    dtype = np.uint8 if n < 256 else np.uint16 if n < 65536 else np.uint32
+    if ext.dtype.kind in "bu":
+        if ext.size and ext.max() > n:
+            ext = np.where(ext <= n, ext, 0)
+        return ext.astype(dtype, copy=False)
+    out = np.zeros(ext.shape, dtype)
+    for i in range(1, n + 1):
+        out[ext == i] = i
+    return out
+
+
+def _blockwise_areas(class_map, n: int, block: int, margin: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Blockwise rule of :func:`class_statistics`: per class, the counted components' areas and
+    the exact pixel count."""
+    if len(class_map.shape) != 2:
+        raise ValueError(f"blockwise class statistics need a 2-D class map, got shape {tuple(class_map.shape)}")
+    if block < 1 or margin < 0:
+        raise ValueError(f"need block >= 1 and margin >= 0, got block={block}, margin={margin}")
+    h, w = (int(s) for s in class_map.shape)
+    totals = np.zeros(n + 1, np.int64)
+    pieces: list[list[np.ndarray]] = [[] for _ in range(n + 1)]
+    for r0 in range(0, h, block):
+        r1 = min(r0 + block, h)
+        er0, er1 = max(r0 - margin, 0), min(r1 + margin, h)
+        for c0 in range(0, w, block):
+            c1 = min(c0 + block, w)
+            ec0, ec1 = max(c0 - margin, 0), min(c1 + margin, w)
+            ext = _class_values(np.asarray(class_map[er0:er1, ec0:ec1]), n)
+            core = ext[r0 - er0 : r1 - er0, c0 - ec0 : c1 - ec0]
+            totals += np.bincount(core.ravel(), minlength=n + 1)[: n + 1]
+            if not ext.any():
+                continue
+            # Equal-valued 4-connected pixels: each class's components, labelled in one pass.
+            lab, num = connected_components(ext, background=0, connectivity=1, return_num=True)
+            area = np.bincount(lab.ravel(), minlength=num + 1)[1:]
+            cls = np.zeros(num + 1, ext.dtype)
+            cls[lab.ravel()] = ext.ravel()
+            top_left = np.array([(s[0].start, s[1].start) for s in find_objects(lab)], np.int64).reshape(-1, 2)
+            gr, gc = top_left[:, 0] + er0, top_left[:, 1] + ec0
+            counted = (gr >= r0) & (gr < r1) & (gc >= c0) & (gc < c1)
+            cls, area = cls[1:][counted], area[counted]
+            for i in np.unique(cls):
+                pieces[i].append(area[cls == i].astype(float))
+    areas = [np.concatenate(p) if p else np.zeros(0) for p in pieces[1:]]
+    return areas, totals[1:]

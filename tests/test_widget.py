@@ -23,6 +23,8 @@ def prior_file(few_pairs, tiny, tmp_path_factory):
 @pytest.fixture
 def widget(make_napari_viewer, tmp_path, monkeypatch, shared_data):
     monkeypatch.setattr(_widget, "models_dir", lambda: tmp_path)
+    monkeypatch.setattr(_widget, "results_dir", lambda: tmp_path / "results")
+    (tmp_path / "results").mkdir()
     monkeypatch.setattr(CiNuSegWidget, "settings_factory", staticmethod(lambda: QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)))
     viewer = make_napari_viewer()
     with Slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as s:
@@ -101,9 +103,14 @@ def test_clear_messages_and_remembered_settings(widget, qtbot):
     widget.bundled_btn.click()  # the shipped base model, remembered for next time
     assert widget.model.class_names == ["Epithelial", "Spindle-shaped"]
     widget.iterations.setValue(123)
+    widget.advanced.setChecked(True)
+    widget.hyper["stain_jitter"].setValue(0.5)
+    widget.hyper["tau"].setValue(0.6)
+    assert widget.current_settings().stain_jitter == 0.5
     widget._remember()
     again = CiNuSegWidget(widget.viewer)
     assert again.iterations.value() == 123
+    assert again.advanced.isChecked() and again.hyper["stain_jitter"].value() == 0.5 and again.hyper["tau"].value() == 0.6
     assert again.model is not None and again.model.id == widget.model.id
 
 
@@ -134,3 +141,61 @@ def test_bad_layers_and_annotations_are_messages_and_lose_nothing(widget, prior_
     assert widget.start_training() is None
     assert "uses label(s) [3]" in widget.status.text()
     np.testing.assert_array_equal(layer.data, painted)  # the annotation is kept as painted
+
+
+def test_base_model_from_annotations_without_a_prior(widget, qtbot, tmp_path):
+    """No model chosen: training makes a new base model of the painted class, saved and current."""
+    assert widget.model is None
+    widget.class_name.setText("Tumour")
+    layer = widget.add_annotation_layer()
+    layer.data[40:70, 40:70] = 1
+    layer.data[200:240, 150:190] = 2
+    layer.refresh()
+    widget.iterations.setValue(2)
+    widget.crop.setValue(64)
+    with qtbot.waitSignal(widget.start_training().finished, timeout=120_000):
+        pass
+    assert widget.model is not None and widget.model.class_names == ["Tumour"]
+    assert widget.model.steps[-1].step == 0 and widget.model.lineage == []
+    (saved,) = tmp_path.glob("base+tumour-*.cinuseg.pt")
+    assert widget.model.source_path == str(saved)
+    widget.tile.setValue(256)
+    with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
+        pass
+    assert list(widget.viewer.layers["he · classes"].features["name"]) == ["background", "Tumour"]
+
+
+def test_slide_is_segmented_to_disk_and_shown_as_a_pyramid(widget, prior_file, qtbot, tmp_path, shared_data):
+    """A slide opened lazily through the plugin's reader: the class map goes to disk tile by tile
+    with a pyramid, its layers are multiscale and lazy, and the export reads it tile by tile."""
+    from napari_cinuseg.model_file import load_model
+    from napari_cinuseg.segmentation import segment
+
+    svs = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    viewer = widget.viewer
+    (slide_layer,) = viewer.open(str(svs), plugin="napari-cinuseg")
+    assert not isinstance(slide_layer.data, np.ndarray)
+    widget.load_model(prior_file)
+    widget.image_combo.setCurrentText(slide_layer.name)
+    assert widget.image_combo.currentText() == slide_layer.name
+    widget.tile.setValue(512)
+    with qtbot.waitSignal(widget.start_segmentation().finished, timeout=300_000):
+        pass
+    classes = viewer.layers["CMU-1-Small-Region · classes"]
+    assert classes.multiscale and [lv.shape for lv in classes.data][:3] == [(2967, 2220), (1484, 1110), (742, 555)]
+    assert not any(isinstance(lv, np.ndarray) for lv in classes.data)
+    written = sorted(p.name for p in (tmp_path / "results").iterdir())
+    (level0_name,) = [n for n in written if ".level" not in n]
+    assert level0_name.startswith("cmu-1-small-region-") and level0_name.endswith(".zarr")
+    assert len(written) == len(classes.data) and not [n for n in written if "partial" in n]
+    reference = drain(segment(load_model(prior_file), svs, tile=512, overlap=64))
+    level0 = np.asarray(classes.data[0][:])
+    np.testing.assert_array_equal(level0, reference)
+    np.testing.assert_array_equal(np.asarray(classes.data[1][:]), reference[::2, ::2])
+    epi = viewer.layers["CMU-1-Small-Region · Epithelial"]
+    assert epi.multiscale and np.array_equal(np.asarray(epi.data[0]), (reference == 1).astype(np.uint8))
+    assert widget.table.rowCount() == 2
+    out = widget.export_to(tmp_path / "slide.masks.tif")
+    class_map, masks, _ = read_masks(out)
+    np.testing.assert_array_equal(class_map, reference)
+    assert list(masks) == ["Epithelial", "Spindle-shaped"]

@@ -47,6 +47,7 @@ from .images import rgb_view
 from .measurements import class_statistics
 from .model import PALETTE, CiNuSegModel, check_class_name, check_colour
 from .model_file import BUNDLED_MODEL, ModelFileError, load_model
+from .pyramid import build_pyramid
 from .segmentation import SegmentFinished, TileProgress, segment
 from .settings import PRESETS, preset
 from .training import train_base, train_step
@@ -59,6 +60,17 @@ RESULT_KEY = "cinuseg"
 def models_dir() -> Path:
     """Where new models are saved: beside nothing the user owns, never over a prior."""
     d = Path.home() / ".napari-cinuseg" / "models"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# Above this many pixels (or for any lazy layer) the class map is written to disk, not kept in memory.
+LARGE_IMAGE_PIXELS = 64 * 2**20
+
+
+def results_dir() -> Path:
+    """Where the class maps of slides segmented in the panel are written (zarr, with a pyramid)."""
+    d = Path.home() / ".napari-cinuseg" / "results"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -209,7 +221,15 @@ class CiNuSegWidget(QWidget):
         adv = QFormLayout(self.advanced)
         self.hyper = {}
         defaults = preset("cpu")
-        for name, label, hi in (("alpha_o", "α_o", 100.0), ("alpha_n", "α_n", 10.0), ("tau", "τ", 0.99), ("omega", "ω", 10.0), ("sigma", "σ", 0.99)):
+        for name, label, hi in (
+            ("alpha_o", "α_o", 100.0),
+            ("alpha_n", "α_n", 10.0),
+            ("tau", "τ", 0.99),
+            ("omega", "ω", 10.0),
+            ("sigma", "σ", 0.99),
+            ("stain_jitter", "stain jitter", 2.0),  # augment.py: for images of other scanners/stains
+            ("scale_jitter", "scale jitter", 2.0),
+        ):
             spin = QDoubleSpinBox()
             spin.setDecimals(3)
             spin.setRange(0.0, hi)
@@ -274,6 +294,9 @@ class CiNuSegWidget(QWidget):
         self.iterations.setValue(int(s.value("iterations", 300)))
         self.crop.setValue(int(s.value("crop", 128)))
         self.tile.setValue(int(s.value("tile", 512)))
+        self.advanced.setChecked(str(s.value("advanced", "false")).lower() == "true")
+        for name, spin in self.hyper.items():
+            spin.setValue(float(s.value(f"hyper/{name}", spin.value())))
         last = s.value("model_path", "")
         if last and Path(str(last)).is_file():
             try:
@@ -287,6 +310,9 @@ class CiNuSegWidget(QWidget):
         s.setValue("iterations", self.iterations.value())
         s.setValue("crop", self.crop.value())
         s.setValue("tile", self.tile.value())
+        s.setValue("advanced", self.advanced.isChecked())
+        for name, spin in self.hyper.items():
+            s.setValue(f"hyper/{name}", spin.value())
         if self.model is not None and self.model.source_path:
             s.setValue("model_path", self.model.source_path)
 
@@ -542,19 +568,32 @@ class CiNuSegWidget(QWidget):
             self._say(str(exc), error=True)
             return None
         self.cancel_event = threading.Event()
-        job = segment(self.model, pixels, tile=self.tile.value(), overlap=min(64, self.tile.value() // 4), cancel=self.cancel_event)
+        model, names = self.model, self.model.class_names
+        # A slide (a lazy layer) or a large image: the class map goes to disk tile by tile, with a
+        # pyramid, and is shown lazily; a small image's stays in memory.
+        out = None
+        if not isinstance(pixels, np.ndarray) or pixels.shape[0] * pixels.shape[1] > LARGE_IMAGE_PIXELS:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out = results_dir() / f"{_slug(image.name)}-{model.id[:8]}-{stamp}.zarr"
+        job = segment(model, pixels, tile=self.tile.value(), overlap=min(64, self.tile.value() // 4), out=out, cancel=self.cancel_event)
 
         def run():
-            return (yield from job)
+            result = yield from job
+            if result is None:  # cancelled: nothing was written
+                return None
+            if isinstance(result, Path):
+                result = build_pyramid(result)
+                return result, class_statistics(result[0], names)
+            return result, class_statistics(result, names)
 
         self.worker = create_worker(run)
         self.worker.yielded.connect(self._on_segment_event)
-        self.worker.returned.connect(lambda result: self.show_result(image.name, result))
+        self.worker.returned.connect(lambda result: self.show_result(image.name, result, model))
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(lambda: self._set_busy(False))
         self._remember()
         self._set_busy(True)
-        self._say(f"Segmenting {image.name}…")
+        self._say(f"Segmenting {image.name}…" + (f" (masks written to {out})" if out else ""))
         self.worker.start()
         return self.worker
 
@@ -567,24 +606,33 @@ class CiNuSegWidget(QWidget):
         elif isinstance(ev, SegmentFinished):
             self._say(f"Segmented in {ev.seconds:.1f} s ({ev.tiles} tiles, {ev.skipped} without tissue skipped)")
 
-    def show_result(self, image_name: str, class_map) -> None:
-        """The class map as layers: all classes in one, one mask per class, a table of counts."""
-        if class_map is None:
+    def show_result(self, image_name: str, result, model=None) -> None:
+        """The class map as layers: all classes in one, one mask per class, and the table of
+        nucleus counts and areas. ``result`` = (class map, statistics rows), the class map an
+        array or, for a slide, its on-disk pyramid [level 0, level 1, …] (shown lazily)."""
+        if result is None:
             return
         import pandas as pd
 
-        m = self.model
+        class_map, rows = result
+        m = model or self.model
+        multiscale = isinstance(class_map, list)
         colours = {i + 1: c.colour for i, c in enumerate(m.classes)}
         features = pd.DataFrame(
             {"index": range(m.num_channels), "name": ["background"] + m.class_names, "colour": ["#000000"] + [c.colour for c in m.classes]}
         )
         meta = {RESULT_KEY: {"class_names": m.class_names, "colours": [c.colour for c in m.classes], "model_id": m.id}}
-        self.viewer.add_labels(class_map, name=f"{image_name} · classes", colormap=_colormap(colours), features=features, metadata=meta)
+        self.viewer.add_labels(
+            class_map, name=f"{image_name} · classes", colormap=_colormap(colours), features=features, metadata=meta, multiscale=multiscale
+        )
         for i, c in enumerate(m.classes, start=1):
-            self.viewer.add_labels(
-                (class_map == i).astype(np.uint8), name=f"{image_name} · {c.name}", colormap=_colormap({1: c.colour}), visible=False
-            )
-        rows = class_statistics(class_map, m.class_names)
+            if multiscale:
+                import dask.array as da
+
+                mask = [(da.from_zarr(level) == i).astype(np.uint8) for level in class_map]
+            else:
+                mask = (class_map == i).astype(np.uint8)
+            self.viewer.add_labels(mask, name=f"{image_name} · {c.name}", colormap=_colormap({1: c.colour}), visible=False, multiscale=multiscale)
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             for col, key in enumerate(("class", "nuclei", "area_px", "mean_area_px")):
@@ -614,7 +662,8 @@ class CiNuSegWidget(QWidget):
         try:
             layer = layer or self._result_layer()
             info = layer.metadata[RESULT_KEY]
-            out = export_masks(np.asarray(layer.data), path, info["class_names"], info["colours"], info["model_id"], overwrite=True)
+            data = layer.data[0] if layer.multiscale else layer.data  # zarr level 0: written tile by tile
+            out = export_masks(data, path, info["class_names"], info["colours"], info["model_id"], overwrite=True)
         except (ValueError, OSError) as exc:
             self._say(str(exc), error=True)
             return None

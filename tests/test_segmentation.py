@@ -151,3 +151,21 @@ def test_export_round_trip(tmp_path):
     with pytest.raises(FileExistsError):
         export_masks(class_map, path, ["a", "b", "c"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["masks.tif"]
+
+
+def test_compile_option_traces_the_network_and_gives_the_same_map(varied_model, patch, monkeypatch):
+    """``compile=True`` runs the network through torch.compile. TorchInductor's code generation
+    takes a minute on a CPU, so the test compiles with dynamo's "eager" backend: the network is
+    really traced into graphs (no graph break), and the class map must not change."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: real(net, backend=counter, **kw))
+    torch._dynamo.reset()
+    img = patch[:256, :256]
+    eager = drain(segment(varied_model, img, tile=128, overlap=32, batch_size=4, min_tissue=0))
+    compiled = drain(segment(varied_model, img, tile=128, overlap=32, batch_size=4, min_tissue=0, compile=True))
+    np.testing.assert_array_equal(compiled, eager)
+    assert counter.frame_count == 1 and counter.op_count > 50  # the whole network, one graph
+    torch._dynamo.reset()

@@ -265,7 +265,10 @@ def cmd_segment(args) -> int:
             shutil.rmtree(scratch)
         bar = tqdm(total=1, unit="tile", file=sys.stderr, desc=Path(image).name)
         try:
-            job = segment(model, slide, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device, out=scratch if on_disk else None)
+            job = segment(
+                model, slide, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
+                compile=args.compile, out=scratch if on_disk else None,
+            )
 
             def show(ev):
                 if isinstance(ev, SegmentStarted):
@@ -370,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=int, default=0, help="pyramid level of a slide")
     p.add_argument("--shard", help="K/N: only images K, K+N, … (0-based), to split a cohort over N processes or machines (under torchrun: RANK/WORLD_SIZE)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network: slow start (about a minute), for many or large slides")
     p.add_argument("--in-memory-limit", type=int, default=64_000_000, help="pixels above which the class map is built on disk")
     p.set_defaults(func=cmd_segment)
 

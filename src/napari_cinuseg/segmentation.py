@@ -112,6 +112,7 @@ def segment(
     amp: bool = True,
     min_tissue: float = 0.01,
     strip: int = 8192,
+    compile: bool = False,
     out: str | os.PathLike | None = None,
     cancel: CancelFlag = None,
 ) -> Generator[object, None, np.ndarray | Path | None]:
@@ -121,6 +122,10 @@ def segment(
     ``out``: a ``.zarr`` folder to write the class map to (for slides too big for memory); it is
     written under a temporary name and renamed at the end, so a cancelled or failed run leaves
     nothing. ``min_tissue`` = 0 segments every tile.
+
+    ``compile``: run the network through ``torch.compile`` (TorchInductor). The first batches
+    wait for the compilation (tens of seconds; again for the last, smaller batch), so it pays
+    off on large slides; see docs/performance.md for what it gave where it was measured.
 
     ``strip``: the widest run of output columns segmented at a time (pixels, at least ``tile``).
     The logits buffer is K × tile × (``strip`` + up to 2 tiles) floats whatever the slide's width
@@ -151,6 +156,7 @@ def segment(
     net.eval().to(dev)
     if dev.type == "cuda":
         net.to(memory_format=torch.channels_last)
+    forward = torch.compile(net, dynamic=False) if compile else net
     t0 = time.perf_counter()
     try:
         h, w = slide.shape
@@ -194,7 +200,7 @@ def segment(
                         yield Cancelled(step=-1, iteration=done, message="segmentation was cancelled; nothing was written")
                         return None
                     chunk = row_imgs[b : b + batch_size]
-                    logits, parts = _forward_tiles(model, net, chunk, dev, dtype)
+                    logits, parts = _forward_tiles(model, forward, chunk, dev, dtype)
                     if parts > 1:  # out of memory: fewer tiles at a time from now on
                         before, batch_size = batch_size, max(1, -(-len(chunk) // parts))
                         yield MemoryReduced(

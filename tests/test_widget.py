@@ -199,3 +199,24 @@ def test_slide_is_segmented_to_disk_and_shown_as_a_pyramid(widget, prior_file, q
     class_map, masks, _ = read_masks(out)
     np.testing.assert_array_equal(class_map, reference)
     assert list(masks) == ["Epithelial", "Spindle-shaped"]
+
+
+@pytest.mark.parametrize("favoured, warned", [(0, True), (1, False)])
+def test_a_segmentation_without_nuclei_says_why(widget, qtbot, favoured, warned):
+    """Empty masks are explained (the model knows only images like its training data), not just shown."""
+    import torch
+
+    from napari_cinuseg import CiNuSegModel
+    from napari_cinuseg.network import Architecture
+
+    model = CiNuSegModel.new(["Tumour"], Architecture("resnet18", "unet", (32, 16, 16, 8)))
+    with torch.no_grad():
+        model.network.classifier.weight.zero_()
+        model.network.classifier.bias.copy_(torch.tensor([-10.0, -10.0]))
+        model.network.classifier.bias[favoured] = 10.0  # every pixel: background, or the class
+    widget.model = model
+    widget.tile.setValue(256)
+    with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
+        pass
+    assert ("found no nuclei" in widget.status.text()) is warned
+    assert widget.table.rowCount() == 1

@@ -638,6 +638,16 @@ class CiNuSegWidget(QWidget):
             for col, key in enumerate(("class", "nuclei", "area_px", "mean_area_px")):
                 value = row[key]
                 self.table.setItem(r, col, QTableWidgetItem(f"{value:.1f}" if isinstance(value, float) else str(value)))
+        if rows and not any(row["nuclei"] for row in rows):  # say why, rather than show empty layers
+            self._say(
+                f"The model found no nuclei in {image_name}. A model only knows images like the ones it was "
+                "trained on (the bundled one: CoNSeP colon tissue at 40×); for other scanners, stains or "
+                "magnifications, train a base model on your own annotations (no model + Train), with stain "
+                "and scale jitter under Advanced."
+            )
+            from napari.utils.notifications import show_warning
+
+            show_warning(self.status.text())
 
     # --- export ---------------------------------------------------------------------------
     def _result_layer(self):

@@ -701,7 +701,8 @@ def part_memory(ctx: Context) -> dict:
         "rows": rows_asked or "all",
         "note": (
             f"only the first {rows_asked} pixel rows of each full-width slide were segmented (--rows): "
-            "the band of logits spans the full width, so the width sets the memory"
+            "the logits band spans one column strip (8192 px) of the full width and a tile's height, so "
+            "further rows add time, not memory"
             if rows_asked
             else "every slide was segmented whole"
         ),

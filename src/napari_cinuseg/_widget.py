@@ -48,7 +48,7 @@ from .measurements import class_statistics
 from .model import PALETTE, CiNuSegModel, check_class_name, check_colour
 from .model_file import BUNDLED_MODEL, ModelFileError, load_model
 from .pyramid import build_pyramid
-from .segmentation import SegmentFinished, TileProgress, segment
+from .segmentation import IN_MEMORY_LIMIT_PX, SegmentFinished, TileProgress, segment
 from .settings import PRESETS, preset
 from .training import train_base, train_step
 
@@ -62,10 +62,6 @@ def models_dir() -> Path:
     d = Path.home() / ".napari-cinuseg" / "models"
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-# Above this many pixels (or for any lazy layer) the class map is written to disk, not kept in memory.
-LARGE_IMAGE_PIXELS = 64 * 2**20
 
 
 def results_dir() -> Path:
@@ -394,7 +390,7 @@ class CiNuSegWidget(QWidget):
             return None
         import zarr
 
-        data = np.zeros((h, w), np.uint8) if h * w <= 64_000_000 else zarr.zeros((h, w), chunks=(1024, 1024), dtype="uint8")
+        data = np.zeros((h, w), np.uint8) if h * w <= IN_MEMORY_LIMIT_PX else zarr.zeros((h, w), chunks=(1024, 1024), dtype="uint8")
         layer = self.viewer.add_labels(
             data,
             name=f"{image.name} · {name} annotation",
@@ -572,7 +568,7 @@ class CiNuSegWidget(QWidget):
         # A slide (a lazy layer) or a large image: the class map goes to disk tile by tile, with a
         # pyramid, and is shown lazily; a small image's stays in memory.
         out = None
-        if not isinstance(pixels, np.ndarray) or pixels.shape[0] * pixels.shape[1] > LARGE_IMAGE_PIXELS:
+        if not isinstance(pixels, np.ndarray) or pixels.shape[0] * pixels.shape[1] > IN_MEMORY_LIMIT_PX:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = results_dir() / f"{_slug(image.name)}-{model.id[:8]}-{stamp}.zarr"
         job = segment(model, pixels, tile=self.tile.value(), overlap=min(64, self.tile.value() // 4), out=out, cancel=self.cancel_event)

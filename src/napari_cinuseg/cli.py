@@ -233,7 +233,7 @@ def cmd_segment(args) -> int:
     import torch
 
     from .export import export_masks
-    from .segmentation import SegmentStarted, TileProgress, segment
+    from .segmentation import IN_MEMORY_LIMIT_PX, SegmentStarted, TileProgress, segment
     from .slides import Slide
 
     model = load_model(args.model)
@@ -259,7 +259,8 @@ def cmd_segment(args) -> int:
             failed += 1
             continue
         h, w = slide.shape
-        on_disk = h * w > args.in_memory_limit
+        limit = IN_MEMORY_LIMIT_PX if args.in_memory_limit is None else args.in_memory_limit
+        on_disk = h * w > limit
         scratch = out / f".{target.name}.zarr"
         if scratch.exists():
             shutil.rmtree(scratch)
@@ -374,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="K/N: only images K, K+N, … (0-based), to split a cohort over N processes or machines (under torchrun: RANK/WORLD_SIZE)")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the network: slow start (about a minute), for many or large slides")
-    p.add_argument("--in-memory-limit", type=int, default=64_000_000, help="pixels above which the class map is built on disk")
+    p.add_argument("--in-memory-limit", type=int, default=None, help="pixels above which the class map is built on disk (default 64,000,000)")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("export", help="a class map (PNG/TIFF, 0 = background) to per-class TIFF masks named by a model's classes")

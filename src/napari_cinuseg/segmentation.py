@@ -34,6 +34,10 @@ from .model import CiNuSegModel
 from .slides import Slide
 from .tiling import blend_window, tile_origins, tissue_fraction
 
+#: Pixels above which a class map is built on disk (zarr) rather than in memory: the CLI's
+#: ``--in-memory-limit`` default and the panel's threshold.
+IN_MEMORY_LIMIT_PX = 64_000_000
+
 
 @dataclass(frozen=True)
 class SegmentStarted:

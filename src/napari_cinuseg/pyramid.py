@@ -8,6 +8,7 @@ block by block, so memory stays bounded by the block size whatever the slide's s
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,6 @@ def build_pyramid(level0_path: str | os.PathLike, min_size: int = 1024, block: i
     expected shape is reused, so an interrupted build resumes; each is written under a temporary
     name and renamed when complete.
     """
-    import shutil
-
     import zarr
 
     if min_size < 1 or block < 2 or block % 2:

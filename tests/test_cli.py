@@ -11,6 +11,10 @@ def test_train_base_step_info_evaluate(shared_data, tmp_path, capsys):
     base, step = tmp_path / "base.cinuseg.pt", tmp_path / "step1.cinuseg.pt"
     assert main(["train-base", *common, "--classes", "Epithelial,Spindle-shaped", "--out", str(base)]) == 0
     assert main(["step", *common, "--prior", str(base), "--new-class", "Other", "--out", str(step)]) == 0
+    said = capsys.readouterr().out
+    assert "old classes kept (agreement with the prior, outside the new class): Epithelial" in said
+    assert main(["info", str(step)]) == 0
+    assert "old classes kept" in capsys.readouterr().out  # the step's forgetting report
     assert main(["info", str(step), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert [c["name"] for c in record["classes"]] == ["Epithelial", "Spindle-shaped", "Other"]

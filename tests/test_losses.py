@@ -138,18 +138,24 @@ def test_negative_sample_bce_target_matters():
     torch.testing.assert_close(out, torch.tensor([-math.log(0.5) - math.log(0.75)]))
 
 
-def test_adaptive_temperatures_eqs14_16():
+def test_adaptive_temperatures_eqs14_16_are_a_step_function():
     pseudo = torch.tensor(
         [
-            [[1, 3, 3, 3, 3, 3, 3, 3, 3, 3]],  # 1 old, 9 new → r = 0.9
+            [[1, 3, 3, 3, 3, 3, 3, 3, 3, 3]],  # 1 old, 9 new → r = 0.9 > σ: ATT fires
             [[1, 1, 1, 1, 3, 0, 0, 0, 0, 0]],  # 4 old, 1 new → r = 0.2 ≤ σ
-            [[0, 0, 0, 0, 0, 0, 0, 0, 255, 255]],  # neither
+            [[0, 0, 0, 0, 0, 0, 0, 0, 255, 255]],  # neither: r = 0
+            [[1, 1, 1, 3, 3, 3, 3, 3, 3, 3]],  # r = 0.7 = σ: not above, no change
+            [[1, 1, 3, 3, 3, 3, 3, 3, 3, 3]],  # r = 0.8 (just above σ): the full α, not a ramp
         ]
     )
     r, t_o, t_n = adaptive_temperatures(pseudo, [1, 2], [3], sigma=0.7, alpha_o=10.0, alpha_n=0.5)
-    torch.testing.assert_close(r, torch.tensor([0.9, 0.2, 0.0]))
-    torch.testing.assert_close(t_o, torch.tensor([3.0, 1.0, 1.0]))
-    torch.testing.assert_close(t_n, torch.tensor([0.9, 1.0, 1.0]))
+    torch.testing.assert_close(r, torch.tensor([0.9, 0.2, 0.0, 0.7, 0.8]))
+    torch.testing.assert_close(t_o, torch.tensor([10.0, 1.0, 1.0, 1.0, 10.0]))  # eq. 16
+    torch.testing.assert_close(t_n, torch.tensor([0.5, 1.0, 1.0, 1.0, 0.5]))  # eq. 15
+    # other α and σ are taken as given
+    _, t_o, t_n = adaptive_temperatures(pseudo, [1, 2], [3], sigma=0.1, alpha_o=3.0, alpha_n=0.25)
+    torch.testing.assert_close(t_o, torch.tensor([3.0, 3.0, 1.0, 3.0, 3.0]))
+    torch.testing.assert_close(t_n, torch.tensor([0.25, 0.25, 1.0, 0.25, 0.25]))
 
 
 def _random_case(seed=0, b=3, k_old=3, k=4, h=8, w=8):
@@ -178,7 +184,7 @@ def test_cinuseg_loss_eq17_is_the_weighted_sum_of_its_terms():
     )
     torch.testing.assert_close(out.loss, (t_o * old_group + t_n * new_group).mean())
     assert set(out.terms) == {"cac", "pkd", "fgl", "bgl", "ns"}
-    assert out.t_o[0] > 1 and out.t_n[0] < 1  # image 0 is dominated by the new class
+    assert out.t_o[0] == 10 and out.t_n[0] == 0.5  # image 0 is dominated by the new class
     assert out.r.shape == (3,)
 
 

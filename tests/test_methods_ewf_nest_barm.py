@@ -61,7 +61,7 @@ def _tiny_step(seed=0, n_images=3, size=32):
     torch.manual_seed(seed)
     prior = CiNuSegModel.new(["A", "B"], Architecture(decoder_channels=(8, 8, 8, 8)))
     prior.network.eval()
-    model = prior.child(["C"])
+    model = prior.child(["C"], init="softmax")  # EWF and NeST build on MiB
     gen = torch.Generator().manual_seed(seed)
     data = []
     for _ in range(n_images):

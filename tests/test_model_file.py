@@ -149,3 +149,26 @@ def test_bundled_base_model_segments_held_out_consep(consep):
     few = type(val)(val.class_names, [it for it in val.items if it.source == val.sources[0]][:6])
     dice = evaluate(model, few, "cpu")
     assert dice["Epithelial"] > 50, dice
+
+
+def test_child_of_the_bundled_model_keeps_its_scores_on_real_patches(consep):
+    """Issue 12: growing a sigmoid-scored model must not shock it. On real CoNSeP patches the
+    grown network's background and old-class sigmoid scores equal the prior's, and the new class
+    starts low."""
+    import numpy as np
+
+    from napari_cinuseg.model_file import BUNDLED_MODEL, load_model
+
+    prior = load_model(BUNDLED_MODEL)
+    child = prior.child(["Other"])
+    images = np.stack([item.image for item in consep.items[:4]])
+    x = prior.normalize(torch.from_numpy(images).permute(0, 3, 1, 2))
+    prior.network.eval()
+    child.network.eval()
+    with torch.no_grad():
+        before = torch.sigmoid(prior.network(x).logits.float())
+        after = torch.sigmoid(child.network(x).logits.float())
+    k_old = prior.num_channels
+    assert after.shape[1] == k_old + 1
+    torch.testing.assert_close(after[:, :k_old], before, atol=1e-3, rtol=0)
+    assert float(after[:, k_old:].mean()) < 0.1

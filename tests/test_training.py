@@ -67,6 +67,15 @@ def test_incremental_step_learns_new_class_and_keeps_prior(base_file, few_pairs,
         assert torch.equal(v, prior_state[k]), k
     reloaded = load_model(out)
     assert reloaded.class_names == model.class_names and reloaded.steps[1].method == "cinuseg"
+    # the step's record holds the forgetting report and each loss term's curve (issue 12)
+    results = reloaded.steps[1].results
+    report = results["forgetting"]
+    assert set(report["agreement"]) == {"Epithelial", "Spindle-shaped"}
+    assert all(v is None or 0 <= v <= 1 for v in report["agreement"].values())
+    assert report["images"] == len(few_pairs[1])
+    curve = results["loss_curve"]
+    assert curve["iteration"][-1] == 15 and {"loss", "cac", "pkd", "fgl", "bgl", "ns"} <= set(curve)
+    assert all(len(v) == len(curve["iteration"]) for v in curve.values())
 
 
 def test_step_refuses_to_write_over_prior(base_file, few_pairs, tiny):

@@ -61,7 +61,11 @@ def test_paint_train_cancel_segment_export(widget, prior_file, qtbot, tmp_path):
     assert saved.exists() and saved.parent == tmp_path
     assert _digest(prior_file) == before
     assert "last training crops (ATT)" in viewer.layers
-    assert set(viewer.layers["last training crops (ATT)"].features.columns) >= {"r", "t_o", "t_n"}
+    att = viewer.layers["last training crops (ATT)"]
+    assert set(att.features.columns) >= {"r", "t_o", "t_n", "att"}
+    assert set(att.features["att"]) <= {"fired", "off"} and "ATT fired on" in widget.att_label.text()
+    # the forgetting report is shown beside the step's result (issue 12)
+    assert "old classes kept" in widget.forgetting_label.text() and "Epithelial" in widget.forgetting_label.text()
 
     # a second run, cancelled at once: no file, the current model stays
     files = sorted(tmp_path.glob("*.cinuseg.pt"))
@@ -90,6 +94,19 @@ def test_paint_train_cancel_segment_export(widget, prior_file, qtbot, tmp_path):
     class_map, masks, meta = read_masks(out)
     np.testing.assert_array_equal(class_map, np.asarray(classes.data))
     assert list(masks) == ["Epithelial", "Spindle-shaped", "Neutrophil"] and meta["model_id"] == widget.model.id
+
+
+def test_forgetting_below_the_threshold_is_a_warning_with_advice(widget, monkeypatch):
+    import napari.utils.notifications as notifications
+
+    warned = []
+    monkeypatch.setattr(notifications, "show_warning", warned.append)
+    widget._show_forgetting({"agreement": {"Epithelial": 0.55, "Spindle-shaped": 0.93}, "images": 1, "pixels": 100})
+    text = widget.forgetting_label.text()
+    assert "Epithelial 0.55" in text and "Spindle-shaped 0.93" in text
+    assert "may have forgotten Epithelial" in text and "train the step again" in text
+    assert "Spindle-shaped: the new model" not in text
+    assert any("may have forgotten Epithelial" in w for w in warned)
 
 
 def test_clear_messages_and_remembered_settings(widget, qtbot):

@@ -42,6 +42,7 @@ from . import devices
 from .annotations import sparse_annotation_advice, training_pair
 from .data import check_pairs
 from .events import Cancelled, MemoryReduced, Progress, StepFinished, StepStarted
+from .forgetting import format_report, forgetting_warnings
 from .export import export_masks
 from .images import rgb_view
 from .measurements import class_statistics
@@ -156,6 +157,7 @@ class CiNuSegWidget(QWidget):
         self.last_crops: list = []  # (image layer name, y0, x0) per training pair
         self.new_model_path: Path | None = None
         self._crops: deque = deque(maxlen=64)
+        self._att_seen = self._att_fired = 0  # crops seen in this training, and where ATT fired
         self._build()
         self._restore()
 
@@ -250,6 +252,12 @@ class CiNuSegWidget(QWidget):
         form.addRow(self.status)
         self.plot = LossPlot()
         form.addRow(self.plot)
+        self.att_label = QLabel("")  # the share of crops where ATT fired (eqs. 14-16)
+        form.addRow(self.att_label)
+        self.forgetting_label = QLabel("")  # the step's forgetting report (forgetting.py)
+        self.forgetting_label.setWordWrap(True)
+        self.forgetting_label.setTextFormat(Qt.RichText)
+        form.addRow(self.forgetting_label)
         root.addWidget(box)
 
         box = QGroupBox("4. Segment and export")
@@ -471,6 +479,9 @@ class CiNuSegWidget(QWidget):
 
         self.plot.clear()
         self._crops = deque(maxlen=64)  # the last training crops, for the ATT layer
+        self._att_seen = self._att_fired = 0
+        self.att_label.setText("")
+        self.forgetting_label.setText("")
         self.progress.setValue(0)
         self._remember()
         self.worker = create_worker(run)
@@ -508,6 +519,13 @@ class CiNuSegWidget(QWidget):
             self.status.setText(f"iteration {ev.iteration}/{ev.total}, loss {ev.loss:.3f}, {left} left{att}")
             self.plot.add(ev)
             self._crops.extend(ev.crops)
+            self._att_seen += len(ev.crops)
+            self._att_fired += sum(c.t_o != 1 for c in ev.crops)
+            if self._att_seen:
+                self.att_label.setText(
+                    f"ATT fired on {self._att_fired / self._att_seen:.0%} of the crops so far "
+                    f"(new class > σ of their nuclei: old-class loss ×α_o, new-class loss ×α_n)"
+                )
         elif isinstance(ev, (Cancelled, MemoryReduced)):
             self._say(ev.message)
         elif isinstance(ev, StepFinished):
@@ -523,29 +541,50 @@ class CiNuSegWidget(QWidget):
         self._remember()
         self._add_att_layer()
         self._say(f"Saved {self.new_model_path}; it is now the current model.")
+        self._show_forgetting(model.steps[-1].results.get("forgetting") if model.steps else None)
+
+    def _show_forgetting(self, report) -> None:
+        """The step's forgetting report beside its result, and a warning per class that fell
+        below the threshold, with what to do."""
+        if not report:
+            self.forgetting_label.setText("")
+            return
+        lines = [format_report(report) + f" — on {report.get('images')} painted image(s)"]
+        warnings = forgetting_warnings(report)
+        if warnings:
+            lines += [f"<span style='color:#e6194b'>⚠ {w}</span>" for w in warnings]
+            from napari.utils.notifications import show_warning
+
+            show_warning("Forgetting: " + " ".join(warnings))
+        self.forgetting_label.setText("<br>".join(lines))
 
     def _add_att_layer(self) -> None:
         crops = getattr(self, "_crops", None)
         if not crops:
             return
-        rects, feats = [], {"r": [], "t_o": [], "t_n": []}
+        rects, feats = [], {"r": [], "t_o": [], "t_n": [], "att": []}
         for c in crops:
             if c.image_index >= len(self.last_crops):
                 continue
             _, y0, x0 = self.last_crops[c.image_index]
             top, left = y0 + c.top, x0 + c.left
             rects.append(np.array([[top, left], [top + c.size, left + c.size]]))
-            for k in feats:
+            for k in ("r", "t_o", "t_n"):
                 feats[k].append(getattr(c, k))
+            feats["att"].append("fired" if c.t_o != 1 else "off")
         if rects:
+            # Outlines only, so the tissue stays visible: orange where ATT fired, cyan where not;
+            # r, t_o and t_n are written on each crop.
             self.viewer.add_shapes(
                 rects,
                 shape_type="rectangle",
                 name="last training crops (ATT)",
                 features=feats,
-                face_color="r",
-                face_colormap="viridis",
-                opacity=0.4,
+                face_color="transparent",
+                edge_color="att",
+                edge_color_cycle=["#ff8c00", "#00c8ff"] if feats["att"][0] == "fired" else ["#00c8ff", "#ff8c00"],
+                edge_width=3,
+                text={"string": "r={r:.2f} t_o={t_o:g} t_n={t_n:g}", "size": 8, "color": "white", "anchor": "upper_left"},
             )
 
     def _on_error(self, exc) -> None:

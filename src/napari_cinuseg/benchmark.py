@@ -25,6 +25,7 @@ from .atomic import atomic_path
 from .data import LabelledSet, split_by_source, step_pairs
 from .devices import describe, resolve_device
 from .evaluation import evaluate
+from .forgetting import confident_share
 from .methods import get_method
 from .model import CiNuSegModel, StepRecord
 from .model_file import load_model
@@ -213,7 +214,11 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
             return cached["dice"]
         # classes not learned yet are ignored on purpose (Fig. 5): no warning for them
         dice = evaluate(model, cfg.test, settings.device, say_unscored=False)
-        evaluations[key] = {"model_id": model.id, "test_set": test_set, "dice": dice, "classes": model.class_names}
+        # Issue 12's diagnostic: the share of each known class's test pixels the model scores
+        # above τ (what eq. 1 would pseudo-label with that class at the next step).
+        known = [c for c in model.class_names if c in cfg.test.class_names]
+        confident = confident_share(model, cfg.test, known, settings.tau, device)
+        evaluations[key] = {"model_id": model.id, "test_set": test_set, "dice": dice, "classes": model.class_names, "confident": confident}
         _atomic_json(results_path, results)
         yield StepEvaluated(protocol, method, step, dice, False)
         return dice
@@ -233,7 +238,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
                     classes,
                     "base",
                     pairs,
-                    lambda p, c=classes, pairs=pairs: train_base(pairs, c, settings, out=p),
+                    lambda p, c=classes, pairs=pairs: train_base(pairs, c, settings, out=p, pixel_size=cfg.train.pixel_size),
                     protocol.name,
                     method.name,
                     0,
@@ -253,7 +258,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
                     classes,
                     "base",
                     pairs,
-                    lambda p, c=classes, pairs=pairs: train_base(pairs, c, settings, out=p),
+                    lambda p, c=classes, pairs=pairs: train_base(pairs, c, settings, out=p, pixel_size=cfg.train.pixel_size),
                     protocol.name,
                     "base",
                     0,

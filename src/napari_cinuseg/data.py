@@ -44,6 +44,7 @@ class LabelledImage:
 class LabelledSet:
     class_names: list[str]  # class id i + 1 is class_names[i]
     items: list[LabelledImage]
+    pixel_size: float | None = None  # µm per pixel of its images, where known
 
     def class_id(self, name: str) -> int:
         for i, n in enumerate(self.class_names):
@@ -57,7 +58,7 @@ class LabelledSet:
 
     def subset(self, sources: Sequence[str]) -> "LabelledSet":
         keep = set(sources)
-        return LabelledSet(self.class_names, [it for it in self.items if it.source in keep])
+        return LabelledSet(self.class_names, [it for it in self.items if it.source in keep], self.pixel_size)
 
 
 def data_dir(path: str | os.PathLike | None = None) -> Path:
@@ -100,6 +101,9 @@ def read_folder(
     if not cfile.is_file():
         raise FileNotFoundError(f"{root} has no classes.json; add one like {{\"0\": \"background\", \"1\": \"tumour\"}}")
     raw = json.loads(cfile.read_text())
+    pixel_size = raw.pop("pixel_size_um", None)  # optional: µm per pixel of the images
+    if pixel_size is not None and not (isinstance(pixel_size, (int, float)) and pixel_size > 0):
+        raise ValueError(f"{cfile}: pixel_size_um must be a positive number of µm per pixel, got {pixel_size!r}")
     ids = {int(k): str(v) for k, v in raw.items() if int(k) != 0}
     img_dir, lab_dir = root / images, root / labels
     if not img_dir.is_dir() or not lab_dir.is_dir():
@@ -136,8 +140,13 @@ def read_folder(
         items.append(LabelledImage(img, lab, source_of(ip.stem) if source_of else ip.stem, ip.stem))
     if not items:
         raise FileNotFoundError(f"no image in {img_dir} has a class map of the same name in {lab_dir}")
-    return LabelledSet(names, items)
+    return LabelledSet(names, items, float(pixel_size) if pixel_size else None)
 
+
+# µm per pixel of the public data sets: both were scanned at 40× (CoNSeP: Graham et al. 2019;
+# MoNuSAC: Verma et al. 2021), about 0.25 µm/px.
+CONSEP_PIXEL_SIZE = 0.25
+MONUSAC_PIXEL_SIZE = 0.25
 
 # The CiNuSeg paper's three CoNSeP classes, from HoVer-Net's merged ids in classes.json.
 CONSEP_PAPER_CLASSES = {
@@ -156,7 +165,9 @@ def read_consep_patches(root: str | os.PathLike) -> LabelledSet:
     root = Path(root)
     split = next((root / d for d in ("train", "test") if (root / d / "images").is_dir()), root)
     classes = next((p for p in (split / "classes.json", root / "classes.json") if p.is_file()), None)
-    return read_folder(split, classes_file=classes, source_of=source_of_stem, regroup=CONSEP_PAPER_CLASSES)
+    data = read_folder(split, classes_file=classes, source_of=source_of_stem, regroup=CONSEP_PAPER_CLASSES)
+    data.pixel_size = data.pixel_size or CONSEP_PIXEL_SIZE
+    return data
 
 
 # MoNuSAC's four classes in the paper's order.
@@ -170,7 +181,9 @@ MONUSAC_PAPER_CLASSES = {
 
 def read_monusac_images(root: str | os.PathLike) -> LabelledSet:
     """MoNuSAC images (``images/<slide>_<n>.jpg`` + ``labels/``); the source is the slide."""
-    return read_folder(root, source_of=source_of_stem, regroup=MONUSAC_PAPER_CLASSES)
+    data = read_folder(root, source_of=source_of_stem, regroup=MONUSAC_PAPER_CLASSES)
+    data.pixel_size = data.pixel_size or MONUSAC_PIXEL_SIZE
+    return data
 
 
 def source_of_stem(stem: str) -> str:

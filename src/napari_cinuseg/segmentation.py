@@ -27,6 +27,7 @@ from typing import Generator, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import devices
 from .events import Cancelled, CancelFlag, MemoryReduced, is_cancelled
@@ -117,6 +118,7 @@ def segment(
     min_tissue: float = 0.01,
     strip: int = 8192,
     compile: bool = False,
+    image_pixel_size: float | None = None,
     out: str | os.PathLike | None = None,
     cancel: CancelFlag = None,
 ) -> Generator[object, None, np.ndarray | Path | None]:
@@ -132,6 +134,11 @@ def segment(
     off on large slides; see docs/performance.md for what it gave where it was measured.
 
     ``strip``: the widest run of output columns segmented at a time (pixels, at least ``tile``).
+    ``image_pixel_size``: µm per pixel of ``image`` (default: what a slide file says). Where it
+    and the model's pixel size are both known and differ by more than 5 %, each tile is resampled
+    to the model's pixel size before the network and its logits back to the image's, so the class
+    map always has the image's size; ``tile`` and ``overlap`` are then in the model's pixels.
+
     The logits buffer is K × tile × (``strip`` + up to 2 tiles) floats whatever the slide's width
     or height. The result does not depend on it: a strip also segments the tiles left of it that
     reach into its columns, so each seam between strips costs one or two columns of tiles
@@ -149,6 +156,10 @@ def segment(
     slide = Slide(image) if own else image
     if not isinstance(slide, Slide) and not isinstance(slide, ArraySlide):
         slide = ArraySlide(slide)
+    scale = resampling_factor(model.pixel_size, image_pixel_size or getattr(slide, "pixel_size", None))
+    net_tile = tile
+    if scale != 1.0:  # tiles of the image that cover ``tile`` model pixels
+        tile, overlap = max(32, int(round(tile / scale))), int(round(overlap / scale))
     out_path = Path(out) if out is not None else None
     if out_path is not None and out_path.exists():
         raise FileExistsError(f"{out_path} exists; choose another output or delete it")
@@ -204,7 +215,7 @@ def segment(
                         yield Cancelled(step=-1, iteration=done, message="segmentation was cancelled; nothing was written")
                         return None
                     chunk = row_imgs[b : b + batch_size]
-                    logits, parts = _forward_tiles(model, forward, chunk, dev, dtype)
+                    logits, parts = _forward_tiles(model, forward, chunk, dev, dtype, net_tile if scale != 1.0 else None)
                     if parts > 1:  # out of memory: fewer tiles at a time from now on
                         before, batch_size = batch_size, max(1, -(-len(chunk) // parts))
                         yield MemoryReduced(
@@ -247,10 +258,22 @@ def segment(
             slide.close()
 
 
-def _forward_tiles(model: CiNuSegModel, net, tiles: list[np.ndarray], dev: torch.device, dtype) -> tuple[torch.Tensor, int]:
+def resampling_factor(model_pixel_size: float | None, image_pixel_size: float | None, tolerance: float = 0.05) -> float:
+    """How many model pixels one image pixel spans (image µm/px ÷ model µm/px); 1 when either is
+    unknown or they differ by at most ``tolerance``."""
+    if not model_pixel_size or not image_pixel_size:
+        return 1.0
+    f = float(image_pixel_size) / float(model_pixel_size)
+    return 1.0 if abs(f - 1) <= tolerance else f
+
+
+def _forward_tiles(
+    model: CiNuSegModel, net, tiles: list[np.ndarray], dev: torch.device, dtype, net_size: int | None = None
+) -> tuple[torch.Tensor, int]:
     """Logits (N, K, t, t) on the CPU of ``tiles``, and into how many parts the batch had to be
     cut to fit in the device's memory (1: it fitted). Out of memory even for one tile is a
-    MemoryError that says what to do."""
+    MemoryError that says what to do. ``net_size``: the tiles are resized to it for the network
+    (the model's pixel size) and the logits back to the tiles' size."""
     parts = 1
     while True:
         size = -(-len(tiles) // parts)
@@ -261,7 +284,13 @@ def _forward_tiles(model: CiNuSegModel, net, tiles: list[np.ndarray], dev: torch
                 if dev.type == "cuda":
                     batch = batch.contiguous(memory_format=torch.channels_last)
                 with torch.inference_mode(), devices.autocast(dev, dtype):
-                    out.append(net(model.normalize(batch)).logits.float().cpu())
+                    x = model.normalize(batch)
+                    if net_size is not None:
+                        x = F.interpolate(x, size=(net_size, net_size), mode="bilinear", align_corners=False, antialias=True)
+                    logits = net(x).logits.float()
+                    if net_size is not None:
+                        logits = F.interpolate(logits, size=batch.shape[-2:], mode="bilinear", align_corners=False)
+                    out.append(logits.cpu())
             return torch.cat(out), parts
         except Exception as exc:  # noqa: BLE001 - only an allocation failure is retried
             if not devices.is_out_of_memory(exc):

@@ -44,6 +44,38 @@ def open_tiff(path: str | os.PathLike):
     return tif
 
 
+def file_pixel_size(tif) -> float | None:
+    """µm per pixel of a TIFF's full-resolution image, as the file states it: the MPP of an
+    Aperio SVS description, OME-XML's PhysicalSizeX (in µm, or with its unit), or the TIFF
+    resolution tags when their unit is a length. None when the file does not say."""
+    import re
+
+    page = tif.pages[0]
+    desc = page.description or ""
+    if tif.is_svs or desc.startswith("Aperio"):
+        m = re.search(r"MPP\s*=\s*([0-9.eE+-]+)", desc)
+        if m and float(m.group(1)) > 0:
+            return float(m.group(1))
+    if tif.is_ome and tif.ome_metadata:
+        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
+        if m and float(m.group(1)) > 0:
+            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+            factor = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(unit.group(1) if unit else "µm", 1.0)
+            return float(m.group(1)) * factor
+    tags = page.tags
+    if "XResolution" in tags and "ResolutionUnit" in tags:
+        num, den = tags["XResolution"].value
+        unit = int(tags["ResolutionUnit"].value)
+        if num > 0 and den > 0 and unit in (2, 3):  # 2 inch, 3 centimetre; 1 = no unit
+            per_unit = num / den  # pixels per unit
+            um = (25400.0 if unit == 2 else 10000.0) / per_unit
+            # 72 or 300 dpi (a screen's or a printer's, written by most image software) is no
+            # microscope's pixel: only sizes a slide scanner or camera could have are believed.
+            if 0.05 <= um <= 20:
+                return um
+    return None
+
+
 class Slide:
     """An RGB image of any size at one pyramid level; ``read(y0, x0, y1, x1)`` gives uint8 RGB.
 
@@ -57,6 +89,7 @@ class Slide:
         self.level = int(level)
         self._tif = None
         self._array = None
+        self.pixel_size: float | None = None  # µm per pixel at this level, where the file says
         if self.path.suffix.lower() in TIFF_SUFFIXES:
             self._open_tiff()
         else:
@@ -99,6 +132,11 @@ class Slide:
         shape = lv.shape
         self.height, self.width = (shape[0], shape[1]) if self._channels_last in (True, None) else (shape[1], shape[2])
         self.dtype = np.dtype(lv.dtype)
+        base = file_pixel_size(self._tif)
+        if base is not None:
+            full = series.levels[0].shape
+            full_w = full[1] if self._channels_last in (True, None) else full[2]
+            self.pixel_size = base * full_w / self.width
 
     @property
     def shape(self) -> tuple[int, int]:

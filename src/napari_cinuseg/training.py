@@ -20,6 +20,7 @@ import torch
 
 from . import devices, distributed
 from .data import IGNORE, CropDataset, TrainingPair, check_pairs
+from .forgetting import old_class_agreement
 from .events import (
     CancelFlag,
     Cancelled,
@@ -33,7 +34,7 @@ from .events import (
     is_cancelled,
 )
 from .losses import LossOutput, base_bce
-from .methods import StepBatch, StepContext, get_method
+from .methods import StepBatch, StepContext, classifier_init, get_method
 from .model import CiNuSegModel, StepRecord
 from .model_file import ModelFileError, load_model, save_model
 from .settings import TrainSettings
@@ -91,6 +92,9 @@ class _Loop:
     freeze_bn: bool = False
     new_classes: tuple[int, ...] = ()
     memory_notes: list[str] = field(default_factory=list)  # batches reduced for lack of memory
+    # The model the step started from, for the forgetting report (forgetting.py); set for every
+    # incremental step, also when the method itself never looks at the prior.
+    report_prior: CiNuSegModel | None = None
     _extra: list = field(default_factory=list)  # a method's training-only parameters
 
     def _context(self, device: torch.device, lut: torch.Tensor) -> StepContext:
@@ -178,6 +182,7 @@ class _Loop:
         )
         t0 = time.perf_counter()
         it, epoch, recent = 0, 0, []
+        history: list[dict[str, float]] = []  # every iteration's loss and terms, for the record's curve
         prepare = getattr(self.hooks, "prepare", None)
         finish = getattr(self.hooks, "finish", None)
         ctx = self._context(device, lut) if (prepare or finish) else None
@@ -237,6 +242,7 @@ class _Loop:
                             "or check the annotations"
                         )
                     recent = (recent + [loss])[-20:]
+                    history.append({"loss": loss, **result.terms})
                     if it % s.log_every == 0 or it == total:
                         yield Progress(
                             step=self.step,
@@ -255,6 +261,9 @@ class _Loop:
                     epoch += 1
             if finish is not None:
                 finish(ctx)
+            forgetting = None
+            if self.report_prior is not None and not is_cancelled(cancel):
+                forgetting = old_class_agreement(self.report_prior, self.model, self.pairs, device)
         finally:
             # Release the device whatever happened: finished, cancelled, failed or closed.
             net.cpu()
@@ -276,6 +285,8 @@ class _Loop:
                     "seconds": round(seconds, 2),
                     "final_loss": float(np.mean(recent)) if recent else None,
                     "device": devices.describe(device) + (f" × {world} processes" if world > 1 else ""),
+                    "loss_curve": _loss_curve(history),
+                    **({"forgetting": forgetting} if forgetting is not None else {}),
                     **({"memory": list(self.memory_notes)} if self.memory_notes else {}),
                 },
             )
@@ -286,6 +297,25 @@ class _Loop:
             yield Saved(path)
         yield StepFinished(step=self.step, model=self.model, seconds=seconds, path=path)
         return self.model
+
+
+def _loss_curve(history: list[dict[str, float]], points: int = 50) -> dict[str, list]:
+    """The loss and each term, averaged over at most ``points`` equal windows of iterations:
+    ``{"iteration": [last iteration of each window], "loss": [...], term: [...]}``."""
+    if not history:
+        return {}
+    size = max(1, math.ceil(len(history) / points))
+    keys = list(dict.fromkeys(k for h in history for k in h))
+    curve: dict[str, list] = {"iteration": []}
+    for k in keys:
+        curve[k] = []
+    for start in range(0, len(history), size):
+        window = history[start : start + size]
+        curve["iteration"].append(start + len(window))
+        for k in keys:
+            vals = [h[k] for h in window if k in h]
+            curve[k].append(round(float(np.mean(vals)), 5) if vals else None)
+    return curve
 
 
 def _crop_stats(boxes: torch.Tensor, result: LossOutput) -> tuple[CropStats, ...]:
@@ -306,10 +336,12 @@ def train_base(
     colours: Sequence[str] | None = None,
     out: str | os.PathLike | None = None,
     cancel: CancelFlag = None,
+    pixel_size: float | None = None,
 ) -> Generator[Event, None, CiNuSegModel | None]:
     """Step 0: a new model learns ``class_names`` with BCE on one-hot labels (255 ignored).
 
     ``pairs`` hold targets 0 background, i the i-th of ``class_names``, 255 unlabelled.
+    ``pixel_size``: µm per pixel of the images (recorded; segmentation resamples to it).
     """
     settings = settings or TrainSettings()
     seed_everything(settings.seed)  # the initial weights depend on the seed too
@@ -319,6 +351,7 @@ def train_base(
         list(colours) if colours else None,
         settings.encoder_weights,
     )
+    model.pixel_size = float(pixel_size) if pixel_size else None
     check_pairs(pairs, len(model.classes))
     _check_out(out, None)
 
@@ -369,7 +402,7 @@ def train_step(
             "settings.for_network(prior.arch), or choose a prior with that network"
         )
     m = get_method(method)
-    model = prior.child(list(new_class_names), list(colours) if colours else None)
+    model = prior.child(list(new_class_names), list(colours) if colours else None, classifier_init(m))
     check_pairs(pairs, len(new_class_names))
     _check_out(out, prior)
     k_old = prior.num_channels
@@ -403,6 +436,7 @@ def train_step(
         hooks=m,
         new_classes=tuple(new_classes),
         freeze_bn=settings.freeze_bn,
+        report_prior=prior,
     )
     return loop.run(cancel, out)
 

@@ -60,6 +60,10 @@ class Method(Protocol):
 
     name: str
     uses_prior: bool  # False: the prior's forward pass is skipped
+    # How the classifier grows for this method's step (NucleiSegNet.add_classes): "sigmoid" for
+    # methods that score each class with its own sigmoid, "softmax" (MiB's initialisation) for
+    # those that compare classes through a softmax. Read with classifier_init(method).
+    scores: str
 
     def loss(self, batch: StepBatch) -> LossOutput: ...
 
@@ -83,6 +87,12 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}: choose one of {', '.join(available())}") from None
 
 
+def classifier_init(method: Method) -> str:
+    """The one place that decides how a step's new classifier rows start: by how the method
+    scores classes (its ``scores``; "sigmoid" when it does not say)."""
+    return getattr(method, "scores", "sigmoid")
+
+
 def available() -> list[str]:
     _load_builtin()
     return sorted(_REGISTRY)
@@ -99,4 +109,4 @@ def _load_builtin() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-__all__ = ["Method", "StepBatch", "StepContext", "available", "get_method", "register"]
+__all__ = ["Method", "StepBatch", "StepContext", "available", "classifier_init", "get_method", "register"]

@@ -180,6 +180,7 @@ class BARM:
     lambda_gkd: float = LAMBDA_GKD
     lambda_ba_ce: float = LAMBDA_BA_CE
     uses_prior: bool = True
+    scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
     residual: nn.Conv2d | None = field(default=None, init=False, repr=False)
 
     @torch.no_grad()

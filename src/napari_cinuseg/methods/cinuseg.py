@@ -15,6 +15,7 @@ class CiNuSeg:
     drr: bool = True
     att: bool = True
     uses_prior: bool = True
+    scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
 
     def loss(self, b: StepBatch) -> LossOutput:
         s = b.settings

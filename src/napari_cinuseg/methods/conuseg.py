@@ -341,6 +341,7 @@ class CoNuSeg:
     hard: bool = True
     features_from: str = "layer4"  # features["body"]: the encoder's deepest output
     uses_prior: bool = True
+    scores: str = "softmax"  # softmax scores: MiB's classifier initialisation
     thresholds: torch.Tensor | None = field(default=None, repr=False)
     prototypes: torch.Tensor | None = field(default=None, repr=False)
     prototype_counts: torch.Tensor | None = field(default=None, repr=False)

@@ -124,6 +124,7 @@ class EWF:
     freeze_old_classifier: bool = True  # --fix_pre_cls, in every EWF script
     alpha: float | None = None
     uses_prior: bool = True
+    scores: str = "softmax"  # softmax scores: MiB's classifier initialisation
     fused_alpha: float | None = field(default=None, init=False)
     _base: object = field(default=None, init=False, repr=False)
     _hooks: list = field(default_factory=list, init=False, repr=False)

@@ -12,6 +12,7 @@ from . import StepBatch, register
 class FineTune:
     name: str = "finetune"
     uses_prior: bool = False
+    scores: str = "sigmoid"  # BCE on per-class sigmoid scores
 
     def loss(self, b: StepBatch) -> LossOutput:
         per_image = base_bce(b.logits, b.labels)

@@ -221,6 +221,7 @@ class IDEC:
     margin: float = MARGIN
     normalize_regions: bool = True
     uses_prior: bool = True
+    scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
 
     def loss(self, b: StepBatch) -> LossOutput:
         if b.embedding is None or b.old_embedding is None:

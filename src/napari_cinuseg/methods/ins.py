@@ -241,6 +241,7 @@ class INS:
     threshold: float = FCA_THRESHOLD
     lambda_cid: float = LAMBDA_CID
     uses_prior: bool = True
+    scores: str = "softmax"  # softmax scores: MiB's classifier initialisation
     head: nn.Conv2d | None = field(default=None, repr=False)
     centroids: torch.Tensor | None = field(default=None, repr=False)
     centroid_counts: torch.Tensor | None = field(default=None, repr=False)

@@ -15,7 +15,7 @@ MiB's three parts, against this engine:
   :func:`unbiased_distillation`.
 - Sec. 3 "Initializing the classifier's parameters": new classes copy the background's weights,
   and both the new biases and the background bias become b_0 − log(|C^t| + 1). That is exactly
-  what :meth:`napari_cinuseg.network.NucleiSegNet.add_classes` does when a model grows, so this
+  what :meth:`napari_cinuseg.network.NucleiSegNet.add_classes` does when a model grows with ``init="softmax"`` (``MiB.scores``), so this
   module adds nothing for it.
 
 The objective is ℓ_UCE + λ·ℓ_UKD. Defaults, as read in the authors' code:
@@ -116,6 +116,7 @@ class MiB:
     lambda_kd: float = 10.0
     alpha: float = 1.0
     uses_prior: bool = True
+    scores: str = "softmax"  # softmax scores: MiB's classifier initialisation
 
     def loss(self, b: StepBatch) -> LossOutput:
         k_old = b.old_logits.shape[1]

@@ -188,6 +188,7 @@ class NeST:
     pretune_lr_scale: float = PRETUNE_LR_SCALE
     pretune_max_iterations: int = PRETUNE_MAX_ITERATIONS
     uses_prior: bool = True
+    scores: str = "softmax"  # softmax scores: MiB's classifier initialisation
     pretune_losses: list = field(default_factory=list, init=False, repr=False)
     matrices: dict = field(default_factory=dict, init=False, repr=False)
     _base: object = field(default=None, init=False, repr=False)

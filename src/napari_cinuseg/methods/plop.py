@@ -279,6 +279,7 @@ class PLOP:
     threshold: float = ENTROPY_THRESHOLD
     nb_bins: int = NB_BINS
     uses_prior: bool = True
+    scores: str = "softmax"  # softmax scores: MiB's classifier initialisation
     thresholds: torch.Tensor | None = field(default=None, repr=False)
 
     @torch.no_grad()

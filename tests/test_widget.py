@@ -96,6 +96,26 @@ def test_paint_train_cancel_segment_export(widget, prior_file, qtbot, tmp_path):
     assert list(masks) == ["Epithelial", "Spindle-shaped", "Neutrophil"] and meta["model_id"] == widget.model.id
 
 
+def test_pixel_size_from_the_file_or_the_user_resamples_and_gives_micrometres(widget, prior_file, shared_data, qtbot):
+    from napari_cinuseg._reader import read_he
+
+    data, kwargs, _ = read_he(str(shared_data / "slides" / "CMU-1-Small-Region.svs"))[0]
+    assert kwargs["metadata"]["pixel_size_um"] == pytest.approx(0.499)
+    widget.viewer.add_image(data, **kwargs)
+    widget.image_combo.setCurrentText(kwargs["name"])
+    assert widget.image_pixel_size() == pytest.approx(0.499) and widget.pixel_size_note.text() == "from the file"
+    widget.image_combo.setCurrentText("he")  # an array layer: the file does not say, the user does
+    assert "does not say" in widget.pixel_size_note.text()
+    widget.pixel_size.setValue(0.5)
+    widget.load_model(prior_file)
+    widget.model.pixel_size = 0.25
+    widget.tile.setValue(256)
+    with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
+        pass
+    assert widget.viewer.layers["he · classes"].data.shape == (320, 320)  # the image's own size
+    assert widget.table.horizontalHeaderItem(2).text() == "area (µm²)"
+
+
 def test_forgetting_below_the_threshold_is_a_warning_with_advice(widget, monkeypatch):
     import napari.utils.notifications as notifications
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .slides import open_tiff
+from .slides import file_pixel_size, open_tiff
 
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi")  # .ome.tif / .ome.tiff end in .tif / .tiff
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -156,7 +156,7 @@ def _image_layer(tif, path: Path) -> LayerData:
         "name": _layer_name(path),
         "rgb": rgb,
         "multiscale": len(levels) > 1,
-        "metadata": {"path": str(path), "level_shapes": level_shapes},
+        "metadata": {"path": str(path), "level_shapes": level_shapes, "pixel_size_um": file_pixel_size(tif)},
     }
     if not rgb:
         kwargs["colormap"] = "gray"

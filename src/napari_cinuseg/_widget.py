@@ -193,6 +193,17 @@ class CiNuSegWidget(QWidget):
         form.addRow("Colour", row)
         self.image_combo = QComboBox()
         form.addRow("Image", self.image_combo)
+        # µm per pixel of the chosen image: what its file says, else the user's (0 = unknown).
+        # Segmentation resamples to the model's pixel size with it; areas are given in µm².
+        self.pixel_size = QDoubleSpinBox()
+        self.pixel_size.setDecimals(4)
+        self.pixel_size.setRange(0.0, 20.0)
+        self.pixel_size.setSingleStep(0.05)
+        self.pixel_size.setSpecialValueText("unknown")
+        self.pixel_size.setSuffix(" µm/px")
+        form.addRow("Pixel size", self.pixel_size)
+        self.pixel_size_note = QLabel("")
+        form.addRow(self.pixel_size_note)
         self.annotate_btn = QPushButton("Add annotation layer")
         form.addRow(self.annotate_btn)
         self.exhaustive = QCheckBox("My annotation is exhaustive in rectangles I draw")
@@ -289,7 +300,9 @@ class CiNuSegWidget(QWidget):
         self.export_btn.clicked.connect(self._choose_export_file)
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
+        self.image_combo.currentTextChanged.connect(self._image_chosen)
         self._refresh_images()
+        self._image_chosen()
 
     # --- settings remembered between sessions -----------------------------------------------
     def _restore(self) -> None:
@@ -337,6 +350,23 @@ class CiNuSegWidget(QWidget):
         self.image_combo.addItems(names)
         if current in names:
             self.image_combo.setCurrentText(current)
+
+    def _image_chosen(self, *_) -> None:
+        """Show the chosen image's pixel size: the file's (read by our reader), else leave the
+        user's value and say that the file does not tell."""
+        name = self.image_combo.currentText()
+        layer = self.viewer.layers[name] if name and name in self.viewer.layers else None
+        said = (layer.metadata or {}).get("pixel_size_um") if layer is not None else None
+        if said:
+            self.pixel_size.setValue(float(said))
+            self.pixel_size_note.setText("from the file")
+        elif layer is not None:
+            self.pixel_size_note.setText(
+                "the file does not say: set it (0.25 at 40×, 0.5 at 20×) so images are resampled to the model's"
+            )
+
+    def image_pixel_size(self) -> float | None:
+        return float(self.pixel_size.value()) or None
 
     def _image_layer(self):
         name = self.image_combo.currentText()
@@ -469,10 +499,11 @@ class CiNuSegWidget(QWidget):
         base = _slug(Path(prior.source_path).name.split(".")[0]) if prior and prior.source_path else "base"
         out = models_dir() / f"{base}+{_slug(name)}-{stamp}.cinuseg.pt"
         self.cancel_event = cancel = threading.Event()
+        px = self.image_pixel_size()
 
         def run():  # in the worker thread: even copying the prior would stall the viewer
-            if prior is None:
-                job = train_base(pairs, [name], settings, colours=[colour], out=out, cancel=cancel)
+            if prior is None:  # a base model records the painted image's pixel size
+                job = train_base(pairs, [name], settings, colours=[colour], out=out, cancel=cancel, pixel_size=px)
             else:
                 job = train_step(prior, pairs, [name], settings.for_network(prior.arch), method="cinuseg", colours=[colour], out=out, cancel=cancel)
             return (yield from job)
@@ -610,7 +641,11 @@ class CiNuSegWidget(QWidget):
         if not isinstance(pixels, np.ndarray) or pixels.shape[0] * pixels.shape[1] > IN_MEMORY_LIMIT_PX:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = results_dir() / f"{_slug(image.name)}-{model.id[:8]}-{stamp}.zarr"
-        job = segment(model, pixels, tile=self.tile.value(), overlap=min(64, self.tile.value() // 4), out=out, cancel=self.cancel_event)
+        px = self.image_pixel_size()
+        job = segment(
+            model, pixels, tile=self.tile.value(), overlap=min(64, self.tile.value() // 4),
+            image_pixel_size=px, out=out, cancel=self.cancel_event,
+        )
 
         def run():
             result = yield from job
@@ -618,8 +653,8 @@ class CiNuSegWidget(QWidget):
                 return None
             if isinstance(result, Path):
                 result = build_pyramid(result)
-                return result, class_statistics(result[0], names)
-            return result, class_statistics(result, names)
+                return result, class_statistics(result[0], names, px)
+            return result, class_statistics(result, names, px)
 
         self.worker = create_worker(run)
         self.worker.yielded.connect(self._on_segment_event)
@@ -669,8 +704,12 @@ class CiNuSegWidget(QWidget):
                 mask = (class_map == i).astype(np.uint8)
             self.viewer.add_labels(mask, name=f"{image_name} · {c.name}", colormap=_colormap({1: c.colour}), visible=False, multiscale=multiscale)
         self.table.setRowCount(len(rows))
+        um = bool(rows) and "area_um2" in rows[0]  # the pixel size is known: areas in µm²
+        keys = ("class", "nuclei", "area_um2", "mean_area_um2") if um else ("class", "nuclei", "area_px", "mean_area_px")
+        unit = "µm²" if um else "px"
+        self.table.setHorizontalHeaderLabels(["class", "nuclei", f"area ({unit})", f"mean area ({unit})"])
         for r, row in enumerate(rows):
-            for col, key in enumerate(("class", "nuclei", "area_px", "mean_area_px")):
+            for col, key in enumerate(keys):
                 value = row[key]
                 self.table.setItem(r, col, QTableWidgetItem(f"{value:.1f}" if isinstance(value, float) else str(value)))
         if rows and not any(row["nuclei"] for row in rows):  # say why, rather than show empty layers

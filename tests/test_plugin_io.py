@@ -60,7 +60,7 @@ def test_reader_opens_svs_lazily(svs):
     assert not isinstance(data, np.ndarray) and not isinstance(data, list)
     assert data.shape == (2967, 2220, 3) and data.dtype == np.uint8
     assert kwargs["rgb"] is True and kwargs["name"] == "CMU-1-Small-Region"
-    assert kwargs["metadata"] == {"path": str(svs), "level_shapes": [(2967, 2220, 3)]}
+    assert kwargs["metadata"] == {"path": str(svs), "level_shapes": [(2967, 2220, 3)], "pixel_size_um": 0.499}
     del layers, kwargs
     gc.collect()  # the open TiffFile must live as long as the array that reads through it
     with Slide(svs) as slide:

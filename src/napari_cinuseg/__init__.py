@@ -1,25 +1,38 @@
 """napari-cinuseg: class-incremental nuclei segmentation (CiNuSeg) in H&E histology.
 
-The headless engine (this package, without its ``_widgets``) never imports Qt or napari.
+The headless engine (this package, without its ``_widget``) never imports Qt or napari. The
+names below are imported on first use, so that importing the package (the napari reader, the
+command line's help) does not import PyTorch.
 """
 
-from .model import CiNuSegModel, NucleusClass
-from .model_file import ModelFileError, load_model, read_record, save_model
-from .settings import TrainSettings, preset
-from .training import drain, train_base, train_step
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CiNuSegModel",
-    "ModelFileError",
-    "NucleusClass",
-    "TrainSettings",
-    "drain",
-    "load_model",
-    "preset",
-    "read_record",
-    "save_model",
-    "train_base",
-    "train_step",
-]
+_LAZY = {
+    "CiNuSegModel": "model",
+    "NucleusClass": "model",
+    "ModelFileError": "model_file",
+    "load_model": "model_file",
+    "read_record": "model_file",
+    "save_model": "model_file",
+    "TrainSettings": "settings",
+    "preset": "settings",
+    "drain": "training",
+    "train_base": "training",
+    "train_step": "training",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

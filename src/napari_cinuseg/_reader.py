@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .slides import file_pixel_size, open_tiff
+from .slides import TIFF_SUFFIXES, file_pixel_size, open_tiff
 
-TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi")  # .ome.tif / .ome.tiff end in .tif / .tiff
+# .ome.tif / .ome.tiff end in .tif / .tiff; napari.yaml lists the same (a test checks it)
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 LayerData = tuple  # (data, kwargs, layer_type)
@@ -74,7 +74,7 @@ def _read_one(path: Path) -> LayerData:
     if suffix in TIFF_SUFFIXES:
         return _read_tiff(path)
     if suffix in PLAIN_SUFFIXES:
-        from .data import read_rgb
+        from .images import read_rgb
 
         try:
             image = read_rgb(path)

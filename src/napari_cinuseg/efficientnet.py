@@ -24,11 +24,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .names import EFFICIENTNETS
+
 # (kernel, stride, expansion, output channels, repeats) of the seven stages of EfficientNet-B0,
 # which Lite0 shares.
 _STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3), (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
-# width and depth multipliers of the Lite variants
-VARIANTS = {"efficientnet-lite0": (1.0, 1.0), "efficientnet-lite1": (1.0, 1.1), "efficientnet-lite2": (1.1, 1.2)}
+# width and depth multipliers of the Lite variants (names.EFFICIENTNETS, in that order)
+VARIANTS = dict(zip(EFFICIENTNETS, ((1.0, 1.0), (1.0, 1.1), (1.1, 1.2))))
 # Input normalisation the Lite weights were trained with (TensorFlow's (x − 127) / 128), in the
 # model file's form: mean and std as fractions of 255.
 LITE_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)

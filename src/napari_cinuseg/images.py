@@ -101,3 +101,22 @@ def region_to_uint8(region: np.ndarray) -> np.ndarray:
     region = np.nan_to_num(region.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
     scale = 255.0 if region.max() <= 1.0 else 1.0
     return (region * scale).round().clip(0, 255).astype(np.uint8)
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An RGB uint8 image (H, W, 3), converted as :func:`as_rgb_uint8`
+    says (and warns); a file that is not a readable image is a ValueError."""
+    try:
+        from skimage import io as skio
+
+        img = np.asarray(skio.imread(str(path)))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image at {path}") from None
+    except Exception as exc:  # noqa: BLE001 - every decoder failure becomes advice
+        raise ValueError(
+            f"{path} could not be read as an image ({type(exc).__name__}: {exc}); is it complete "
+            "(not truncated by a download or copy) and really a PNG/JPEG/TIFF?"
+        ) from None
+    if img.dtype == object:  # imageio's answer for some unreadable files
+        raise ValueError(f"{path} could not be read as an image; is it really a PNG/JPEG/TIFF?")
+    return as_rgb_uint8(img, path)

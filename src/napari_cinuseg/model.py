@@ -255,7 +255,10 @@ class CiNuSegModel:
         was_training = self.network.training
         self.network.eval().to(device)
         try:
-            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
+            image = np.ascontiguousarray(image)
+            if not image.flags.writeable:  # napari's layers are read-only; torch wants to own it
+                image = image.copy()
+            x = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
             logits = self.network(self.normalize(x)).logits
             return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
         finally:

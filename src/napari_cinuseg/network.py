@@ -18,12 +18,8 @@ from torch import nn
 from torchvision import models
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from .efficientnet import VARIANTS as _LITE_VARIANTS
 from .efficientnet import EfficientNetLiteEncoder
-
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
-ENCODERS = RESNETS + tuple(_LITE_VARIANTS)
-DECODERS = ("unet", "aspp")
+from .names import DECODERS, ENCODERS, RESNETS
 CLASSIFIER_INITS = ("sigmoid", "softmax")
 # The score a new class starts at under the "sigmoid" initialisation (a 1 % prior).
 NEW_CLASS_PRIOR = 0.01

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from .network import Architecture
-
 
 @dataclass
 class TrainSettings:
@@ -47,10 +45,12 @@ class TrainSettings:
     num_workers: int = 0
     log_every: int = 1
 
-    def architecture(self, num_classes: int = 1) -> Architecture:
+    def architecture(self, num_classes: int = 1):
+        from .network import Architecture  # here, so that reading settings needs no PyTorch
+
         return Architecture(self.encoder, self.decoder, self.decoder_channels, num_classes)
 
-    def for_network(self, arch: Architecture) -> "TrainSettings":
+    def for_network(self, arch) -> "TrainSettings":
         """These settings with the network of ``arch`` (a prior model's): a step keeps its
         prior's network, so its settings must name that network."""
         return self.replace(encoder=arch.encoder, decoder=arch.decoder, decoder_channels=tuple(arch.decoder_channels))
@@ -96,6 +96,26 @@ PRESETS: dict[str, TrainSettings] = {
     ),
     # A small CPU preset for laptops and tests: ResNet-18, 128-pixel crops.
     "cpu": TrainSettings(),
+}
+
+
+# The settings a user may change for one run, with what each means: the command line makes one
+# option of each (cli.py), the panel its advanced fields of the method's (_widget.py).
+USER_SETTINGS: dict[str, str] = {
+    "epochs": "training epochs (one random crop per image each)",
+    "iterations": "total iterations (overrides --epochs)",
+    "batch_size": "crops per iteration",
+    "crop_size": "side of the training crops in pixels (a multiple of 32)",
+    "device": "auto (CUDA, then MPS, then CPU), cuda, mps or cpu",
+    "seed": "random seed of weights, crops and order",
+    "num_workers": "data loader processes",
+    "tau": "τ, eqs. 1 and 11: an old class's score above it makes a pseudo-label",
+    "omega": "ω, eq. 12: extra weight of hard negatives",
+    "sigma": "σ, eqs. 15-16: the new-class share of an image above which ATT fires",
+    "alpha_o": "α_o, eq. 16: the old-class loss factor where ATT fires",
+    "alpha_n": "α_n, eq. 15: the new-class loss factor where ATT fires",
+    "stain_jitter": "HED stain augmentation: stain amounts scaled by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)",
+    "scale_jitter": "zoom augmentation: crops zoomed by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)",
 }
 
 

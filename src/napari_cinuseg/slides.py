@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import read_rgb
-from .images import ImageNotice, region_to_uint8
+from .images import ImageNotice, read_rgb, region_to_uint8
 
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif")
 

@@ -1,0 +1,5 @@
+"""``python -m napari_cinuseg``: the ``cinuseg`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,11 @@
+"""The names users choose from: encoders, decoders and data set layouts.
+
+Kept apart from the modules that use them, and free of heavy imports, so that the command line's
+help, the napari manifest and the panel can list them without importing PyTorch.
+"""
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+EFFICIENTNETS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+ENCODERS = RESNETS + EFFICIENTNETS
+DECODERS = ("unet", "aspp")
+DATASETS = ("consep", "monusac", "folder")

@@ -54,7 +54,7 @@ def test_segment_slide_to_masks_and_resume(shared_data, tmp_path, capsys):
     class_map, masks, meta = read_masks(out / "CMU-1-Small-Region.masks.tif")
     assert class_map.shape == (2967, 2220) and list(masks) == ["Epithelial", "Other"]
     assert meta["source"].endswith("CMU-1-Small-Region.svs")
-    assert sorted(p.name for p in out.iterdir()) == ["CMU-1-Small-Region.masks.tif"]  # no scratch left
+    assert sorted(p.name for p in out.iterdir()) == ["CMU-1-Small-Region.masks.tif", "CMU-1-Small-Region.nuclei.csv"]  # no scratch left
     assert main(args[:2] + args[3:]) == 0
     assert "skipped" in capsys.readouterr().err
 
@@ -79,3 +79,36 @@ def test_export_class_map(tmp_path, capsys):
     skio.imsave(tmp_path / "bad.png", (cm * 3).astype(np.uint8), check_contrast=False)
     assert main(["export", str(tmp_path / "bad.png"), "--model", str(model), "--out", str(tmp_path / "bad.tif")]) == 2
     assert "model knows 2 classes" in capsys.readouterr().err
+
+
+def test_segment_writes_a_pyramid_with_the_slides_pixel_size_and_a_nucleus_table(shared_data, tmp_path, capsys):
+    """Issue 15: the shared SVS → a masks file whose first series has >= 3 levels with the slide's
+    size at level 0, the pixel size read from the slide (0.499 µm), and one CSV row per nucleus."""
+    import csv
+
+    import numpy as np
+    import tifffile
+    from skimage.measure import label
+
+    from napari_cinuseg.export import read_masks
+    from napari_cinuseg.model_file import BUNDLED_MODEL
+
+    svs = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    out = tmp_path / "masks"
+    assert main(["segment", str(svs), "--model", str(BUNDLED_MODEL), "--out", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "0.499 µm/px (from the file)" in err
+    path = out / "CMU-1-Small-Region.masks.tif"
+    with tifffile.TiffFile(path) as tif:
+        levels = tif.series[0].levels
+        assert len(levels) >= 3 and levels[0].shape == (2967, 2220)
+        assert 'PhysicalSizeX="0.499"' in tif.ome_metadata
+    class_map, masks, meta = read_masks(path)
+    assert meta["pixel_size_um"] == 0.499 and list(masks) == ["Epithelial", "Spindle-shaped"]
+    with open(out / "CMU-1-Small-Region.nuclei.csv") as f:
+        rows = list(csv.DictReader(f))
+    components = sum(int(label(class_map == i, connectivity=1).max()) for i in (1, 2))
+    assert len(rows) == components
+    if rows:
+        assert {"nucleus", "class", "centroid_y", "centroid_x", "area_px", "area_um2", "solidity"} <= set(rows[0])
+        assert float(rows[0]["area_um2"]) == float(rows[0]["area_px"]) * 0.499**2 or abs(float(rows[0]["area_um2"]) - float(rows[0]["area_px"]) * 0.499**2) < 1e-3

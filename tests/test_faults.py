@@ -154,13 +154,13 @@ def test_interrupted_batch_segmentation_resumes_without_redoing(prior, shared_da
     with pytest.raises(SystemExit) as stop:
         main(args + ["--batch-size", "2"])
     assert stop.value.code == 130
-    assert sorted(p.name for p in out.iterdir()) == ["region0.masks.tif"]  # no half-written second
+    assert sorted(p.name for p in out.iterdir()) == ["region0.masks.tif", "region0.nuclei.csv"]  # no half-written second
     first = _tree(out)
     monkeypatch.setattr(segmentation, "_forward_tiles", real)
     capsys.readouterr()
     assert main(args) == 0
     assert "skipped" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == [f"region{i}.masks.tif" for i in range(3)]
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"region{i}.{k}" for i in range(3) for k in ("masks.tif", "nuclei.csv"))
     assert {k: v for k, v in _tree(out).items() if k in first} == first  # finished work not redone
     for i in range(3):
         assert read_masks(out / f"region{i}.masks.tif")[0].shape == (300, 300)

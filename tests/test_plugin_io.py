@@ -259,3 +259,34 @@ def test_viewer_opens_svs_and_saves_masks(make_napari_viewer, svs, tmp_path, cla
     saved = viewer.layers.save(str(tmp_path / "classes.tif"), selected=True, plugin="napari-cinuseg")
     assert saved == [str(tmp_path / "classes.tif")]
     assert list(read_masks(saved[0])[1]) == ["Tumour", "class 2", "class 3"]
+
+
+def _bytes_read() -> int:
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+def test_a_16k_mask_reopens_lazily_reading_under_10_mb(tmp_path):
+    """Issue 15: an exported 16k² class map reopens as a multiscale Labels layer; what napari
+    shows first (the coarsest level, a whole-slide view) reads < 10 MB of the file."""
+    from napari_cinuseg.export import export_masks
+
+    side = 16384
+    class_map = np.zeros((side, side), np.uint8)
+    rng = np.random.default_rng(0)
+    for y, x in rng.integers(0, side - 40, (4000, 2)):
+        class_map[y : y + 12, x : x + 14] = 1 + (x % 2)
+    path = export_masks(class_map, tmp_path / "big.masks.tif", ["Tumour", "Stroma"], ["#ff0000", "#00ff00"], "m1", pixel_size=0.25)
+    before = _bytes_read()
+    (data, kwargs, kind), = get_reader(str(path))(str(path))
+    first_view = np.asarray(data[-1][:])
+    read = _bytes_read() - before
+    assert kind == "labels" and kwargs["multiscale"] and isinstance(data, list) and len(data) >= 5
+    assert data[0].shape == (side, side) and first_view.shape == data[-1].shape
+    assert read < 10 * 2**20, f"{read / 2**20:.1f} MB read"
+    np.testing.assert_array_equal(first_view, class_map[:: side // first_view.shape[0], :: side // first_view.shape[1]])
+    # names, colours and pixel size came back
+    assert list(kwargs["features"]["name"]) == ["background", "Tumour", "Stroma"]
+    assert kwargs["metadata"]["pixel_size_um"] == 0.25
+    assert kwargs["colormap"].color_dict[1] is not None
+    np.testing.assert_array_equal(np.asarray(data[0][8000:8100, 500:700]), class_map[8000:8100, 500:700])

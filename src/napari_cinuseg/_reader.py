@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .export import masks_metadata, masks_pyramidal
+from .images import IN_MEMORY_LIMIT_PX
 from .slides import TIFF_SUFFIXES, file_pixel_size, open_tiff
 
 # .ome.tif / .ome.tiff end in .tif / .tiff; napari.yaml lists the same (a test checks it)
@@ -26,9 +28,9 @@ PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 LayerData = tuple  # (data, kwargs, layer_type)
 
-# A class map up to this many pixels (256 MB as uint8) is read into memory, so it can be edited;
-# a larger one (a whole slide's) opens lazily and read-only.
-EDITABLE_PIXELS = 2**28
+# A class map up to this many pixels is read into memory, so it can be edited; a larger one (a
+# whole slide's) opens lazily and read-only, its pyramid as a multiscale layer.
+EDITABLE_PIXELS = IN_MEMORY_LIMIT_PX
 
 
 def _suffix(path: str | os.PathLike) -> str:
@@ -91,7 +93,7 @@ def _read_one(path: Path) -> LayerData:
 def _read_tiff(path: Path) -> LayerData:
     tif = open_tiff(path)
     try:
-        masks_meta = _cinuseg_masks_meta(tif)
+        masks_meta = masks_metadata(tif)
         if masks_meta is not None:
             return _masks_layer(tif, path, masks_meta)
         return _image_layer(tif, path)
@@ -163,32 +165,23 @@ def _image_layer(tif, path: Path) -> LayerData:
     return (data, kwargs, "image")
 
 
-def _cinuseg_masks_meta(tif) -> dict | None:
-    """The JSON description of a napari-cinuseg masks TIFF, or None for any other TIFF."""
-    try:
-        description = tif.pages[0].description
-    except Exception:  # noqa: BLE001
-        return None
-    if not description or not description.lstrip().startswith("{"):
-        return None
-    try:
-        meta = json.loads(description)
-    except ValueError:
-        return None
-    if isinstance(meta, dict) and meta.get("software") == "napari-cinuseg" and isinstance(meta.get("classes"), dict):
-        return meta
-    return None
-
-
 def _masks_layer(tif, path: Path, meta: dict) -> LayerData:
-    page = tif.pages[0]
-    if page.ndim != 2:
-        raise ValueError(f"{path}: the class map (page 0) has shape {page.shape}; a 2-D map was expected")
-    if page.shape[0] * page.shape[1] <= EDITABLE_PIXELS:
-        data: Any = page.asarray()  # in memory: the class map can be painted on and saved again
+    """The class map of a masks file as a Labels layer: in memory (editable) when small, else its
+    pyramid, lazily (only the tiles napari shows are decoded)."""
+    series = tif.series[0]
+    levels = series.levels if masks_pyramidal(tif) else [series]
+    page_shape = tuple(levels[0].shape)
+    if len(page_shape) != 2:
+        raise ValueError(f"{path}: the class map has shape {page_shape}; a 2-D map was expected")
+    if page_shape[0] * page_shape[1] <= EDITABLE_PIXELS:
+        data: Any = levels[0].asarray()  # in memory: the class map can be painted on and saved again
         tif.close()
+    elif len(levels) > 1:
+        root = _open_zarr(series.aszarr(), tif)  # a whole slide's map stays on disk (read-only)
+        data = [root[str(i)] for i in range(len(levels))]
+        _probe(data[-1])
     else:
-        data = _open_zarr(page.aszarr(), tif)  # a whole slide's map stays on disk (read-only)
+        data = _open_zarr(tif.pages[0].aszarr(), tif)
         _probe(data)
     classes = {int(k): str(v) for k, v in meta["classes"].items()}
     colours = {int(k): v for k, v in (meta.get("colours") or {}).items()}
@@ -198,13 +191,28 @@ def _masks_layer(tif, path: Path, meta: dict) -> LayerData:
     features: dict[str, list] = {"index": list(range(n + 1)), "name": ["background"] + names}
     if any(colour_list):
         features["colour"] = [None] + colour_list
+    colormap = _labels_colormap({i: c for i, c in enumerate(colour_list, start=1) if c})
     kwargs = {
         "name": _layer_name(path),
         "features": features,
         "metadata": {
             "path": str(path),
-            "level_shapes": [tuple(page.shape)],
+            "level_shapes": [tuple(lv.shape) for lv in levels],
+            "pixel_size_um": meta.get("pixel_size_um"),
             "cinuseg": {"class_names": names, "colours": colour_list, "model_id": meta.get("model_id")},
         },
     }
+    if isinstance(data, list):
+        kwargs["multiscale"] = True
+    if colormap is not None:
+        kwargs["colormap"] = colormap
     return (data, kwargs, "labels")
+
+
+def _labels_colormap(colours: dict[int, str]):
+    """Each class in its own colour, background transparent (None when no colour is known)."""
+    if not colours:
+        return None
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colours})

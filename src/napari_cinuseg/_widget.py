@@ -45,7 +45,7 @@ from .events import Cancelled, MemoryReduced, Progress, StepFinished, StepStarte
 from .forgetting import format_report, forgetting_warnings
 from .export import export_masks
 from .images import rgb_view
-from .measurements import class_statistics
+from .measurements import class_statistics, nucleus_table, write_nucleus_csv
 from .model import PALETTE, CiNuSegModel, check_class_name, check_colour
 from .model_file import BUNDLED_MODEL, ModelFileError, load_model
 from .pyramid import build_pyramid
@@ -691,7 +691,7 @@ class CiNuSegWidget(QWidget):
         features = pd.DataFrame(
             {"index": range(m.num_channels), "name": ["background"] + m.class_names, "colour": ["#000000"] + [c.colour for c in m.classes]}
         )
-        meta = {RESULT_KEY: {"class_names": m.class_names, "colours": [c.colour for c in m.classes], "model_id": m.id}}
+        meta = {RESULT_KEY: {"class_names": m.class_names, "colours": [c.colour for c in m.classes], "model_id": m.id, "pixel_size_um": self.image_pixel_size()}}
         self.viewer.add_labels(
             class_map, name=f"{image_name} · classes", colormap=_colormap(colours), features=features, metadata=meta, multiscale=multiscale
         )
@@ -747,9 +747,12 @@ class CiNuSegWidget(QWidget):
             layer = layer or self._result_layer()
             info = layer.metadata[RESULT_KEY]
             data = layer.data[0] if layer.multiscale else layer.data  # zarr level 0: written tile by tile
-            out = export_masks(data, path, info["class_names"], info["colours"], info["model_id"], overwrite=True)
+            px = info.get("pixel_size_um")
+            out = export_masks(data, path, info["class_names"], info["colours"], info["model_id"], overwrite=True, pixel_size=px)
+            csv_path = Path(out).with_name(Path(out).name.split(".")[0] + ".nuclei.csv")
+            write_nucleus_csv(nucleus_table(data, info["class_names"], px), csv_path)
         except (ValueError, OSError) as exc:
             self._say(str(exc), error=True)
             return None
-        self._say(f"Exported {out}")
+        self._say(f"Exported {out} and the per-nucleus table {csv_path.name}")
         return out

@@ -61,7 +61,9 @@ def write_masks(path: str | os.PathLike, data: Any, attributes: dict) -> list[st
         raise ValueError(f"class names must be unique; {', '.join(map(repr, dupes))} name more than one class")
     extra = {"layer_name": attributes.get("name")} if attributes.get("name") else None
     # napari's save dialog has already asked before replacing an existing file.
-    export_masks(_as_uint8(data), path, names, colours, model_id, extra=extra, overwrite=True)
+    meta = attributes.get("metadata") or {}
+    pixel_size = meta.get("pixel_size_um") or (meta.get("cinuseg") or {}).get("pixel_size_um")
+    export_masks(_as_uint8(data), path, names, colours, model_id, extra=extra, overwrite=True, pixel_size=pixel_size)
     return [str(path)]
 
 

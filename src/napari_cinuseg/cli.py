@@ -331,9 +331,11 @@ def cmd_segment(args) -> int:
             import zarr
 
             class_map = zarr.open_array(str(result), mode="r") if on_disk else result
-            extra = {"source": str(image), "level": args.level, **({"pixel_size_um": pixel_size} if pixel_size else {})}
-            export_masks(class_map, target, model.class_names, [c.colour for c in model.classes], model.id, extra=extra)
-            CONSOLE.say(f"saved {target}")
+            extra = {"source": str(image), "level": args.level}
+            # the table first: a masks file on disk means this image is done (a resumed run skips it)
+            csv_path = _write_nuclei(class_map, target, model.class_names, pixel_size)
+            export_masks(class_map, target, model.class_names, [c.colour for c in model.classes], model.id, extra=extra, pixel_size=pixel_size)
+            CONSOLE.say(f"saved {target} and {csv_path.name}")
         finally:
             bar.close()
             slide.close()
@@ -355,9 +357,24 @@ def cmd_export(args) -> int:
         raise ValueError(f"{args.class_map} is not a 2-D class map (shape {class_map.shape})")
     if class_map.max(initial=0) > len(model.classes):
         raise ValueError(f"{args.class_map} has class ids up to {class_map.max()}, but the model knows {len(model.classes)} classes")
-    out = export_masks(class_map.astype(np.uint8), args.out, model.class_names, [c.colour for c in model.classes], model.id, extra={"source": str(args.class_map)})
+    out = export_masks(
+        class_map.astype(np.uint8), args.out, model.class_names, [c.colour for c in model.classes], model.id,
+        extra={"source": str(args.class_map)}, pixel_size=args.pixel_size,
+    )
     CONSOLE.say(f"saved {out}")
+    CONSOLE.say(f"saved {_write_nuclei(class_map, out, model.class_names, args.pixel_size)}")
     return 0
+
+
+def _write_nuclei(class_map, masks_path: Path, class_names: list[str], pixel_size: float | None) -> Path:
+    """The per-nucleus CSV beside a masks file: ``x.masks.tif`` → ``x.nuclei.csv``."""
+    from .measurements import nucleus_table, write_nucleus_csv
+
+    masks_path = Path(masks_path)
+    stem = masks_path.name.removesuffix(".tif").removesuffix(".tiff").removesuffix(".masks")
+    path = masks_path.with_name(stem + ".nuclei.csv")
+    write_nucleus_csv(nucleus_table(class_map, class_names, pixel_size), path)
+    return path
 
 
 def cmd_methods(args) -> int:
@@ -446,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "segment", "segment images or whole slides into per-class masks (TIFF)")
     p.add_argument("images", nargs="+", help="PNG/JPEG/TIFF images or SVS/pyramidal TIFF slides")
     p.add_argument("--model", required=True, help="the model file")
-    p.add_argument("--out", required=True, help="folder for <name>.masks.tif; images already done are skipped")
+    p.add_argument("--out", required=True, help="folder for <name>.masks.tif (pyramidal OME-TIFF) and <name>.nuclei.csv; images already done are skipped")
     p.add_argument("--tile", type=int, default=512, help="tile side in the model's pixels (a multiple of 32)")
     p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles, blended")
     p.add_argument("--batch-size", type=int, default=4, help="tiles run through the network at a time")
@@ -465,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "export", "a class map (PNG/TIFF, 0 = background) to per-class TIFF masks named by a model's classes")
     p.add_argument("class_map", help="the class map image")
     p.add_argument("--model", required=True, help="the model whose classes the ids are")
-    p.add_argument("--out", required=True, help="the TIFF to write (not overwritten)")
+    p.add_argument("--out", required=True, help="the TIFF to write (not overwritten); the per-nucleus CSV goes beside it")
+    p.add_argument("--pixel-size", type=float, help="µm per pixel of the class map, written into the file and used for areas in µm²")
     p.set_defaults(func=cmd_export)
 
     p = _sub(sub, "methods", "list the incremental methods")

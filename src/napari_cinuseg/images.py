@@ -25,6 +25,11 @@ import warnings
 
 import numpy as np
 
+#: The one limit for holding a whole class map in memory (64 MB as uint8): above it the
+#: segmentation builds the map on disk, the statistics go blockwise, and the napari reader opens
+#: a masks file lazily (read-only) instead of whole (editable).
+IN_MEMORY_LIMIT_PX = 64_000_000
+
 __all__ = ["ImageNotice", "as_rgb_uint8", "region_to_uint8", "rgb_view"]
 
 

@@ -36,8 +36,8 @@ from .slides import Slide
 from .tiling import blend_window, tile_origins, tissue_fraction
 
 #: Pixels above which a class map is built on disk (zarr) rather than in memory: the CLI's
-#: ``--in-memory-limit`` default and the panel's threshold.
-IN_MEMORY_LIMIT_PX = 64_000_000
+#: ``--in-memory-limit`` default and the panel's threshold (images.IN_MEMORY_LIMIT_PX).
+from .images import IN_MEMORY_LIMIT_PX  # noqa: E402
 
 
 @dataclass(frozen=True)

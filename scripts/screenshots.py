@@ -105,7 +105,7 @@ def main() -> None:
     widget.tile.setValue(512)
     wait(app, widget.start_segmentation())
     shot("06-segmented.png")
-    widget.export_to(scratch / "sample.masks.tif")
+    wait(app, widget.export_to(scratch / "sample.masks.tif"))
     shot("07-exported.png")
     viewer.close()
 

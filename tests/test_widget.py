@@ -90,7 +90,14 @@ def test_paint_train_cancel_segment_export(widget, prior_file, qtbot, tmp_path):
     assert "he · Neutrophil" in viewer.layers
     assert widget.table.rowCount() == 3
 
-    out = widget.export_to(tmp_path / "he.masks.tif")
+    progress = []
+    worker = widget.export_to(tmp_path / "he.masks.tif")
+    worker.yielded.connect(progress.append)
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    out = widget.last_export  # written in a worker, with progress
+    assert progress and progress[-1].done == progress[-1].total > 0
+    assert (tmp_path / "he.nuclei.csv").is_file()
     class_map, masks, meta = read_masks(out)
     np.testing.assert_array_equal(class_map, np.asarray(classes.data))
     assert list(masks) == ["Epithelial", "Spindle-shaped", "Neutrophil"] and meta["model_id"] == widget.model.id
@@ -114,6 +121,72 @@ def test_pixel_size_from_the_file_or_the_user_resamples_and_gives_micrometres(wi
         pass
     assert widget.viewer.layers["he · classes"].data.shape == (320, 320)  # the image's own size
     assert widget.table.horizontalHeaderItem(2).text() == "area (µm²)"
+
+
+class _FakeCudaOOM(RuntimeError):
+    """What torch.cuda.OutOfMemoryError is: a RuntimeError (superqt drops those silently)."""
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a kernel failed"), _FakeCudaOOM("CUDA out of memory. Tried to allocate 2.00 GiB")])
+@pytest.mark.parametrize("job", ["train", "segment"])
+def test_a_failing_job_is_one_error_and_the_panel_works_again(widget, prior_file, qtbot, monkeypatch, error, job):
+    import napari.utils.notifications as notifications
+
+    from napari_cinuseg import devices
+
+    errors = []
+    monkeypatch.setattr(notifications, "show_error", errors.append)
+    monkeypatch.setattr(devices, "is_out_of_memory", lambda exc: "out of memory" in str(exc))
+    widget.load_model(prior_file)
+
+    def fail(*a, **k):
+        raise error
+        yield  # a generator, as every job
+
+    if job == "train":
+        monkeypatch.setattr(_widget, "train_step", fail)
+        widget.class_name.setText("Neutrophil")
+        layer = widget.add_annotation_layer()
+        layer.data[40:60, 40:60] = 1
+        layer.data[200:230, 150:170] = 2
+        before = np.array(layer.data)
+        worker = widget.start_training()
+    else:
+        monkeypatch.setattr(_widget, "segment", fail)
+        worker = widget.start_segmentation()
+    assert worker is not None
+    # a failure this fast may finish before a signal could be waited for: wait for its effects
+    qtbot.waitUntil(lambda: bool(errors) and widget.train_btn.isEnabled(), timeout=60_000)
+    qtbot.wait(200)  # no second notification arrives later
+    assert len(errors) == 1, errors
+    if "out of memory" in str(error):
+        assert "ran out of memory" in errors[0] and "smaller" in errors[0]
+    else:
+        assert "a kernel failed" in errors[0]
+    assert widget.train_btn.isEnabled() and widget.segment_btn.isEnabled() and widget.export_btn.isEnabled()
+    assert "Segmenting" not in widget.status.text()
+    if job == "train":
+        np.testing.assert_array_equal(np.asarray(layer.data), before)
+
+
+def test_closing_the_panel_mid_training_cancels_and_keeps_everything(widget, prior_file, qtbot, tmp_path):
+    before = _digest(prior_file)
+    widget.load_model(prior_file)
+    widget.class_name.setText("Neutrophil")
+    layer = widget.add_annotation_layer()
+    layer.data[40:60, 40:60] = 1
+    layer.data[200:230, 150:170] = 2
+    painted = np.array(layer.data)
+    widget.iterations.setValue(100_000)
+    widget.crop.setValue(64)
+    worker = widget.start_training()
+    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=60_000)
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        widget.viewer.window.remove_dock_widget(widget)  # the user closes the panel
+    assert widget.cancel_event.is_set()
+    assert list(tmp_path.glob("*.cinuseg.pt")) == []  # nothing saved
+    assert _digest(prior_file) == before
+    np.testing.assert_array_equal(np.asarray(layer.data), painted)
 
 
 def test_forgetting_below_the_threshold_is_a_warning_with_advice(widget, monkeypatch):
@@ -232,8 +305,9 @@ def test_slide_is_segmented_to_disk_and_shown_as_a_pyramid(widget, prior_file, q
     epi = viewer.layers["CMU-1-Small-Region · Epithelial"]
     assert epi.multiscale and np.array_equal(np.asarray(epi.data[0]), (reference == 1).astype(np.uint8))
     assert widget.table.rowCount() == 2
-    out = widget.export_to(tmp_path / "slide.masks.tif")
-    class_map, masks, _ = read_masks(out)
+    with qtbot.waitSignal(widget.export_to(tmp_path / "slide.masks.tif").finished, timeout=120_000):
+        pass
+    class_map, masks, _ = read_masks(widget.last_export)
     np.testing.assert_array_equal(class_map, reference)
     assert list(masks) == ["Epithelial", "Spindle-shaped"]
 

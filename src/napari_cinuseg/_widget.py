@@ -12,12 +12,13 @@ from __future__ import annotations
 import re
 from collections import deque
 import threading
+from dataclasses import dataclass
 import time
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QSettings, Qt
+from qtpy.QtCore import QEvent, QSettings, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QColorDialog,
@@ -43,7 +44,7 @@ from .annotations import sparse_annotation_advice, training_pair
 from .data import check_pairs
 from .events import Cancelled, MemoryReduced, Progress, StepFinished, StepStarted
 from .forgetting import format_report, forgetting_warnings
-from .export import export_masks
+from .export import export_masks_job
 from .images import rgb_view
 from .measurements import class_statistics, nucleus_table, write_nucleus_csv
 from .model import PALETTE, CiNuSegModel, check_class_name, check_colour
@@ -56,6 +57,25 @@ from .training import train_base, train_step
 ANNOTATION_KEY = "cinuseg_annotation"
 EXHAUSTIVE_KEY = "cinuseg_exhaustive"
 RESULT_KEY = "cinuseg"
+
+
+class JobFailed(Exception):
+    """A panel job's failure, said once (``_start_job``); never a RuntimeError, which superqt
+    would drop without a signal."""
+
+
+@dataclass(frozen=True)
+class ExportProgress:
+    done: int
+    total: int
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One sentence for a failed job, with advice where there is one."""
+    if devices.is_out_of_memory(exc):
+        return "the device ran out of memory; choose a smaller crop or tile size, or the CPU"
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, (ValueError, OSError, MemoryError)) and text else f"{type(exc).__name__}: {text}"
 
 
 def models_dir() -> Path:
@@ -395,6 +415,52 @@ class CiNuSegWidget(QWidget):
         self.bundled_btn.setEnabled(not busy and BUNDLED_MODEL.is_file())
         self.cancel_btn.setEnabled(busy)
 
+    def _start_job(self, job_fn, on_event, on_returned):
+        """Run the generator ``job_fn()`` in a napari worker. Every failure, whatever its type
+        (superqt drops a RuntimeError, CUDA's out-of-memory among them, without a signal), becomes
+        one ``JobFailed``: one ``errored`` signal, one notification (ours), and the panel usable
+        again; ``finished`` always fires."""
+        from napari.qt.threading import create_worker
+
+        def guarded():
+            try:
+                return (yield from job_fn())
+            except Exception as exc:  # noqa: BLE001 - every failure becomes one clear error
+                raise JobFailed(describe_failure(exc)) from exc
+
+        worker = create_worker(guarded, _ignore_errors=True)  # we notify, napari must not again
+        worker.yielded.connect(on_event)
+        worker.returned.connect(on_returned)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(lambda: self._set_busy(False))
+        self.worker = worker
+        self._set_busy(True)
+        worker.start()
+        return worker
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Closing the panel (or the viewer) cancels a running job: a training stops between
+        iterations and saves nothing, so the prior and the annotations stay as they were."""
+        self.shutdown()
+        super().closeEvent(event)
+
+    def event(self, ev) -> bool:
+        # napari closes a dock widget by taking the panel out of it (its parent becomes None),
+        # without a close event: that too ends the running job.
+        if ev.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.shutdown(wait=False)
+        return super().event(ev)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Cancel the running job (it stops between iterations, saving nothing)."""
+        if getattr(self, "cancel_event", None) is not None:
+            self.cancel_event.set()
+        worker = getattr(self, "worker", None)
+        if worker is not None and getattr(worker, "is_running", False):
+            worker.quit()
+            if wait:
+                worker.await_workers(60_000)
+
     # --- 1. model -------------------------------------------------------------------------
     def load_model(self, path) -> CiNuSegModel:
         self.model = load_model(path)
@@ -484,7 +550,6 @@ class CiNuSegWidget(QWidget):
         return preset(self.preset_combo.currentText(), **overrides)
 
     def start_training(self):
-        from napari.qt.threading import create_worker
 
         try:
             name, colour = self._new_class()
@@ -515,20 +580,13 @@ class CiNuSegWidget(QWidget):
         self.forgetting_label.setText("")
         self.progress.setValue(0)
         self._remember()
-        self.worker = create_worker(run)
-        self.worker.yielded.connect(self._on_training_event)
-        self.worker.returned.connect(self._on_trained)
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(lambda: self._set_busy(False))
-        self._set_busy(True)
         advice = sparse_annotation_advice(pairs)
         self._say(f"Training {name} on {len(pairs)} image(s)…" + (f" Note: {advice}." if advice else ""))
         if advice:
             from napari.utils.notifications import show_warning
 
             show_warning(f"Training goes on, but {advice}.")
-        self.worker.start()
-        return self.worker
+        return self._start_job(run, self._on_training_event, self._on_trained)
 
     def cancel(self) -> None:
         self.cancel_event.set()
@@ -620,11 +678,10 @@ class CiNuSegWidget(QWidget):
 
     def _on_error(self, exc) -> None:
         self._say(f"Stopped: {exc}", error=True)
+        self._set_busy(False)
 
     # --- 4. segmentation ------------------------------------------------------------------
     def start_segmentation(self):
-        from napari.qt.threading import create_worker
-
         try:
             if self.model is None:
                 raise ValueError("choose or train a model first")
@@ -656,16 +713,9 @@ class CiNuSegWidget(QWidget):
                 return result, class_statistics(result[0], names, px)
             return result, class_statistics(result, names, px)
 
-        self.worker = create_worker(run)
-        self.worker.yielded.connect(self._on_segment_event)
-        self.worker.returned.connect(lambda result: self.show_result(image.name, result, model))
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(lambda: self._set_busy(False))
         self._remember()
-        self._set_busy(True)
         self._say(f"Segmenting {image.name}…" + (f" (masks written to {out})" if out else ""))
-        self.worker.start()
-        return self.worker
+        return self._start_job(run, self._on_segment_event, lambda result: self.show_result(image.name, result, model))
 
     def _on_segment_event(self, ev) -> None:
         if isinstance(ev, TileProgress):
@@ -742,17 +792,41 @@ class CiNuSegWidget(QWidget):
         if path:
             self.export_to(path, layer)
 
-    def export_to(self, path, layer=None) -> Path | None:
+    def export_to(self, path, layer=None):
+        """Export the result layer to ``path`` (pyramidal OME-TIFF) and its per-nucleus CSV, in a
+        worker with progress; returns the worker (None if refused). ``self.last_export`` is the
+        masks file once it is written."""
         try:
             layer = layer or self._result_layer()
-            info = layer.metadata[RESULT_KEY]
-            data = layer.data[0] if layer.multiscale else layer.data  # zarr level 0: written tile by tile
-            px = info.get("pixel_size_um")
-            out = export_masks(data, path, info["class_names"], info["colours"], info["model_id"], overwrite=True, pixel_size=px)
-            csv_path = Path(out).with_name(Path(out).name.split(".")[0] + ".nuclei.csv")
-            write_nucleus_csv(nucleus_table(data, info["class_names"], px), csv_path)
-        except (ValueError, OSError) as exc:
+        except ValueError as exc:
             self._say(str(exc), error=True)
             return None
-        self._say(f"Exported {out} and the per-nucleus table {csv_path.name}")
-        return out
+        info = layer.metadata[RESULT_KEY]
+        data = layer.data[0] if layer.multiscale else layer.data  # zarr level 0: written tile by tile
+        px = info.get("pixel_size_um")
+        path = Path(path)
+        self.last_export = None
+
+        def run():
+            job = export_masks_job(data, path, info["class_names"], info["colours"], info["model_id"], overwrite=True, pixel_size=px)
+            while True:
+                try:
+                    done, total = next(job)
+                except StopIteration as stop:
+                    out = stop.value
+                    break
+                yield ExportProgress(done, total)
+            csv_path = Path(out).with_name(Path(out).name.split(".")[0] + ".nuclei.csv")
+            write_nucleus_csv(nucleus_table(data, info["class_names"], px), csv_path)
+            return out, csv_path
+
+        def progress(ev) -> None:
+            self.progress.setRange(0, max(ev.total, 1))
+            self.progress.setValue(ev.done)
+
+        def done(result) -> None:
+            self.last_export = result[0]
+            self._say(f"Exported {result[0]} and the per-nucleus table {result[1].name}")
+
+        self._say(f"Exporting {path.name}…")
+        return self._start_job(run, progress, done)

@@ -174,3 +174,28 @@ def read_masks(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, np.ndarra
             names = [p.tags[PAGE_NAME].value for p in pages]
     masks = {n.removeprefix("mask: "): m > 0 for n, m in zip(names[1:], maps[1:])}
     return maps[0], masks, meta
+
+
+def export_masks_job(class_map, path, *args, poll: float = 0.1, **kwargs):
+    """:func:`export_masks` as a job: a generator that yields ``(done, total)`` tiles about every
+    ``poll`` seconds while the file is written (in a thread of its own, so the caller's loop
+    stays free) and returns the path. The file appears only when complete."""
+    import threading
+
+    state = {"done": 0, "total": 0}
+    box: dict = {}
+
+    def write() -> None:
+        try:
+            box["path"] = export_masks(class_map, path, *args, on_tile=lambda d, t: state.update(done=d, total=t), **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=write, name="cinuseg-export", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(poll)
+        yield state["done"], state["total"]
+    if "error" in box:
+        raise box["error"]
+    return box["path"]

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_cinuseg.atomic import atomic_json
+
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parents[1]
 PARTS = ("training", "tiling", "memory", "gui", "encoders")
@@ -57,12 +59,6 @@ TARGET_LATENESS_MS = 100.0  # worst event-loop delay while training, below
 
 def _status(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "MISS")
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def _vm_kb(field: str) -> float | None:
@@ -1262,14 +1258,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   failed: {res['error']}", flush=True)
         res["part_seconds"] = round(time.perf_counter() - t0, 2)
         results["parts"][name] = res
-        _atomic_json(json_path, results)  # what is done so far survives a later crash
+        atomic_json(json_path, results, default=str)  # what is done so far survives a later crash
     ctx_prior = getattr(ctx, "prior_source", None)
     results["prior"] = ctx_prior
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     results["qt_imported_by_headless_parts"] = any(m.split(".")[0] in ("PyQt5", "PyQt6", "PySide2", "PySide6", "qtpy") for m in sys.modules)
     results["busy_warning"] = busy_warning(results["machine"])
     results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _atomic_json(json_path, results)
+    atomic_json(json_path, results, default=str)
     md_path.write_text(markdown(results))
     print()
     for line in summary_lines(results):
@@ -1285,7 +1281,7 @@ def main(argv: list[str] | None = None) -> int:
 def _child(kind: str, args_file: Path) -> int:
     p = json.loads(args_file.read_text())
     res = {"memory": child_memory, "gui": child_gui}[kind](p)
-    _atomic_json(Path(p["result"]), res)
+    atomic_json(Path(p["result"]), res, default=str)
     return 0
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .export import masks_metadata, masks_pyramidal
 from .images import IN_MEMORY_LIMIT_PX
+from .layer_metadata import PIXEL_SIZE_KEY, RESULT_KEY, result_metadata
 from .slides import TIFF_SUFFIXES, file_pixel_size, open_tiff
 
 # .ome.tif / .ome.tiff end in .tif / .tiff; napari.yaml lists the same (a test checks it)
@@ -158,7 +159,7 @@ def _image_layer(tif, path: Path) -> LayerData:
         "name": _layer_name(path),
         "rgb": rgb,
         "multiscale": len(levels) > 1,
-        "metadata": {"path": str(path), "level_shapes": level_shapes, "pixel_size_um": file_pixel_size(tif)},
+        "metadata": {"path": str(path), "level_shapes": level_shapes, PIXEL_SIZE_KEY: file_pixel_size(tif)},
     }
     if not rgb:
         kwargs["colormap"] = "gray"
@@ -198,8 +199,8 @@ def _masks_layer(tif, path: Path, meta: dict) -> LayerData:
         "metadata": {
             "path": str(path),
             "level_shapes": [tuple(lv.shape) for lv in levels],
-            "pixel_size_um": meta.get("pixel_size_um"),
-            "cinuseg": {"class_names": names, "colours": colour_list, "model_id": meta.get("model_id")},
+            PIXEL_SIZE_KEY: meta.get("pixel_size_um"),
+            RESULT_KEY: result_metadata(names, colour_list, meta.get("model_id"), meta.get("pixel_size_um")),
         },
     }
     if isinstance(data, list):

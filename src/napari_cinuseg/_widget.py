@@ -46,6 +46,7 @@ from .events import Cancelled, MemoryReduced, Progress, StepFinished, StepStarte
 from .forgetting import format_report, forgetting_warnings
 from .export import export_masks_job
 from .images import rgb_view
+from .layer_metadata import ANNOTATION_KEY, EXHAUSTIVE_KEY, RESULT_KEY, layer_pixel_size, result_metadata
 from .measurements import class_statistics, nucleus_table, write_nucleus_csv
 from .model import PALETTE, CiNuSegModel, check_class_name, check_colour
 from .model_file import BUNDLED_MODEL, ModelFileError, load_model
@@ -54,9 +55,6 @@ from .segmentation import IN_MEMORY_LIMIT_PX, SegmentFinished, TileProgress, seg
 from .settings import PRESETS, preset
 from .training import train_base, train_step
 
-ANNOTATION_KEY = "cinuseg_annotation"
-EXHAUSTIVE_KEY = "cinuseg_exhaustive"
-RESULT_KEY = "cinuseg"
 
 
 class JobFailed(Exception):
@@ -376,7 +374,7 @@ class CiNuSegWidget(QWidget):
         user's value and say that the file does not tell."""
         name = self.image_combo.currentText()
         layer = self.viewer.layers[name] if name and name in self.viewer.layers else None
-        said = (layer.metadata or {}).get("pixel_size_um") if layer is not None else None
+        said = layer_pixel_size(layer.metadata) if layer is not None else None
         if said:
             self.pixel_size.setValue(float(said))
             self.pixel_size_note.setText("from the file")
@@ -741,7 +739,7 @@ class CiNuSegWidget(QWidget):
         features = pd.DataFrame(
             {"index": range(m.num_channels), "name": ["background"] + m.class_names, "colour": ["#000000"] + [c.colour for c in m.classes]}
         )
-        meta = {RESULT_KEY: {"class_names": m.class_names, "colours": [c.colour for c in m.classes], "model_id": m.id, "pixel_size_um": self.image_pixel_size()}}
+        meta = {RESULT_KEY: result_metadata(m.class_names, [c.colour for c in m.classes], m.id, self.image_pixel_size())}
         self.viewer.add_labels(
             class_map, name=f"{image_name} · classes", colormap=_colormap(colours), features=features, metadata=meta, multiscale=multiscale
         )
@@ -803,7 +801,7 @@ class CiNuSegWidget(QWidget):
             return None
         info = layer.metadata[RESULT_KEY]
         data = layer.data[0] if layer.multiscale else layer.data  # zarr level 0: written tile by tile
-        px = info.get("pixel_size_um")
+        px = layer_pixel_size(layer.metadata)
         path = Path(path)
         self.last_export = None
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .export import export_masks
+from .layer_metadata import RESULT_KEY, layer_pixel_size
 
 SUFFIXES = (".tif", ".tiff")
 _ROWS = 2048  # rows scanned at a time when checking a lazy (zarr/dask) class map
@@ -61,8 +62,7 @@ def write_masks(path: str | os.PathLike, data: Any, attributes: dict) -> list[st
         raise ValueError(f"class names must be unique; {', '.join(map(repr, dupes))} name more than one class")
     extra = {"layer_name": attributes.get("name")} if attributes.get("name") else None
     # napari's save dialog has already asked before replacing an existing file.
-    meta = attributes.get("metadata") or {}
-    pixel_size = meta.get("pixel_size_um") or (meta.get("cinuseg") or {}).get("pixel_size_um")
+    pixel_size = layer_pixel_size(attributes.get("metadata"))
     export_masks(_as_uint8(data), path, names, colours, model_id, extra=extra, overwrite=True, pixel_size=pixel_size)
     return [str(path)]
 
@@ -92,7 +92,7 @@ def _column(table, *names: str):
 
 def _classes(attributes: dict, max_label: int) -> tuple[list[str], list | None, str | None]:
     """(class names for labels 1..n, colours or None, model id or None)."""
-    meta = (attributes.get("metadata") or {}).get("cinuseg") or {}
+    meta = (attributes.get("metadata") or {}).get(RESULT_KEY) or {}
     model_id = meta.get("model_id")
     by_value: dict[int, str] = {}
     colour_of: dict[int, Any] = {}

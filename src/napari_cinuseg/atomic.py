@@ -34,3 +34,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_json(path: str | os.PathLike, obj, **dumps) -> None:
+    """``obj`` as JSON at ``path`` (indented, keys sorted, unless ``dumps`` says otherwise: it
+    goes to ``json.dumps``), written atomically."""
+    import json
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, **{"indent": 1, "sort_keys": True, **dumps}))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .atomic import atomic_path
+from .atomic import atomic_json
 from .data import LabelledSet, split_by_source, step_pairs
 from .devices import describe, resolve_device
 from .evaluation import evaluate
@@ -89,11 +89,6 @@ def split_data(data: LabelledSet, test: LabelledSet | None, val_fraction: float 
         return data, test, "separate test set"
     train, val = split_by_source(data, val_fraction, split_seed)
     return train, val, f"validation split: {len(val.sources)} of {len(data.sources)} sources held out (seed {split_seed})"
-
-
-def _atomic_json(path: Path, obj) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
 
 
 def _learning_settings(settings: dict) -> dict:
@@ -201,7 +196,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
         if model is None:  # cancelled: nothing was saved
             return None
         timings[str(path.relative_to(out))] = model.steps[-1].results.get("seconds")
-        _atomic_json(results_path, results)
+        atomic_json(results_path, results)
         return model
 
     test_set = hashlib.sha256("\n".join(sorted(it.name for it in cfg.test.items)).encode()).hexdigest()[:16]
@@ -219,7 +214,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
         known = [c for c in model.class_names if c in cfg.test.class_names]
         confident = confident_share(model, cfg.test, known, settings.tau, device)
         evaluations[key] = {"model_id": model.id, "test_set": test_set, "dice": dice, "classes": model.class_names, "confident": confident}
-        _atomic_json(results_path, results)
+        atomic_json(results_path, results)
         yield StepEvaluated(protocol, method, step, dice, False)
         return dice
 
@@ -294,7 +289,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
                 summary[protocol.name][method.name]["per_class"] = dice
                 curves.setdefault(protocol.name, {})[method.name] = curve
     results["wall_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
-    _atomic_json(results_path, results)
+    atomic_json(results_path, results)
     if not cfg.steps_only:
         write_table(results, out / "table.md")
         write_curves(results, out)

@@ -22,7 +22,7 @@ from skimage import io as skio
 from . import augment
 from .images import as_rgb_uint8, read_rgb  # read_rgb: kept importable from here
 
-IGNORE = 255
+from .names import IGNORE
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from .names import IGNORE as IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE = 255
+from .names import IGNORE
 
 
 class ConfusionMatrix:

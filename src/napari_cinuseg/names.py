@@ -1,4 +1,4 @@
-"""The names users choose from: encoders, decoders and data set layouts.
+"""The names users choose from (encoders, decoders, data set layouts) and the label conventions.
 
 Kept apart from the modules that use them, and free of heavy imports, so that the command line's
 help, the napari manifest and the panel can list them without importing PyTorch.
@@ -9,3 +9,6 @@ EFFICIENTNETS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2
 ENCODERS = RESNETS + EFFICIENTNETS
 DECODERS = ("unet", "aspp")
 DATASETS = ("consep", "monusac", "folder")
+
+# The label value of an unlabelled pixel, in class maps, training targets and losses alike.
+IGNORE = 255

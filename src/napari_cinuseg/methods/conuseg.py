@@ -67,7 +67,7 @@ Where this module departs from the code, on purpose:
 - PCon drops the background as an anchor; the code drops the smallest class present in the batch,
   which is the background unless an image has none.
 - ``find_median``'s running sum adds the bin *index* instead of its count (as PLOP's does); the
-  median here uses the cumulative counts (:func:`~napari_cinuseg.methods.plop.histogram_medians`).
+  median here uses the cumulative counts (:func:`~napari_cinuseg.methods._shared.histogram_medians`).
 - The thresholds are computed once before training on the step's whole images (``ctx.batches``)
   rather than on its augmented crops.
 - With no foreground class in the batch PCon is 0 (the code's empty mean would be NaN).
@@ -85,7 +85,7 @@ import torch.nn.functional as F
 
 from ..losses import IGNORE_INDEX, LossOutput
 from . import StepBatch, StepContext, register
-from .plop import histogram_medians
+from ._shared import histogram_medians
 
 __all__ = [
     "CoNuSeg",

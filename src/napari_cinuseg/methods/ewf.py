@@ -53,20 +53,9 @@ from torch import nn
 
 from ..losses import LossOutput
 from . import StepBatch, StepContext, register
-from .mib import MiB
-from .plop import PLOP
+from ._shared import make_base  # EWF extends a base method (MiB or PLOP)
 
 __all__ = ["EWF", "fuse_weights", "fusion_factor"]
-
-BASES = {"mib": MiB, "plop": PLOP}
-
-
-def make_base(name: str):
-    """The base CISS method a wrapper (EWF, NeST) trains the step with."""
-    try:
-        return BASES[name]()
-    except KeyError:
-        raise ValueError(f"unknown base method {name!r}: choose one of {', '.join(BASES)}") from None
 
 
 def fusion_factor(num_new: int, num_channels: int) -> float:

@@ -74,7 +74,7 @@ import torch.nn.functional as F
 
 from ..losses import LossOutput
 from . import StepBatch, StepContext, register
-from .ewf import make_base
+from ._shared import make_base  # NeST extends a base method (MiB)
 from .mib import unbiased_cross_entropy
 
 __all__ = [

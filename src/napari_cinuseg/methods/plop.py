@@ -65,6 +65,7 @@ import torch.nn.functional as F
 
 from ..losses import IGNORE_INDEX, LossOutput
 from . import StepBatch, StepContext, register
+from ._shared import histogram_medians  # shared with CoNuSeg; importable from here as before
 
 __all__ = [
     "PLOP",
@@ -187,22 +188,6 @@ def entropy_histogram(
     bins = (ent * nb_bins).long().clamp(0, nb_bins - 1)
     flat = torch.bincount(cls * nb_bins + bins, minlength=k_old * nb_bins)
     return flat.view(k_old, nb_bins)
-
-
-def histogram_medians(histogram: torch.Tensor) -> torch.Tensor:
-    """Per row of a (C, nb_bins) histogram over [0, 1], the median by linear interpolation in the
-    bin that holds it: lower_edge + (N/2 − count below) / count in bin · bin width. 0 for an empty
-    row. Computed in float64 on the CPU (MPS has no float64), returned on the histogram's device."""
-    hist = histogram.detach().cpu().double()
-    nb_bins = hist.shape[1]
-    total = hist.sum(dim=1)
-    half = total / 2
-    cum = hist.cumsum(dim=1)
-    idx = (cum < half[:, None]).sum(dim=1).clamp(max=nb_bins - 1)  # first bin where cum ≥ N/2
-    in_bin = hist.gather(1, idx[:, None])[:, 0]
-    below = cum.gather(1, idx[:, None])[:, 0] - in_bin
-    median = (idx.double() + (half - below) / in_bin.clamp_min(1)) / nb_bins
-    return torch.where(total > 0, median, torch.zeros_like(median)).float().to(histogram.device)
 
 
 @torch.no_grad()

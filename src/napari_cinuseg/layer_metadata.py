@@ -1,0 +1,28 @@
+"""The contract between the napari reader, writer and panel: which keys of a layer's
+``metadata`` say what. One place, so that a layer the reader opens, the panel makes or the writer
+saves is understood by the other two.
+
+- ``RESULT_KEY``: on a class-map Labels layer, ``{"class_names", "colours", "model_id",
+  "pixel_size_um"}`` (the reader sets it on a masks file it opens; the panel on its result).
+- ``PIXEL_SIZE_KEY``: on an image layer, µm per pixel where its file says it (the reader).
+- ``ANNOTATION_KEY``: on a Labels layer the panel made for painting,
+  ``{"image": image layer name, "class": class name}``.
+- ``EXHAUSTIVE_KEY``: on a Shapes layer of rectangles where everything unpainted is
+  background, ``{"image": image layer name}``.
+"""
+
+RESULT_KEY = "cinuseg"
+PIXEL_SIZE_KEY = "pixel_size_um"
+ANNOTATION_KEY = "cinuseg_annotation"
+EXHAUSTIVE_KEY = "cinuseg_exhaustive"
+
+
+def result_metadata(class_names, colours, model_id, pixel_size_um=None) -> dict:
+    """The ``RESULT_KEY`` entry of a class-map layer."""
+    return {"class_names": list(class_names), "colours": list(colours), "model_id": model_id, PIXEL_SIZE_KEY: pixel_size_um}
+
+
+def layer_pixel_size(metadata: dict | None) -> float | None:
+    """µm per pixel a layer's metadata gives, as an image's or a class map's, else None."""
+    metadata = metadata or {}
+    return metadata.get(PIXEL_SIZE_KEY) or (metadata.get(RESULT_KEY) or {}).get(PIXEL_SIZE_KEY)

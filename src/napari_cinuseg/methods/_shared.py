@@ -1,0 +1,41 @@
+"""Pieces that several methods share, so that no method imports another sideways: a method
+imports another module of this package only when it extends that method, and says so.
+
+- :func:`histogram_medians`: PLOP's and CoNuSeg's per-class medians of a histogram.
+- :func:`make_base`: the base method (MiB or PLOP) that the wrappers EWF and NeST extend.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def histogram_medians(histogram: torch.Tensor) -> torch.Tensor:
+    """Per row of a (C, nb_bins) histogram over [0, 1], the median by linear interpolation in the
+    bin that holds it: lower_edge + (N/2 − count below) / count in bin · bin width. 0 for an empty
+    row. Computed in float64 on the CPU (MPS has no float64), returned on the histogram's device."""
+    hist = histogram.detach().cpu().double()
+    nb_bins = hist.shape[1]
+    total = hist.sum(dim=1)
+    half = total / 2
+    cum = hist.cumsum(dim=1)
+    idx = (cum < half[:, None]).sum(dim=1).clamp(max=nb_bins - 1)  # first bin where cum ≥ N/2
+    in_bin = hist.gather(1, idx[:, None])[:, 0]
+    below = cum.gather(1, idx[:, None])[:, 0] - in_bin
+    median = (idx.double() + (half - below) / in_bin.clamp_min(1)) / nb_bins
+    return torch.where(total > 0, median, torch.zeros_like(median)).float().to(histogram.device)
+
+
+def _bases():
+    from .mib import MiB
+    from .plop import PLOP
+
+    return {"mib": MiB, "plop": PLOP}
+
+
+def make_base(name: str):
+    """The base CISS method a wrapper (EWF, NeST) trains the step with."""
+    try:
+        return _bases()[name]()
+    except KeyError:
+        raise ValueError(f"unknown base method {name!r}: choose one of {', '.join(_bases())}") from None

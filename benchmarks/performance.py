@@ -865,20 +865,20 @@ def child_gui(p: dict) -> dict:
     from qtpy.QtCore import QSettings, Qt, QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_cinuseg import _widget
-    from napari_cinuseg._widget import CiNuSegWidget
     from napari_cinuseg.slides import Slide
+    from napari_cinuseg.ui.panel import CiNuSegWidget
+    from napari_cinuseg.workflows import Storage
 
     work = Path(p["workdir"])
     (work / "models").mkdir(parents=True, exist_ok=True)
     # as tests/test_widget.py does: new models and remembered settings go to a scratch folder
-    _widget.models_dir = lambda: work / "models"
-    CiNuSegWidget.settings_factory = staticmethod(lambda: QSettings(str(work / "settings.ini"), QSettings.IniFormat))
+    storage = Storage(work / "models", work / "results")
+    settings = QSettings(str(work / "settings.ini"), QSettings.IniFormat)
 
     viewer = napari.Viewer(show=True)
     with Slide(p["slide"]) as s:
         viewer.add_image(s.read(1000, 800, 1320, 1120), name="he", rgb=True)
-    w = CiNuSegWidget(viewer)
+    w = CiNuSegWidget(viewer, storage=storage, settings=settings)
     viewer.window.add_dock_widget(w)
     w.load_model(p["prior"])
     w.class_name.setText("Neutrophil")

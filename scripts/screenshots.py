@@ -47,21 +47,21 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
     from skimage.morphology import disk, opening
 
-    from napari_cinuseg import _widget
     from napari_cinuseg._sample_data import sample_he
-    from napari_cinuseg._widget import CiNuSegWidget
+    from napari_cinuseg.ui.panel import CiNuSegWidget
+    from napari_cinuseg.workflows import Storage
 
     scratch = Path(tempfile.mkdtemp(prefix="cinuseg-shots-"))
-    _widget.models_dir = lambda: scratch  # keep the user's model folder and settings clean
     from qtpy.QtCore import QSettings
 
-    CiNuSegWidget.settings_factory = staticmethod(lambda: QSettings(str(scratch / "settings.ini"), QSettings.IniFormat))
+    # keep the user's model folder and settings clean
+    storage, settings = Storage(scratch, scratch / "results"), QSettings(str(scratch / "settings.ini"), QSettings.IniFormat)
     viewer = napari.Viewer(title="napari-cinuseg")
     viewer.window._qt_window.resize(1500, 950)
     app = QApplication.instance()
     data, meta = sample_he()[0]
     viewer.add_image(data, **meta)
-    widget = CiNuSegWidget(viewer)
+    widget = CiNuSegWidget(viewer, storage=storage, settings=settings)
     viewer.window.add_dock_widget(widget, name="CiNuSeg", area="right")
     settle(app, 1.5)
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QSettings
 
-from napari_cinuseg import _widget
-from napari_cinuseg._widget import CiNuSegWidget
+from napari_cinuseg.ui import panel as _panel
+from napari_cinuseg.ui.panel import CiNuSegWidget
+from napari_cinuseg.workflows import Storage
 from napari_cinuseg.export import read_masks
 from napari_cinuseg.slides import Slide
 from napari_cinuseg.training import drain, train_base
@@ -20,16 +21,18 @@ def prior_file(few_pairs, tiny, tmp_path_factory):
     return out
 
 
+def _settings(tmp_path):
+    return QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
+
+
 @pytest.fixture
 def widget(make_napari_viewer, tmp_path, monkeypatch, shared_data):
-    monkeypatch.setattr(_widget, "models_dir", lambda: tmp_path)
-    monkeypatch.setattr(_widget, "results_dir", lambda: tmp_path / "results")
     (tmp_path / "results").mkdir()
-    monkeypatch.setattr(CiNuSegWidget, "settings_factory", staticmethod(lambda: QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)))
     viewer = make_napari_viewer()
     with Slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as s:
         viewer.add_image(s.read(1000, 800, 1320, 1120), name="he", rgb=True)
-    w = CiNuSegWidget(viewer)
+    # new models, results and remembered fields go to the test's own folder (injected)
+    w = CiNuSegWidget(viewer, storage=Storage(tmp_path, tmp_path / "results"), settings=_settings(tmp_path))
     viewer.window.add_dock_widget(w)
     return w
 
@@ -144,7 +147,7 @@ def test_a_failing_job_is_one_error_and_the_panel_works_again(widget, prior_file
         yield  # a generator, as every job
 
     if job == "train":
-        monkeypatch.setattr(_widget, "train_step", fail)
+        monkeypatch.setattr(_panel, "learn_class", fail)
         widget.class_name.setText("Neutrophil")
         layer = widget.add_annotation_layer()
         layer.data[40:60, 40:60] = 1
@@ -152,7 +155,7 @@ def test_a_failing_job_is_one_error_and_the_panel_works_again(widget, prior_file
         before = np.array(layer.data)
         worker = widget.start_training()
     else:
-        monkeypatch.setattr(_widget, "segment", fail)
+        monkeypatch.setattr(_panel, "segment_and_measure", fail)
         worker = widget.start_segmentation()
     assert worker is not None
     # a failure this fast may finish before a signal could be waited for: wait for its effects
@@ -214,13 +217,13 @@ def test_clear_messages_and_remembered_settings(widget, qtbot):
     assert widget.model.class_names == ["Epithelial", "Spindle-shaped"]
     widget.iterations.setValue(123)
     widget.advanced.setChecked(True)
-    widget.hyper["stain_jitter"].setValue(0.5)
-    widget.hyper["tau"].setValue(0.6)
+    widget.hyper["stain_jitter"].value = 0.5  # the method's settings: a magicgui form
+    widget.hyper["tau"].value = 0.6
     assert widget.current_settings().stain_jitter == 0.5
     widget._remember()
-    again = CiNuSegWidget(widget.viewer)
+    again = CiNuSegWidget(widget.viewer, storage=widget.storage, settings=widget.settings)
     assert again.iterations.value() == 123
-    assert again.advanced.isChecked() and again.hyper["stain_jitter"].value() == 0.5 and again.hyper["tau"].value() == 0.6
+    assert again.advanced.isChecked() and again.hyper["stain_jitter"].value == 0.5 and again.hyper["tau"].value == 0.6
     assert again.model is not None and again.model.id == widget.model.id
 
 

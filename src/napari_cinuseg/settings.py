@@ -78,25 +78,10 @@ class TrainSettings:
             raise ValueError("epochs must be at least 1")
         if not 0 <= self.tau < 1 or not 0 <= self.sigma < 1:
             raise ValueError("tau and sigma are score/ratio thresholds in [0, 1)")
-        if not 0 <= self.stain_jitter <= 2:
-            raise ValueError(f"stain_jitter is log2 of the largest stain scaling, in [0, 2] (1 = 0.5×..2×), got {self.stain_jitter}")
-        if not 0 <= self.scale_jitter <= 2:
-            raise ValueError(f"scale_jitter is log2 of the largest zoom, in [0, 2] (1 = 0.5×..2×), got {self.scale_jitter}")
-
-
-PRESETS: dict[str, TrainSettings] = {
-    # The paper: SGD, momentum 0.9, weight decay 0.01, lr 0.01 at step 0 and 0.001 after, poly
-    # schedule, 100 epochs, batch 12, ResNet-101. Meant for a GPU.
-    "paper": TrainSettings(
-        encoder="resnet101",
-        decoder_channels=(256, 128, 64, 32),
-        epochs=100,
-        batch_size=12,
-        crop_size=256,
-    ),
-    # A small CPU preset for laptops and tests: ResNet-18, 128-pixel crops.
-    "cpu": TrainSettings(),
-}
+        for name, (low, high) in SETTING_RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be in [{low:g}, {high:g}] ({USER_SETTINGS[name]}), got {value}")
 
 
 # The settings a user may change for one run, with what each means: the command line makes one
@@ -116,6 +101,40 @@ USER_SETTINGS: dict[str, str] = {
     "alpha_n": "α_n, eq. 15: the new-class loss factor where ATT fires",
     "stain_jitter": "HED stain augmentation: stain amounts scaled by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)",
     "scale_jitter": "zoom augmentation: crops zoomed by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)",
+}
+
+
+# The allowed range of each tunable number (TrainSettings checks them; the panel offers exactly
+# these under "Advanced", one field each, labelled and explained from USER_SETTINGS).
+SETTING_RANGES: dict[str, tuple[float, float]] = {
+    "alpha_o": (0.0, 100.0),
+    "alpha_n": (0.0, 10.0),
+    "tau": (0.0, 0.99),
+    "omega": (0.0, 10.0),
+    "sigma": (0.0, 0.99),
+    "stain_jitter": (0.0, 2.0),
+    "scale_jitter": (0.0, 2.0),
+}
+
+
+def setting_label(name: str) -> str:
+    """A short label: the symbol a method setting's help starts with (τ, ω, …), else its name."""
+    head = USER_SETTINGS[name].split(",")[0]
+    return head if len(head) <= 3 else name.replace("_", " ")
+
+
+PRESETS: dict[str, TrainSettings] = {
+    # The paper: SGD, momentum 0.9, weight decay 0.01, lr 0.01 at step 0 and 0.001 after, poly
+    # schedule, 100 epochs, batch 12, ResNet-101. Meant for a GPU.
+    "paper": TrainSettings(
+        encoder="resnet101",
+        decoder_channels=(256, 128, 64, 32),
+        epochs=100,
+        batch_size=12,
+        crop_size=256,
+    ),
+    # A small CPU preset for laptops and tests: ResNet-18, 128-pixel crops.
+    "cpu": TrainSettings(),
 }
 
 

@@ -1,0 +1,494 @@
+"""The CiNuSeg panel: choose a model, paint a new class, train a step, segment, export.
+
+It only gathers inputs (sections.py), starts the engine's jobs in napari workers (workers.py)
+and turns their events and results into widgets and layers. What it decides — where models and
+results go, base step or incremental, in memory or on disk, what follows a segmentation — is the
+engine's (``workflows.py``), shared with the ``cinuseg`` command.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import QEvent, QSettings
+from qtpy.QtWidgets import QColorDialog, QFileDialog, QVBoxLayout, QWidget
+
+from ..annotations import sparse_annotation_advice, training_pair
+from ..data import check_pairs
+from ..events import Cancelled, ExportProgress, MemoryReduced, Progress, StepFinished, StepStarted
+from ..images import IN_MEMORY_LIMIT_PX, rgb_view
+from ..layer_metadata import ANNOTATION_KEY, EXHAUSTIVE_KEY, RESULT_KEY, layer_pixel_size, result_metadata
+from ..model import CiNuSegModel, check_class_name, check_colour
+from ..model_file import BUNDLED_MODEL, ModelFileError, load_model
+from ..segmentation import SegmentFinished, TileProgress
+from ..workflows import Storage, export_with_table, learn_class, needs_disk, segment_and_measure, slug
+from .sections import ModelSection, NewClassSection, SegmentSection, TrainSection
+from .workers import start_job
+
+
+def _colormap(colours: dict[int, str]):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colours})
+
+
+def _level0(layer):
+    """The layer's full-resolution image as the engine reads it: RGB uint8 (converted, with a
+    notice, or refused with a ValueError that says what to do)."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return rgb_view(data, f"image layer {layer.name!r}")
+
+
+def _user_settings() -> QSettings:
+    return QSettings("napari-cinuseg", "CiNuSeg")
+
+
+class CiNuSegWidget(QWidget):
+    """``storage``: where new models and on-disk results go (default ``~/.napari-cinuseg``);
+    ``settings``: where the panel remembers its fields (default: the user's Qt settings)."""
+
+    def __init__(self, napari_viewer, storage: Storage | None = None, settings: QSettings | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.storage = storage or Storage()
+        self.settings = settings if settings is not None else _user_settings()
+        self.model: CiNuSegModel | None = None
+        self.worker = None
+        self.cancel_event = threading.Event()
+        self.last_crops: list = []  # (image layer name, y0, x0) per training pair
+        self.new_model_path: Path | None = None
+        self.last_export: Path | None = None
+        self._crops: deque = deque(maxlen=64)
+        self._att_seen = self._att_fired = 0  # crops seen in this training, and where ATT fired
+        self._build()
+        self._restore()
+
+    # --- layout: four sections; their fields are the panel's public parts --------------------
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+        self.model_section, self.class_section = ModelSection(), NewClassSection()
+        self.train_section, self.segment_section = TrainSection(), SegmentSection()
+        for section in (self.model_section, self.class_section, self.train_section, self.segment_section):
+            root.addWidget(section)
+        root.addStretch(1)
+        m, c, t, s = self.model_section, self.class_section, self.train_section, self.segment_section
+        self.open_model_btn, self.bundled_btn, self.model_label = m.open_btn, m.bundled_btn, m.label
+        self.class_name, self.colour, self.image_combo = c.name, c.colour, c.image
+        self.pixel_size, self.pixel_size_note, self.annotate_btn, self.exhaustive = c.pixel_size, c.pixel_size_note, c.annotate_btn, c.exhaustive
+        self.preset_combo, self.iterations, self.crop, self.advanced, self.hyper = t.preset, t.iterations, t.crop, t.advanced, t.hyper
+        self.train_btn, self.cancel_btn, self.progress, self.status, self.plot = t.train_btn, t.cancel_btn, t.progress, t.status, t.plot
+        self.device_label, self.att_label, self.forgetting_label = t.device, t.att, t.forgetting
+        self.tile, self.segment_btn, self.export_btn, self.table = s.tile, s.segment_btn, s.export_btn, s.table
+
+        m.open_btn.clicked.connect(self._choose_model_file)
+        m.bundled_btn.clicked.connect(lambda: self.load_model(BUNDLED_MODEL))
+        c.colour_btn.clicked.connect(self._pick_colour)
+        c.annotate_btn.clicked.connect(self.add_annotation_layer)
+        t.train_btn.clicked.connect(self.start_training)
+        t.cancel_btn.clicked.connect(self.cancel)
+        s.segment_btn.clicked.connect(self.start_segmentation)
+        s.export_btn.clicked.connect(self._choose_export_file)
+        self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.removed.connect(self._refresh_images)
+        c.image.currentTextChanged.connect(self._image_chosen)
+        self._refresh_images()
+        self._image_chosen()
+
+    # --- settings remembered between sessions -----------------------------------------------
+    def _restore(self) -> None:
+        s = self.settings
+        self.preset_combo.setCurrentText(str(s.value("preset", "cpu")))
+        self.iterations.setValue(int(s.value("iterations", 300)))
+        self.crop.setValue(int(s.value("crop", 128)))
+        self.tile.setValue(int(s.value("tile", 512)))
+        self.advanced.setChecked(str(s.value("advanced", "false")).lower() == "true")
+        for name, field in self.hyper.items():
+            field.value = float(s.value(f"hyper/{name}", field.value))
+        last = s.value("model_path", "")
+        if last and Path(str(last)).is_file():
+            try:
+                self.load_model(last)
+            except ModelFileError:
+                pass
+
+    def _remember(self) -> None:
+        s = self.settings
+        s.setValue("preset", self.preset_combo.currentText())
+        s.setValue("iterations", self.iterations.value())
+        s.setValue("crop", self.crop.value())
+        s.setValue("tile", self.tile.value())
+        s.setValue("advanced", self.advanced.isChecked())
+        for name, field in self.hyper.items():
+            s.setValue(f"hyper/{name}", field.value)
+        if self.model is not None and self.model.source_path:
+            s.setValue("model_path", self.model.source_path)
+
+    # --- helpers --------------------------------------------------------------------------
+    def _say(self, text: str, error: bool = False) -> None:
+        self.status.setText(text)
+        if error:
+            from napari.utils.notifications import show_error
+
+            show_error(text)
+
+    def _refresh_images(self, *_) -> None:
+        from napari.layers import Image
+
+        current = self.image_combo.currentText()
+        names = [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+
+    def _image_chosen(self, *_) -> None:
+        name = self.image_combo.currentText()
+        layer = self.viewer.layers[name] if name and name in self.viewer.layers else None
+        self.class_section.show_pixel_size(layer_pixel_size(layer.metadata) if layer is not None else None, layer is not None)
+
+    def image_pixel_size(self) -> float | None:
+        return float(self.pixel_size.value()) or None
+
+    def _image_layer(self):
+        name = self.image_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            raise ValueError("open an H&E image first (File > Open, or File > Open Sample > CiNuSeg)")
+        return self.viewer.layers[name]
+
+    def _choose_model_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a CiNuSeg model", str(self.storage.models), "CiNuSeg models (*.cinuseg.pt *.pt)")
+        if path:
+            try:
+                self.load_model(path)
+            except ModelFileError as exc:
+                self._say(str(exc), error=True)
+
+    def _pick_colour(self) -> None:
+        from qtpy.QtGui import QColor
+
+        c = QColorDialog.getColor(QColor(self.colour.text()), self, "Colour of the new class")
+        if c.isValid():
+            self.colour.setText(c.name())
+
+    def _set_busy(self, busy: bool) -> None:
+        for w in (self.train_btn, self.segment_btn, self.open_model_btn, self.annotate_btn, self.export_btn):
+            w.setEnabled(not busy)
+        self.bundled_btn.setEnabled(not busy and BUNDLED_MODEL.is_file())
+        self.cancel_btn.setEnabled(busy)
+
+    def _start_job(self, job_fn, on_event, on_returned):
+        self._set_busy(True)
+        self.worker = start_job(
+            job_fn, on_event=on_event, on_returned=on_returned, on_error=self._on_error, on_finished=lambda: self._set_busy(False)
+        )
+        return self.worker
+
+    def _on_error(self, exc) -> None:
+        self._say(f"Stopped: {exc}", error=True)
+        self._set_busy(False)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Closing the panel (or the viewer) cancels a running job: a training stops between
+        iterations and saves nothing, so the prior and the annotations stay as they were."""
+        self.shutdown()
+        super().closeEvent(event)
+
+    def event(self, ev) -> bool:
+        # napari closes a dock widget by taking the panel out of it (its parent becomes None),
+        # without a close event: that too ends the running job.
+        if ev.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.shutdown(wait=False)
+        return super().event(ev)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Cancel the running job (it stops between iterations, saving nothing)."""
+        if getattr(self, "cancel_event", None) is not None:
+            self.cancel_event.set()
+        worker = getattr(self, "worker", None)
+        if worker is not None and getattr(worker, "is_running", False):
+            worker.quit()
+            if wait:
+                worker.await_workers(60_000)
+
+    # --- 1. model -------------------------------------------------------------------------
+    def load_model(self, path) -> CiNuSegModel:
+        self.model = load_model(path)
+        self.model_section.show_model(self.model)
+        self._remember()
+        return self.model
+
+    # --- 2. annotation --------------------------------------------------------------------
+    def _new_class(self) -> tuple[str, str]:
+        known = self.model.class_names if self.model else []
+        return check_class_name(self.class_name.text(), known), check_colour(self.colour.text())
+
+    def add_annotation_layer(self):
+        try:
+            name, colour = self._new_class()
+            image = self._image_layer()
+            h, w = _level0(image).shape[:2]
+        except ValueError as exc:
+            self._say(str(exc), error=True)
+            return None
+        import zarr
+
+        data = np.zeros((h, w), np.uint8) if h * w <= IN_MEMORY_LIMIT_PX else zarr.zeros((h, w), chunks=(1024, 1024), dtype="uint8")
+        layer = self.viewer.add_labels(
+            data, name=f"{image.name} · {name} annotation", colormap=_colormap({1: colour, 2: "#9e9e9e"}),
+            metadata={ANNOTATION_KEY: {"image": image.name, "class": name}},
+        )
+        layer.selected_label, layer.brush_size, layer.mode = 1, 8, "paint"
+        if self.exhaustive.isChecked():
+            self.viewer.add_shapes(
+                name=f"{image.name} · exhaustive regions", edge_color="yellow", face_color="transparent", edge_width=4,
+                metadata={EXHAUSTIVE_KEY: {"image": image.name}},
+            )
+            self.viewer.layers.selection.active = layer
+        self._say(f"Paint {name} with label 1 and background with label 2; unpainted pixels teach nothing.")
+        return layer
+
+    def training_pairs(self, class_name: str) -> list:
+        """Every annotation layer of this class, as engine training pairs (headless: annotations)."""
+        from napari.layers import Labels, Shapes
+
+        pairs, self.last_crops = [], []
+        for layer in self.viewer.layers:
+            info = layer.metadata.get(ANNOTATION_KEY) if isinstance(layer, Labels) else None
+            if not info or info["class"].lower() != class_name.lower():
+                continue
+            if info["image"] not in self.viewer.layers:
+                raise ValueError(f"the image {info['image']!r} of layer {layer.name!r} is no longer open")
+            image = self.viewer.layers[info["image"]]
+            regions = []
+            if self.exhaustive.isChecked():
+                for sl in self.viewer.layers:
+                    if isinstance(sl, Shapes) and sl.metadata.get(EXHAUSTIVE_KEY, {}).get("image") == image.name:
+                        regions += list(sl.data)
+            found = training_pair(_level0(image), np.asarray(layer.data), 1, regions, name=image.name)
+            if found is None:
+                continue
+            pairs.append(found[0])
+            self.last_crops.append((image.name, *found[1]))
+        if not pairs:
+            raise ValueError(f"nothing is painted for {class_name!r}: add an annotation layer and paint some examples")
+        return pairs
+
+    # --- 3. training ----------------------------------------------------------------------
+    def current_settings(self):
+        return self.train_section.settings()
+
+    def start_training(self):
+        try:
+            name, colour = self._new_class()
+            pairs = self.training_pairs(name)
+            check_pairs(pairs, 1)
+            settings = self.current_settings()
+        except ValueError as exc:
+            self._say(str(exc), error=True)
+            return None
+        prior = self.model
+        out = self.storage.new_model_path(prior, name)
+        self.cancel_event = cancel = threading.Event()
+        px = self.image_pixel_size()
+
+        def run():  # in the worker thread: even copying the prior would stall the viewer
+            return (yield from learn_class(prior, pairs, name, colour, settings, out=out, cancel=cancel, pixel_size=px))
+
+        self._crops = deque(maxlen=64)  # the last training crops, for the ATT layer
+        self._att_seen = self._att_fired = 0
+        self.train_section.reset_results()
+        self._remember()
+        advice = sparse_annotation_advice(pairs)
+        self._say(f"Training {name} on {len(pairs)} image(s)…" + (f" Note: {advice}." if advice else ""))
+        if advice:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"Training goes on, but {advice}.")
+        return self._start_job(run, self._on_training_event, self._on_trained)
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+        self._say("Cancelling after the current iteration…")
+
+    def _on_training_event(self, ev) -> None:
+        if isinstance(ev, StepStarted):
+            self.progress.setRange(0, ev.total_iterations)
+            self.device_label.setText(f"Device: {ev.device}")
+        elif isinstance(ev, Progress):
+            self.progress.setValue(ev.iteration)
+            left = time.strftime("%M:%S", time.gmtime(ev.seconds_left))
+            att = ""
+            if ev.crops:
+                r, t_o, t_n = (np.mean([getattr(c, k) for c in ev.crops]) for k in ("r", "t_o", "t_n"))
+                att = f" · ATT r={r:.2f} t_o={t_o:.2f} t_n={t_n:.2f}"
+            self.status.setText(f"iteration {ev.iteration}/{ev.total}, loss {ev.loss:.3f}, {left} left{att}")
+            self.plot.add(ev)
+            self._crops.extend(ev.crops)
+            self._att_seen += len(ev.crops)
+            self._att_fired += sum(c.t_o != 1 for c in ev.crops)
+            self.train_section.show_att(self._att_seen, self._att_fired)
+        elif isinstance(ev, (Cancelled, MemoryReduced)):
+            self._say(ev.message)
+        elif isinstance(ev, StepFinished):
+            self.new_model_path = Path(ev.path) if ev.path else None
+
+    def _on_trained(self, model) -> None:
+        if model is None:
+            return
+        self.model = model
+        if self.new_model_path is not None:
+            model.source_path = str(self.new_model_path)
+        self.model_section.show_model(model)
+        self._remember()
+        self._add_att_layer()
+        self._say(f"Saved {self.new_model_path}; it is now the current model.")
+        self._show_forgetting(model.steps[-1].results.get("forgetting") if model.steps else None)
+
+    def _show_forgetting(self, report) -> None:
+        """The step's forgetting report beside its result, and a warning (with what to do) per
+        class that fell below the threshold."""
+        warnings = self.train_section.show_forgetting(report)
+        if warnings:
+            from napari.utils.notifications import show_warning
+
+            show_warning("Forgetting: " + " ".join(warnings))
+
+    def _add_att_layer(self) -> None:
+        rects, feats = [], {"r": [], "t_o": [], "t_n": [], "att": []}
+        for c in self._crops:
+            if c.image_index >= len(self.last_crops):
+                continue
+            _, y0, x0 = self.last_crops[c.image_index]
+            top, left = y0 + c.top, x0 + c.left
+            rects.append(np.array([[top, left], [top + c.size, left + c.size]]))
+            for k in ("r", "t_o", "t_n"):
+                feats[k].append(getattr(c, k))
+            feats["att"].append("fired" if c.t_o != 1 else "off")
+        if rects:
+            # Outlines only, so the tissue stays visible: orange where ATT fired, cyan where not;
+            # r, t_o and t_n are written on each crop.
+            self.viewer.add_shapes(
+                rects, shape_type="rectangle", name="last training crops (ATT)", features=feats,
+                face_color="transparent", edge_color="att", edge_width=3,
+                edge_color_cycle=["#ff8c00", "#00c8ff"] if feats["att"][0] == "fired" else ["#00c8ff", "#ff8c00"],
+                text={"string": "r={r:.2f} t_o={t_o:g} t_n={t_n:g}", "size": 8, "color": "white", "anchor": "upper_left"},
+            )
+
+    # --- 4. segmentation ------------------------------------------------------------------
+    def start_segmentation(self):
+        try:
+            if self.model is None:
+                raise ValueError("choose or train a model first")
+            image = self._image_layer()
+            pixels = _level0(image)
+        except ValueError as exc:
+            self._say(str(exc), error=True)
+            return None
+        self.cancel_event = cancel = threading.Event()
+        model, px, tile = self.model, self.image_pixel_size(), self.tile.value()
+        # A slide (a lazy layer) or a large image: the class map goes to disk tile by tile, with a
+        # pyramid, and is shown lazily; a small image's stays in memory.
+        out = self.storage.result_path(image.name, model) if needs_disk(pixels) else None
+
+        def run():
+            return (yield from segment_and_measure(
+                model, pixels, tile=tile, overlap=min(64, tile // 4), image_pixel_size=px, out=out, cancel=cancel,
+            ))
+
+        self._remember()
+        self._say(f"Segmenting {image.name}…" + (f" (masks written to {out})" if out else ""))
+        return self._start_job(run, self._on_segment_event, lambda result: self.show_result(image.name, result, model))
+
+    def _on_segment_event(self, ev) -> None:
+        if isinstance(ev, (TileProgress, ExportProgress)):
+            self.progress.setRange(0, max(ev.total, 1))
+            self.progress.setValue(ev.done)
+        elif isinstance(ev, (Cancelled, MemoryReduced)):
+            self._say(ev.message)
+        elif isinstance(ev, SegmentFinished):
+            self._say(f"Segmented in {ev.seconds:.1f} s ({ev.tiles} tiles, {ev.skipped} without tissue skipped)")
+
+    def show_result(self, image_name: str, result, model=None) -> None:
+        """The class map as layers: all classes in one, one mask per class, and the table of
+        nucleus counts and areas. ``result`` = (class map, statistics rows), the class map an
+        array or, for a slide, its on-disk pyramid [level 0, level 1, …] (shown lazily)."""
+        if result is None:
+            return
+        import pandas as pd
+
+        class_map, rows = result
+        m = model or self.model
+        multiscale = isinstance(class_map, list)
+        colours = [c.colour for c in m.classes]
+        features = pd.DataFrame({"index": range(m.num_channels), "name": ["background"] + m.class_names, "colour": ["#000000"] + colours})
+        meta = {RESULT_KEY: result_metadata(m.class_names, colours, m.id, self.image_pixel_size())}
+        self.viewer.add_labels(
+            class_map, name=f"{image_name} · classes", colormap=_colormap(dict(enumerate(colours, start=1))),
+            features=features, metadata=meta, multiscale=multiscale,
+        )
+        for i, c in enumerate(m.classes, start=1):
+            if multiscale:
+                import dask.array as da
+
+                mask = [(da.from_zarr(level) == i).astype(np.uint8) for level in class_map]
+            else:
+                mask = (class_map == i).astype(np.uint8)
+            self.viewer.add_labels(mask, name=f"{image_name} · {c.name}", colormap=_colormap({1: c.colour}), visible=False, multiscale=multiscale)
+        self.segment_section.show_statistics(rows)
+        if rows and not any(row["nuclei"] for row in rows):  # say why, rather than show empty layers
+            self._say(
+                f"The model found no nuclei in {image_name}. A model only knows images like the ones it was "
+                "trained on; for other scanners, stains or magnifications, check the image's pixel size, or "
+                "train a base model on your own annotations (no model + Train), with stain and scale jitter "
+                "under Advanced."
+            )
+            from napari.utils.notifications import show_warning
+
+            show_warning(self.status.text())
+
+    # --- export ---------------------------------------------------------------------------
+    def _result_layer(self):
+        from napari.layers import Labels
+
+        for layer in reversed(list(self.viewer.layers)):
+            if isinstance(layer, Labels) and RESULT_KEY in layer.metadata:
+                return layer
+        raise ValueError("segment an image first")
+
+    def _choose_export_file(self) -> None:
+        try:
+            layer = self._result_layer()
+        except ValueError as exc:
+            self._say(str(exc), error=True)
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export masks", f"{slug(layer.name)}.masks.tif", "TIFF (*.tif *.tiff)")
+        if path:
+            self.export_to(path, layer)
+
+    def export_to(self, path, layer=None):
+        """Export the result layer to ``path`` (pyramidal OME-TIFF) and its per-nucleus CSV, in a
+        worker with progress; returns the worker (None if refused). ``self.last_export`` is the
+        masks file once it is written."""
+        try:
+            layer = layer or self._result_layer()
+        except ValueError as exc:
+            self._say(str(exc), error=True)
+            return None
+        info = layer.metadata[RESULT_KEY]
+        data = layer.data[0] if layer.multiscale else layer.data  # zarr level 0: written tile by tile
+        px, path = layer_pixel_size(layer.metadata), Path(path)
+        self.last_export = None
+
+        def run():
+            return (yield from export_with_table(data, path, info["class_names"], info["colours"], info["model_id"], pixel_size=px, overwrite=True))
+
+        def done(result) -> None:
+            self.last_export = result[0]
+            self._say(f"Exported {result[0]} and the per-nucleus table {result[1].name}")
+
+        self._say(f"Exporting {path.name}…")
+        return self._start_job(run, self._on_segment_event, done)

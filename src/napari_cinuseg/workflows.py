@@ -1,0 +1,147 @@
+"""What the napari panel and the command line both decide, decided once, headless:
+
+- where new models and segmentation results go, and how they are named (:class:`Storage`);
+- a base step or an incremental one for a painted class (:func:`learn_class`);
+- a class map in memory or on disk (:func:`needs_disk`), and what follows a segmentation:
+  the pyramid of an on-disk map and the statistics (:func:`segment_and_measure`);
+- an export: the masks file and its per-nucleus table (:func:`export_with_table`).
+
+Each long job is a generator of typed events (:mod:`napari_cinuseg.events`) that returns its
+result, like every job of the engine.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Generator, Sequence
+
+import numpy as np
+
+from .events import CancelFlag, ExportProgress
+from .images import IN_MEMORY_LIMIT_PX
+
+
+def slug(text: str) -> str:
+    """``text`` as a safe, lower-case file-name part."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "class"
+
+
+def _home(kind: str) -> Path:
+    return Path.home() / ".napari-cinuseg" / kind
+
+
+@dataclass
+class Storage:
+    """Folders for new models and for the on-disk class maps of large images; created on use.
+    The defaults are ``~/.napari-cinuseg/models`` and ``~/.napari-cinuseg/results``."""
+
+    models: Path = field(default_factory=lambda: _home("models"))
+    results: Path = field(default_factory=lambda: _home("results"))
+
+    def new_model_path(self, prior, class_name: str) -> Path:
+        """``<prior's name or 'base'>+<class>-<time>.cinuseg.pt``: never a prior's file."""
+        self.models.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = slug(Path(prior.source_path).name.split(".")[0]) if prior is not None and prior.source_path else "base"
+        return Path(self.models) / f"{base}+{slug(class_name)}-{stamp}.cinuseg.pt"
+
+    def result_path(self, image_name: str, model) -> Path:
+        """``<image>-<model id>-<time>.zarr`` for a class map built on disk."""
+        self.results.mkdir(parents=True, exist_ok=True)
+        return Path(self.results) / f"{slug(image_name)}-{model.id[:8]}-{time.strftime('%Y%m%d-%H%M%S')}.zarr"
+
+
+def learn_class(
+    prior,
+    pairs: Sequence,
+    name: str,
+    colour: str,
+    settings,
+    *,
+    out: str | Path,
+    cancel: CancelFlag = None,
+    pixel_size: float | None = None,
+) -> Generator:
+    """Teach a painted class: a base model (step 0) when there is no prior, which records the
+    painted image's ``pixel_size``; else one CiNuSeg step against the frozen prior, in the prior's
+    network."""
+    from .training import train_base, train_step
+
+    if prior is None:
+        return (yield from train_base(pairs, [name], settings, colours=[colour], out=out, cancel=cancel, pixel_size=pixel_size))
+    settings = settings.for_network(prior.arch)
+    return (yield from train_step(prior, pairs, [name], settings, method="cinuseg", colours=[colour], out=out, cancel=cancel))
+
+
+def needs_disk(pixels) -> bool:
+    """A lazy image (a slide) or one over ``IN_MEMORY_LIMIT_PX`` gets its class map on disk."""
+    return not isinstance(pixels, np.ndarray) or pixels.shape[0] * pixels.shape[1] > IN_MEMORY_LIMIT_PX
+
+
+def segment_and_measure(
+    model,
+    pixels,
+    *,
+    tile: int = 512,
+    overlap: int = 64,
+    image_pixel_size: float | None = None,
+    out: str | Path | None = None,
+    cancel: CancelFlag = None,
+) -> Generator:
+    """Segment ``pixels`` and measure the result: returns ``(class map, statistics rows)``, the
+    class map an array, or with ``out`` (a ``.zarr``) its on-disk pyramid [level 0, level 1, …];
+    None when cancelled (nothing is left on disk)."""
+    from .measurements import class_statistics
+    from .pyramid import build_pyramid
+    from .segmentation import segment
+
+    result = yield from segment(
+        model, pixels, tile=tile, overlap=overlap, image_pixel_size=image_pixel_size, out=out, cancel=cancel
+    )
+    if result is None:
+        return None
+    if isinstance(result, Path):
+        levels = build_pyramid(result)
+        return levels, class_statistics(levels[0], model.class_names, image_pixel_size)
+    return result, class_statistics(result, model.class_names, image_pixel_size)
+
+
+def nuclei_csv_path(masks_path: str | Path) -> Path:
+    """The per-nucleus table beside a masks file: ``x.masks.tif`` → ``x.nuclei.csv``."""
+    masks_path = Path(masks_path)
+    stem = masks_path.name.removesuffix(".tiff").removesuffix(".tif").removesuffix(".ome").removesuffix(".masks")
+    return masks_path.with_name(stem + ".nuclei.csv")
+
+
+def export_with_table(
+    class_map,
+    path: str | Path,
+    class_names: list[str],
+    colours: list[str] | None,
+    model_id: str | None,
+    *,
+    pixel_size: float | None = None,
+    extra: dict | None = None,
+    overwrite: bool = False,
+) -> Generator:
+    """The per-nucleus CSV, then the masks file (so a masks file on disk means both are done),
+    yielding :class:`ExportProgress` while the masks are written; returns (masks, csv) paths."""
+    from .export import export_masks_job
+    from .measurements import nucleus_table, write_nucleus_csv
+
+    path = Path(path)
+    csv_path = nuclei_csv_path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; choose another name or allow overwriting")
+    write_nucleus_csv(nucleus_table(class_map, class_names, pixel_size), csv_path)
+    job = export_masks_job(class_map, path, class_names, colours, model_id, extra=extra, overwrite=overwrite, pixel_size=pixel_size)
+    while True:
+        try:
+            done, total = next(job)
+        except StopIteration as stop:
+            return stop.value, csv_path
+        yield ExportProgress(done, total)

@@ -6,6 +6,9 @@ zarr or dask array) are measured block by block in bounded memory; see :func:`cl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterator
+
 import numpy as np
 from scipy.ndimage import find_objects
 from skimage.measure import label as connected_components
@@ -105,6 +108,37 @@ def _class_values(ext: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class _Block:
+    """A core block [r0, r1) × [c0, c1) read with its halo: ``ext`` starts at (er0, ec0)."""
+
+    ext: np.ndarray
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+    er0: int
+    ec0: int
+
+    def owns(self, rows, cols) -> np.ndarray:
+        """Which components (by their bounding box's top-left corner in ``ext``) this block counts."""
+        gr, gc = np.asarray(rows) + self.er0, np.asarray(cols) + self.ec0
+        return (gr >= self.r0) & (gr < self.r1) & (gc >= self.c0) & (gc < self.c1)
+
+
+def _blocks(class_map, n: int, block: int, margin: int) -> Iterator[_Block]:
+    """The blockwise rule's blocks, row by row: each core block with its halo of ``margin``
+    (clipped at the map's edges), read as class values 0..n."""
+    h, w = (int(s) for s in class_map.shape)
+    for r0 in range(0, h, block):
+        r1 = min(r0 + block, h)
+        er0, er1 = max(r0 - margin, 0), min(r1 + margin, h)
+        for c0 in range(0, w, block):
+            c1 = min(c0 + block, w)
+            ec0, ec1 = max(c0 - margin, 0), min(c1 + margin, w)
+            yield _Block(_class_values(np.asarray(class_map[er0:er1, ec0:ec1]), n), r0, r1, c0, c1, er0, ec0)
+
+
 def _blockwise_areas(class_map, n: int, block: int, margin: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Blockwise rule of :func:`class_statistics`: per class, the counted components' areas and
     the exact pixel count."""
@@ -112,31 +146,23 @@ def _blockwise_areas(class_map, n: int, block: int, margin: int) -> tuple[list[n
         raise ValueError(f"blockwise class statistics need a 2-D class map, got shape {tuple(class_map.shape)}")
     if block < 1 or margin < 0:
         raise ValueError(f"need block >= 1 and margin >= 0, got block={block}, margin={margin}")
-    h, w = (int(s) for s in class_map.shape)
     totals = np.zeros(n + 1, np.int64)
     pieces: list[list[np.ndarray]] = [[] for _ in range(n + 1)]
-    for r0 in range(0, h, block):
-        r1 = min(r0 + block, h)
-        er0, er1 = max(r0 - margin, 0), min(r1 + margin, h)
-        for c0 in range(0, w, block):
-            c1 = min(c0 + block, w)
-            ec0, ec1 = max(c0 - margin, 0), min(c1 + margin, w)
-            ext = _class_values(np.asarray(class_map[er0:er1, ec0:ec1]), n)
-            core = ext[r0 - er0 : r1 - er0, c0 - ec0 : c1 - ec0]
-            totals += np.bincount(core.ravel(), minlength=n + 1)[: n + 1]
-            if not ext.any():
-                continue
-            # Equal-valued 4-connected pixels: each class's components, labelled in one pass.
-            lab, num = connected_components(ext, background=0, connectivity=1, return_num=True)
-            area = np.bincount(lab.ravel(), minlength=num + 1)[1:]
-            cls = np.zeros(num + 1, ext.dtype)
-            cls[lab.ravel()] = ext.ravel()
-            top_left = np.array([(s[0].start, s[1].start) for s in find_objects(lab)], np.int64).reshape(-1, 2)
-            gr, gc = top_left[:, 0] + er0, top_left[:, 1] + ec0
-            counted = (gr >= r0) & (gr < r1) & (gc >= c0) & (gc < c1)
-            cls, area = cls[1:][counted], area[counted]
-            for i in np.unique(cls):
-                pieces[i].append(area[cls == i].astype(float))
+    for b in _blocks(class_map, n, block, margin):
+        core = b.ext[b.r0 - b.er0 : b.r1 - b.er0, b.c0 - b.ec0 : b.c1 - b.ec0]
+        totals += np.bincount(core.ravel(), minlength=n + 1)[: n + 1]
+        if not b.ext.any():
+            continue
+        # Equal-valued 4-connected pixels: each class's components, labelled in one pass.
+        lab, num = connected_components(b.ext, background=0, connectivity=1, return_num=True)
+        area = np.bincount(lab.ravel(), minlength=num + 1)[1:]
+        cls = np.zeros(num + 1, b.ext.dtype)
+        cls[lab.ravel()] = b.ext.ravel()
+        top_left = np.array([(s[0].start, s[1].start) for s in find_objects(lab)], np.int64).reshape(-1, 2)
+        counted = b.owns(top_left[:, 0], top_left[:, 1])
+        cls, area = cls[1:][counted], area[counted]
+        for i in np.unique(cls):
+            pieces[i].append(area[cls == i].astype(float))
     areas = [np.concatenate(p) if p else np.zeros(0) for p in pieces[1:]]
     return areas, totals[1:]
 
@@ -145,14 +171,7 @@ def _blockwise_areas(class_map, n: int, block: int, margin: int) -> tuple[list[n
 NUCLEUS_FEATURES = ("perimeter", "eccentricity", "solidity", "axis_major_length", "axis_minor_length", "orientation")
 
 
-def nucleus_table(
-    class_map,
-    class_names: list[str],
-    pixel_size_um: float | None = None,
-    *,
-    block: int = 4096,
-    margin: int = 256,
-) -> dict[str, list]:
+def nucleus_table(class_map, class_names: list[str], pixel_size_um: float | None = None, *, block: int = 4096, margin: int = 256) -> dict[str, list]:
     """One row per nucleus (a 4-connected component of one class), as columns:
     ``nucleus`` (1..N), ``class``, ``centroid_y``, ``centroid_x`` (pixels of the map),
     ``area_px``, ``area_um2`` (where ``pixel_size_um`` is known), and ``NUCLEUS_FEATURES``
@@ -168,27 +187,19 @@ def nucleus_table(
     if len(class_map.shape) != 2:
         raise ValueError(f"a per-nucleus table needs a 2-D class map, got shape {tuple(class_map.shape)}")
     n = len(class_names)
-    h, w = (int(s) for s in class_map.shape)
     cols: dict[str, list] = {k: [] for k in ("class", "centroid_y", "centroid_x", "area_px", *NUCLEUS_FEATURES)}
-    for r0 in range(0, h, block):
-        r1 = min(r0 + block, h)
-        er0, er1 = max(r0 - margin, 0), min(r1 + margin, h)
-        for c0 in range(0, w, block):
-            c1 = min(c0 + block, w)
-            ec0, ec1 = max(c0 - margin, 0), min(c1 + margin, w)
-            ext = _class_values(np.asarray(class_map[er0:er1, ec0:ec1]), n)
-            if not ext.any():
-                continue
-            lab = connected_components(ext, background=0, connectivity=1)
-            props = regionprops_table(lab, intensity_image=ext, properties=("bbox", "centroid", "area", "intensity_max", *NUCLEUS_FEATURES))
-            top, left = props["bbox-0"] + er0, props["bbox-1"] + ec0
-            keep = (top >= r0) & (top < r1) & (left >= c0) & (left < c1)
-            cols["class"] += [class_names[int(v) - 1] for v in props["intensity_max"][keep]]
-            cols["centroid_y"] += (props["centroid-0"][keep] + er0).tolist()
-            cols["centroid_x"] += (props["centroid-1"][keep] + ec0).tolist()
-            cols["area_px"] += props["area"][keep].astype(int).tolist()
-            for k in NUCLEUS_FEATURES:
-                cols[k] += props[k][keep].tolist()
+    for b in _blocks(class_map, n, block, margin):
+        if not b.ext.any():
+            continue
+        lab = connected_components(b.ext, background=0, connectivity=1)
+        props = regionprops_table(lab, intensity_image=b.ext, properties=("bbox", "centroid", "area", "intensity_max", *NUCLEUS_FEATURES))
+        keep = b.owns(props["bbox-0"], props["bbox-1"])
+        cols["class"] += [class_names[int(v) - 1] for v in props["intensity_max"][keep]]
+        cols["centroid_y"] += (props["centroid-0"][keep] + b.er0).tolist()
+        cols["centroid_x"] += (props["centroid-1"][keep] + b.ec0).tolist()
+        cols["area_px"] += props["area"][keep].astype(int).tolist()
+        for k in NUCLEUS_FEATURES:
+            cols[k] += props[k][keep].tolist()
     table = {"nucleus": list(range(1, len(cols["class"]) + 1)), **cols}
     if pixel_size_um:
         table["area_um2"] = [a * pixel_size_um**2 for a in cols["area_px"]]

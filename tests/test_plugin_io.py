@@ -206,7 +206,7 @@ def test_written_masks_open_as_labels(tmp_path, class_map):
 def test_sample_data():
     (image, kwargs), = sample_he()
     assert image.shape == (1024, 1024, 3) and image.dtype == np.uint8
-    assert kwargs == {"name": "H&E sample (CMU-1, CC0)", "rgb": True}
+    assert kwargs == {"name": "H&E sample (CMU-1, CC0)", "rgb": True, "metadata": {"pixel_size_um": 0.499}}  # the slide's MPP
     assert (image.mean(axis=2) < 200).mean() > 0.3  # mostly tissue, not glass
 
 

@@ -286,7 +286,7 @@ def _forward_tiles(
                 with torch.inference_mode(), devices.autocast(dev, dtype):
                     x = model.normalize(batch)
                     if net_size is not None:
-                        x = F.interpolate(x, size=(net_size, net_size), mode="bilinear", align_corners=False, antialias=True)
+                        x = F.interpolate(x, size=(net_size, net_size), mode="bicubic", align_corners=False, antialias=True)
                     logits = net(x).logits.float()
                     if net_size is not None:
                         logits = F.interpolate(logits, size=batch.shape[-2:], mode="bilinear", align_corners=False)

@@ -94,6 +94,21 @@ def test_prediction_distillation_eqs4_5():
     torch.testing.assert_close(prediction_distillation(logits, old, [2]), torch.tensor([expected]))
 
 
+def test_prediction_distillation_on_sigmoid_scores():
+    # S = sigmoid: logits (bg 0, old 1 log 3, new 2 -log 3) → S = (1/2, 3/4, 1/4);
+    # S̃_0 = min(1, 1/2 + 1/4) = 3/4, S̃_1 = 3/4; the prior's S^{t-1} = (sigmoid(0), sigmoid(log 3)) = (1/2, 3/4)
+    logits = torch.tensor([0.0, math.log(3.0), -math.log(3.0)]).view(1, 3, 1, 1)
+    old = torch.tensor([0.0, math.log(3.0)]).view(1, 2, 1, 1)
+    expected = -(0.5 * math.log(3 / 4) + 0.75 * math.log(3 / 4))
+    torch.testing.assert_close(prediction_distillation(logits, old, [2], scores="sigmoid"), torch.tensor([expected]))
+    # the merged background never exceeds 1
+    big = torch.tensor([5.0, 0.0, 5.0]).view(1, 3, 1, 1)
+    out = prediction_distillation(big, torch.tensor([5.0, -20.0]).view(1, 2, 1, 1), [2], scores="sigmoid")
+    assert 0 <= float(out) < 1e-3
+    with pytest.raises(ValueError, match="softmax"):
+        prediction_distillation(logits, old, [2], scores="argmax")
+
+
 def test_prediction_distillation_averages_pixels():
     logits = torch.zeros(1, 3, 1, 2)
     logits[0, 1, 0, 1] = math.log(4.0)  # pixel 2: p = (1/6, 4/6, 1/6) → p̂ = (1/3, 2/3)

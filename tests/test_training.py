@@ -73,6 +73,7 @@ def test_incremental_step_learns_new_class_and_keeps_prior(base_file, few_pairs,
     assert set(report["agreement"]) == {"Epithelial", "Spindle-shaped"}
     assert all(v is None or 0 <= v <= 1 for v in report["agreement"].values())
     assert report["images"] == len(few_pairs[1])
+    assert 0 <= results["att_fired_share"] <= 1  # how often ATT fired over the step's crops
     curve = results["loss_curve"]
     assert curve["iteration"][-1] == 15 and {"loss", "cac", "pkd", "fgl", "bgl", "ns"} <= set(curve)
     assert all(len(v) == len(curve["iteration"]) for v in curve.values())

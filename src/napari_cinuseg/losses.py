@@ -139,17 +139,28 @@ def class_anchor_consolidation(
 
 
 def prediction_distillation(
-    logits: torch.Tensor, old_logits: torch.Tensor, new_classes: Sequence[int]
+    logits: torch.Tensor, old_logits: torch.Tensor, new_classes: Sequence[int], scores: str = "softmax"
 ) -> torch.Tensor:
-    """Eqs. 4-5 (PKD): cross-entropy of the old distribution against the new, background-merged one.
+    """Eqs. 4-5 (PKD): cross-entropy of the old scores against the new, background-merged ones.
 
-    p = softmax(logits); p̂_0 = p_0 + Σ_{c∈C^t} p_c and p̂_c = p_c for c ∈ C^{1:t-1};
-    q = softmax(old_logits). Loss_i = −Σ_{c∈C^{0:t-1}} q_{c,i} log p̂_{c,i}, averaged over the
-    image's pixels.
+    ``scores="softmax"`` (MiB's reading, the default): p = softmax(logits); p̂_0 = p_0 +
+    Σ_{c∈C^t} p_c and p̂_c = p_c for c ∈ C^{1:t-1}; q = softmax(old_logits).
+    ``scores="sigmoid"`` (the reading of S in eqs. 1 and 8-12): p = sigmoid(logits), p̂_0 =
+    min(1, p_0 + Σ_{c∈C^t} p_c), q = sigmoid(old_logits). The paper is silent on which S it means
+    here; docs/method.md says why both exist and which a method uses.
+    Loss_i = −Σ_{c∈C^{0:t-1}} q_{c,i} log p̂_{c,i}, averaged over the image's pixels.
     """
     logits = logits.float()
     k_old = old_logits.shape[1]
     new_idx = _as_index(new_classes, logits.device)
+    if scores == "sigmoid":
+        p = torch.sigmoid(logits)
+        bg = (p[:, 0] + p.index_select(1, new_idx).sum(dim=1)).clamp(max=1.0)
+        log_p_hat = torch.cat([bg[:, None], p[:, 1:k_old]], dim=1).clamp_min(1e-8).log()
+        q = torch.sigmoid(old_logits.detach().float())
+        return -(q * log_p_hat).sum(dim=1).flatten(1).mean(dim=1)
+    if scores != "softmax":
+        raise ValueError(f"scores must be 'softmax' or 'sigmoid', got {scores!r}")
     log_den = torch.logsumexp(logits, dim=1)
     bg_idx = torch.cat([torch.zeros(1, dtype=torch.long, device=logits.device), new_idx])
     log_bg = torch.logsumexp(logits.index_select(1, bg_idx), dim=1) - log_den
@@ -258,6 +269,7 @@ def cinuseg_loss(
     acl: bool = True,
     drr: bool = True,
     att: bool = True,
+    pkd_scores: str = "softmax",
     ignore_index: int = IGNORE_INDEX,
 ) -> LossOutput:
     """Eq. 17: mean over the batch of t_o·(CAC + PKD) + t_n·(FGL + BGL + NS), per image.
@@ -275,7 +287,7 @@ def cinuseg_loss(
 
     if acl:
         terms["cac"] = class_anchor_consolidation(features, old_features, pseudo, old_classes)
-        terms["pkd"] = prediction_distillation(logits, old_logits, new_classes)
+        terms["pkd"] = prediction_distillation(logits, old_logits, new_classes, pkd_scores)
     if drr:
         terms["fgl"] = foreground_guidance(logits, labels, new_classes)
         terms["bgl"] = background_suppression(logits, labels, new_classes)

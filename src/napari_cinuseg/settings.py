@@ -37,6 +37,7 @@ class TrainSettings:
     sigma: float = 0.7
     alpha_o: float = 10.0
     alpha_n: float = 0.5
+    pkd_scores: str = "softmax"  # eqs. 4-5 on softmax (MiB's reading) or on the sigmoid scores S
 
     # running
     seed: int = 0

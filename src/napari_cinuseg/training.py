@@ -183,6 +183,7 @@ class _Loop:
         t0 = time.perf_counter()
         it, epoch, recent = 0, 0, []
         history: list[dict[str, float]] = []  # every iteration's loss and terms, for the record's curve
+        att = [0, 0]  # crops seen, crops where ATT fired
         prepare = getattr(self.hooks, "prepare", None)
         finish = getattr(self.hooks, "finish", None)
         ctx = self._context(device, lut) if (prepare or finish) else None
@@ -243,6 +244,9 @@ class _Loop:
                         )
                     recent = (recent + [loss])[-20:]
                     history.append({"loss": loss, **result.terms})
+                    if result.t_o is not None:  # ATT (eqs. 14-16): how often it fired
+                        att[0] += int(result.t_o.numel())
+                        att[1] += int((result.t_o != 1).sum())
                     if it % s.log_every == 0 or it == total:
                         yield Progress(
                             step=self.step,
@@ -286,6 +290,7 @@ class _Loop:
                     "final_loss": float(np.mean(recent)) if recent else None,
                     "device": devices.describe(device) + (f" × {world} processes" if world > 1 else ""),
                     "loss_curve": _loss_curve(history),
+                    **({"att_fired_share": round(att[1] / att[0], 4)} if att[0] else {}),
                     **({"forgetting": forgetting} if forgetting is not None else {}),
                     **({"memory": list(self.memory_notes)} if self.memory_notes else {}),
                 },

@@ -34,6 +34,7 @@ class CiNuSeg:
             acl=self.acl,
             drr=self.drr,
             att=self.att,
+            pkd_scores=s.pkd_scores,
         )
 
 

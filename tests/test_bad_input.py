@@ -306,7 +306,7 @@ def test_cli_protocol_too_long_and_unknown_class_order(tmp_path, shared_data, ca
 
 
 def test_cli_segment_outputs_never_clash(tmp_path, rgb, capsys):
-    from napari_cinuseg.cli import _stem
+    from napari_cinuseg.commands import _stem
 
     assert _stem("/x/Schnitt 1.v2.png") == "Schnitt 1.v2" and _stem("a.OME.tif") == "a" and _stem("b.svs") == "b"
     for name in ("a.png", "a.tif"):

@@ -68,7 +68,7 @@ def test_two_gloo_processes_match_one_process(shared_data, consep, tmp_path):
 
 
 def test_a_cohort_is_shared_across_processes_without_overlap(monkeypatch):
-    from napari_cinuseg.cli import _shard
+    from napari_cinuseg.commands import _shard
 
     images = [f"slide{i}.svs" for i in range(7)]
     shares = [_shard(images, f"{k}/3") for k in range(3)]

@@ -12,7 +12,6 @@ saved class map can be opened, corrected and saved again.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable

@@ -106,3 +106,7 @@ class Bar:
             self._line()
         if self.console._bar is self:
             self.console._bar = None
+
+
+# The command line's console; ``cinuseg --quiet`` sets its ``quiet``.
+CONSOLE = Console()

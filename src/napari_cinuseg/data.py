@@ -20,7 +20,7 @@ import torch
 from skimage import io as skio
 
 from . import augment
-from .images import as_rgb_uint8, read_rgb  # read_rgb: kept importable from here
+from .images import as_rgb_uint8, read_rgb  # noqa: F401 - kept importable from here
 
 from .names import IGNORE
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")

@@ -37,7 +37,7 @@ from .tiling import blend_window, tile_origins, tissue_fraction
 
 #: Pixels above which a class map is built on disk (zarr) rather than in memory: the CLI's
 #: ``--in-memory-limit`` default and the panel's threshold (images.IN_MEMORY_LIMIT_PX).
-from .images import IN_MEMORY_LIMIT_PX  # noqa: E402
+from .images import IN_MEMORY_LIMIT_PX  # noqa: E402, F401 - public here too
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,342 @@
+"""What each ``cinuseg`` command does (the parser is in cli.py). Engine modules are imported
+inside each command, so that the help answers at once, without PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .console import CONSOLE
+from .settings import USER_SETTINGS, preset
+
+
+def _settings(args: argparse.Namespace, **extra):
+    overrides = {n: getattr(args, n) for n in USER_SETTINGS if getattr(args, n, None) is not None}
+    overrides.update({k: v for k, v in extra.items() if v is not None})
+    return preset(args.preset, **overrides)
+
+
+def _with_encoder(settings, args: argparse.Namespace):
+    """``settings`` with --encoder and --encoder-weights applied."""
+    weights = args.encoder_weights
+    if args.encoder:
+        settings = settings.replace(encoder=args.encoder)
+        if weights is None:  # another encoder than the preset's: its own default weights
+            weights = "imagenet" if args.encoder.startswith("efficientnet") else "random"
+    if weights is not None:
+        settings = settings.replace(encoder_weights=None if weights == "random" else weights)
+    return settings
+
+
+def _load_data(args: argparse.Namespace):
+    from .data import data_dir, split_by_source
+    from .datasets import read_dataset
+
+    data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
+    if args.split == "all":
+        return data
+    train, val = split_by_source(data, args.val_fraction, args.split_seed)
+    return train if args.split == "train" else val
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+_MAIN_RANK = int(os.environ.get("RANK", "0")) == 0
+
+
+def _drain(job, show=None) -> object:
+    """Run a job with a progress bar per training step; Ctrl-C cancels it cleanly."""
+    from .events import Cancelled, MemoryReduced, Progress, Saved, StepFinished, StepStarted
+
+    bar = None
+    try:
+        while True:
+            try:
+                ev = next(job)
+            except StopIteration as stop:
+                return stop.value
+            if not _MAIN_RANK:
+                continue  # under torchrun only rank 0 reports
+            if isinstance(ev, StepStarted):
+                CONSOLE.say(f"step {ev.step} ({ev.method}) on {ev.device}: {', '.join(ev.classes)}, {ev.num_images} images")
+                bar = CONSOLE.bar(ev.total_iterations, "it", f"step {ev.step}")
+            elif isinstance(ev, Progress) and bar is not None:
+                bar.update_to(ev.iteration, loss=f"{ev.loss:.3f}", **{k: f"{v:.3f}" for k, v in ev.terms.items()})
+            elif isinstance(ev, Cancelled):
+                CONSOLE.say(ev.message)
+            elif isinstance(ev, MemoryReduced):
+                CONSOLE.note(ev.message)
+            elif isinstance(ev, Saved):
+                CONSOLE.say(f"saved {ev.path}")
+            elif isinstance(ev, StepFinished) and bar is not None:
+                bar.close()
+            elif show is not None:
+                show(ev)
+    except KeyboardInterrupt:
+        job.close()  # runs the engine's clean-up; nothing has been saved
+        print("\ncancelled: nothing was saved and the prior model is unchanged", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def cmd_train_base(args) -> int:
+    from .data import step_pairs
+    from .training import train_base
+
+    data = _load_data(args)
+    classes = _names(args.classes) if args.classes else data.class_names
+    pairs = step_pairs(data, classes)
+    settings = _with_encoder(_settings(args), args)
+    model = _drain(train_base(pairs, classes, settings, out=args.out, pixel_size=args.pixel_size or data.pixel_size))
+    return 0 if model is not None else 130
+
+
+def cmd_step(args) -> int:
+    from .data import step_pairs
+    from .model_file import load_model
+    from .training import train_step
+
+    prior = load_model(args.prior)
+    data = _load_data(args)
+    new = _names(args.new_classes)
+    pairs = step_pairs(data, new)
+    model = _drain(train_step(prior, pairs, new, _settings(args).for_network(prior.arch), method=args.method, out=args.out))
+    if model is None:
+        return 130
+    if _MAIN_RANK:
+        _print_forgetting(model.steps[-1].results.get("forgetting"))
+    return 0
+
+
+def _print_forgetting(report: dict | None, indent: str = "") -> None:
+    """The step's forgetting report (forgetting.py) and a warning per class below the threshold."""
+    from .forgetting import format_report, forgetting_warnings
+
+    if not report:
+        return
+    print(f"{indent}{format_report(report)} ({report.get('images')} of the step's images)")
+    for line in forgetting_warnings(report):
+        if indent:  # part of `cinuseg info`'s listing
+            print(f"{indent}warning: {line}")
+        else:
+            CONSOLE.warn(line)
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate
+    from .model_file import load_model
+
+    model = load_model(args.model)
+    data = _load_data(args)
+    bar = CONSOLE.bar(len(data.items), "img", "evaluate")
+    try:
+        dice = evaluate(model, data, args.device or "auto", lambda n, t: bar.update_to(n))
+    finally:
+        bar.close()
+    fg = [v for v in dice.values() if v == v]
+    result = {"model": str(args.model), "split": args.split, "images": len(data.items), "dice": dice, "mean": sum(fg) / len(fg) if fg else None}
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for name, v in dice.items():
+            print(f"{name:>20s}  Dice {v:6.2f}")
+        print(f"{'mean':>20s}  Dice {result['mean']:6.2f}  ({len(data.items)} images, split {args.split})")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .model_file import read_record
+
+    record = read_record(args.model)
+    if args.json:
+        print(json.dumps(record, indent=1))
+        return 0
+    a = record["architecture"]
+    print(f"model {record.get('id', '?')}  {a['encoder']} / {a['decoder']}  created {record.get('created', '?')}")
+    print("classes:")
+    for i, c in enumerate(record["classes"], start=1):
+        print(f"  {i}: {c['name']:<20s} {c['colour']}  learned at step {c['step']}")
+    for s in record.get("steps", []):
+        r = s.get("results", {})
+        print(f"step {s['step']}: {s['method']} → {', '.join(s['new_classes'])}; {r.get('iterations')} iterations, {r.get('seconds')} s, final loss {r.get('final_loss')}")
+        _print_forgetting(r.get("forgetting"), indent="  ")
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from .benchmark import BenchmarkConfig, StepEvaluated, StepPlanned, BenchmarkStarted, run_benchmark, split_data
+    from .data import data_dir
+    from .datasets import read_dataset
+
+    data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
+    test = read_dataset(args.dataset, args.test_data) if args.test_data else None
+    train, test, described = split_data(data, test, args.val_fraction, args.split_seed)
+    cfg = BenchmarkConfig(
+        dataset=args.dataset,
+        train=train,
+        test=test,
+        protocols=_names(args.protocol),
+        methods=_names(args.methods),
+        settings=_with_encoder(_settings(args), args),
+        out=Path(args.out),
+        class_order=_names(args.class_order) if args.class_order else None,
+        steps_only=args.steps_only,
+        test_description=described,
+        command="cinuseg " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("cinuseg") else "",
+    )
+
+    def show(ev) -> None:
+        if isinstance(ev, BenchmarkStarted):
+            CONSOLE.say(f"benchmark {', '.join(ev.protocols)} × {', '.join(ev.methods)}: {ev.train_images} training images, {ev.test_images} test images, {ev.device}")
+        elif isinstance(ev, StepPlanned):
+            what = "cached" if ev.cached else "training"
+            CONSOLE.say(f"[{ev.protocol} {ev.method} step {ev.step}] {what}: {', '.join(ev.classes)}")
+        elif isinstance(ev, StepEvaluated):
+            dice = ", ".join(f"{k} {v:.1f}" for k, v in ev.dice.items())
+            CONSOLE.say(f"[{ev.protocol} {ev.method} step {ev.step}] Dice: {dice}")
+
+    results = _drain(run_benchmark(cfg), show)
+    if results is None:
+        return 130
+    table = Path(args.out) / "table.md"
+    if table.exists():
+        print(table.read_text())
+    return 0
+
+
+def _stem(image: str) -> str:
+    """The image's name without its extension (two for OME-TIFF: ``a.ome.tif`` → ``a``)."""
+    name = Path(image).name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _shard(images: list[str], spec: str | None) -> list[str]:
+    """This process's share of a cohort: ``K/N`` takes images K, K+N, K+2N, … (0-based); under
+    torchrun (and without --shard) it is RANK/WORLD_SIZE. Shares never overlap, and each image's
+    output is its own file, so processes need not talk to each other."""
+    if spec is None:
+        k, n = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    else:
+        try:
+            k, n = (int(v) for v in spec.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must be K/N with 0 <= K < N (e.g. 0/4), got {spec!r}") from None
+    if not 0 <= k < n:
+        raise ValueError(f"--shard must be K/N with 0 <= K < N (e.g. 0/4), got {k}/{n}")
+    return list(images)[k::n]
+
+
+def cmd_segment(args) -> int:
+    import shutil
+
+    import torch
+
+    from .model_file import load_model
+    from .segmentation import IN_MEMORY_LIMIT_PX, SegmentStarted, TileProgress, resampling_factor, segment
+    from .slides import Slide
+    from .workflows import export_with_table
+
+    model = load_model(args.model)
+    out = Path(args.out)
+    images, device = _shard(args.images, args.shard), args.device
+    if os.environ.get("LOCAL_RANK") and device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"  # one GPU per process
+    targets = {image: out / (_stem(image) + ".masks.tif") for image in images}
+    clash = [t.name for t in targets.values() if list(targets.values()).count(t) > 1]
+    if clash:
+        raise ValueError(f"several images would write {sorted(set(clash))[0]}; give them different names or run them into different --out folders")
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for image in images:
+        target = targets[image]
+        if target.exists():
+            CONSOLE.say(f"{target} exists: skipped (delete it to segment {image} again)")
+            continue
+        try:
+            slide = Slide(image, level=args.level)
+        except (ValueError, FileNotFoundError) as exc:
+            CONSOLE.error(str(exc))
+            failed += 1
+            continue
+        h, w = slide.shape
+        pixel_size = args.pixel_size or slide.pixel_size
+        scale = resampling_factor(model.pixel_size, pixel_size)
+        if _MAIN_RANK:
+            said = f"{pixel_size:g} µm/px" + (" (given)" if args.pixel_size else " (from the file)") if pixel_size else "pixel size unknown (give --pixel-size)"
+            model_px = f"{model.pixel_size:g} µm/px" if model.pixel_size else "unknown"
+            how = f"resampled ×{scale:.2f} for the model ({model_px})" if scale != 1.0 else f"model at {model_px}: not resampled"
+            CONSOLE.say(f"{Path(image).name}: {w}×{h} px, {said}; {how}")
+        limit = IN_MEMORY_LIMIT_PX if args.in_memory_limit is None else args.in_memory_limit
+        on_disk = h * w > limit
+        scratch = out / f".{target.name}.zarr"
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        bar = CONSOLE.bar(1, "tile", Path(image).name)
+        try:
+            job = segment(
+                model, slide, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
+                compile=args.compile, image_pixel_size=pixel_size, out=scratch if on_disk else None,
+            )
+
+            def show(ev):
+                if isinstance(ev, SegmentStarted):
+                    bar.reset(total=ev.tiles)
+                elif isinstance(ev, TileProgress):
+                    bar.update_to(ev.done, skipped=ev.skipped)
+
+            result = _drain(job, show)
+            if result is None:
+                return 130
+            import zarr
+
+            class_map = zarr.open_array(str(result), mode="r") if on_disk else result
+            extra = {"source": str(image), "level": args.level}
+            # the table first: a masks file on disk means this image is done (a resumed run skips it)
+            _, csv_path = _drain(export_with_table(
+                class_map, target, model.class_names, [c.colour for c in model.classes], model.id, extra=extra, pixel_size=pixel_size,
+            ))
+            CONSOLE.say(f"saved {target} and {csv_path.name}")
+        finally:
+            bar.close()
+            slide.close()
+            if scratch.exists():
+                shutil.rmtree(scratch, ignore_errors=True)
+    return 2 if failed else 0
+
+
+def cmd_export(args) -> int:
+    import numpy as np
+    from skimage import io as skio
+
+    from .model_file import load_model
+    from .workflows import export_with_table
+
+    model = load_model(args.model)
+    class_map = np.asarray(skio.imread(args.class_map))
+    if class_map.ndim != 2:
+        raise ValueError(f"{args.class_map} is not a 2-D class map (shape {class_map.shape})")
+    if class_map.max(initial=0) > len(model.classes):
+        raise ValueError(f"{args.class_map} has class ids up to {class_map.max()}, but the model knows {len(model.classes)} classes")
+    out, csv_path = _drain(export_with_table(
+        class_map.astype(np.uint8), args.out, model.class_names, [c.colour for c in model.classes], model.id,
+        extra={"source": str(args.class_map)}, pixel_size=args.pixel_size,
+    ))
+    CONSOLE.say(f"saved {out} and {csv_path.name}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods import available
+
+    print("\n".join(available()))
+    return 0

@@ -17,30 +17,17 @@ import numpy as np
 from qtpy.QtCore import QEvent, QSettings
 from qtpy.QtWidgets import QColorDialog, QFileDialog, QVBoxLayout, QWidget
 
-from ..annotations import sparse_annotation_advice, training_pair
+from ..annotations import sparse_annotation_advice
 from ..data import check_pairs
 from ..events import Cancelled, ExportProgress, MemoryReduced, Progress, StepFinished, StepStarted
-from ..images import IN_MEMORY_LIMIT_PX, rgb_view
-from ..layer_metadata import ANNOTATION_KEY, EXHAUSTIVE_KEY, RESULT_KEY, layer_pixel_size, result_metadata
+from ..layer_metadata import RESULT_KEY, layer_pixel_size
 from ..model import CiNuSegModel, check_class_name, check_colour
 from ..model_file import BUNDLED_MODEL, ModelFileError, load_model
 from ..segmentation import SegmentFinished, TileProgress
 from ..workflows import Storage, export_with_table, learn_class, needs_disk, segment_and_measure, slug
+from . import layers
 from .sections import ModelSection, NewClassSection, SegmentSection, TrainSection
 from .workers import start_job
-
-
-def _colormap(colours: dict[int, str]):
-    from napari.utils.colormaps import DirectLabelColormap
-
-    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colours})
-
-
-def _level0(layer):
-    """The layer's full-resolution image as the engine reads it: RGB uint8 (converted, with a
-    notice, or refused with a ValueError that says what to do)."""
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    return rgb_view(data, f"image layer {layer.name!r}")
 
 
 def _user_settings() -> QSettings:
@@ -230,51 +217,16 @@ class CiNuSegWidget(QWidget):
         try:
             name, colour = self._new_class()
             image = self._image_layer()
-            h, w = _level0(image).shape[:2]
+            layer = layers.add_annotation_layer(self.viewer, image, name, colour, self.exhaustive.isChecked())
         except ValueError as exc:
             self._say(str(exc), error=True)
             return None
-        import zarr
-
-        data = np.zeros((h, w), np.uint8) if h * w <= IN_MEMORY_LIMIT_PX else zarr.zeros((h, w), chunks=(1024, 1024), dtype="uint8")
-        layer = self.viewer.add_labels(
-            data, name=f"{image.name} · {name} annotation", colormap=_colormap({1: colour, 2: "#9e9e9e"}),
-            metadata={ANNOTATION_KEY: {"image": image.name, "class": name}},
-        )
-        layer.selected_label, layer.brush_size, layer.mode = 1, 8, "paint"
-        if self.exhaustive.isChecked():
-            self.viewer.add_shapes(
-                name=f"{image.name} · exhaustive regions", edge_color="yellow", face_color="transparent", edge_width=4,
-                metadata={EXHAUSTIVE_KEY: {"image": image.name}},
-            )
-            self.viewer.layers.selection.active = layer
         self._say(f"Paint {name} with label 1 and background with label 2; unpainted pixels teach nothing.")
         return layer
 
     def training_pairs(self, class_name: str) -> list:
         """Every annotation layer of this class, as engine training pairs (headless: annotations)."""
-        from napari.layers import Labels, Shapes
-
-        pairs, self.last_crops = [], []
-        for layer in self.viewer.layers:
-            info = layer.metadata.get(ANNOTATION_KEY) if isinstance(layer, Labels) else None
-            if not info or info["class"].lower() != class_name.lower():
-                continue
-            if info["image"] not in self.viewer.layers:
-                raise ValueError(f"the image {info['image']!r} of layer {layer.name!r} is no longer open")
-            image = self.viewer.layers[info["image"]]
-            regions = []
-            if self.exhaustive.isChecked():
-                for sl in self.viewer.layers:
-                    if isinstance(sl, Shapes) and sl.metadata.get(EXHAUSTIVE_KEY, {}).get("image") == image.name:
-                        regions += list(sl.data)
-            found = training_pair(_level0(image), np.asarray(layer.data), 1, regions, name=image.name)
-            if found is None:
-                continue
-            pairs.append(found[0])
-            self.last_crops.append((image.name, *found[1]))
-        if not pairs:
-            raise ValueError(f"nothing is painted for {class_name!r}: add an annotation layer and paint some examples")
+        pairs, self.last_crops = layers.annotation_pairs(self.viewer, class_name, self.exhaustive.isChecked())
         return pairs
 
     # --- 3. training ----------------------------------------------------------------------
@@ -358,25 +310,7 @@ class CiNuSegWidget(QWidget):
             show_warning("Forgetting: " + " ".join(warnings))
 
     def _add_att_layer(self) -> None:
-        rects, feats = [], {"r": [], "t_o": [], "t_n": [], "att": []}
-        for c in self._crops:
-            if c.image_index >= len(self.last_crops):
-                continue
-            _, y0, x0 = self.last_crops[c.image_index]
-            top, left = y0 + c.top, x0 + c.left
-            rects.append(np.array([[top, left], [top + c.size, left + c.size]]))
-            for k in ("r", "t_o", "t_n"):
-                feats[k].append(getattr(c, k))
-            feats["att"].append("fired" if c.t_o != 1 else "off")
-        if rects:
-            # Outlines only, so the tissue stays visible: orange where ATT fired, cyan where not;
-            # r, t_o and t_n are written on each crop.
-            self.viewer.add_shapes(
-                rects, shape_type="rectangle", name="last training crops (ATT)", features=feats,
-                face_color="transparent", edge_color="att", edge_width=3,
-                edge_color_cycle=["#ff8c00", "#00c8ff"] if feats["att"][0] == "fired" else ["#00c8ff", "#ff8c00"],
-                text={"string": "r={r:.2f} t_o={t_o:g} t_n={t_n:g}", "size": 8, "color": "white", "anchor": "upper_left"},
-            )
+        layers.add_att_layer(self.viewer, list(self._crops), self.last_crops)
 
     # --- 4. segmentation ------------------------------------------------------------------
     def start_segmentation(self):
@@ -384,7 +318,7 @@ class CiNuSegWidget(QWidget):
             if self.model is None:
                 raise ValueError("choose or train a model first")
             image = self._image_layer()
-            pixels = _level0(image)
+            pixels = layers.level0(image)
         except ValueError as exc:
             self._say(str(exc), error=True)
             return None
@@ -413,31 +347,12 @@ class CiNuSegWidget(QWidget):
             self._say(f"Segmented in {ev.seconds:.1f} s ({ev.tiles} tiles, {ev.skipped} without tissue skipped)")
 
     def show_result(self, image_name: str, result, model=None) -> None:
-        """The class map as layers: all classes in one, one mask per class, and the table of
-        nucleus counts and areas. ``result`` = (class map, statistics rows), the class map an
-        array or, for a slide, its on-disk pyramid [level 0, level 1, …] (shown lazily)."""
+        """The class map as layers (layers.add_result_layers) and the table of nucleus counts and
+        areas; says why when no nucleus was found. ``result`` = (class map, statistics rows)."""
         if result is None:
             return
-        import pandas as pd
-
         class_map, rows = result
-        m = model or self.model
-        multiscale = isinstance(class_map, list)
-        colours = [c.colour for c in m.classes]
-        features = pd.DataFrame({"index": range(m.num_channels), "name": ["background"] + m.class_names, "colour": ["#000000"] + colours})
-        meta = {RESULT_KEY: result_metadata(m.class_names, colours, m.id, self.image_pixel_size())}
-        self.viewer.add_labels(
-            class_map, name=f"{image_name} · classes", colormap=_colormap(dict(enumerate(colours, start=1))),
-            features=features, metadata=meta, multiscale=multiscale,
-        )
-        for i, c in enumerate(m.classes, start=1):
-            if multiscale:
-                import dask.array as da
-
-                mask = [(da.from_zarr(level) == i).astype(np.uint8) for level in class_map]
-            else:
-                mask = (class_map == i).astype(np.uint8)
-            self.viewer.add_labels(mask, name=f"{image_name} · {c.name}", colormap=_colormap({1: c.colour}), visible=False, multiscale=multiscale)
+        layers.add_result_layers(self.viewer, image_name, class_map, model or self.model, self.image_pixel_size())
         self.segment_section.show_statistics(rows)
         if rows and not any(row["nuclei"] for row in rows):  # say why, rather than show empty layers
             self._say(
@@ -452,12 +367,7 @@ class CiNuSegWidget(QWidget):
 
     # --- export ---------------------------------------------------------------------------
     def _result_layer(self):
-        from napari.layers import Labels
-
-        for layer in reversed(list(self.viewer.layers)):
-            if isinstance(layer, Labels) and RESULT_KEY in layer.metadata:
-                return layer
-        raise ValueError("segment an image first")
+        return layers.result_layer(self.viewer)
 
     def _choose_export_file(self) -> None:
         try:

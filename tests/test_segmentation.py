@@ -178,8 +178,10 @@ def test_pixel_size_of_a_slide_is_read_from_the_file(svs):
 
 def test_an_image_at_half_the_resolution_gives_the_same_nuclei(consep):
     """Issue 13: an image downsampled 2× and declared at twice the pixel size is resampled to the
-    model's, and gives the nuclei of the original: IoU ≥ 0.8 once upsampled, pooled over three
-    real 512² mosaics (each from another CoNSeP source image). Without resampling it is far lower."""
+    model's, and gives the nuclei of the original: IoU ≥ 0.8 once upsampled, pooled over real 512²
+    mosaics of every third CoNSeP source image (measured: 0.83; per mosaic 0.69-0.89, bounded by
+    how much the model's own prediction changes when the detail is lost). Without resampling it
+    is far lower."""
     from skimage.transform import resize
 
     from napari_cinuseg.model_file import BUNDLED_MODEL, load_model
@@ -189,7 +191,7 @@ def test_an_image_at_half_the_resolution_gives_the_same_nuclei(consep):
     model.pixel_size = model.pixel_size or 0.25
     px = model.pixel_size
     inter = union = inter_raw = union_raw = 0
-    for start in (0, 40, 200):
+    for start in range(0, len(consep.items), 48):  # 16 patches a source: every third source
         image = np.concatenate([np.concatenate([it.image for it in consep.items[i : i + 2]], 1) for i in (start, start + 2)], 0)
         full = drain(segment(model, image, device="cpu", image_pixel_size=px, min_tissue=0)) > 0
         small = (resize(image, (image.shape[0] // 2, image.shape[1] // 2, 3), anti_aliasing=True) * 255).round().astype(np.uint8)
@@ -199,7 +201,7 @@ def test_an_image_at_half_the_resolution_gives_the_same_nuclei(consep):
         raw = np.kron(drain(segment(model, small, device="cpu", image_pixel_size=px, min_tissue=0)) > 0, np.ones((2, 2), bool))
         inter, union = inter + (up & full).sum(), union + (up | full).sum()
         inter_raw, union_raw = inter_raw + (raw & full).sum(), union_raw + (raw | full).sum()
-    assert union > 0.03 * 3 * 512 * 512  # the model does find nuclei here
+    assert union > 0.03 * 9 * 512 * 512  # the model does find nuclei here
     assert inter / union >= 0.8, inter / union
     assert inter_raw / union_raw < inter / union  # resampling is what makes the difference
     assert resampling_factor(px, 2 * px) == 2.0

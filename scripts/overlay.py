@@ -3,7 +3,7 @@ class colour, for docs/usage.md ("What it knows").
 
     python3 scripts/overlay.py --model src/napari_cinuseg/resources/base-consep.cinuseg.pt \
         --image src/napari_cinuseg/resources/cmu1-region.jpg --pixel-size 0.499 \
-        --out docs/images/bundled-on-sample.png
+        --out docs/images/bundled-on-sample.jpg
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     axes[0].set_title("image", fontsize=9)
     axes[1].set_title(f"{args.model.split('/')[-1]}: nuclei found — " + ", ".join(counts), fontsize=9)
     fig.tight_layout()
-    fig.savefig(args.out)
+    fig.savefig(args.out, **({"pil_kwargs": {"quality": 85}} if args.out.lower().endswith((".jpg", ".jpeg")) else {}))
     print(f"saved {args.out} ({', '.join(counts)}; foreground {float((class_map > 0).mean()):.3f})")
     return 0
 

@@ -31,6 +31,12 @@ def test_python_m_runs_the_command_without_importing_torch():
     assert done.returncode == 0 and "cinuseg+acl+drr" in done.stdout
 
 
+def test_the_napari_reader_and_writer_import_without_torch():
+    code = "import sys, napari_cinuseg._reader, napari_cinuseg._writer, napari_cinuseg.export; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_every_option_has_help_and_shows_its_default():
     missing = [f"{prog} {a.option_strings}" for prog, a in _actions(build_parser()) if a.option_strings and not a.help and a.help != argparse.SUPPRESS]
     assert missing == []

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from napari_cinuseg import drain, load_model, train_base
-from napari_cinuseg.data import data_dir, read_consep_patches, read_monusac_images, read_rgb, split_by_source, step_pairs
-from napari_cinuseg.evaluation import evaluate
-from napari_cinuseg.metrics import ConfusionMatrix
-from napari_cinuseg.segmentation import segment
-from napari_cinuseg.settings import preset
+from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, read_rgb, split_by_source, step_pairs
+from napari_cinuseg.analysis.evaluation import evaluate
+from napari_cinuseg.analysis.metrics import ConfusionMatrix
+from napari_cinuseg.inference.segmentation import segment
+from napari_cinuseg.training.settings import preset
 
 CLASSES = ["Epithelial", "Spindle-shaped"]
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "napari_cinuseg" / "resources" / "cmu1-region.jpg"

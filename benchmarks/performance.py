@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_cinuseg.atomic import atomic_json
+from napari_cinuseg.io.atomic import atomic_json
 
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parents[1]
@@ -237,7 +237,7 @@ def _sync(dev) -> None:
 
 def _band_class():
     """Defined lazily so that importing this script stays light (no torch import)."""
-    from napari_cinuseg.segmentation import ArraySlide
+    from napari_cinuseg.inference.segmentation import ArraySlide
 
     class Band(ArraySlide):
         """The first ``rows`` pixel rows (and ``cols`` columns) of a :class:`Slide`, full width
@@ -282,7 +282,7 @@ class Context:
     @property
     def data(self):
         if self._data is None:
-            from napari_cinuseg.data import read_consep_patches
+            from napari_cinuseg.datasets.labelled import read_consep_patches
 
             self._data = read_consep_patches(self.args.data / "consep")
         return self._data
@@ -291,7 +291,7 @@ class Context:
     def pairs(self):
         """Training pairs of a real incremental step: CoNSeP's 'Other' class."""
         if self._pairs is None:
-            from napari_cinuseg.data import step_pairs
+            from napari_cinuseg.datasets.labelled import step_pairs
 
             self._pairs = step_pairs(self.data, ["Other"])
         return self._pairs
@@ -353,7 +353,7 @@ class Context:
         """The whole-slide image of parts 2 and 5 (a path, or a Band of it in --quick)."""
         a = self.args
         if a.region_rows or a.region_cols:
-            from napari_cinuseg.slides import Slide
+            from napari_cinuseg.io.slides import Slide
 
             slide = Slide(a.slide)
             band = _band_class()(slide, a.region_rows, a.region_cols)
@@ -457,8 +457,8 @@ def bare_forward_seconds(model, batches, dev, amp: bool) -> float:
 
 
 def _tiles_of(image, tile: int, overlap: int):
-    from napari_cinuseg.slides import Slide
-    from napari_cinuseg.tiling import tile_origins
+    from napari_cinuseg.io.slides import Slide
+    from napari_cinuseg.inference.tiling import tile_origins
 
     own = isinstance(image, str)
     slide = Slide(image) if own else image
@@ -474,7 +474,7 @@ def _tiles_of(image, tile: int, overlap: int):
 
 def time_segment(model, image, ctx: Context, settings) -> dict:
     from napari_cinuseg import drain
-    from napari_cinuseg.segmentation import MemoryReduced, SegmentFinished, segment
+    from napari_cinuseg.inference.segmentation import MemoryReduced, SegmentFinished, segment
 
     a = ctx.args
     info: dict = {}
@@ -626,7 +626,7 @@ def write_synthetic_slide(path: Path, size: int, patches: list[np.ndarray], tile
 
 
 def ensure_slide(ctx: Context, size: int) -> tuple[Path, dict]:
-    from napari_cinuseg.slides import Slide
+    from napari_cinuseg.io.slides import Slide
 
     path = ctx.args.slides_dir / f"synthetic-consep-{size}.tif"
     if path.exists():
@@ -725,13 +725,13 @@ def child_memory(p: dict) -> dict:
     if p.get("threads"):
         torch.set_num_threads(int(p["threads"]))
     from napari_cinuseg import drain, load_model
-    from napari_cinuseg.segmentation import (
+    from napari_cinuseg.inference.segmentation import (
         MemoryReduced,
         SegmentFinished,
         SegmentStarted,
         segment,
     )
-    from napari_cinuseg.slides import Slide
+    from napari_cinuseg.io.slides import Slide
 
     model = load_model(p["prior"])
     before = peak_rss_mb()
@@ -865,7 +865,7 @@ def child_gui(p: dict) -> dict:
     from qtpy.QtCore import QSettings, Qt, QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_cinuseg.slides import Slide
+    from napari_cinuseg.io.slides import Slide
     from napari_cinuseg.ui.panel import CiNuSegWidget
     from napari_cinuseg.workflows import Storage
 

@@ -28,8 +28,8 @@ def main(argv=None) -> int:
     from skimage.measure import find_contours, label
 
     from napari_cinuseg import drain, load_model
-    from napari_cinuseg.images import read_rgb
-    from napari_cinuseg.segmentation import segment
+    from napari_cinuseg.io.images import read_rgb
+    from napari_cinuseg.inference.segmentation import segment
 
     model = load_model(args.model)
     image = read_rgb(args.image)

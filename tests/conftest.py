@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from napari_cinuseg.data import data_dir, read_consep_patches, step_pairs
-from napari_cinuseg.settings import TrainSettings
+from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, step_pairs
+from napari_cinuseg.training.settings import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_cinuseg.annotations import annotation_target, exhaustive_mask, training_pair
-from napari_cinuseg.measurements import class_statistics
+from napari_cinuseg.analysis.measurements import class_statistics
 
 
 def test_unpainted_is_unlabelled_unless_exhaustive():
@@ -43,7 +43,7 @@ def test_class_statistics():
 
 def test_sparse_annotations_get_advice():
     from napari_cinuseg.annotations import sparse_annotation_advice
-    from napari_cinuseg.data import TrainingPair
+    from napari_cinuseg.datasets.labelled import TrainingPair
 
     img = np.zeros((64, 64, 3), np.uint8)
     target = np.full((64, 64), 255, np.uint8)

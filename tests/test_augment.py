@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from napari_cinuseg import drain, train_base
-from napari_cinuseg.augment import stain_jitter
-from napari_cinuseg.benchmark import _same_learning_settings
-from napari_cinuseg.data import CropDataset
+from napari_cinuseg.training.augment import stain_jitter
+from napari_cinuseg.analysis.benchmark import _same_learning_settings
+from napari_cinuseg.training.crops import CropDataset
 from napari_cinuseg.model import StepRecord
-from napari_cinuseg.settings import TrainSettings
+from napari_cinuseg.training.settings import TrainSettings
 
 
 def _crops(dataset, n=8):

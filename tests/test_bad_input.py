@@ -13,13 +13,13 @@ from skimage import io as skio
 from napari_cinuseg import CiNuSegModel, drain, load_model, save_model, train_base, train_step
 from napari_cinuseg.annotations import training_pair
 from napari_cinuseg.cli import main
-from napari_cinuseg.data import read_rgb
-from napari_cinuseg.images import ImageNotice, as_rgb_uint8, rgb_view
+from napari_cinuseg.datasets.labelled import read_rgb
+from napari_cinuseg.io.images import ImageNotice, as_rgb_uint8, rgb_view
 from napari_cinuseg.model import check_class_name
 from napari_cinuseg.model_file import ModelFileError
 from napari_cinuseg.network import Architecture
-from napari_cinuseg.segmentation import segment
-from napari_cinuseg.slides import Slide
+from napari_cinuseg.inference.segmentation import segment
+from napari_cinuseg.io.slides import Slide
 
 TINY = Architecture("resnet18", "unet", (32, 16, 16, 8))
 
@@ -99,8 +99,8 @@ def test_images_smaller_than_the_crop_and_the_tile(rgb, tmp_path):
     small = rgb[:40, :50]
     target = np.full(small.shape[:2], 0, np.uint8)
     target[10:20, 10:20] = 1
-    from napari_cinuseg.data import TrainingPair
-    from napari_cinuseg.settings import TrainSettings
+    from napari_cinuseg.datasets.labelled import TrainingPair
+    from napari_cinuseg.training.settings import TrainSettings
 
     settings = TrainSettings(decoder_channels=(32, 16, 16, 8), crop_size=64, batch_size=2, iterations=2, device="cpu")
     model = drain(train_base([TrainingPair(small, target, "small")], ["Tiny"], settings))  # padded crops

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from napari_cinuseg.benchmark import BenchmarkConfig, StepEvaluated, StepPlanned, run_benchmark
-from napari_cinuseg.data import LabelledSet
-from napari_cinuseg.training import drain
+from napari_cinuseg.analysis.benchmark import BenchmarkConfig, StepEvaluated, StepPlanned, run_benchmark
+from napari_cinuseg.datasets.labelled import LabelledSet
+from napari_cinuseg.training.steps import drain
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,9 @@ def test_cached_models_of_another_configuration_are_refused(small, tiny, tmp_pat
 
 
 def test_cached_record_without_min_iterations_matches_only_if_it_ran_enough():
-    from napari_cinuseg.benchmark import _same_learning_settings
+    from napari_cinuseg.analysis.benchmark import _same_learning_settings
     from napari_cinuseg.model import StepRecord
-    from napari_cinuseg.settings import TrainSettings
+    from napari_cinuseg.training.settings import TrainSettings
 
     s = TrainSettings(min_iterations=400)
     legacy = {k: v for k, v in s.to_dict().items() if k != "min_iterations"}

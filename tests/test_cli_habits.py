@@ -32,7 +32,7 @@ def test_python_m_runs_the_command_without_importing_torch():
 
 
 def test_the_napari_reader_and_writer_import_without_torch():
-    code = "import sys, napari_cinuseg._reader, napari_cinuseg._writer, napari_cinuseg.export; print('torch' in sys.modules)"
+    code = "import sys, napari_cinuseg._reader, napari_cinuseg._writer, napari_cinuseg.io.export; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -110,7 +110,7 @@ def test_the_reader_claims_every_suffix_the_slide_reader_reads():
     import yaml
 
     from napari_cinuseg._reader import PLAIN_SUFFIXES, get_reader
-    from napari_cinuseg.slides import TIFF_SUFFIXES
+    from napari_cinuseg.io.slides import TIFF_SUFFIXES
 
     manifest = yaml.safe_load((Path(__file__).parents[1] / "src" / "napari_cinuseg" / "napari.yaml").read_text())
     patterns = set(manifest["contributions"]["readers"][0]["filename_patterns"])

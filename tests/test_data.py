@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from skimage import io as skio
 
-from napari_cinuseg.data import (
-    CropDataset,
+from napari_cinuseg.training.crops import CropDataset
+from napari_cinuseg.datasets.labelled import (
     TrainingPair,
     read_folder,
     read_monusac_images,
@@ -78,7 +78,7 @@ def test_crops_pad_small_images_and_are_reproducible():
 
 
 def test_read_dataset_tells_layouts_apart(shared_data, tmp_path):
-    from napari_cinuseg.datasets import read_dataset
+    from napari_cinuseg.datasets.layouts import read_dataset
 
     assert read_dataset("consep", shared_data / "consep").class_names == ["Epithelial", "Spindle-shaped", "Other"]
     assert len(read_dataset("monusac", shared_data / "monusac").sources) == 12

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from napari_cinuseg import CiNuSegModel, drain, load_model, save_model, train_step
-from napari_cinuseg.data import step_pairs
-from napari_cinuseg.distributed import GlobalBatchSampler
+from napari_cinuseg.datasets.labelled import step_pairs
+from napari_cinuseg.training.distributed import GlobalBatchSampler
 from napari_cinuseg.events import Progress
 from napari_cinuseg.network import Architecture
-from napari_cinuseg.settings import TrainSettings
+from napari_cinuseg.training.settings import TrainSettings
 
 JOB = Path(__file__).parent / "jobs" / "ddp_step.py"
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from napari_cinuseg import CiNuSegModel, drain, load_model, save_model, train_base, train_step
-from napari_cinuseg import devices, segmentation
+from napari_cinuseg import devices
+from napari_cinuseg.inference import segmentation
 from napari_cinuseg.cli import main
 from napari_cinuseg.events import MemoryReduced, Saved
-from napari_cinuseg.export import read_masks
+from napari_cinuseg.io.export import read_masks
 from napari_cinuseg.network import Architecture, NucleiSegNet
-from napari_cinuseg.segmentation import segment
+from napari_cinuseg.inference.segmentation import segment
 
 TINY = Architecture("resnet18", "unet", (32, 16, 16, 8))
 
@@ -112,7 +113,7 @@ def test_out_of_memory_even_with_batch_one_is_a_clear_error(prior, few_pairs, ti
 
 
 def test_out_of_memory_in_segmentation_takes_fewer_tiles_with_the_same_result(prior, shared_data, monkeypatch):
-    from napari_cinuseg.slides import Slide
+    from napari_cinuseg.io.slides import Slide
 
     model = load_model(prior)
     with Slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as s:
@@ -132,7 +133,7 @@ def test_out_of_memory_in_segmentation_takes_fewer_tiles_with_the_same_result(pr
 def test_interrupted_batch_segmentation_resumes_without_redoing(prior, shared_data, tmp_path, monkeypatch, capsys):
     from skimage import io as skio
 
-    from napari_cinuseg.slides import Slide
+    from napari_cinuseg.io.slides import Slide
 
     with Slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as s:
         for i, (y, x) in enumerate([(1200, 1200), (1500, 800), (2000, 1000)]):  # all tissue

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from napari_cinuseg.data import TrainingPair
-from napari_cinuseg.forgetting import (
+from napari_cinuseg.datasets.labelled import TrainingPair
+from napari_cinuseg.analysis.forgetting import (
     confident_share,
     format_report,
     forgetting_warnings,
@@ -57,7 +57,7 @@ def test_the_painted_new_class_is_left_out(bundled, consep):
 
 
 def test_confident_share_counts_ground_truth_pixels_above_tau(bundled, consep):
-    from napari_cinuseg.data import LabelledSet
+    from napari_cinuseg.datasets.labelled import LabelledSet
 
     few = LabelledSet(consep.class_names, consep.items[:4])
     shares = confident_share(bundled, few, ["Epithelial", "Spindle-shaped"], tau=0.7)

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from skimage.measure import label, regionprops
 
-from napari_cinuseg.measurements import class_statistics
+from napari_cinuseg.analysis.measurements import class_statistics
 
 NAMES = ["other", "inflammatory", "epithelial", "spindle-shaped"]
 
@@ -107,7 +107,7 @@ def test_nucleus_table_has_one_row_per_connected_component_also_blockwise(consep
     """Issue 15: one row per nucleus; the blockwise path (small blocks) gives the same table."""
     from skimage.measure import label
 
-    from napari_cinuseg.measurements import nucleus_table
+    from napari_cinuseg.analysis.measurements import nucleus_table
 
     item = consep.items[0]
     cm = np.where(item.labels == 255, 0, item.labels).astype(np.uint8)

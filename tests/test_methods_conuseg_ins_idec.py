@@ -40,7 +40,7 @@ from napari_cinuseg.methods.ins import (
     update_centroids,
 )
 from napari_cinuseg.methods.mib import unbiased_cross_entropy
-from napari_cinuseg.settings import TrainSettings
+from napari_cinuseg.training.settings import TrainSettings
 
 U = IGNORE_INDEX
 

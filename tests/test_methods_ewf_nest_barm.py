@@ -41,7 +41,7 @@ from napari_cinuseg.methods.nest import (
 )
 from napari_cinuseg.model import CiNuSegModel
 from napari_cinuseg.network import Architecture
-from napari_cinuseg.settings import TrainSettings
+from napari_cinuseg.training.settings import TrainSettings
 
 
 def test_the_methods_are_registered():

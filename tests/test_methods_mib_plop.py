@@ -22,7 +22,7 @@ from napari_cinuseg.methods.plop import (
     local_pod_embedding,
     normalized_entropy,
 )
-from napari_cinuseg.settings import TrainSettings
+from napari_cinuseg.training.settings import TrainSettings
 
 
 def _pixels(values):

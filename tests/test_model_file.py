@@ -139,8 +139,8 @@ def test_child_keeps_parent_and_grows(model):
 
 def test_bundled_base_model_segments_held_out_consep(consep):
     """The shipped base model (fp16) loads and segments images of sources it was not trained on."""
-    from napari_cinuseg.data import split_by_source
-    from napari_cinuseg.evaluation import evaluate
+    from napari_cinuseg.datasets.labelled import split_by_source
+    from napari_cinuseg.analysis.evaluation import evaluate
     from napari_cinuseg.model_file import BUNDLED_MODEL
 
     model = load_model(BUNDLED_MODEL)

@@ -8,8 +8,8 @@ import tifffile
 from scipy.io import savemat
 from skimage import io as skio
 
-from napari_cinuseg.data import split_by_source
-from napari_cinuseg.original_layouts import (
+from napari_cinuseg.datasets.labelled import split_by_source
+from napari_cinuseg.datasets.original_layouts import (
     monusac_class_map,
     read_consep_original,
     read_monusac_original,

@@ -15,8 +15,8 @@ from PIL import Image
 from napari_cinuseg._reader import get_reader
 from napari_cinuseg._sample_data import sample_he
 from napari_cinuseg._writer import write_masks
-from napari_cinuseg.export import read_masks
-from napari_cinuseg.slides import Slide
+from napari_cinuseg.io.export import read_masks
+from napari_cinuseg.io.slides import Slide
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +269,7 @@ def _bytes_read() -> int:
 def test_a_16k_mask_reopens_lazily_reading_under_10_mb(tmp_path):
     """Issue 15: an exported 16k² class map reopens as a multiscale Labels layer; what napari
     shows first (the coarsest level, a whole-slide view) reads < 10 MB of the file."""
-    from napari_cinuseg.export import export_masks
+    from napari_cinuseg.io.export import export_masks
 
     side = 16384
     class_map = np.zeros((side, side), np.uint8)

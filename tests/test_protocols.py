@@ -1,6 +1,6 @@
 import pytest
 
-from napari_cinuseg.protocols import CLASS_ORDERS, make_protocol
+from napari_cinuseg.datasets.protocols import CLASS_ORDERS, make_protocol
 
 
 def test_the_papers_protocols():

@@ -5,7 +5,7 @@ import pytest
 import zarr
 from skimage import io
 
-from napari_cinuseg.pyramid import build_pyramid
+from napari_cinuseg.io.pyramid import build_pyramid
 
 
 @pytest.fixture

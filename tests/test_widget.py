@@ -9,9 +9,9 @@ from qtpy.QtCore import QSettings
 from napari_cinuseg.ui import panel as _panel
 from napari_cinuseg.ui.panel import CiNuSegWidget
 from napari_cinuseg.workflows import Storage
-from napari_cinuseg.export import read_masks
-from napari_cinuseg.slides import Slide
-from napari_cinuseg.training import drain, train_base
+from napari_cinuseg.io.export import read_masks
+from napari_cinuseg.io.slides import Slide
+from napari_cinuseg.training.steps import drain, train_base
 
 
 @pytest.fixture
@@ -228,7 +228,7 @@ def test_clear_messages_and_remembered_settings(widget, qtbot):
 
 
 def test_bad_layers_and_annotations_are_messages_and_lose_nothing(widget, prior_file, qtbot):
-    from napari_cinuseg.images import ImageNotice
+    from napari_cinuseg.io.images import ImageNotice
 
     viewer = widget.viewer
     widget.class_name.setText("Neutrophil")
@@ -282,7 +282,7 @@ def test_slide_is_segmented_to_disk_and_shown_as_a_pyramid(widget, prior_file, q
     """A slide opened lazily through the plugin's reader: the class map goes to disk tile by tile
     with a pyramid, its layers are multiscale and lazy, and the export reads it tile by tile."""
     from napari_cinuseg.model_file import load_model
-    from napari_cinuseg.segmentation import segment
+    from napari_cinuseg.inference.segmentation import segment
 
     svs = shared_data / "slides" / "CMU-1-Small-Region.svs"
     viewer = widget.viewer

@@ -16,11 +16,11 @@ _LAZY = {
     "load_model": "model_file",
     "read_record": "model_file",
     "save_model": "model_file",
-    "TrainSettings": "settings",
-    "preset": "settings",
-    "drain": "training",
-    "train_base": "training",
-    "train_step": "training",
+    "TrainSettings": "training.settings",
+    "preset": "training.settings",
+    "drain": "training.steps",
+    "train_base": "training.steps",
+    "train_step": "training.steps",
 }
 
 __all__ = sorted(_LAZY)

@@ -5,7 +5,7 @@ decoded until napari asks for a region: a pyramid becomes a multiscale layer (on
 level), a single-level TIFF one lazy zarr array. Only series 0 (the baseline and its pyramid) is
 read; an SVS's thumbnail, label and macro images are not layers. PNG and JPEG are read in memory.
 
-A TIFF written by :func:`napari_cinuseg.export.export_masks` (page 0 a class map, its description
+A TIFF written by :func:`napari_cinuseg.io.export.export_masks` (page 0 a class map, its description
 naming the classes) opens as a Labels layer with the class names in its ``features``, so that a
 saved class map can be opened, corrected and saved again.
 """
@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .export import masks_metadata, masks_pyramidal
-from .images import IN_MEMORY_LIMIT_PX
+from .io.export import masks_metadata, masks_pyramidal
+from .io.images import IN_MEMORY_LIMIT_PX
 from .layer_metadata import PIXEL_SIZE_KEY, RESULT_KEY, result_metadata
-from .slides import TIFF_SUFFIXES, file_pixel_size, open_tiff
+from .io.slides import TIFF_SUFFIXES, file_pixel_size, open_tiff
 
 # .ome.tif / .ome.tiff end in .tif / .tiff; napari.yaml lists the same (a test checks it)
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -76,7 +76,7 @@ def _read_one(path: Path) -> LayerData:
     if suffix in TIFF_SUFFIXES:
         return _read_tiff(path)
     if suffix in PLAIN_SUFFIXES:
-        from .images import read_rgb
+        from .io.images import read_rgb
 
         try:
             image = read_rgb(path)

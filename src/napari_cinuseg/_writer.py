@@ -1,6 +1,6 @@
 """npe2 writer: a Labels layer (class map) to a CiNuSeg masks TIFF.
 
-The file is :func:`napari_cinuseg.export.export_masks`'s: page 0 the class map, then one binary
+The file is :func:`napari_cinuseg.io.export.export_masks`'s: page 0 the class map, then one binary
 page per class, the class names (and colours, and the model's identity) in the metadata.
 
 Class names come from, in this order:
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .export import export_masks
+from .io.export import export_masks
 from .layer_metadata import RESULT_KEY, layer_pixel_size
 
 SUFFIXES = (".tif", ".tiff")

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from skimage.draw import polygon as draw_polygon
 
-from .data import IGNORE, TrainingPair
+from .datasets.labelled import IGNORE, TrainingPair
 
 
 def exhaustive_mask(shapes: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:

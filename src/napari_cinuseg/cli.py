@@ -26,7 +26,7 @@ from .commands import (
 )
 from .console import CONSOLE
 from .names import DATASETS, ENCODERS
-from .settings import PRESETS, USER_SETTINGS
+from .training.settings import PRESETS, USER_SETTINGS
 # The incremental methods, for the help (methods/ registers them; listing them there would import
 # PyTorch): a name not in the registry is refused by the engine with the full list.
 METHODS_HELP = "cinuseg (and its ablations cinuseg-baseline, cinuseg+acl, cinuseg+drr, cinuseg+acl+drr), mib, plop, conuseg, ins, ewf, idec, nest, barm, finetune, offline; `cinuseg methods` lists them"

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .console import CONSOLE
-from .settings import USER_SETTINGS, preset
+from .training.settings import USER_SETTINGS, preset
 
 
 def _settings(args: argparse.Namespace, **extra):
@@ -32,8 +32,8 @@ def _with_encoder(settings, args: argparse.Namespace):
 
 
 def _load_data(args: argparse.Namespace):
-    from .data import data_dir, split_by_source
-    from .datasets import read_dataset
+    from .datasets.labelled import data_dir, split_by_source
+    from .datasets.layouts import read_dataset
 
     data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
     if args.split == "all":
@@ -87,8 +87,8 @@ def _drain(job, show=None) -> object:
 
 
 def cmd_train_base(args) -> int:
-    from .data import step_pairs
-    from .training import train_base
+    from .datasets.labelled import step_pairs
+    from .training.steps import train_base
 
     data = _load_data(args)
     classes = _names(args.classes) if args.classes else data.class_names
@@ -99,9 +99,9 @@ def cmd_train_base(args) -> int:
 
 
 def cmd_step(args) -> int:
-    from .data import step_pairs
+    from .datasets.labelled import step_pairs
     from .model_file import load_model
-    from .training import train_step
+    from .training.steps import train_step
 
     prior = load_model(args.prior)
     data = _load_data(args)
@@ -117,7 +117,7 @@ def cmd_step(args) -> int:
 
 def _print_forgetting(report: dict | None, indent: str = "") -> None:
     """The step's forgetting report (forgetting.py) and a warning per class below the threshold."""
-    from .forgetting import format_report, forgetting_warnings
+    from .analysis.forgetting import format_report, forgetting_warnings
 
     if not report:
         return
@@ -130,7 +130,7 @@ def _print_forgetting(report: dict | None, indent: str = "") -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate
+    from .analysis.evaluation import evaluate
     from .model_file import load_model
 
     model = load_model(args.model)
@@ -171,9 +171,9 @@ def cmd_info(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import BenchmarkConfig, StepEvaluated, StepPlanned, BenchmarkStarted, run_benchmark, split_data
-    from .data import data_dir
-    from .datasets import read_dataset
+    from .analysis.benchmark import BenchmarkConfig, StepEvaluated, StepPlanned, BenchmarkStarted, run_benchmark, split_data
+    from .datasets.labelled import data_dir
+    from .datasets.layouts import read_dataset
 
     data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
     test = read_dataset(args.dataset, args.test_data) if args.test_data else None
@@ -242,8 +242,8 @@ def cmd_segment(args) -> int:
     import torch
 
     from .model_file import load_model
-    from .segmentation import IN_MEMORY_LIMIT_PX, SegmentStarted, TileProgress, resampling_factor, segment
-    from .slides import Slide
+    from .inference.segmentation import IN_MEMORY_LIMIT_PX, SegmentStarted, TileProgress, resampling_factor, segment
+    from .io.slides import Slide
     from .workflows import export_with_table
 
     model = load_model(args.model)

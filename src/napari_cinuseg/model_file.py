@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
+from .io.atomic import atomic_path
 from .model import CiNuSegModel
 from .network import Architecture, NucleiSegNet
 

@@ -22,7 +22,7 @@ from typing import Generator, Sequence
 import numpy as np
 
 from .events import CancelFlag, ExportProgress
-from .images import IN_MEMORY_LIMIT_PX
+from .io.images import IN_MEMORY_LIMIT_PX
 
 
 def slug(text: str) -> str:
@@ -69,7 +69,7 @@ def learn_class(
     """Teach a painted class: a base model (step 0) when there is no prior, which records the
     painted image's ``pixel_size``; else one CiNuSeg step against the frozen prior, in the prior's
     network."""
-    from .training import train_base, train_step
+    from .training.steps import train_base, train_step
 
     if prior is None:
         return (yield from train_base(pairs, [name], settings, colours=[colour], out=out, cancel=cancel, pixel_size=pixel_size))
@@ -95,9 +95,9 @@ def segment_and_measure(
     """Segment ``pixels`` and measure the result: returns ``(class map, statistics rows)``, the
     class map an array, or with ``out`` (a ``.zarr``) its on-disk pyramid [level 0, level 1, …];
     None when cancelled (nothing is left on disk)."""
-    from .measurements import class_statistics
-    from .pyramid import build_pyramid
-    from .segmentation import segment
+    from .analysis.measurements import class_statistics
+    from .io.pyramid import build_pyramid
+    from .inference.segmentation import segment
 
     result = yield from segment(
         model, pixels, tile=tile, overlap=overlap, image_pixel_size=image_pixel_size, out=out, cancel=cancel
@@ -130,8 +130,8 @@ def export_with_table(
 ) -> Generator:
     """The per-nucleus CSV, then the masks file (so a masks file on disk means both are done),
     yielding :class:`ExportProgress` while the masks are written; returns (masks, csv) paths."""
-    from .export import export_masks_job
-    from .measurements import nucleus_table, write_nucleus_csv
+    from .io.export import export_masks_job
+    from .analysis.measurements import nucleus_table, write_nucleus_csv
 
     path = Path(path)
     csv_path = nuclei_csv_path(path)

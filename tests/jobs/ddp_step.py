@@ -5,10 +5,11 @@ import json
 import sys
 from pathlib import Path
 
-from napari_cinuseg import distributed, drain, load_model, train_step
-from napari_cinuseg.data import read_consep_patches, step_pairs
+from napari_cinuseg import drain, load_model, train_step
+from napari_cinuseg.training import distributed
+from napari_cinuseg.datasets.labelled import read_consep_patches, step_pairs
 from napari_cinuseg.events import Progress
-from napari_cinuseg.settings import TrainSettings
+from napari_cinuseg.training.settings import TrainSettings
 
 data, prior, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 pairs = [p for p in step_pairs(read_consep_patches(data / "consep"), ["Other"]) if p.name.startswith("train_2_")][:4]

@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 import torch
 
 from ..losses import LossOutput
-from ..settings import TrainSettings
+from ..training.settings import TrainSettings
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Offline (joint) training, the upper bound: every class of the protocol learned at once, with
 full labels, by the base step's BCE. It is not an incremental step: the benchmark trains it with
-:func:`napari_cinuseg.training.train_base` on all classes (``joint = True``)."""
+:func:`napari_cinuseg.training.steps.train_base` on all classes (``joint = True``)."""
 
 from __future__ import annotations
 

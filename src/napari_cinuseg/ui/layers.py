@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..annotations import training_pair
-from ..images import IN_MEMORY_LIMIT_PX, rgb_view
+from ..io.images import IN_MEMORY_LIMIT_PX, rgb_view
 from ..layer_metadata import ANNOTATION_KEY, EXHAUSTIVE_KEY, RESULT_KEY, result_metadata
 
 

@@ -18,12 +18,12 @@ from qtpy.QtCore import QEvent, QSettings
 from qtpy.QtWidgets import QColorDialog, QFileDialog, QVBoxLayout, QWidget
 
 from ..annotations import sparse_annotation_advice
-from ..data import check_pairs
+from ..datasets.labelled import check_pairs
 from ..events import Cancelled, ExportProgress, MemoryReduced, Progress, StepFinished, StepStarted
 from ..layer_metadata import RESULT_KEY, layer_pixel_size
 from ..model import CiNuSegModel, check_class_name, check_colour
 from ..model_file import BUNDLED_MODEL, ModelFileError, load_model
-from ..segmentation import SegmentFinished, TileProgress
+from ..inference.segmentation import SegmentFinished, TileProgress
 from ..workflows import Storage, export_with_table, learn_class, needs_disk, segment_and_measure, slug
 from . import layers
 from .sections import ModelSection, NewClassSection, SegmentSection, TrainSection

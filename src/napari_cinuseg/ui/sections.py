@@ -23,10 +23,10 @@ from qtpy.QtWidgets import (
 )
 
 from .. import devices
-from ..forgetting import format_report, forgetting_warnings
+from ..analysis.forgetting import format_report, forgetting_warnings
 from ..model import PALETTE
 from ..model_file import BUNDLED_MODEL
-from ..settings import PRESETS, SETTING_RANGES, USER_SETTINGS, preset, setting_label
+from ..training.settings import PRESETS, SETTING_RANGES, USER_SETTINGS, preset, setting_label
 from .plot import LossPlot
 
 NO_MODEL = "No model: training starts a new base model from your annotations."

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import (
+from .labelled import (
     CONSEP_PIXEL_SIZE,
     MONUSAC_PIXEL_SIZE,
     CONSEP_PAPER_CLASSES,

@@ -2,7 +2,7 @@
 
 ``X-Y``: X classes at step 0, Y more at each later step, in a given class order. The training
 data of step t are the images holding a pixel of a class of C^t, with every other pixel labelled
-background (:func:`napari_cinuseg.data.step_pairs`).
+background (:func:`napari_cinuseg.datasets.labelled.step_pairs`).
 """
 
 from __future__ import annotations

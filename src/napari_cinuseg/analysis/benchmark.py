@@ -20,18 +20,18 @@ from typing import Generator, Sequence
 import numpy as np
 import torch
 
-from . import __version__
-from .atomic import atomic_json
-from .data import LabelledSet, split_by_source, step_pairs
-from .devices import describe, resolve_device
+from .. import __version__
+from ..io.atomic import atomic_json
+from ..datasets.labelled import LabelledSet, split_by_source, step_pairs
+from ..devices import describe, resolve_device
 from .evaluation import evaluate
 from .forgetting import confident_share
-from .methods import get_method
-from .model import CiNuSegModel, StepRecord
-from .model_file import load_model
-from .protocols import CLASS_ORDERS, Protocol, make_protocol
-from .settings import TrainSettings
-from .training import train_base, train_step
+from ..methods import get_method
+from ..model import CiNuSegModel, StepRecord
+from ..model_file import load_model
+from ..datasets.protocols import CLASS_ORDERS, Protocol, make_protocol
+from ..training.settings import TrainSettings
+from ..training.steps import train_base, train_step
 
 # Settings that change how a step runs but not what it learns: a cached model trained with other
 # values of these is still valid.

@@ -18,10 +18,10 @@ from typing import Callable, Generator, Sequence
 import numpy as np
 import torch
 
-from . import devices, distributed
-from .data import IGNORE, CropDataset, TrainingPair, check_pairs
-from .forgetting import old_class_agreement
-from .events import (
+from .. import devices
+from ..analysis.forgetting import old_class_agreement
+from ..datasets.labelled import IGNORE, TrainingPair, check_pairs
+from ..events import (
     CancelFlag,
     Cancelled,
     CropStats,
@@ -33,10 +33,12 @@ from .events import (
     StepStarted,
     is_cancelled,
 )
-from .losses import LossOutput, base_bce
-from .methods import StepBatch, StepContext, classifier_init, get_method
-from .model import CiNuSegModel, StepRecord
-from .model_file import ModelFileError, load_model, save_model
+from ..losses import LossOutput, base_bce
+from ..methods import StepBatch, StepContext, classifier_init, get_method
+from ..model import CiNuSegModel, StepRecord
+from ..model_file import ModelFileError, load_model, save_model
+from . import distributed
+from .crops import CropDataset
 from .settings import TrainSettings
 
 

@@ -14,7 +14,7 @@ from scipy.ndimage import find_objects
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
-from .images import IN_MEMORY_LIMIT_PX
+from ..io.images import IN_MEMORY_LIMIT_PX
 
 #: Above this many pixels a numpy class map is measured blockwise, like a lazy one.
 IN_MEMORY_MAX_PX = IN_MEMORY_LIMIT_PX
@@ -210,7 +210,7 @@ def write_nucleus_csv(table: dict[str, list], path) -> None:
     """The per-nucleus table as CSV (one header row, one row per nucleus), written atomically."""
     import csv
 
-    from .atomic import atomic_path
+    from ..io.atomic import atomic_path
 
     keys = list(table)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:

@@ -29,15 +29,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import devices
-from .events import Cancelled, CancelFlag, MemoryReduced, is_cancelled
-from .model import CiNuSegModel
-from .slides import Slide
+from .. import devices
+from ..events import Cancelled, CancelFlag, MemoryReduced, is_cancelled
+from ..model import CiNuSegModel
+from ..io.slides import Slide
 from .tiling import blend_window, tile_origins, tissue_fraction
 
 #: Pixels above which a class map is built on disk (zarr) rather than in memory: the CLI's
 #: ``--in-memory-limit`` default and the panel's threshold (images.IN_MEMORY_LIMIT_PX).
-from .images import IN_MEMORY_LIMIT_PX  # noqa: E402, F401 - public here too
+from ..io.images import IN_MEMORY_LIMIT_PX  # noqa: E402, F401 - public here too
 
 
 @dataclass(frozen=True)

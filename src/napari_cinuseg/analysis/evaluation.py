@@ -8,10 +8,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data import IGNORE, LabelledSet
-from .devices import resolve_device
+from ..datasets.labelled import IGNORE, LabelledSet
+from ..devices import resolve_device
 from .metrics import ConfusionMatrix
-from .model import CiNuSegModel
+from ..model import CiNuSegModel
 
 
 def evaluate(

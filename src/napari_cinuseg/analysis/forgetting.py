@@ -23,8 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import IGNORE, LabelledSet, TrainingPair
-from .model import CiNuSegModel
+from ..datasets.labelled import IGNORE, LabelledSet, TrainingPair
+from ..model import CiNuSegModel
 
 # Below this agreement the panel and the CLI warn that the step may have forgotten a class.
 FORGETTING_WARN_BELOW = 0.8

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .data import LabelledSet, read_consep_patches, read_folder, read_monusac_images
+from .labelled import LabelledSet, read_consep_patches, read_folder, read_monusac_images
 from .original_layouts import read_consep_original, read_monusac_original
 
-from .names import DATASETS
+from ..names import DATASETS
 
 
 def read_dataset(kind: str, root: str | os.PathLike) -> LabelledSet:

@@ -1,0 +1,73 @@
+"""Training crops: random crops of the step's images, with flips, rotations and optional stain
+and scale jitter (augment.py), the same whatever the number of loader workers."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import augment
+from ..datasets.labelled import IGNORE, TrainingPair
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Random crops with flips and 90° rotations (nuclei have no orientation), and optionally
+    stain and scale jitter (``augment.py``).
+
+    Crops are drawn from a generator seeded by (seed, epoch, index), so they are the same whatever
+    the number of loader workers. Images smaller than the crop are padded: white image, label 255.
+    With scale jitter a crop of c/z image pixels is read and resized to c; the box returned with
+    each crop is the one read from the image.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[TrainingPair],
+        crop: int,
+        seed: int = 0,
+        length: int | None = None,
+        stain_jitter: float = 0.0,
+        scale_jitter: float = 0.0,
+    ):
+        self.pairs = list(pairs)
+        self.crop = int(crop)
+        self.seed = int(seed)
+        self.stain_jitter = float(stain_jitter)
+        self.scale_jitter = float(scale_jitter)
+        self.epoch = 0
+        # An epoch has one crop per image, or ``length`` crops drawn from the images in turn
+        # (so that one annotated image still fills a batch).
+        self.length = max(int(length or 0), len(self.pairs))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        pair = self.pairs[index % len(self.pairs)]
+        img, tgt = pair.image, pair.target
+        c = max(8, int(round(self.crop / augment.zoom_factor(rng, self.scale_jitter))))
+        h, w = tgt.shape
+        if h < c or w < c:
+            ph, pw = max(c - h, 0), max(c - w, 0)
+            img = np.pad(img, ((0, ph), (0, pw), (0, 0)), constant_values=255)
+            tgt = np.pad(tgt, ((0, ph), (0, pw)), constant_values=IGNORE)
+            h, w = tgt.shape
+        top = int(rng.integers(0, h - c + 1))
+        left = int(rng.integers(0, w - c + 1))
+        img = img[top : top + c, left : left + c]
+        tgt = tgt[top : top + c, left : left + c]
+        k = int(rng.integers(0, 4))
+        img, tgt = np.rot90(img, k), np.rot90(tgt, k)
+        if rng.random() < 0.5:
+            img, tgt = img[:, ::-1], tgt[:, ::-1]
+        img, tgt = augment.resize_pair(np.ascontiguousarray(img), np.ascontiguousarray(tgt), self.crop)
+        img = augment.stain_jitter(img, rng, self.stain_jitter)
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        y = torch.from_numpy(np.ascontiguousarray(tgt)).long()
+        return x, y, torch.tensor([index % len(self.pairs), top, left, c])

@@ -9,32 +9,29 @@ engine's (``workflows.py``), shared with the ``cinuseg`` command.
 from __future__ import annotations
 
 import threading
-import time
-from collections import deque
 from pathlib import Path
 
-import numpy as np
-from qtpy.QtCore import QEvent, QSettings
-from qtpy.QtWidgets import QColorDialog, QFileDialog, QVBoxLayout, QWidget
+from qtpy.QtCore import QSettings
+from qtpy.QtWidgets import QColorDialog, QFileDialog, QVBoxLayout
 
 from ..annotations import sparse_annotation_advice
 from ..datasets.labelled import check_pairs
-from ..events import Cancelled, ExportProgress, MemoryReduced, Progress, StepFinished, StepStarted
+from ..events import Cancelled, ExportProgress, MemoryReduced, StepFinished
 from ..layer_metadata import RESULT_KEY, layer_pixel_size
 from ..model import CiNuSegModel, check_class_name, check_colour
 from ..model_file import BUNDLED_MODEL, ModelFileError, load_model
 from ..inference.segmentation import SegmentFinished, TileProgress
 from ..workflows import Storage, export_with_table, learn_class, needs_disk, segment_and_measure, slug
-from . import layers
+from . import layers, memory
 from .sections import ModelSection, NewClassSection, SegmentSection, TrainSection
-from .workers import start_job
+from .workers import JobHost
 
 
 def _user_settings() -> QSettings:
     return QSettings("napari-cinuseg", "CiNuSeg")
 
 
-class CiNuSegWidget(QWidget):
+class CiNuSegWidget(JobHost):
     """``storage``: where new models and on-disk results go (default ``~/.napari-cinuseg``);
     ``settings``: where the panel remembers its fields (default: the user's Qt settings)."""
 
@@ -44,13 +41,9 @@ class CiNuSegWidget(QWidget):
         self.storage = storage or Storage()
         self.settings = settings if settings is not None else _user_settings()
         self.model: CiNuSegModel | None = None
-        self.worker = None
-        self.cancel_event = threading.Event()
         self.last_crops: list = []  # (image layer name, y0, x0) per training pair
         self.new_model_path: Path | None = None
         self.last_export: Path | None = None
-        self._crops: deque = deque(maxlen=64)
-        self._att_seen = self._att_fired = 0  # crops seen in this training, and where ATT fired
         self._build()
         self._restore()
 
@@ -85,17 +78,9 @@ class CiNuSegWidget(QWidget):
         self._refresh_images()
         self._image_chosen()
 
-    # --- settings remembered between sessions -----------------------------------------------
+    # --- fields remembered between sessions (memory.py) ------------------------------------
     def _restore(self) -> None:
-        s = self.settings
-        self.preset_combo.setCurrentText(str(s.value("preset", "cpu")))
-        self.iterations.setValue(int(s.value("iterations", 300)))
-        self.crop.setValue(int(s.value("crop", 128)))
-        self.tile.setValue(int(s.value("tile", 512)))
-        self.advanced.setChecked(str(s.value("advanced", "false")).lower() == "true")
-        for name, field in self.hyper.items():
-            field.value = float(s.value(f"hyper/{name}", field.value))
-        last = s.value("model_path", "")
+        last = memory.restore(self.settings, self.train_section, self.segment_section)
         if last and Path(str(last)).is_file():
             try:
                 self.load_model(last)
@@ -103,16 +88,7 @@ class CiNuSegWidget(QWidget):
                 pass
 
     def _remember(self) -> None:
-        s = self.settings
-        s.setValue("preset", self.preset_combo.currentText())
-        s.setValue("iterations", self.iterations.value())
-        s.setValue("crop", self.crop.value())
-        s.setValue("tile", self.tile.value())
-        s.setValue("advanced", self.advanced.isChecked())
-        for name, field in self.hyper.items():
-            s.setValue(f"hyper/{name}", field.value)
-        if self.model is not None and self.model.source_path:
-            s.setValue("model_path", self.model.source_path)
+        memory.remember(self.settings, self.train_section, self.segment_section, self.model)
 
     # --- helpers --------------------------------------------------------------------------
     def _say(self, text: str, error: bool = False) -> None:
@@ -123,28 +99,16 @@ class CiNuSegWidget(QWidget):
             show_error(text)
 
     def _refresh_images(self, *_) -> None:
-        from napari.layers import Image
-
-        current = self.image_combo.currentText()
-        names = [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        if current in names:
-            self.image_combo.setCurrentText(current)
+        self.class_section.refresh_images(self.viewer)
 
     def _image_chosen(self, *_) -> None:
-        name = self.image_combo.currentText()
-        layer = self.viewer.layers[name] if name and name in self.viewer.layers else None
-        self.class_section.show_pixel_size(layer_pixel_size(layer.metadata) if layer is not None else None, layer is not None)
+        self.class_section.image_chosen(self.viewer)
 
     def image_pixel_size(self) -> float | None:
         return float(self.pixel_size.value()) or None
 
     def _image_layer(self):
-        name = self.image_combo.currentText()
-        if not name or name not in self.viewer.layers:
-            raise ValueError("open an H&E image first (File > Open, or File > Open Sample > CiNuSeg)")
-        return self.viewer.layers[name]
+        return self.class_section.image_layer(self.viewer)
 
     def _choose_model_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a CiNuSeg model", str(self.storage.models), "CiNuSeg models (*.cinuseg.pt *.pt)")
@@ -166,40 +130,6 @@ class CiNuSegWidget(QWidget):
             w.setEnabled(not busy)
         self.bundled_btn.setEnabled(not busy and BUNDLED_MODEL.is_file())
         self.cancel_btn.setEnabled(busy)
-
-    def _start_job(self, job_fn, on_event, on_returned):
-        self._set_busy(True)
-        self.worker = start_job(
-            job_fn, on_event=on_event, on_returned=on_returned, on_error=self._on_error, on_finished=lambda: self._set_busy(False)
-        )
-        return self.worker
-
-    def _on_error(self, exc) -> None:
-        self._say(f"Stopped: {exc}", error=True)
-        self._set_busy(False)
-
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
-        """Closing the panel (or the viewer) cancels a running job: a training stops between
-        iterations and saves nothing, so the prior and the annotations stay as they were."""
-        self.shutdown()
-        super().closeEvent(event)
-
-    def event(self, ev) -> bool:
-        # napari closes a dock widget by taking the panel out of it (its parent becomes None),
-        # without a close event: that too ends the running job.
-        if ev.type() == QEvent.Type.ParentChange and self.parent() is None:
-            self.shutdown(wait=False)
-        return super().event(ev)
-
-    def shutdown(self, wait: bool = True) -> None:
-        """Cancel the running job (it stops between iterations, saving nothing)."""
-        if getattr(self, "cancel_event", None) is not None:
-            self.cancel_event.set()
-        worker = getattr(self, "worker", None)
-        if worker is not None and getattr(worker, "is_running", False):
-            worker.quit()
-            if wait:
-                worker.await_workers(60_000)
 
     # --- 1. model -------------------------------------------------------------------------
     def load_model(self, path) -> CiNuSegModel:
@@ -250,8 +180,6 @@ class CiNuSegWidget(QWidget):
         def run():  # in the worker thread: even copying the prior would stall the viewer
             return (yield from learn_class(prior, pairs, name, colour, settings, out=out, cancel=cancel, pixel_size=px))
 
-        self._crops = deque(maxlen=64)  # the last training crops, for the ATT layer
-        self._att_seen = self._att_fired = 0
         self.train_section.reset_results()
         self._remember()
         advice = sparse_annotation_advice(pairs)
@@ -267,26 +195,12 @@ class CiNuSegWidget(QWidget):
         self._say("Cancelling after the current iteration…")
 
     def _on_training_event(self, ev) -> None:
-        if isinstance(ev, StepStarted):
-            self.progress.setRange(0, ev.total_iterations)
-            self.device_label.setText(f"Device: {ev.device}")
-        elif isinstance(ev, Progress):
-            self.progress.setValue(ev.iteration)
-            left = time.strftime("%M:%S", time.gmtime(ev.seconds_left))
-            att = ""
-            if ev.crops:
-                r, t_o, t_n = (np.mean([getattr(c, k) for c in ev.crops]) for k in ("r", "t_o", "t_n"))
-                att = f" · ATT r={r:.2f} t_o={t_o:.2f} t_n={t_n:.2f}"
-            self.status.setText(f"iteration {ev.iteration}/{ev.total}, loss {ev.loss:.3f}, {left} left{att}")
-            self.plot.add(ev)
-            self._crops.extend(ev.crops)
-            self._att_seen += len(ev.crops)
-            self._att_fired += sum(c.t_o != 1 for c in ev.crops)
-            self.train_section.show_att(self._att_seen, self._att_fired)
-        elif isinstance(ev, (Cancelled, MemoryReduced)):
+        if isinstance(ev, (Cancelled, MemoryReduced)):
             self._say(ev.message)
         elif isinstance(ev, StepFinished):
             self.new_model_path = Path(ev.path) if ev.path else None
+        else:
+            self.train_section.on_event(ev)
 
     def _on_trained(self, model) -> None:
         if model is None:
@@ -310,7 +224,7 @@ class CiNuSegWidget(QWidget):
             show_warning("Forgetting: " + " ".join(warnings))
 
     def _add_att_layer(self) -> None:
-        layers.add_att_layer(self.viewer, list(self._crops), self.last_crops)
+        layers.add_att_layer(self.viewer, list(self.train_section.crops), self.last_crops)
 
     # --- 4. segmentation ------------------------------------------------------------------
     def start_segmentation(self):

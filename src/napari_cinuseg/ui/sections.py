@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from pathlib import Path
+
+import numpy as np
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -23,7 +27,9 @@ from qtpy.QtWidgets import (
 )
 
 from .. import devices
+from ..events import Progress, StepStarted
 from ..analysis.forgetting import format_report, forgetting_warnings
+from ..layer_metadata import layer_pixel_size
 from ..model import PALETTE
 from ..model_file import BUNDLED_MODEL
 from ..training.settings import PRESETS, SETTING_RANGES, USER_SETTINGS, preset, setting_label
@@ -93,6 +99,28 @@ class NewClassSection(QGroupBox):
         self.exhaustive = QCheckBox("My annotation is exhaustive in rectangles I draw")
         form.addRow(self.exhaustive)
 
+    def refresh_images(self, viewer) -> None:
+        """The viewer's image layers in the combo box, keeping the current choice."""
+        from napari.layers import Image
+
+        current = self.image.currentText()
+        names = [ly.name for ly in viewer.layers if isinstance(ly, Image)]
+        self.image.clear()
+        self.image.addItems(names)
+        if current in names:
+            self.image.setCurrentText(current)
+
+    def image_layer(self, viewer):
+        name = self.image.currentText()
+        if not name or name not in viewer.layers:
+            raise ValueError("open an H&E image first (File > Open, or File > Open Sample > CiNuSeg)")
+        return viewer.layers[name]
+
+    def image_chosen(self, viewer) -> None:
+        name = self.image.currentText()
+        layer = viewer.layers[name] if name and name in viewer.layers else None
+        self.show_pixel_size(layer_pixel_size(layer.metadata) if layer is not None else None, layer is not None)
+
     def show_pixel_size(self, said: float | None, has_image: bool) -> None:
         """The file's pixel size, or (where it says none) the user's value kept and a hint."""
         if said:
@@ -145,6 +173,8 @@ class TrainSection(QGroupBox):
         self.forgetting.setWordWrap(True)
         self.forgetting.setTextFormat(Qt.RichText)
         form.addRow(self.forgetting)
+        self.crops: deque = deque(maxlen=64)
+        self.att_seen = self.att_fired = 0
 
     @staticmethod
     def _advanced():
@@ -181,13 +211,32 @@ class TrainSection(QGroupBox):
         self.att.setText("")
         self.forgetting.setText("")
         self.progress.setValue(0)
+        self.crops: deque = deque(maxlen=64)  # the last training crops, for the ATT layer
+        self.att_seen = self.att_fired = 0  # crops seen in this training, and where ATT fired
 
-    def show_att(self, seen: int, fired: int) -> None:
-        if seen:
-            self.att.setText(
-                f"ATT fired on {fired / seen:.0%} of the crops so far "
-                "(new class > σ of their nuclei: old-class loss ×α_o, new-class loss ×α_n)"
-            )
+    def on_event(self, ev) -> None:
+        """A training event shown: the start (device, total), each iteration's progress, loss
+        terms, time left and ATT statistics."""
+        if isinstance(ev, StepStarted):
+            self.progress.setRange(0, ev.total_iterations)
+            self.device.setText(f"Device: {ev.device}")
+        elif isinstance(ev, Progress):
+            self.progress.setValue(ev.iteration)
+            left = time.strftime("%M:%S", time.gmtime(ev.seconds_left))
+            att = ""
+            if ev.crops:
+                r, t_o, t_n = (np.mean([getattr(c, k) for c in ev.crops]) for k in ("r", "t_o", "t_n"))
+                att = f" · ATT r={r:.2f} t_o={t_o:.2f} t_n={t_n:.2f}"
+            self.status.setText(f"iteration {ev.iteration}/{ev.total}, loss {ev.loss:.3f}, {left} left{att}")
+            self.plot.add(ev)
+            self.crops.extend(ev.crops)
+            self.att_seen += len(ev.crops)
+            self.att_fired += sum(c.t_o != 1 for c in ev.crops)
+            if self.att_seen:
+                self.att.setText(
+                    f"ATT fired on {self.att_fired / self.att_seen:.0%} of the crops so far "
+                    "(new class > σ of their nuclei: old-class loss ×α_o, new-class loss ×α_n)"
+                )
 
     def show_forgetting(self, report) -> list[str]:
         """The step's forgetting report; returns the warnings (one per class below the threshold)."""

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
+from qtpy.QtCore import QEvent
+from qtpy.QtWidgets import QWidget
+
 from .. import devices
 
 
@@ -37,3 +42,47 @@ def start_job(job_fn, *, on_event, on_returned, on_error, on_finished):
     worker.finished.connect(on_finished)
     worker.start()
     return worker
+
+
+class JobHost(QWidget):
+    """A widget that runs one job at a time: busy while it runs, one error for a failure, and
+    the job cancelled when the widget is closed. Subclasses give ``_set_busy`` and ``_say``."""
+
+    def __init__(self):
+        super().__init__()
+        self.worker = None
+        self.cancel_event = threading.Event()
+
+    def _start_job(self, job_fn, on_event, on_returned):
+        self._set_busy(True)
+        self.worker = start_job(
+            job_fn, on_event=on_event, on_returned=on_returned, on_error=self._on_error, on_finished=lambda: self._set_busy(False)
+        )
+        return self.worker
+
+    def _on_error(self, exc) -> None:
+        self._say(f"Stopped: {exc}", error=True)
+        self._set_busy(False)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Closing the panel (or the viewer) cancels a running job: a training stops between
+        iterations and saves nothing, so the prior and the annotations stay as they were."""
+        self.shutdown()
+        super().closeEvent(event)
+
+    def event(self, ev) -> bool:
+        # napari closes a dock widget by taking the panel out of it (its parent becomes None),
+        # without a close event: that too ends the running job.
+        if ev.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.shutdown(wait=False)
+        return super().event(ev)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Cancel the running job (it stops between iterations, saving nothing)."""
+        if getattr(self, "cancel_event", None) is not None:
+            self.cancel_event.set()
+        worker = getattr(self, "worker", None)
+        if worker is not None and getattr(worker, "is_running", False):
+            worker.quit()
+            if wait:
+                worker.await_workers(60_000)

@@ -1,0 +1,317 @@
+"""The optimisation loop shared by the base and incremental steps (steps.py): crops, SGD with the
+poly schedule, the prior's forward pass, out-of-memory handling, typed progress events, the
+step's record (loss curve, ATT share, forgetting report) and the atomic save."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Generator, Sequence
+
+import numpy as np
+import torch
+
+from .. import devices
+from ..analysis.forgetting import old_class_agreement
+from ..datasets.labelled import IGNORE, TrainingPair
+from ..events import (
+    CancelFlag,
+    Cancelled,
+    CropStats,
+    Event,
+    MemoryReduced,
+    Progress,
+    Saved,
+    StepFinished,
+    StepStarted,
+    is_cancelled,
+)
+from ..losses import LossOutput
+from ..methods import StepContext
+from ..model import CiNuSegModel, StepRecord
+from ..model_file import save_model
+from . import distributed
+from .crops import CropDataset
+from .settings import TrainSettings
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _freeze_batchnorm(net: torch.nn.Module) -> None:
+    """Keep BatchNorm's running statistics as the prior learned them (its affine weights still
+    train): an incremental step sees only the new class's images, often a handful at batch 1,
+    and re-estimating the statistics there shifts every old class's features."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def poly_lr(base: float, iteration: int, total: int, power: float) -> float:
+    """The poly schedule: base · (1 − it/total)^power, it counted from 0."""
+    return base * (1 - iteration / total) ** power
+
+
+@dataclass
+class _Loop:
+    """One step's optimisation, shared by the base and incremental steps."""
+
+    model: CiNuSegModel
+    pairs: Sequence[TrainingPair]
+    channel_of_target: list[int]  # step target value → channel id (index 0 → 0)
+    loss_fn: Callable[[torch.Tensor, object, torch.Tensor], LossOutput]
+    prior: CiNuSegModel | None
+    settings: TrainSettings
+    lr: float
+    step: int
+    method: str
+    hooks: object | None = None  # the Method, for its optional prepare/finish hooks
+    freeze_bn: bool = False
+    new_classes: tuple[int, ...] = ()
+    memory_notes: list[str] = field(default_factory=list)  # batches reduced for lack of memory
+    # The model the step started from, for the forgetting report (forgetting.py); set for every
+    # incremental step, also when the method itself never looks at the prior.
+    report_prior: CiNuSegModel | None = None
+    _extra: list = field(default_factory=list)  # a method's training-only parameters
+
+    def _context(self, device: torch.device, lut: torch.Tensor) -> StepContext:
+        def batches():
+            for pair in self.pairs:  # whole images, one at a time, no augmentation
+                image = torch.from_numpy(np.ascontiguousarray(pair.image)).permute(2, 0, 1)[None]
+                target = torch.from_numpy(np.ascontiguousarray(pair.target)).long()[None]
+                yield self.model.normalize(image.to(device)), lut[target].to(device)
+
+        return StepContext(self.prior, self.model, list(self.new_classes), self.settings, device, batches)
+
+    def _iteration(self, images, target, lut, device, amp, net, prior_net, opt, scaler) -> LossOutput:
+        """One optimisation step on one batch of crops."""
+        images = images.to(device, non_blocking=True)
+        labels = lut[target].to(device, non_blocking=True)
+        x = self.model.normalize(images)
+        with devices.autocast(device, amp):
+            old = None
+            if prior_net is not None:
+                with torch.no_grad():
+                    old = prior_net(x)
+            output = net(x)
+            result = self.loss_fn(labels, output, old)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(result.loss).backward()
+        distributed.average_gradients(self._extra)  # DDP averages the network's own
+        scaler.step(opt)
+        scaler.update()
+        return result
+
+    def run(self, cancel: CancelFlag, out) -> Generator[Event, None, CiNuSegModel | None]:
+        s = self.settings
+        seed_everything(s.seed)
+        device = distributed.init_from_env(devices.resolve_device(s.device))  # torchrun: this rank's
+        world, rank = distributed.world_size(), distributed.rank()
+        amp = devices.amp_dtype(device, s.amp)
+        dataset = CropDataset(self.pairs, s.crop_size, s.seed, length=s.batch_size, stain_jitter=s.stain_jitter, scale_jitter=s.scale_jitter)
+        batch = s.batch_size  # the global batch, over all ranks
+        per_epoch = max(len(dataset) // batch, 1)
+        total = s.iterations or max(s.epochs * per_epoch, s.min_iterations)
+        sampler = None
+
+        def make_loader(batch: int):
+            nonlocal sampler
+            sampler = distributed.GlobalBatchSampler(len(dataset), batch, s.seed, rank, world)
+            return torch.utils.data.DataLoader(
+                dataset,
+                batch_size=sampler.local_batch,
+                sampler=sampler,
+                drop_last=True,
+                num_workers=s.num_workers,
+                pin_memory=device.type == "cuda",
+                persistent_workers=False,  # workers must see set_epoch: crops differ per epoch
+            )
+
+        loader = make_loader(batch)
+        lut = torch.full((256,), IGNORE, dtype=torch.long)
+        for local, ch in enumerate(self.channel_of_target):
+            lut[local] = ch
+
+        net = self.model.network.to(device).train()
+        if self.freeze_bn:
+            _freeze_batchnorm(net)
+        prior_net = None
+        if self.prior is not None:
+            # The prior runs under no_grad below; its parameters' own flags are left alone, so a
+            # later child() of the same model object can still learn.
+            prior_net = self.prior.network.to(device).eval()
+        opt = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        train_net = net
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            train_net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+
+        yield StepStarted(
+            step=self.step,
+            method=self.method,
+            device=devices.describe(device),
+            total_iterations=total,
+            iterations_per_epoch=per_epoch,
+            num_images=len(dataset),
+            classes=tuple(c.name for c in self.model.classes if c.step == self.step),
+        )
+        t0 = time.perf_counter()
+        it, epoch, recent = 0, 0, []
+        history: list[dict[str, float]] = []  # every iteration's loss and terms, for the record's curve
+        att = [0, 0]  # crops seen, crops where ATT fired
+        prepare = getattr(self.hooks, "prepare", None)
+        finish = getattr(self.hooks, "finish", None)
+        ctx = self._context(device, lut) if (prepare or finish) else None
+        try:
+            if prepare is not None:
+                prepare(ctx)
+            extra = getattr(self.hooks, "extra_parameters", None)
+            if extra is not None:  # training-only modules of a method (e.g. a projection head)
+                params = [p for p in extra() if p.requires_grad]
+                if params:
+                    opt.add_param_group({"params": params})
+                    self._extra = params
+            while it < total:
+                dataset.set_epoch(epoch)
+                sampler.set_epoch(epoch)
+                reduced = False
+                for images, target, boxes in loader:
+                    if is_cancelled(cancel):
+                        yield Cancelled(step=self.step, iteration=it)
+                        return None
+                    lr = poly_lr(self.lr, it, total, s.poly_power)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    try:
+                        result = self._iteration(images, target, lut, device, amp, train_net, prior_net, opt, scaler)
+                    except Exception as exc:  # noqa: BLE001 - only an allocation failure is retried
+                        if not devices.is_out_of_memory(exc):
+                            raise
+                        result = None  # handled below, once the exception (and its frames' tensors) is gone
+                    if result is None:
+                        opt.zero_grad(set_to_none=True)
+                        devices.release(device)
+                        if world > 1:
+                            raise MemoryError(
+                                f"the {devices.describe(device)} of rank {rank} ran out of memory with a batch "
+                                f"of {batch // world} crops; run again with a smaller --batch-size"
+                            )
+                        if batch == 1:
+                            raise MemoryError(
+                                f"the {devices.describe(device)} ran out of memory with a batch of one "
+                                f"{s.crop_size}-px crop; choose a smaller crop size, or the CPU"
+                            ) from None
+                        before, batch = batch, batch // 2
+                        self.memory_notes.append(f"out of memory at batch {before}: went on with {batch}")
+                        yield MemoryReduced(
+                            "batch", before, batch,
+                            f"the {devices.describe(device)} ran out of memory with a batch of {before}; "
+                            f"going on with {batch} (the same number of iterations, each on fewer crops)",
+                        )
+                        loader, reduced = make_loader(batch), True
+                        break  # the same epoch again, with the smaller batch
+                    it += 1
+                    loss = distributed.all_reduce_mean(float(result.loss.detach()), device)
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(
+                            f"the loss became {loss} at iteration {it}; lower the learning rate "
+                            "or check the annotations"
+                        )
+                    recent = (recent + [loss])[-20:]
+                    history.append({"loss": loss, **result.terms})
+                    if result.t_o is not None:  # ATT (eqs. 14-16): how often it fired
+                        att[0] += int(result.t_o.numel())
+                        att[1] += int((result.t_o != 1).sum())
+                    if it % s.log_every == 0 or it == total:
+                        yield Progress(
+                            step=self.step,
+                            epoch=epoch,
+                            iteration=it,
+                            total=total,
+                            loss=loss,
+                            terms=dict(result.terms),
+                            lr=lr,
+                            seconds=time.perf_counter() - t0,
+                            crops=_crop_stats(boxes, result),
+                        )
+                    if it >= total:
+                        break
+                if not reduced:
+                    epoch += 1
+            if finish is not None:
+                finish(ctx)
+            forgetting = None
+            if self.report_prior is not None and not is_cancelled(cancel):
+                forgetting = old_class_agreement(self.report_prior, self.model, self.pairs, device)
+        finally:
+            # Release the device whatever happened: finished, cancelled, failed or closed.
+            net.cpu()
+            if prior_net is not None:
+                prior_net.cpu()
+            devices.release(device)
+
+        seconds = time.perf_counter() - t0
+        self.model.steps.append(
+            StepRecord(
+                step=self.step,
+                method=self.method,
+                new_classes=[c.name for c in self.model.classes if c.step == self.step],
+                settings=s.to_dict(),
+                data={"images": [p.name for p in self.pairs], "num_images": len(self.pairs)},
+                results={
+                    "iterations": it,
+                    "epochs": epoch,
+                    "seconds": round(seconds, 2),
+                    "final_loss": float(np.mean(recent)) if recent else None,
+                    "device": devices.describe(device) + (f" × {world} processes" if world > 1 else ""),
+                    "loss_curve": _loss_curve(history),
+                    **({"att_fired_share": round(att[1] / att[0], 4)} if att[0] else {}),
+                    **({"forgetting": forgetting} if forgetting is not None else {}),
+                    **({"memory": list(self.memory_notes)} if self.memory_notes else {}),
+                },
+            )
+        )
+        path = None
+        if out is not None and distributed.is_main():  # one writer under torchrun
+            path = str(save_model(self.model, out))
+            yield Saved(path)
+        yield StepFinished(step=self.step, model=self.model, seconds=seconds, path=path)
+        return self.model
+
+
+def _loss_curve(history: list[dict[str, float]], points: int = 50) -> dict[str, list]:
+    """The loss and each term, averaged over at most ``points`` equal windows of iterations:
+    ``{"iteration": [last iteration of each window], "loss": [...], term: [...]}``."""
+    if not history:
+        return {}
+    size = max(1, math.ceil(len(history) / points))
+    keys = list(dict.fromkeys(k for h in history for k in h))
+    curve: dict[str, list] = {"iteration": []}
+    for k in keys:
+        curve[k] = []
+    for start in range(0, len(history), size):
+        window = history[start : start + size]
+        curve["iteration"].append(start + len(window))
+        for k in keys:
+            vals = [h[k] for h in window if k in h]
+            curve[k].append(round(float(np.mean(vals)), 5) if vals else None)
+    return curve
+
+
+def _crop_stats(boxes: torch.Tensor, result: LossOutput) -> tuple[CropStats, ...]:
+    if result.r is None:
+        return ()
+    r, t_o, t_n = (v.detach().float().cpu().tolist() for v in (result.r, result.t_o, result.t_n))
+    return tuple(
+        CropStats(int(b[0]), int(b[1]), int(b[2]), int(b[3]), r[i], t_o[i], t_n[i])
+        for i, b in enumerate(boxes.tolist())
+    )
+
+

@@ -1,0 +1,30 @@
+"""What the panel remembers between sessions (Qt settings): the training and segmentation
+fields, the method's settings and the last model file."""
+
+from __future__ import annotations
+
+
+def restore(settings, train, segment) -> str:
+    """Put the remembered values into the sections' fields; returns the last model's path."""
+    s = settings
+    train.preset.setCurrentText(str(s.value("preset", "cpu")))
+    train.iterations.setValue(int(s.value("iterations", 300)))
+    train.crop.setValue(int(s.value("crop", 128)))
+    segment.tile.setValue(int(s.value("tile", 512)))
+    train.advanced.setChecked(str(s.value("advanced", "false")).lower() == "true")
+    for name, field in train.hyper.items():
+        field.value = float(s.value(f"hyper/{name}", field.value))
+    return str(s.value("model_path", "") or "")
+
+
+def remember(settings, train, segment, model) -> None:
+    s = settings
+    s.setValue("preset", train.preset.currentText())
+    s.setValue("iterations", train.iterations.value())
+    s.setValue("crop", train.crop.value())
+    s.setValue("tile", segment.tile.value())
+    s.setValue("advanced", train.advanced.isChecked())
+    for name, field in train.hyper.items():
+        s.setValue(f"hyper/{name}", field.value)
+    if model is not None and model.source_path:
+        s.setValue("model_path", model.source_path)

@@ -238,3 +238,21 @@ def test_gradients_reach_the_new_model_only():
 def test_per_image_shape(fn):
     logits, _, _, _, labels = _random_case(3)
     assert fn(logits, labels, NEW).shape == (3,)
+
+
+def test_class_thresholds_lower_tau_for_an_under_confident_prior():
+    from napari_cinuseg.losses import class_thresholds
+
+    # prior with K_old = 3: class 1 predicted with score sigmoid(0.4) ≈ 0.60, class 2 with ≈ 0.95
+    old = torch.zeros(1, 3, 2, 2)
+    old[0, 1, 0] = 0.4  # row 0: class 1 wins (bg logit 0)
+    old[0, 2, 1] = 3.0  # row 1: class 2 wins
+    tau = class_thresholds([old], tau=0.7)
+    assert tau.shape == (2,)
+    assert abs(float(tau[0]) - torch.sigmoid(torch.tensor(0.4)).item()) < 0.01  # lowered to its median
+    assert float(tau[1]) == pytest.approx(0.7)  # a confident class keeps τ
+    # eq. 1 with per-class τ: the under-confident class's own pixels are claimed now
+    labels = torch.zeros(1, 2, 2, dtype=torch.long)
+    with_tau = pseudo_labels(labels, old, [3], tau=0.7)
+    per_class = pseudo_labels(labels, old, [3], tau=tau)
+    assert (with_tau[0, 0] == 0).all() and (per_class[0, 0] == 1).all() and (per_class[0, 1] == 2).all()

@@ -32,6 +32,7 @@ __all__ = [
     "cinuseg_loss",
     "class_anchor_consolidation",
     "class_anchors",
+    "class_thresholds",
     "foreground_guidance",
     "negative_sample_bce",
     "negative_sample_mask",
@@ -56,6 +57,13 @@ def _per_image_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
 
 
+def _above(score: torch.Tensor, cls: torch.Tensor, tau) -> torch.Tensor:
+    """score > τ, where τ is one number or one per old class ((K_old − 1,), indexed by cls − 1)."""
+    if torch.is_tensor(tau) and tau.ndim == 1:
+        return score > tau.to(score.device)[(cls - 1).clamp_min(0)]
+    return score > tau
+
+
 def _old_claim(old_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """max and argmax over the old foreground classes of S^{t-1} = sigmoid(old_logits)."""
     b, k_old, h, w = old_logits.shape
@@ -78,14 +86,47 @@ def pseudo_labels(
 
     ỹ_i = y_i where y_i ∈ C^t; otherwise argmax_{c∈C^{1:t-1}} S^{t-1}_{c,i} where that maximum
     exceeds τ; otherwise 0, except that an unlabelled pixel that no old class claims stays
-    ``ignore_index``.
+    ``ignore_index``. ``tau`` is one threshold, or one per old class (a (K_old − 1,) tensor:
+    :func:`class_thresholds`).
     """
     score, cls = _old_claim(old_logits)
     is_new = _is_in(labels, new_classes)
-    claimed = score > tau
+    claimed = _above(score, cls, tau)
     out = torch.where(labels == ignore_index, torch.full_like(labels, ignore_index), torch.zeros_like(labels))
     out = torch.where(claimed, cls, out)
     return torch.where(is_new, labels, out)
+
+
+@torch.no_grad()
+def class_thresholds(old_logits_batches, tau: float = 0.7, quantile: float = 0.5) -> torch.Tensor:
+    """τ_c = min(τ, the ``quantile`` of the prior's score S^{t-1}_c over the pixels it predicts
+    as c), per old class c, over an iterable of the prior's logits (B, K_old, H, W).
+
+    Not in the paper, which is silent on an under-confident prior: where the prior predicts its
+    own class c with scores mostly at or below τ, eq. 1 would hand most of its pixels to the
+    background, and each step would keep less of c. A class the prior never predicts keeps τ.
+    """
+    hist = None
+    bins = 100
+    for old in old_logits_batches:
+        k_old = old.shape[1]
+        if hist is None:
+            hist = torch.zeros(k_old, bins, dtype=torch.float64)
+        pred = old.argmax(dim=1)
+        score = torch.sigmoid(old.float())
+        for c in range(1, k_old):
+            s = score[:, c][pred == c]
+            if s.numel():
+                hist[c] += torch.histc(s.double().cpu(), bins=bins, min=0.0, max=1.0)
+    if hist is None:
+        raise ValueError("no images to measure the prior's confidence on")
+    out = torch.full((hist.shape[0] - 1,), float(tau))
+    for c in range(1, hist.shape[0]):
+        total = hist[c].sum()
+        if total > 0:
+            idx = int(torch.searchsorted(hist[c].cumsum(0), total * quantile))
+            out[c - 1] = min(float(tau), (idx + 0.5) / bins)
+    return out
 
 
 @torch.no_grad()
@@ -93,8 +134,8 @@ def negative_sample_mask(
     labels: torch.Tensor, old_logits: torch.Tensor, new_classes: Sequence[int], tau: float = 0.7
 ) -> torch.Tensor:
     """Eq. 11: O_i = 1 for a new-class pixel that the old model calls old (max_c S^{t-1}_c > τ)."""
-    score, _ = _old_claim(old_logits)
-    return _is_in(labels, new_classes) & (score > tau)
+    score, cls = _old_claim(old_logits)
+    return _is_in(labels, new_classes) & _above(score, cls, tau)
 
 
 def class_anchors(

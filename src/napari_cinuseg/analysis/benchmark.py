@@ -96,7 +96,7 @@ def _learning_settings(settings: dict) -> dict:
 
 
 # Settings added after models were cached, and the value that trains as before they existed.
-_ADDED_LATER_NEUTRAL = {"stain_jitter": 0.0, "scale_jitter": 0.0, "pkd_scores": "softmax"}
+_ADDED_LATER_NEUTRAL = {"stain_jitter": 0.0, "scale_jitter": 0.0, "pkd_scores": "softmax", "adaptive_tau": False}
 
 
 def _same_learning_settings(cached: StepRecord, settings: TrainSettings) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..losses import LossOutput, cinuseg_loss
-from . import StepBatch, register
+import torch
+
+from ..losses import LossOutput, cinuseg_loss, class_thresholds
+from . import StepBatch, StepContext, register
 
 
 @dataclass
@@ -16,6 +18,17 @@ class CiNuSeg:
     att: bool = True
     uses_prior: bool = True
     scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
+    tau_per_class: torch.Tensor | None = field(default=None, repr=False)
+
+    def prepare(self, ctx: StepContext) -> None:
+        """With ``settings.adaptive_tau``: eq. 1's τ per old class, lowered to the prior's median
+        score on its own predictions of that class (losses.class_thresholds; not in the paper)."""
+        if not ctx.settings.adaptive_tau:
+            self.tau_per_class = None
+            return
+        prior = ctx.prior.network.eval().to(ctx.device)
+        with torch.no_grad():
+            self.tau_per_class = class_thresholds((prior(x).logits for x, _ in ctx.batches()), ctx.settings.tau)
 
     def loss(self, b: StepBatch) -> LossOutput:
         s = b.settings
@@ -26,7 +39,7 @@ class CiNuSeg:
             b.old_features,
             b.labels,
             b.new_classes,
-            tau=s.tau,
+            tau=self.tau_per_class if self.tau_per_class is not None else s.tau,
             omega=s.omega,
             sigma=s.sigma,
             alpha_o=s.alpha_o,

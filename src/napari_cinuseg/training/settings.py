@@ -38,6 +38,7 @@ class TrainSettings:
     alpha_o: float = 10.0
     alpha_n: float = 0.5
     pkd_scores: str = "softmax"  # eqs. 4-5 on softmax (MiB's reading) or on the sigmoid scores S
+    adaptive_tau: bool = False  # eq. 1's τ per old class, lowered for an under-confident prior (not in the paper)
 
     # running
     seed: int = 0

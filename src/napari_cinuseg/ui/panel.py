@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import skimage.morphology  # noqa: F401 - loaded with the panel, not at the first Train click:
+# skimage's label() imports it (and scipy.spatial) on first use, 176 ms in the viewer's thread
 from qtpy.QtCore import QSettings
 from qtpy.QtWidgets import QColorDialog, QFileDialog, QVBoxLayout
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from .io.export import masks_metadata, masks_pyramidal
 from .io.images import IN_MEMORY_LIMIT_PX
-from .layer_metadata import PIXEL_SIZE_KEY, RESULT_KEY, result_metadata
+from .layer_metadata import PIXEL_SIZE_KEY, RESULT_KEY, labels_colormap, result_metadata
 from .io.slides import TIFF_SUFFIXES, file_pixel_size, open_tiff
 
 # .ome.tif / .ome.tiff end in .tif / .tiff; napari.yaml lists the same (a test checks it)
@@ -191,7 +191,8 @@ def _masks_layer(tif, path: Path, meta: dict) -> LayerData:
     features: dict[str, list] = {"index": list(range(n + 1)), "name": ["background"] + names}
     if any(colour_list):
         features["colour"] = [None] + colour_list
-    colormap = _labels_colormap({i: c for i, c in enumerate(colour_list, start=1) if c})
+    known = {i: c for i, c in enumerate(colour_list, start=1) if c}
+    colormap = labels_colormap(known) if known else None
     kwargs = {
         "name": _layer_name(path),
         "features": features,
@@ -207,12 +208,3 @@ def _masks_layer(tif, path: Path, meta: dict) -> LayerData:
     if colormap is not None:
         kwargs["colormap"] = colormap
     return (data, kwargs, "labels")
-
-
-def _labels_colormap(colours: dict[int, str]):
-    """Each class in its own colour, background transparent (None when no colour is known)."""
-    if not colours:
-        return None
-    from napari.utils.colormaps import DirectLabelColormap
-
-    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colours})

@@ -7,14 +7,7 @@ import numpy as np
 
 from ..annotations import training_pair
 from ..io.images import IN_MEMORY_LIMIT_PX, rgb_view
-from ..layer_metadata import ANNOTATION_KEY, EXHAUSTIVE_KEY, RESULT_KEY, result_metadata
-
-
-def colormap(colours: dict[int, str]):
-    """Each label in its colour, background transparent."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colours})
+from ..layer_metadata import ANNOTATION_KEY, EXHAUSTIVE_KEY, RESULT_KEY, labels_colormap, result_metadata
 
 
 def level0(layer):
@@ -32,7 +25,7 @@ def add_annotation_layer(viewer, image, name: str, colour: str, exhaustive: bool
     h, w = level0(image).shape[:2]
     data = np.zeros((h, w), np.uint8) if h * w <= IN_MEMORY_LIMIT_PX else zarr.zeros((h, w), chunks=(1024, 1024), dtype="uint8")
     layer = viewer.add_labels(
-        data, name=f"{image.name} · {name} annotation", colormap=colormap({1: colour, 2: "#9e9e9e"}),
+        data, name=f"{image.name} · {name} annotation", colormap=labels_colormap({1: colour, 2: "#9e9e9e"}),
         metadata={ANNOTATION_KEY: {"image": image.name, "class": name}},
     )
     layer.selected_label, layer.brush_size, layer.mode = 1, 8, "paint"
@@ -105,7 +98,7 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
     features = pd.DataFrame({"index": range(model.num_channels), "name": ["background"] + model.class_names, "colour": ["#000000"] + colours})
     meta = {RESULT_KEY: result_metadata(model.class_names, colours, model.id, pixel_size)}
     viewer.add_labels(
-        class_map, name=f"{image_name} · classes", colormap=colormap(dict(enumerate(colours, start=1))),
+        class_map, name=f"{image_name} · classes", colormap=labels_colormap(dict(enumerate(colours, start=1))),
         features=features, metadata=meta, multiscale=multiscale,
     )
     for i, c in enumerate(model.classes, start=1):
@@ -115,7 +108,7 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
             mask = [(da.from_zarr(level) == i).astype(np.uint8) for level in class_map]
         else:
             mask = (class_map == i).astype(np.uint8)
-        viewer.add_labels(mask, name=f"{image_name} · {c.name}", colormap=colormap({1: c.colour}), visible=False, multiscale=multiscale)
+        viewer.add_labels(mask, name=f"{image_name} · {c.name}", colormap=labels_colormap({1: c.colour}), visible=False, multiscale=multiscale)
 
 
 def result_layer(viewer):

@@ -112,10 +112,31 @@ def child_gui(p: dict) -> dict:
     timer = QTimer()
     timer.setTimerType(Qt.TimerType.PreciseTimer)
     timer.setInterval(int(interval))
-    timer.timeout.connect(lambda: ticks[phase["name"]].append(time.perf_counter()) if phase["name"] in ticks else None)
+    stalls: list[dict] = []  # where the other threads were when a tick came 100 ms late or more
+
+    def tick():
+        if phase["name"] not in ticks:
+            return
+        now, seen = time.perf_counter(), ticks[phase["name"]]
+        if seen and (now - seen[-1]) * 1000 - interval >= TARGET_LATENESS_MS:
+            import threading
+            import traceback
+
+            names = {t.ident: t.name for t in threading.enumerate()}
+            main = threading.main_thread().ident
+            stacks = {
+                names.get(ident, str(ident)): " <- ".join(f"{f.name} ({Path(f.filename).name}:{f.lineno})" for f in reversed(traceback.extract_stack(frame)[-4:]))
+                for ident, frame in sys._current_frames().items()
+                if ident != main
+            }
+            stalls.append({"phase": phase["name"], "at_s": now - seen[0], "late_ms": (now - seen[-1]) * 1000 - interval, "threads": stacks})
+        seen.append(now)
+
+    timer.timeout.connect(tick)
 
     def finished():
         out["training_seconds"] = time.perf_counter() - out.pop("_t0")
+        phase["name"] = "between"  # the harness builds its export test layer: counted in neither phase
         out.update(  # read now: quitting the application deletes the widgets
             preset=w.preset_combo.currentText(),
             device_label=w.device_label.text(),
@@ -167,6 +188,19 @@ def child_gui(p: dict) -> dict:
             out["error"] = "training did not finish within the time limit"
             app.quit()
 
+    # the garbage collector's pauses per phase (a full collection of a napari process holds the GIL)
+    import gc
+
+    gc_pauses: dict[str, list] = {k: [] for k in ticks}
+    gc_start = {}
+
+    def on_gc(what, info):
+        if what == "start":
+            gc_start["t"] = time.perf_counter()
+        elif phase["name"] in gc_pauses and "t" in gc_start:
+            gc_pauses[phase["name"]].append((info["generation"], (time.perf_counter() - gc_start["t"]) * 1000))
+
+    gc.callbacks.append(on_gc)
     timer.start()
     settle_ms = int(float(p["settle_s"]) * 1000)
     QTimer.singleShot(settle_ms, lambda: phase.update(name="idle"))
@@ -174,6 +208,7 @@ def child_gui(p: dict) -> dict:
     QTimer.singleShot(3_000_000, give_up)
     app.exec()
     timer.stop()
+    gc.callbacks.remove(on_gc)
     if "error" in out:
         raise RuntimeError(out["error"])
     out.update(
@@ -182,6 +217,12 @@ def child_gui(p: dict) -> dict:
         export=_lateness(ticks["export"], interval),
         iterations=int(p["iterations"]),
         crop=int(p["crop"]),
+        gc_pauses={
+            k: {"collections": len(v), "full": sum(g == 2 for g, _ in v), "max_ms": max((ms for _, ms in v), default=0.0)}
+            for k, v in gc_pauses.items()
+        },
+        gc_tracked_objects=len(gc.get_objects()),
+        stalls=stalls,
     )
     try:
         viewer.close()

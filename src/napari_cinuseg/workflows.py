@@ -117,6 +117,20 @@ def nuclei_csv_path(masks_path: str | Path) -> Path:
     return masks_path.with_name(stem + ".nuclei.csv")
 
 
+def _pickles(obj) -> bool:
+    """Whether ``obj`` can be sent to another process (a numpy map, or a zarr array on disk; not
+    a map opened from a TIFF through its zarr view)."""
+    import pickle
+
+    if isinstance(obj, np.ndarray):
+        return True
+    try:
+        pickle.dumps(obj)
+    except Exception:  # noqa: BLE001 - any failure means: measure here
+        return False
+    return True
+
+
 def export_with_table(
     class_map,
     path: str | Path,
@@ -127,17 +141,29 @@ def export_with_table(
     pixel_size: float | None = None,
     extra: dict | None = None,
     overwrite: bool = False,
+    measure_in_process: bool = False,
 ) -> Generator:
     """The per-nucleus CSV, then the masks file (so a masks file on disk means both are done),
-    yielding :class:`ExportProgress` while the masks are written; returns (masks, csv) paths."""
+    yielding :class:`ExportProgress` (``total`` 0 while the nuclei are measured, then the tiles
+    written); returns (masks, csv) paths. ``measure_in_process`` measures in a separate process
+    (:mod:`.processes`): a viewer's event loop is not kept waiting for the GIL, at the cost of
+    starting a process (about a second); a map that does not pickle is measured here."""
     from .io.export import export_masks_job
-    from .analysis.measurements import nucleus_table, write_nucleus_csv
+    from .analysis.measurements import measure_nuclei_to_csv
 
     path = Path(path)
     csv_path = nuclei_csv_path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another name or allow overwriting")
-    write_nucleus_csv(nucleus_table(class_map, class_names, pixel_size), csv_path)
+    args = (class_map, list(class_names), pixel_size, csv_path)
+    yield ExportProgress(0, 0)
+    if measure_in_process and _pickles(class_map):
+        from .processes import run_in_process
+
+        for _ in run_in_process(measure_nuclei_to_csv, *args):
+            yield ExportProgress(0, 0)
+    else:
+        measure_nuclei_to_csv(*args)
     job = export_masks_job(class_map, path, class_names, colours, model_id, extra=extra, overwrite=overwrite, pixel_size=pixel_size)
     while True:
         try:

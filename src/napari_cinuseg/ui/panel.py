@@ -255,7 +255,7 @@ class CiNuSegWidget(JobHost):
 
     def _on_segment_event(self, ev) -> None:
         if isinstance(ev, (TileProgress, ExportProgress)):
-            self.progress.setRange(0, max(ev.total, 1))
+            self.progress.setRange(0, ev.total)  # a total of 0: busy, with no count (measuring nuclei)
             self.progress.setValue(ev.done)
         elif isinstance(ev, (Cancelled, MemoryReduced)):
             self._say(ev.message)
@@ -310,7 +310,9 @@ class CiNuSegWidget(JobHost):
         self.last_export = None
 
         def run():
-            return (yield from export_with_table(data, path, info["class_names"], info["colours"], info["model_id"], pixel_size=px, overwrite=True))
+            return (yield from export_with_table(
+                data, path, info["class_names"], info["colours"], info["model_id"], pixel_size=px, overwrite=True, measure_in_process=True
+            ))
 
         def done(result) -> None:
             self.last_export = result[0]

@@ -23,6 +23,25 @@ def describe_failure(exc: BaseException) -> str:
     return text if isinstance(exc, (ValueError, OSError, MemoryError)) and text else f"{type(exc).__name__}: {text}"
 
 
+_frozen = {"jobs": 0}
+
+
+def freeze_heap(start: bool) -> None:
+    """While a job runs, keep the garbage collector off the viewer's heap: a full collection of a
+    napari process scans every tracked object (660k in the benchmark) and held the GIL for 0.28 s
+    during an export. ``gc.freeze`` moves the objects alive now out of the collector's reach; the
+    last job to end hands them back (``gc.unfreeze``), so nothing stays uncollected afterwards."""
+    import gc
+
+    if start:
+        _frozen["jobs"] += 1
+        gc.freeze()
+    else:
+        _frozen["jobs"] = max(0, _frozen["jobs"] - 1)
+        if _frozen["jobs"] == 0:
+            gc.unfreeze()
+
+
 def start_job(job_fn, *, on_event, on_returned, on_error, on_finished):
     """Start ``job_fn()`` (a generator) in a napari worker. Every exception becomes one
     :class:`JobFailed` (one ``errored`` signal), napari is told not to notify again
@@ -40,6 +59,8 @@ def start_job(job_fn, *, on_event, on_returned, on_error, on_finished):
     worker.returned.connect(on_returned)
     worker.errored.connect(on_error)
     worker.finished.connect(on_finished)
+    worker.finished.connect(lambda: freeze_heap(False))
+    freeze_heap(True)
     worker.start()
     return worker
 

@@ -1,0 +1,76 @@
+"""A job step in a separate process (the panel's export measures nuclei there, issue 14)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_cinuseg.processes import SHARED_MIN_BYTES, run_in_process
+
+
+def drain(job):
+    while True:
+        try:
+            next(job)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _shm() -> set[str]:
+    return set(os.listdir("/dev/shm")) if Path("/dev/shm").is_dir() else set()
+
+
+def _real_map(consep) -> tuple[np.ndarray, list[str]]:
+    """Sixteen real CoNSeP patches side by side (1024², at the shared-memory size)."""
+    maps = [np.where(it.labels == 255, 0, it.labels).astype(np.uint8) for it in consep.items[:16]]
+    return np.block([maps[r * 4 : r * 4 + 4] for r in range(4)]), consep.class_names
+
+
+def test_measuring_in_a_separate_process_writes_the_same_table(consep, tmp_path):
+    from napari_cinuseg.analysis.measurements import measure_nuclei_to_csv
+
+    cm, names = _real_map(consep)
+    assert cm.nbytes >= SHARED_MIN_BYTES  # the map goes through shared memory
+    before = _shm()
+    here = measure_nuclei_to_csv(cm, names, 0.25, tmp_path / "here.csv")
+    there = drain(run_in_process(measure_nuclei_to_csv, cm, names, 0.25, tmp_path / "there.csv"))
+    assert there == here > 10
+    assert (tmp_path / "there.csv").read_text() == (tmp_path / "here.csv").read_text()
+    assert _shm() == before  # the shared block is gone
+
+
+def test_a_failure_in_the_process_is_raised_here_with_its_type(tmp_path):
+    from napari_cinuseg.analysis.measurements import measure_nuclei_to_csv
+
+    with pytest.raises(ValueError, match="2-D class map"):
+        drain(run_in_process(measure_nuclei_to_csv, np.zeros((4, 4, 3), np.uint8), ["a"], None, tmp_path / "x.csv"))
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_closing_the_job_ends_the_process():
+    job = run_in_process(time.sleep, 120)
+    next(job)
+    t0 = time.perf_counter()
+    job.close()  # a cancelled export
+    assert time.perf_counter() - t0 < 10
+
+
+def test_export_measures_in_a_process_from_an_on_disk_map(consep, tmp_path):
+    """The panel's export (``measure_in_process``) of a map kept on disk (zarr) gives the CLI's CSV."""
+    import zarr
+
+    from napari_cinuseg.workflows import export_with_table
+
+    cm, names = _real_map(consep)
+    on_disk = zarr.open_array(str(tmp_path / "map.zarr"), mode="w", shape=cm.shape, dtype=cm.dtype, chunks=(512, 512))
+    on_disk[:] = cm
+    colours = ["#ff0000", "#00ff00", "#0000ff", "#ffff00"][: len(names)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, csv_a = drain(export_with_table(on_disk, tmp_path / "a" / "m.masks.tif", names, colours, "id", pixel_size=0.25))
+    _, csv_b = drain(export_with_table(on_disk, tmp_path / "b" / "m.masks.tif", names, colours, "id", pixel_size=0.25, measure_in_process=True))
+    assert csv_b.read_text() == csv_a.read_text() and len(csv_a.read_text().splitlines()) > 10

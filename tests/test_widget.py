@@ -197,7 +197,7 @@ def test_forgetting_below_the_threshold_is_a_warning_with_advice(widget, monkeyp
 
     warned = []
     monkeypatch.setattr(notifications, "show_warning", warned.append)
-    widget._show_forgetting({"agreement": {"Epithelial": 0.55, "Spindle-shaped": 0.93}, "images": 1, "pixels": 100})
+    widget.train_section.show_forgetting({"agreement": {"Epithelial": 0.55, "Spindle-shaped": 0.93}, "images": 1, "pixels": 100})
     text = widget.forgetting_label.text()
     assert "Epithelial 0.55" in text and "Spindle-shaped 0.93" in text
     assert "may have forgotten Epithelial" in text and "train the step again" in text

@@ -110,6 +110,16 @@ def segment_and_measure(
     return result, class_statistics(result, model.class_names, image_pixel_size)
 
 
+def no_nuclei_advice(image_name: str) -> str:
+    """Why a segmentation may find no nucleus, and what to do."""
+    return (
+        f"The model found no nuclei in {image_name}. A model only knows images like the ones it was "
+        "trained on; for other scanners, stains or magnifications, check the image's pixel size, or "
+        "train a base model on your own annotations (no model + Train), with stain and scale jitter "
+        "under Advanced."
+    )
+
+
 def nuclei_csv_path(masks_path: str | Path) -> Path:
     """The per-nucleus table beside a masks file: ``x.masks.tif`` → ``x.nuclei.csv``."""
     masks_path = Path(masks_path)

@@ -2,12 +2,23 @@
 imports another module of this package only when it extends that method, and says so.
 
 - :func:`histogram_medians`: PLOP's and CoNuSeg's per-class medians of a histogram.
+- :func:`resize_labels`: labels brought to a feature map's size (CoNuSeg, INS, BARM).
 - :func:`make_base`: the base method (MiB or PLOP) that the wrappers EWF and NeST extend.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+import torch.nn.functional as F
+
+
+def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(B, H, W) integer labels → (B, h, w) by nearest neighbour (``F.interpolate`` 'nearest')."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
 def histogram_medians(histogram: torch.Tensor) -> torch.Tensor:

@@ -78,6 +78,7 @@ from torch import nn
 
 from ..losses import IGNORE_INDEX, LossOutput
 from . import StepBatch, StepContext, register
+from ._shared import resize_labels
 
 __all__ = [
     "BARM",
@@ -105,10 +106,6 @@ def pseudo_labels(labels: torch.Tensor, old_logits: torch.Tensor, threshold: flo
     return torch.where((labels == 0) & (cls > 0) & (score >= threshold), cls, labels)
 
 
-def _resize_labels(labels: torch.Tensor, size) -> torch.Tensor:
-    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
-
-
 def compose_background(logits: torch.Tensor, residual: torch.Tensor, k_old: int) -> torch.Tensor:
     """BARM's step logits: [sg(z_0) + r, sg(z_1..z_{K_old−1}), z_{K_old}..]. ``residual`` (B, 1, H, W)."""
     logits = logits.float()
@@ -130,7 +127,7 @@ def background_adaptation_losses(residual: torch.Tensor, labels: torch.Tensor) -
     """(L_ba_ce, L_ba_t) for the residual (B, 1, h, w) and channel-id labels (B, H, W), resized to
     (h, w) by nearest neighbour. New-class pixels are those neither 0 nor ignored."""
     r = residual.float()[:, 0]
-    small = _resize_labels(labels, r.shape[-2:])
+    small = resize_labels(labels, r.shape[-2:])
     positive = ((small != 0) & (small != IGNORE_INDEX)).float()
     negative = (small == 0).float()
     ba_ce = (F.softplus(r) * positive).sum() / positive.sum().clamp_min(1)  # BCE(r, 0) = log(1 + e^r)
@@ -150,7 +147,7 @@ def background_feature_distillation(embedding: torch.Tensor, old_embedding: torc
     """BFD: mean over all elements of (f·1[y=0] − f̂·1[y=0])², labels resized to f's size by nearest
     neighbour; no gradient into ``old_embedding``."""
     f, g = embedding.float(), old_embedding.detach().float()
-    mask = (_resize_labels(labels, f.shape[-2:]) == 0).float()[:, None]
+    mask = (resize_labels(labels, f.shape[-2:]) == 0).float()[:, None]
     return F.mse_loss(f * mask, g * mask)
 
 

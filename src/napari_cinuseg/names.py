@@ -9,6 +9,10 @@ EFFICIENTNETS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2
 ENCODERS = RESNETS + EFFICIENTNETS
 DECODERS = ("unet", "aspp")
 DATASETS = ("consep", "monusac", "folder")
+# What a network sees: the RGB image, or only its hematoxylin optical density (nuclei), which
+# carries across scanners and stains better (docs/benchmarks.md, issue 13) and loses the colour
+# that tells some classes apart.
+INPUTS = ("rgb", "hematoxylin")
 
 # The label value of an unlabelled pixel, in class maps, training targets and losses alike.
 IGNORE = 255

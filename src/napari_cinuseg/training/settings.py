@@ -12,6 +12,7 @@ class TrainSettings:
     decoder: str = "unet"
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16)
     encoder_weights: str | None = None  # a local torchvision ResNet state dict; never downloaded
+    input: str = "rgb"  # names.INPUTS: the RGB image, or its hematoxylin optical density only
 
     # optimisation (SGD with momentum, poly schedule)
     lr_base: float = 0.01  # step 0

@@ -57,6 +57,7 @@ def train_base(
         settings.architecture(),
         list(colours) if colours else None,
         settings.encoder_weights,
+        settings.input,
     )
     model.pixel_size = float(pixel_size) if pixel_size else None
     check_pairs(pairs, len(model.classes))

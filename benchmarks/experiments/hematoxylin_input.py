@@ -27,7 +27,9 @@ ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--data", help="data root holding consep/ and monusac/ (default $CINUSEG_DATA, else ../shared/data)")
 ap.add_argument("--out", required=True, help="folder for the model and results.json (resumes from the model)")
 ap.add_argument("--iterations", type=int, default=950)
-ap.add_argument("--channels", choices=("h", "hed"), default="h", help="h: H on three channels; hed: H, E and D, each standardised")
+ap.add_argument("--channels", choices=("h", "hed", "hhe"), default="h",
+                help="h: H on three channels; hed: H, E and D, each standardised with CoNSeP's constants; "
+                "hhe: H twice, then E standardised per image (its scanner-dependent intensity removed)")
 args = ap.parse_args()
 root = data_dir(args.data)
 consep = read_consep_patches(root / "consep")
@@ -38,7 +40,13 @@ print("CoNSeP H/E/D mean", MEAN.tolist(), "std", STD.tolist(), flush=True)
 
 def normalize(self, images):
     z = (stains(images) - MEAN.view(1, 3, 1, 1).to(images.device)) / STD.view(1, 3, 1, 1).to(images.device)
-    return z[:, :1].expand(-1, 3, -1, -1).contiguous() if args.channels == "h" else z
+    if args.channels == "h":
+        return z[:, :1].expand(-1, 3, -1, -1).contiguous()
+    if args.channels == "hhe":
+        e = stains(images)[:, 1:2]
+        e = (e - e.mean(dim=(2, 3), keepdim=True)) / e.std(dim=(2, 3), keepdim=True).clamp_min(1e-4)
+        return torch.cat([z[:, :1], z[:, :1], e], dim=1)
+    return z
 CiNuSegModel.normalize = normalize
 
 out = Path(args.out); out.mkdir(parents=True, exist_ok=True)

@@ -74,3 +74,32 @@ def test_export_measures_in_a_process_from_an_on_disk_map(consep, tmp_path):
     _, csv_a = drain(export_with_table(on_disk, tmp_path / "a" / "m.masks.tif", names, colours, "id", pixel_size=0.25))
     _, csv_b = drain(export_with_table(on_disk, tmp_path / "b" / "m.masks.tif", names, colours, "id", pixel_size=0.25, measure_in_process=True))
     assert csv_b.read_text() == csv_a.read_text() and len(csv_a.read_text().splitlines()) > 10
+
+
+def test_without_room_in_shared_memory_a_temporary_file_carries_the_map(consep, tmp_path, monkeypatch):
+    """A container may cap /dev/shm at 64 MB (writing past it would kill napari): then the map
+    goes through a temporary .npy file, removed afterwards."""
+    import tempfile
+
+    from napari_cinuseg import processes
+    from napari_cinuseg.analysis.measurements import measure_nuclei_to_csv
+
+    cm, names = _real_map(consep)
+    monkeypatch.setattr(processes, "shared_memory_room", lambda nbytes: False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = []
+    real_mkstemp = tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp", lambda *a, **k: made.append(real_mkstemp(*a, **k)) or made[-1])
+    before = _shm()
+    here = measure_nuclei_to_csv(cm, names, 0.25, tmp_path / "here.csv")
+    assert drain(run_in_process(measure_nuclei_to_csv, cm, names, 0.25, tmp_path / "there.csv")) == here
+    assert (tmp_path / "there.csv").read_text() == (tmp_path / "here.csv").read_text()
+    (npy,) = [path for _, path in made if path.endswith(".npy")]  # the map went through a file
+    assert _shm() == before and not Path(npy).exists()
+
+
+def test_shared_memory_room_is_measured():
+    from napari_cinuseg.processes import shared_memory_room
+
+    assert shared_memory_room(1 << 20)
+    assert not shared_memory_room(1 << 60) or not Path("/dev/shm").is_dir()

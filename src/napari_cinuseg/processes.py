@@ -8,9 +8,12 @@ waits for the GIL. In a separate process it competes for a core only.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Generator
 
@@ -31,9 +34,33 @@ class _Shared:
     dtype: str
 
 
-def _share(value, blocks: list):
+@dataclass(frozen=True)
+class _Saved:
+    """A numpy argument written to a temporary .npy file (where shared memory has no room)."""
+
+    path: str
+
+
+def shared_memory_room(nbytes: int) -> bool:
+    """Whether shared memory can hold ``nbytes`` more. On Linux it is /dev/shm, a tmpfs that a
+    container may cap at 64 MB; writing past its end kills the process (SIGBUS), so it is
+    checked first. Elsewhere the system's shared memory is backed by the page file."""
+    shm = "/dev/shm"
+    if not (sys.platform.startswith("linux") and os.path.isdir(shm)):
+        return True
+    st = os.statvfs(shm)
+    return st.f_bavail * st.f_frsize > 2 * nbytes
+
+
+def _share(value, blocks: list, files: list):
     if not (isinstance(value, np.ndarray) and value.nbytes >= SHARED_MIN_BYTES and value.dtype != object):
         return value
+    if not shared_memory_room(value.nbytes):
+        fd, path = tempfile.mkstemp(prefix="cinuseg-", suffix=".npy")
+        files.append(path)
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, value)
+        return _Saved(path)
     from multiprocessing import shared_memory
 
     block = shared_memory.SharedMemory(create=True, size=value.nbytes)
@@ -43,6 +70,8 @@ def _share(value, blocks: list):
 
 
 def _unshare(value, opened: list):
+    if isinstance(value, _Saved):
+        return np.load(value.path, mmap_mode="r")
     if not isinstance(value, _Shared):
         return value
     from multiprocessing import shared_memory
@@ -85,19 +114,23 @@ def run_in_process(fn: Callable, *args, poll: float = 0.1, **kwargs) -> Generato
     """Run ``fn(*args, **kwargs)`` in a new Python process, as a job: yields about every ``poll``
     seconds while it runs, and returns its result or raises its exception. ``fn`` must be a
     module-level function; it, its arguments and its result must pickle (large numpy arguments go
-    through shared memory). Keep the result small: it is unpickled here in one call that holds
+    through shared memory, or a temporary file where it has no room). Keep the result small: it is unpickled here in one call that holds
     the GIL. The process is ``python -m napari_cinuseg.processes``, not a multiprocessing child,
     so a script that imported this package is never run again. Closing the generator (a
     cancelled job) ends the process."""
     blocks: list = []
+    files: list = []
     try:
-        args = tuple(_share(a, blocks) for a in args)
-        kwargs = {k: _share(v, blocks) for k, v in kwargs.items()}
+        args = tuple(_share(a, blocks, files) for a in args)
+        kwargs = {k: _share(v, blocks, files) for k, v in kwargs.items()}
         return (yield from _run(pickle.dumps((fn, args, kwargs)), poll))
     finally:
         for block in blocks:
             block.close()
             block.unlink()
+        for path in files:
+            with contextlib.suppress(OSError):
+                os.remove(path)
 
 
 def _run(payload: bytes, poll: float):

@@ -72,3 +72,12 @@ def test_cached_models_from_before_augmentation_match_only_when_it_is_off():
     assert _same_learning_settings(rec, s)
     assert not _same_learning_settings(rec, s.replace(stain_jitter=0.5))
     assert not _same_learning_settings(rec, s.replace(scale_jitter=1.0))
+
+
+def test_cached_models_from_before_the_input_setting_match_only_the_rgb_input():
+    """A benchmark resumed after ``input`` was added reuses its cached (RGB) models."""
+    s = TrainSettings()
+    legacy = {k: v for k, v in s.to_dict().items() if k != "input"}
+    rec = StepRecord(step=1, method="mib", new_classes=["x"], settings=legacy, data={}, results={"iterations": 850})
+    assert _same_learning_settings(rec, s)
+    assert not _same_learning_settings(rec, s.replace(input="hematoxylin"))

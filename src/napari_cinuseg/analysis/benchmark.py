@@ -95,18 +95,16 @@ def _learning_settings(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in _RUN_ONLY}
 
 
-# Settings added after models were cached, and the value that trains as before they existed.
-_ADDED_LATER_NEUTRAL = {"stain_jitter": 0.0, "scale_jitter": 0.0, "pkd_scores": "softmax", "adaptive_tau": False}
-
-
 def _same_learning_settings(cached: StepRecord, settings: TrainSettings) -> bool:
     """Settings equal, where a setting that an older record lacks counts as equal when it could
-    not have changed that step: ``min_iterations`` (added later) only raises the iteration count,
-    so a record without it matches if its step ran at least that many iterations; the
-    augmentation strengths match when they are 0 (off)."""
+    not have changed that step: a setting added later trains as before at its default (the
+    augmentation strengths off, PKD on softmax, one τ, the RGB input), so a record without it
+    matches that default; ``min_iterations`` only raises the iteration count, so a record without
+    it matches if its step ran at least that many iterations."""
     old, new = _learning_settings(cached.settings), _learning_settings(settings.to_dict())
-    for key, neutral in _ADDED_LATER_NEUTRAL.items():
-        if key not in old and new.get(key) == neutral:
+    defaults = TrainSettings().to_dict()
+    for key in set(new) - set(old) - {"min_iterations"}:
+        if new[key] == defaults.get(key):
             new.pop(key)
     if "min_iterations" not in old and "min_iterations" in new:
         ran = (cached.results or {}).get("iterations", 0)

@@ -21,7 +21,7 @@ import numpy as np
 from .io.export import masks_metadata, masks_pyramidal
 from .io.images import IN_MEMORY_LIMIT_PX
 from .layer_metadata import PIXEL_SIZE_KEY, RESULT_KEY, labels_colormap, result_metadata
-from .io.slides import TIFF_SUFFIXES, file_pixel_size, open_tiff
+from .io.slides import TIFF_SUFFIXES, closed_on_failure, file_pixel_size, open_tiff
 
 # .ome.tif / .ome.tiff end in .tif / .tiff; napari.yaml lists the same (a test checks it)
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -91,21 +91,12 @@ def _read_one(path: Path) -> LayerData:
 
 
 def _read_tiff(path: Path) -> LayerData:
-    tif = open_tiff(path)
-    try:
+    unreadable = f"{path} could not be read as an image ({{cause}}); is the file complete (not truncated by a download or copy)?"
+    with closed_on_failure(open_tiff(path), unreadable) as tif:
         masks_meta = masks_metadata(tif)
         if masks_meta is not None:
             return _masks_layer(tif, path, masks_meta)
         return _image_layer(tif, path)
-    except ValueError:
-        tif.close()
-        raise
-    except Exception as exc:  # noqa: BLE001
-        tif.close()
-        raise ValueError(
-            f"{path} could not be read as an image ({type(exc).__name__}: {exc}); "
-            "is the file complete (not truncated by a download or copy)?"
-        ) from None
 
 
 def _open_zarr(store, tif):

@@ -3,6 +3,7 @@ zarr view (only the tiles asked for are decoded), plain PNG/JPEG in memory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -12,6 +13,20 @@ import numpy as np
 from .images import ImageNotice, read_rgb, region_to_uint8
 
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif")
+
+
+@contextlib.contextmanager
+def closed_on_failure(handle, unreadable: str):
+    """Close ``handle`` if the block fails. A ValueError (already a clear message) passes as it
+    is; any other error becomes a ValueError: ``unreadable`` with ``{cause}`` filled in."""
+    try:
+        yield handle
+    except ValueError:
+        handle.close()
+        raise
+    except Exception as exc:  # noqa: BLE001 - tifffile and zarr raise many kinds for a broken file
+        handle.close()
+        raise ValueError(unreadable.replace("{cause}", f"{type(exc).__name__}: {exc}")) from None  # a path may hold braces
 
 
 def open_tiff(path: str | os.PathLike):
@@ -98,7 +113,7 @@ class Slide:
         import zarr
 
         self._tif = open_tiff(self.path)
-        try:
+        with closed_on_failure(self, f"{self.path} is not a readable TIFF/SVS ({{cause}}); is the file complete?"):
             series = self._tif.series[0]
             self.levels = [tuple(lv.shape) for lv in series.levels]
             if not 0 <= self.level < len(series.levels):
@@ -106,14 +121,6 @@ class Slide:
             lv = series.levels[self.level]
             axes = lv.axes
             self._z = zarr.open(series.aszarr(level=self.level), mode="r")
-        except ValueError:
-            self.close()
-            raise
-        except Exception as exc:  # noqa: BLE001
-            self.close()
-            raise ValueError(
-                f"{self.path} is not a readable TIFF/SVS ({type(exc).__name__}: {exc}); is the file complete?"
-            ) from None
         if axes in ("YXS", "YXC"):
             self._channels_last = True
         elif axes in ("SYX", "CYX"):

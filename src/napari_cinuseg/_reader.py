@@ -20,7 +20,7 @@ import numpy as np
 
 from .io.export import masks_metadata, masks_pyramidal
 from .io.images import IN_MEMORY_LIMIT_PX
-from .layer_metadata import PIXEL_SIZE_KEY, RESULT_KEY, labels_colormap, result_metadata
+from .layer_metadata import PIXEL_SIZE_KEY, RESULT_KEY, result_metadata
 from .io.slides import TIFF_SUFFIXES, closed_on_failure, file_pixel_size, open_tiff
 
 # .ome.tif / .ome.tiff end in .tif / .tiff; napari.yaml lists the same (a test checks it)
@@ -31,6 +31,14 @@ LayerData = tuple  # (data, kwargs, layer_type)
 # A class map up to this many pixels is read into memory, so it can be edited; a larger one (a
 # whole slide's) opens lazily and read-only, its pyramid as a multiscale layer.
 EDITABLE_PIXELS = IN_MEMORY_LIMIT_PX
+
+
+def labels_colormap(colours: dict[int, str]):
+    """A Labels layer's colours: each label in its own, background transparent; for the reader's
+    layers and the panel's (napari is imported here only, when a layer is made)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colours})
 
 
 def _suffix(path: str | os.PathLike) -> str:

@@ -26,11 +26,3 @@ def layer_pixel_size(metadata: dict | None) -> float | None:
     """µm per pixel a layer's metadata gives, as an image's or a class map's, else None."""
     metadata = metadata or {}
     return metadata.get(PIXEL_SIZE_KEY) or (metadata.get(RESULT_KEY) or {}).get(PIXEL_SIZE_KEY)
-
-
-def labels_colormap(colours: dict[int, str]):
-    """A Labels layer's colours: each label in its own, background transparent (napari is
-    imported here only, when a layer is made)."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colours})

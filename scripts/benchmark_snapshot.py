@@ -24,7 +24,7 @@ def snapshot(results: dict) -> dict:
         evals = {k: v for k, v in results["evaluations"].items() if k.startswith(protocol + "/")}
         last = max(int(k.rsplit("step", 1)[1]) for k in evals)  # the protocol's last step
         base = evals[f"{protocol}/base/step0"]["classes"]
-        done = {k.split("/")[1] for k in evals if k.endswith(f"/step{last}")} | {"offline"} & set(per_method)
+        done = {k.split("/")[1] for k in evals if k.endswith(f"/step{last}")} | ({"offline"} & set(per_method))
         for method in sorted(done):
             if method not in per_method:  # finished after the run last wrote its summary
                 dice = evals[f"{protocol}/{method}/step{last}"]["dice"]

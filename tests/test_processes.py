@@ -9,15 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_cinuseg import drain
 from napari_cinuseg.processes import SHARED_MIN_BYTES, run_in_process
-
-
-def drain(job):
-    while True:
-        try:
-            next(job)
-        except StopIteration as stop:
-            return stop.value
 
 
 def _shm() -> set[str]:
@@ -51,12 +44,22 @@ def test_a_failure_in_the_process_is_raised_here_with_its_type(tmp_path):
     assert not (tmp_path / "x.csv").exists()
 
 
-def test_closing_the_job_ends_the_process():
+def test_closing_the_job_ends_the_process(monkeypatch):
+    import subprocess
+
+    from napari_cinuseg import processes
+
+    started = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(processes.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1])
     job = run_in_process(time.sleep, 120)
     next(job)
+    (proc,) = started
+    assert proc.poll() is None  # sleeping
     t0 = time.perf_counter()
     job.close()  # a cancelled export
     assert time.perf_counter() - t0 < 10
+    assert proc.poll() is not None  # ended, not left sleeping
 
 
 def test_export_measures_in_a_process_from_an_on_disk_map(consep, tmp_path):

@@ -17,7 +17,7 @@ from ..losses import LossOutput, base_bce
 from ..methods import StepBatch, classifier_init, get_method
 from ..model import CiNuSegModel
 from ..model_file import ModelFileError, load_model
-from .loop import _Loop, poly_lr, seed_everything  # noqa: F401 - poly_lr, seed_everything importable from here
+from .loop import _Loop, seed_everything
 from .settings import TrainSettings
 
 

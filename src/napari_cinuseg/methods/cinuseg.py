@@ -26,9 +26,9 @@ class CiNuSeg:
         if not ctx.settings.adaptive_tau:
             self.tau_per_class = None
             return
-        prior = ctx.prior.network.eval().to(ctx.device)
-        with torch.no_grad():
-            self.tau_per_class = class_thresholds((prior(x).logits for x, _ in ctx.batches()), ctx.settings.tau)
+        prior = ctx.prior.network  # on the device and in eval mode already (the loop's doing)
+        taus = class_thresholds((prior(x).logits for x, _ in ctx.batches()), ctx.settings.tau)
+        self.tau_per_class = taus.to(ctx.device)  # once, not at every iteration
 
     def loss(self, b: StepBatch) -> LossOutput:
         s = b.settings

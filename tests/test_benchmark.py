@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from napari_cinuseg.analysis.benchmark import BenchmarkConfig, StepEvaluated, StepPlanned, run_benchmark
+from napari_cinuseg.analysis.benchmark import BenchmarkConfig, StepEvaluated, StepPlanned, offline_ratio, run_benchmark, write_table
 from napari_cinuseg.datasets.labelled import LabelledSet
 from napari_cinuseg.training.steps import drain
 
@@ -54,6 +54,23 @@ def test_benchmark_writes_results_and_resumes(small, tiny, tmp_path):
     drain(run_benchmark(_config(small, tmp_path, tiny)), events2.append)
     assert all(e.cached for e in events2 if isinstance(e, (StepPlanned, StepEvaluated)))
     assert not any(type(e).__name__ == "Progress" for e in events2)
+
+
+def test_table_gives_cinuseg_over_offline_beside_the_paper(tmp_path):
+    results = {
+        "config": {"dataset": "consep"},
+        "summary": {
+            "1-1": {"cinuseg": {"old": 60.0, "new": 30.0, "mean": 40.0}, "offline": {"old": 70.0, "new": 60.0, "mean": 64.0}},
+            "2-1": {"cinuseg": {"old": 60.0, "new": 30.0, "mean": 50.0}},  # no offline: no ratio
+        },
+    }
+    assert offline_ratio(results["summary"]["1-1"]) == pytest.approx(0.625)
+    assert offline_ratio(results["summary"]["2-1"]) is None
+    assert offline_ratio({"cinuseg": {"mean": float("nan")}, "offline": {"mean": 50.0}}) is None
+    write_table(results, tmp_path / "table.md")
+    table = (tmp_path / "table.md").read_text()
+    assert "- 1-1: CiNuSeg's Mean / offline's = 0.625 (the paper's: 0.971)" in table
+    assert "2-1: CiNuSeg" not in table
 
 
 def test_interrupted_benchmark_resumes_without_redoing(small, tiny, tmp_path):

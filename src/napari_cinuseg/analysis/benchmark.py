@@ -318,6 +318,7 @@ def write_table(results: dict, path: Path) -> None:
             s = summary[p].get(m)
             cells += [fmt(s["old"]), fmt(s["new"]), fmt(s["mean"])] if s else ["–"] * 3
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    rows += _offline_ratios(results)
     rows += _confident_rows(results)
     cfg = results.get("config", {})
     mach = results.get("machine", {})
@@ -328,6 +329,36 @@ def write_table(results: dict, path: Path) -> None:
         f"{mach.get('device', '')}.",
     ]
     path.write_text("\n".join(rows) + "\n")
+
+
+# The paper's Mean Dice of CiNuSeg and offline (Tables 1-2; ../shared/method/cinuseg-equations.md)
+PAPER_MEANS = {
+    ("monusac", "1-1"): {"cinuseg": 70.92, "offline": 74.61},
+    ("consep", "1-1"): {"cinuseg": 69.15, "offline": 71.23},
+    ("consep", "2-1"): {"cinuseg": 70.77, "offline": 71.23},
+}
+
+
+def offline_ratio(summary: dict) -> float | None:
+    """CiNuSeg's Mean over offline's in one protocol's summary (None where either is missing)."""
+    c, o = summary.get("cinuseg", {}).get("mean"), summary.get("offline", {}).get("mean")
+    if c is None or o is None or c != c or o != o or o <= 0:
+        return None
+    return c / o
+
+
+def _offline_ratios(results: dict) -> list[str]:
+    """One line per protocol: CiNuSeg's Mean over offline's, beside the paper's."""
+    dataset = results.get("config", {}).get("dataset", "")
+    rows = []
+    for protocol, summary in results.get("summary", {}).items():
+        ratio = offline_ratio(summary)
+        if ratio is None:
+            continue
+        paper = PAPER_MEANS.get((dataset, protocol))
+        said = f" (the paper's: {paper['cinuseg'] / paper['offline']:.3f})" if paper else ""
+        rows.append(f"- {protocol}: CiNuSeg's Mean / offline's = {ratio:.3f}{said}")
+    return ["", "CiNuSeg against offline (joint) training:", ""] + rows if rows else []
 
 
 def _confident_rows(results: dict) -> list[str]:

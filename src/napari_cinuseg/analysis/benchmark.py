@@ -395,16 +395,21 @@ def write_curves(results: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     for protocol, curves in results.get("curves", {}).items():
-        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-        for method, ys in curves.items():
+        # one colour per method, however many (the default cycle repeats after 10), the legend
+        # beside the axes so that it hides no line
+        fig, ax = plt.subplots(figsize=(6.5, 3.5), dpi=120)
+        colours = plt.get_cmap("tab20").colors
+        for i, (method, ys) in enumerate(curves.items()):
             style = "--" if method == "offline" else "-o"
-            ax.plot(range(len(ys)), ys, style, label=method)
+            width = 2.5 if method == "cinuseg" else 1.2
+            colour = "black" if method == "cinuseg" else colours[i % len(colours)]
+            ax.plot(range(len(ys)), ys, style, label=method, color=colour, lw=width, ms=4)
         ax.set_xlabel("step")
         ax.set_ylabel("mean Dice over seen classes (%)")
         ax.set_title(f"{results.get('config', {}).get('dataset', '')} {protocol}")
         ax.set_xticks(range(max(len(v) for v in curves.values())))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
         fig.savefig(out / f"curve-{protocol}.png")
         plt.close(fig)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
-from napari_cinuseg.analysis.benchmark import _summary
+from napari_cinuseg.analysis.benchmark_report import summarize
+from napari_cinuseg.datasets.protocols import Protocol
 from napari_cinuseg.io.atomic import atomic_json
 
 
@@ -23,14 +23,12 @@ def snapshot(results: dict) -> dict:
     for protocol, per_method in results.get("summary", {}).items():
         evals = {k: v for k, v in results["evaluations"].items() if k.startswith(protocol + "/")}
         last = max(int(k.rsplit("step", 1)[1]) for k in evals)  # the protocol's last step
-        base = evals[f"{protocol}/base/step0"]["classes"]
+        steps = Protocol(protocol, tuple(tuple(s) for s in results["config"]["protocols"][protocol]))
         done = {k.split("/")[1] for k in evals if k.endswith(f"/step{last}")} | ({"offline"} & set(per_method))
         for method in sorted(done):
             if method not in per_method:  # finished after the run last wrote its summary
                 dice = evals[f"{protocol}/{method}/step{last}"]["dice"]
-                classes = list(dice)
-                p = SimpleNamespace(base_classes=base, added_classes=[c for c in classes if c not in base], all_classes=classes)
-                per_method = {**per_method, method: {**_summary(p, dice), "per_class": dice}}
+                per_method = {**per_method, method: {**summarize(steps, dice), "per_class": dice}}
             out["summary"].setdefault(protocol, {})[method] = per_method[method]
         for k, v in evals.items():
             if k.split("/")[1] in done | {"base"}:

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from napari_cinuseg.analysis.benchmark import BenchmarkConfig, StepEvaluated, StepPlanned, offline_ratio, run_benchmark, write_table
+from napari_cinuseg.analysis.benchmark import BenchmarkConfig, StepEvaluated, StepPlanned, run_benchmark
+from napari_cinuseg.analysis.benchmark_report import offline_ratio, write_table
 from napari_cinuseg.datasets.labelled import LabelledSet
 from napari_cinuseg.training.steps import drain
 

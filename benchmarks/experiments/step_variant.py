@@ -28,12 +28,19 @@ like, prior = load_model(args.like), load_model(args.prior)
 record = like.steps[-1]
 if like.lineage[-1] != prior.id:
     raise SystemExit(f"{args.prior} is not the prior of {args.like}")
-changes = {}
-for kv in args.set:
-    key, value = kv.split("=", 1)
-    changes[key] = {"true": True, "false": False}.get(value.lower(), value)
-    if isinstance(changes[key], str):
-        changes[key] = float(value) if "." in value else int(value)
+def parse(value: str):
+    """true/false, a number, or the text as it is (e.g. pkd_scores=sigmoid)."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+changes = {key: parse(value) for key, value in (kv.split("=", 1) for kv in args.set)}
 settings = from_dict(record.settings).replace(**changes)
 
 root = data_dir(args.data)

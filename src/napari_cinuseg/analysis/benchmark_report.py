@@ -1,0 +1,143 @@
+"""What a benchmark's results say (``results.json`` of analysis/benchmark.py): each method's Old /
+New / Mean per protocol, the paper's Table 1 layout with CiNuSeg's ratio to offline beside the
+paper's, the share of old-class pixels kept above τ, and the per-step curves (Fig. 5 layout).
+Reads only the results dictionary, so it also renders a snapshot of a run (scripts/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets.protocols import Protocol
+
+
+def summarize(protocol: Protocol, dice: dict[str, float]) -> dict[str, float]:
+    """Old = mean over step 0's classes, New = mean over the classes added later, Mean = all."""
+
+    def mean(names):
+        vals = [dice[n] for n in names if n in dice and dice[n] == dice[n]]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    return {"old": mean(protocol.base_classes), "new": mean(protocol.added_classes), "mean": mean(protocol.all_classes)}
+
+
+def write_table(results: dict, path: Path) -> None:
+    """Markdown laid out like the paper's Table 1: Old / New / Mean per protocol, offline last."""
+    summary = results.get("summary", {})
+    protocols = list(summary)
+    methods: list[str] = []
+    for p in protocols:
+        for m in summary[p]:
+            if m not in methods:
+                methods.append(m)
+    first_seen = {m: i for i, m in enumerate(methods)}
+    methods.sort(key=lambda m: (m == "offline", m == "cinuseg", first_seen[m]))
+    head = "| Method | " + " | ".join(f"{p} Old | {p} New | {p} Mean" for p in protocols) + " |"
+    rule = "|---|" + "---:|" * (3 * len(protocols))
+    rows = [head, rule]
+
+    def fmt(x):
+        return "–" if x is None or x != x else f"{x:.2f}"
+
+    for m in methods:
+        cells = []
+        for p in protocols:
+            s = summary[p].get(m)
+            cells += [fmt(s["old"]), fmt(s["new"]), fmt(s["mean"])] if s else ["–"] * 3
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    rows += _offline_ratios(results)
+    rows += _confident_rows(results)
+    cfg = results.get("config", {})
+    mach = results.get("machine", {})
+    rows += [
+        "",
+        f"Dice (%) on {cfg.get('test', '')} of {cfg.get('dataset', '')}, {cfg.get('test_images', '?')} images; "
+        f"seed {cfg.get('settings', {}).get('seed')}, encoder {cfg.get('settings', {}).get('encoder')}, "
+        f"{mach.get('device', '')}.",
+    ]
+    path.write_text("\n".join(rows) + "\n")
+
+
+# The paper's Mean Dice of CiNuSeg and offline (Tables 1-2; ../shared/method/cinuseg-equations.md)
+PAPER_MEANS = {
+    ("monusac", "1-1"): {"cinuseg": 70.92, "offline": 74.61},
+    ("consep", "1-1"): {"cinuseg": 69.15, "offline": 71.23},
+    ("consep", "2-1"): {"cinuseg": 70.77, "offline": 71.23},
+}
+
+
+def offline_ratio(summary: dict) -> float | None:
+    """CiNuSeg's Mean over offline's in one protocol's summary (None where either is missing)."""
+    c, o = summary.get("cinuseg", {}).get("mean"), summary.get("offline", {}).get("mean")
+    if c is None or o is None or c != c or o != o or o <= 0:
+        return None
+    return c / o
+
+
+def _offline_ratios(results: dict) -> list[str]:
+    """One line per protocol: CiNuSeg's Mean over offline's, beside the paper's."""
+    dataset = results.get("config", {}).get("dataset", "")
+    rows = []
+    for protocol, summary in results.get("summary", {}).items():
+        ratio = offline_ratio(summary)
+        if ratio is None:
+            continue
+        paper = PAPER_MEANS.get((dataset, protocol))
+        said = f" (the paper's: {paper['cinuseg'] / paper['offline']:.3f})" if paper else ""
+        rows.append(f"- {protocol}: CiNuSeg's Mean / offline's = {ratio:.3f}{said}")
+    return ["", "CiNuSeg against offline (joint) training:", ""] + rows if rows else []
+
+
+def _confident_rows(results: dict) -> list[str]:
+    """Issue 12's diagnostic: per method and step, the share of the test set's pixels of each
+    step-0 class that the model scores above τ (what the next step's eq. 1 keeps as that class)."""
+    evals = results.get("evaluations", {})
+    per: dict[tuple[str, str], dict[int, dict]] = {}
+    for key, ev in evals.items():
+        if "confident" not in ev:
+            continue
+        protocol, method, step = key.split("/")
+        per.setdefault((protocol, method), {})[int(step.removeprefix("step"))] = ev["confident"]
+    base = {p: per.get((p, "base"), {}).get(0, {}) for p, _ in per}
+    if not any(base.values()):
+        return []
+    rows = ["", "Share of the test pixels of each step-0 class scored above τ, after each step (base = step 0):", ""]
+    for (protocol, method), steps in sorted(per.items()):
+        if method == "base":
+            continue
+        old = list(base.get(protocol, {}))
+        cells = [f"{protocol} {method}"]
+        for c in old:
+            seq = [base[protocol].get(c)] + [steps[t].get(c) for t in sorted(steps)]
+            cells.append(f"{c}: " + " → ".join("–" if v is None else f"{v:.2f}" for v in seq))
+        rows.append("- " + "; ".join(cells))
+    return rows
+
+
+def write_curves(results: dict, out: Path) -> None:
+    """The per-step curve (paper's Fig. 5): mean Dice over the classes seen so far."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for protocol, curves in results.get("curves", {}).items():
+        # one colour per method, however many (the default cycle repeats after 10), the legend
+        # beside the axes so that it hides no line
+        fig, ax = plt.subplots(figsize=(6.5, 3.5), dpi=120)
+        colours = plt.get_cmap("tab20").colors
+        for i, (method, ys) in enumerate(curves.items()):
+            style = "--" if method == "offline" else "-o"
+            width = 2.5 if method == "cinuseg" else 1.2
+            colour = "black" if method == "cinuseg" else colours[i % len(colours)]
+            ax.plot(range(len(ys)), ys, style, label=method, color=colour, lw=width, ms=4)
+        ax.set_xlabel("step")
+        ax.set_ylabel("mean Dice over seen classes (%)")
+        ax.set_title(f"{results.get('config', {}).get('dataset', '')} {protocol}")
+        ax.set_xticks(range(max(len(v) for v in curves.values())))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        fig.tight_layout()
+        fig.savefig(out / f"curve-{protocol}.png")
+        plt.close(fig)

@@ -4,6 +4,11 @@ an unfinished step reaches the docs.
 
     python3 scripts/benchmark_snapshot.py runs/bench-monusac-1-1-r18/results.json \
         docs/benchmarks/monusac-1-1-cpu-seed0-issue12.json
+
+One run's methods may be split over several output folders that share its base model (a copy of
+the folder, run with other `--methods` on another core). Give each results.json with `--with`:
+they are merged into one, after checking that data, split and settings are the same, and each
+method keeps the figures of the folder where it finished.
 """
 
 from __future__ import annotations
@@ -42,12 +47,48 @@ def snapshot(results: dict) -> dict:
     return out
 
 
+SAME_RUN = ("dataset", "protocols", "settings", "test", "test_images", "test_sources", "train_sources")
+
+
+def merge(first: dict, *others: dict) -> dict:
+    """One results dictionary from parts of the same run: the first part's, plus each method that
+    finished in another part and not in the first (with its evaluations, times and curves)."""
+    merged = snapshot(first)
+    merged["config"]["commands"] = [first["config"].get("command", "")]
+    for other in others:
+        for key in SAME_RUN:
+            if other["config"].get(key) != first["config"].get(key):
+                raise SystemExit(f"cannot merge: the parts differ in {key!r}; they are not one run")
+        part = snapshot(other)
+        merged["config"]["commands"].append(other["config"].get("command", ""))
+        for protocol, methods in part["summary"].items():
+            have = merged["summary"].setdefault(protocol, {})
+            new = {m for m in methods if m not in have}
+            for m in sorted(new):
+                have[m] = methods[m]
+                merged["curves"].setdefault(protocol, {})[m] = part["curves"].get(protocol, {}).get(m)
+            for k, v in part["evaluations"].items():
+                if k.startswith(protocol + "/") and k.split("/")[1] in new:
+                    merged["evaluations"][k] = v
+            for k, v in part["train_seconds"].items():
+                if Path(k).parent.name in new:
+                    merged["train_seconds"][k] = v
+        order = list(first["config"]["methods"]) + list(other["config"]["methods"])
+        merged["config"]["methods"] = list(dict.fromkeys(order))
+    return merged
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path)
     ap.add_argument("out", type=Path)
+    ap.add_argument("--with", dest="parts", type=Path, action="append", default=[],
+                    help="results.json of another part of the same run (a copy of its folder "
+                         "that ran other methods); may repeat")
     args = ap.parse_args(argv)
-    snap = snapshot(json.loads(args.results.read_text()))
+    parts = [json.loads(p.read_text()) for p in args.parts]
+    first = json.loads(args.results.read_text())
+    snap = merge(first, *parts) if parts else snapshot(first)
     atomic_json(args.out, snap)
     for p, methods in snap["summary"].items():
         print(p, ", ".join(f"{m} {s['mean']:.2f}" for m, s in methods.items()))

@@ -116,3 +116,50 @@ def test_cached_record_without_min_iterations_matches_only_if_it_ran_enough():
     assert not _same_learning_settings(rec(25), s)  # min_iterations would have made it 400
     changed = dict(legacy, lr=0.5)
     assert not _same_learning_settings(StepRecord(step=1, method="mib", new_classes=["x"], settings=changed, data={}, results={"iterations": 850}), s)
+
+
+def _load_snapshot_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_snapshot.py"
+    spec = importlib.util.spec_from_file_location("benchmark_snapshot", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _part(methods, dice_by_method, settings=None):
+    """A results.json of protocol 2-1 (A, B then C) where each listed method finished step 1."""
+    evaluations = {"2-1/base/step0": {"dice": {"A": 70.0, "B": 50.0}}}
+    train = {"models/seed0/2-1/base.cinuseg.pt": 10.0}
+    for m, dice in dice_by_method.items():
+        evaluations[f"2-1/{m}/step1"] = {"dice": dice}
+        train[f"models/seed0/2-1/{m}/step1.cinuseg.pt"] = 5.0
+    config = {"command": "cinuseg benchmark --methods " + ",".join(methods), "dataset": "consep",
+              "methods": methods, "protocols": {"2-1": [["A", "B"], ["C"]]},
+              "settings": settings or {"tau": 0.7}, "test": "split", "test_images": 8,
+              "test_sources": 2, "train_sources": 6}
+    return {"config": config, "evaluations": evaluations, "train_seconds": train,
+            "curves": {"2-1": {m: [1.0] for m in dice_by_method}}, "summary": {"2-1": {}}}
+
+
+def test_snapshot_merges_parts_of_one_run_and_refuses_other_runs():
+    script = _load_snapshot_script()
+    first = _part(["cinuseg", "mib"], {"cinuseg": {"A": 60.0, "B": 40.0, "C": 30.0}})
+    # the copy re-evaluated cinuseg too (cached), and finished nest; mib finished nowhere
+    second = _part(["cinuseg", "nest"], {"cinuseg": {"A": 1.0, "B": 1.0, "C": 1.0},
+                                         "nest": {"A": 50.0, "B": 20.0, "C": 80.0}})
+    merged = script.merge(first, second)
+    summary = merged["summary"]["2-1"]
+    assert set(summary) == {"cinuseg", "nest"}
+    assert summary["cinuseg"]["per_class"]["A"] == 60.0  # the first part's figures are kept
+    assert summary["nest"]["old"] == pytest.approx(35.0) and summary["nest"]["new"] == pytest.approx(80.0)
+    assert "2-1/nest/step1" in merged["evaluations"] and "2-1/mib/step1" not in merged["evaluations"]
+    assert "models/seed0/2-1/nest/step1.cinuseg.pt" in merged["train_seconds"]
+    assert merged["config"]["methods"] == ["cinuseg", "mib", "nest"]
+    assert len(merged["config"]["commands"]) == 2
+
+    other_run = _part(["nest"], {"nest": {"A": 1.0, "B": 1.0, "C": 1.0}}, settings={"tau": 0.5})
+    with pytest.raises(SystemExit, match="settings"):
+        script.merge(first, other_run)

@@ -70,6 +70,17 @@ def nuclei_on_sample(model) -> dict:
     }
 
 
+def scores(model, val, monusac) -> dict:
+    """The table's figures of one base model: CoNSeP validation Dice per class, MoNuSAC Epithelial
+    and foreground Dice, and the nuclei it finds on the CMU-1 sample."""
+    return {
+        "consep_val_dice": evaluate(model, val, "cpu", say_unscored=False),
+        "monusac_epithelial_dice": evaluate(model, monusac, "cpu", say_unscored=False).get("Epithelial"),
+        "monusac_foreground_dice": foreground_dice(model, monusac),
+        "sample": nuclei_on_sample(model),
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="data root holding consep/ and monusac/ (default $CINUSEG_DATA, else ../shared/data)")
@@ -108,10 +119,7 @@ def main(argv=None) -> int:
             "settings": VARIANTS[name],
             "iterations": r["iterations"],
             "seconds_per_iteration": round(r["seconds"] / r["iterations"], 3),
-            "consep_val_dice": evaluate(model, val, "cpu", say_unscored=False),
-            "monusac_epithelial_dice": evaluate(model, monusac, "cpu", say_unscored=False).get("Epithelial"),
-            "monusac_foreground_dice": foreground_dice(model, monusac),
-            "sample": nuclei_on_sample(model),
+            **scores(model, val, monusac),
             "file_mb": round(path.stat().st_size / 2**20, 1),
         }
         results.setdefault("variants", {})[name] = row

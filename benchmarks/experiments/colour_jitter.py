@@ -15,7 +15,6 @@ import torchvision.transforms.v2.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import encoders as E
 from napari_cinuseg import drain, train_base, load_model
-from napari_cinuseg.analysis.evaluation import evaluate
 from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source, step_pairs
 from napari_cinuseg.training import augment
 from napari_cinuseg.training.settings import preset
@@ -63,10 +62,7 @@ print(name, "trained", round(time.time() - t0), "s", flush=True)
 monusac = read_monusac_images(root / "monusac")
 row = {
     "variant": name,
-    "consep_val_dice": evaluate(model, val, "cpu", say_unscored=False),
-    "monusac_epithelial_dice": evaluate(model, monusac, "cpu", say_unscored=False).get("Epithelial"),
-    "monusac_foreground_dice": E.foreground_dice(model, monusac),
-    "sample": E.nuclei_on_sample(model),
+    **E.scores(model, val, monusac),
 }
 print(json.dumps(row), flush=True)
 (out / f"results-{name}.json").write_text(json.dumps(row, indent=1))

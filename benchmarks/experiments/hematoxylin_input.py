@@ -10,7 +10,6 @@ import encoders as E
 from skimage.color import hed_from_rgb
 from napari_cinuseg import drain, train_base, load_model
 from napari_cinuseg.model import CiNuSegModel
-from napari_cinuseg.analysis.evaluation import evaluate
 from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source, step_pairs
 from napari_cinuseg.training.settings import preset
 
@@ -60,10 +59,7 @@ else:
 print("trained", round(time.time() - t0), "s", flush=True)
 monusac = read_monusac_images(root / "monusac")
 row = {
-    "consep_val_dice": evaluate(model, val, "cpu", say_unscored=False),
-    "monusac_epithelial_dice": evaluate(model, monusac, "cpu", say_unscored=False).get("Epithelial"),
-    "monusac_foreground_dice": E.foreground_dice(model, monusac),
-    "sample": E.nuclei_on_sample(model),
+    **E.scores(model, val, monusac),
     "channels": args.channels,
     "stain_mean_std": [MEAN.tolist(), STD.tolist()],
 }

@@ -22,6 +22,18 @@ from napari_cinuseg.datasets.protocols import Protocol
 from napari_cinuseg.io.atomic import atomic_json
 
 
+def _curve(evals: dict, protocol: str, method: str, last: int, steps: Protocol) -> list[float]:
+    """The benchmark's per-step curve of a method: the mean Dice over the classes seen so far, from
+    the base (step 0) to the last step, for a method that finished after the run last wrote it."""
+    def mean(key):
+        values = [v for v in evals[key]["dice"].values() if v == v]
+        return sum(values) / len(values)
+
+    if method == "offline":  # one model of every class: its Mean, drawn flat across the steps
+        return [summarize(steps, evals[f"{protocol}/offline/step0"]["dice"])["mean"]] * (last + 1)
+    return [mean(f"{protocol}/base/step0")] + [mean(f"{protocol}/{method}/step{t}") for t in range(1, last + 1)]
+
+
 def snapshot(results: dict) -> dict:
     out = {k: v for k, v in results.items() if k not in ("evaluations", "train_seconds", "curves", "summary")}
     out.update(evaluations={}, train_seconds={}, curves={}, summary={})
@@ -38,7 +50,8 @@ def snapshot(results: dict) -> dict:
         for k, v in evals.items():
             if k.split("/")[1] in done | {"base"}:
                 out["evaluations"][k] = v
-        out["curves"][protocol] = {m: c for m, c in results.get("curves", {}).get(protocol, {}).items() if m in done}
+        written = results.get("curves", {}).get(protocol, {})
+        out["curves"][protocol] = {m: written.get(m) or _curve(evals, protocol, m, last, steps) for m in sorted(done)}
     finished = set().union(*(out["summary"][p] for p in out["summary"])) | {"base"}
     out["train_seconds"] = {
         k: v for k, v in results.get("train_seconds", {}).items()

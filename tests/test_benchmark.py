@@ -150,6 +150,7 @@ def test_snapshot_merges_parts_of_one_run_and_refuses_other_runs():
     # the copy re-evaluated cinuseg too (cached), and finished nest; mib finished nowhere
     second = _part(["cinuseg", "nest"], {"cinuseg": {"A": 1.0, "B": 1.0, "C": 1.0},
                                          "nest": {"A": 50.0, "B": 20.0, "C": 80.0}})
+    del second["curves"]["2-1"]["nest"]  # killed before the run wrote its curves
     merged = script.merge(first, second)
     summary = merged["summary"]["2-1"]
     assert set(summary) == {"cinuseg", "nest"}
@@ -157,6 +158,7 @@ def test_snapshot_merges_parts_of_one_run_and_refuses_other_runs():
     assert summary["nest"]["old"] == pytest.approx(35.0) and summary["nest"]["new"] == pytest.approx(80.0)
     assert "2-1/nest/step1" in merged["evaluations"] and "2-1/mib/step1" not in merged["evaluations"]
     assert "models/seed0/2-1/nest/step1.cinuseg.pt" in merged["train_seconds"]
+    assert merged["curves"]["2-1"]["nest"] == pytest.approx([60.0, 50.0])  # from its evaluations
     assert merged["config"]["methods"] == ["cinuseg", "mib", "nest"]
     assert len(merged["config"]["commands"]) == 2
 

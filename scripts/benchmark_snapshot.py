@@ -73,6 +73,9 @@ def merge(first: dict, *others: dict) -> dict:
             if other["config"].get(key) != first["config"].get(key):
                 raise SystemExit(f"cannot merge: the parts differ in {key!r}; they are not one run")
         part = snapshot(other)
+        for key, value in part["evaluations"].items():  # the same base model: the same base figures
+            if key.split("/")[1] == "base" and key in merged["evaluations"] and merged["evaluations"][key] != value:
+                raise SystemExit(f"cannot merge: the parts' base models differ ({key}); they are not one run")
         merged["config"]["commands"].append(other["config"].get("command", ""))
         for protocol, methods in part["summary"].items():
             have = merged["summary"].setdefault(protocol, {})
@@ -86,8 +89,7 @@ def merge(first: dict, *others: dict) -> dict:
             for k, v in part["train_seconds"].items():
                 if Path(k).parent.name in new:
                     merged["train_seconds"][k] = v
-        order = list(first["config"]["methods"]) + list(other["config"]["methods"])
-        merged["config"]["methods"] = list(dict.fromkeys(order))
+        merged["config"]["methods"] = list(dict.fromkeys([*merged["config"]["methods"], *other["config"]["methods"]]))
     return merged
 
 

@@ -162,6 +162,13 @@ def test_snapshot_merges_parts_of_one_run_and_refuses_other_runs():
     assert merged["config"]["methods"] == ["cinuseg", "mib", "nest"]
     assert len(merged["config"]["commands"]) == 2
 
+    third = _part(["barm"], {"barm": {"A": 40.0, "B": 40.0, "C": 40.0}})
+    assert script.merge(first, second, third)["config"]["methods"] == ["cinuseg", "mib", "nest", "barm"]
+
     other_run = _part(["nest"], {"nest": {"A": 1.0, "B": 1.0, "C": 1.0}}, settings={"tau": 0.5})
     with pytest.raises(SystemExit, match="settings"):
         script.merge(first, other_run)
+    other_base = _part(["nest"], {"nest": {"A": 1.0, "B": 1.0, "C": 1.0}})
+    other_base["evaluations"]["2-1/base/step0"]["dice"]["A"] = 71.0
+    with pytest.raises(SystemExit, match="base models differ"):
+        script.merge(first, other_base)

@@ -70,6 +70,18 @@ def nuclei_on_sample(model) -> dict:
     }
 
 
+def base_model(path: Path, train, settings):
+    """The base model (Epithelial + Spindle-shaped) at ``path``: loaded if a run already saved it,
+    else trained on ``train`` with ``settings`` and saved there."""
+    if path.exists():
+        return load_model(path)
+    t0 = time.perf_counter()
+    print(f"[{path.stem}] training {settings.iterations} iterations", file=sys.stderr, flush=True)
+    model = drain(train_base(step_pairs(train, CLASSES), CLASSES, settings, out=path, pixel_size=train.pixel_size))
+    print(f"[{path.stem}] {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return model
+
+
 def scores(model, val, monusac) -> dict:
     """The table's figures of one base model: CoNSeP validation Dice per class, MoNuSAC Epithelial
     and foreground Dice, and the nuclei it finds on the CMU-1 sample."""
@@ -103,17 +115,10 @@ def main(argv=None) -> int:
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "processor": platform.processor()}
-    pairs = step_pairs(train, CLASSES)
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
         settings = preset("cpu", iterations=args.iterations, seed=args.seed, device="cpu", **VARIANTS[name])
         path = out / f"{name}.cinuseg.pt"
-        if path.exists():
-            model = load_model(path)
-        else:
-            t0 = time.perf_counter()
-            print(f"[{name}] training {args.iterations} iterations", file=sys.stderr, flush=True)
-            model = drain(train_base(pairs, CLASSES, settings, out=path, pixel_size=train.pixel_size))
-            print(f"[{name}] {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        model = base_model(path, train, settings)
         r = model.steps[-1].results
         row = {
             "settings": VARIANTS[name],

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_cinuseg.analysis.benchmark_report import summarize
+from napari_cinuseg.analysis.benchmark_report import seen_mean, summarize
 from napari_cinuseg.datasets.protocols import Protocol
 from napari_cinuseg.io.atomic import atomic_json
 
@@ -25,13 +25,10 @@ from napari_cinuseg.io.atomic import atomic_json
 def _curve(evals: dict, protocol: str, method: str, last: int, steps: Protocol) -> list[float]:
     """The benchmark's per-step curve of a method: the mean Dice over the classes seen so far, from
     the base (step 0) to the last step, for a method that finished after the run last wrote it."""
-    def mean(key):
-        values = [v for v in evals[key]["dice"].values() if v == v]
-        return sum(values) / len(values)
-
     if method == "offline":  # one model of every class: its Mean, drawn flat across the steps
         return [summarize(steps, evals[f"{protocol}/offline/step0"]["dice"])["mean"]] * (last + 1)
-    return [mean(f"{protocol}/base/step0")] + [mean(f"{protocol}/{method}/step{t}") for t in range(1, last + 1)]
+    keys = [f"{protocol}/base/step0"] + [f"{protocol}/{method}/step{t}" for t in range(1, last + 1)]
+    return [seen_mean(evals[k]["dice"]) for k in keys]
 
 
 def snapshot(results: dict) -> dict:

@@ -5,7 +5,7 @@ it, an HSV-style jitter of strength ``--hsv`` s (torchvision's functional colour
 by U(−0.05 s, 0.05 s) of the circle, saturation, brightness and contrast scaled by 2^U(−s, s),
 2^U(−s/2, s/2) and 2^U(−s/2, s/2). ``augment.stain_jitter`` is patched for the run; scored like
 the encoder table (CoNSeP validation split, all of MoNuSAC, nuclei on the CMU-1 sample)."""
-import argparse, json, sys, time
+import argparse, json, sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +14,7 @@ import torchvision.transforms.v2.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import encoders as E
-from napari_cinuseg import drain, train_base, load_model
-from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source, step_pairs
+from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source
 from napari_cinuseg.training import augment
 from napari_cinuseg.training.settings import preset
 
@@ -51,14 +50,9 @@ out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 name = f"resnet18-rgb-stain{args.stain:g}-hsv{args.hsv:g}"
 path = out / f"{name}.cinuseg.pt"
-t0 = time.time()
-if path.exists():
-    model = load_model(path)
-else:
-    settings = preset("cpu", iterations=args.iterations, seed=0, device="cpu", encoder="resnet18", encoder_weights=None,
-                      stain_jitter=args.stain)
-    model = drain(train_base(step_pairs(train, E.CLASSES), E.CLASSES, settings, out=path, pixel_size=train.pixel_size))
-print(name, "trained", round(time.time() - t0), "s", flush=True)
+settings = preset("cpu", iterations=args.iterations, seed=0, device="cpu", encoder="resnet18", encoder_weights=None,
+                  stain_jitter=args.stain)
+model = E.base_model(path, train, settings)
 monusac = read_monusac_images(root / "monusac")
 row = {
     "variant": name,

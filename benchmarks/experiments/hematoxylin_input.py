@@ -2,15 +2,14 @@
 density (skimage's rgb2hed H channel, in torch), standardised with CoNSeP's constants and repeated
 on 3 channels (``--channels h``), or the H, E and D densities each standardised (``hed``), trained like benchmarks/encoders.py's variants (ResNet-18 from scratch, stain
 jitter 1, 950 iterations, seed 0). CiNuSegModel.normalize is patched for training and scoring."""
-import argparse, json, sys, time
+import argparse, json, sys
 from pathlib import Path
 import numpy as np, torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import encoders as E
 from skimage.color import hed_from_rgb
-from napari_cinuseg import drain, train_base, load_model
 from napari_cinuseg.model import CiNuSegModel
-from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source, step_pairs
+from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source
 from napari_cinuseg.training.settings import preset
 
 HED = torch.tensor(hed_from_rgb, dtype=torch.float32)
@@ -51,12 +50,7 @@ CiNuSegModel.normalize = normalize
 out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
 path = out / f"resnet18-{args.channels}-stain.cinuseg.pt"
 settings = preset("cpu", iterations=args.iterations, seed=0, device="cpu", encoder="resnet18", encoder_weights=None, stain_jitter=1.0)
-t0 = time.time()
-if path.exists():
-    model = load_model(path)
-else:
-    model = drain(train_base(step_pairs(train, E.CLASSES), E.CLASSES, settings, out=path, pixel_size=train.pixel_size))
-print("trained", round(time.time() - t0), "s", flush=True)
+model = E.base_model(path, train, settings)
 monusac = read_monusac_images(root / "monusac")
 row = {
     **E.scores(model, val, monusac),

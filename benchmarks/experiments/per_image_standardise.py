@@ -9,15 +9,14 @@ HED stain jitter ``--stain``) with ``CiNuSegModel.normalize`` patched for the ru
 at no less than ``--min-std`` grey levels so that a blank tile is not blown up into texture.
 Scored like the encoder table (CoNSeP validation split, all of MoNuSAC, nuclei on the CMU-1
 sample). The saved model file does not record the patch: load it only through this script."""
-import argparse, json, sys, time
+import argparse, json, sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import encoders as E
-from napari_cinuseg import drain, train_base, load_model
-from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source, step_pairs
+from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source
 from napari_cinuseg.model import CiNuSegModel
 from napari_cinuseg.training.settings import preset
 
@@ -45,14 +44,9 @@ out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 name = f"resnet18-rgb-per-image-stain{args.stain:g}"
 path = out / f"{name}.cinuseg.pt"
-t0 = time.time()
-if path.exists():
-    model = load_model(path)
-else:
-    settings = preset("cpu", iterations=args.iterations, seed=0, device="cpu", encoder="resnet18", encoder_weights=None,
-                      stain_jitter=args.stain)
-    model = drain(train_base(step_pairs(train, E.CLASSES), E.CLASSES, settings, out=path, pixel_size=train.pixel_size))
-print(name, "trained", round(time.time() - t0), "s", flush=True)
+settings = preset("cpu", iterations=args.iterations, seed=0, device="cpu", encoder="resnet18", encoder_weights=None,
+                  stain_jitter=args.stain)
+model = E.base_model(path, train, settings)
 monusac = read_monusac_images(root / "monusac")
 row = {"variant": name, "min_std": args.min_std, **E.scores(model, val, monusac)}
 print(json.dumps(row), flush=True)

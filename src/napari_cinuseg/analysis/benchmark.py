@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generator, Sequence
 
-import numpy as np
 import torch
 
 from .. import __version__
@@ -26,7 +25,7 @@ from ..io.atomic import atomic_json
 from ..datasets.labelled import LabelledSet, split_by_source, step_pairs
 from ..devices import describe, resolve_device
 from .evaluation import evaluate
-from .benchmark_report import summarize, write_curves, write_table
+from .benchmark_report import seen_mean, summarize, write_curves, write_table
 from .forgetting import confident_share
 from ..methods import get_method
 from ..model import CiNuSegModel, StepRecord
@@ -232,8 +231,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
                     return results
                 if not cfg.steps_only:
                     dice = yield from evaluated(model, protocol.name, method.name, 0)
-                    summary.setdefault(protocol.name, {})[method.name] = summarize(protocol, dice)
-                    curves.setdefault(protocol.name, {})[method.name] = [summarize(protocol, dice)["mean"]] * len(protocol.steps)
+                    joint = summary.setdefault(protocol.name, {})[method.name] = summarize(protocol, dice)
+                    curves.setdefault(protocol.name, {})[method.name] = [joint["mean"]] * len(protocol.steps)
                 continue
             if base is None:
                 classes = list(protocol.base_classes)
@@ -253,7 +252,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
             model, curve = base, []
             if not cfg.steps_only:
                 dice = yield from evaluated(base, protocol.name, "base", 0)
-                curve.append(float(np.mean([v for v in dice.values() if v == v])))
+                curve.append(seen_mean(dice))
             for t in range(1, len(protocol.steps)):
                 new = list(protocol.steps[t])
                 prior = model
@@ -273,7 +272,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
                     return results
                 if not cfg.steps_only:
                     dice = yield from evaluated(model, protocol.name, method.name, t)
-                    curve.append(float(np.mean([v for v in dice.values() if v == v])))
+                    curve.append(seen_mean(dice))
             if not cfg.steps_only:
                 summary.setdefault(protocol.name, {})[method.name] = summarize(protocol, dice)
                 summary[protocol.name][method.name]["per_class"] = dice

@@ -22,6 +22,12 @@ def summarize(protocol: Protocol, dice: dict[str, float]) -> dict[str, float]:
     return {"old": mean(protocol.base_classes), "new": mean(protocol.added_classes), "mean": mean(protocol.all_classes)}
 
 
+def seen_mean(dice: dict[str, float]) -> float:
+    """One point of the per-step curve (Fig. 5): mean Dice over the classes the model knows at that
+    step (classes without test pixels, NaN, left out)."""
+    return float(np.mean([v for v in dice.values() if v == v]))
+
+
 def write_table(results: dict, path: Path) -> None:
     """Markdown laid out like the paper's Table 1: Old / New / Mean per protocol, offline last."""
     summary = results.get("summary", {})

@@ -1,0 +1,24 @@
+"""napari first, then the panel: the order a user opens it in, in a process of its own."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parent / "gui_scripts" / "open_panel_like_a_user.py"
+
+
+def test_panel_opens_in_a_running_napari_and_segments_the_sample():
+    if not os.environ.get("DISPLAY"):
+        if os.environ.get("CI"):
+            pytest.fail("no DISPLAY: run the tests under xvfb-run")
+        pytest.skip("no DISPLAY: run the tests under xvfb-run")
+    env = {**os.environ, "QT_QPA_PLATFORM": "xcb"}  # a real OpenGL (Mesa) context, as a user has
+    run = subprocess.run([sys.executable, "-X", "faulthandler", str(SCRIPT)], capture_output=True, text=True,
+                         timeout=600, env=env)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, f"napari ended with {run.returncode}:\n{output[-4000:]}"
+    assert "panel opened" in run.stdout
+    assert "segmented ['H&E sample (CMU-1, CC0) · classes']" in run.stdout, output[-4000:]

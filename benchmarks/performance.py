@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     import torch
 
-    from napari_cinuseg import devices
+    from napari_cinuseg.runtime import devices
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_cinuseg.analysis.benchmark_report import seen_mean, summarize
+from napari_cinuseg.benchmark.report import seen_mean, summarize
 from napari_cinuseg.datasets.protocols import Protocol
 from napari_cinuseg.io.atomic import atomic_json
 

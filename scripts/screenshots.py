@@ -47,7 +47,7 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
     from skimage.morphology import disk, opening
 
-    from napari_cinuseg._sample_data import sample_he
+    from napari_cinuseg.plugin.sample_data import sample_he
     from napari_cinuseg.ui.panel import CiNuSegWidget
     from napari_cinuseg.workflows import Storage
 

@@ -6,9 +6,9 @@ import torch
 
 from napari_cinuseg import drain, train_base
 from napari_cinuseg.training.augment import stain_jitter
-from napari_cinuseg.analysis.benchmark import _same_learning_settings
+from napari_cinuseg.benchmark.run import _same_learning_settings
 from napari_cinuseg.training.crops import CropDataset
-from napari_cinuseg.model import StepRecord
+from napari_cinuseg.model.segmenter import StepRecord
 from napari_cinuseg.training.settings import TrainSettings
 
 

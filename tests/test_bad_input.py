@@ -15,9 +15,9 @@ from napari_cinuseg.annotations import training_pair
 from napari_cinuseg.cli import main
 from napari_cinuseg.datasets.labelled import read_rgb
 from napari_cinuseg.io.images import ImageNotice, as_rgb_uint8, rgb_view
-from napari_cinuseg.model import check_class_name
-from napari_cinuseg.model_file import ModelFileError
-from napari_cinuseg.network import Architecture
+from napari_cinuseg.model.segmenter import check_class_name
+from napari_cinuseg.model.file import ModelFileError
+from napari_cinuseg.model.network import Architecture
 from napari_cinuseg.inference.segmentation import segment
 from napari_cinuseg.io.slides import Slide
 
@@ -306,7 +306,7 @@ def test_cli_protocol_too_long_and_unknown_class_order(tmp_path, shared_data, ca
 
 
 def test_cli_segment_outputs_never_clash(tmp_path, rgb, capsys):
-    from napari_cinuseg.commands import _stem
+    from napari_cinuseg.cli.commands import _stem
 
     assert _stem("/x/Schnitt 1.v2.png") == "Schnitt 1.v2" and _stem("a.OME.tif") == "a" and _stem("b.svs") == "b"
     for name in ("a.png", "a.tif"):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from napari_cinuseg.analysis.benchmark import BenchmarkConfig, StepEvaluated, StepPlanned, run_benchmark
-from napari_cinuseg.analysis.benchmark_report import offline_ratio, write_table
+from napari_cinuseg.benchmark.run import BenchmarkConfig, StepEvaluated, StepPlanned, run_benchmark
+from napari_cinuseg.benchmark.report import offline_ratio, write_table
 from napari_cinuseg.datasets.labelled import LabelledSet
 from napari_cinuseg.training.steps import drain
 
@@ -105,8 +105,8 @@ def test_cached_models_of_another_configuration_are_refused(small, tiny, tmp_pat
 
 
 def test_cached_record_without_min_iterations_matches_only_if_it_ran_enough():
-    from napari_cinuseg.analysis.benchmark import _same_learning_settings
-    from napari_cinuseg.model import StepRecord
+    from napari_cinuseg.benchmark.run import _same_learning_settings
+    from napari_cinuseg.model.segmenter import StepRecord
     from napari_cinuseg.training.settings import TrainSettings
 
     s = TrainSettings(min_iterations=400)

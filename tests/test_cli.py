@@ -41,7 +41,7 @@ def test_segment_slide_to_masks_and_resume(shared_data, tmp_path, capsys):
 
     from napari_cinuseg import CiNuSegModel, save_model
     from napari_cinuseg.io.export import read_masks
-    from napari_cinuseg.network import Architecture
+    from napari_cinuseg.model.network import Architecture
 
     torch.manual_seed(0)
     model_path = save_model(CiNuSegModel.new(["Epithelial", "Other"], Architecture("resnet18", "unet", (32, 16, 16, 8))), tmp_path / "m.cinuseg.pt")
@@ -65,7 +65,7 @@ def test_export_class_map(tmp_path, capsys):
 
     from napari_cinuseg import CiNuSegModel, save_model
     from napari_cinuseg.io.export import read_masks
-    from napari_cinuseg.network import Architecture
+    from napari_cinuseg.model.network import Architecture
 
     model = save_model(CiNuSegModel.new(["A", "B"], Architecture("resnet18", "unet", (32, 16, 16, 8))), tmp_path / "m.cinuseg.pt")
     cm = np.zeros((40, 60), np.uint8)
@@ -91,7 +91,7 @@ def test_segment_writes_a_pyramid_with_the_slides_pixel_size_and_a_nucleus_table
     from skimage.measure import label
 
     from napari_cinuseg.io.export import read_masks
-    from napari_cinuseg.model_file import BUNDLED_MODEL
+    from napari_cinuseg.model.file import BUNDLED_MODEL
 
     svs = shared_data / "slides" / "CMU-1-Small-Region.svs"
     out = tmp_path / "masks"

@@ -32,7 +32,7 @@ def test_python_m_runs_the_command_without_importing_torch():
 
 
 def test_the_napari_reader_and_writer_import_without_torch():
-    code = "import sys, napari_cinuseg._reader, napari_cinuseg._writer, napari_cinuseg.io.export; print('torch' in sys.modules)"
+    code = "import sys, napari_cinuseg.plugin.reader, napari_cinuseg.plugin.writer, napari_cinuseg.io.export; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -47,7 +47,7 @@ def test_every_option_has_help_and_shows_its_default():
 
 
 def test_a_folder_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
-    from napari_cinuseg.model_file import BUNDLED_MODEL
+    from napari_cinuseg.model.file import BUNDLED_MODEL
 
     def refuse(self, *a, **k):
         raise PermissionError(13, "Permission denied", str(self))
@@ -77,7 +77,7 @@ def test_a_log_gets_plain_lines_and_quiet_gets_none(shared_data, tmp_path, capsy
 def test_messages_go_through_the_bar_on_a_terminal():
     import io
 
-    from napari_cinuseg.console import Console
+    from napari_cinuseg.cli.console import Console
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -96,7 +96,7 @@ def test_messages_go_through_the_bar_on_a_terminal():
 
 
 def test_predict_on_a_read_only_array_warns_nothing(consep):
-    from napari_cinuseg.model_file import BUNDLED_MODEL, load_model
+    from napari_cinuseg.model.file import BUNDLED_MODEL, load_model
 
     image = consep.items[0].image.copy()
     image.flags.writeable = False  # as napari gives a layer's data
@@ -109,7 +109,7 @@ def test_predict_on_a_read_only_array_warns_nothing(consep):
 def test_the_reader_claims_every_suffix_the_slide_reader_reads():
     import yaml
 
-    from napari_cinuseg._reader import PLAIN_SUFFIXES, get_reader
+    from napari_cinuseg.plugin.reader import PLAIN_SUFFIXES, get_reader
     from napari_cinuseg.io.slides import TIFF_SUFFIXES
 
     manifest = yaml.safe_load((Path(__file__).parents[1] / "src" / "napari_cinuseg" / "napari.yaml").read_text())

@@ -14,8 +14,8 @@ import torch
 from napari_cinuseg import CiNuSegModel, drain, load_model, save_model, train_step
 from napari_cinuseg.datasets.labelled import step_pairs
 from napari_cinuseg.training.distributed import GlobalBatchSampler
-from napari_cinuseg.events import Progress
-from napari_cinuseg.network import Architecture
+from napari_cinuseg.runtime.events import Progress
+from napari_cinuseg.model.network import Architecture
 from napari_cinuseg.training.settings import TrainSettings
 
 JOB = Path(__file__).parent / "jobs" / "ddp_step.py"
@@ -68,7 +68,7 @@ def test_two_gloo_processes_match_one_process(shared_data, consep, tmp_path):
 
 
 def test_a_cohort_is_shared_across_processes_without_overlap(monkeypatch):
-    from napari_cinuseg.commands import _shard
+    from napari_cinuseg.cli.commands import _shard
 
     images = [f"slide{i}.svs" for i in range(7)]
     shares = [_shard(images, f"{k}/3") for k in range(3)]

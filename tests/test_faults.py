@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from napari_cinuseg import CiNuSegModel, drain, load_model, save_model, train_base, train_step
-from napari_cinuseg import devices
+from napari_cinuseg.runtime import devices
 from napari_cinuseg.inference import segmentation
 from napari_cinuseg.cli import main
-from napari_cinuseg.events import MemoryReduced, Saved
+from napari_cinuseg.runtime.events import MemoryReduced, Saved
 from napari_cinuseg.io.export import read_masks
-from napari_cinuseg.network import Architecture, NucleiSegNet
+from napari_cinuseg.model.network import Architecture, NucleiSegNet
 from napari_cinuseg.inference.segmentation import segment
 
 TINY = Architecture("resnet18", "unet", (32, 16, 16, 8))

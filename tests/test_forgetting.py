@@ -10,7 +10,7 @@ from napari_cinuseg.analysis.forgetting import (
     forgetting_warnings,
     old_class_agreement,
 )
-from napari_cinuseg.model_file import BUNDLED_MODEL, load_model
+from napari_cinuseg.model.file import BUNDLED_MODEL, load_model
 
 
 @pytest.fixture(scope="module")

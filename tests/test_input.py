@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from napari_cinuseg import CiNuSegModel, load_model, save_model
-from napari_cinuseg.model import HEMATOXYLIN_MEAN, HEMATOXYLIN_STD, hematoxylin_density
-from napari_cinuseg.network import Architecture
+from napari_cinuseg.model.segmenter import HEMATOXYLIN_MEAN, HEMATOXYLIN_STD, hematoxylin_density
+from napari_cinuseg.model.network import Architecture
 
 ARCH = Architecture("resnet18", "unet", (32, 16, 16, 8))
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_cinuseg import drain, load_model, train_step
-from napari_cinuseg.events import Progress
+from napari_cinuseg.runtime.events import Progress
 from napari_cinuseg.losses import IGNORE_INDEX
 from napari_cinuseg.methods import StepBatch, StepContext, available, get_method
 from napari_cinuseg.methods.conuseg import (
@@ -230,7 +230,7 @@ def test_conuseg_is_finite_without_new_or_old_pixels(fill):
 def test_conuseg_prepare_thresholds_and_old_prototypes():
     class Net(torch.nn.Module):
         def forward(self, x):
-            from napari_cinuseg.network import NetworkOutput
+            from napari_cinuseg.model.network import NetworkOutput
 
             logits = torch.stack([x[:, 0], x[:, 1], x[:, 2]], 1) * 10  # K_old = 3: channel = colour
             return NetworkOutput(logits, (x, x, x, x[:, :2] + 1.0), None)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_cinuseg import drain, load_model, train_step
-from napari_cinuseg.events import Progress
+from napari_cinuseg.runtime.events import Progress
 from napari_cinuseg.losses import IGNORE_INDEX
 from napari_cinuseg.methods import (
     _REGISTRY,
@@ -39,8 +39,8 @@ from napari_cinuseg.methods.nest import (
     similarity_statistics,
     transformed_weights,
 )
-from napari_cinuseg.model import CiNuSegModel
-from napari_cinuseg.network import Architecture
+from napari_cinuseg.model.segmenter import CiNuSegModel
+from napari_cinuseg.model.network import Architecture
 from napari_cinuseg.training.settings import TrainSettings
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_cinuseg import drain, load_model, train_step
-from napari_cinuseg.events import Progress
+from napari_cinuseg.runtime.events import Progress
 from napari_cinuseg.losses import IGNORE_INDEX
 from napari_cinuseg.methods import StepBatch, available, get_method
 from napari_cinuseg.methods.mib import unbiased_cross_entropy, unbiased_distillation

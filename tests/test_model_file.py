@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from napari_cinuseg import CiNuSegModel, ModelFileError, load_model, read_record, save_model
-from napari_cinuseg.model import StepRecord
-from napari_cinuseg.network import Architecture
+from napari_cinuseg.model.segmenter import StepRecord
+from napari_cinuseg.model.network import Architecture
 
 ARCH = Architecture("resnet18", "unet", (32, 16, 16, 8))
 
@@ -141,7 +141,7 @@ def test_bundled_base_model_segments_held_out_consep(consep):
     """The shipped base model (fp16) loads and segments images of sources it was not trained on."""
     from napari_cinuseg.datasets.labelled import split_by_source
     from napari_cinuseg.analysis.evaluation import evaluate
-    from napari_cinuseg.model_file import BUNDLED_MODEL
+    from napari_cinuseg.model.file import BUNDLED_MODEL
 
     model = load_model(BUNDLED_MODEL)
     assert model.class_names == ["Epithelial", "Spindle-shaped"] and model.steps[0].method == "base"
@@ -157,7 +157,7 @@ def test_child_of_the_bundled_model_keeps_its_scores_on_real_patches(consep):
     starts low."""
     import numpy as np
 
-    from napari_cinuseg.model_file import BUNDLED_MODEL, load_model
+    from napari_cinuseg.model.file import BUNDLED_MODEL, load_model
 
     prior = load_model(BUNDLED_MODEL)
     child = prior.child(["Other"])

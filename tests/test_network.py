@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from napari_cinuseg.network import Architecture, NucleiSegNet
+from napari_cinuseg.model.network import Architecture, NucleiSegNet
 
 
 @pytest.mark.parametrize("decoder", ["unet", "aspp"])
@@ -87,7 +87,7 @@ def test_efficientnet_lite0_loads_the_packages_imagenet_weights():
     import hashlib
 
     from napari_cinuseg import CiNuSegModel
-    from napari_cinuseg.efficientnet import LITE_MEAN, imagenet_weights
+    from napari_cinuseg.model.efficientnet import LITE_MEAN, imagenet_weights
 
     info = imagenet_weights("efficientnet-lite0")
     file_state = torch.load(info["path"], map_location="cpu", weights_only=True)

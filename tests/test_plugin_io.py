@@ -12,9 +12,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_cinuseg._reader import get_reader
-from napari_cinuseg._sample_data import sample_he
-from napari_cinuseg._writer import write_masks
+from napari_cinuseg.plugin.reader import get_reader
+from napari_cinuseg.plugin.sample_data import sample_he
+from napari_cinuseg.plugin.writer import write_masks
 from napari_cinuseg.io.export import read_masks
 from napari_cinuseg.io.slides import Slide
 

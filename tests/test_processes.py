@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_cinuseg import drain
-from napari_cinuseg.processes import SHARED_MIN_BYTES, run_in_process
+from napari_cinuseg.runtime.processes import SHARED_MIN_BYTES, run_in_process
 
 
 def _shm() -> set[str]:
@@ -47,7 +47,7 @@ def test_a_failure_in_the_process_is_raised_here_with_its_type(tmp_path):
 def test_closing_the_job_ends_the_process(monkeypatch):
     import subprocess
 
-    from napari_cinuseg import processes
+    from napari_cinuseg.runtime import processes
 
     started = []
     real_popen = subprocess.Popen
@@ -84,7 +84,7 @@ def test_without_room_in_shared_memory_a_temporary_file_carries_the_map(consep, 
     goes through a temporary .npy file, removed afterwards."""
     import tempfile
 
-    from napari_cinuseg import processes
+    from napari_cinuseg.runtime import processes
     from napari_cinuseg.analysis.measurements import measure_nuclei_to_csv
 
     cm, names = _real_map(consep)
@@ -102,7 +102,7 @@ def test_without_room_in_shared_memory_a_temporary_file_carries_the_map(consep, 
 
 
 def test_shared_memory_room_is_measured():
-    from napari_cinuseg.processes import shared_memory_room
+    from napari_cinuseg.runtime.processes import shared_memory_room
 
     assert shared_memory_room(1 << 20)
     assert not shared_memory_room(1 << 60) or not Path("/dev/shm").is_dir()

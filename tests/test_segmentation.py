@@ -7,7 +7,7 @@ import torch
 
 from napari_cinuseg import CiNuSegModel, drain
 from napari_cinuseg.io.export import export_masks, read_masks
-from napari_cinuseg.network import Architecture
+from napari_cinuseg.model.network import Architecture
 from napari_cinuseg.inference.segmentation import SegmentFinished, SegmentStarted, TileProgress, segment
 from napari_cinuseg.io.slides import Slide
 from napari_cinuseg.inference.tiling import blend_window, tile_origins, tissue_fraction
@@ -184,7 +184,7 @@ def test_an_image_at_half_the_resolution_gives_the_same_nuclei(consep):
     Without resampling it is far lower (0.33)."""
     from skimage.transform import resize
 
-    from napari_cinuseg.model_file import BUNDLED_MODEL, load_model
+    from napari_cinuseg.model.file import BUNDLED_MODEL, load_model
     from napari_cinuseg.inference.segmentation import resampling_factor
 
     model = load_model(BUNDLED_MODEL)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from napari_cinuseg import drain, load_model, train_base, train_step
-from napari_cinuseg.events import Cancelled, Progress, Saved, StepFinished, StepStarted
-from napari_cinuseg.model_file import ModelFileError
+from napari_cinuseg.runtime.events import Cancelled, Progress, Saved, StepFinished, StepStarted
+from napari_cinuseg.model.file import ModelFileError
 
 
 def _losses(job):
@@ -177,7 +177,7 @@ def test_incremental_step_keeps_batchnorm_statistics(base_file, few_pairs, tiny)
 
 
 def test_few_images_still_train_min_iterations(few_pairs, tiny):
-    from napari_cinuseg.events import StepStarted as Started
+    from napari_cinuseg.runtime.events import StepStarted as Started
 
     job = train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=None, epochs=2, min_iterations=7))
     first = next(job)

@@ -107,7 +107,7 @@ def test_paint_train_cancel_segment_export(widget, prior_file, qtbot, tmp_path):
 
 
 def test_pixel_size_from_the_file_or_the_user_resamples_and_gives_micrometres(widget, prior_file, shared_data, qtbot):
-    from napari_cinuseg._reader import read_he
+    from napari_cinuseg.plugin.reader import read_he
 
     data, kwargs, _ = read_he(str(shared_data / "slides" / "CMU-1-Small-Region.svs"))[0]
     assert kwargs["metadata"]["pixel_size_um"] == pytest.approx(0.499)
@@ -135,7 +135,7 @@ class _FakeCudaOOM(RuntimeError):
 def test_a_failing_job_is_one_error_and_the_panel_works_again(widget, prior_file, qtbot, monkeypatch, error, job):
     import napari.utils.notifications as notifications
 
-    from napari_cinuseg import devices
+    from napari_cinuseg.runtime import devices
 
     errors = []
     monkeypatch.setattr(notifications, "show_error", errors.append)
@@ -281,7 +281,7 @@ def test_base_model_from_annotations_without_a_prior(widget, qtbot, tmp_path):
 def test_slide_is_segmented_to_disk_and_shown_as_a_pyramid(widget, prior_file, qtbot, tmp_path, shared_data):
     """A slide opened lazily through the plugin's reader: the class map goes to disk tile by tile
     with a pyramid, its layers are multiscale and lazy, and the export reads it tile by tile."""
-    from napari_cinuseg.model_file import load_model
+    from napari_cinuseg.model.file import load_model
     from napari_cinuseg.inference.segmentation import segment
 
     svs = shared_data / "slides" / "CMU-1-Small-Region.svs"
@@ -321,7 +321,7 @@ def test_a_segmentation_without_nuclei_says_why(widget, qtbot, favoured, warned)
     import torch
 
     from napari_cinuseg import CiNuSegModel
-    from napari_cinuseg.network import Architecture
+    from napari_cinuseg.model.network import Architecture
 
     model = CiNuSegModel.new(["Tumour"], Architecture("resnet18", "unet", (32, 16, 16, 8)))
     with torch.no_grad():

@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import encoders as E
 from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source
-from napari_cinuseg.model import CiNuSegModel
+from napari_cinuseg.model.segmenter import CiNuSegModel
 from napari_cinuseg.training.settings import preset
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -112,7 +112,7 @@ def _version(dist: str) -> str | None:
 def machine_info(dev) -> dict:
     import torch
 
-    from napari_cinuseg import devices
+    from napari_cinuseg.runtime import devices
 
     info = {
         "cpu": _cpu_model(),
@@ -291,7 +291,7 @@ class Context:
         depends on the network, not on its weights."""
         if self._prior is None:
             from napari_cinuseg import CiNuSegModel, load_model
-            from napari_cinuseg.model_file import BUNDLED_MODEL
+            from napari_cinuseg.model.file import BUNDLED_MODEL
 
             a = self.args
             if a.prior:
@@ -312,7 +312,7 @@ class Context:
     def prior_file(self) -> Path:
         """The prior as a file, for the subprocesses."""
         from napari_cinuseg import save_model
-        from napari_cinuseg.model_file import BUNDLED_MODEL
+        from napari_cinuseg.model.file import BUNDLED_MODEL
 
         prior = self.prior
         if self.args.prior:

@@ -147,7 +147,7 @@ def child_gui(p: dict) -> dict:
 
     def export():
         """Export a large class map through the panel (a worker with progress), timed like training."""
-        from napari_cinuseg.layer_metadata import RESULT_KEY, result_metadata
+        from napari_cinuseg.plugin.layer_metadata import RESULT_KEY, result_metadata
 
         side = int(p["export_side"])
         cm = np.zeros((side, side), np.uint8)

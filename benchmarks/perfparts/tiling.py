@@ -20,7 +20,7 @@ def bare_forward_seconds(model, batches, dev, amp: bool) -> float:
     AMP and channels_last on CUDA, as ``segment`` uses). The logits stay on the device."""
     import torch
 
-    from napari_cinuseg import devices
+    from napari_cinuseg.runtime import devices
 
     dtype = devices.amp_dtype(dev, amp)
     net = model.network

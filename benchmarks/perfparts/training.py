@@ -16,7 +16,7 @@ def time_step(prior, pairs, settings, method: str, warmup: int) -> dict:
     """Seconds per iteration of one incremental step, from the end of iteration ``warmup`` to
     the end of the last (Progress.seconds counts from the step's start)."""
     from napari_cinuseg import drain, train_step
-    from napari_cinuseg.events import MemoryReduced, Progress
+    from napari_cinuseg.runtime.events import MemoryReduced, Progress
 
     marks: dict[int, float] = {}
     notes: list[str] = []

@@ -1,6 +1,6 @@
 """napari-cinuseg: class-incremental nuclei segmentation (CiNuSeg) in H&E histology.
 
-The headless engine (this package, without its ``_widget``) never imports Qt or napari. The
+The headless engine (this package, without ``ui/``) never imports Qt or napari. The
 names below are imported on first use, so that importing the package (the napari reader, the
 command line's help) does not import PyTorch.
 """
@@ -10,12 +10,12 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _LAZY = {
-    "CiNuSegModel": "model",
-    "NucleusClass": "model",
-    "ModelFileError": "model_file",
-    "load_model": "model_file",
-    "read_record": "model_file",
-    "save_model": "model_file",
+    "CiNuSegModel": "model.segmenter",
+    "NucleusClass": "model.segmenter",
+    "ModelFileError": "model.file",
+    "load_model": "model.file",
+    "read_record": "model.file",
+    "save_model": "model.file",
     "TrainSettings": "training.settings",
     "preset": "training.settings",
     "drain": "training.steps",

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .names import IGNORE as IGNORE_INDEX
+from .runtime.names import IGNORE as IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",

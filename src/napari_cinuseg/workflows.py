@@ -6,7 +6,7 @@
   the pyramid of an on-disk map and the statistics (:func:`segment_and_measure`);
 - an export: the masks file and its per-nucleus table (:func:`export_with_table`).
 
-Each long job is a generator of typed events (:mod:`napari_cinuseg.events`) that returns its
+Each long job is a generator of typed events (:mod:`napari_cinuseg.runtime.events`) that returns its
 result, like every job of the engine.
 """
 
@@ -21,7 +21,7 @@ from typing import Generator, Sequence
 
 import numpy as np
 
-from .events import CancelFlag, ExportProgress
+from .runtime.events import CancelFlag, ExportProgress
 from .io.images import IN_MEMORY_LIMIT_PX
 
 
@@ -168,7 +168,7 @@ def export_with_table(
     args = (class_map, list(class_names), pixel_size, csv_path)
     yield ExportProgress(0, 0)
     if measure_in_process and _pickles(class_map):
-        from .processes import run_in_process
+        from .runtime.processes import run_in_process
 
         for _ in run_in_process(measure_nuclei_to_csv, *args):
             yield ExportProgress(0, 0)

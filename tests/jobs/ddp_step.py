@@ -8,7 +8,7 @@ from pathlib import Path
 from napari_cinuseg import drain, load_model, train_step
 from napari_cinuseg.training import distributed
 from napari_cinuseg.datasets.labelled import read_consep_patches, step_pairs
-from napari_cinuseg.events import Progress
+from napari_cinuseg.runtime.events import Progress
 from napari_cinuseg.training.settings import TrainSettings
 
 data, prior, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])

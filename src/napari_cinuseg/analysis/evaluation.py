@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from ..datasets.labelled import IGNORE, LabelledSet
-from ..devices import resolve_device
+from ..runtime.devices import resolve_device
 from .metrics import ConfusionMatrix
-from ..model import CiNuSegModel
+from ..model.segmenter import CiNuSegModel
 
 
 def evaluate(

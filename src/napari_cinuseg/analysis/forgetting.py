@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..datasets.labelled import IGNORE, LabelledSet, TrainingPair
-from ..model import CiNuSegModel
+from ..model.segmenter import CiNuSegModel
 
 # Below this agreement the panel and the CLI warn that the step may have forgotten a class.
 FORGETTING_WARN_BELOW = 0.8

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..names import IGNORE
+from ..runtime.names import IGNORE
 
 
 class ConfusionMatrix:

@@ -20,7 +20,7 @@ from skimage import io as skio
 
 from ..io.images import as_rgb_uint8, read_rgb  # noqa: F401 - kept importable from here
 
-from ..names import IGNORE
+from ..runtime.names import IGNORE
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from .labelled import LabelledSet, read_consep_patches, read_folder, read_monusac_images
 from .original_layouts import read_consep_original, read_monusac_original
 
-from ..names import DATASETS
+from ..runtime.names import DATASETS
 
 
 def read_dataset(kind: str, root: str | os.PathLike) -> LabelledSet:

@@ -1,7 +1,7 @@
 """Segment an image or a whole slide: overlapping tiles, blended logits, bounded memory.
 
 A generator like every long job: it yields :class:`SegmentStarted`, :class:`TileProgress` and
-:class:`SegmentFinished` (or :class:`~napari_cinuseg.events.Cancelled`) and returns the class
+:class:`SegmentFinished` (or :class:`~napari_cinuseg.runtime.events.Cancelled`) and returns the class
 map (uint8, 0 = background, i = the model's class i), in memory or in a zarr array on disk.
 
 Memory: the slide is read tile by tile, in vertical strips of at most ``strip`` output pixels
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import devices
-from ..events import Cancelled, CancelFlag, MemoryReduced, is_cancelled
-from ..model import CiNuSegModel
+from ..runtime import devices
+from ..runtime.events import Cancelled, CancelFlag, MemoryReduced, is_cancelled
+from ..model.segmenter import CiNuSegModel
 from ..io.slides import Slide
 from .tiling import blend_window, tile_origins, tissue_fraction
 

@@ -39,7 +39,7 @@ The objective is that weighted softmax cross-entropy + Local POD. As read in the
   then averaged over all pixels of the batch (``loss.mean()``); ``classif_adaptive_min_factor``
   is 0, so it is not clamped.
 - ``init_balanced=True`` (MiB's classifier initialisation) is what
-  :meth:`~napari_cinuseg.network.NucleiSegNet.add_classes` does.
+  :meth:`~napari_cinuseg.model.network.NucleiSegNet.add_classes` does.
 
 Where this module departs from the code, on purpose:
 

@@ -13,10 +13,10 @@ from typing import Callable, Generator, Sequence
 import numpy as np
 import torch
 
-from .. import devices
+from ..runtime import devices
 from ..analysis.forgetting import old_class_agreement
 from ..datasets.labelled import IGNORE, TrainingPair
-from ..events import (
+from ..runtime.events import (
     CancelFlag,
     Cancelled,
     CropStats,
@@ -30,8 +30,8 @@ from ..events import (
 )
 from ..losses import LossOutput
 from ..methods import StepContext
-from ..model import CiNuSegModel, StepRecord
-from ..model_file import save_model
+from ..model.segmenter import CiNuSegModel, StepRecord
+from ..model.file import save_model
 from . import distributed
 from .crops import CropDataset
 from .settings import TrainSettings

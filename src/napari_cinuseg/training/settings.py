@@ -49,7 +49,7 @@ class TrainSettings:
     log_every: int = 1
 
     def architecture(self, num_classes: int = 1):
-        from ..network import Architecture  # here, so that reading settings needs no PyTorch
+        from ..model.network import Architecture  # here, so that reading settings needs no PyTorch
 
         return Architecture(self.encoder, self.decoder, self.decoder_channels, num_classes)
 

@@ -1,6 +1,6 @@
 """The training engine: a base step (step 0) and an incremental step against a frozen prior.
 
-Both are generators that yield typed events (:mod:`napari_cinuseg.events`) and return the new
+Both are generators that yield typed events (:mod:`napari_cinuseg.runtime.events`) and return the new
 model (``None`` when cancelled). Cancellation is checked between iterations: set the ``cancel``
 event (or make the callable return True), or simply close the generator. A cancelled or failed
 step writes no file and leaves the prior model as it was.
@@ -12,11 +12,11 @@ import os
 from typing import Callable, Generator, Sequence
 
 from ..datasets.labelled import TrainingPair, check_pairs
-from ..events import CancelFlag, Event
+from ..runtime.events import CancelFlag, Event
 from ..losses import LossOutput, base_bce
 from ..methods import StepBatch, classifier_init, get_method
-from ..model import CiNuSegModel
-from ..model_file import ModelFileError, load_model
+from ..model.segmenter import CiNuSegModel
+from ..model.file import ModelFileError, load_model
 from .loop import _Loop, seed_everything
 from .settings import TrainSettings
 

@@ -7,8 +7,8 @@ import numpy as np
 
 from ..annotations import training_pair
 from ..io.images import IN_MEMORY_LIMIT_PX, rgb_view
-from .._reader import labels_colormap
-from ..layer_metadata import ANNOTATION_KEY, EXHAUSTIVE_KEY, RESULT_KEY, result_metadata
+from ..plugin.reader import labels_colormap
+from ..plugin.layer_metadata import ANNOTATION_KEY, EXHAUSTIVE_KEY, RESULT_KEY, result_metadata
 
 
 def level0(layer):

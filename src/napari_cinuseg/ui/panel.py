@@ -18,10 +18,10 @@ from qtpy.QtWidgets import QFileDialog, QVBoxLayout
 
 from ..annotations import sparse_annotation_advice
 from ..datasets.labelled import check_pairs
-from ..events import Cancelled, ExportProgress, MemoryReduced, StepFinished
-from ..layer_metadata import RESULT_KEY, layer_pixel_size
-from ..model import CiNuSegModel, check_class_name, check_colour
-from ..model_file import BUNDLED_MODEL, ModelFileError, load_model
+from ..runtime.events import Cancelled, ExportProgress, MemoryReduced, StepFinished
+from ..plugin.layer_metadata import RESULT_KEY, layer_pixel_size
+from ..model.segmenter import CiNuSegModel, check_class_name, check_colour
+from ..model.file import BUNDLED_MODEL, ModelFileError, load_model
 from ..inference.segmentation import SegmentFinished, TileProgress
 from ..workflows import Storage, export_with_table, learn_class, needs_disk, no_nuclei_advice, segment_and_measure, slug
 from . import layers, memory

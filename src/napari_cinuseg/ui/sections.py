@@ -26,12 +26,12 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from .. import devices
-from ..events import Progress, StepStarted
+from ..runtime import devices
+from ..runtime.events import Progress, StepStarted
 from ..analysis.forgetting import format_report, forgetting_warnings
-from ..layer_metadata import layer_pixel_size
-from ..model import PALETTE
-from ..model_file import BUNDLED_MODEL
+from ..plugin.layer_metadata import layer_pixel_size
+from ..model.segmenter import PALETTE
+from ..model.file import BUNDLED_MODEL
 from ..training.settings import PRESETS, SETTING_RANGES, USER_SETTINGS, preset, setting_label
 from .plot import LossPlot
 

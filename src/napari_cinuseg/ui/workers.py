@@ -7,7 +7,7 @@ import threading
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QWidget
 
-from .. import devices
+from ..runtime import devices
 
 
 class JobFailed(Exception):

@@ -19,7 +19,7 @@ from torchvision import models
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from .efficientnet import EfficientNetLiteEncoder
-from .names import DECODERS, ENCODERS, RESNETS
+from ..runtime.names import DECODERS, ENCODERS, RESNETS
 CLASSIFIER_INITS = ("sigmoid", "softmax")
 # The score a new class starts at under the "sigmoid" initialisation (a 1 % prior).
 NEW_CLASS_PRIOR = 0.01

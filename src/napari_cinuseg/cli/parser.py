@@ -13,7 +13,7 @@ import argparse
 import sys
 import warnings
 
-from . import __version__
+from .. import __version__
 from .commands import (
     cmd_benchmark,
     cmd_evaluate,
@@ -25,8 +25,8 @@ from .commands import (
     cmd_train_base,
 )
 from .console import CONSOLE
-from .names import DATASETS, ENCODERS, INPUTS
-from .training.settings import PRESETS, USER_SETTINGS
+from ..runtime.names import DATASETS, ENCODERS, INPUTS
+from ..training.settings import PRESETS, USER_SETTINGS
 # The incremental methods, for the help (methods/ registers them; listing them there would import
 # PyTorch): a name not in the registry is refused by the engine with the full list.
 METHODS_HELP = "cinuseg (and its ablations cinuseg-baseline, cinuseg+acl, cinuseg+drr, cinuseg+acl+drr), mib, plop, conuseg, ins, ewf, idec, nest, barm, finetune, offline; `cinuseg methods` lists them"
@@ -181,7 +181,7 @@ def _show_notice(message, category, filename, lineno, file=None, line=None) -> N
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     CONSOLE.quiet = bool(getattr(args, "quiet", False))
-    from .model_file import ModelFileError
+    from ..model.file import ModelFileError
 
     try:
         with warnings.catch_warnings():

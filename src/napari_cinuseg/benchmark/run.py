@@ -23,13 +23,13 @@ import torch
 from .. import __version__
 from ..io.atomic import atomic_json
 from ..datasets.labelled import LabelledSet, split_by_source, step_pairs
-from ..devices import describe, resolve_device
-from .evaluation import evaluate
-from .benchmark_report import seen_mean, summarize, write_curves, write_table
-from .forgetting import confident_share
+from ..runtime.devices import describe, resolve_device
+from ..analysis.evaluation import evaluate
+from .report import seen_mean, summarize, write_curves, write_table
+from ..analysis.forgetting import confident_share
 from ..methods import get_method
-from ..model import CiNuSegModel, StepRecord
-from ..model_file import load_model
+from ..model.segmenter import CiNuSegModel, StepRecord
+from ..model.file import load_model
 from ..datasets.protocols import CLASS_ORDERS, make_protocol
 from ..training.settings import TrainSettings
 from ..training.steps import train_base, train_step

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .io.export import export_masks
+from ..io.export import export_masks
 from .layer_metadata import RESULT_KEY, layer_pixel_size
 
 SUFFIXES = (".tif", ".tiff")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .console import CONSOLE
-from .training.settings import USER_SETTINGS, preset
+from ..training.settings import USER_SETTINGS, preset
 
 
 def _settings(args: argparse.Namespace, **extra):
@@ -34,8 +34,8 @@ def _with_encoder(settings, args: argparse.Namespace):
 
 
 def _load_data(args: argparse.Namespace):
-    from .datasets.labelled import data_dir, split_by_source
-    from .datasets.layouts import read_dataset
+    from ..datasets.labelled import data_dir, split_by_source
+    from ..datasets.layouts import read_dataset
 
     data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
     if args.split == "all":
@@ -53,7 +53,7 @@ _MAIN_RANK = int(os.environ.get("RANK", "0")) == 0
 
 def _drain(job, show=None) -> object:
     """Run a job with a progress bar per training step; Ctrl-C cancels it cleanly."""
-    from .events import Cancelled, MemoryReduced, Progress, Saved, StepFinished, StepStarted
+    from ..runtime.events import Cancelled, MemoryReduced, Progress, Saved, StepFinished, StepStarted
 
     bar = None
     try:
@@ -89,8 +89,8 @@ def _drain(job, show=None) -> object:
 
 
 def cmd_train_base(args) -> int:
-    from .datasets.labelled import step_pairs
-    from .training.steps import train_base
+    from ..datasets.labelled import step_pairs
+    from ..training.steps import train_base
 
     data = _load_data(args)
     classes = _names(args.classes) if args.classes else data.class_names
@@ -101,9 +101,9 @@ def cmd_train_base(args) -> int:
 
 
 def cmd_step(args) -> int:
-    from .datasets.labelled import step_pairs
-    from .model_file import load_model
-    from .training.steps import train_step
+    from ..datasets.labelled import step_pairs
+    from ..model.file import load_model
+    from ..training.steps import train_step
 
     prior = load_model(args.prior)
     data = _load_data(args)
@@ -119,7 +119,7 @@ def cmd_step(args) -> int:
 
 def _print_forgetting(report: dict | None, indent: str = "") -> None:
     """The step's forgetting report (forgetting.py) and a warning per class below the threshold."""
-    from .analysis.forgetting import format_report, forgetting_warnings
+    from ..analysis.forgetting import format_report, forgetting_warnings
 
     if not report:
         return
@@ -132,8 +132,8 @@ def _print_forgetting(report: dict | None, indent: str = "") -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .analysis.evaluation import evaluate
-    from .model_file import load_model
+    from ..analysis.evaluation import evaluate
+    from ..model.file import load_model
 
     model = load_model(args.model)
     data = _load_data(args)
@@ -154,7 +154,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .model_file import read_record
+    from ..model.file import read_record
 
     record = read_record(args.model)
     if args.json:
@@ -176,9 +176,9 @@ def cmd_info(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .analysis.benchmark import BenchmarkConfig, StepEvaluated, StepPlanned, BenchmarkStarted, run_benchmark, split_data
-    from .datasets.labelled import data_dir
-    from .datasets.layouts import read_dataset
+    from ..benchmark.run import BenchmarkConfig, StepEvaluated, StepPlanned, BenchmarkStarted, run_benchmark, split_data
+    from ..datasets.labelled import data_dir
+    from ..datasets.layouts import read_dataset
 
     data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
     test = read_dataset(args.dataset, args.test_data) if args.test_data else None
@@ -246,10 +246,10 @@ def cmd_segment(args) -> int:
 
     import torch
 
-    from .model_file import load_model
-    from .inference.segmentation import IN_MEMORY_LIMIT_PX, SegmentStarted, TileProgress, resampling_factor, segment
-    from .io.slides import Slide
-    from .workflows import export_with_table
+    from ..model.file import load_model
+    from ..inference.segmentation import IN_MEMORY_LIMIT_PX, SegmentStarted, TileProgress, resampling_factor, segment
+    from ..io.slides import Slide
+    from ..workflows import export_with_table
 
     model = load_model(args.model)
     out = Path(args.out)
@@ -323,8 +323,8 @@ def cmd_export(args) -> int:
     import numpy as np
     from skimage import io as skio
 
-    from .model_file import load_model
-    from .workflows import export_with_table
+    from ..model.file import load_model
+    from ..workflows import export_with_table
 
     model = load_model(args.model)
     class_map = np.asarray(skio.imread(args.class_map))
@@ -341,7 +341,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from .methods import available
+    from ..methods import available
 
     print("\n".join(available()))
     return 0

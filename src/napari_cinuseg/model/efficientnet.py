@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .names import EFFICIENTNETS
+from ..runtime.names import EFFICIENTNETS
 
 # (kernel, stride, expansion, output channels, repeats) of the seven stages of EfficientNet-B0,
 # which Lite0 shares.

@@ -89,7 +89,7 @@ def _unshare(value, opened: list):
 
 
 def _child_main() -> int:
-    """``python -m napari_cinuseg.processes``: read (fn, args, kwargs) from stdin, write
+    """``python -m napari_cinuseg.runtime.processes``: read (fn, args, kwargs) from stdin, write
     (ok, result or exception) to stdout; anything printed goes to stderr."""
     result_out = sys.stdout.buffer
     sys.stdout = sys.stderr
@@ -115,7 +115,7 @@ def run_in_process(fn: Callable, *args, poll: float = 0.1, **kwargs) -> Generato
     seconds while it runs, and returns its result or raises its exception. ``fn`` must be a
     module-level function; it, its arguments and its result must pickle (large numpy arguments go
     through shared memory, or a temporary file where it has no room). Keep the result small: it is unpickled here in one call that holds
-    the GIL. The process is ``python -m napari_cinuseg.processes``, not a multiprocessing child,
+    the GIL. The process is ``python -m napari_cinuseg.runtime.processes``, not a multiprocessing child,
     so a script that imported this package is never run again. Closing the generator (a
     cancelled job) ends the process."""
     blocks: list = []
@@ -135,7 +135,7 @@ def run_in_process(fn: Callable, *args, poll: float = 0.1, **kwargs) -> Generato
 
 def _run(payload: bytes, poll: float):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "napari_cinuseg.processes"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "napari_cinuseg.runtime.processes"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         # sent whole before reading: communicate() drops the rest of an input when it times out
@@ -169,6 +169,6 @@ def _run(payload: bytes, poll: float):
 
 
 if __name__ == "__main__":  # the module as imported (its classes are the ones the parent pickled)
-    from napari_cinuseg.processes import _child_main as main
+    from napari_cinuseg.runtime.processes import _child_main as main
 
     sys.exit(main())

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from .names import INPUTS
+from ..runtime.names import INPUTS
 from .network import Architecture, NucleiSegNet
 
 # ImageNet statistics: what torchvision's ResNets expect, and what local pretrained weights need.

@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .io.export import masks_metadata, masks_pyramidal
-from .io.images import IN_MEMORY_LIMIT_PX
+from ..io.export import masks_metadata, masks_pyramidal
+from ..io.images import IN_MEMORY_LIMIT_PX
 from .layer_metadata import PIXEL_SIZE_KEY, RESULT_KEY, result_metadata
-from .io.slides import TIFF_SUFFIXES, closed_on_failure, file_pixel_size, open_tiff
+from ..io.slides import TIFF_SUFFIXES, closed_on_failure, file_pixel_size, open_tiff
 
 # .ome.tif / .ome.tiff end in .tif / .tiff; napari.yaml lists the same (a test checks it)
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -84,7 +84,7 @@ def _read_one(path: Path) -> LayerData:
     if suffix in TIFF_SUFFIXES:
         return _read_tiff(path)
     if suffix in PLAIN_SUFFIXES:
-        from .io.images import read_rgb
+        from ..io.images import read_rgb
 
         try:
             image = read_rgb(path)

@@ -1,0 +1,159 @@
+"""The model file: weights plus a readable JSON record, saved atomically, loaded without unpickling code.
+
+Layout (a ``torch.save`` zip): ``{"format": FORMAT, "format_version": 1, "record": <JSON text>,
+"state_dict": {name: tensor}}``. Loading uses ``torch.load(weights_only=True)``, which refuses any
+pickled Python object; every failure becomes a :class:`ModelFileError` that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..io.atomic import atomic_path
+from .segmenter import CiNuSegModel
+from .network import Architecture, NucleiSegNet
+
+FORMAT = "napari-cinuseg-model"
+FORMAT_VERSION = 1
+SUFFIX = ".cinuseg.pt"
+# The base model shipped with the package (see docs/usage.md for the command that made it).
+BUNDLED_MODEL = Path(__file__).parents[1] / "resources" / "base-consep.cinuseg.pt"
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be read or written; the message says what to do."""
+
+
+def save_model(
+    model: CiNuSegModel,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    half: bool = False,
+) -> Path:
+    """Write ``model`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    Never replaces the file of a model this one was trained from (its prior), even with
+    ``overwrite``; without ``overwrite`` an existing file is never replaced. ``half`` stores
+    floating-point weights as fp16 (for shipping); they are loaded back as fp32.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder; give a file name such as {path / ('model' + SUFFIX)}")
+    if not path.parent.exists():
+        raise ModelFileError(f"the folder {path.parent} does not exist; create it or choose another place")
+    if path.exists():
+        prior_id = _peek_id(path)
+        if prior_id is not None and prior_id in model.lineage:
+            raise ModelFileError(
+                f"{path} holds a model this one was trained from; it is never overwritten. "
+                "Save the new model under another name."
+            )
+        if not overwrite:
+            raise ModelFileError(f"{path} exists; choose another name or allow overwriting")
+
+    state = {}
+    for k, v in model.network.state_dict().items():
+        v = v.detach().cpu()
+        if half and v.is_floating_point():
+            v = v.half()
+        state[k] = v.contiguous()
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "record": json.dumps(model.record(), indent=1, sort_keys=True),
+        "state_dict": state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def _read_payload(path: Path) -> dict:
+    if not path.exists():
+        raise ModelFileError(f"no model file at {path}")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a model file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every reader failure becomes advice
+        text = str(exc)
+        if "Weights only load failed" in text or "Unsupported global" in text or "UnpicklingError" in type(exc).__name__:
+            reason = "it contains pickled Python objects, which are never loaded (they could run code)"
+        elif "zip archive" in text or "central directory" in text or "PytorchStreamReader" in text:
+            reason = "it is not a complete PyTorch file (truncated, or another format)"
+        else:
+            reason = f"it could not be read ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
+        raise ModelFileError(
+            f"{path} is not a usable napari-cinuseg model file: {reason}. "
+            "Choose a file saved by napari-cinuseg (*.cinuseg.pt)."
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError(
+            f"{path} is a PyTorch file but not a napari-cinuseg model (no '{FORMAT}' header); "
+            "choose a file saved by napari-cinuseg (*.cinuseg.pt)"
+        )
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} was written by a newer napari-cinuseg (file format {version}); upgrade the plugin"
+        )
+    return payload
+
+
+def _peek_id(path: Path) -> str | None:
+    try:
+        return json.loads(_read_payload(path)["record"]).get("id")
+    except (ModelFileError, KeyError, TypeError, ValueError):
+        return None
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    """The readable record of a model file, without building the network."""
+    path = Path(path)
+    payload = _read_payload(path)
+    try:
+        record = json.loads(payload["record"])
+        record["classes"], record["architecture"]  # noqa: B018 - required keys
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path} has a damaged record ({exc}); the file cannot be used") from None
+    return record
+
+
+def load_model(path: str | os.PathLike, *, expect_encoder: str | None = None) -> CiNuSegModel:
+    """Read a model file. ``expect_encoder`` refuses a model of another encoder with a clear message."""
+    path = Path(path)
+    payload = _read_payload(path)
+    record = read_record(path)
+    try:
+        arch = Architecture.from_dict(record["architecture"])
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path} describes a network this version cannot build: {exc}") from None
+    if expect_encoder and arch.encoder != expect_encoder:
+        raise ModelFileError(
+            f"{path} is a {arch.encoder} model but {expect_encoder} was asked for; "
+            f"choose encoder {arch.encoder} or another model file"
+        )
+    net = NucleiSegNet(arch)
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise ModelFileError(f"{path} holds no weights")
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{path} holds weights that are not tensors; the file is damaged")
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelFileError(
+            f"{path}'s weights do not match its own description ({str(exc).splitlines()[0]}); the file is damaged"
+        ) from None
+    try:
+        model = CiNuSegModel.from_record(record, net)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ModelFileError(f"{path} has a damaged record ({exc}); the file cannot be used") from None
+    model.source_path = str(path)
+    return model

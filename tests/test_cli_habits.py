@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_cinuseg.cli import build_parser, main
+from napari_cinuseg.cli.parser import build_parser, main
 
 
 def _actions(parser):

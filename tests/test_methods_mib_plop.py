@@ -17,11 +17,11 @@ from napari_cinuseg.methods.plop import (
     classif_adaptive_factor,
     entropy_histogram,
     entropy_pseudo_labels,
-    histogram_medians,
     local_pod,
     local_pod_embedding,
     normalized_entropy,
 )
+from napari_cinuseg.methods._shared import histogram_medians
 from napari_cinuseg.training.settings import TrainSettings
 
 

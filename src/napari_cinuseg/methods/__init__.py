@@ -87,6 +87,17 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}: choose one of {', '.join(available())}") from None
 
 
+#: the methods a wrapper method (EWF, NeST) may train its step with
+BASE_METHODS = ("mib", "plop")
+
+
+def base_method(name: str) -> Method:
+    """The base CISS method that a wrapper method (EWF, NeST) trains its step with."""
+    if name not in BASE_METHODS:
+        raise ValueError(f"unknown base method {name!r}: choose one of {', '.join(BASE_METHODS)}")
+    return get_method(name)
+
+
 def classifier_init(method: Method) -> str:
     """The one place that decides how a step's new classifier rows start: by how the method
     scores classes (its ``scores``; "sigmoid" when it does not say)."""
@@ -109,4 +120,7 @@ def _load_builtin() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-__all__ = ["Method", "StepBatch", "StepContext", "available", "classifier_init", "get_method", "register"]
+__all__ = [
+    "BASE_METHODS", "Method", "StepBatch", "StepContext", "available", "base_method", "classifier_init", "get_method",
+    "register",
+]

@@ -3,7 +3,6 @@ imports another module of this package only when it extends that method, and say
 
 - :func:`histogram_medians`: PLOP's and CoNuSeg's per-class medians of a histogram.
 - :func:`resize_labels`: labels brought to a feature map's size (CoNuSeg, INS, BARM).
-- :func:`make_base`: the base method (MiB or PLOP) that the wrappers EWF and NeST extend.
 """
 
 from __future__ import annotations
@@ -35,18 +34,3 @@ def histogram_medians(histogram: torch.Tensor) -> torch.Tensor:
     below = cum.gather(1, idx[:, None])[:, 0] - in_bin
     median = (idx.double() + (half - below) / in_bin.clamp_min(1)) / nb_bins
     return torch.where(total > 0, median, torch.zeros_like(median)).float().to(histogram.device)
-
-
-def _bases():
-    from .mib import MiB
-    from .plop import PLOP
-
-    return {"mib": MiB, "plop": PLOP}
-
-
-def make_base(name: str):
-    """The base CISS method a wrapper (EWF, NeST) trains the step with."""
-    try:
-        return _bases()[name]()
-    except KeyError:
-        raise ValueError(f"unknown base method {name!r}: choose one of {', '.join(_bases())}") from None

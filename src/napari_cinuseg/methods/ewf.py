@@ -52,8 +52,7 @@ import torch
 from torch import nn
 
 from ..losses import LossOutput
-from . import StepBatch, StepContext, register
-from ._shared import make_base  # EWF extends a base method (MiB or PLOP)
+from . import StepBatch, StepContext, base_method, register  # extends a base method (MiB or PLOP)
 
 __all__ = ["EWF", "fuse_weights", "fusion_factor"]
 
@@ -120,7 +119,7 @@ class EWF:
     _frozen: tuple | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._base = make_base(self.base)
+        self._base = base_method(self.base)
 
     def prepare(self, ctx: StepContext) -> None:
         base_prepare = getattr(self._base, "prepare", None)

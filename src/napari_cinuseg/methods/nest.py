@@ -73,8 +73,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import LossOutput
-from . import StepBatch, StepContext, register
-from ._shared import make_base  # NeST extends a base method (MiB)
+from . import StepBatch, StepContext, base_method, register  # extends a base method (MiB or PLOP)
 from .mib import unbiased_cross_entropy
 
 __all__ = [
@@ -194,7 +193,7 @@ class NeST:
     _base: object = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._base = make_base(self.base)
+        self._base = base_method(self.base)
 
     def prepare(self, ctx: StepContext) -> None:
         net, prior = ctx.model.network, ctx.prior.network

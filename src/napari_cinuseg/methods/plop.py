@@ -65,7 +65,7 @@ import torch.nn.functional as F
 
 from ..losses import IGNORE_INDEX, LossOutput
 from . import StepBatch, StepContext, register
-from ._shared import histogram_medians  # shared with CoNuSeg; importable from here as before
+from ._shared import histogram_medians  # shared with CoNuSeg
 
 __all__ = [
     "PLOP",
@@ -73,7 +73,6 @@ __all__ = [
     "classif_adaptive_factor",
     "entropy_histogram",
     "entropy_pseudo_labels",
-    "histogram_medians",
     "local_pod",
     "local_pod_embedding",
     "normalized_entropy",

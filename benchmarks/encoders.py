@@ -1,4 +1,4 @@
-"""Which encoder and stain measure make a base model that works beyond CoNSeP (issue 13, part 3).
+"""Which encoder and stain measure make a base model that works beyond CoNSeP.
 
 Trains one base model (Epithelial + Spindle-shaped, on the CoNSeP training split) per variant,
 all with the same iteration budget, and reports for each:
@@ -43,7 +43,7 @@ VARIANTS = {
     "lite0-imagenet": dict(encoder="efficientnet-lite0", encoder_weights="imagenet"),
     "lite0-imagenet-stain": dict(encoder="efficientnet-lite0", encoder_weights="imagenet", stain_jitter=1.0),
     "lite0-imagenet-stain-scale": dict(encoder="efficientnet-lite0", encoder_weights="imagenet", stain_jitter=1.0, scale_jitter=0.5),
-    # the input option built from benchmarks/experiments/hematoxylin_input.py (same network and jitter)
+    # the hematoxylin-density input (same network and jitter)
     "resnet18-hematoxylin-stain": dict(encoder="resnet18", encoder_weights=None, input="hematoxylin", stain_jitter=1.0),
 }
 

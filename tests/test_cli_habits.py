@@ -1,4 +1,4 @@
-"""The command line's habits (issue 15): python -m, help for every option with its default, one
+"""The command line's habits: python -m, help for every option with its default, one
 line for a system error, messages through the progress bar, no carriage returns in a log,
 --quiet; and the reader claims every suffix the slide reader reads."""
 

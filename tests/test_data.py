@@ -71,10 +71,28 @@ def test_crops_pad_small_images_and_are_reproducible():
     x, y, box = ds[0]
     assert x.shape == (3, 64, 64) and y.shape == (64, 64)
     assert (y == 255).sum() == 64 * 64 - 40 * 30 and (y == 1).sum() == 40 * 30
+    assert tuple(box.tolist()) == (0, 0, 0, 64)  # (image, top, left, size): the padded image whole
     x2, y2, _ = ds[0]
     assert (x == x2).all() and (y == y2).all()
-    ds.set_epoch(1)
-    assert tuple(box.tolist()) == (0, 0, 0, 64)
+
+
+def test_crops_are_boxes_of_the_image_and_change_with_the_epoch():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (200, 150, 3), dtype=np.uint8)
+    ds = CropDataset([TrainingPair(img, np.zeros((200, 150), np.uint8))], crop=32, seed=3, length=4)
+    boxes = {}
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        for i in range(4):
+            x, _, box = ds[i]
+            _, top, left, c = box.tolist()
+            window = img[top : top + c, left : left + c]
+            # the crop is the box's pixels, up to a rotation by k·90° and a flip
+            views = [np.rot90(window, k) for k in range(4)]
+            views += [v[:, ::-1] for v in views]
+            assert any(np.array_equal(x.permute(1, 2, 0).numpy(), v) for v in views)
+            boxes[epoch, i] = (top, left)
+    assert [boxes[0, i] for i in range(4)] != [boxes[1, i] for i in range(4)]
 
 
 def test_read_dataset_tells_layouts_apart(shared_data, tmp_path):

@@ -1,4 +1,4 @@
-"""What a network sees (issue 13): RGB, or only the hematoxylin density, recorded in the model."""
+"""What a network sees: RGB, or only the hematoxylin density, recorded in the model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A job step in a separate process (the panel's export measures nuclei there, issue 14)."""
+"""A job step in a separate process (the panel's export measures nuclei there)."""
 
 from __future__ import annotations
 

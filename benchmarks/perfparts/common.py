@@ -19,7 +19,7 @@ REPO = SCRIPT.parents[1]
 PARTS = ("training", "tiling", "memory", "gui", "encoders")
 ENCODERS = ("resnet18", "resnet50", "resnet101")
 
-# The targets of the issue. "flat" is this script's reading: the largest slide's peak is at
+# The performance targets (docs/performance.md). "flat" is this script's reading: the largest slide's peak is at
 # most FLAT_FACTOR times the smallest's (the area grows 64x from 4k² to 32k²).
 TARGET_TRAIN_RATIO = 1.5  # CiNuSeg s/it ÷ fine-tuning s/it, at most
 TRAIN_RATIO_FLOOR = 1.35  # the frozen prior's forward alone costs about this much

@@ -11,7 +11,7 @@ with P_c the prior's and N_c the new model's pixels predicted as c (a Dice betwe
 predictions). 1 means the new model predicts class c exactly where the prior did; a class that
 neither model predicts on these images is not measured (``None``).
 
-:func:`confident_share` is the benchmark's diagnostic with labels (issue 12): the share of the
+:func:`confident_share` is the benchmark's diagnostic with labels: the share of the
 ground truth's pixels of each class whose score for that class exceeds τ, i.e. the pixels that
 eq. 1 would pseudo-label with that class at the next step.
 """

@@ -25,8 +25,12 @@ class ConfusionMatrix:
         self.counts += np.bincount(t * self.k + p, minlength=self.k * self.k).reshape(self.k, self.k)
 
     def dice(self) -> np.ndarray:
-        """2·TP / (|GT| + |Pred|) per class; NaN for a class absent from both."""
+        """2·TP / (|GT| + |Pred|) per class; NaN for a class with no ground-truth pixels, whatever
+        was predicted of it: such a class is scored for no method, so every method's mean is over
+        the same classes (a prediction of an absent class still lowers the other classes' Dice,
+        through their false positives and negatives)."""
         tp = np.diag(self.counts).astype(np.float64)
-        denom = self.counts.sum(0) + self.counts.sum(1)
+        truth = self.counts.sum(1)
+        denom = self.counts.sum(0) + truth
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(denom > 0, 2 * tp / denom, np.nan)
+            return np.where(truth > 0, 2 * tp / denom, np.nan)

@@ -22,6 +22,18 @@ def summarize(protocol: Protocol, dice: dict[str, float]) -> dict[str, float]:
     return {"old": mean(protocol.base_classes), "new": mean(protocol.added_classes), "mean": mean(protocol.all_classes)}
 
 
+def scored_classes(protocol_summary: dict) -> tuple[list[str], list[str]]:
+    """(classes scored, classes with no test pixels) of one protocol's summary: a class without
+    test pixels has Dice NaN for every method (analysis.metrics), so it is the same for all."""
+    scored, absent = [], []
+    for s in protocol_summary.values():
+        for name, value in (s.get("per_class") or {}).items():
+            target = scored if value == value else absent
+            if name not in scored and name not in absent:
+                target.append(name)
+    return scored, absent
+
+
 def seen_mean(dice: dict[str, float]) -> float:
     """One point of the per-step curve (Fig. 5): mean Dice over the classes the model knows at that
     step (classes without test pixels, NaN, left out)."""
@@ -62,6 +74,11 @@ def write_table(results: dict, path: Path) -> None:
         f"seed {cfg.get('settings', {}).get('seed')}, encoder {cfg.get('settings', {}).get('encoder')}, "
         f"{mach.get('device', '')}.",
     ]
+    for p in protocols:
+        scored, absent = scored_classes(summary[p])
+        rows.append(f"{p}: scored {', '.join(scored) or 'none'}" + (f"; not scored (no test pixels) {', '.join(absent)}" if absent else "") + ".")
+    if cfg.get("test_image_names"):
+        rows.append("Test images: " + ", ".join(cfg["test_image_names"]) + ".")
     path.write_text("\n".join(rows) + "\n")
 
 

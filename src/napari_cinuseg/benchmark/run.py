@@ -1,5 +1,5 @@
 """The paper's experiments in one job: protocols × methods, per-step evaluation; the table and
-curves it writes are benchmark_report.py's.
+curves it writes are report.py's.
 
 A generator like every long job: it yields the training events of each step it runs plus its own
 events, and returns the results. Every step model is cached under ``out/models/`` and every
@@ -24,6 +24,7 @@ from .. import __version__
 from ..io.atomic import atomic_json
 from ..datasets.labelled import LabelledSet, split_by_source, step_pairs
 from ..runtime.devices import describe, resolve_device
+from ..runtime.events import BenchmarkStarted, PriorUnconfident, StepEvaluated, StepPlanned
 from ..analysis.evaluation import evaluate
 from .report import seen_mean, summarize, write_curves, write_table
 from ..analysis.forgetting import confident_share
@@ -37,35 +38,10 @@ from ..training.steps import train_base, train_step
 # Settings that change how a step runs but not what it learns: a cached model trained with other
 # values of these is still valid.
 _RUN_ONLY = {"device", "num_workers", "log_every", "amp"}
-
-
-@dataclass(frozen=True)
-class BenchmarkStarted:
-    protocols: tuple[str, ...]
-    methods: tuple[str, ...]
-    train_images: int
-    test_images: int
-    device: str
-
-
-@dataclass(frozen=True)
-class StepPlanned:
-    """A step model is about to be trained (``cached=False``) or was found on disk."""
-
-    protocol: str
-    method: str
-    step: int
-    classes: tuple[str, ...]
-    cached: bool
-
-
-@dataclass(frozen=True)
-class StepEvaluated:
-    protocol: str
-    method: str
-    step: int
-    dice: dict[str, float]
-    cached: bool
+#: how evaluations are scored; a cached evaluation scored otherwise is computed again
+SCORING = "dice, NaN for a class without test pixels"
+#: below this share of an old class's test pixels above τ, a step's prior is said to be unconfident
+CONFIDENT_FLOOR = 0.25
 
 
 @dataclass
@@ -136,47 +112,89 @@ def _check_cached(
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
-    out = Path(cfg.out)
-    (out / "models").mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    evaluations: dict = results.setdefault("evaluations", {})
-    timings: dict = results.setdefault("train_seconds", {})
-    settings = cfg.settings
-    order = list(cfg.class_order or CLASS_ORDERS.get(cfg.dataset, cfg.train.class_names))
-    protocols = [make_protocol(p, order, cfg.train.class_names) for p in cfg.protocols]
-    methods = [get_method(m) for m in cfg.methods]
-    device = resolve_device(settings.device)
-    results["config"] = {
-        "dataset": cfg.dataset,
-        "protocols": {p.name: [list(s) for s in p.steps] for p in protocols},
-        "methods": [m.name for m in methods],
-        "settings": settings.to_dict(),
-        "train_images": len(cfg.train.items),
-        "train_sources": len(cfg.train.sources),
-        "test_images": len(cfg.test.items),
-        "test_sources": len(cfg.test.sources),
-        "test": cfg.test_description,
-        "command": cfg.command,
-        **cfg.extra,
-    }
-    results["machine"] = {
-        "device": describe(device),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "napari_cinuseg": __version__,
-    }
-    yield BenchmarkStarted(tuple(p.name for p in protocols), tuple(m.name for m in methods), len(cfg.train.items), len(cfg.test.items), describe(device))
-    t_start = time.perf_counter()
+    """Train and score every protocol × method (see the module's docstring); returns the results."""
+    return (yield from _BenchmarkRun(cfg).run())
 
-    def model_at(path: Path, classes, method_name, pairs, job_factory, protocol, method, step, prior=None):
+
+class _BenchmarkRun:
+    """One benchmark job: its results file, cache of models and evaluations, and the steps."""
+
+    def __init__(self, cfg: BenchmarkConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        (self.out / "models").mkdir(parents=True, exist_ok=True)
+        self.results_path = self.out / "results.json"
+        self.results = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+        self.evaluations: dict = self.results.setdefault("evaluations", {})
+        self.timings: dict = self.results.setdefault("train_seconds", {})
+        self.summary: dict = self.results.setdefault("summary", {})
+        self.curves: dict = self.results.setdefault("curves", {})
+        self.settings = cfg.settings
+        order = list(cfg.class_order or CLASS_ORDERS.get(cfg.dataset, cfg.train.class_names))
+        self.protocols = [make_protocol(p, order, cfg.train.class_names) for p in cfg.protocols]
+        self.methods = [get_method(m) for m in cfg.methods]
+        self.device = resolve_device(self.settings.device)
+        self.test_set = hashlib.sha256("\n".join(sorted(it.name for it in cfg.test.items)).encode()).hexdigest()[:16]
+
+    def run(self) -> Generator[object, None, dict]:
+        self._record_config()
+        yield BenchmarkStarted(
+            tuple(p.name for p in self.protocols), tuple(m.name for m in self.methods),
+            len(self.cfg.train.items), len(self.cfg.test.items), describe(self.device),
+        )
+        t_start = time.perf_counter()
+        for protocol in self.protocols:
+            base = None
+            for method in self.methods:
+                if getattr(method, "joint", False):
+                    done = yield from self._offline(protocol, method)
+                else:
+                    if base is None:
+                        base = yield from self._base(protocol)
+                        if base is None:
+                            return self.results
+                    done = yield from self._incremental(protocol, method, base)
+                if not done:  # cancelled: what finished is saved
+                    return self.results
+        self.results["wall_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
+        atomic_json(self.results_path, self.results)
+        if not self.cfg.steps_only:
+            write_table(self.results, self.out / "table.md")
+            write_curves(self.results, self.out)
+        return self.results
+
+    def _record_config(self) -> None:
+        cfg = self.cfg
+        self.results["config"] = {
+            "dataset": cfg.dataset,
+            "protocols": {p.name: [list(s) for s in p.steps] for p in self.protocols},
+            "methods": [m.name for m in self.methods],
+            "settings": self.settings.to_dict(),
+            "train_images": len(cfg.train.items),
+            "train_sources": len(cfg.train.sources),
+            "test_images": len(cfg.test.items),
+            "test_sources": len(cfg.test.sources),
+            "test_image_names": sorted(it.name for it in cfg.test.items),
+            "test": cfg.test_description,
+            "scoring": SCORING,
+            "command": cfg.command,
+            **cfg.extra,
+        }
+        self.results["machine"] = {
+            "device": describe(self.device),
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "napari_cinuseg": __version__,
+        }
+
+    def _model_at(self, path: Path, classes, method_name, pairs, job_factory, protocol, method, step, prior=None):
         """Load a cached step model, or train it (yielding the training's events)."""
         images = [p.name for p in pairs]
         if path.exists():
             model = load_model(path)
-            _check_cached(model, path, classes, method_name, settings, images, prior)
+            _check_cached(model, path, classes, method_name, self.settings, images, prior)
             yield StepPlanned(protocol, method, step, tuple(classes), True)
             return model
         yield StepPlanned(protocol, method, step, tuple(classes), False)
@@ -184,102 +202,91 @@ def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
         model = yield from job_factory(path)
         if model is None:  # cancelled: nothing was saved
             return None
-        timings[str(path.relative_to(out))] = model.steps[-1].results.get("seconds")
-        atomic_json(results_path, results)
+        self.timings[str(path.relative_to(self.out))] = model.steps[-1].results.get("seconds")
+        atomic_json(self.results_path, self.results)
         return model
 
-    test_set = hashlib.sha256("\n".join(sorted(it.name for it in cfg.test.items)).encode()).hexdigest()[:16]
-
-    def evaluated(model, protocol, method, step):
+    def _evaluated(self, model, protocol, method, step):
+        """Dice per known class on the test set (cached by model and test set), and the share of
+        each known class's test pixels the model scores above τ: what eq. 1 would pseudo-label
+        with that class at the next step."""
         key = f"{protocol}/{method}/step{step}"
-        cached = evaluations.get(key)
-        if cached and cached.get("model_id") == model.id and cached.get("test_set") == test_set:
+        cached = self.evaluations.get(key)
+        if (cached and cached.get("model_id") == model.id and cached.get("test_set") == self.test_set
+                and cached.get("scoring") == SCORING):
             yield StepEvaluated(protocol, method, step, cached["dice"], True)
             return cached["dice"]
         # classes not learned yet are ignored on purpose (Fig. 5): no warning for them
-        dice = evaluate(model, cfg.test, settings.device, say_unscored=False)
-        # Issue 12's diagnostic: the share of each known class's test pixels the model scores
-        # above τ (what eq. 1 would pseudo-label with that class at the next step).
-        known = [c for c in model.class_names if c in cfg.test.class_names]
-        confident = confident_share(model, cfg.test, known, settings.tau, device)
-        evaluations[key] = {"model_id": model.id, "test_set": test_set, "dice": dice, "classes": model.class_names, "confident": confident}
-        atomic_json(results_path, results)
+        dice = evaluate(model, self.cfg.test, self.settings.device, say_unscored=False)
+        known = [c for c in model.class_names if c in self.cfg.test.class_names]
+        confident = confident_share(model, self.cfg.test, known, self.settings.tau, self.device)
+        self.evaluations[key] = {
+            "model_id": model.id, "test_set": self.test_set, "scoring": SCORING, "dice": dice,
+            "classes": model.class_names, "confident": confident,
+        }
+        atomic_json(self.results_path, self.results)
         yield StepEvaluated(protocol, method, step, dice, False)
         return dice
 
-    summary: dict = results.setdefault("summary", {})
-    curves: dict = results.setdefault("curves", {})
-    for protocol in protocols:
-        pdir = out / "models" / f"seed{settings.seed}" / protocol.name
-        base = None
-        for method in methods:
-            if getattr(method, "joint", False):
-                classes = list(protocol.all_classes)
-                path = out / "models" / f"seed{settings.seed}" / f"offline-{'_'.join(c.lower() for c in sorted(classes))}.cinuseg.pt"
-                pairs = step_pairs(cfg.train, classes)
-                model = yield from model_at(
-                    path,
-                    classes,
-                    "base",
-                    pairs,
-                    lambda p, c=classes, pairs=pairs: train_base(pairs, c, settings, out=p, pixel_size=cfg.train.pixel_size),
-                    protocol.name,
-                    method.name,
-                    0,
-                )
-                if model is None:
-                    return results
-                if not cfg.steps_only:
-                    dice = yield from evaluated(model, protocol.name, method.name, 0)
-                    joint = summary.setdefault(protocol.name, {})[method.name] = summarize(protocol, dice)
-                    curves.setdefault(protocol.name, {})[method.name] = [joint["mean"]] * len(protocol.steps)
-                continue
-            if base is None:
-                classes = list(protocol.base_classes)
-                pairs = step_pairs(cfg.train, classes)
-                base = yield from model_at(
-                    pdir / "base.cinuseg.pt",
-                    classes,
-                    "base",
-                    pairs,
-                    lambda p, c=classes, pairs=pairs: train_base(pairs, c, settings, out=p, pixel_size=cfg.train.pixel_size),
-                    protocol.name,
-                    "base",
-                    0,
-                )
-                if base is None:
-                    return results
-            model, curve = base, []
-            if not cfg.steps_only:
-                dice = yield from evaluated(base, protocol.name, "base", 0)
+    def _train_base(self, classes, protocol, method_name, path):
+        pairs = step_pairs(self.cfg.train, classes)
+        return (yield from self._model_at(
+            path, classes, "base", pairs,
+            lambda p: train_base(pairs, classes, self.settings, out=p, pixel_size=self.cfg.train.pixel_size),
+            protocol.name, method_name, 0,
+        ))
+
+    def _offline(self, protocol, method):
+        """Offline: one model trained on every class of the protocol at once (the upper bound)."""
+        classes = list(protocol.all_classes)
+        path = self.out / "models" / f"seed{self.settings.seed}" / f"offline-{'_'.join(c.lower() for c in sorted(classes))}.cinuseg.pt"
+        model = yield from self._train_base(classes, protocol, method.name, path)
+        if model is None:
+            return False
+        if not self.cfg.steps_only:
+            dice = yield from self._evaluated(model, protocol.name, method.name, 0)
+            joint = self.summary.setdefault(protocol.name, {})[method.name] = summarize(protocol, dice)
+            joint["per_class"] = dice
+            self.curves.setdefault(protocol.name, {})[method.name] = [joint["mean"]] * len(protocol.steps)
+        return True
+
+    def _base(self, protocol):
+        """Step 0 of a protocol: the base model every incremental method starts from."""
+        path = self.out / "models" / f"seed{self.settings.seed}" / protocol.name / "base.cinuseg.pt"
+        return (yield from self._train_base(list(protocol.base_classes), protocol, "base", path))
+
+    def _prior_check(self, prior, protocol, method, step):
+        """Yield PriorUnconfident when the step's prior scores few of an old class above τ."""
+        key = f"{protocol}/{'base' if step == 1 else method}/step{step - 1}"
+        shares = (self.evaluations.get(key) or {}).get("confident") or {}
+        low = {c: v for c, v in shares.items() if v is not None and v < CONFIDENT_FLOOR and c in prior.class_names}
+        if low:
+            yield PriorUnconfident(protocol, method, step, self.settings.tau, low)
+
+    def _incremental(self, protocol, method, base):
+        """Steps 1..T of a protocol with one method, from the protocol's base model."""
+        pdir = self.out / "models" / f"seed{self.settings.seed}" / protocol.name
+        model, curve, dice = base, [], None
+        if not self.cfg.steps_only:
+            dice = yield from self._evaluated(base, protocol.name, "base", 0)
+            curve.append(seen_mean(dice))
+        for t in range(1, len(protocol.steps)):
+            new, prior = list(protocol.steps[t]), model
+            pairs = step_pairs(self.cfg.train, new)
+            if not self.cfg.steps_only:
+                yield from self._prior_check(prior, protocol.name, method.name, t)
+            model = yield from self._model_at(
+                pdir / method.name / f"step{t}.cinuseg.pt", list(protocol.seen_after(t)), method.name, pairs,
+                lambda p, prior=prior, new=new, pairs=pairs: train_step(prior, pairs, new, self.settings, method=method.name, out=p),
+                protocol.name, method.name, t, prior=prior,
+            )
+            if model is None:
+                return False
+            if not self.cfg.steps_only:
+                dice = yield from self._evaluated(model, protocol.name, method.name, t)
                 curve.append(seen_mean(dice))
-            for t in range(1, len(protocol.steps)):
-                new = list(protocol.steps[t])
-                prior = model
-                pairs = step_pairs(cfg.train, new)
-                model = yield from model_at(
-                    pdir / method.name / f"step{t}.cinuseg.pt",
-                    list(protocol.seen_after(t)),
-                    method.name,
-                    pairs,
-                    lambda p, prior=prior, new=new, pairs=pairs: train_step(prior, pairs, new, settings, method=method.name, out=p),
-                    protocol.name,
-                    method.name,
-                    t,
-                    prior=prior,
-                )
-                if model is None:
-                    return results
-                if not cfg.steps_only:
-                    dice = yield from evaluated(model, protocol.name, method.name, t)
-                    curve.append(seen_mean(dice))
-            if not cfg.steps_only:
-                summary.setdefault(protocol.name, {})[method.name] = summarize(protocol, dice)
-                summary[protocol.name][method.name]["per_class"] = dice
-                curves.setdefault(protocol.name, {})[method.name] = curve
-    results["wall_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
-    atomic_json(results_path, results)
-    if not cfg.steps_only:
-        write_table(results, out / "table.md")
-        write_curves(results, out)
-    return results
+        if not self.cfg.steps_only:
+            self.summary.setdefault(protocol.name, {})[method.name] = summarize(protocol, dice)
+            self.summary[protocol.name][method.name]["per_class"] = dice
+            self.curves.setdefault(protocol.name, {})[method.name] = curve
+        return True

@@ -1,4 +1,4 @@
-"""Typed progress events yielded by every long job (training now; segmentation later).
+"""Typed progress events yielded by every long job: training, segmentation, export, benchmark.
 
 The GUI wraps a job's generator in a napari ``thread_worker`` and turns events into widgets and
 layers; the CLI drains it with a progress bar; tests drain it directly.
@@ -109,3 +109,47 @@ class ExportProgress:
 
     done: int
     total: int
+
+
+# The benchmark's own events (benchmark/run.py), besides the training events of each step it runs.
+
+
+@dataclass(frozen=True)
+class BenchmarkStarted:
+    protocols: tuple[str, ...]
+    methods: tuple[str, ...]
+    train_images: int
+    test_images: int
+    device: str
+
+
+@dataclass(frozen=True)
+class StepPlanned:
+    """A step model is about to be trained (``cached=False``) or was found on disk."""
+
+    protocol: str
+    method: str
+    step: int
+    classes: tuple[str, ...]
+    cached: bool
+
+
+@dataclass(frozen=True)
+class StepEvaluated:
+    protocol: str
+    method: str
+    step: int
+    dice: dict[str, float]
+    cached: bool
+
+
+@dataclass(frozen=True)
+class PriorUnconfident:
+    """A step starts from a prior that scores few of an old class's test pixels above τ: every
+    τ-based method (eq. 1's pseudo-labels) then sees little of that class, whatever it does."""
+
+    protocol: str
+    method: str
+    step: int
+    tau: float
+    shares: dict[str, float]  # old class -> share of its test pixels above τ, those below the floor

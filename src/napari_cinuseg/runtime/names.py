@@ -10,7 +10,7 @@ ENCODERS = RESNETS + EFFICIENTNETS
 DECODERS = ("unet", "aspp")
 DATASETS = ("consep", "monusac", "folder")
 # What a network sees: the RGB image, or only its hematoxylin optical density (nuclei), which
-# carries across scanners and stains better (docs/benchmarks.md, issue 13) and loses the colour
+# carries across scanners and stains better (docs/benchmarks.md) and loses the colour
 # that tells some classes apart.
 INPUTS = ("rgb", "hematoxylin")
 

@@ -1,0 +1,80 @@
+"""Train one benchmark step again with some settings changed, from the same prior, images and
+other settings as a cached step model of a `cinuseg benchmark` run, and score it like the
+benchmark (Dice and the share of each known class's test pixels above τ) on the same validation
+split: how a setting the paper leaves open changes one step, without re-running the protocol.
+
+    python3 benchmarks/step_variant.py --like runs/R/models/seed0/2-1/cinuseg/step1.cinuseg.pt \\
+        --prior runs/R/models/seed0/2-1/base.cinuseg.pt --set adaptive_tau=true --out runs/exp-x
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from napari_cinuseg import drain, load_model, train_step
+from napari_cinuseg.analysis.evaluation import evaluate
+from napari_cinuseg.analysis.forgetting import confident_share
+from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source, step_pairs
+from napari_cinuseg.training.settings import from_dict
+
+def parse(value: str):
+    """true/false, a number, or the text as it is (e.g. pkd_scores=sigmoid)."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--like", required=True, help="a cached step model whose prior, images and settings to reuse")
+    ap.add_argument("--prior", required=True, help="that step's prior model")
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE (true/false, numbers), repeatable")
+    ap.add_argument("--dataset", choices=("consep", "monusac"), default="consep")
+    ap.add_argument("--data", help="data root (default $CINUSEG_DATA, else ../shared/data)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+
+    like, prior = load_model(args.like), load_model(args.prior)
+    record = like.steps[-1]
+    if like.lineage[-1] != prior.id:
+        raise SystemExit(f"{args.prior} is not the prior of {args.like}")
+    changes = {key: parse(value) for key, value in (kv.split("=", 1) for kv in args.set)}
+    settings = from_dict(record.settings).replace(**changes)
+
+    root = data_dir(args.data)
+    data = read_consep_patches(root / "consep") if args.dataset == "consep" else read_monusac_images(root / "monusac")
+    train, val = split_by_source(data)
+    new = [c for c in like.class_names if c not in prior.class_names]
+    pairs = step_pairs(train, new)
+    if [p.name for p in pairs] != record.data.get("images"):
+        raise SystemExit("the split's images differ from the cached step's")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "-".join(f"{k}={v}" for k, v in changes.items()) or "same"
+    path = out / f"{Path(args.like).parent.name}-{Path(args.like).stem.split('.')[0]}-{tag}.cinuseg.pt"
+    t0 = time.time()
+    model = load_model(path) if path.exists() else drain(train_step(prior, pairs, new, settings, method=record.method, out=path))
+    row = {
+        "like": args.like,
+        "changes": changes,
+        "seconds": round(time.time() - t0),
+        "dice": evaluate(model, val, "cpu", say_unscored=False),
+        "confident": confident_share(model, val, [c for c in model.class_names if c in val.class_names], settings.tau, "cpu"),
+        "forgetting": model.steps[-1].results.get("forgetting"),
+        "reference_dice": evaluate(like, val, "cpu", say_unscored=False),
+    }
+    print(json.dumps(row), flush=True)
+    (out / f"{path.stem}.json").write_text(json.dumps(row, indent=1))
+    return row
+
+
+if __name__ == "__main__":
+    main()

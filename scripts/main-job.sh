@@ -3,6 +3,9 @@
 # that adds "Other" without the base step's data, then Dice on a validation split held out by
 # source image. Uses the small CPU preset; pass e.g. PRESET=paper on a GPU.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+# the environment .ci/setup makes, where there is one
+if [ -x .venv/bin/cinuseg ]; then PATH="$PWD/.venv/bin:$PATH"; fi
 DATA="${CINUSEG_DATA:-../shared/data}"
 OUT="${OUT:-runs/main-job}"
 PRESET="${PRESET:-cpu}"

@@ -106,3 +106,19 @@ def test_read_dataset_tells_layouts_apart(shared_data, tmp_path):
         read_dataset("pannuke", tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_dataset("consep", tmp_path / "missing")
+
+
+def test_the_balanced_split_gives_every_class_a_fair_share_of_the_held_out_slides(shared_data):
+    from napari_cinuseg.datasets.labelled import class_pixels_by_source, read_monusac_images
+
+    data = read_monusac_images(shared_data / "monusac")
+    counts = class_pixels_by_source(data)
+    total = sum(counts.values())
+    _, random_val = split_by_source(data, 0.2, seed=0, balanced=False)
+    assert (sum(counts[s] for s in random_val.sources) == 0).any()  # a random choice misses a class here
+    for seed in (0, 1, 2):
+        train, val = split_by_source(data, 0.2, seed=seed)
+        assert not set(train.sources) & set(val.sources) and len(val.sources) == 2
+        share = sum(counts[s] for s in val.sources) / total
+        assert ((share > 0.1) & (share < 0.35)).all(), (val.sources, share)
+    assert split_by_source(data, 0.2, seed=1)[1].sources == split_by_source(data, 0.2, seed=1)[1].sources

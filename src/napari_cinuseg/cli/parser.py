@@ -27,9 +27,15 @@ from .commands import (
 from .console import CONSOLE
 from ..runtime.names import DATASETS, ENCODERS, INPUTS
 from ..training.settings import PRESETS, USER_SETTINGS
-# The incremental methods, for the help (methods/ registers them; listing them there would import
-# PyTorch): a name not in the registry is refused by the engine with the full list.
-METHODS_HELP = "cinuseg (and its ablations cinuseg-baseline, cinuseg+acl, cinuseg+drr, cinuseg+acl+drr), mib, plop, conuseg, ins, ewf, idec, nest, barm, finetune, offline; `cinuseg methods` lists them"
+# Where an option's help lists the incremental methods: the help formatter fills it in from the
+# registry (methods/), only when help is printed, since the registry imports PyTorch.
+METHODS_HELP = "{methods}"
+
+
+def _methods_list() -> str:
+    from ..methods import available
+
+    return ", ".join(available())
 
 
 def _add_data(p: argparse.ArgumentParser, default_split: str) -> None:
@@ -77,6 +83,8 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action) -> str:
         text = action.help or ""
+        if METHODS_HELP in text:
+            text = text.replace(METHODS_HELP, _methods_list())
         if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)) or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
@@ -111,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p, "train")
     _add_settings(p)
     p.add_argument("--new-classes", "--new-class", required=True, help="comma-separated new classes")
-    p.add_argument("--method", default="cinuseg", help="the incremental method: " + METHODS_HELP)
+    p.add_argument("--method", default="cinuseg", help="the incremental method, one of " + METHODS_HELP)
     p.add_argument("--out", required=True, help="new model file (*.cinuseg.pt); never overwritten")
     p.set_defaults(func=cmd_step)
 

@@ -1,9 +1,9 @@
 """Copy a running benchmark's results.json into docs with only the methods whose every step
-finished and was evaluated (their summary computed as `cinuseg benchmark` does), so no figure of
-an unfinished step reaches the docs.
+finished and was evaluated (their summary computed and scored as `cinuseg benchmark` does now,
+``benchmark.report.rescored``), so no figure of an unfinished step reaches the docs.
 
     python3 scripts/benchmark_snapshot.py runs/bench-monusac-1-1-r18/results.json \
-        docs/benchmarks/monusac-1-1-cpu-seed0-issue12.json
+        docs/benchmarks/monusac-1-1-cpu-seed0.json [--curves docs/benchmarks/]
 
 One run's methods may be split over several output folders that share its base model (a copy of
 the folder, run with other `--methods` on another core). Give each results.json with `--with`:
@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_cinuseg.benchmark.report import seen_mean, summarize
+from napari_cinuseg.benchmark.report import rescored, seen_mean, summarize, write_curves
 from napari_cinuseg.datasets.protocols import Protocol
 from napari_cinuseg.io.atomic import atomic_json
 
@@ -97,11 +97,16 @@ def main(argv=None) -> int:
     ap.add_argument("--with", dest="parts", type=Path, action="append", default=[],
                     help="results.json of another part of the same run (a copy of its folder "
                          "that ran other methods); may repeat")
+    ap.add_argument("--curves", type=Path, help="also draw the per-step curves, as <out stem>.png in this folder")
     args = ap.parse_args(argv)
-    parts = [json.loads(p.read_text()) for p in args.parts]
-    first = json.loads(args.results.read_text())
+    parts = [rescored(json.loads(p.read_text())) for p in args.parts]
+    first = rescored(json.loads(args.results.read_text()))
     snap = merge(first, *parts) if parts else snapshot(first)
     atomic_json(args.out, snap)
+    if args.curves:
+        write_curves(snap, args.curves)
+        for protocol in snap["curves"]:
+            (args.curves / f"curve-{protocol}.png").replace(args.curves / f"{args.out.stem}.png")
     for p, methods in snap["summary"].items():
         print(p, ", ".join(f"{m} {s['mean']:.2f}" for m, s in methods.items()))
     return 0

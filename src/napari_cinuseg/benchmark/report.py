@@ -1,10 +1,11 @@
-"""What a benchmark's results say (``results.json`` of analysis/benchmark.py): each method's Old /
+"""What a benchmark's results say (``results.json`` of run.py): each method's Old /
 New / Mean per protocol, the paper's Table 1 layout with CiNuSeg's ratio to offline beside the
 paper's, the share of old-class pixels kept above τ, and the per-step curves (Fig. 5 layout).
 Reads only the results dictionary, so it also renders a snapshot of a run (scripts/)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,41 @@ def seen_mean(dice: dict[str, float]) -> float:
     """One point of the per-step curve (Fig. 5): mean Dice over the classes the model knows at that
     step (classes without test pixels, NaN, left out)."""
     return float(np.mean([v for v in dice.values() if v == v]))
+
+
+#: how evaluations are scored; a cached evaluation scored otherwise is computed again
+SCORING = "dice, NaN for a class without test pixels"
+
+
+def rescored(results: dict) -> dict:
+    """A results dictionary scored as the benchmark scores now: a class without test pixels has
+    Dice NaN for every method (``analysis.metrics``). Under the earlier rule such a class was 0 for
+    a method that predicted some of it and NaN for one that did not, so a NaN anywhere in one
+    protocol's evaluations marks a class without test pixels. Its Dice becomes NaN in every
+    evaluation of that protocol, and the summaries and per-step curves are computed again; the
+    other classes' figures are unchanged (the test set and models are the same)."""
+    out = json.loads(json.dumps(results))  # a deep copy, NaN and all
+    for protocol, per_method in out.get("summary", {}).items():
+        evals = {k: v for k, v in out.get("evaluations", {}).items() if k.startswith(protocol + "/")}
+        absent = {c for v in evals.values() for c, d in v["dice"].items() if d != d}
+        for v in evals.values():
+            v["dice"] = {c: (float("nan") if c in absent else d) for c, d in v["dice"].items()}
+        steps = Protocol(protocol, tuple(tuple(x) for x in out["config"]["protocols"][protocol]))
+        last = max(int(k.rsplit("step", 1)[1]) for k in evals)
+        for method in per_method:
+            key = f"{protocol}/{method}/step{0 if method == 'offline' else last}"
+            if key not in evals:
+                continue
+            dice = evals[key]["dice"]
+            per_method[method] = {**summarize(steps, dice), "per_class": dice}
+            if method == "offline":
+                curve = [per_method[method]["mean"]] * len(steps.steps)
+            else:
+                keys = [f"{protocol}/base/step0"] + [f"{protocol}/{method}/step{t}" for t in range(1, last + 1)]
+                curve = [seen_mean(evals[k]["dice"]) for k in keys if k in evals]
+            out.setdefault("curves", {}).setdefault(protocol, {})[method] = curve
+    out.setdefault("config", {})["scoring"] = SCORING
+    return out
 
 
 def write_table(results: dict, path: Path) -> None:

@@ -26,7 +26,7 @@ from ..datasets.labelled import LabelledSet, split_by_source, step_pairs
 from ..runtime.devices import describe, resolve_device
 from ..runtime.events import BenchmarkStarted, PriorUnconfident, StepEvaluated, StepPlanned
 from ..analysis.evaluation import evaluate
-from .report import seen_mean, summarize, write_curves, write_table
+from .report import SCORING, seen_mean, summarize, write_curves, write_table
 from ..analysis.forgetting import confident_share
 from ..methods import get_method
 from ..model.segmenter import CiNuSegModel, StepRecord
@@ -38,8 +38,6 @@ from ..training.steps import train_base, train_step
 # Settings that change how a step runs but not what it learns: a cached model trained with other
 # values of these is still valid.
 _RUN_ONLY = {"device", "num_workers", "log_every", "amp"}
-#: how evaluations are scored; a cached evaluation scored otherwise is computed again
-SCORING = "dice, NaN for a class without test pixels"
 #: below this share of an old class's test pixels above τ, a step's prior is said to be unconfident
 CONFIDENT_FLOOR = 0.25
 

@@ -40,7 +40,7 @@ def _notices(record):
 @pytest.fixture
 def rgb(shared_data):
     """A real H&E patch (CoNSeP), 96 × 96."""
-    path = next(iter(sorted((shared_data / "consep").rglob("*.png"))))
+    path = next(iter(sorted((shared_data / "consep" / "train" / "images").glob("*.jpg"))))
     return read_rgb(path)[:96, :96]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, describe_write_failure
 from .segmenter import CiNuSegModel
 from .network import Architecture, NucleiSegNet
 
@@ -78,32 +78,8 @@ def save_model(
             "Save this model under another name"
         ) from None
     except (OSError, RuntimeError) as exc:
-        raise ModelFileError(f"{path} could not be written: {write_failure(exc, path)}") from None
+        raise ModelFileError(f"{path} could not be written: {describe_write_failure(exc, path)}") from None
     return path
-
-
-def write_failure(exc: BaseException, path: str | os.PathLike) -> str:
-    """Why writing ``path`` failed, in words, with what to do: a full disk and a folder that
-    cannot be written are recognised also where PyTorch's zip writer hides them ("enforce fail
-    at inline_container.cc")."""
-    import errno
-    import shutil
-
-    folder = Path(path).parent
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in str(exc):
-        return f"the disk is full (no space left on device); free space in {folder} or choose another place"
-    if isinstance(exc, PermissionError) or isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS):
-        return f"{folder} cannot be written (permission denied or read-only); choose a folder you may write to"
-    if "inline_container" in str(exc) or "PytorchStreamWriter" in str(exc):
-        try:
-            free = shutil.disk_usage(folder).free
-        except OSError:
-            free = None
-        if free is not None and free < 64 * 2**20:
-            return f"the disk is full ({free / 2**20:.1f} MB free in {folder}); free space or choose another place"
-        return f"PyTorch's writer failed ({str(exc).splitlines()[0]}); is the disk full or the folder unwritable?"
-    cause = getattr(exc, "strerror", None) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    return f"{cause}; choose another place"
 
 
 def _not_a_torch_file(path: Path) -> str | None:

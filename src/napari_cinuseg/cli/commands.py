@@ -138,15 +138,23 @@ def _save_or_rescue(model, out: Path) -> Path:
     return path
 
 
+def _claim_model(out: Path):
+    """The claim on a new model's file; under torchrun rank 0 holds it (it alone saves)."""
+    import contextlib
+
+    from ..io.claims import claim
+
+    return claim(out) if _MAIN_RANK else contextlib.nullcontext()
+
+
 def cmd_train_base(args) -> int:
     from ..datasets.labelled import step_pairs
-    from ..io.claims import claim
     from ..training.steps import _check_out, train_base
 
     out = Path(args.out)
     _check_out(out, None)
     _check_room(out, BASE_MODEL_ROOM)
-    with claim(out):  # a second run with the same --out is refused now, not after training
+    with _claim_model(out):  # a second run with the same --out is refused now, not after training
         data = _load_data(args)
         classes = _names(args.classes) if args.classes else data.class_names
         pairs = step_pairs(data, classes)
@@ -161,7 +169,6 @@ def cmd_train_base(args) -> int:
 
 def cmd_step(args) -> int:
     from ..datasets.labelled import step_pairs
-    from ..io.claims import claim
     from ..model.file import load_model
     from ..training.steps import _check_out, train_step
 
@@ -169,7 +176,7 @@ def cmd_step(args) -> int:
     out = Path(args.out)
     _check_out(out, prior)
     _check_room(out, int(os.path.getsize(args.prior) * 1.1) + 2**20)  # the prior's size and a class more
-    with claim(out):  # a second run with the same --out is refused now, not after training
+    with _claim_model(out):  # a second run with the same --out is refused now, not after training
         data = _load_data(args)
         new = _names(args.new_classes)
         pairs = step_pairs(data, new)

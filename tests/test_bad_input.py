@@ -40,7 +40,7 @@ def _notices(record):
 @pytest.fixture
 def rgb(shared_data):
     """A real H&E patch (CoNSeP), 96 × 96."""
-    path = next(iter(sorted((shared_data / "consep").rglob("*.png"))))
+    path = next(iter(sorted((shared_data / "consep" / "train" / "images").glob("*.jpg"))))
     return read_rgb(path)[:96, :96]
 
 
@@ -315,3 +315,166 @@ def test_cli_segment_outputs_never_clash(tmp_path, rgb, capsys):
     model = save_model(CiNuSegModel.new(["Epithelial"], TINY), tmp_path / "m.cinuseg.pt")
     err = _cli_error(["segment", str(tmp_path / "a.png"), str(tmp_path / "a.tif"), "--model", str(model), "--out", str(tmp_path / "out")], capsys)
     assert "several images would write a.masks.tif" in err and not (tmp_path / "out").exists()
+
+
+# --- images that were read wrongly, or said the wrong thing -------------------------------------
+
+
+def test_cmyk_jpeg_is_converted_to_rgb_and_said(tmp_path, rgb):
+    from PIL import Image
+
+    path = tmp_path / "print.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(path, quality=95)
+    with pytest.warns(ImageNotice, match="CMYK image converted to RGB"):
+        img = read_rgb(path)
+    assert img.shape == rgb.shape
+    assert np.abs(img.astype(int) - rgb).mean() < 8  # the colours, not C, M and Y read as R, G, B
+
+
+def test_transparent_pixels_are_white_glass_not_black_tissue(tmp_path, rgb):
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    rgba[:, 48:, :3] = 0  # black under the transparent half
+    rgba[:, 48:, 3] = 0
+    path = tmp_path / "cutout.png"
+    skio.imsave(path, rgba, check_contrast=False)
+    with pytest.warns(ImageNotice, match="transparent .* composited onto white"):
+        img = read_rgb(path)
+    assert (img[:, 48:] == 255).all() and np.array_equal(img[:, :48], rgb[:, :48])
+    tif = tmp_path / "cutout.tif"
+    tifffile.imwrite(tif, rgba, photometric="rgb", extrasamples=["unassalpha"])
+    with pytest.warns(ImageNotice, match="composited onto white"), Slide(tif) as slide:
+        assert np.array_equal(slide.read_all(), img)
+
+
+def test_the_command_line_converts_tiffs_as_the_panel_reader_does(tmp_path, rgb):
+    """12-bit data in a 16-bit TIFF, NaN in a float TIFF, an all-NaN TIFF: one conversion
+    (as_rgb_uint8, from the image's own range) for Slide (the CLI) and the napari reader."""
+    from napari_cinuseg.plugin.reader import read_he
+
+    twelve = tmp_path / "twelve.tif"
+    tifffile.imwrite(twelve, (rgb.astype(np.uint16) * 16), photometric="rgb")  # 0..4080 of 65535
+    nan = tmp_path / "nan.tif"
+    values = rgb.astype(np.float32)
+    values[:4, :4] = np.nan
+    tifffile.imwrite(nan, values, photometric="rgb")
+    for path, said in ((twelve, "uint16 values rescaled from their range"), (nan, "48 NaN/infinite")):
+        with pytest.warns(ImageNotice, match=said), Slide(path) as slide:
+            cli = slide.read_all()
+        with pytest.warns(ImageNotice, match=said):
+            (panel, kwargs, kind), = read_he(str(path))
+        assert np.array_equal(cli, panel) and kind == "image" and kwargs["rgb"]
+        assert np.array_equal(cli, as_rgb_uint8(tifffile.imread(path)))
+    lo, hi = rgb.min(), rgb.max()
+    assert np.abs(cli[8:, 8:].astype(int) - np.round((rgb[8:, 8:] - lo) / (hi - lo) * 255)).max() <= 1
+    assert (cli[:4, :4] == 0).all()  # NaN: the lowest finite value, not a black guess
+    with Slide(twelve) as slide:
+        assert slide.read_all().max() == 255  # not 0..16 (0 nuclei)
+    empty = tmp_path / "allnan.tif"
+    tifffile.imwrite(empty, np.full((32, 32, 3), np.nan, np.float32), photometric="rgb")
+    for opener in (Slide, read_he):
+        with pytest.raises(ValueError, match="allnan.tif: every pixel is NaN"):
+            opener(empty)
+
+
+def test_cli_segment_says_the_conversion_of_a_tiff(tmp_path, rgb, capsys):
+    torch.manual_seed(0)
+    model = save_model(CiNuSegModel.new(["Epithelial"], TINY), tmp_path / "m.cinuseg.pt")
+    path = tmp_path / "deep.tif"
+    tifffile.imwrite(path, rgb.astype(np.uint16) * 16, photometric="rgb")
+    assert main(["segment", str(path), "--model", str(model), "--out", str(tmp_path / "out"), "--tile", "64", "--overlap", "16", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "note: " in err and "deep.tif: uint16 values rescaled from their range" in err
+    assert (tmp_path / "out" / "deep.masks.tif").is_file()
+
+
+def test_folders_link_loops_empty_and_renamed_files_say_what_they_are(tmp_path):
+    from napari_cinuseg.plugin.reader import read_he
+
+    folder = tmp_path / "slides.svs"
+    folder.mkdir()
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    empty = tmp_path / "empty.png"
+    empty.touch()
+    text = tmp_path / "notes.png"
+    text.write_text("patient list, not an image")
+    cases = {folder: "is a folder, not an image", loop: "symbolic link that points back to itself",
+             empty: "is empty \\(0 bytes\\)", text: "not a PNG or a JPEG, whatever its name says"}
+    for path, said in cases.items():
+        for opener in (Slide, read_rgb, read_he):
+            if opener is read_he and path is folder:
+                continue  # napari hands a folder to folder readers, not to this one
+            with pytest.raises(ValueError, match=f"{path.name}.*{said}") as err:
+                opener(path)
+            assert "pip install" not in str(err.value) and "no image at" not in str(err.value)
+
+
+def test_a_slide_cut_short_is_truncated_not_an_index_error(tmp_path, shared_data):
+    from napari_cinuseg.plugin.reader import read_he
+
+    svs = (shared_data / "slides" / "CMU-1-Small-Region.svs").read_bytes()
+    for frac in (0.3, 0.7):  # the baseline's directory gone; the baseline whole but later pages cut
+        cut = tmp_path / f"cut{int(frac * 100)}.svs"
+        cut.write_bytes(svs[: int(len(svs) * frac)])
+        for opener in (Slide, read_he):
+            with pytest.raises(ValueError, match=f"cut{int(frac * 100)}.svs is truncated.*copy or download it again") as err:
+                opener(cut)
+            assert "IndexError" not in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["0", "-0.25", "nan", "inf", "abc"])
+def test_pixel_size_must_be_positive_and_finite(tmp_path, value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["segment", "x.png", "--model", "m.cinuseg.pt", "--out", str(tmp_path), "--pixel-size", value])
+    assert stop.value.code == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]  # after the usage lines
+    assert said.startswith("cinuseg segment: error: argument --pixel-size: ")
+    assert ("not a pixel size: give a positive number" in said) if value != "abc" else ("not a number" in said)
+
+
+def test_ctrl_c_before_the_job_is_cancelled_not_a_traceback(tmp_path, monkeypatch, capsys):
+    import napari_cinuseg.model.file as model_file
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model_file, "load_model", interrupted)  # Ctrl-C while the model loads
+    try:
+        code = main(["segment", "x.png", "--model", "m.cinuseg.pt", "--out", str(tmp_path / "out")])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped the command as a traceback")
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "cancelled" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+# --- training labels ----------------------------------------------------------------------------
+
+
+def _label_folder(tmp_path, rgb, labels):
+    import json
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "classes.json").write_text(json.dumps({"0": "background", "1": "tumour", "2": "immune"}))
+    skio.imsave(root / "images" / "a.png", rgb, check_contrast=False)
+    skio.imsave(root / "labels" / "a.png", labels, check_contrast=False)
+    return root
+
+
+def test_labels_outside_classes_json_are_refused_by_file_and_value(tmp_path, rgb):
+    from napari_cinuseg.datasets.labelled import read_folder
+
+    lab = np.zeros(rgb.shape[:2], np.uint8)
+    lab[10:20, 10:20], lab[30:40, 30:40] = 1, 7
+    with pytest.raises(ValueError, match=r"labels/a.png holds class id\(s\) 7, which classes.json does not define"):
+        read_folder(_label_folder(tmp_path / "u8", rgb, lab))
+    wide = lab.astype(np.uint16)
+    wide[30:40, 30:40] = 258  # 258 % 256 = 2, a real class: must not become it
+    with pytest.raises(ValueError, match=r"holds class id\(s\) 258"):
+        read_folder(_label_folder(tmp_path / "u16", rgb, wide))
+    wide[30:40, 30:40] = 2  # a 16-bit map of known ids is read as it is
+    data = read_folder(_label_folder(tmp_path / "ok", rgb, wide))
+    assert (data.items[0].labels[30:40, 30:40] == 2).all() and data.items[0].labels.dtype == np.uint8

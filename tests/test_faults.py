@@ -174,3 +174,201 @@ def test_same_seed_same_model_and_masks_on_the_cpu(few_pairs, tiny):
     assert np.array_equal(masks[0], masks[1])
     probs = [m.predict(image, torch.device("cpu")) for m in runs]
     assert np.array_equal(probs[0], probs[1])
+
+
+# --- one writer per output; write failures lose no work --------------------------------------------
+
+
+@pytest.fixture
+def other_run():
+    """A live process that is not this one: the holder of a claim in another run's place."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def _hold(target, pid):
+    import socket
+
+    from napari_cinuseg.io.claims import lock_path
+
+    lock_path(target).write_text(f"{pid} {socket.gethostname()}")
+
+
+def _step_args(shared_data, prior, out):
+    return ["step", "--data", str(shared_data / "consep"), "--prior", str(prior), "--new-class", "Other", "--iterations", "2",
+            "--batch-size", "2", "--crop-size", "64", "--device", "cpu", "--out", str(out)]
+
+
+def test_a_second_step_with_the_same_out_is_refused_before_training(prior, shared_data, tmp_path, other_run, capsys):
+    out = tmp_path / "same.cinuseg.pt"
+    _hold(out, other_run)  # the first run is training
+    assert main(_step_args(shared_data, prior, out)) == 2
+    err = capsys.readouterr().err
+    assert f"same.cinuseg.pt is being written by another cinuseg run (process {other_run})" in err
+    assert "step 1 (" not in err and not out.exists()  # refused before any training
+
+
+def test_a_claim_left_by_a_killed_run_is_taken_over(prior, shared_data, tmp_path, capsys):
+    out = tmp_path / "new.cinuseg.pt"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    _hold(out, int(dead))
+    assert main(_step_args(shared_data, prior, out)) == 0
+    assert "no longer running" in capsys.readouterr().err
+    assert load_model(out).class_names == ["Epithelial", "Spindle-shaped", "Other"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.cinuseg.pt", "prior.cinuseg.pt"]  # no lock left
+
+
+def test_a_file_written_meanwhile_is_kept_and_the_model_saved_elsewhere(prior, shared_data, tmp_path, monkeypatch, capsys):
+    """Another program (not a cinuseg run: it takes no claim) writes the same file during the
+    training: neither replaces the other, and this run does not say "saved"."""
+    import tempfile
+
+    from napari_cinuseg.training import steps
+
+    out, elsewhere = tmp_path / "same.cinuseg.pt", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    real = steps.train_step
+
+    def and_meanwhile(*a, **k):
+        model = yield from real(*a, **k)
+        out.write_bytes(b"the other program's file")
+        return model
+
+    monkeypatch.setattr(steps, "train_step", and_meanwhile)
+    assert main(_step_args(shared_data, prior, out)) == 2
+    err = capsys.readouterr().err
+    assert out.read_bytes() == b"the other program's file"
+    (rescued,) = elsewhere.iterdir()
+    assert f"was saved to {rescued} instead" in err and "\nsaved " not in err
+    assert load_model(rescued).class_names == ["Epithelial", "Spindle-shaped", "Other"]
+
+
+@pytest.mark.parametrize("failure", ["enforce", "enospc"])
+def test_a_full_disk_at_the_save_keeps_the_trained_model(prior, shared_data, tmp_path, monkeypatch, capsys, failure):
+    import errno
+    import tempfile
+
+    out, elsewhere = tmp_path / "models" / "new.cinuseg.pt", tmp_path / "elsewhere"
+    out.parent.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    real_save = torch.save
+
+    def full(obj, f, *a, **k):
+        if str(out.parent) in str(f):  # that disk is full; the temporary folder's is not
+            if failure == "enforce":
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1472 vs 1364")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full)
+    assert main(_step_args(shared_data, prior, out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    (rescued,) = elsewhere.iterdir()
+    assert err[-1].startswith(f"cinuseg: error: {out} could not be written: ")
+    assert ("the disk is full" if failure == "enospc" else "inline_container") in err[-1]
+    assert f"the trained model was saved to {rescued} instead" in err[-1]
+    assert load_model(rescued).class_names == ["Epithelial", "Spindle-shaped", "Other"]
+    assert list(out.parent.iterdir()) == []  # no temporary file, no lock
+
+
+def test_a_folder_that_cannot_be_written_is_found_before_training(prior, shared_data, tmp_path, monkeypatch, capsys):
+    import errno
+    import shutil
+
+    from napari_cinuseg.io import claims
+
+    out = tmp_path / "readonly" / "new.cinuseg.pt"
+    out.parent.mkdir()
+    real_open = claims.os.open
+
+    def read_only(path, *a, **k):
+        if str(out.parent) in str(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(claims.os, "open", read_only)
+    assert main(_step_args(shared_data, prior, out)) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out}: {out.parent} cannot be written" in err and "step 1 (" not in err
+    monkeypatch.setattr(claims.os, "open", real_open)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=500_000))  # a full disk
+    assert main(_step_args(shared_data, prior, tmp_path / "new.cinuseg.pt")) == 2
+    err = capsys.readouterr().err
+    assert "only 0.5 MB are free on its disk" in err and "nothing was trained" in err and "step 1 (" not in err
+
+
+def _region(shared_data, tmp_path):
+    from skimage import io as skio
+
+    from napari_cinuseg.io.slides import Slide
+
+    with Slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as s:
+        skio.imsave(tmp_path / "region.png", s.read(1200, 1200, 1456, 1456), check_contrast=False)
+    return tmp_path / "region.png"
+
+
+def test_two_segmentations_into_the_same_out_never_share_work(prior, shared_data, tmp_path, other_run, capsys):
+    image, out = _region(shared_data, tmp_path), tmp_path / "masks"
+    out.mkdir()
+    target = out / "region.masks.tif"
+    scratch = out / ".region.masks.tif.zarr"  # the other run's class map, being built on disk
+    scratch.mkdir()
+    (scratch / "chunk").write_bytes(b"the other run's pixels")
+    _hold(target, other_run)
+    args = ["segment", str(image), "--model", str(prior), "--out", str(out), "--tile", "128", "--overlap", "16", "--device", "cpu"]
+    for limit in ("1000", "100000000"):  # on disk and in memory
+        assert main(args + ["--in-memory-limit", limit]) == 2
+        err = capsys.readouterr().err
+        assert f"region.masks.tif is being written by another cinuseg run (process {other_run})" in err
+        assert "allow overwriting" not in err and "saved" not in err
+        assert (scratch / "chunk").read_bytes() == b"the other run's pixels" and not target.exists()
+
+
+def test_a_full_disk_in_segmentation_is_one_line_and_leaves_no_orphan_table(prior, shared_data, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import tifffile
+
+    image, out = _region(shared_data, tmp_path), tmp_path / "masks"
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")  # no file name, as tifffile's
+
+    monkeypatch.setattr(tifffile.TiffWriter, "write", full)
+    args = ["segment", str(image), "--model", str(prior), "--out", str(out), "--tile", "128", "--overlap", "16", "--device", "cpu"]
+    for limit in ("1000", "100000000"):
+        assert main(args + ["--in-memory-limit", limit]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"cinuseg: error: {out / 'region.masks.tif'} could not be written: the disk is full (no space left on device); free space in {out} or choose another place"
+        assert list(out.iterdir()) == []  # no masks, no orphan CSV, no scratch folder, no lock
+
+
+def test_the_temporary_file_of_a_killed_save_is_removed_by_the_next(tmp_path):
+    from napari_cinuseg.io.atomic import StaleFileNotice
+
+    torch.manual_seed(0)
+    path = save_model(CiNuSegModel.new(["Epithelial"], TINY), tmp_path / "m.cinuseg.pt")
+    script = textwrap.dedent(
+        f"""
+        import os, torch
+        from napari_cinuseg import CiNuSegModel, load_model, save_model
+
+        def killed(obj, f, *a, **k):
+            with open(f, "wb") as fh:
+                fh.write(b"half a model" * 100000)
+            os._exit(9)
+
+        torch.save = killed
+        save_model(CiNuSegModel.new(["Other"], load_model({str(path)!r}).arch), {str(path)!r}, overwrite=True)
+        """
+    )
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120).returncode == 9
+    (left,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    with pytest.warns(StaleFileNotice, match=f"removed {left} \\(1.2 MB\\), left by a save of m.cinuseg.pt that was killed"):
+        save_model(load_model(path), path, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.cinuseg.pt"]

@@ -1,6 +1,8 @@
 import json
 import os
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -61,7 +63,7 @@ def test_failed_save_keeps_the_old_file(model, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ModelFileError, match="m.cinuseg.pt could not be written: disk full"):
         save_model(model, path, overwrite=True)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["m.cinuseg.pt"]
@@ -172,3 +174,43 @@ def test_child_of_the_bundled_model_keeps_its_scores_on_real_patches(consep):
     assert after.shape[1] == k_old + 1
     torch.testing.assert_close(after[:, :k_old], before, atol=1e-3, rtol=0)
     assert float(after[:, k_old:].mean()) < 0.1
+
+
+def test_renamed_files_and_random_bytes_say_what_they_are(tmp_path):
+    """Not "pickled Python objects" (the wrong reason): what the file really is."""
+    cases = {
+        "notes.cinuseg.pt": (b"patient list\nnot a model\n", "it is a text file, renamed"),
+        "noise.cinuseg.pt": (bytes(np.random.default_rng(0).integers(128, 256, 4096, dtype=np.uint8)), "no PyTorch file"),
+        "empty.cinuseg.pt": (b"", "empty"),
+        "photo.cinuseg.pt": (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "a PNG image, renamed"),
+    }
+    for name, (data, reason) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(ModelFileError, match=f"{name} is not a usable.*{reason}") as err:
+            load_model(path)
+        assert "pickled" not in str(err.value)
+
+
+def _edited(good, tmp_path, name, edit):
+    payload = torch.load(good, weights_only=True)
+    rec = json.loads(payload["record"])
+    edit(rec)
+    payload["record"] = json.dumps(rec)
+    path = tmp_path / name
+    torch.save(payload, path)
+    return path
+
+
+def test_a_record_that_would_segment_wrongly_is_refused(model, tmp_path):
+    good = save_model(model, tmp_path / "m.cinuseg.pt")
+    zero_std = _edited(good, tmp_path, "std0.cinuseg.pt", lambda r: r["normalization"].update(std=[0.0, 0.2, 0.2]))
+    with pytest.raises(ModelFileError, match=r"std0.cinuseg.pt: normalization std .* must be positive"):
+        load_model(zero_std)
+    nan_mean = _edited(good, tmp_path, "nan.cinuseg.pt", lambda r: r["normalization"].update(mean=[float("nan"), 0.5, 0.5]))
+    with pytest.raises(ModelFileError, match="must be finite"):
+        load_model(nan_mean)
+    n = len(model.classes)
+    extra = _edited(good, tmp_path, "extra.cinuseg.pt", lambda r: r["classes"].append(dict(r["classes"][0], name="Extra")))
+    with pytest.raises(ModelFileError, match=f"names {n + 1} class\\(es\\), but its network segments {n} \\(plus background\\)"):
+        load_model(extra)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import importlib
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -150,7 +151,7 @@ def test_writer_names_from_features(tmp_path, class_map):
          "colour": [None, "#ff0000", "#00ff00", "#0000ff"]}
     )
     out = write_masks(str(tmp_path / "masks.tif"), class_map, {"name": "seg", "features": features, "metadata": {}})
-    assert out == [str(tmp_path / "masks.tif")]
+    assert out == [str(tmp_path / "masks.tif"), str(tmp_path / "masks.nuclei.csv")]
     cmap, masks, meta = read_masks(out[0])
     np.testing.assert_array_equal(cmap, class_map)
     assert list(masks) == ["Epithelial", "Spindle-shaped", "Other"]
@@ -176,6 +177,21 @@ def test_writer_names_from_metadata_and_default(tmp_path, class_map):
     np.testing.assert_array_equal(masks["class 1"], class_map == 1)
 
 
+def test_save_layers_writes_the_table_that_export_writes(tmp_path, class_map):
+    """napari's Save Layers gives the masks TIFF and the per-nucleus CSV, as the panel's Export."""
+    from napari_cinuseg import drain
+    from napari_cinuseg.workflows import export_with_table
+
+    features = {"index": [0, 1, 2, 3], "name": ["background", "Epithelial", "Spindle-shaped", "Other"]}
+    (tmp_path / "saved").mkdir()
+    masks, table = write_masks(tmp_path / "saved" / "seg.tif", class_map, {"features": features})
+    assert table == str(tmp_path / "saved" / "seg.nuclei.csv")
+    (tmp_path / "export").mkdir()
+    _, exported = drain(export_with_table(class_map, tmp_path / "export" / "seg.tif", ["Epithelial", "Spindle-shaped", "Other"], None, None))
+    assert Path(table).read_text() == exported.read_text()
+    assert Path(table).read_text().count("\n") == 1 + 2  # the header and the two nuclei
+
+
 def test_writer_refuses_what_is_not_a_class_map(tmp_path, class_map):
     with pytest.raises(ValueError, match="2-D"):
         write_masks(tmp_path / "a.tif", np.stack([class_map, class_map]), {})
@@ -190,13 +206,13 @@ def test_writer_refuses_what_is_not_a_class_map(tmp_path, class_map):
 
 def test_written_masks_open_as_labels(tmp_path, class_map):
     features = {"index": [0, 1, 2, 3], "name": ["background", "Epithelial", "Spindle-shaped", "Other"]}
-    (path,) = write_masks(tmp_path / "masks.tif", class_map, {"features": features})
+    path, _ = write_masks(tmp_path / "masks.tif", class_map, {"features": features})
     (data, kwargs, layer_type), = _read(path)
     assert layer_type == "labels"
     np.testing.assert_array_equal(np.asarray(data), class_map)
     assert list(kwargs["features"]["name"]) == ["background", "Epithelial", "Spindle-shaped", "Other"]
     # ... and save again unchanged
-    (again,) = write_masks(tmp_path / "again.tif", data, kwargs)
+    again, _ = write_masks(tmp_path / "again.tif", data, kwargs)
     assert list(read_masks(again)[1]) == ["Epithelial", "Spindle-shaped", "Other"]
 
 

@@ -88,32 +88,104 @@ def _drain(job, show=None) -> object:
             bar.close()
 
 
+#: Room a new model needs where its size cannot be known before training (a base model).
+BASE_MODEL_ROOM = 8 * 2**20
+
+
+def _check_room(out: Path, need: int) -> None:
+    """Refuse before training when the disk of ``out`` has less than ``need`` bytes free."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(out.parent).free
+    except OSError:
+        return
+    if free < need:
+        raise ValueError(
+            f"{out} cannot be written: only {free / 1e6:.1f} MB are free on its disk and the model needs about "
+            f"{need / 1e6:.1f} MB; free space or choose another --out (nothing was trained)"
+        )
+
+
+def _rescue_places(out: Path) -> list[Path]:
+    """Where a trained model goes when ``out`` cannot be written: the temporary folder, then
+    ~/.napari-cinuseg/rescued (another disk, often)."""
+    import tempfile
+
+    name = f"{out.name.removesuffix('.cinuseg.pt')}-{os.getpid()}.cinuseg.pt"
+    return [Path(tempfile.gettempdir()) / name, Path.home() / ".napari-cinuseg" / "rescued" / name]
+
+
+def _save_or_rescue(model, out: Path) -> Path:
+    """Save the trained ``model`` at ``out``; if that fails, keep it elsewhere and say where,
+    in one error line (the training is never lost to a full disk or a folder made read-only)."""
+    from ..model.file import ModelFileError, save_model
+
+    try:
+        path = save_model(model, out)
+    except ModelFileError as exc:
+        tried = []
+        for place in _rescue_places(out):
+            tried.append(str(place.parent))
+            try:
+                place.parent.mkdir(parents=True, exist_ok=True)
+                rescued = save_model(model, place)
+            except (ModelFileError, OSError):
+                continue
+            raise ModelFileError(f"{exc}; the trained model was saved to {rescued} instead: move it where it belongs") from None
+        raise ModelFileError(f"{exc}; it could not be saved in {' or '.join(tried)} either, so the trained model is lost") from None
+    CONSOLE.say(f"saved {path}")
+    return path
+
+
+def _claim_model(out: Path):
+    """The claim on a new model's file; under torchrun rank 0 holds it (it alone saves)."""
+    import contextlib
+
+    from ..io.claims import claim
+
+    return claim(out) if _MAIN_RANK else contextlib.nullcontext()
+
+
 def cmd_train_base(args) -> int:
     from ..datasets.labelled import step_pairs
-    from ..training.steps import train_base
+    from ..training.steps import _check_out, train_base
 
-    data = _load_data(args)
-    classes = _names(args.classes) if args.classes else data.class_names
-    pairs = step_pairs(data, classes)
-    settings = _with_encoder(_settings(args), args)
-    model = _drain(train_base(pairs, classes, settings, out=args.out, pixel_size=args.pixel_size or data.pixel_size))
-    return 0 if model is not None else 130
+    out = Path(args.out)
+    _check_out(out, None)
+    _check_room(out, BASE_MODEL_ROOM)
+    with _claim_model(out):  # a second run with the same --out is refused now, not after training
+        data = _load_data(args)
+        classes = _names(args.classes) if args.classes else data.class_names
+        pairs = step_pairs(data, classes)
+        settings = _with_encoder(_settings(args), args)
+        model = _drain(train_base(pairs, classes, settings, pixel_size=args.pixel_size or data.pixel_size))
+        if model is None:
+            return 130
+        if _MAIN_RANK:
+            _save_or_rescue(model, out)
+    return 0
 
 
 def cmd_step(args) -> int:
     from ..datasets.labelled import step_pairs
     from ..model.file import load_model
-    from ..training.steps import train_step
+    from ..training.steps import _check_out, train_step
 
     prior = load_model(args.prior)
-    data = _load_data(args)
-    new = _names(args.new_classes)
-    pairs = step_pairs(data, new)
-    model = _drain(train_step(prior, pairs, new, _settings(args).for_network(prior.arch), method=args.method, out=args.out))
-    if model is None:
-        return 130
-    if _MAIN_RANK:
-        _print_forgetting(model.steps[-1].results.get("forgetting"))
+    out = Path(args.out)
+    _check_out(out, prior)
+    _check_room(out, int(os.path.getsize(args.prior) * 1.1) + 2**20)  # the prior's size and a class more
+    with _claim_model(out):  # a second run with the same --out is refused now, not after training
+        data = _load_data(args)
+        new = _names(args.new_classes)
+        pairs = step_pairs(data, new)
+        model = _drain(train_step(prior, pairs, new, _settings(args).for_network(prior.arch), method=args.method))
+        if model is None:
+            return 130
+        if _MAIN_RANK:
+            _save_or_rescue(model, out)
+            _print_forgetting(model.steps[-1].results.get("forgetting"))
     return 0
 
 
@@ -242,14 +314,18 @@ def _shard(images: list[str], spec: str | None) -> list[str]:
 
 
 def cmd_segment(args) -> int:
+    import contextlib
+    import errno
     import shutil
 
     import torch
 
+    from ..io.atomic import describe_write_failure
+    from ..io.claims import OutputClaimed, claim
     from ..model.file import load_model
     from ..inference.segmentation import IN_MEMORY_LIMIT_PX, SegmentStarted, TileProgress, resampling_factor, segment
     from ..io.slides import Slide
-    from ..workflows import export_with_table
+    from ..workflows import export_with_table, nuclei_csv_path
 
     model = load_model(args.model)
     out = Path(args.out)
@@ -264,12 +340,21 @@ def cmd_segment(args) -> int:
     failed = 0
     for image in images:
         target = targets[image]
+        held = contextlib.ExitStack()  # this run's claim on the target (and its scratch folder)
+        try:
+            held.enter_context(claim(target))
+        except OutputClaimed as exc:
+            CONSOLE.error(str(exc))
+            failed += 1
+            continue
         if target.exists():
+            held.close()
             CONSOLE.say(f"{target} exists: skipped (delete it to segment {image} again)")
             continue
         try:
             slide = Slide(image, level=args.level)
         except (ValueError, FileNotFoundError) as exc:
+            held.close()
             CONSOLE.error(str(exc))
             failed += 1
             continue
@@ -311,11 +396,18 @@ def cmd_segment(args) -> int:
                 class_map, target, model.class_names, [c.colour for c in model.classes], model.id, extra=extra, pixel_size=pixel_size,
             ))
             CONSOLE.say(f"saved {target} and {csv_path.name}")
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
+                raise
+            if not target.exists():  # no table without its masks file
+                nuclei_csv_path(target).unlink(missing_ok=True)
+            raise ValueError(f"{target} could not be written: {describe_write_failure(exc, target)}") from None
         finally:
             bar.close()
             slide.close()
             if scratch.exists():
                 shutil.rmtree(scratch, ignore_errors=True)
+            held.close()
     return 2 if failed else 0
 
 
@@ -327,6 +419,8 @@ def cmd_export(args) -> int:
     from ..workflows import export_with_table
 
     model = load_model(args.model)
+    if Path(args.out).exists():
+        raise ValueError(f"{args.out} exists; choose another --out (export never replaces a file)")
     class_map = np.asarray(skio.imread(args.class_map))
     if class_map.ndim != 2:
         raise ValueError(f"{args.class_map} is not a 2-D class map (shape {class_map.shape})")

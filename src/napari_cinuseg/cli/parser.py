@@ -10,6 +10,7 @@ Engine modules are imported inside each command, so that the help answers at onc
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 
@@ -36,6 +37,21 @@ def _methods_list() -> str:
     from ..methods import available
 
     return ", ".join(available())
+
+
+def pixel_size(text: str) -> float:
+    """--pixel-size: a positive, finite number of µm per pixel (0, a negative value or NaN is
+    refused here, not taken for "unknown" or met later as an error about tiles)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give µm per pixel, e.g. 0.25 for 40×") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a pixel size: give a positive number of µm per pixel (e.g. 0.25 for 40×, 0.5 for 20×), "
+            "or leave the option out to use what the file says"
+        )
+    return value
 
 
 def _add_data(p: argparse.ArgumentParser, default_split: str) -> None:
@@ -108,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated classes to learn (default: all of the data set's)")
     _add_encoder(p)
     p.add_argument(
-        "--pixel-size", type=float,
+        "--pixel-size", type=pixel_size,
         help="µm per pixel of the training images (default: the data set's, or pixel_size_um in a folder's classes.json)",
     )
     p.add_argument("--out", required=True, help="new model file (*.cinuseg.pt); never overwritten")
@@ -159,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="tiles run through the network at a time")
     p.add_argument("--level", type=int, default=0, help="pyramid level of a slide")
     p.add_argument(
-        "--pixel-size", type=float,
+        "--pixel-size", type=pixel_size,
         help="µm per pixel of the images (default: what each file says, e.g. an SVS's MPP); each tile is "
         "resampled to the model's pixel size and the masks back to the image's",
     )
@@ -173,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("class_map", help="the class map image")
     p.add_argument("--model", required=True, help="the model whose classes the ids are")
     p.add_argument("--out", required=True, help="the TIFF to write (not overwritten); the per-nucleus CSV goes beside it")
-    p.add_argument("--pixel-size", type=float, help="µm per pixel of the class map, written into the file and used for areas in µm²")
+    p.add_argument("--pixel-size", type=pixel_size, help="µm per pixel of the class map, written into the file and used for areas in µm²")
     p.set_defaults(func=cmd_export)
 
     p = _sub(sub, "methods", "list the incremental methods")
@@ -198,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelFileError, ValueError, OSError, FloatingPointError, RuntimeError, MemoryError) as exc:
         CONSOLE.error(_one_line(exc))
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a job runs (loading PyTorch, a model, the data)
+        print("\ncancelled: nothing was written by the interrupted work; files saved before it are kept", file=sys.stderr)
+        return 130
 
 
 def _one_line(exc: BaseException) -> str:

@@ -109,10 +109,7 @@ def read_folder(
         lp = next((lab_dir / (ip.stem + s) for s in (".png", ".tif", ".tiff") if (lab_dir / (ip.stem + s)).exists()), None)
         if lp is None:
             continue
-        lab = np.asarray(skio.imread(str(lp)))
-        if lab.ndim == 3:
-            lab = lab[..., 0]
-        lab = lab.astype(np.uint8)
+        lab = read_class_map(lp, set(ids))
         img = read_rgb(ip)
         if img.shape[:2] != lab.shape:
             raise ValueError(f"{lp} is {lab.shape} but its image is {img.shape[:2]}")
@@ -122,6 +119,31 @@ def read_folder(
     if not items:
         raise FileNotFoundError(f"no image in {img_dir} has a class map of the same name in {lab_dir}")
     return LabelledSet(names, items, float(pixel_size) if pixel_size else None)
+
+
+def read_class_map(path: str | os.PathLike, known: set[int]) -> np.ndarray:
+    """A class map (uint8 or 16-bit PNG/TIFF; a colour one by its first channel) as uint8,
+    read without wrapping: a value that is neither background (0), unlabelled (255) nor a class
+    of ``classes.json`` (``known``) is refused with the file and the values named, never turned
+    into background or, modulo 256, into another class."""
+    try:
+        lab = np.asarray(skio.imread(str(path)))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure becomes advice
+        raise ValueError(f"{path} could not be read as a class map ({type(exc).__name__}: {exc}); is it a complete PNG/TIFF?") from None
+    if lab.ndim == 3:
+        lab = lab[..., 0]
+    if lab.ndim != 2 or not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
+        raise ValueError(f"{path} is not a class map (a 2-D map of integer class ids), but {lab.dtype} {lab.shape}")
+    values = np.unique(lab)
+    unknown = [int(v) for v in values if int(v) not in known and int(v) not in (0, IGNORE)]
+    if unknown:
+        shown = ", ".join(map(str, unknown[:8])) + (", …" if len(unknown) > 8 else "")
+        raise ValueError(
+            f"{path} holds class id(s) {shown}, which classes.json does not define (it has "
+            f"{', '.join(map(str, sorted(known))) or 'none'}, 0 background, {IGNORE} unlabelled); add them "
+            "to classes.json or fix the map"
+        )
+    return lab.astype(np.uint8)
 
 
 # µm per pixel of the public data sets: both were scanned at 40× (CoNSeP: Graham et al. 2019;

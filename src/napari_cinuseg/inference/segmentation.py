@@ -247,6 +247,11 @@ def segment(
         seconds = time.perf_counter() - t0
         yield SegmentFinished(result, seconds, total, skipped)
         return result
+    except OSError as exc:
+        if tmp_path is None or exc.filename is not None:
+            raise
+        # zarr's writes fail without a file name ("[Errno 28] No space left on device"): name it
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out_path)) from exc
     finally:
         if tmp_path is not None and tmp_path.exists():
             shutil.rmtree(tmp_path, ignore_errors=True)

@@ -4,7 +4,10 @@ Every conversion is *said*: it is made, and an :class:`ImageNotice` warning name
 CLI prints it and napari shows it as a notification. What cannot be an H&E image is refused with
 a ValueError that says what to do.
 
-- RGBA: the alpha channel is dropped (silently: routine, e.g. every MoNuSAC TIFF).
+- RGBA: an alpha channel that is the same everywhere is dropped (silently: routine, e.g. every
+  MoNuSAC TIFF); one that varies is composited onto white, the colour of empty glass, and said
+  (so that transparent pixels, whatever colour they hide, are never segmented as dark tissue).
+- CMYK (a JPEG from print software): converted to RGB, and said.
 - Grey (H, W): repeated to three channels (H&E is colour; a grey image segments poorly).
 - Channels first (3, H, W): moved last (four planes are taken for a stack, not RGBA).
 - 16-bit and other integers: rescaled from the image's own range (min..max) to 0..255; floats in
@@ -20,7 +23,9 @@ same way.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -30,7 +35,7 @@ import numpy as np
 #: a masks file lazily (read-only) instead of whole (editable).
 IN_MEMORY_LIMIT_PX = 64_000_000
 
-__all__ = ["ImageNotice", "as_rgb_uint8", "region_to_uint8", "rgb_view"]
+__all__ = ["ImageNotice", "as_rgb_uint8", "check_image_file", "on_white", "read_rgb", "region_to_uint8", "rgb_view"]
 
 
 class ImageNotice(UserWarning):
@@ -57,8 +62,34 @@ def as_rgb_uint8(img: np.ndarray, path: str | os.PathLike = "image") -> np.ndarr
         )
     if 0 in img.shape[:2]:
         raise ValueError(f"{path}: the image is empty (shape {img.shape}); choose another image")
+    alpha = None
     if img.shape[2] == 4:
-        img = img[..., :3]  # routine (MoNuSAC's TIFFs are RGBA): not worth a notice
+        alpha = img[..., 3]
+        img = img[..., :3]
+        if alpha.min() == alpha.max():
+            alpha = None  # routine (MoNuSAC's TIFFs are RGBA, alpha 255): not worth a notice
+    rgb = _values_to_uint8(img, path)
+    if alpha is not None:
+        rgb = on_white(rgb, _alpha_fraction(alpha))
+        _say(path, f"{int((_alpha_fraction(alpha) < 1).sum())} transparent or partly transparent pixel(s) composited onto white")
+    return rgb
+
+
+def _alpha_fraction(alpha: np.ndarray) -> np.ndarray:
+    """An alpha channel as opacity in 0..1 (integers: of the dtype's maximum; floats: as they are)."""
+    if np.issubdtype(alpha.dtype, np.integer):
+        return alpha.astype(np.float32) / np.iinfo(alpha.dtype).max
+    return np.nan_to_num(alpha.astype(np.float32), nan=0.0).clip(0, 1)
+
+
+def on_white(rgb: np.ndarray, opacity: np.ndarray) -> np.ndarray:
+    """RGB uint8 composited onto white (empty glass) by ``opacity`` (H, W) in 0..1."""
+    a = opacity[..., None]
+    return np.ascontiguousarray((rgb * a + 255.0 * (1 - a)).round().clip(0, 255).astype(np.uint8))
+
+
+def _values_to_uint8(img: np.ndarray, path) -> np.ndarray:
+    """(H, W, 3) of any numeric dtype → uint8: from the image's own range, NaN/inf replaced, said."""
     if img.dtype == np.uint8:
         return np.ascontiguousarray(img)
     if img.dtype == bool or not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
@@ -99,7 +130,13 @@ def rgb_view(array, name: str = "image"):
 
 def region_to_uint8(region: np.ndarray) -> np.ndarray:
     """A tile of a slide that is not uint8 → uint8 from the dtype's range (integers: 0..max;
-    floats: 0..1 if they fit there, else as they are), NaN → 0."""
+    floats: 0..1 if they fit there, else as they are), NaN → 0; a fourth (alpha) channel is
+    composited onto white."""
+    if region.ndim == 3 and region.shape[2] == 4:
+        opacity = _alpha_fraction(region[..., 3])
+        return on_white(region_to_uint8(region[..., :3]), opacity)
+    if region.dtype == np.uint8:
+        return region
     if np.issubdtype(region.dtype, np.integer):
         info = np.iinfo(region.dtype)
         return (region.astype(np.float64) / info.max * 255).round().clip(0, 255).astype(np.uint8)
@@ -108,18 +145,86 @@ def region_to_uint8(region: np.ndarray) -> np.ndarray:
     return (region * scale).round().clip(0, 255).astype(np.uint8)
 
 
+PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def check_image_file(path: str | os.PathLike) -> None:
+    """Raise a clear error unless ``path`` is a file that can be opened: a missing file is a
+    FileNotFoundError, a folder, a symbolic-link loop or an empty file a ValueError."""
+    p = os.fspath(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        if os.path.islink(p):
+            raise FileNotFoundError(f"{p} is a symbolic link to {os.readlink(p)}, which does not exist; choose the image itself") from None
+        raise FileNotFoundError(f"no image at {p}; check the name and the folder") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError(f"{p} is a symbolic link that points back to itself (a loop); choose the image file itself") from None
+        raise ValueError(f"{p} cannot be opened ({exc.strerror}); choose another image") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{p} is a folder, not an image; choose an image file inside it (PNG, JPEG, TIFF or SVS)")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{p} is not a regular file; choose an image file")
+    if st.st_size == 0:
+        raise ValueError(f"{p} is empty (0 bytes); copy or download it again")
+
+
+def _read_plain(path: str) -> np.ndarray:
+    """A PNG/JPEG through Pillow, in its own colour space made RGB: CMYK converted (and said),
+    palettes expanded; grey and 16-bit values returned as they are for :func:`as_rgb_uint8`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode == "CMYK":
+                im = im.convert("RGB")
+                _say(path, "CMYK image converted to RGB")
+            elif mode == "P" or mode == "PA":
+                im = im.convert("RGBA")
+            elif mode == "1":
+                im = im.convert("L")
+            elif mode in ("YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        kind = "PNG" if head.startswith(b"\x89PNG") else "JPEG" if head.startswith(b"\xff\xd8") else None
+        if kind is None:
+            raise ValueError(
+                f"{path} could not be read as an image: its contents are not a PNG or a JPEG, whatever "
+                "its name says (a renamed file?); choose the image itself, or convert it to PNG/JPEG/TIFF"
+            ) from None
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"{path} could not be read as a {kind} image ({cause}); it starts as a {kind} but is damaged "
+            "or incomplete (truncated by a download or copy?); copy or download it again"
+        ) from None
+
+
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """An RGB uint8 image (H, W, 3), converted as :func:`as_rgb_uint8`
     says (and warns); a file that is not a readable image is a ValueError."""
+    check_image_file(path)
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix in PLAIN_IMAGE_SUFFIXES:
+        return as_rgb_uint8(_read_plain(os.fspath(path)), path)
     try:
-        from skimage import io as skio
+        if suffix in (".tif", ".tiff"):
+            import tifffile
 
-        img = np.asarray(skio.imread(str(path)))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no image at {path}") from None
+            img = np.asarray(tifffile.imread(str(path)))
+        else:
+            from skimage import io as skio
+
+            img = np.asarray(skio.imread(str(path)))
     except Exception as exc:  # noqa: BLE001 - every decoder failure becomes advice
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise ValueError(
-            f"{path} could not be read as an image ({type(exc).__name__}: {exc}); is it complete "
+            f"{path} could not be read as an image ({type(exc).__name__}: {first}); is it complete "
             "(not truncated by a download or copy) and really a PNG/JPEG/TIFF?"
         ) from None
     if img.dtype == object:  # imageio's answer for some unreadable files

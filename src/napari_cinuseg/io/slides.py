@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import ImageNotice, read_rgb, region_to_uint8
+from .images import IN_MEMORY_LIMIT_PX, ImageNotice, as_rgb_uint8, check_image_file, read_rgb, region_to_uint8
 
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif")
 
@@ -29,10 +29,52 @@ def closed_on_failure(handle, unreadable: str):
         raise ValueError(unreadable.replace("{cause}", f"{type(exc).__name__}: {exc}")) from None  # a path may hold braces
 
 
+def _ifd_chain_end(path: str | os.PathLike, size: int, limit: int = 4096) -> int | None:
+    """The first image-directory offset of a TIFF's chain that lies past the file's ``size``
+    bytes (the file was cut there), or None when the whole chain is inside the file (or the
+    header is not a TIFF's: tifffile then says so itself)."""
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+            return None
+        bo = "<" if head[:2] == b"II" else ">"
+        version = struct.unpack(bo + "H", head[2:4])[0]
+        if version == 42:
+            offset, count_fmt, entry, off_fmt = struct.unpack(bo + "I", head[4:8])[0], "H", 12, "I"
+        elif version == 43 and len(head) >= 16:
+            offset, count_fmt, entry, off_fmt = struct.unpack(bo + "Q", head[8:16])[0], "Q", 20, "Q"
+        else:
+            return None
+        count_size, off_size = struct.calcsize(count_fmt), struct.calcsize(off_fmt)
+        seen = set()
+        while offset and offset not in seen and len(seen) < limit:
+            seen.add(offset)
+            if offset + count_size > size:
+                return offset
+            fh.seek(offset)
+            (n,) = struct.unpack(bo + count_fmt, fh.read(count_size))
+            nxt = offset + count_size + n * entry
+            if nxt + off_size > size:
+                return offset
+            fh.seek(nxt)
+            (offset,) = struct.unpack(bo + off_fmt, fh.read(off_size))
+    return None
+
+
 def open_tiff(path: str | os.PathLike):
     """``tifffile.TiffFile(path)``, or a ValueError that says what is wrong with the file."""
     import tifffile
 
+    check_image_file(path)
+    size = os.path.getsize(path)
+    cut = _ifd_chain_end(path, size)
+    if cut is not None:
+        raise ValueError(
+            f"{path} is truncated: an image directory should be at byte {cut:,} but the file has only "
+            f"{size:,} bytes; copy or download it again"
+        )
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:  # noqa: BLE001 - tifffile raises several kinds for a broken file
@@ -41,7 +83,6 @@ def open_tiff(path: str | os.PathLike):
             "is the file complete (not truncated by a download or copy) and really a TIFF?"
         ) from None
     # A truncated file often still has its header: its image data would end past the file's end.
-    size = os.path.getsize(path)
     try:
         for page in tif.pages[:64]:
             offsets, counts = np.asarray(page.dataoffsets, np.int64), np.asarray(page.databytecounts, np.int64)
@@ -98,8 +139,7 @@ class Slide:
 
     def __init__(self, path: str | os.PathLike, level: int = 0):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no image at {self.path}")
+        check_image_file(self.path)  # missing, a folder, a link loop, empty: said so
         self.level = int(level)
         self._tif = None
         self._array = None
@@ -120,6 +160,13 @@ class Slide:
                 raise ValueError(f"{self.path} has pyramid levels 0..{len(series.levels) - 1}, not {self.level}")
             lv = series.levels[self.level]
             axes = lv.axes
+            if self._fits_in_memory(lv):
+                # converted whole, as the panel's reader converts it (from the image's own range)
+                self._array = as_rgb_uint8(lv.asarray(), self.path)
+                self.pixel_size = file_pixel_size(self._tif) if self.level == 0 else None
+                self._tif.close()
+                self._tif = None
+                return
             self._z = zarr.open(series.aszarr(level=self.level), mode="r")
         if axes in ("YXS", "YXC"):
             self._channels_last = True
@@ -144,6 +191,18 @@ class Slide:
             full_w = full[1] if self._channels_last in (True, None) else full[2]
             self.pixel_size = base * full_w / self.width
 
+    @staticmethod
+    def _fits_in_memory(level) -> bool:
+        """A level that is not 8-bit RGB, or has an alpha channel, and is small enough to be
+        read whole: converted by :func:`as_rgb_uint8` (its own range, NaN, alpha, said) rather
+        than tile by tile from the dtype's range."""
+        shape, axes = tuple(level.shape), level.axes
+        if len(shape) < 2:
+            return False
+        pixels = shape[-3] * shape[-2] if axes in ("SYX", "CYX") else shape[0] * shape[1]
+        plain = np.dtype(level.dtype) == np.uint8 and not (axes in ("YXS", "YXC") and shape[-1] == 4)
+        return not plain and pixels <= IN_MEMORY_LIMIT_PX
+
     @property
     def shape(self) -> tuple[int, int]:
         if self._array is not None:
@@ -166,7 +225,7 @@ class Slide:
                     f"{self.path}: the region y {sy0}..{sy1}, x {sx0}..{sx1} cannot be decoded "
                     f"({type(exc).__name__}: {exc}); the file is damaged or incomplete, copy it again"
                 ) from None
-        if region.dtype != np.uint8:
+        if region.dtype != np.uint8 or region.shape[2] == 4:
             region = region_to_uint8(region)
         out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = region
         return out
@@ -175,7 +234,8 @@ class Slide:
         if self._channels_last is None:
             return np.asarray(self._z[y0:y1, x0:x1])[..., None].repeat(3, axis=2)
         if self._channels_last:
-            return np.asarray(self._z[y0:y1, x0:x1])[..., :3]
+            region = np.asarray(self._z[y0:y1, x0:x1])
+            return region if region.shape[2] == 4 else region[..., :3]  # alpha: composited by read
         return np.moveaxis(np.asarray(self._z[:3, y0:y1, x0:x1]), 0, -1)
 
     def read_all(self) -> np.ndarray:

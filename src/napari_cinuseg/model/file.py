@@ -8,12 +8,13 @@ pickled Python object; every failure becomes a :class:`ModelFileError` that says
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
 
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, describe_write_failure
 from .segmenter import CiNuSegModel
 from .network import Architecture, NucleiSegNet
 
@@ -54,7 +55,7 @@ def save_model(
                 "Save the new model under another name."
             )
         if not overwrite:
-            raise ModelFileError(f"{path} exists; choose another name or allow overwriting")
+            raise ModelFileError(f"{path} exists; choose another name (model files are never overwritten)")
 
     state = {}
     for k, v in model.network.state_dict().items():
@@ -68,9 +69,39 @@ def save_model(
         "record": json.dumps(model.record(), indent=1, sort_keys=True),
         "state_dict": state,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path, replace=overwrite) as tmp:
+            torch.save(payload, tmp)
+    except FileExistsError:
+        raise ModelFileError(
+            f"{path} was written by another run while this model was being saved; it is kept as it is. "
+            "Save this model under another name"
+        ) from None
+    except (OSError, RuntimeError) as exc:
+        raise ModelFileError(f"{path} could not be written: {describe_write_failure(exc, path)}") from None
     return path
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a PyTorch file, from its first bytes; None if it may be one. Every
+    napari-cinuseg model is a zip (``torch.save``'s format since PyTorch 1.6)."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head:
+        return "it is empty (0 bytes); copy it again"
+    if head.startswith(b"PK\x03\x04"):
+        return None
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "it is an old-style PyTorch/pickle file, not the zip file napari-cinuseg writes; pickles are never loaded (they could run code)"
+    image = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image"}
+    for magic, what in image.items():
+        if head.startswith(magic):
+            return f"it is {what}, renamed"
+    try:
+        head.decode("utf-8")
+        return "it is a text file, renamed"
+    except UnicodeDecodeError:
+        return "its contents are no PyTorch file (another format, or damaged)"
 
 
 def _read_payload(path: Path) -> dict:
@@ -78,6 +109,11 @@ def _read_payload(path: Path) -> dict:
         raise ModelFileError(f"no model file at {path}")
     if path.is_dir():
         raise ModelFileError(f"{path} is a folder, not a model file")
+    reason = _not_a_torch_file(path)
+    if reason is not None:
+        raise ModelFileError(
+            f"{path} is not a usable napari-cinuseg model file: {reason}. Choose a file saved by napari-cinuseg (*.cinuseg.pt)."
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every reader failure becomes advice
@@ -124,6 +160,36 @@ def read_record(path: str | os.PathLike) -> dict:
     return record
 
 
+def _check_record(path: Path, record: dict, net: NucleiSegNet) -> None:
+    """Refuse a record that would segment wrongly without a word: class names that do not match
+    the network's outputs, an input normalisation that divides by zero or is not finite."""
+    classes = record["classes"]
+    if not isinstance(classes, list):
+        raise ModelFileError(f"{path} has a damaged record (its classes are not a list); the file cannot be used")
+    if net.num_classes != len(classes) + 1:
+        raise ModelFileError(
+            f"{path}'s record names {len(classes)} class(es), but its network segments "
+            f"{net.num_classes - 1} (plus background); the record was edited or damaged, "
+            "use the file as napari-cinuseg saved it"
+        )
+    norm = record.get("normalization") or {}
+    for key in ("mean", "std"):
+        values = norm.get(key)
+        if values is None:
+            continue
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise ModelFileError(f"{path}: normalization {key} {values!r} is not a list of numbers; the record is damaged") from None
+        bad = [v for v in values if not math.isfinite(v) or (key == "std" and v <= 0)]
+        if bad:
+            need = "positive and finite" if key == "std" else "finite"
+            raise ModelFileError(
+                f"{path}: normalization {key} {values} must be {need} (a std of 0 makes every pixel infinite, "
+                "and the model finds no nuclei); the record was edited or damaged, use the file as saved"
+            )
+
+
 def load_model(path: str | os.PathLike, *, expect_encoder: str | None = None) -> CiNuSegModel:
     """Read a model file. ``expect_encoder`` refuses a model of another encoder with a clear message."""
     path = Path(path)
@@ -151,6 +217,7 @@ def load_model(path: str | os.PathLike, *, expect_encoder: str | None = None) ->
         raise ModelFileError(
             f"{path}'s weights do not match its own description ({str(exc).splitlines()[0]}); the file is damaged"
         ) from None
+    _check_record(path, record, net)
     try:
         model = CiNuSegModel.from_record(record, net)
     except (TypeError, ValueError, KeyError) as exc:

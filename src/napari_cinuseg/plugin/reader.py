@@ -19,9 +19,9 @@ from typing import Any, Callable
 import numpy as np
 
 from ..io.export import masks_metadata, masks_pyramidal
-from ..io.images import IN_MEMORY_LIMIT_PX
+from ..io.images import IN_MEMORY_LIMIT_PX, as_rgb_uint8
 from .layer_metadata import PIXEL_SIZE_KEY, RESULT_KEY, result_metadata
-from ..io.slides import TIFF_SUFFIXES, closed_on_failure, file_pixel_size, open_tiff
+from ..io.slides import TIFF_SUFFIXES, Slide, closed_on_failure, file_pixel_size, open_tiff
 
 # .ome.tif / .ome.tiff end in .tif / .tiff; napari.yaml lists the same (a test checks it)
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -78,21 +78,19 @@ def _layer_name(path: Path) -> str:
 
 
 def _read_one(path: Path) -> LayerData:
-    if not path.is_file():
-        raise ValueError(f"cannot open {path}: there is no such file")
+    from ..io.images import check_image_file
+
+    try:
+        check_image_file(path)  # missing, a folder, a link loop, empty: said so
+    except FileNotFoundError as exc:
+        raise ValueError(f"cannot open {path}: there is no such file") from exc
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         return _read_tiff(path)
     if suffix in PLAIN_SUFFIXES:
         from ..io.images import read_rgb
 
-        try:
-            image = read_rgb(path)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure becomes advice
-            raise ValueError(
-                f"{path} could not be read as a {suffix[1:].upper()} image ({type(exc).__name__}: {exc}); "
-                "is the file complete and really an image?"
-            ) from None
+        image = read_rgb(path)  # a ValueError that names the file and says what to do
         meta = {"path": str(path), "level_shapes": [tuple(image.shape)]}
         return (image, {"name": _layer_name(path), "rgb": True, "metadata": meta}, "image")
     raise ValueError(f"{path}: napari-cinuseg reads {', '.join(TIFF_SUFFIXES + PLAIN_SUFFIXES)} files, not {suffix!r}")
@@ -145,6 +143,12 @@ def _image_layer(tif, path: Path) -> LayerData:
             "H&E images. Open stacks and multichannel images with napari's own TIFF reader."
         )
     level_shapes = [tuple(lv.shape) for lv in levels]
+    if len(levels) == 1 and Slide._fits_in_memory(levels[0]):
+        # 16-bit, float, NaN, alpha: converted (and said) by the function the command line uses
+        data = as_rgb_uint8(levels[0].asarray(), path)
+        meta = {"path": str(path), "level_shapes": [tuple(data.shape)], PIXEL_SIZE_KEY: file_pixel_size(tif)}
+        tif.close()
+        return (data, {"name": _layer_name(path), "rgb": True, "multiscale": False, "metadata": meta}, "image")
     root = _open_zarr(series.aszarr(), tif)
     if len(levels) > 1:
         data: Any = [root[str(i)] for i in range(len(levels))]

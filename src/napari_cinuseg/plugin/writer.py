@@ -1,7 +1,8 @@
-"""npe2 writer: a Labels layer (class map) to a CiNuSeg masks TIFF.
+"""npe2 writer: a Labels layer (class map) to a CiNuSeg masks TIFF and its per-nucleus CSV.
 
-The file is :func:`napari_cinuseg.io.export.export_masks`'s: page 0 the class map, then one binary
-page per class, the class names (and colours, and the model's identity) in the metadata.
+The files are the panel's Export's (:func:`napari_cinuseg.workflows.export_with_table`): the
+masks TIFF (page 0 the class map, then one binary page per class, the class names, colours and
+the model's identity in the metadata) and ``<name>.nuclei.csv`` beside it.
 
 Class names come from, in this order:
 
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.export import export_masks
+from ..io.atomic import describe_write_failure
 from .layer_metadata import RESULT_KEY, layer_pixel_size
 
 SUFFIXES = (".tif", ".tiff")
@@ -63,8 +64,19 @@ def write_masks(path: str | os.PathLike, data: Any, attributes: dict) -> list[st
     extra = {"layer_name": attributes.get("name")} if attributes.get("name") else None
     # napari's save dialog has already asked before replacing an existing file.
     pixel_size = layer_pixel_size(attributes.get("metadata"))
-    export_masks(_as_uint8(data), path, names, colours, model_id, extra=extra, overwrite=True, pixel_size=pixel_size)
-    return [str(path)]
+    from ..training.steps import drain
+    from ..workflows import export_with_table, nuclei_csv_path
+
+    # the same two files as the panel's Export: the masks TIFF and its per-nucleus table
+    csv_path = nuclei_csv_path(path)
+    had_csv = csv_path.exists()
+    try:
+        _, csv_path = drain(export_with_table(_as_uint8(data), path, names, colours, model_id, extra=extra, overwrite=True, pixel_size=pixel_size))
+    except OSError as exc:
+        if not had_csv and csv_path.exists() and not path.exists():
+            csv_path.unlink(missing_ok=True)  # no table without its masks file
+        raise OSError(exc.errno, f"{path} could not be written: {describe_write_failure(exc, path)}", str(path)) from None
+    return [str(path), str(csv_path)]
 
 
 def _label_values(data) -> np.ndarray:

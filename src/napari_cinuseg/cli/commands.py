@@ -248,10 +248,15 @@ def cmd_segment(args) -> int:
 
     from ..model.file import load_model
     from ..inference.segmentation import IN_MEMORY_LIMIT_PX, SegmentStarted, TileProgress, resampling_factor, segment
+    from ..inference.instances import nuclei_of
     from ..io.slides import Slide
-    from ..workflows import export_with_table
+    from ..model.file import BUNDLED_MODEL
+    from ..workflows import export_nuclei
 
-    model = load_model(args.model)
+
+    if args.model is None and _MAIN_RANK:
+        CONSOLE.say(f"no --model given: using the bundled base model {BUNDLED_MODEL.name} (CoNSeP's classes, 0.25 µm/px)")
+    model = load_model(args.model or BUNDLED_MODEL)
     out = Path(args.out)
     images, device = _shard(args.images, args.shard), args.device
     if os.environ.get("LOCAL_RANK") and device == "auto" and torch.cuda.is_available():
@@ -306,16 +311,28 @@ def cmd_segment(args) -> int:
 
             class_map = zarr.open_array(str(result), mode="r") if on_disk else result
             extra = {"source": str(image), "level": args.level}
+            nuclei = nuclei_of(
+                class_map, pixel_size_um=pixel_size, min_area_um2=args.min_area, method=args.instances,
+                out=out / f".{target.name}.instances.zarr" if on_disk else None,
+            )
+            if nuclei.note and _MAIN_RANK:
+                CONSOLE.note(nuclei.note)
+            if isinstance(nuclei.labels, Path):
+                nuclei.labels = zarr.open_array(str(nuclei.labels), mode="r")
+            levels = getattr(slide, "levels", None)
+            downsample = max(levels[0]) / max(levels[args.level]) if levels and args.level else 1.0
             # the table first: a masks file on disk means this image is done (a resumed run skips it)
-            _, csv_path = _drain(export_with_table(
-                class_map, target, model.class_names, [c.colour for c in model.classes], model.id, extra=extra, pixel_size=pixel_size,
+            _, csv_path, gj = _drain(export_nuclei(
+                class_map, nuclei, target, model.class_names, [c.colour for c in model.classes], model.id, extra=extra,
+                pixel_size=pixel_size, geojson=args.geojson, downsample=downsample, overwrite=False,
             ))
-            CONSOLE.say(f"saved {target} and {csv_path.name}")
+            CONSOLE.say(f"saved {target} and {csv_path.name}{' and ' + gj.name if gj else ''}: {nuclei.count} nuclei")
         finally:
             bar.close()
             slide.close()
             if scratch.exists():
                 shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(out / f".{target.name}.instances.zarr", ignore_errors=True)
     return 2 if failed else 0
 
 

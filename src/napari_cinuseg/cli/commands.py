@@ -95,9 +95,30 @@ def cmd_train_base(args) -> int:
     data = _load_data(args)
     classes = _names(args.classes) if args.classes else data.class_names
     pairs = step_pairs(data, classes)
+    for spec in args.with_data or []:
+        pairs += _more_pairs(spec, classes, args)
     settings = _with_encoder(_settings(args), args)
     model = _drain(train_base(pairs, classes, settings, out=args.out, pixel_size=args.pixel_size or data.pixel_size))
     return 0 if model is not None else 130
+
+
+def _more_pairs(spec: str, classes: list[str], args: argparse.Namespace) -> list:
+    """The training pairs of one ``--with KIND[=FOLDER]`` of train-base, split as --split says."""
+    from ..datasets.labelled import data_dir, split_by_source
+    from ..datasets.layouts import read_dataset
+    from ..datasets.nucleus_only import mixed_class_pairs, nucleus_pairs
+    from ..runtime.names import DATASETS, NUCLEUS_DATASETS
+
+    kind, _, folder = spec.partition("=")
+    if kind not in DATASETS + NUCLEUS_DATASETS:
+        raise ValueError(f"--with {spec}: unknown data set {kind!r}; choose one of {', '.join(DATASETS + NUCLEUS_DATASETS)}")
+    data = read_dataset(kind, folder or data_dir() / kind)
+    if args.split != "all":
+        train, val = split_by_source(data, args.val_fraction, args.split_seed)
+        data = train if args.split == "train" else val
+    pairs = nucleus_pairs(data) if kind in NUCLEUS_DATASETS else mixed_class_pairs(data, classes)
+    CONSOLE.say(f"--with {kind}: {len(pairs)} images ({'nucleus-only' if kind in NUCLEUS_DATASETS else 'classes'}, split {args.split})")
+    return pairs
 
 
 def cmd_step(args) -> int:

@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--pixel-size", type=float,
         help="µm per pixel of the training images (default: the data set's, or pixel_size_um in a folder's classes.json)",
     )
+    p.add_argument(
+        "--with", dest="with_data", action="append", metavar="KIND[=FOLDER]",
+        help="another data set to train on too (repeat for several), split like --data by --split: "
+        "nucleus-only monuseg, nuinsseg or nuclei (images/ + instances/ or masks/) teach where nuclei are, with "
+        "no class (docs/method.md, mixed supervision); consep, monusac or folder add their pixels of --classes, "
+        "their other classes counted as nuclei of unknown class (default FOLDER: $CINUSEG_DATA/<KIND>)",
+    )
     p.add_argument("--out", required=True, help="new model file (*.cinuseg.pt); never overwritten")
     p.set_defaults(func=cmd_train_base)
 

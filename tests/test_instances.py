@@ -175,3 +175,37 @@ def test_segment_uses_the_bundled_model_and_writes_geojson(shared_data, tmp_path
     rows = (tmp_path / "train_1_000.nuclei.csv").read_text().splitlines()[1:]
     assert len(doc["features"]) == len(rows) > 5 and f"{len(rows)} nuclei" in err
     assert all(shape(f["geometry"]).is_valid or shape(f["geometry"]).buffer(0).area > 0 for f in doc["features"])
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_the_panels_engine_functions_segment_and_export_nuclei(shared_data, tmp_path, on_disk):
+    """workflows.segment_nuclei_and_measure → export_nuclei: the calls a panel makes, in memory and
+    with the maps on disk (zarr), give per-instance counts, CSV and GeoJSON that agree."""
+    import csv
+
+    from napari_cinuseg.model.file import BUNDLED_MODEL, load_model
+    from napari_cinuseg.io.images import read_rgb
+    from napari_cinuseg.runtime.events import ExportProgress
+    from napari_cinuseg.training.steps import drain
+    from napari_cinuseg.workflows import export_nuclei, segment_nuclei_and_measure
+
+    model = load_model(BUNDLED_MODEL)
+    image = read_rgb(shared_data / "consep" / "train" / "images" / "train_3_004.jpg")
+    out = tmp_path / "r.zarr" if on_disk else None
+    done = drain(segment_nuclei_and_measure(model, image, image_pixel_size=0.25, out=out, tile=256, overlap=32))
+    nuclei = done.nuclei
+    assert nuclei.count > 5 and not nuclei.note
+    assert sum(r["nuclei"] for r in done.statistics) == nuclei.count
+    if on_disk:
+        assert isinstance(done.class_map, list) and (tmp_path / "r.instances.zarr").is_dir()
+    events = []
+    masks, csv_path, gj = drain(export_nuclei(
+        done.class_map[0] if on_disk else done.class_map, nuclei, tmp_path / "a.masks.tif", model.class_names,
+        [c.colour for c in model.classes], model.id, pixel_size=0.25,
+    ), events.append)
+    assert masks.exists() and gj.name == "a.geojson" and csv_path.name == "a.nuclei.csv"
+    assert any(isinstance(e, ExportProgress) for e in events)
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == nuclei.count == len(json.loads(gj.read_text())["features"])
+    assert all(float(r["area_um2"]) >= 3.0 for r in rows)

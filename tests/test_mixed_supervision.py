@@ -133,3 +133,16 @@ def test_train_base_reads_several_data_sets(shared_data, tmp_path, capsys):
     assert "nucleus" in read_record(out)["steps"][0]["results"]["loss_curve"]
     assert main(["train-base", *common, "--with", "nope", "--out", str(tmp_path / "x.cinuseg.pt")]) == 2
     assert "unknown data set 'nope'" in capsys.readouterr().err
+
+
+def test_train_base_goes_on_from_a_base_model(base_file, few_pairs, tiny):
+    from napari_cinuseg import drain, load_model, train_base
+
+    init = load_model(base_file)
+    with pytest.raises(ValueError, match="init"):
+        drain(train_base(few_pairs[0], ["Epithelial"], tiny, init=init))
+    model = drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=1, lr_base=0.0), init=init))
+    a, b = init.network.state_dict(), model.network.state_dict()
+    weights = [k for k in a if k.endswith("weight") and a[k].is_floating_point()]
+    assert weights and all(torch.equal(a[k].float(), b[k]) for k in weights)  # lr 0: the init's weights, untouched
+    assert model.input == init.input and model.id != init.id

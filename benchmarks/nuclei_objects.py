@@ -119,14 +119,24 @@ def _instances(cm: np.ndarray, method: str, min_px: int) -> np.ndarray:
     return split_nuclei(cm, method=method, min_area_px=min_px, min_distance_px=6)[0]
 
 
-def measure_model(model, consep_val, monuseg_val, device: str = "cpu") -> dict:
+#: How each set's images are segmented: MoNuSeg's 1000² images by the engine's tiles (what a user
+#: gets), CoNSeP's 256² patches whole (``model.predict``, as ``cinuseg evaluate`` and the Dice
+#: figures of docs/benchmarks.md: in a 512 tile they would sit in white padding).
+INFERENCE = {"MoNuSeg": "segment, tile 512, overlap 64", "CoNSeP": "predict, whole patch"}
+
+
+def measure_model(model, consep_val, monuseg_val, device: str = "cpu", cached: dict | None = None) -> dict:
     min_px, _ = min_area_pixels(3.0, 0.25)
     t0 = time.time()
-    result: dict = {"model": model.id, "min_area_px": min_px}
+    result: dict = {"model": model.id, "min_area_px": min_px, "inference": INFERENCE}
     for name, items, truth in (
         ("MoNuSeg", monuseg_val.items, lambda it: monuseg_val.instances[it.name]),
         ("CoNSeP", consep_val.items, None),
     ):
+        if cached and cached.get("inference", {}).get(name) == INFERENCE[name] and name in cached:
+            result[name] = cached[name]
+            print(f"  {name}: cached", flush=True)
+            continue
         scores = {m: ObjectScores() for m in ("watershed", "components")}
         conf = ConfusionMatrix(model.num_channels)
         lut = np.full(256, IGNORE, np.uint8)
@@ -134,7 +144,7 @@ def measure_model(model, consep_val, monuseg_val, device: str = "cpu") -> dict:
         for i, n in enumerate(consep_val.class_names if name == "CoNSeP" else [], start=1):
             lut[i] = model.channel_of(n) if n in model.class_names else IGNORE
         for it in items:
-            cm = _class_map(model, it.image, device)
+            cm = _class_map(model, it.image, device) if name == "MoNuSeg" else model.predict(it.image, device)
             inst = truth(it) if truth else _consep_instances(it.name)
             for m, s in scores.items():
                 s.update(inst, _instances(cm, m, min_px))
@@ -171,12 +181,13 @@ def cmd_measure(args) -> int:
         path = BUNDLED_MODEL if spec == "bundled" else Path(spec)
         model = load_model(path)
         cache = out / f"measure-{model.id[:12]}.json"
-        if cache.exists():
-            results[spec] = json.loads(cache.read_text())
+        cached = json.loads(cache.read_text()) if cache.exists() else None
+        if cached and cached.get("inference") == INFERENCE:
+            results[spec] = cached
             print(f"{spec}: cached in {cache}")
             continue
         print(f"{spec} ({model.id[:8]}):", flush=True)
-        r = measure_model(model, c_val, m_val, args.device)
+        r = measure_model(model, c_val, m_val, args.device, cached)
         r.update(name=spec, file=str(path), file_mb=round(path.stat().st_size / 1e6, 1), machine=_machine())
         cache.write_text(json.dumps(r, indent=1))
         results[spec] = r

@@ -4,7 +4,9 @@
 - a base step or an incremental one for a painted class (:func:`learn_class`);
 - a class map in memory or on disk (:func:`needs_disk`), and what follows a segmentation:
   the pyramid of an on-disk map and the statistics (:func:`segment_and_measure`);
-- an export: the masks file and its per-nucleus table (:func:`export_with_table`).
+- an export: the masks file and its per-nucleus table (:func:`export_with_table`);
+- nuclei as objects: segmentation with an instance map (:func:`segment_nuclei_and_measure`) and
+  its export with a per-instance table and a QuPath GeoJSON (:func:`export_nuclei`).
 
 Each long job is a generator of typed events (:mod:`napari_cinuseg.runtime.events`) that returns its
 result, like every job of the engine.
@@ -180,4 +182,104 @@ def export_with_table(
             done, total = next(job)
         except StopIteration as stop:
             return stop.value, csv_path
+        yield ExportProgress(done, total)
+
+
+@dataclass
+class SegmentedNuclei:
+    """A segmentation as objects: the class map (an array, or its on-disk pyramid [level 0, …]),
+    the nuclei (:class:`~napari_cinuseg.inference.instances.Nuclei`: instance map and classes) and
+    one statistics row per class counted per nucleus."""
+
+    class_map: object
+    nuclei: object
+    statistics: list
+
+
+def segment_nuclei_and_measure(
+    model,
+    pixels,
+    *,
+    tile: int = 512,
+    overlap: int = 64,
+    image_pixel_size: float | None = None,
+    out: str | Path | None = None,
+    cancel: CancelFlag = None,
+    min_area_um2: float | None = None,
+    method: str = "watershed",
+) -> Generator:
+    """:func:`segment_and_measure`, then the nuclei as objects (inference/instances.py): returns a
+    :class:`SegmentedNuclei`, or None when cancelled. With ``out`` (a ``.zarr``) the instance map
+    goes to ``<out>.instances.zarr`` beside the class map. ``min_area_um2``: objects below it are
+    dropped (default 3 µm²; with the pixel size unknown 0.25 µm/px is assumed, and
+    ``nuclei.note`` says so)."""
+    from .analysis.measurements import instance_statistics
+    from .inference.instances import DEFAULT_MIN_AREA_UM2, nuclei_of
+
+    done = yield from segment_and_measure(
+        model, pixels, tile=tile, overlap=overlap, image_pixel_size=image_pixel_size, out=out, cancel=cancel
+    )
+    if done is None:
+        return None
+    class_map, _ = done
+    level0 = class_map[0] if isinstance(class_map, list) else class_map
+    inst_out = Path(str(out).removesuffix(".zarr") + ".instances.zarr") if out is not None else None
+    nuclei = nuclei_of(
+        level0, pixel_size_um=image_pixel_size, method=method, out=inst_out,
+        min_area_um2=DEFAULT_MIN_AREA_UM2 if min_area_um2 is None else min_area_um2,
+    )
+    if isinstance(nuclei.labels, Path):
+        import zarr
+
+        nuclei.labels = zarr.open_array(str(nuclei.labels), mode="r")
+    stats = instance_statistics(nuclei.labels, nuclei.classes, model.class_names, image_pixel_size)
+    return SegmentedNuclei(class_map, nuclei, stats)
+
+
+def geojson_path(masks_path: str | Path) -> Path:
+    """The QuPath GeoJSON beside a masks file: ``x.masks.tif`` → ``x.geojson``."""
+    return nuclei_csv_path(masks_path).with_name(nuclei_csv_path(masks_path).name.removesuffix(".nuclei.csv") + ".geojson")
+
+
+def export_nuclei(
+    class_map,
+    nuclei,
+    path: str | Path,
+    class_names: list[str],
+    colours: list[str] | None,
+    model_id: str | None,
+    *,
+    pixel_size: float | None = None,
+    extra: dict | None = None,
+    overwrite: bool = False,
+    geojson: bool | str | Path = True,
+    downsample: float = 1.0,
+) -> Generator:
+    """Export a segmentation as objects: the per-nucleus CSV (one row per instance, ``nucleus``
+    its id), the QuPath GeoJSON (``geojson``: True for ``x.geojson`` beside the masks, a path, or
+    False), then the masks file (last, so a masks file on disk means all are done). Yields
+    :class:`ExportProgress`; returns (masks, csv, geojson or None) paths. ``downsample``: level-0
+    pixels per pixel of the maps (a slide segmented at a lower level), for the GeoJSON."""
+    from .analysis.measurements import measure_instances_to_csv
+    from .io.export import export_masks_job
+    from .io.geojson import write_geojson
+
+    path = Path(path)
+    csv_path = nuclei_csv_path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; choose another name or allow overwriting")
+    yield ExportProgress(0, 0)
+    measure_instances_to_csv(nuclei.labels, nuclei.classes, list(class_names), pixel_size, csv_path)
+    gj = None
+    if geojson:
+        gj = geojson_path(path) if geojson is True else Path(geojson)
+        yield ExportProgress(0, 0)
+        write_geojson(gj, nuclei.labels, nuclei.classes, list(class_names), colours, overwrite=True, downsample=downsample)
+    meta = {"nuclei": nuclei.count, "nucleus_min_area_px": nuclei.min_area_px, "instances": nuclei.method, **(extra or {})}
+    job = export_masks_job(class_map, path, class_names, colours, model_id, extra=meta, overwrite=overwrite, pixel_size=pixel_size)
+    while True:
+        try:
+            done, total = next(job)
+        except StopIteration as stop:
+            return stop.value, csv_path, gj
         yield ExportProgress(done, total)

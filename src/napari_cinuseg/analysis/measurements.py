@@ -1,4 +1,4 @@
-"""Nuclei counts and areas per class, from a class map (connected components).
+"""Nuclei counts and areas per class, from a class map (connected components) or an instance map.
 
 Small in-memory class maps are labelled whole. Large or lazy ones (a whole-slide class map as a
 zarr or dask array) are measured block by block in bounded memory; see :func:`class_statistics`.
@@ -230,5 +230,93 @@ def measure_nuclei_to_csv(class_map, class_names: list[str], pixel_size_um: floa
     """:func:`nucleus_table` written to ``path`` (:func:`write_nucleus_csv`); returns the number of
     nuclei. One call with a small result, so that it can run in a separate process."""
     table = nucleus_table(class_map, class_names, pixel_size_um)
+    write_nucleus_csv(table, path)
+    return len(table["nucleus"])
+
+
+# Nuclei as objects: the same rows and table from an instance map (inference/instances.py), one
+# nucleus per instance id instead of per connected component of one class.
+
+
+def _core_blocks(shape, block: int):
+    h, w = (int(s) for s in shape)
+    for r0 in range(0, h, block):
+        for c0 in range(0, w, block):
+            yield r0, min(r0 + block, h), c0, min(c0 + block, w)
+
+
+def instance_areas(labels, n: int, *, block: int = BLOCK) -> np.ndarray:
+    """Pixel count of each instance id 0..n of an instance map (numpy or lazy), exact, read in
+    core blocks of ``block`` pixels."""
+    if isinstance(labels, np.ndarray):
+        return np.bincount(labels.ravel().astype(np.int64), minlength=n + 1)[: n + 1]
+    area = np.zeros(n + 1, np.int64)
+    for r0, r1, c0, c1 in _core_blocks(labels.shape, block):
+        area += np.bincount(np.asarray(labels[r0:r1, c0:c1]).ravel().astype(np.int64), minlength=n + 1)[: n + 1]
+    return area
+
+
+def instance_statistics(labels, classes, class_names: list[str], pixel_size_um: float | None = None, *, block: int = BLOCK) -> list[dict]:
+    """:func:`class_statistics`' rows (same keys) counted per instance: ``nuclei`` is the number
+    of instances of the class, areas are theirs. ``classes[i]`` is instance i's class (1-based
+    index into ``class_names``; ``classes[0]`` the background)."""
+    classes = np.asarray(classes)
+    area = instance_areas(labels, len(classes) - 1, block=block).astype(float)
+    rows = []
+    for i, name in enumerate(class_names, start=1):
+        a = area[1:][classes[1:] == i]
+        row = {
+            "class": name,
+            "nuclei": int(a.size),
+            "area_px": int(a.sum()),
+            "mean_area_px": float(a.mean()) if a.size else 0.0,
+            "median_area_px": float(np.median(a)) if a.size else 0.0,
+        }
+        if pixel_size_um:
+            px = pixel_size_um**2
+            row["area_um2"] = row["area_px"] * px
+            row["mean_area_um2"] = row["mean_area_px"] * px
+        rows.append(row)
+    return rows
+
+
+def instance_table(labels, classes, class_names: list[str], pixel_size_um: float | None = None, *, block: int = BLOCK, margin: int = 256) -> dict[str, list]:
+    """:func:`nucleus_table`'s columns, one row per instance: ``nucleus`` is the instance id of the
+    instance map (so a row finds its object in the map and in the GeoJSON). A map is read in core
+    blocks with a halo (the same rule: an instance is measured by the block whose core holds the
+    top-left corner of its bounding box), exact for nuclei smaller than ``margin``."""
+    from skimage.measure import regionprops_table
+
+    if len(labels.shape) != 2:
+        raise ValueError(f"a per-nucleus table needs a 2-D instance map, got shape {tuple(labels.shape)}")
+    classes = np.asarray(classes)
+    cols: dict[str, list] = {k: [] for k in ("nucleus", "class", "centroid_y", "centroid_x", "area_px", *NUCLEUS_FEATURES)}
+    h, w = (int(s) for s in labels.shape)
+    for r0, r1, c0, c1 in _core_blocks(labels.shape, block):
+        er0, ec0 = max(r0 - margin, 0), max(c0 - margin, 0)
+        ext = np.asarray(labels[er0 : min(r1 + margin, h), ec0 : min(c1 + margin, w)])
+        if not ext.any():
+            continue
+        props = regionprops_table(ext.astype(np.int64), properties=("label", "bbox", "centroid", "area", *NUCLEUS_FEATURES))
+        gr, gc = props["bbox-0"] + er0, props["bbox-1"] + ec0
+        keep = (gr >= r0) & (gr < r1) & (gc >= c0) & (gc < c1)
+        ids = props["label"][keep]
+        cols["nucleus"] += ids.astype(int).tolist()
+        cols["class"] += [class_names[int(classes[i]) - 1] for i in ids]
+        cols["centroid_y"] += (props["centroid-0"][keep] + er0).tolist()
+        cols["centroid_x"] += (props["centroid-1"][keep] + ec0).tolist()
+        cols["area_px"] += props["area"][keep].astype(int).tolist()
+        for k in NUCLEUS_FEATURES:
+            cols[k] += props[k][keep].tolist()
+    order = np.argsort(cols["nucleus"], kind="stable")
+    table = {k: [v[i] for i in order] for k, v in cols.items()}
+    if pixel_size_um:
+        table["area_um2"] = [a * pixel_size_um**2 for a in table["area_px"]]
+    return table
+
+
+def measure_instances_to_csv(labels, classes, class_names: list[str], pixel_size_um: float | None, path) -> int:
+    """:func:`instance_table` written to ``path``; returns the number of nuclei."""
+    table = instance_table(labels, classes, class_names, pixel_size_um)
     write_nucleus_csv(table, path)
     return len(table["nucleus"])

@@ -158,6 +158,8 @@ def cmd_train_base(args) -> int:
         data = _load_data(args)
         classes = _names(args.classes) if args.classes else data.class_names
         pairs = step_pairs(data, classes)
+        for spec in args.with_data or []:
+            pairs += _more_pairs(spec, classes, args)
         settings = _with_encoder(_settings(args), args)
         model = _drain(train_base(pairs, classes, settings, pixel_size=args.pixel_size or data.pixel_size))
         if model is None:
@@ -165,6 +167,25 @@ def cmd_train_base(args) -> int:
         if _MAIN_RANK:
             _save_or_rescue(model, out)
     return 0
+
+
+def _more_pairs(spec: str, classes: list[str], args: argparse.Namespace) -> list:
+    """The training pairs of one ``--with KIND[=FOLDER]`` of train-base, split as --split says."""
+    from ..datasets.labelled import data_dir, split_by_source
+    from ..datasets.layouts import read_dataset
+    from ..datasets.nucleus_only import mixed_class_pairs, nucleus_pairs
+    from ..runtime.names import DATASETS, NUCLEUS_DATASETS
+
+    kind, _, folder = spec.partition("=")
+    if kind not in DATASETS + NUCLEUS_DATASETS:
+        raise ValueError(f"--with {spec}: unknown data set {kind!r}; choose one of {', '.join(DATASETS + NUCLEUS_DATASETS)}")
+    data = read_dataset(kind, folder or data_dir() / kind)
+    if args.split != "all":
+        train, val = split_by_source(data, args.val_fraction, args.split_seed)
+        data = train if args.split == "train" else val
+    pairs = nucleus_pairs(data) if kind in NUCLEUS_DATASETS else mixed_class_pairs(data, classes)
+    CONSOLE.say(f"--with {kind}: {len(pairs)} images ({'nucleus-only' if kind in NUCLEUS_DATASETS else 'classes'}, split {args.split})")
+    return pairs
 
 
 def cmd_step(args) -> int:
@@ -324,10 +345,15 @@ def cmd_segment(args) -> int:
     from ..io.claims import OutputClaimed, claim
     from ..model.file import load_model
     from ..inference.segmentation import IN_MEMORY_LIMIT_PX, SegmentStarted, TileProgress, resampling_factor, segment
+    from ..inference.instances import nuclei_of
     from ..io.slides import Slide
-    from ..workflows import export_with_table, nuclei_csv_path
+    from ..model.file import BUNDLED_MODEL
+    from ..workflows import export_nuclei, nuclei_csv_path
 
-    model = load_model(args.model)
+
+    if args.model is None and _MAIN_RANK:
+        CONSOLE.say(f"no --model given: using the bundled base model {BUNDLED_MODEL.name} (CoNSeP's classes, 0.25 µm/px)")
+    model = load_model(args.model or BUNDLED_MODEL)
     out = Path(args.out)
     images, device = _shard(args.images, args.shard), args.device
     if os.environ.get("LOCAL_RANK") and device == "auto" and torch.cuda.is_available():
@@ -391,11 +417,22 @@ def cmd_segment(args) -> int:
 
             class_map = zarr.open_array(str(result), mode="r") if on_disk else result
             extra = {"source": str(image), "level": args.level}
+            nuclei = nuclei_of(
+                class_map, pixel_size_um=pixel_size, min_area_um2=args.min_area, method=args.instances,
+                out=out / f".{target.name}.instances.zarr" if on_disk else None,
+            )
+            if nuclei.note and _MAIN_RANK:
+                CONSOLE.note(nuclei.note)
+            if isinstance(nuclei.labels, Path):
+                nuclei.labels = zarr.open_array(str(nuclei.labels), mode="r")
+            levels = getattr(slide, "levels", None)
+            downsample = max(levels[0]) / max(levels[args.level]) if levels and args.level else 1.0
             # the table first: a masks file on disk means this image is done (a resumed run skips it)
-            _, csv_path = _drain(export_with_table(
-                class_map, target, model.class_names, [c.colour for c in model.classes], model.id, extra=extra, pixel_size=pixel_size,
+            _, csv_path, gj = _drain(export_nuclei(
+                class_map, nuclei, target, model.class_names, [c.colour for c in model.classes], model.id, extra=extra,
+                pixel_size=pixel_size, geojson=args.geojson, downsample=downsample, overwrite=False,
             ))
-            CONSOLE.say(f"saved {target} and {csv_path.name}")
+            CONSOLE.say(f"saved {target} and {csv_path.name}{' and ' + gj.name if gj else ''}: {nuclei.count} nuclei")
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
                 raise
@@ -407,6 +444,7 @@ def cmd_segment(args) -> int:
             slide.close()
             if scratch.exists():
                 shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(out / f".{target.name}.instances.zarr", ignore_errors=True)
             held.close()
     return 2 if failed else 0
 

@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--pixel-size", type=pixel_size,
         help="µm per pixel of the training images (default: the data set's, or pixel_size_um in a folder's classes.json)",
     )
+    p.add_argument(
+        "--with", dest="with_data", action="append", metavar="KIND[=FOLDER]",
+        help="another data set to train on too (repeat for several), split like --data by --split: "
+        "nucleus-only monuseg, nuinsseg or nuclei (images/ + instances/ or masks/) teach where nuclei are, with "
+        "no class (docs/method.md, mixed supervision); consep, monusac or folder add their pixels of --classes, "
+        "their other classes counted as nuclei of unknown class (default FOLDER: $CINUSEG_DATA/<KIND>)",
+    )
     p.add_argument("--out", required=True, help="new model file (*.cinuseg.pt); never overwritten")
     p.set_defaults(func=cmd_train_base)
 
@@ -168,8 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "segment", "segment images or whole slides into per-class masks (TIFF)")
     p.add_argument("images", nargs="+", help="PNG/JPEG/TIFF images or SVS/pyramidal TIFF slides")
-    p.add_argument("--model", required=True, help="the model file")
-    p.add_argument("--out", required=True, help="folder for <name>.masks.tif (pyramidal OME-TIFF) and <name>.nuclei.csv; images already done are skipped")
+    p.add_argument("--model", help="the model file (default: the bundled base model, CoNSeP's classes; said when used)")
+    p.add_argument("--out", required=True, help="folder for <name>.masks.tif (pyramidal OME-TIFF) and <name>.nuclei.csv (one row per nucleus); images already done are skipped")
+    p.add_argument("--geojson", action="store_true", help="also write <name>.geojson: nucleus polygons with class names and colours, for QuPath (File > Import objects), in level-0 pixels")
+    p.add_argument("--min-area", type=float, default=3.0, help="nuclei under this many µm² are dropped (with the pixel size unknown, 0.25 µm/px is assumed)")
+    p.add_argument("--instances", choices=("watershed", "components"), default="watershed", help="how touching nuclei are split: watershed on the distance transform, or connected components (no split)")
     p.add_argument("--tile", type=int, default=512, help="tile side in the model's pixels (a multiple of 32)")
     p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles, blended")
     p.add_argument("--batch-size", type=int, default=4, help="tiles run through the network at a time")

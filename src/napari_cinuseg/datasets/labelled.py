@@ -20,7 +20,7 @@ from skimage import io as skio
 
 from ..io.images import as_rgb_uint8, read_rgb  # noqa: F401 - kept importable from here
 
-from ..runtime.names import IGNORE
+from ..runtime.names import IGNORE, NUCLEUS
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
@@ -276,8 +276,9 @@ def step_pairs(data: LabelledSet, step_classes: Sequence[str]) -> list[TrainingP
     return pairs
 
 
-def check_pairs(pairs: Sequence[TrainingPair], n_classes: int) -> None:
-    """Clear errors for training data that cannot teach the step's classes."""
+def check_pairs(pairs: Sequence[TrainingPair], n_classes: int, allow_nucleus: bool = False) -> None:
+    """Clear errors for training data that cannot teach the step's classes. ``allow_nucleus``: a
+    base step's targets may also hold ``NUCLEUS`` (a nucleus of unknown class)."""
     if not pairs:
         raise ValueError("no training images: annotate at least one image")
     seen = np.zeros(n_classes + 1, bool)
@@ -287,7 +288,7 @@ def check_pairs(pairs: Sequence[TrainingPair], n_classes: int) -> None:
             raise ValueError(f"training image {p.name or i} must be RGB uint8 (H, W, 3), got {img.dtype} {img.shape}")
         if tgt.shape != img.shape[:2]:
             raise ValueError(f"annotation of {p.name or i} is {tgt.shape} but its image is {img.shape[:2]}")
-        bad = np.setdiff1d(np.unique(tgt), np.r_[np.arange(n_classes + 1), IGNORE])
+        bad = np.setdiff1d(np.unique(tgt), np.r_[np.arange(n_classes + 1), IGNORE, [NUCLEUS] if allow_nucleus else []])
         if bad.size:
             raise ValueError(
                 f"annotation of {p.name or i} has label(s) {bad.tolist()}; use 0 for background, "

@@ -9,7 +9,7 @@ from pathlib import Path
 from .labelled import LabelledSet, read_consep_patches, read_folder, read_monusac_images
 from .original_layouts import read_consep_original, read_monusac_original
 
-from ..runtime.names import DATASETS
+from ..runtime.names import DATASETS, NUCLEUS_DATASETS
 
 
 def read_dataset(kind: str, root: str | os.PathLike) -> LabelledSet:
@@ -30,8 +30,12 @@ def read_dataset(kind: str, root: str | os.PathLike) -> LabelledSet:
             return read_monusac_original(root)  # per patient: *.tif/*.svs + *.xml
     elif kind == "folder":
         return read_folder(root)
+    elif kind in NUCLEUS_DATASETS:
+        from . import nucleus_only
+
+        return {"monuseg": nucleus_only.read_monuseg, "nuinsseg": nucleus_only.read_nuinsseg, "nuclei": nucleus_only.read_nuclei}[kind](root)
     else:
-        raise ValueError(f"unknown data set {kind!r}: choose one of {', '.join(DATASETS)}")
+        raise ValueError(f"unknown data set {kind!r}: choose one of {', '.join(DATASETS + NUCLEUS_DATASETS)}")
     raise ValueError(
         f"{root} is in no layout known for {kind}: expected "
         + (

@@ -16,3 +16,10 @@ INPUTS = ("rgb", "hematoxylin")
 
 # The label value of an unlabelled pixel, in class maps, training targets and losses alike.
 IGNORE = 255
+
+# Nucleus-only data (every nucleus marked, its class not): MoNuSeg's instance maps, NuInsSeg's
+# masks, or a folder of images/ + instances/ or masks/ (datasets/nucleus_only.py).
+NUCLEUS_DATASETS = ("monuseg", "nuinsseg", "nuclei")
+# The training-target value of a pixel known to be a nucleus of an unknown class (mixed
+# supervision of a base model, losses.mixed_base_bce).
+NUCLEUS = 254

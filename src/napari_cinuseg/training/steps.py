@@ -13,7 +13,8 @@ from typing import Callable, Generator, Sequence
 
 from ..datasets.labelled import TrainingPair, check_pairs
 from ..runtime.events import CancelFlag, Event
-from ..losses import LossOutput, base_bce
+from ..runtime.names import IGNORE, NUCLEUS
+from ..losses import LossOutput, base_bce, mixed_base_bce
 from ..methods import StepBatch, classifier_init, get_method
 from ..model.segmenter import CiNuSegModel
 from ..model.file import ModelFileError, load_model
@@ -44,11 +45,15 @@ def train_base(
     out: str | os.PathLike | None = None,
     cancel: CancelFlag = None,
     pixel_size: float | None = None,
+    init: CiNuSegModel | None = None,
 ) -> Generator[Event, None, CiNuSegModel | None]:
     """Step 0: a new model learns ``class_names`` with BCE on one-hot labels (255 ignored).
 
-    ``pairs`` hold targets 0 background, i the i-th of ``class_names``, 255 unlabelled.
+    ``pairs`` hold targets 0 background, i the i-th of ``class_names``, 255 unlabelled, and for
+    mixed supervision 254 (``NUCLEUS``): a nucleus of unknown class (docs/method.md).
     ``pixel_size``: µm per pixel of the images (recorded; segmentation resamples to it).
+    ``init``: a base model of the same classes, network and input to go on training from (its
+    weights; otherwise the network starts as the settings say).
     """
     settings = settings or TrainSettings()
     seed_everything(settings.seed)  # the initial weights depend on the seed too
@@ -60,17 +65,33 @@ def train_base(
         settings.input,
     )
     model.pixel_size = float(pixel_size) if pixel_size else None
-    check_pairs(pairs, len(model.classes))
+    if init is not None:  # go on training a base model: its weights, its classes and network
+        if list(init.class_names) != list(class_names) or init.arch != model.arch or init.input != model.input:
+            raise ValueError(
+                f"init: the model to go on from has classes {init.class_names}, network {init.arch} and input "
+                f"{init.input}; the settings ask for {list(class_names)}, {model.arch}, {model.input}"
+            )
+        model.network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in init.network.state_dict().items()})
+        model.mean, model.std, model.pixel_size = init.mean, init.std, model.pixel_size or init.pixel_size
+    check_pairs(pairs, len(model.classes), allow_nucleus=True)
     _check_out(out, None)
+    # mixed supervision: pixels that say only "nucleus" (NUCLEUS) get losses.mixed_base_bce's term
+    mixed = any((p.target == NUCLEUS).any() for p in pairs)
 
     def loss_fn(labels, output, old):
+        if mixed:
+            per_image, cls, nuc = mixed_base_bce(output.logits, labels, NUCLEUS)
+            return LossOutput(loss=per_image.mean(), terms={"bce": float(cls.detach().mean()), "nucleus": float(nuc.detach().mean())})
         per_image = base_bce(output.logits, labels)
         return LossOutput(loss=per_image.mean(), terms={"bce": float(per_image.detach().mean())})
 
+    channels = list(range(len(model.classes) + 1))
+    if mixed:  # the target value NUCLEUS passes through to the loss as itself
+        channels += [IGNORE] * (NUCLEUS - len(channels)) + [NUCLEUS]
     loop = _Loop(
         model=model,
         pairs=pairs,
-        channel_of_target=list(range(len(model.classes) + 1)),
+        channel_of_target=channels,
         loss_fn=loss_fn,
         prior=None,
         settings=settings,

@@ -1,0 +1,239 @@
+"""Nuclei as objects: does a model find every nucleus, as separate objects? (docs/benchmarks-nuclei.md)
+
+Two parts, both resumable (every result is kept in ``--out`` and reused; delete it to redo):
+
+``train``: a base model on mixed supervision (docs/method.md, "Mixed supervision"), going on from
+the bundled model (``--init``; same classes Epithelial + Spindle-shaped, network and input): the
+CoNSeP training split with its classes (CoNSeP's Other nuclei as nuclei of unknown class), plus
+the MoNuSeg and NuInsSeg training splits as nucleus-only data. Validation sources (20 %, seed 0,
+by slide / source image / tile) are never trained on. Saved as ``<out>/mixed.cinuseg.pt``.
+
+``measure``: for each model, on the validation splits:
+
+- MoNuSeg (6 held-out slides of 30, 1000² at 0.25 µm/px): foreground Dice, detection F1 at IoU
+  0.5, AJI, PQ against MoNuSeg's instance maps;
+- CoNSeP (5 held-out source images, 80 patches): the same against CoNSeP's instance maps, and
+  class Dice (Epithelial, Spindle-shaped; the data's Other pixels ignored, as ``cinuseg evaluate``);
+- each with the instances of inference/instances.py: watershed on the distance transform and
+  plain connected components.
+
+Images are segmented whole by the engine (``segment``: tiles of 512, overlap 64). Scores are
+means over images (as HoVer-Net's tables), the foreground Dice also pooled over pixels.
+
+    OMP_NUM_THREADS=1 nice -n 10 python3 benchmarks/nuclei_objects.py train --out runs/nuclei --iterations 900
+    OMP_NUM_THREADS=1 nice -n 10 python3 benchmarks/nuclei_objects.py measure --out runs/nuclei \\
+        --models bundled,runs/nuclei/mixed.cinuseg.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_cinuseg import drain, load_model, train_base
+from napari_cinuseg.analysis.metrics import ConfusionMatrix
+from napari_cinuseg.analysis.objects import ObjectScores
+from napari_cinuseg.datasets.labelled import IGNORE, data_dir, read_consep_patches, split_by_source
+from napari_cinuseg.datasets.nucleus_only import mixed_class_pairs, nucleus_pairs, read_monuseg, read_nuinsseg
+from napari_cinuseg.inference.instances import split_nuclei, min_area_pixels
+from napari_cinuseg.inference.segmentation import segment
+from napari_cinuseg.model.file import BUNDLED_MODEL
+from napari_cinuseg.runtime.events import Progress
+from napari_cinuseg.training.settings import TrainSettings
+
+CLASSES = ["Epithelial", "Spindle-shaped"]
+PUBLISHED = {  # HoVer-Net (Graham et al. 2019), MoNuSeg, trained on MoNuSeg's own training images, as published
+    "MoNuSeg": {"dice": 0.826, "aji": 0.618, "pq": 0.597},
+}
+
+
+def _splits(root: Path, val_fraction: float, seed: int):
+    consep = read_consep_patches(root / "consep")
+    monuseg = read_monuseg(root / "monuseg")
+    return split_by_source(consep, val_fraction, seed), split_by_source(monuseg, val_fraction, seed)
+
+
+def cmd_train(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "mixed.cinuseg.pt"
+    if target.exists():
+        print(f"{target} exists: kept (delete it to train again)")
+        return 0
+    root = data_dir(args.data)
+    (c_train, _), (m_train, _) = _splits(root, args.val_fraction, args.seed)
+    nuins = read_nuinsseg(root / "nuinsseg")
+    n_train, _ = split_by_source(nuins, args.val_fraction, args.seed)
+    del nuins
+    pairs = (
+        mixed_class_pairs(c_train, CLASSES) * args.consep_repeat
+        + nucleus_pairs(m_train) * args.monuseg_repeat
+        + nucleus_pairs(n_train)
+    )
+    init = load_model(args.init if args.init != "bundled" else BUNDLED_MODEL)
+    s = init.steps[0].settings
+    settings = TrainSettings(
+        encoder=s["encoder"], decoder=s["decoder"], decoder_channels=tuple(s["decoder_channels"]), encoder_weights=None,
+        input=s["input"], stain_jitter=s["stain_jitter"], crop_size=s["crop_size"], batch_size=s["batch_size"],
+        iterations=args.iterations, lr_base=args.lr, seed=args.seed, device=args.device, log_every=25,
+    )
+    print(f"training on {len(pairs)} pairs (CoNSeP {len(c_train.items)} × {args.consep_repeat}, MoNuSeg {len(m_train.items)} × "
+          f"{args.monuseg_repeat}, NuInsSeg {len(n_train.items)}), {args.iterations} iterations from {init.id[:8]}", flush=True)
+    t0 = time.time()
+
+    def show(ev):
+        if isinstance(ev, Progress):
+            terms = " ".join(f"{k} {v:.3f}" for k, v in ev.terms.items())
+            print(f"it {ev.iteration}/{ev.total} loss {ev.loss:.3f} {terms} {ev.seconds:.0f}s", flush=True)
+
+    model = drain(train_base(pairs, CLASSES, settings, colours=[c.colour for c in init.classes], pixel_size=0.25, init=init, out=out / "mixed-fp32.cinuseg.pt"), show)
+    from napari_cinuseg import save_model
+
+    save_model(model, target, half=True)
+    (out / "train.json").write_text(json.dumps({
+        "seconds": round(time.time() - t0, 1), "iterations": args.iterations, "lr": args.lr, "init": init.id,
+        "pairs": {"consep": len(c_train.items), "consep_repeat": args.consep_repeat, "monuseg": len(m_train.items),
+                  "monuseg_repeat": args.monuseg_repeat, "nuinsseg": len(n_train.items)},
+        "machine": _machine(),
+    }, indent=1))
+    print(f"saved {target} in {time.time() - t0:.0f} s")
+    return 0
+
+
+def _machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')}"
+
+
+def _class_map(model, image, device) -> np.ndarray:
+    return drain(segment(model, image, tile=512, overlap=64, device=device, min_tissue=0.0, image_pixel_size=model.pixel_size))
+
+
+def _instances(cm: np.ndarray, method: str, min_px: int) -> np.ndarray:
+    return split_nuclei(cm, method=method, min_area_px=min_px, min_distance_px=6)[0]
+
+
+#: How each set's images are segmented: MoNuSeg's 1000² images by the engine's tiles (what a user
+#: gets), CoNSeP's 256² patches whole (``model.predict``, as ``cinuseg evaluate`` and the Dice
+#: figures of docs/benchmarks.md: in a 512 tile they would sit in white padding).
+INFERENCE = {"MoNuSeg": "segment, tile 512, overlap 64", "CoNSeP": "predict, whole patch"}
+
+
+def measure_model(model, consep_val, monuseg_val, device: str = "cpu", cached: dict | None = None) -> dict:
+    min_px, _ = min_area_pixels(3.0, 0.25)
+    t0 = time.time()
+    result: dict = {"model": model.id, "min_area_px": min_px, "inference": INFERENCE}
+    for name, items, truth in (
+        ("MoNuSeg", monuseg_val.items, lambda it: monuseg_val.instances[it.name]),
+        ("CoNSeP", consep_val.items, None),
+    ):
+        if cached and cached.get("inference", {}).get(name) == INFERENCE[name] and name in cached:
+            result[name] = cached[name]
+            print(f"  {name}: cached", flush=True)
+            continue
+        scores = {m: ObjectScores() for m in ("watershed", "components")}
+        conf = ConfusionMatrix(model.num_channels)
+        lut = np.full(256, IGNORE, np.uint8)
+        lut[0] = 0
+        for i, n in enumerate(consep_val.class_names if name == "CoNSeP" else [], start=1):
+            lut[i] = model.channel_of(n) if n in model.class_names else IGNORE
+        for it in items:
+            cm = _class_map(model, it.image, device) if name == "MoNuSeg" else model.predict(it.image, device)
+            inst = truth(it) if truth else _consep_instances(it.name)
+            for m, s in scores.items():
+                s.update(inst, _instances(cm, m, min_px))
+            if name == "CoNSeP":
+                conf.update(lut[it.labels], cm)
+        result[name] = {m: s.summary() for m, s in scores.items()}
+        if name == "CoNSeP":
+            d = conf.dice()
+            result[name]["class_dice"] = {n: float(d[model.channel_of(n)] * 100) for n in model.class_names}
+        print(f"  {name}: {json.dumps({m: {k: round(v, 3) for k, v in result[name][m].items() if isinstance(v, float)} for m in scores})}", flush=True)
+    result["seconds"] = round(time.time() - t0, 1)
+    return result
+
+
+_CONSEP_ROOT: Path | None = None
+
+
+def _consep_instances(stem: str) -> np.ndarray:
+    from skimage import io as skio
+
+    return skio.imread(_CONSEP_ROOT / "train" / "instances" / f"{stem}.png")
+
+
+def cmd_measure(args) -> int:
+    global _CONSEP_ROOT
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    root = data_dir(args.data)
+    _CONSEP_ROOT = root / "consep"
+    (_, c_val), (_, m_val) = _splits(root, args.val_fraction, args.seed)
+    print(f"validation: CoNSeP {len(c_val.items)} patches of {len(c_val.sources)} source images, MoNuSeg {len(m_val.items)} slides", flush=True)
+    results = {}
+    for spec in args.models.split(","):
+        path = BUNDLED_MODEL if spec == "bundled" else Path(spec)
+        model = load_model(path)
+        cache = out / f"measure-{model.id[:12]}.json"
+        cached = json.loads(cache.read_text()) if cache.exists() else None
+        if cached and cached.get("inference") == INFERENCE:
+            results[spec] = cached
+            print(f"{spec}: cached in {cache}")
+            continue
+        print(f"{spec} ({model.id[:8]}):", flush=True)
+        r = measure_model(model, c_val, m_val, args.device, cached)
+        r.update(name=spec, file=str(path), file_mb=round(path.stat().st_size / 1e6, 1), machine=_machine())
+        cache.write_text(json.dumps(r, indent=1))
+        results[spec] = r
+    print(table(results))
+    return 0
+
+
+def table(results: dict) -> str:
+    rows = [
+        "| model | instances | MoNuSeg Dice | F1@0.5 | AJI | PQ | CoNSeP Dice | F1@0.5 | AJI | PQ | CoNSeP class Dice Epi / Spindle |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        for m in ("watershed", "components"):
+            mo, co = r["MoNuSeg"][m], r["CoNSeP"][m]
+            cd = r["CoNSeP"]["class_dice"]
+            rows.append(
+                f"| {name} | {m} | {100 * mo['dice']:.1f} | {100 * mo['f1']:.1f} | {100 * mo['aji']:.1f} | {100 * mo['pq']:.1f} | "
+                f"{100 * co['dice']:.1f} | {100 * co['f1']:.1f} | {100 * co['aji']:.1f} | {100 * co['pq']:.1f} | "
+                f"{cd['Epithelial']:.1f} / {cd['Spindle-shaped']:.1f} |"
+            )
+    p = PUBLISHED["MoNuSeg"]
+    rows.append(f"| HoVer-Net, published (trained on MoNuSeg) | its own | {100 * p['dice']:.1f} | – | {100 * p['aji']:.1f} | {100 * p['pq']:.1f} | – | – | – | – | – |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("train", "measure"):
+        q = sub.add_parser(name)
+        q.add_argument("--out", required=True)
+        q.add_argument("--data", default=None, help="the shared data folder (default $CINUSEG_DATA)")
+        q.add_argument("--val-fraction", type=float, default=0.2)
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--device", default="cpu")
+    t = sub.choices["train"]
+    t.add_argument("--iterations", type=int, default=900)
+    t.add_argument("--lr", type=float, default=0.005)
+    t.add_argument("--init", default="bundled", help="the base model to go on from (default: the bundled one)")
+    t.add_argument("--consep-repeat", type=int, default=2, help="CoNSeP pairs repeated, so that class pixels stay a good share of the crops")
+    t.add_argument("--monuseg-repeat", type=int, default=4)
+    sub.choices["measure"].add_argument("--models", default="bundled", help="comma-separated model files, or 'bundled'")
+    args = p.parse_args(argv)
+    return cmd_train(args) if args.cmd == "train" else cmd_measure(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Nuclei as objects: the instance map beside the class map, scored on CoNSeP's instance maps,
+per-instance counts and table, and the QuPath GeoJSON parsed back with shapely."""
+
+import json
+
+import numpy as np
+import pytest
+from skimage import io as skio
+
+from napari_cinuseg.analysis.measurements import instance_statistics, instance_table
+from napari_cinuseg.analysis.objects import ObjectScores, image_scores
+from napari_cinuseg.inference.instances import min_area_pixels, nuclei_of, split_nuclei
+
+
+def _consep(shared_data, stems):
+    root = shared_data / "consep" / "train"
+    out = []
+    for s in stems:
+        inst = skio.imread(root / "instances" / f"{s}.png")
+        labels = skio.imread(root / "labels" / f"{s}.png")
+        out.append((inst, labels))
+    return out
+
+
+STEMS = ["train_1_000", "train_5_003", "train_9_007", "train_13_010", "train_20_005"]
+
+
+def test_watershed_splits_touching_nuclei_of_consep_better_than_components(shared_data):
+    """On CoNSeP's own class maps (touching nuclei of one class merge), the watershed finds the
+    instances of CoNSeP's instance maps far better than connected components do."""
+    ws, cc = ObjectScores(), ObjectScores()
+    for inst, labels in _consep(shared_data, STEMS):
+        ws.update(inst, split_nuclei(labels, method="watershed", min_area_px=12)[0])
+        cc.update(inst, split_nuclei(labels, method="components", min_area_px=12)[0])
+    w, c = ws.summary(), cc.summary()
+    assert w["pred"] > c["pred"]  # touching nuclei split
+    assert w["f1"] > c["f1"] + 0.05 and w["aji"] > c["aji"] + 0.05
+    assert w["f1"] > 0.75 and w["dice"] > 0.95
+
+
+def test_each_nucleus_takes_its_majority_class_and_specks_are_dropped():
+    cm = np.zeros((60, 60), np.uint8)
+    cm[5:20, 5:20] = 1
+    cm[5:9, 5:20] = 2  # a minority of the nucleus's pixels in class 2
+    cm[40:55, 40:55] = 3
+    cm[30, 5] = 2  # a speck
+    labels, classes = split_nuclei(cm, min_area_px=10)
+    assert labels.max() == 2 and len(classes) == 3 and classes[0] == 0
+    assert classes[labels[12, 12]] == 1 and classes[labels[47, 47]] == 3
+    assert labels[30, 5] == 0
+
+
+def test_minimum_area_in_square_micrometres():
+    assert min_area_pixels(3.0, 0.25) == (48, "")
+    assert min_area_pixels(3.0, 0.5)[0] == 12
+    px, note = min_area_pixels(3.0, None)
+    assert px == 48 and "pixel size unknown" in note and "0.25" in note
+    with pytest.raises(ValueError, match="0 µm² or more"):
+        min_area_pixels(-1, 0.25)
+    assert nuclei_of(np.zeros((8, 8), np.uint8), pixel_size_um=None).note
+
+
+def _mosaic(shared_data):
+    pairs = _consep(shared_data, STEMS[:4])
+    inst = np.zeros((512, 512), np.int64)
+    cm = np.zeros((512, 512), np.uint8)
+    for k, (i, lab) in enumerate(pairs):
+        y, x = (k // 2) * 256, (k % 2) * 256
+        inst[y : y + 256, x : x + 256] = np.where(i > 0, i.astype(np.int64) + 10000 * (k + 1), 0)
+        cm[y : y + 256, x : x + 256] = lab
+    return inst, cm
+
+
+def test_blockwise_nuclei_match_the_whole_map(shared_data, tmp_path):
+    """A class map split block by block (zarr in, zarr out) gives the nuclei of the whole map."""
+    import zarr
+
+    inst, cm = _mosaic(shared_data)
+    whole = nuclei_of(cm, pixel_size_um=0.25)
+    z = zarr.open_array(str(tmp_path / "cm.zarr"), mode="w", shape=cm.shape, chunks=(128, 128), dtype="uint8")
+    z[:] = cm
+    blocks = nuclei_of(z, pixel_size_um=0.25, block=128, margin=64, out=tmp_path / "inst.zarr")
+    lab = np.asarray(zarr.open_array(str(blocks.labels), mode="r"))
+    ids = np.unique(lab)[1:]
+    assert len(ids) == blocks.count == len(blocks.classes) - 1  # unique ids over the map, none lost
+    assert abs(blocks.count - whole.count) <= 0.03 * whole.count
+    assert image_scores(whole.labels, lab)["f1"] > 0.95
+    assert image_scores(inst, lab)["f1"] > 0.7
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    with pytest.raises(FileExistsError):
+        nuclei_of(z, block=128, margin=64, out=tmp_path / "inst.zarr")
+
+
+def test_counts_and_table_are_per_instance(shared_data):
+    inst, cm = _mosaic(shared_data)
+    nuclei = nuclei_of(cm, pixel_size_um=0.25)
+    names = ["Other", "Inflammatory", "Epithelial", "Spindle-shaped"]
+    rows = instance_statistics(nuclei.labels, nuclei.classes, names, 0.25)
+    assert sum(r["nuclei"] for r in rows) == nuclei.count
+    for i, r in enumerate(rows, start=1):
+        assert r["nuclei"] == int((nuclei.classes[1:] == i).sum())
+    assert sum(r["area_px"] for r in rows) == int((nuclei.labels > 0).sum())
+    table = instance_table(nuclei.labels, nuclei.classes, names, 0.25, block=200, margin=64)
+    assert table["nucleus"] == list(range(1, nuclei.count + 1))
+    assert min(table["area_px"]) >= nuclei.min_area_px == 48
+    area = np.bincount(nuclei.labels.ravel())
+    assert table["area_px"] == area[1:].tolist()
+    k = 7
+    ys, xs = np.nonzero(nuclei.labels == k)
+    assert abs(table["centroid_y"][k - 1] - ys.mean()) < 1e-6 and table["class"][k - 1] == names[nuclei.classes[k] - 1]
+
+
+def test_object_scores():
+    a = np.zeros((20, 20), np.int32)
+    a[2:8, 2:8] = 1
+    a[10:18, 10:18] = 2
+    s = image_scores(a, a)
+    assert s["f1"] == s["pq"] == s["aji"] == s["dice"] == 1.0
+    b = np.zeros_like(a)
+    b[2:8, 2:5], b[2:8, 5:8] = 7, 9  # nucleus 1 cut in two halves, nucleus 2 missed
+    s = image_scores(a, b)
+    assert s["tp"] == 0 and s["fp"] == 2 and s["fn"] == 2 and s["f1"] == 0 and s["pq"] == 0
+    assert s["aji"] == pytest.approx(18 / (36 + 18 + 64))
+    assert s["dice"] == pytest.approx(2 * 36 / (100 + 36))
+
+
+def test_geojson_for_qupath_parses_back_with_shapely(shared_data, tmp_path):
+    shapely = pytest.importorskip("shapely")
+    from shapely.geometry import Point, shape
+
+    from napari_cinuseg.io.geojson import write_geojson
+
+    _, cm = _mosaic(shared_data)
+    nuclei = nuclei_of(cm, pixel_size_um=0.25)
+    names, colours = ["Other", "Inflammatory", "Epithelial", "Spindle-shaped"], ["#e6194b", "#3cb44b", "#ffe119", "#4363d8"]
+    path = tmp_path / "n.geojson"
+    assert write_geojson(path, nuclei.labels, nuclei.classes, names, colours, block=200, margin=64) == nuclei.count
+    doc = json.loads(path.read_text())
+    assert doc["type"] == "FeatureCollection" and len(doc["features"]) == nuclei.count
+    area = np.bincount(nuclei.labels.ravel())
+    seen = set()
+    for f in doc["features"]:
+        p = f["properties"]
+        assert f["type"] == "Feature" and p["objectType"] == "detection"
+        k = p["nucleus"]
+        seen.add(k)
+        cls = int(nuclei.classes[k])
+        assert p["classification"] == {"name": names[cls - 1], "color": [int(colours[cls - 1][i : i + 2], 16) for i in (1, 3, 5)]}
+        poly = shape(f["geometry"])
+        assert poly.geom_type == "Polygon" and poly.area > 0
+        assert abs(poly.area - area[k]) < 0.35 * area[k] + 8  # the outline runs through boundary pixels
+        ys, xs = np.nonzero(nuclei.labels == k)
+        # a pixel (r, c) is the square [c, c+1] x [r, r+1]: its nucleus's polygon holds a pixel centre of it
+        assert any(poly.contains(Point(x + 0.5, y + 0.5)) for y, x in zip(ys[::5], xs[::5]))
+    assert seen == set(range(1, nuclei.count + 1))
+    # a map at a lower level: coordinates scaled to level 0
+    write_geojson(tmp_path / "x4.geojson", nuclei.labels, nuclei.classes, names, colours, downsample=4, overwrite=True)
+    a = shape(json.loads(path.read_text())["features"][0]["geometry"])
+    b = next(shape(f["geometry"]) for f in json.loads((tmp_path / "x4.geojson").read_text())["features"] if f["properties"]["nucleus"] == doc["features"][0]["properties"]["nucleus"])
+    assert b.area == pytest.approx(16 * a.area, rel=1e-3)
+    with pytest.raises(FileExistsError):
+        write_geojson(path, nuclei.labels, nuclei.classes, names, colours)
+
+
+def test_segment_uses_the_bundled_model_and_writes_geojson(shared_data, tmp_path, capsys):
+    from shapely.geometry import shape
+
+    from napari_cinuseg.cli import main
+
+    image = shared_data / "consep" / "train" / "images" / "train_1_000.jpg"
+    assert main(["segment", str(image), "--out", str(tmp_path), "--geojson", "--pixel-size", "0.25", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "using the bundled base model" in err
+    doc = json.loads((tmp_path / "train_1_000.geojson").read_text())
+    rows = (tmp_path / "train_1_000.nuclei.csv").read_text().splitlines()[1:]
+    assert len(doc["features"]) == len(rows) > 5 and f"{len(rows)} nuclei" in err
+    assert all(shape(f["geometry"]).is_valid or shape(f["geometry"]).buffer(0).area > 0 for f in doc["features"])
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_the_panels_engine_functions_segment_and_export_nuclei(shared_data, tmp_path, on_disk):
+    """workflows.segment_nuclei_and_measure → export_nuclei: the calls a panel makes, in memory and
+    with the maps on disk (zarr), give per-instance counts, CSV and GeoJSON that agree."""
+    import csv
+
+    from napari_cinuseg.model.file import BUNDLED_MODEL, load_model
+    from napari_cinuseg.io.images import read_rgb
+    from napari_cinuseg.runtime.events import ExportProgress
+    from napari_cinuseg.training.steps import drain
+    from napari_cinuseg.workflows import export_nuclei, segment_nuclei_and_measure
+
+    model = load_model(BUNDLED_MODEL)
+    image = read_rgb(shared_data / "consep" / "train" / "images" / "train_3_004.jpg")
+    out = tmp_path / "r.zarr" if on_disk else None
+    done = drain(segment_nuclei_and_measure(model, image, image_pixel_size=0.25, out=out, tile=256, overlap=32))
+    nuclei = done.nuclei
+    assert nuclei.count > 5 and not nuclei.note
+    assert sum(r["nuclei"] for r in done.statistics) == nuclei.count
+    if on_disk:
+        assert isinstance(done.class_map, list) and (tmp_path / "r.instances.zarr").is_dir()
+    events = []
+    masks, csv_path, gj = drain(export_nuclei(
+        done.class_map[0] if on_disk else done.class_map, nuclei, tmp_path / "a.masks.tif", model.class_names,
+        [c.colour for c in model.classes], model.id, pixel_size=0.25,
+    ), events.append)
+    assert masks.exists() and gj.name == "a.geojson" and csv_path.name == "a.nuclei.csv"
+    assert any(isinstance(e, ExportProgress) for e in events)
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == nuclei.count == len(json.loads(gj.read_text())["features"])
+    assert all(float(r["area_um2"]) >= 3.0 for r in rows)

@@ -7,12 +7,11 @@ A method turns the model's output on a batch (and, if it uses one, the frozen pr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 
 from ..losses import LossOutput
-from ..training.settings import TrainSettings
 
 
 @dataclass
@@ -25,7 +24,7 @@ class StepBatch:
     new_classes: list[int]  # channel ids of C^t
     old_logits: torch.Tensor | None  # (B, K_old, H, W) of the frozen prior, if the method uses it
     old_features: Sequence[torch.Tensor] | None
-    settings: TrainSettings
+    settings: Any  # the step's training.settings.TrainSettings, handed down by the training loop
     embedding: torch.Tensor | None = None  # (B, D, h, w) decoder output (the classifier's input);
     # h, w = H/2, W/2 for the U-Net decoder, H/8 for ASPP
     old_embedding: torch.Tensor | None = None  # the frozen prior's, if the method uses it
@@ -38,7 +37,7 @@ class StepContext:
     prior: object  # CiNuSegModel, frozen
     model: object  # CiNuSegModel being trained (already grown by the new classes)
     new_classes: list[int]
-    settings: TrainSettings
+    settings: Any  # the step's training.settings.TrainSettings
     device: torch.device
     batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
     """One pass over the step's whole images, one at a time, without augmentation: (normalised

@@ -114,7 +114,7 @@ def test_nan_and_inf_are_replaced_and_said(rgb):
     img[0, 0, 0], img[1, 1, 1], img[2, 2, 2] = np.nan, np.inf, -np.inf
     with pytest.warns(ImageNotice, match="3 NaN/infinite value"):
         out = as_rgb_uint8(img)
-    assert out.dtype == np.uint8 and out[1, 1, 1] == 255 and out[2, 2, 2] == 0
+    assert out.dtype == np.uint8 and out[1, 1, 1] == 255 and out[2, 2, 2] == 0 and out[0, 0, 0] == 255
     with pytest.raises(ValueError, match="every pixel is NaN"):
         as_rgb_uint8(np.full((8, 8, 3), np.nan))
 
@@ -366,7 +366,7 @@ def test_the_command_line_converts_tiffs_as_the_panel_reader_does(tmp_path, rgb)
         assert np.array_equal(cli, as_rgb_uint8(tifffile.imread(path)))
     lo, hi = rgb.min(), rgb.max()
     assert np.abs(cli[8:, 8:].astype(int) - np.round((rgb[8:, 8:] - lo) / (hi - lo) * 255)).max() <= 1
-    assert (cli[:4, :4] == 0).all()  # NaN: the lowest finite value, not a black guess
+    assert (cli[:4, :4] == 255).all()  # NaN: white, empty glass, not black (dark tissue)
     with Slide(twelve) as slide:
         assert slide.read_all().max() == 255  # not 0..16 (0 nuclei)
     empty = tmp_path / "allnan.tif"

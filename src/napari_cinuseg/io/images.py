@@ -17,9 +17,11 @@ a ValueError that says what to do.
 - A stack or volume (more than two spatial axes): refused; save one 2-D plane.
 - An empty image (a side of 0 pixels): refused.
 
-Whole slides are converted tile by tile with :func:`region_to_uint8`, from the dtype's range
-rather than the slide's own (which would need the whole slide), so that every tile is scaled the
-same way.
+This one function converts for the command line (:class:`~napari_cinuseg.io.slides.Slide`) and
+for napari's reader alike: a TIFF that is not 8-bit RGB is read whole and converted here when it
+fits in memory (:data:`IN_MEMORY_LIMIT_PX`). Only a larger slide is converted tile by tile, with
+:func:`region_to_uint8`, from the dtype's range rather than the slide's own (which would need the
+whole slide), so that every tile is scaled the same way.
 """
 
 from __future__ import annotations

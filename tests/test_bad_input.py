@@ -478,3 +478,14 @@ def test_labels_outside_classes_json_are_refused_by_file_and_value(tmp_path, rgb
     wide[30:40, 30:40] = 2  # a 16-bit map of known ids is read as it is
     data = read_folder(_label_folder(tmp_path / "ok", rgb, wide))
     assert (data.items[0].labels[30:40, 30:40] == 2).all() and data.items[0].labels.dtype == np.uint8
+
+
+def test_a_slide_too_large_to_convert_whole_says_how_its_tiles_are_scaled(tmp_path, rgb, monkeypatch):
+    from napari_cinuseg.io import slides
+
+    monkeypatch.setattr(slides, "IN_MEMORY_LIMIT_PX", 1000)  # this 96 × 96 TIFF counts as a large slide
+    path = tmp_path / "deep.tif"
+    tifffile.imwrite(path, rgb.astype(np.uint16) * 16, photometric="rgb")
+    with pytest.warns(ImageNotice, match="deep.tif: uint16 slide too large to read whole; each tile is scaled from the type's full range 0..65535"):
+        with Slide(path) as slide:
+            assert slide.read_all().max() < 255 // 8  # dark, as said

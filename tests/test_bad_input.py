@@ -114,7 +114,7 @@ def test_nan_and_inf_are_replaced_and_said(rgb):
     img[0, 0, 0], img[1, 1, 1], img[2, 2, 2] = np.nan, np.inf, -np.inf
     with pytest.warns(ImageNotice, match="3 NaN/infinite value"):
         out = as_rgb_uint8(img)
-    assert out.dtype == np.uint8 and out[1, 1, 1] == 255 and out[2, 2, 2] == 0
+    assert out.dtype == np.uint8 and out[1, 1, 1] == 255 and out[2, 2, 2] == 0 and out[0, 0, 0] == 255
     with pytest.raises(ValueError, match="every pixel is NaN"):
         as_rgb_uint8(np.full((8, 8, 3), np.nan))
 
@@ -366,7 +366,7 @@ def test_the_command_line_converts_tiffs_as_the_panel_reader_does(tmp_path, rgb)
         assert np.array_equal(cli, as_rgb_uint8(tifffile.imread(path)))
     lo, hi = rgb.min(), rgb.max()
     assert np.abs(cli[8:, 8:].astype(int) - np.round((rgb[8:, 8:] - lo) / (hi - lo) * 255)).max() <= 1
-    assert (cli[:4, :4] == 0).all()  # NaN: the lowest finite value, not a black guess
+    assert (cli[:4, :4] == 255).all()  # NaN: white, empty glass, not black (dark tissue)
     with Slide(twelve) as slide:
         assert slide.read_all().max() == 255  # not 0..16 (0 nuclei)
     empty = tmp_path / "allnan.tif"
@@ -478,3 +478,14 @@ def test_labels_outside_classes_json_are_refused_by_file_and_value(tmp_path, rgb
     wide[30:40, 30:40] = 2  # a 16-bit map of known ids is read as it is
     data = read_folder(_label_folder(tmp_path / "ok", rgb, wide))
     assert (data.items[0].labels[30:40, 30:40] == 2).all() and data.items[0].labels.dtype == np.uint8
+
+
+def test_a_slide_too_large_to_convert_whole_says_how_its_tiles_are_scaled(tmp_path, rgb, monkeypatch):
+    from napari_cinuseg.io import slides
+
+    monkeypatch.setattr(slides, "IN_MEMORY_LIMIT_PX", 1000)  # this 96 × 96 TIFF counts as a large slide
+    path = tmp_path / "deep.tif"
+    tifffile.imwrite(path, rgb.astype(np.uint16) * 16, photometric="rgb")
+    with pytest.warns(ImageNotice, match="deep.tif: uint16 slide too large to read whole; each tile is scaled from the type's full range 0..65535"):
+        with Slide(path) as slide:
+            assert slide.read_all().max() < 255 // 8  # dark, as said

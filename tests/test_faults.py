@@ -372,3 +372,22 @@ def test_the_temporary_file_of_a_killed_save_is_removed_by_the_next(tmp_path):
     with pytest.warns(StaleFileNotice, match=f"removed {left} \\(1.2 MB\\), left by a save of m.cinuseg.pt that was killed"):
         save_model(load_model(path), path, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["m.cinuseg.pt"]
+
+
+def test_a_full_disk_while_a_class_map_is_built_on_disk_names_it(prior, tmp_path, monkeypatch):
+    """zarr's write fails without a file name ("[Errno 28] No space left on device"): the
+    segmentation names the class map it was writing, and leaves no part of it."""
+    import errno
+
+    import zarr
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", full)
+    image = np.random.default_rng(0).integers(0, 200, (160, 160, 3), dtype=np.uint8)
+    target = tmp_path / "map.zarr"
+    with pytest.raises(OSError) as err:
+        drain(segment(load_model(prior), image, tile=64, overlap=16, device="cpu", min_tissue=0, out=target))
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prior.cinuseg.pt"]

@@ -273,8 +273,9 @@ def test_viewer_opens_svs_and_saves_masks(make_napari_viewer, svs, tmp_path, cla
     labels = viewer.add_labels(class_map, name="classes", features={"index": [0, 1], "name": ["background", "Tumour"]})
     viewer.layers.selection = {labels}
     saved = viewer.layers.save(str(tmp_path / "classes.tif"), selected=True, plugin="napari-cinuseg")
-    assert saved == [str(tmp_path / "classes.tif")]
+    assert saved == [str(tmp_path / "classes.tif"), str(tmp_path / "classes.nuclei.csv")]  # as Export writes
     assert list(read_masks(saved[0])[1]) == ["Tumour", "class 2", "class 3"]
+    assert (tmp_path / "classes.nuclei.csv").read_text().startswith("nucleus,")
 
 
 def _bytes_read() -> int:

@@ -107,6 +107,11 @@ def _check_room(out: Path, need: int) -> None:
         )
 
 
+def _model_bytes(model) -> int:
+    """Bytes of ``model``'s weights as a new model file holds them (fp32)."""
+    return sum(v.numel() * (4 if v.is_floating_point() else v.element_size()) for v in model.network.state_dict().values())
+
+
 def _rescue_places(out: Path) -> list[Path]:
     """Where a trained model goes when ``out`` cannot be written: the temporary folder, then
     ~/.napari-cinuseg/rescued (another disk, often)."""
@@ -196,7 +201,7 @@ def cmd_step(args) -> int:
     prior = load_model(args.prior)
     out = Path(args.out)
     _check_out(out, prior)
-    _check_room(out, int(os.path.getsize(args.prior) * 1.1) + 2**20)  # the prior's size and a class more
+    _check_room(out, _model_bytes(prior) + 2**20)  # the prior's weights in fp32, a class more and the record
     with _claim_model(out):  # a second run with the same --out is refused now, not after training
         data = _load_data(args)
         new = _names(args.new_classes)

@@ -12,13 +12,16 @@ a ValueError that says what to do.
 - Channels first (3, H, W): moved last (four planes are taken for a stack, not RGBA).
 - 16-bit and other integers: rescaled from the image's own range (min..max) to 0..255; floats in
   0..1 are multiplied by 255, other floats rescaled from their own range.
-- NaN and ±inf: replaced by the lowest / highest finite value.
+- NaN: replaced by the highest finite value (white, as empty glass: no data is no tissue); ±inf
+  by the highest / lowest finite value.
 - A stack or volume (more than two spatial axes): refused; save one 2-D plane.
 - An empty image (a side of 0 pixels): refused.
 
-Whole slides are converted tile by tile with :func:`region_to_uint8`, from the dtype's range
-rather than the slide's own (which would need the whole slide), so that every tile is scaled the
-same way.
+This one function converts for the command line (:class:`~napari_cinuseg.io.slides.Slide`) and
+for napari's reader alike: a TIFF that is not 8-bit RGB is read whole and converted here when it
+fits in memory (:data:`IN_MEMORY_LIMIT_PX`). Only a larger slide is converted tile by tile, with
+:func:`region_to_uint8`, from the dtype's range rather than the slide's own (which would need the
+whole slide), so that every tile is scaled the same way.
 """
 
 from __future__ import annotations
@@ -100,8 +103,12 @@ def _values_to_uint8(img: np.ndarray, path) -> np.ndarray:
         if not finite.any():
             raise ValueError(f"{path}: every pixel is NaN or infinite; there is no image to read")
         lo, hi = float(values[finite].min()), float(values[finite].max())
-        values = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
-        _say(path, f"{int((~finite).sum())} NaN/infinite value(s) replaced by the lowest/highest finite value")
+        values = np.nan_to_num(values, nan=hi, posinf=hi, neginf=lo)
+        _say(
+            path,
+            f"{int((~finite).sum())} NaN/infinite value(s) replaced: NaN by the highest finite value (white: "
+            "no data is taken for empty glass, not for dark tissue), +inf/-inf by the highest/lowest",
+        )
     lo, hi = float(values.min()), float(values.max())
     if np.issubdtype(img.dtype, np.floating) and lo >= 0 and hi <= 1:
         out = values * 255
@@ -130,7 +137,7 @@ def rgb_view(array, name: str = "image"):
 
 def region_to_uint8(region: np.ndarray) -> np.ndarray:
     """A tile of a slide that is not uint8 → uint8 from the dtype's range (integers: 0..max;
-    floats: 0..1 if they fit there, else as they are), NaN → 0; a fourth (alpha) channel is
+    floats: 0..1 if they fit there, else as they are), NaN → white; a fourth (alpha) channel is
     composited onto white."""
     if region.ndim == 3 and region.shape[2] == 4:
         opacity = _alpha_fraction(region[..., 3])
@@ -140,8 +147,11 @@ def region_to_uint8(region: np.ndarray) -> np.ndarray:
     if np.issubdtype(region.dtype, np.integer):
         info = np.iinfo(region.dtype)
         return (region.astype(np.float64) / info.max * 255).round().clip(0, 255).astype(np.uint8)
-    region = np.nan_to_num(region.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-    scale = 255.0 if region.max() <= 1.0 else 1.0
+    region = region.astype(np.float64)
+    finite = np.isfinite(region)
+    top = float(region[finite].max()) if finite.any() else 1.0
+    scale = 255.0 if top <= 1.0 else 1.0
+    region = np.nan_to_num(region, nan=255.0 / scale, posinf=255.0 / scale, neginf=0.0)  # NaN: white glass
     return (region * scale).round().clip(0, 255).astype(np.uint8)
 
 

@@ -185,6 +185,15 @@ class Slide:
         shape = lv.shape
         self.height, self.width = (shape[0], shape[1]) if self._channels_last in (True, None) else (shape[1], shape[2])
         self.dtype = np.dtype(lv.dtype)
+        if self.dtype != np.uint8:
+            full = f"0..{np.iinfo(self.dtype).max}" if np.issubdtype(self.dtype, np.integer) else "0..1 (or as they are)"
+            warnings.warn(
+                f"{self.path}: {self.dtype} slide too large to read whole; each tile is scaled from the type's full "
+                f"range {full}, not the slide's own: data of fewer bits (e.g. 12 in 16) come out dark, so convert "
+                "such a slide to 8-bit RGB first",
+                ImageNotice,
+                stacklevel=3,
+            )
         base = file_pixel_size(self._tif)
         if base is not None:
             full = series.levels[0].shape

@@ -241,6 +241,8 @@ def test_the_panel_keeps_its_width_and_folds_the_details(widget, prior_file, qtb
     widget.load_model(prior_file)
     _paint(widget)
     widget._say("a very long message " * 40)
+    widget.iterations.setValue(3)
+    widget.crop.setValue(64)
     worker = widget.start_training()
     qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=60_000)
     assert widget.width() == PANEL_WIDTH and widget.status.wordWrap()

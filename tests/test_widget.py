@@ -348,13 +348,15 @@ def test_clear_messages_and_remembered_settings(widget, qtbot):
     widget.bundled_btn.click()  # the shipped base model, remembered for next time
     assert widget.model.class_names == ["Epithelial", "Spindle-shaped"]
     widget.iterations.setValue(123)
+    widget.device_choice.setCurrentIndex(widget.device_choice.findData("cpu"))
+    widget.preview.setChecked(False)
     widget.advanced.setChecked(True)
     widget.hyper["stain_jitter"].value = 0.5  # the method's settings: a magicgui form
     widget.hyper["tau"].value = 0.6
     assert widget.current_settings().stain_jitter == 0.5
     widget._remember()
     again = CiNuSegWidget(widget.viewer, storage=widget.storage, settings=widget.settings)
-    assert again.iterations.value() == 123
+    assert again.iterations.value() == 123 and again.device_name() == "cpu" and not again.preview.isChecked()
     assert again.advanced.isChecked() and again.hyper["stain_jitter"].value == 0.5 and again.hyper["tau"].value == 0.6
     assert again.model is not None and again.model.id == widget.model.id
 

@@ -1,5 +1,6 @@
 """4. gui: the Qt event loop's worst delay while the napari panel trains (its live preview on,
-then the step's review on the painted region) and exports."""
+then the step's review on the painted region) and exports. ``CINUSEG_GUI_PREVIEW=0`` turns the
+preview off, to compare the two under the same conditions."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def part_gui(ctx: Context) -> dict:
             "threads": a.threads,
             "workdir": str(a.out / "work" / "gui"),
             "export_side": 2048 if a.quick else 8192,
+            "preview": os.environ.get("CINUSEG_GUI_PREVIEW", "1") != "0",
         },
         prefix=prefix,
         timeout=3600,
@@ -103,7 +105,7 @@ def child_gui(p: dict) -> dict:
     layer.refresh()
     w.iterations.setValue(int(p["iterations"]))
     w.crop.setValue(int(p["crop"]))
-    w.preview.setChecked(True)  # the live preview of the painted region, as a user has it
+    w.preview.setChecked(bool(p.get("preview", True)))  # the live preview of the painted region, on by default
 
     from napari_cinuseg.runtime.events import Preview
     from napari_cinuseg.workflows import PREVIEW_EVERY_S
@@ -149,6 +151,7 @@ def child_gui(p: dict) -> dict:
             device_label=w.device_label.text(),
             status_text=w.status.text(),
             trained_classes=list(w.candidate.class_names) if w.candidate is not None else None,
+            preview=w.preview.isChecked(),
             previews=previews["n"],
             preview_every_s=previews["every_s"],
         )

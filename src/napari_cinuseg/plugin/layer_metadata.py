@@ -10,8 +10,9 @@ saves is understood by the other two.
 - ``EXHAUSTIVE_KEY``: on a Shapes layer of rectangles where everything unpainted is
   background, ``{"image": image layer name}``.
 - ``PANEL_LAYER_KEY``: on a layer the panel made from a result, ``{"image": image layer name,
-  "kind": what it shows}`` (kinds: ``classes``, ``mask``, ``preview``, ``step result``,
-  ``att``); a newer result of the same image and kind replaces it.
+  "kind": what it shows}`` (kinds: ``classes``, ``mask``, ``step result`` (the live preview
+  while a step trains, then its result), ``att``); a newer result of the same image and kind
+  replaces it.
 """
 
 RESULT_KEY = "cinuseg"

@@ -142,25 +142,29 @@ def add_att_layer(viewer, crops: list, pair_origins: list):
         rects, shape_type="rectangle", name="last training crops (ATT)", features=feats,
         face_color="transparent", edge_color=colours, edge_width=3, visible=False,
     )
-    image = pair_origins[0][0]
-    return _put(viewer, layer, image, ("att",))
+    return _put(viewer, layer, "", ("att",))  # one such layer, whichever images the step used
 
 
 def show_region(viewer, image_name: str, kind: str, class_map: np.ndarray, origin: tuple[int, int], colours: list[str], title: str):
     """A class map of part of an image (a painted region) at ``origin`` in it, as a Labels layer
-    named ``<image> · <title>``; a layer of the same image and kind is updated in place (the
-    live preview) or replaced."""
+    named ``<image> · <title>``. The panel's layer of the same image and kind is updated in place
+    (new data, place, name and colours): making a napari layer costs the viewer's thread about
+    half a second (its visuals), an update one frame; so the live preview and then the step's
+    result are one layer."""
     from napari.layers import Labels
 
+    colormap = labels_colormap(dict(enumerate(colours, start=1)))
+    name = f"{image_name} · {title}"
     for layer in panel_layers(viewer, image_name, kind):
-        if layer.data.shape == class_map.shape:
-            layer.data = class_map
+        if tuple(layer.translate) != tuple(origin):
             layer.translate = origin
-            return layer
-    layer = Labels(
-        class_map, name=f"{image_name} · {title}", translate=origin, opacity=0.6,
-        colormap=labels_colormap(dict(enumerate(colours, start=1))),
-    )
+        if len(layer.colormap.color_dict) != len(colormap.color_dict):
+            layer.colormap = colormap
+        layer.data = class_map
+        if layer.name != name:
+            layer.name = name
+        return layer
+    layer = Labels(class_map, name=name, translate=origin, opacity=0.6, colormap=colormap)
     return _put(viewer, layer, image_name, (kind,))
 
 

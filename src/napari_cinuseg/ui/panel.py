@@ -279,7 +279,7 @@ class CiNuSegWidget(JobHost):
 
         def on_event(ev):
             if isinstance(ev, Preview):
-                self._show_regions(ev.maps, [(o[0], o[1] + off[0], o[2] + off[1]) for o, off in zip(origins, ev.offsets)], colours, "preview", "preview (training)")
+                self._show_regions(ev.maps, [(o[0], o[1] + off[0], o[2] + off[1]) for o, off in zip(origins, ev.offsets)], colours, "step result", "preview (training)")
             else:
                 self._on_training_event(ev)
 
@@ -308,7 +308,10 @@ class CiNuSegWidget(JobHost):
             self._say(ev.message)
             if isinstance(ev, Cancelled):  # the plot and the preview were of a run that is gone
                 self.train_section.reset_results()
-                layers.remove_panel_layers(self.viewer, kind="preview")
+                if self.candidate is None:
+                    layers.remove_panel_layers(self.viewer, kind="step result")
+                else:  # the result still waiting to be kept, shown again
+                    self._show_regions(*self._candidate_regions, "step result", "step result")
         elif isinstance(ev, StepFinished):
             self.new_model_path = Path(ev.path) if ev.path else None
         else:
@@ -316,8 +319,7 @@ class CiNuSegWidget(JobHost):
 
     def _on_trained(self, result, prior, name: str, colours: list, origins: list) -> None:
         """The step's result, shown on the painted regions, waiting for Keep or Discard; the
-        result it replaces (train again) is deleted."""
-        layers.remove_panel_layers(self.viewer, kind="preview")
+        result it replaces (train again) is deleted. The preview's layer shows the result."""
         if result is None:
             return
         model, review = result
@@ -326,6 +328,7 @@ class CiNuSegWidget(JobHost):
         self.candidate, self.candidate_path, self.candidate_class = model, self.new_model_path, name
         if self.new_model_path is not None:
             model.source_path = str(self.new_model_path)
+        self._candidate_regions = (review.maps, origins, colours)
         self._show_regions(review.maps, origins, colours, "step result", "step result")
         self._add_att_layer()
         self.review.show_review(review, self.candidate_path.name if self.candidate_path else "not saved")

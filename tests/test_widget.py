@@ -268,7 +268,7 @@ def test_pixel_size_from_the_file_or_the_user_resamples_and_gives_micrometres(wi
     with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
         pass
     assert widget.viewer.layers["he · classes"].data.shape == (320, 320)  # the image's own size
-    assert widget.table.horizontalHeaderItem(2).text() == "area (µm²)"
+    assert widget.table.horizontalHeaderItem(2).text() == "area µm²"
 
 
 class _FakeCudaOOM(RuntimeError):

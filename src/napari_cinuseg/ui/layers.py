@@ -46,9 +46,12 @@ def _put(viewer, layer, image_name: str, kinds: tuple[str, ...], first: bool = T
     layer.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": kinds[0]}
     old = [ly for k in kinds for ly in panel_layers(viewer, image_name, k)] if first else []
     index = min((viewer.layers.index(ly) for ly in old), default=len(viewer.layers))
+    active = viewer.layers.selection.active  # the layer being painted stays the one selected
     for ly in old:
         viewer.layers.remove(ly)
     viewer.layers.insert(min(index, len(viewer.layers)), layer)
+    if active is not None and active in viewer.layers:
+        viewer.layers.selection.active = active
     return layer
 
 
@@ -202,6 +205,7 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
     classes.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": "classes"}
     for offset, layer in enumerate(new):
         viewer.layers.insert(min(index + offset, len(viewer.layers)), layer)
+    viewer.layers.selection.active = classes
 
 
 def result_layer(viewer):

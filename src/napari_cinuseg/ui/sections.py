@@ -366,7 +366,7 @@ class SegmentSection(QGroupBox):
         self.progress = QProgressBar()
         form.addRow(self.progress)
         self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["class", "nuclei", "area (px)", "mean area"])
+        self.table.setHorizontalHeaderLabels(["class", "nuclei", "area px", "mean px"])
         self.table.setMinimumHeight(170)  # room for a header and six classes
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
@@ -378,7 +378,7 @@ class SegmentSection(QGroupBox):
         um = bool(rows) and "area_um2" in rows[0]  # the pixel size is known: areas in µm²
         keys = ("class", "nuclei", "area_um2", "mean_area_um2") if um else ("class", "nuclei", "area_px", "mean_area_px")
         unit = "µm²" if um else "px"
-        self.table.setHorizontalHeaderLabels(["class", "nuclei", f"area ({unit})", f"mean area ({unit})"])
+        self.table.setHorizontalHeaderLabels(["class", "nuclei", f"area {unit}", f"mean {unit}"])
         for r, row in enumerate(rows):
             for col, key in enumerate(keys):
                 value = row[key]

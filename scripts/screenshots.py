@@ -1,15 +1,19 @@
-"""Make the screenshots of docs/usage.md from a real napari window.
+"""Make the screenshots of docs/usage.md from a real napari window, opened as a user opens it.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py [--out docs/images]
 
-Opens the sample image, loads the bundled base model, paints a new class ("Other", on the
-sample's darkest nuclei inside one exhaustively annotated rectangle), trains a short step,
-segments and exports, saving a picture after each step. Trains on the CPU for about a minute.
+Starts napari first, opens the sample (File > Open Sample > CiNuSeg), then the panel from the
+Plugins menu (npe2's widget command), at the panel's own width. Loads the bundled base model,
+paints a new class ("Other", on the sample's darkest nuclei inside one exhaustively annotated
+rectangle), trains a short step (a picture mid-training, with the live preview), shows the
+step's result with the keep/discard question, keeps it, segments and exports, saving a picture
+after each. Trains on the CPU for about a minute. Models and settings go to a scratch HOME.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -40,35 +44,30 @@ def main() -> None:
     ap.add_argument("--out", default="docs/images")
     ap.add_argument("--iterations", type=int, default=60)
     args = ap.parse_args()
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+
+    # keep the user's model folder and settings clean: the panel's defaults live under HOME
+    scratch = Path(tempfile.mkdtemp(prefix="cinuseg-shots-"))
+    os.environ["HOME"] = str(scratch)
+    os.environ["XDG_CONFIG_HOME"] = str(scratch / ".config")
 
     import napari
     from qtpy.QtWidgets import QApplication
     from skimage.morphology import disk, opening
 
-    from napari_cinuseg.plugin.sample_data import sample_he
-    from napari_cinuseg.ui.panel import CiNuSegWidget
-    from napari_cinuseg.workflows import Storage
-
-    scratch = Path(tempfile.mkdtemp(prefix="cinuseg-shots-"))
-    from qtpy.QtCore import QSettings
-
-    # keep the user's model folder and settings clean
-    storage, settings = Storage(scratch, scratch / "results"), QSettings(str(scratch / "settings.ini"), QSettings.IniFormat)
-    viewer = napari.Viewer(title="napari-cinuseg")
+    viewer = napari.Viewer(title="napari-cinuseg")  # napari first, as a user starts it
     viewer.window._qt_window.resize(1500, 950)
     app = QApplication.instance()
-    data, meta = sample_he()[0]
-    viewer.add_image(data, **meta)
-    widget = CiNuSegWidget(viewer, storage=storage, settings=settings)
-    viewer.window.add_dock_widget(widget, name="CiNuSeg", area="right")
+    (image,) = viewer.open_sample("napari-cinuseg", "he-cmu1")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cinuseg", "CiNuSeg")
+    data = image.data
     settle(app, 1.5)
 
     def shot(name):
         settle(app)
         viewer.screenshot(str(out / name), canvas_only=False)
-        print("saved", out / name)
+        print("saved", out / name, "panel width", widget.width(), flush=True)
 
     shot("01-sample-open.png")
     widget.bundled_btn.click()
@@ -95,17 +94,22 @@ def main() -> None:
     widget.iterations.setValue(args.iterations)
     widget.crop.setValue(128)
     worker = widget.start_training()
-    settle(app, 8)
+    settle(app, 12)  # a few previews in
+    widget.scroll.ensureWidgetVisible(widget.plot)
     shot("04-training.png")
     wait(app, worker)
-    shot("05-trained.png")
+    settle(app, 1)
+    shot("05-trained.png")  # the step's result over the painted region: keep or discard?
+    widget.keep_step()
 
     viewer.camera.zoom = 0.8
     viewer.camera.center = (512, 512)
     widget.tile.setValue(512)
     wait(app, widget.start_segmentation())
+    widget.scroll.ensureWidgetVisible(widget.table)
     shot("06-segmented.png")
     wait(app, widget.export_to(scratch / "sample.masks.tif"))
+    widget.scroll.ensureWidgetVisible(widget.table)
     shot("07-exported.png")
     viewer.close()
 

@@ -14,7 +14,7 @@ def test_unpainted_is_unlabelled_unless_exhaustive():
     ex = exhaustive_mask([np.array([[0, 0], [0, 3], [3, 3], [3, 0]])], ann.shape)
     t = annotation_target(ann, exhaustive=ex)
     assert t[1, 1] == 1 and t[2, 2] == 0 and t[5, 7] == 255 and t[4, 6] == 0
-    with pytest.raises(ValueError, match="paint with 1..1"):
+    with pytest.raises(ValueError, match="paint with label 1 for the new class and label 2 for background"):
         annotation_target(ann + 5)
 
 
@@ -54,3 +54,36 @@ def test_sparse_annotations_get_advice():
         target[10 + 4 * i : 12 + 4 * i, 20:22] = 1
     target[:, 60:] = 0
     assert sparse_annotation_advice([TrainingPair(img, target)]) is None
+
+
+def test_an_annotation_is_saved_beside_its_model_and_read_back(tmp_path):
+    import zarr
+
+    from napari_cinuseg.annotations import annotation_file, read_annotation, save_annotation
+
+    path = annotation_file(tmp_path / "base+lymphocyte-20260101.cinuseg.pt", "CMU-1 region")
+    assert path == tmp_path / "base+lymphocyte-20260101.CMU-1-region.annotation.tif"
+    ann = np.zeros((700, 530), np.uint8)  # not a whole number of tiles
+    ann[10:20, 500:530], ann[690:, :5] = 1, 2
+    save_annotation(path, ann, "CMU-1 region", "Lymphocyte", "#00ffff")
+    labels, info = read_annotation(path)
+    np.testing.assert_array_equal(labels, ann)
+    assert info == {"image": "CMU-1 region", "class": "Lymphocyte", "colour": "#00ffff"}
+    lazy = zarr.zeros((600, 600), chunks=(256, 256), dtype="uint8")  # a slide's annotation layer
+    lazy[590:, 590:] = 1
+    save_annotation(tmp_path / "slide.annotation.tif", lazy, "slide", "Lymphocyte")
+    np.testing.assert_array_equal(read_annotation(tmp_path / "slide.annotation.tif")[0], lazy[:])
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_file_that_is_not_an_annotation_is_named(tmp_path):
+    import tifffile
+
+    from napari_cinuseg.annotations import read_annotation
+
+    (tmp_path / "notes.annotation.tif").write_text("not a tiff")
+    with pytest.raises(ValueError, match=r"notes.annotation.tif is not a readable TIFF"):
+        read_annotation(tmp_path / "notes.annotation.tif")
+    tifffile.imwrite(tmp_path / "plain.tif", np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"plain.tif is a TIFF but not a CiNuSeg annotation"):
+        read_annotation(tmp_path / "plain.tif")

@@ -190,7 +190,7 @@ def test_annotation_of_another_shape(rgb):
 def test_annotation_reusing_a_class_id(rgb):
     ann = np.zeros(rgb.shape[:2], np.uint8)
     ann[5:9, 5:9] = 3  # e.g. an old class's id from another labels layer
-    with pytest.raises(ValueError, match=r"uses label\(s\) \[3\]; paint with 1..1 for the new class\(es\) and 2 for background"):
+    with pytest.raises(ValueError, match=r"uses label\(s\) \[3\]; paint with label 1 for the new class and label 2 for background"):
         training_pair(rgb, ann)
 
 

@@ -41,37 +41,76 @@ def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_paint_train_cancel_segment_export(widget, prior_file, qtbot, tmp_path):
+def _paint(widget, name="Neutrophil"):
+    widget.class_name.setText(name)
+    layer = widget.add_annotation_layer()
+    layer.data[40:60, 40:60] = 1  # a few strokes of the new class
+    layer.data[100:112, 200:214] = 1
+    layer.data[200:230, 150:170] = 2  # and of background
+    layer.refresh()
+    return layer
+
+
+def _train(widget, qtbot, iterations=2):
+    widget.iterations.setValue(iterations)
+    widget.crop.setValue(64)
+    worker = widget.start_training()
+    assert worker is not None, widget.status.text()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    return worker
+
+
+def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_path):
     viewer = widget.viewer
     before = _digest(prior_file)
     widget.load_model(prior_file)
     assert "Spindle-shaped" in widget.model_label.text()
+    prior = widget.model
 
-    widget.class_name.setText("Neutrophil")
     widget.colour.setText("#00ffff")
-    layer = widget.add_annotation_layer()
-    assert layer.metadata["cinuseg_annotation"] == {"image": "he", "class": "Neutrophil"}
-    layer.data[40:60, 40:60] = 1  # a few strokes of the new class
-    layer.data[200:230, 150:170] = 2  # and of background
-    layer.refresh()
+    layer = _paint(widget)
+    assert layer.metadata["cinuseg_annotation"] == {"image": "he", "class": "Neutrophil", "colour": "#00ffff"}
+    _train(widget, qtbot)
+    # the step's result waits for a look: shown on the painted region, the prior still current
+    assert widget.model is prior and widget.candidate.class_names == ["Epithelial", "Spindle-shaped", "Neutrophil"]
+    candidate = widget.new_model_path
+    assert candidate.exists() and candidate.parent == tmp_path / "candidates"
+    assert widget.review.isVisibleTo(widget) and widget.keep_btn.isEnabled()
+    assert "of the 2 painted Neutrophil nuclei Neutrophil" in widget.review.summary.text()
+    assert "Epithelial" in widget.forgetting_label.text()
+    step_result = viewer.layers["he · step result"]
+    origin = widget.last_crops[0][1:]
+    from napari_cinuseg.annotations import annotated_box
 
-    widget.iterations.setValue(2)
-    widget.crop.setValue(64)
-    with qtbot.waitSignal(widget.start_training().finished, timeout=120_000):
-        pass
-    assert widget.model.class_names == ["Epithelial", "Spindle-shaped", "Neutrophil"]
-    saved = widget.new_model_path
-    assert saved.exists() and saved.parent == tmp_path
-    assert _digest(prior_file) == before
-    assert "last training crops (ATT)" in viewer.layers
+    y0, x0, y1, x1 = annotated_box(np.asarray(layer.data))
+    assert tuple(step_result.translate) == origin == (y0, x0) and step_result.data.shape == (y1 - y0, x1 - x0)
+    assert int(np.asarray(step_result.data).max()) <= 3
     att = viewer.layers["last training crops (ATT)"]
+    assert not att.visible and not any(str(v) for v in np.atleast_1d(att.text.values))  # hidden, no canvas text
     assert set(att.features.columns) >= {"r", "t_o", "t_n", "att"}
     assert set(att.features["att"]) <= {"fired", "off"} and "ATT fired on" in widget.att_label.text()
-    # the forgetting report is shown beside the step's result (issue 12)
-    assert "old classes kept" in widget.forgetting_label.text() and "Epithelial" in widget.forgetting_label.text()
+    from napari_cinuseg.ui.layers import ATT_FIRED, ATT_OFF
+    from napari.utils.colormaps.standardize_color import transform_color
 
-    # a second run, cancelled at once: no file, the current model stays
-    files = sorted(tmp_path.glob("*.cinuseg.pt"))
+    want = [transform_color(ATT_FIRED if a == "fired" else ATT_OFF)[0] for a in att.features["att"]]
+    np.testing.assert_allclose(att.edge_color, want)  # each crop's own colour, whatever came first
+
+    kept = widget.keep_step()  # keep: saved in the models folder, current, the annotation beside it
+    assert kept == tmp_path / candidate.name and kept.exists() and not candidate.exists()
+    assert widget.model.class_names == ["Epithelial", "Spindle-shaped", "Neutrophil"] and widget.model.source_path == str(kept)
+    assert not widget.review.isVisibleTo(widget) and "it is now the current model" in widget.status.text()
+    annotation = kept.with_name(kept.name.removesuffix(".cinuseg.pt") + ".he.annotation.tif")
+    assert annotation.is_file() and annotation.name in widget.status.text()
+    assert _digest(prior_file) == before
+    painted = np.array(layer.data)
+    viewer.layers.remove(layer)
+    reopened = widget.open_annotation(annotation)  # reopened over its image, as an annotation layer
+    np.testing.assert_array_equal(np.asarray(reopened.data), painted)
+    assert reopened.metadata["cinuseg_annotation"]["class"] == "Neutrophil" and reopened.name == "he · Neutrophil annotation"
+
+    # a second run, cancelled at once: no file, the current model stays, the plot is cleared
+    files = sorted(tmp_path.rglob("*.cinuseg.pt"))
     current = widget.model
     widget.class_name.setText("Neutrophil-2")
     layer2 = widget.add_annotation_layer()
@@ -81,12 +120,15 @@ def test_paint_train_cancel_segment_export(widget, prior_file, qtbot, tmp_path):
     widget.cancel()
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
-    assert sorted(tmp_path.glob("*.cinuseg.pt")) == files and widget.model is current
-    assert "cancelled" in widget.status.text()
+    assert sorted(tmp_path.rglob("*.cinuseg.pt")) == files and widget.model is current and widget.candidate is None
+    assert "cancelled" in widget.status.text() and widget.plot.iterations == []
 
     widget.tile.setValue(256)
-    with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
-        pass
+    for _ in range(2):  # segmenting again replaces the result's layers
+        with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
+            pass
+        names = [ly.name for ly in viewer.layers]
+        assert names.count("he · classes") == 1 and not [n for n in names if "[" in n], names
     classes = viewer.layers["he · classes"]
     assert classes.data.shape == (320, 320)
     assert list(classes.features["name"]) == ["background", "Epithelial", "Spindle-shaped", "Neutrophil"]
@@ -106,6 +148,109 @@ def test_paint_train_cancel_segment_export(widget, prior_file, qtbot, tmp_path):
     assert list(masks) == ["Epithelial", "Spindle-shaped", "Neutrophil"] and meta["model_id"] == widget.model.id
 
 
+def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(widget, prior_file, qtbot, tmp_path):
+    widget.load_model(prior_file)
+    prior = widget.model
+    layer = _paint(widget, "Lymphocyte")
+    _train(widget, qtbot)
+    first = widget.new_model_path
+    assert first.exists() and widget.model is prior
+    layer.data[150:165, 40:55] = 1  # correct the paint, and train the same class again
+    layer.refresh()
+    _train(widget, qtbot)
+    second = widget.new_model_path
+    assert second != first and second.exists() and not first.exists()  # replaced, not piled up
+    assert "of the 3 painted Lymphocyte nuclei" in widget.review.summary.text()
+    assert [ly.name for ly in widget.viewer.layers].count("he · step result") == 1
+    assert [ly.name for ly in widget.viewer.layers].count("last training crops (ATT)") == 1
+    widget.discard_step()
+    assert not second.exists() and list((tmp_path / "candidates").iterdir()) == []
+    assert widget.model is prior and widget.candidate is None and not widget.review.isVisibleTo(widget)
+    assert "he · step result" not in widget.viewer.layers and "stays current" in widget.status.text()
+    assert list(tmp_path.glob("*.cinuseg.pt")) == []
+
+
+def test_the_preview_updates_during_training_and_goes_at_the_end(widget, prior_file, qtbot, monkeypatch):
+    import functools
+
+    from napari_cinuseg import workflows
+    from napari_cinuseg.runtime.events import Preview
+
+    monkeypatch.setattr(_panel, "with_preview", functools.partial(workflows.with_preview, every_s=0.0))
+    widget.load_model(prior_file)
+    _paint(widget)
+    seen = []
+
+    def on_event(ev):
+        if isinstance(ev, Preview):  # the layer is updated in the viewer's thread, after this
+            QTimer.singleShot(0, lambda: seen.append((ev.iteration, np.array(widget.viewer.layers["he · preview (training)"].data))))
+
+    from qtpy.QtCore import QTimer
+
+    widget.iterations.setValue(4)
+    widget.crop.setValue(64)
+    worker = widget.start_training()
+    worker.yielded.connect(on_event)
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.wait(50)
+    assert [i for i, _ in seen] == [1, 2, 3]
+    assert seen[0][1].shape == widget.viewer.layers["he · step result"].data.shape
+    assert "he · preview (training)" not in widget.viewer.layers  # the step result takes its place
+
+
+def test_the_chosen_device_reaches_the_step_and_the_segmentation(widget, prior_file, qtbot, monkeypatch):
+    asked = {}
+    real_learn, real_segment = _panel.learn_class, _panel.segment_and_measure
+
+    def learn(prior, pairs, name, colour, settings, **kw):
+        asked["step"] = settings.device
+        return real_learn(prior, pairs, name, colour, settings, **kw)
+
+    def segment(model, pixels, **kw):
+        asked["segment"] = kw["device"]
+        return real_segment(model, pixels, **kw)
+
+    monkeypatch.setattr(_panel, "learn_class", learn)
+    monkeypatch.setattr(_panel, "segment_and_measure", segment)
+    choices = [widget.device_choice.itemData(i) for i in range(widget.device_choice.count())]
+    assert choices[:2] == ["auto", "cpu"]
+    widget.device_choice.setCurrentIndex(choices.index("cpu"))
+    widget.load_model(prior_file)
+    _paint(widget)
+    _train(widget, qtbot)
+    assert asked["step"] == "cpu" and widget.candidate.steps[-1].results["device"].startswith("CPU")
+    assert widget.device_label.text().startswith("Device: CPU")
+    widget.tile.setValue(256)
+    with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
+        pass
+    assert asked["segment"] == "cpu"
+
+
+def test_the_panel_keeps_its_width_and_folds_the_details(widget, prior_file, qtbot):
+    from qtpy.QtWidgets import QScrollArea
+
+    from napari_cinuseg.ui.panel import PANEL_WIDTH
+
+    qtbot.wait(100)
+    assert isinstance(widget.scroll, QScrollArea) and widget.width() == PANEL_WIDTH
+    assert not widget.advanced.isVisibleTo(widget) and not widget.att_label.isVisibleTo(widget)  # under Details, closed
+    widget.train_section.details.set_open(True)
+    assert widget.advanced.isVisibleTo(widget)
+    assert widget.table.minimumHeight() >= 150
+    widget.load_model(prior_file)
+    _paint(widget)
+    widget._say("a very long message " * 40)
+    widget.iterations.setValue(3)
+    widget.crop.setValue(64)
+    worker = widget.start_training()
+    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=60_000)
+    assert widget.width() == PANEL_WIDTH and widget.status.wordWrap()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    assert widget.width() == PANEL_WIDTH
+
+
 def test_pixel_size_from_the_file_or_the_user_resamples_and_gives_micrometres(widget, prior_file, shared_data, qtbot):
     from napari_cinuseg.plugin.reader import read_he
 
@@ -123,7 +268,7 @@ def test_pixel_size_from_the_file_or_the_user_resamples_and_gives_micrometres(wi
     with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
         pass
     assert widget.viewer.layers["he · classes"].data.shape == (320, 320)  # the image's own size
-    assert widget.table.horizontalHeaderItem(2).text() == "area (µm²)"
+    assert widget.table.horizontalHeaderItem(2).text() == "area µm²"
 
 
 class _FakeCudaOOM(RuntimeError):
@@ -192,19 +337,6 @@ def test_closing_the_panel_mid_training_cancels_and_keeps_everything(widget, pri
     np.testing.assert_array_equal(np.asarray(layer.data), painted)
 
 
-def test_forgetting_below_the_threshold_is_a_warning_with_advice(widget, monkeypatch):
-    import napari.utils.notifications as notifications
-
-    warned = []
-    monkeypatch.setattr(notifications, "show_warning", warned.append)
-    widget.train_section.show_forgetting({"agreement": {"Epithelial": 0.55, "Spindle-shaped": 0.93}, "images": 1, "pixels": 100})
-    text = widget.forgetting_label.text()
-    assert "Epithelial 0.55" in text and "Spindle-shaped 0.93" in text
-    assert "may have forgotten Epithelial" in text and "train the step again" in text
-    assert "Spindle-shaped: the new model" not in text
-    assert any("may have forgotten Epithelial" in w for w in warned)
-
-
 def test_clear_messages_and_remembered_settings(widget, qtbot):
     assert widget.add_annotation_layer() is None  # no class name
     assert "needs a name" in widget.status.text()
@@ -216,13 +348,15 @@ def test_clear_messages_and_remembered_settings(widget, qtbot):
     widget.bundled_btn.click()  # the shipped base model, remembered for next time
     assert widget.model.class_names == ["Epithelial", "Spindle-shaped"]
     widget.iterations.setValue(123)
+    widget.device_choice.setCurrentIndex(widget.device_choice.findData("cpu"))
+    widget.preview.setChecked(False)
     widget.advanced.setChecked(True)
     widget.hyper["stain_jitter"].value = 0.5  # the method's settings: a magicgui form
     widget.hyper["tau"].value = 0.6
     assert widget.current_settings().stain_jitter == 0.5
     widget._remember()
     again = CiNuSegWidget(widget.viewer, storage=widget.storage, settings=widget.settings)
-    assert again.iterations.value() == 123
+    assert again.iterations.value() == 123 and again.device_name() == "cpu" and not again.preview.isChecked()
     assert again.advanced.isChecked() and again.hyper["stain_jitter"].value == 0.5 and again.hyper["tau"].value == 0.6
     assert again.model is not None and again.model.id == widget.model.id
 
@@ -268,7 +402,10 @@ def test_base_model_from_annotations_without_a_prior(widget, qtbot, tmp_path):
     widget.crop.setValue(64)
     with qtbot.waitSignal(widget.start_training().finished, timeout=120_000):
         pass
-    assert widget.model is not None and widget.model.class_names == ["Tumour"]
+    assert widget.model is None and widget.candidate.class_names == ["Tumour"]
+    assert "painted Tumour nuclei" in widget.review.summary.text() and widget.forgetting_label.text() == ""
+    widget.keep_step()
+    assert widget.model.class_names == ["Tumour"]
     assert widget.model.steps[-1].step == 0 and widget.model.lineage == []
     (saved,) = tmp_path.glob("base+tumour-*.cinuseg.pt")
     assert widget.model.source_path == str(saved)

@@ -1,4 +1,6 @@
-"""4. gui: the Qt event loop's worst delay while the napari panel trains and exports."""
+"""4. gui: the Qt event loop's worst delay while the napari panel trains (its live preview on,
+then the step's review on the painted region) and exports. ``CINUSEG_GUI_PREVIEW=0`` turns the
+preview off, to compare the two under the same conditions."""
 
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ def part_gui(ctx: Context) -> dict:
             "threads": a.threads,
             "workdir": str(a.out / "work" / "gui"),
             "export_side": 2048 if a.quick else 8192,
+            "preview": os.environ.get("CINUSEG_GUI_PREVIEW", "1") != "0",
         },
         prefix=prefix,
         timeout=3600,
@@ -102,7 +105,12 @@ def child_gui(p: dict) -> dict:
     layer.refresh()
     w.iterations.setValue(int(p["iterations"]))
     w.crop.setValue(int(p["crop"]))
+    w.preview.setChecked(bool(p.get("preview", True)))  # the live preview of the painted region, on by default
 
+    from napari_cinuseg.runtime.events import Preview
+    from napari_cinuseg.workflows import PREVIEW_EVERY_S
+
+    previews = {"n": 0, "every_s": PREVIEW_EVERY_S}
     app = QApplication.instance()
     interval = float(p["interval_ms"])
     phase = {"name": "settle"}  # the window's first paints are not counted
@@ -136,12 +144,16 @@ def child_gui(p: dict) -> dict:
 
     def finished():
         out["training_seconds"] = time.perf_counter() - out.pop("_t0")
+        out["keep_question_shown"] = w.review.isVisibleTo(w)
         phase["name"] = "between"  # the harness builds its export test layer: counted in neither phase
         out.update(  # read now: quitting the application deletes the widgets
             preset=w.preset_combo.currentText(),
             device_label=w.device_label.text(),
             status_text=w.status.text(),
-            trained_classes=list(w.model.class_names) if w.model is not None else None,
+            trained_classes=list(w.candidate.class_names) if w.candidate is not None else None,
+            preview=w.preview.isChecked(),
+            previews=previews["n"],
+            preview_every_s=previews["every_s"],
         )
         QTimer.singleShot(100, export)
 
@@ -181,6 +193,7 @@ def child_gui(p: dict) -> dict:
             out["error"] = f"training did not start: {w.status.text()}"
             QTimer.singleShot(0, app.quit)
             return
+        worker.yielded.connect(lambda ev: previews.update(n=previews["n"] + isinstance(ev, Preview)))
         worker.finished.connect(finished)
 
     def give_up():

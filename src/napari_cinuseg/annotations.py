@@ -8,6 +8,7 @@ annotated, where they count as background (the paper's protocol).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -36,9 +37,10 @@ def annotation_target(annotation: np.ndarray, n_new: int = 1, exhaustive: np.nda
     background = n_new + 1
     bad = np.setdiff1d(np.unique(ann), np.arange(background + 1))
     if bad.size:
+        new = "label 1 for the new class" if n_new == 1 else f"labels 1 to {n_new} for the new classes"
         raise ValueError(
-            f"the annotation uses label(s) {bad.tolist()}; paint with 1..{n_new} for the new "
-            f"class(es) and {background} for background"
+            f"the annotation uses label(s) {bad.tolist()}; paint with {new} and label {background} for "
+            f"background (erase label(s) {bad.tolist()} with the eraser or label 0)"
         )
     target = np.full(ann.shape, IGNORE, np.uint8)
     if exhaustive is not None:
@@ -116,3 +118,77 @@ def sparse_annotation_advice(pairs: Sequence[TrainingPair], n_new: int = 1) -> s
     if not any((np.asarray(p.target) == 0).any() for p in pairs):
         notes.append("no background is painted; paint some background (label %d) too" % (n_new + 1))
     return "; ".join(notes) or None
+
+
+# --- an annotation saved beside its model, and opened again ------------------------------------
+
+ANNOTATION_SUFFIX = ".annotation.tif"
+
+
+def annotation_file(model_path: str | Path, image_name: str) -> Path:
+    """Where the annotation of ``image_name`` that taught the model ``model_path`` is kept:
+    beside it, ``<model name>.<image name>.annotation.tif``."""
+    import re
+
+    model_path = Path(model_path)
+    stem = model_path.name.removesuffix(".pt").removesuffix(".cinuseg")
+    image = re.sub(r"[^A-Za-z0-9._-]+", "-", image_name).strip("-") or "image"
+    return model_path.with_name(f"{stem}.{image}{ANNOTATION_SUFFIX}")
+
+
+def save_annotation(path: str | Path, labels, image_name: str, class_name: str, colour: str | None = None, tile: int = 512) -> Path:
+    """Write a labels array (numpy, or a lazy zarr array of a slide: read tile by tile) as a
+    tiled, compressed uint8 TIFF whose description names its image, class and colour."""
+    import json
+
+    import tifffile
+
+    path = Path(path)
+    h, w = labels.shape[:2]
+    info = {"cinuseg_annotation": {"image": image_name, "class": class_name, "colour": colour}}
+
+    def tiles():
+        for y in range(0, h, tile):
+            for x in range(0, w, tile):
+                block = np.zeros((tile, tile), np.uint8)
+                part = np.asarray(labels[y : y + tile, x : x + tile])
+                block[: part.shape[0], : part.shape[1]] = part
+                yield block
+
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tifffile.imwrite(
+            tmp, tiles(), shape=(h, w), dtype=np.uint8, tile=(tile, tile), compression="zlib",
+            description=json.dumps(info), metadata=None,
+        )
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_annotation(path: str | Path) -> tuple[np.ndarray, dict]:
+    """An annotation TIFF written by :func:`save_annotation`: (labels, {"image", "class",
+    "colour"}). A file that is not such a TIFF is a ValueError that names it."""
+    import json
+
+    import tifffile
+
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            description = page.description or ""
+            labels = page.asarray()
+    except (tifffile.TiffFileError, OSError, IndexError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable TIFF ({exc}); choose an annotation saved by CiNuSeg (*{ANNOTATION_SUFFIX})") from exc
+    try:
+        info = json.loads(description)["cinuseg_annotation"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"{path} is a TIFF but not a CiNuSeg annotation (its description does not name an image and a "
+            f"class); choose a file saved by CiNuSeg (*{ANNOTATION_SUFFIX})"
+        ) from None
+    if labels.ndim != 2 or labels.dtype != np.uint8:
+        raise ValueError(f"{path} holds a {labels.dtype} array of shape {labels.shape}, not a 2-D uint8 annotation")
+    return labels, info

@@ -6,7 +6,11 @@
   the pyramid of an on-disk map and the statistics (:func:`segment_and_measure`);
 - an export: the masks file and its per-nucleus table (:func:`export_with_table`);
 - nuclei as objects: segmentation with an instance map (:func:`segment_nuclei_and_measure`) and
-  its export with a per-instance table and a QuPath GeoJSON (:func:`export_nuclei`).
+  its export with a per-instance table and a QuPath GeoJSON (:func:`export_nuclei`);
+- the devices a user can choose (:func:`device_choices`);
+- a step's result before it is kept: a candidate file (:meth:`Storage.candidate_path`,
+  :meth:`Storage.keep`), a live preview while it trains (:func:`with_preview`) and its review
+  on the painted regions, in plain words (:func:`review_step`, :class:`StepReview`).
 
 Each long job is a generator of typed events (:mod:`napari_cinuseg.runtime.events`) that returns its
 result, like every job of the engine.
@@ -14,6 +18,7 @@ result, like every job of the engine.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -23,7 +28,7 @@ from typing import Generator, Sequence
 
 import numpy as np
 
-from .runtime.events import CancelFlag, ExportProgress
+from .runtime.events import CancelFlag, ExportProgress, Preview, Progress
 from .io.images import IN_MEMORY_LIMIT_PX
 
 
@@ -50,6 +55,23 @@ class Storage:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         base = slug(Path(prior.source_path).name.split(".")[0]) if prior is not None and prior.source_path else "base"
         return Path(self.models) / f"{base}+{slug(class_name)}-{stamp}.cinuseg.pt"
+
+    def candidate_path(self, prior, class_name: str) -> Path:
+        """Where a step's result waits until the user keeps it (:meth:`keep`) or discards it:
+        ``<models>/candidates/``, under the name it will be kept as."""
+        name = self.new_model_path(prior, class_name).name
+        folder = Path(self.models) / "candidates"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name
+
+    def keep(self, candidate: str | Path) -> Path:
+        """Move a kept candidate into the models folder; returns its new path."""
+        candidate = Path(candidate)
+        dest = Path(self.models) / candidate.name
+        if dest.exists():
+            raise FileExistsError(f"{dest} exists; the candidate stays at {candidate}")
+        os.replace(candidate, dest)
+        return dest
 
     def result_path(self, image_name: str, model) -> Path:
         """``<image>-<model id>-<time>.zarr`` for a class map built on disk."""
@@ -93,8 +115,9 @@ def segment_and_measure(
     image_pixel_size: float | None = None,
     out: str | Path | None = None,
     cancel: CancelFlag = None,
+    device: str = "auto",
 ) -> Generator:
-    """Segment ``pixels`` and measure the result: returns ``(class map, statistics rows)``, the
+    """Segment ``pixels`` (on ``device``) and measure the result: returns ``(class map, statistics rows)``, the
     class map an array, or with ``out`` (a ``.zarr``) its on-disk pyramid [level 0, level 1, …];
     None when cancelled (nothing is left on disk)."""
     from .analysis.measurements import class_statistics
@@ -102,7 +125,7 @@ def segment_and_measure(
     from .inference.segmentation import segment
 
     result = yield from segment(
-        model, pixels, tile=tile, overlap=overlap, image_pixel_size=image_pixel_size, out=out, cancel=cancel
+        model, pixels, tile=tile, overlap=overlap, image_pixel_size=image_pixel_size, out=out, cancel=cancel, device=device
     )
     if result is None:
         return None
@@ -283,3 +306,218 @@ def export_nuclei(
         except StopIteration as stop:
             return stop.value, csv_path, gj
         yield ExportProgress(done, total)
+
+
+# --- devices ------------------------------------------------------------------------------------
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """(what to show, device name) for each device a step and a segmentation can run on here:
+    auto, the CPU, each CUDA GPU, and MPS where there is one."""
+    import torch
+
+    from .runtime import devices
+
+    out = [(f"auto: {devices.describe(devices.resolve_device('auto'))}", "auto"), (devices.describe(torch.device("cpu")), "cpu")]
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        out.append((f"GPU {i}: {torch.cuda.get_device_name(i)}", f"cuda:{i}"))
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append(("MPS (Apple GPU)", "mps"))
+    return out
+
+
+# --- a live preview while a step trains ----------------------------------------------------------
+
+PREVIEW_EVERY_S = 3.0  # seconds of training between two previews
+PREVIEW_MAX_SIDE = 512  # a preview covers at most this much of each painted region (its centre)
+
+
+def training_model(job):
+    """The model a running training job trains, read while the job is suspended between two
+    events: the training loop (``training/loop.py``) is a generator method whose ``self.model``
+    is that model; this follows the ``yield from`` chain down to it. None if it is not found."""
+    from .model.segmenter import CiNuSegModel
+
+    gen = job
+    while gen is not None:
+        frame = getattr(gen, "gi_frame", None)
+        if frame is not None:
+            model = getattr(frame.f_locals.get("self"), "model", None)
+            if isinstance(model, CiNuSegModel):
+                return model
+        gen = getattr(gen, "gi_yieldfrom", None)
+    return None
+
+
+def _centre_box(h: int, w: int, side: int) -> tuple[int, int, int, int]:
+    y0, x0 = max((h - side) // 2, 0), max((w - side) // 2, 0)
+    return y0, x0, min(y0 + side, h), min(x0 + side, w)
+
+
+def predict_while_training(model, image: np.ndarray) -> np.ndarray:
+    """The class map of ``image`` by a model in training, on the device its weights are on,
+    leaving every module's train/eval mode (frozen batch norms too) and the weights as they were."""
+    import torch
+
+    net = model.network
+    modes = [(m, m.training) for m in net.modules()]
+    device = next(net.parameters()).device
+    net.eval()
+    try:
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
+            return net(model.normalize(x)).logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def with_preview(job: Generator, pairs: Sequence, every_s: float = PREVIEW_EVERY_S, max_side: int = PREVIEW_MAX_SIDE) -> Generator:
+    """``job``'s events and result, and every ``every_s`` seconds of training a
+    :class:`~napari_cinuseg.runtime.events.Preview`: the model's prediction of the centre
+    (at most ``max_side`` px) of each pair's image, made in the job's thread between two
+    iterations, so the viewer only shows it. Closing this closes ``job``."""
+    boxes = [_centre_box(*np.asarray(p.image).shape[:2], max_side) for p in pairs]
+    last = time.perf_counter()
+    try:
+        while True:
+            try:
+                ev = next(job)
+            except StopIteration as stop:
+                return stop.value
+            yield ev
+            if not isinstance(ev, Progress) or ev.iteration >= ev.total or time.perf_counter() - last < every_s:
+                continue
+            model = training_model(job)
+            if model is not None:
+                maps = tuple(predict_while_training(model, np.asarray(p.image)[y0:y1, x0:x1]) for p, (y0, x0, y1, x1) in zip(pairs, boxes))
+                yield Preview(ev.iteration, ev.total, maps, tuple((y0, x0) for y0, x0, _, _ in boxes))
+            last = time.perf_counter()
+    finally:
+        job.close()
+
+
+# --- a step's review on its painted regions -------------------------------------------------------
+
+KEPT_AGREEMENT = 0.8  # an old class that agrees this much with the prior is kept
+SIZE_CHANGE = 1.25  # an old class whose pixels grew or shrank by more than this factor changed size
+
+
+@dataclass
+class StepReview:
+    """What a step did where the user painted: the new model's class map of each painted region
+    (``maps``), how it calls the painted nuclei of the new class, and each old class's pixels by
+    the prior and by the new model, outside the painted new-class pixels."""
+
+    class_name: str
+    maps: list
+    painted: int = 0  # painted nuclei (connected painted regions) of the new class
+    called: int = 0  # of them, called the new class by the new model (most of their pixels)
+    called_background: int = 0
+    called_old: dict = field(default_factory=dict)  # old class -> painted nuclei called that class
+    found: int = 0  # objects of the new class the new model finds in the painted regions
+    found_median_px: float = 0.0
+    painted_median_px: float = 0.0
+    old_pixels: dict = field(default_factory=dict)  # old class -> (prior's pixels, new model's pixels, both)
+
+    def agreement(self, name: str) -> float | None:
+        p, n, both = self.old_pixels[name]
+        return 2 * both / (p + n) if p + n else None
+
+    def new_class_sentence(self) -> str:
+        name = self.class_name
+        if not self.painted:
+            return f"No {name} nucleus is painted, so none could be checked."
+        others = [f"{self.called_background} background"] if self.called_background else []
+        others += [f"{n} {c}" for c, n in self.called_old.items() if n]
+        text = f"The new model calls {self.called} of the {self.painted} painted {name} nuclei {name}"
+        text += f" ({', '.join(others)})." if others else "."
+        text += (
+            f" In the painted regions it finds {self.found} {name} object(s), median {self.found_median_px:.0f} px"
+            f" (painted nuclei: median {self.painted_median_px:.0f} px)."
+        )
+        if self.called * 2 < self.painted:
+            text += f" Fewer than half: paint more {name} nuclei and some background, or train longer, then train again."
+        return text
+
+    def old_class_sentences(self) -> list[str]:
+        """One sentence per old class: kept, shrank, grew, moved, or not measured."""
+        out = []
+        for c, (p, n, _) in self.old_pixels.items():
+            a = self.agreement(c)
+            if a is None:
+                out.append(f"{c}: neither model finds it in the painted regions, so it was not checked here.")
+            elif a >= KEPT_AGREEMENT:
+                out.append(f"{c} is kept: the new model finds it where the prior did ({a:.0%} agreement).")
+            elif n * SIZE_CHANGE < p:
+                out.append(
+                    f"{c} shrank: the new model marks {n / p:.0%} of the pixels the prior did ({a:.0%} agreement), "
+                    f"so it may have forgotten {c}. Discard and train the step again with fewer iterations "
+                    "(or a lower learning rate under Details)."
+                )
+            elif n > p * SIZE_CHANGE:
+                grown = f"{n / p:.1f}× the pixels the prior did" if p else f"{n} pixels where the prior marked none"
+                out.append(
+                    f"{c} grew: the new model marks {grown} ({a:.0%} agreement), so it may call other nuclei "
+                    f"{c}. Paint background (or {self.class_name}) where it spread, then train again."
+                )
+            else:
+                out.append(
+                    f"{c} moved: the new model marks about as many pixels as the prior ({n / p:.0%}), but only "
+                    f"{a:.0%} in the same places. Look at its masks before keeping the step."
+                )
+        return out
+
+    def worrying(self) -> bool:
+        """Whether the review should make the user look twice: fewer than half the painted
+        nuclei called the new class, or an old class below the kept agreement."""
+        bad_old = any((a := self.agreement(c)) is not None and a < KEPT_AGREEMENT for c in self.old_pixels)
+        return bad_old or (self.painted > 0 and self.called * 2 < self.painted)
+
+
+def review_step(prior, candidate, pairs: Sequence, class_name: str, *, device: str = "auto", tile: int = 512, cancel: CancelFlag = None) -> Generator:
+    """Segment each pair's image (the painted region and its margin) with the candidate and the
+    prior; returns a :class:`StepReview` (None if cancelled). Yields the segmentation's events."""
+    from skimage.measure import label
+
+    from .datasets.labelled import IGNORE
+    from .inference.segmentation import segment
+
+    new = candidate.channel_of(class_name)
+    old_names = list(prior.class_names) if prior is not None else []
+    review = StepReview(class_name, [], old_pixels={c: (0, 0, 0) for c in old_names})
+    painted_sizes, found_sizes = [], []
+    for pair in pairs:
+        image, target = np.asarray(pair.image), np.asarray(pair.target)
+        t = max(64, min(tile, (max(image.shape[:2]) + 31) // 32 * 32))
+        after = yield from segment(candidate, image, tile=t, overlap=min(64, t // 4), device=device, min_tissue=0, cancel=cancel)
+        if after is None:
+            return None
+        review.maps.append(after)
+        nuclei = label(target == 1)
+        k = candidate.num_channels
+        counts = np.bincount(nuclei.ravel().astype(np.int64) * k + after.ravel(), minlength=(nuclei.max() + 1) * k).reshape(-1, k)[1:]
+        calls = counts.argmax(1)
+        review.painted += len(calls)
+        review.called += int((calls == new).sum())
+        review.called_background += int((calls == 0).sum())
+        for c in old_names:
+            review.called_old[c] = review.called_old.get(c, 0) + int((calls == candidate.channel_of(c)).sum())
+        painted_sizes += counts.sum(1).tolist()
+        objects = label(after == new)
+        found_sizes += np.bincount(objects.ravel())[1:].tolist()
+        if prior is not None:
+            before = yield from segment(prior, image, tile=t, overlap=min(64, t // 4), device=device, min_tissue=0, cancel=cancel)
+            if before is None:
+                return None
+            keep = ~((target >= 1) & (target != IGNORE))
+            for c in old_names:
+                ch_prior, ch_new = prior.channel_of(c), candidate.channel_of(c)
+                pm, nm = (before == ch_prior) & keep, (after == ch_new) & keep
+                p, n, both = review.old_pixels[c]
+                review.old_pixels[c] = (p + int(pm.sum()), n + int(nm.sum()), both + int((pm & nm).sum()))
+    review.found = len(found_sizes)
+    review.found_median_px = float(np.median(found_sizes)) if found_sizes else 0.0
+    review.painted_median_px = float(np.median(painted_sizes)) if painted_sizes else 0.0
+    return review

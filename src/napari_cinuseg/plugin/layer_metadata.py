@@ -6,15 +6,20 @@ saves is understood by the other two.
   "pixel_size_um"}`` (the reader sets it on a masks file it opens; the panel on its result).
 - ``PIXEL_SIZE_KEY``: on an image layer, µm per pixel where its file says it (the reader).
 - ``ANNOTATION_KEY``: on a Labels layer the panel made for painting,
-  ``{"image": image layer name, "class": class name}``.
+  ``{"image": image layer name, "class": class name, "colour": its colour}``.
 - ``EXHAUSTIVE_KEY``: on a Shapes layer of rectangles where everything unpainted is
   background, ``{"image": image layer name}``.
+- ``PANEL_LAYER_KEY``: on a layer the panel made from a result, ``{"image": image layer name,
+  "kind": what it shows}`` (kinds: ``classes``, ``mask``, ``step result`` (the live preview
+  while a step trains, then its result), ``att``); a newer result of the same image and kind
+  replaces it.
 """
 
 RESULT_KEY = "cinuseg"
 PIXEL_SIZE_KEY = "pixel_size_um"
 ANNOTATION_KEY = "cinuseg_annotation"
 EXHAUSTIVE_KEY = "cinuseg_exhaustive"
+PANEL_LAYER_KEY = "cinuseg_panel_layer"
 
 
 def result_metadata(class_names, colours, model_id, pixel_size_um=None) -> dict:

@@ -100,7 +100,7 @@ class StepFinished:
 
 Event = StepStarted | Progress | MemoryReduced | Cancelled | Saved | StepFinished
 
-__all__ = ["CropStats", "Cancelled", "Event", "ExportProgress", "MemoryReduced", "Progress", "Saved", "StepFinished", "StepStarted"]
+__all__ = ["CropStats", "Cancelled", "Event", "ExportProgress", "MemoryReduced", "Preview", "Progress", "Saved", "StepFinished", "StepStarted"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,17 @@ class ExportProgress:
 
     done: int
     total: int
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The running step's prediction of the painted regions, between two iterations: one class
+    map per training pair (``maps[i]`` covers pair i's image from (``offsets[i]``) in it)."""
+
+    iteration: int
+    total: int
+    maps: tuple[Any, ...]  # numpy uint8 class maps; Any keeps the module free of numpy
+    offsets: tuple[tuple[int, int], ...]
 
 
 # The benchmark's own events (benchmark/run.py), besides the training events of each step it runs.

@@ -1,5 +1,9 @@
 """The layers the panel reads and makes: annotation layers in, training crops and results out.
-Each takes the viewer and plain values; the layer-metadata contract is layer_metadata.py's."""
+Each takes the viewer and plain values; the layer-metadata contract is layer_metadata.py's.
+
+A layer made from a result carries ``PANEL_LAYER_KEY`` (its image and kind): a newer result of
+the same image and kind takes its place in the layer list instead of piling up beside it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,10 @@ import numpy as np
 from ..annotations import training_pair
 from ..io.images import IN_MEMORY_LIMIT_PX, rgb_view
 from ..plugin.reader import labels_colormap
-from ..plugin.layer_metadata import ANNOTATION_KEY, EXHAUSTIVE_KEY, RESULT_KEY, result_metadata
+from ..plugin.layer_metadata import ANNOTATION_KEY, EXHAUSTIVE_KEY, PANEL_LAYER_KEY, RESULT_KEY, result_metadata
+
+# ATT's two cases, as docs/usage.md's legend gives them
+ATT_FIRED, ATT_OFF = "#ff8c00", "#00c8ff"
 
 
 def level0(layer):
@@ -18,16 +25,53 @@ def level0(layer):
     return rgb_view(data, f"image layer {layer.name!r}")
 
 
-def add_annotation_layer(viewer, image, name: str, colour: str, exhaustive: bool):
+def panel_layers(viewer, image_name: str | None = None, kind: str | None = None) -> list:
+    """The layers the panel made (of ``image_name`` and ``kind``, where given)."""
+    out = []
+    for layer in viewer.layers:
+        info = layer.metadata.get(PANEL_LAYER_KEY)
+        if info and (image_name is None or info["image"] == image_name) and (kind is None or info["kind"] == kind):
+            out.append(layer)
+    return out
+
+
+def remove_panel_layers(viewer, image_name: str | None = None, kind: str | None = None) -> None:
+    for layer in panel_layers(viewer, image_name, kind):
+        viewer.layers.remove(layer)
+
+
+def _put(viewer, layer, image_name: str, kinds: tuple[str, ...], first: bool = True) -> object:
+    """Add ``layer`` where the panel's older layers of ``image_name`` and ``kinds`` were (they
+    go), else on top; ``first`` = False adds it after the ones already put in this result."""
+    layer.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": kinds[0]}
+    old = [ly for k in kinds for ly in panel_layers(viewer, image_name, k)] if first else []
+    index = min((viewer.layers.index(ly) for ly in old), default=len(viewer.layers))
+    active = viewer.layers.selection.active  # the layer being painted stays the one selected
+    for ly in old:
+        viewer.layers.remove(ly)
+    viewer.layers.insert(min(index, len(viewer.layers)), layer)
+    if active is not None and active in viewer.layers:
+        viewer.layers.selection.active = active
+    return layer
+
+
+def add_annotation_layer(viewer, image, name: str, colour: str, exhaustive: bool, data=None):
     """A Labels layer over ``image`` to paint ``name`` (1) and background (2) on; in memory, or
-    zarr for a slide; with ``exhaustive`` also a Shapes layer for the exhaustive rectangles."""
+    zarr for a slide; ``data``: an annotation opened again (else empty). With ``exhaustive``
+    also a Shapes layer for the exhaustive rectangles."""
     import zarr
 
     h, w = level0(image).shape[:2]
-    data = np.zeros((h, w), np.uint8) if h * w <= IN_MEMORY_LIMIT_PX else zarr.zeros((h, w), chunks=(1024, 1024), dtype="uint8")
+    if data is not None:
+        if tuple(data.shape[:2]) != (h, w):
+            raise ValueError(f"the annotation is {tuple(data.shape[:2])} but the image {image.name!r} is {(h, w)}; open it over the image it was painted on")
+    elif h * w <= IN_MEMORY_LIMIT_PX:
+        data = np.zeros((h, w), np.uint8)
+    else:
+        data = zarr.zeros((h, w), chunks=(1024, 1024), dtype="uint8")
     layer = viewer.add_labels(
         data, name=f"{image.name} · {name} annotation", colormap=labels_colormap({1: colour, 2: "#9e9e9e"}),
-        metadata={ANNOTATION_KEY: {"image": image.name, "class": name}},
+        metadata={ANNOTATION_KEY: {"image": image.name, "class": name, "colour": colour}},
     )
     layer.selected_label, layer.brush_size, layer.mode = 1, 8, "paint"
     if exhaustive:
@@ -39,16 +83,26 @@ def add_annotation_layer(viewer, image, name: str, colour: str, exhaustive: bool
     return layer
 
 
+def annotation_layers(viewer, class_name: str | None = None) -> list:
+    """The annotation layers (of ``class_name``, where given)."""
+    from napari.layers import Labels
+
+    out = []
+    for layer in viewer.layers:
+        info = layer.metadata.get(ANNOTATION_KEY) if isinstance(layer, Labels) else None
+        if info and (class_name is None or info["class"].lower() == class_name.lower()):
+            out.append(layer)
+    return out
+
+
 def annotation_pairs(viewer, class_name: str, exhaustive: bool) -> tuple[list, list]:
     """Every annotation layer of ``class_name`` as training pairs (annotations.training_pair),
     and where each pair's crop lies: (image layer name, y0, x0)."""
-    from napari.layers import Labels, Shapes
+    from napari.layers import Shapes
 
     pairs, crops = [], []
-    for layer in viewer.layers:
-        info = layer.metadata.get(ANNOTATION_KEY) if isinstance(layer, Labels) else None
-        if not info or info["class"].lower() != class_name.lower():
-            continue
+    for layer in annotation_layers(viewer, class_name):
+        info = layer.metadata[ANNOTATION_KEY]
         if info["image"] not in viewer.layers:
             raise ValueError(f"the image {info['image']!r} of layer {layer.name!r} is no longer open")
         image = viewer.layers[info["image"]]
@@ -67,10 +121,13 @@ def annotation_pairs(viewer, class_name: str, exhaustive: bool) -> tuple[list, l
     return pairs, crops
 
 
-def add_att_layer(viewer, crops: list, pair_origins: list) -> None:
-    """The last training crops as outlines, so the tissue stays visible: orange where ATT fired
-    (r > σ), cyan where not, each labelled with r, t_o and t_n."""
-    rects, feats = [], {"r": [], "t_o": [], "t_n": [], "att": []}
+def add_att_layer(viewer, crops: list, pair_origins: list):
+    """The last training crops as outlines, hidden until the user shows it: orange where ATT
+    fired (t_o ≠ 1), cyan where not; r, t_o and t_n are the layer's features (shown for the
+    shape under the mouse), with no text on the canvas. Replaces the previous one."""
+    from napari.layers import Shapes
+
+    rects, feats, colours = [], {"r": [], "t_o": [], "t_n": [], "att": []}, []
     for c in crops:
         if c.image_index >= len(pair_origins):
             continue
@@ -78,30 +135,67 @@ def add_att_layer(viewer, crops: list, pair_origins: list) -> None:
         top, left = y0 + c.top, x0 + c.left
         rects.append(np.array([[top, left], [top + c.size, left + c.size]]))
         for k in ("r", "t_o", "t_n"):
-            feats[k].append(getattr(c, k))
-        feats["att"].append("fired" if c.t_o != 1 else "off")
-    if rects:
-        viewer.add_shapes(
-            rects, shape_type="rectangle", name="last training crops (ATT)", features=feats,
-            face_color="transparent", edge_color="att", edge_width=3,
-            edge_color_cycle=["#ff8c00", "#00c8ff"] if feats["att"][0] == "fired" else ["#00c8ff", "#ff8c00"],
-            text={"string": "r={r:.2f} t_o={t_o:g} t_n={t_n:g}", "size": 8, "color": "white", "anchor": "upper_left"},
-        )
+            feats[k].append(round(float(getattr(c, k)), 3))
+        fired = c.t_o != 1
+        feats["att"].append("fired" if fired else "off")
+        colours.append(ATT_FIRED if fired else ATT_OFF)
+    if not rects:
+        return None
+    layer = Shapes(
+        rects, shape_type="rectangle", name="last training crops (ATT)", features=feats,
+        face_color="transparent", edge_color=colours, edge_width=3, visible=False,
+    )
+    return _put(viewer, layer, "", ("att",))  # one such layer, whichever images the step used
+
+
+def show_region(viewer, image_name: str, kind: str, class_map: np.ndarray, origin: tuple[int, int], colours: list[str], title: str):
+    """A class map of part of an image (a painted region) at ``origin`` in it, as a Labels layer
+    named ``<image> · <title>``. The panel's layer of the same image and kind is updated in place
+    (new data, place, name and colours): making a napari layer costs the viewer's thread about
+    half a second (its visuals), an update one frame; so the live preview and then the step's
+    result are one layer."""
+    from napari.layers import Labels
+
+    colormap = labels_colormap(dict(enumerate(colours, start=1)))
+    name = f"{image_name} · {title}"
+    for layer in panel_layers(viewer, image_name, kind):
+        if tuple(layer.translate) != tuple(origin):
+            layer.translate = origin
+        if len(layer.colormap.color_dict) != len(colormap.color_dict):
+            layer.colormap = colormap
+        if isinstance(layer.data, np.ndarray) and layer.data.shape == class_map.shape and layer.data.flags.writeable:
+            layer.data[...] = class_map  # in place, then one refresh: about half the cost of new data
+            layer.refresh()
+        else:
+            layer.data = np.array(class_map)
+        if layer.name != name:
+            layer.name = name
+        return layer
+    layer = Labels(np.array(class_map), name=name, translate=origin, opacity=0.6, colormap=colormap)  # its own copy
+    return _put(viewer, layer, image_name, (kind,))
 
 
 def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: float | None) -> None:
     """All classes in one Labels layer (names and colours in its features), then one hidden mask
-    per class; a slide's on-disk pyramid [level 0, level 1, …] is shown lazily (multiscale)."""
+    per class; a slide's on-disk pyramid [level 0, level 1, …] is shown lazily (multiscale).
+    They replace the panel's previous result of this image."""
     import pandas as pd
+    from napari.layers import Labels
 
     multiscale = isinstance(class_map, list)
     colours = [c.colour for c in model.classes]
     features = pd.DataFrame({"index": range(model.num_channels), "name": ["background"] + model.class_names, "colour": ["#000000"] + colours})
     meta = {RESULT_KEY: result_metadata(model.class_names, colours, model.id, pixel_size)}
-    viewer.add_labels(
+    classes = Labels(
         class_map, name=f"{image_name} · classes", colormap=labels_colormap(dict(enumerate(colours, start=1))),
         features=features, metadata=meta, multiscale=multiscale,
     )
+    # where the old result was: the class map first, then its masks
+    old = panel_layers(viewer, image_name, "classes") + panel_layers(viewer, image_name, "mask")
+    index = min((viewer.layers.index(ly) for ly in old), default=len(viewer.layers))
+    for ly in old:
+        viewer.layers.remove(ly)
+    new = [classes]
     for i, c in enumerate(model.classes, start=1):
         if multiscale:
             import dask.array as da
@@ -109,7 +203,13 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
             mask = [(da.from_zarr(level) == i).astype(np.uint8) for level in class_map]
         else:
             mask = (class_map == i).astype(np.uint8)
-        viewer.add_labels(mask, name=f"{image_name} · {c.name}", colormap=labels_colormap({1: c.colour}), visible=False, multiscale=multiscale)
+        layer = Labels(mask, name=f"{image_name} · {c.name}", colormap=labels_colormap({1: c.colour}), visible=False, multiscale=multiscale)
+        layer.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": "mask"}
+        new.append(layer)
+    classes.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": "classes"}
+    for offset, layer in enumerate(new):
+        viewer.layers.insert(min(index + offset, len(viewer.layers)), layer)
+    viewer.layers.selection.active = classes
 
 
 def result_layer(viewer):

@@ -1,5 +1,5 @@
 """What the panel remembers between sessions (Qt settings): the training and segmentation
-fields, the method's settings and the last model file."""
+fields, the device, the live preview, the method's settings and the last model file."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ def restore(settings, train, segment) -> str:
     train.crop.setValue(int(s.value("crop", 128)))
     segment.tile.setValue(int(s.value("tile", 512)))
     train.advanced.setChecked(str(s.value("advanced", "false")).lower() == "true")
+    train.preview.setChecked(str(s.value("preview", "true")).lower() == "true")
+    device = train.device_choice.findData(str(s.value("device", "auto")))
+    train.device_choice.setCurrentIndex(max(device, 0))  # a device no longer there: auto
     for name, field in train.hyper.items():
         field.value = float(s.value(f"hyper/{name}", field.value))
     return str(s.value("model_path", "") or "")
@@ -24,6 +27,8 @@ def remember(settings, train, segment, model) -> None:
     s.setValue("crop", train.crop.value())
     s.setValue("tile", segment.tile.value())
     s.setValue("advanced", train.advanced.isChecked())
+    s.setValue("preview", train.preview.isChecked())
+    s.setValue("device", train.device_name())
     for name, field in train.hyper.items():
         s.setValue(f"hyper/{name}", field.value)
     if model is not None and model.source_path:

@@ -13,19 +13,31 @@ from pathlib import Path
 
 import skimage.morphology  # noqa: F401 - loaded with the panel, not at the first Train click:
 # skimage's label() imports it (and scipy.spatial) on first use, 176 ms in the viewer's thread
-from qtpy.QtCore import QSettings
-from qtpy.QtWidgets import QFileDialog, QVBoxLayout
+from qtpy.QtCore import QSettings, Qt
+from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidget
 
-from ..annotations import sparse_annotation_advice
+from ..annotations import annotation_file, read_annotation, save_annotation, sparse_annotation_advice
 from ..datasets.labelled import check_pairs
-from ..runtime.events import Cancelled, ExportProgress, MemoryReduced, StepFinished
-from ..plugin.layer_metadata import RESULT_KEY, layer_pixel_size
+from ..runtime.events import Cancelled, ExportProgress, MemoryReduced, Preview, StepFinished
+from ..plugin.layer_metadata import ANNOTATION_KEY, RESULT_KEY, layer_pixel_size
 from ..model.segmenter import CiNuSegModel, check_class_name, check_colour
 from ..model.file import BUNDLED_MODEL, ModelFileError, load_model
 from ..inference.segmentation import SegmentFinished, TileProgress
-from ..workflows import Storage, export_with_table, learn_class, needs_disk, no_nuclei_advice, segment_and_measure, slug
+from ..workflows import (
+    Storage,
+    export_with_table,
+    learn_class,
+    needs_disk,
+    no_nuclei_advice,
+    review_step,
+    segment_and_measure,
+    slug,
+    with_preview,
+)
 from . import layers, memory
-from .sections import ModelSection, NewClassSection, SegmentSection, TrainSection
+from .sections import ModelSection, NewClassSection, SegmentSection, TrainSection, wrapped_label
+
+PANEL_WIDTH = 400  # px: the dock keeps this width whatever a message or a table holds
 from .workers import JobHost
 
 
@@ -45,32 +57,61 @@ class CiNuSegWidget(JobHost):
         self.model: CiNuSegModel | None = None
         self.last_crops: list = []  # (image layer name, y0, x0) per training pair
         self.new_model_path: Path | None = None
+        # a step's result before the user keeps or discards it: (model, its file, its class)
+        self.candidate = None
+        self.candidate_path: Path | None = None
+        self.candidate_class: str | None = None
         self.last_export: Path | None = None
         self._build()
         self._restore()
 
     # --- layout: four sections; their fields are the panel's public parts --------------------
     def _build(self) -> None:
+        """The four sections in a scroll area of a fixed width; the messages below it, wrapped."""
+        self.setFixedWidth(PANEL_WIDTH)
         root = QVBoxLayout(self)
+        root.setContentsMargins(2, 2, 2, 2)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        inner = QWidget()
+        column = QVBoxLayout(inner)
+        column.setContentsMargins(0, 0, 4, 0)
         self.model_section, self.class_section = ModelSection(), NewClassSection()
         self.train_section, self.segment_section = TrainSection(), SegmentSection()
         for section in (self.model_section, self.class_section, self.train_section, self.segment_section):
-            root.addWidget(section)
-        root.addStretch(1)
+            column.addWidget(section)
+        column.addStretch(1)
+        scroll.setWidget(inner)
+        self.scroll = scroll
+        root.addWidget(scroll, 1)
+        self.status = wrapped_label()  # the panel's messages, always in sight
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status.setStyleSheet("QLabel { padding: 4px; border-top: 1px solid palette(mid); }")
+        root.addWidget(self.status)
         m, c, t, s = self.model_section, self.class_section, self.train_section, self.segment_section
         self.open_model_btn, self.bundled_btn, self.model_label = m.open_btn, m.bundled_btn, m.label
         self.class_name, self.colour, self.image_combo = c.name, c.colour, c.image
         self.pixel_size, self.pixel_size_note, self.annotate_btn, self.exhaustive = c.pixel_size, c.pixel_size_note, c.annotate_btn, c.exhaustive
+        self.open_annotation_btn, self.save_annotation_btn = c.open_annotation_btn, c.save_annotation_btn
         self.preset_combo, self.iterations, self.crop, self.advanced, self.hyper = t.preset, t.iterations, t.crop, t.advanced, t.hyper
-        self.train_btn, self.cancel_btn, self.progress, self.status, self.plot = t.train_btn, t.cancel_btn, t.progress, t.status, t.plot
+        self.train_btn, self.cancel_btn, self.progress, self.plot = t.train_btn, t.cancel_btn, t.progress, t.plot
+        self.device_choice, self.preview = t.device_choice, t.preview
         self.device_label, self.att_label, self.forgetting_label = t.device, t.att, t.forgetting
+        self.review, self.keep_btn, self.discard_btn = t.review, t.review.keep_btn, t.review.discard_btn
         self.tile, self.segment_btn, self.export_btn, self.table = s.tile, s.segment_btn, s.export_btn, s.table
+        self.segment_progress = s.progress
 
         m.open_btn.clicked.connect(self._choose_model_file)
         m.bundled_btn.clicked.connect(lambda: self.load_model(BUNDLED_MODEL))
         c.annotate_btn.clicked.connect(self.add_annotation_layer)
+        c.open_annotation_btn.clicked.connect(self._choose_annotation_file)
+        c.save_annotation_btn.clicked.connect(self.save_annotations)
         t.train_btn.clicked.connect(self.start_training)
         t.cancel_btn.clicked.connect(self.cancel)
+        t.review.keep_btn.clicked.connect(self.keep_step)
+        t.review.discard_btn.clicked.connect(self.discard_step)
         s.segment_btn.clicked.connect(self.start_segmentation)
         s.export_btn.clicked.connect(self._choose_export_file)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
@@ -111,7 +152,8 @@ class CiNuSegWidget(JobHost):
                 self._say(str(exc), error=True)
 
     def _set_busy(self, busy: bool) -> None:
-        for w in (self.train_btn, self.segment_btn, self.open_model_btn, self.annotate_btn, self.export_btn):
+        for w in (self.train_btn, self.segment_btn, self.open_model_btn, self.annotate_btn, self.export_btn,
+                  self.keep_btn, self.discard_btn, self.device_choice, self.open_annotation_btn):
             w.setEnabled(not busy)
         self.bundled_btn.setEnabled(not busy and BUNDLED_MODEL.is_file())
         self.cancel_btn.setEnabled(busy)
@@ -139,6 +181,63 @@ class CiNuSegWidget(JobHost):
         self._say(f"Paint {name} with label 1 and background with label 2; unpainted pixels teach nothing.")
         return layer
 
+    def _choose_annotation_file(self) -> None:
+        folder = Path(self.model.source_path).parent if self.model and self.model.source_path else self.storage.models
+        path, _ = QFileDialog.getOpenFileName(self, "Open an annotation", str(folder), "CiNuSeg annotations (*.annotation.tif);;TIFF (*.tif *.tiff)")
+        if path:
+            self.open_annotation(path)
+
+    def open_annotation(self, path):
+        """An annotation saved by :meth:`save_annotations`, as an annotation layer over the open
+        image it names (its class in the Name field); None, with a message, if it cannot be."""
+        path = Path(path)
+        try:
+            labels, info = read_annotation(path)
+            if info["image"] not in self.viewer.layers:
+                raise ValueError(f"{path.name} was painted on the image {info['image']!r}, which is not open; open it first, then the annotation")
+            image = self.viewer.layers[info["image"]]
+            colour = info.get("colour") or self.colour.text()
+            layer = layers.add_annotation_layer(self.viewer, image, info["class"], colour, False, data=labels)
+        except (ValueError, OSError) as exc:
+            self._say(str(exc), error=True)
+            return None
+        self.class_name.setText(info["class"])
+        self.colour.setText(colour)
+        self.image_combo.setCurrentText(image.name)
+        self._say(f"Opened {path.name}: {info['class']} on {image.name}; paint on, then Train.")
+        return layer
+
+    def annotation_folder_model(self) -> Path:
+        """The model file annotations are saved beside: the current model's, or for the bundled
+        model (or none) a name in the models folder."""
+        source = Path(self.model.source_path) if self.model is not None and self.model.source_path else None
+        if source is None or source.resolve() == BUNDLED_MODEL.resolve():
+            self.storage.models.mkdir(parents=True, exist_ok=True)
+            return Path(self.storage.models) / ((source.name if source else "no-model.cinuseg.pt"))
+        return source
+
+    def save_annotations(self, model_path=None, class_name: str | None = None) -> list[Path]:
+        """Every annotation layer of the class (the Name field's) as a labels TIFF beside the
+        model (``<model>.<image>.annotation.tif``); returns the files written."""
+        name = class_name or self.class_name.text().strip()
+        found = layers.annotation_layers(self.viewer, name or None)
+        if not found:
+            self._say(f"no annotation layer of {name!r} to save" if name else "no annotation layer to save", error=True)
+            return []
+        model_path = Path(model_path) if model_path else self.annotation_folder_model()
+        written = []
+        try:
+            for layer in found:
+                info = layer.metadata[ANNOTATION_KEY]
+                out = annotation_file(model_path, info["image"])
+                written.append(save_annotation(out, layer.data, info["image"], info["class"], info.get("colour")))
+        except (OSError, ValueError) as exc:
+            self._say(f"the annotation could not be saved: {exc}", error=True)
+            return written
+        if class_name is None:
+            self._say("Saved " + ", ".join(str(w) for w in written))
+        return written
+
     def training_pairs(self, class_name: str) -> list:
         """Every annotation layer of this class, as engine training pairs (headless: annotations)."""
         pairs, self.last_crops = layers.annotation_pairs(self.viewer, class_name, self.exhaustive.isChecked())
@@ -148,7 +247,13 @@ class CiNuSegWidget(JobHost):
     def current_settings(self):
         return self.train_section.settings()
 
+    def device_name(self) -> str:
+        """The chosen device (auto, cpu, cuda:i or mps), for the step and the segmentation."""
+        return self.train_section.device_name()
+
     def start_training(self):
+        """One step from the current model (a base step without one) on the current paint. A
+        step's result waiting to be kept is replaced when this one finishes (train again)."""
         try:
             name, colour = self._new_class()
             pairs = self.training_pairs(name)
@@ -158,46 +263,121 @@ class CiNuSegWidget(JobHost):
             self._say(str(exc), error=True)
             return None
         prior = self.model
-        out = self.storage.new_model_path(prior, name)
+        out = self.storage.candidate_path(prior, name)
         self.cancel_event = cancel = threading.Event()
-        px = self.image_pixel_size()
+        px, device, preview = self.image_pixel_size(), self.device_name(), self.preview.isChecked()
+        colours = ([c.colour for c in prior.classes] if prior is not None else []) + [colour]
+        origins = list(self.last_crops)
 
         def run():  # in the worker thread: even copying the prior would stall the viewer
-            return (yield from learn_class(prior, pairs, name, colour, settings, out=out, cancel=cancel, pixel_size=px))
+            job = learn_class(prior, pairs, name, colour, settings, out=out, cancel=cancel, pixel_size=px)
+            model = yield from (with_preview(job, pairs) if preview else job)
+            if model is None:
+                return None
+            review = yield from review_step(prior, model, pairs, name, device=device)
+            return model, review
+
+        def on_event(ev):
+            if isinstance(ev, Preview):
+                self._show_regions(ev.maps, [(o[0], o[1] + off[0], o[2] + off[1]) for o, off in zip(origins, ev.offsets)], colours, "step result", "preview (training)")
+            else:
+                self._on_training_event(ev)
 
         self.train_section.reset_results()
         self._remember()
         advice = sparse_annotation_advice(pairs)
-        self._say(f"Training {name} on {len(pairs)} image(s)…" + (f" Note: {advice}." if advice else ""))
+        again = " It replaces the step result waiting to be kept." if self.candidate is not None else ""
+        self._say(f"Training {name} on {len(pairs)} image(s)…{again}" + (f" Note: {advice}." if advice else ""))
         if advice:
             from napari.utils.notifications import show_warning
 
             show_warning(f"Training goes on, but {advice}.")
-        return self._start_job(run, self._on_training_event, self._on_trained)
+        return self._start_job(run, on_event, lambda result: self._on_trained(result, prior, name, colours, origins))
 
     def cancel(self) -> None:
         self.cancel_event.set()
         self._say("Cancelling after the current iteration…")
 
+    def _show_regions(self, maps, origins, colours, kind: str, title: str) -> None:
+        for class_map, (image, y0, x0) in zip(maps, origins):
+            if image in self.viewer.layers:
+                layers.show_region(self.viewer, image, kind, class_map, (y0, x0), colours, title)
+
     def _on_training_event(self, ev) -> None:
         if isinstance(ev, (Cancelled, MemoryReduced)):
             self._say(ev.message)
+            if isinstance(ev, Cancelled):  # the plot and the preview were of a run that is gone
+                self.train_section.reset_results()
+                if self.candidate is None:
+                    layers.remove_panel_layers(self.viewer, kind="step result")
+                else:  # the result still waiting to be kept, shown again
+                    self._show_regions(*self._candidate_regions, "step result", "step result")
         elif isinstance(ev, StepFinished):
             self.new_model_path = Path(ev.path) if ev.path else None
         else:
             self.train_section.on_event(ev)
 
-    def _on_trained(self, model) -> None:
-        if model is None:
+    def _on_trained(self, result, prior, name: str, colours: list, origins: list) -> None:
+        """The step's result, shown on the painted regions, waiting for Keep or Discard; the
+        result it replaces (train again) is deleted. The preview's layer shows the result."""
+        if result is None:
             return
-        self.model = model
+        model, review = result
+        if self.candidate_path is not None and self.candidate_path != self.new_model_path:
+            self.candidate_path.unlink(missing_ok=True)
+        self.candidate, self.candidate_path, self.candidate_class = model, self.new_model_path, name
         if self.new_model_path is not None:
             model.source_path = str(self.new_model_path)
+        self._candidate_regions = (review.maps, origins, colours)
+        self._show_regions(review.maps, origins, colours, "step result", "step result")
+        self._add_att_layer()
+        self.review.show_review(review, self.candidate_path.name if self.candidate_path else "not saved")
+        if review.worrying():
+            from napari.utils.notifications import show_warning
+
+            show_warning("Look before you keep this step: " + " ".join([review.new_class_sentence(), *review.old_class_sentences()]))
+        current = Path(prior.source_path).name if prior is not None and prior.source_path else "no model"
+        self._say(f"The step is done. Look at the step result over the painted regions, then Keep it or Discard it; until then {current} stays current.")
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, lambda: self.scroll.ensureWidgetVisible(self.review))
+
+    def keep_step(self) -> Path | None:
+        """The step's result becomes current: its file moves into the models folder, and the
+        annotations that taught it are saved beside it."""
+        if self.candidate is None:
+            return None
+        try:
+            path = self.storage.keep(self.candidate_path) if self.candidate_path else None
+        except OSError as exc:
+            self._say(f"the model could not be kept: {exc}", error=True)
+            return None
+        model, name = self.candidate, self.candidate_class
+        if path is not None:
+            model.source_path = str(path)
+        self.model, self.new_model_path = model, path
+        self.candidate = self.candidate_path = self.candidate_class = None
         self.model_section.show_model(model)
         self._remember()
-        self._add_att_layer()
-        self._say(f"Saved {self.new_model_path}; it is now the current model.")
-        self.train_section.show_forgetting(model.steps[-1].results.get("forgetting") if model.steps else None)
+        self.review.clear()
+        saved = self.save_annotations(path, name) if path is not None else []
+        also = f" and its annotation {', '.join(p.name for p in saved)}" if saved else ""
+        self._say(f"Kept: saved {path}{also}; it is now the current model.")
+        return path
+
+    def discard_step(self) -> None:
+        """The step's result is deleted; the prior stays current."""
+        if self.candidate is None:
+            return
+        if self.candidate_path is not None:
+            self.candidate_path.unlink(missing_ok=True)
+        self.candidate = self.candidate_path = self.candidate_class = None
+        self.new_model_path = None
+        self.review.clear()
+        layers.remove_panel_layers(self.viewer, kind="step result")
+        layers.remove_panel_layers(self.viewer, kind="att")
+        current = Path(self.model.source_path).name if self.model is not None and self.model.source_path else "no model"
+        self._say(f"Discarded the step's model (its file is deleted); {current} stays current.")
 
     def _add_att_layer(self) -> None:
         layers.add_att_layer(self.viewer, list(self.train_section.crops), self.last_crops)
@@ -213,14 +393,14 @@ class CiNuSegWidget(JobHost):
             self._say(str(exc), error=True)
             return None
         self.cancel_event = cancel = threading.Event()
-        model, px, tile = self.model, self.image_pixel_size(), self.tile.value()
+        model, px, tile, device = self.model, self.image_pixel_size(), self.tile.value(), self.device_name()
         # A slide (a lazy layer) or a large image: the class map goes to disk tile by tile, with a
         # pyramid, and is shown lazily; a small image's stays in memory.
         out = self.storage.result_path(image.name, model) if needs_disk(pixels) else None
 
         def run():
             return (yield from segment_and_measure(
-                model, pixels, tile=tile, overlap=min(64, tile // 4), image_pixel_size=px, out=out, cancel=cancel,
+                model, pixels, tile=tile, overlap=min(64, tile // 4), image_pixel_size=px, out=out, cancel=cancel, device=device,
             ))
 
         self._remember()
@@ -229,8 +409,8 @@ class CiNuSegWidget(JobHost):
 
     def _on_segment_event(self, ev) -> None:
         if isinstance(ev, (TileProgress, ExportProgress)):
-            self.progress.setRange(0, ev.total)  # a total of 0: busy, with no count (measuring nuclei)
-            self.progress.setValue(ev.done)
+            self.segment_progress.setRange(0, ev.total)  # a total of 0: busy, with no count (measuring nuclei)
+            self.segment_progress.setValue(ev.done)
         elif isinstance(ev, (Cancelled, MemoryReduced)):
             self._say(ev.message)
         elif isinstance(ev, SegmentFinished):

@@ -16,23 +16,27 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
+    QToolButton,
     QVBoxLayout,
+    QWidget,
 )
 
 from ..runtime import devices
 from ..runtime.events import Progress, StepStarted
-from ..analysis.forgetting import format_report, forgetting_warnings
 from ..plugin.layer_metadata import layer_pixel_size
 from ..model.segmenter import PALETTE
 from ..model.file import BUNDLED_MODEL
 from ..training.settings import PRESETS, SETTING_RANGES, USER_SETTINGS, preset, setting_label
+from ..workflows import PREVIEW_EVERY_S, device_choices
 from .plot import LossPlot
 
 NO_MODEL = "No model: training starts a new base model from your annotations."
@@ -51,9 +55,7 @@ class ModelSection(QGroupBox):
         row.addWidget(self.open_btn)
         row.addWidget(self.bundled_btn)
         form.addLayout(row)
-        self.label = QLabel(NO_MODEL)
-        self.label.setWordWrap(True)
-        self.label.setTextFormat(Qt.RichText)
+        self.label = wrapped_label(NO_MODEL, rich=True)
         form.addWidget(self.label)
 
     def show_model(self, m) -> None:
@@ -72,6 +74,7 @@ class NewClassSection(QGroupBox):
     def __init__(self):
         super().__init__("2. New class")
         form = QFormLayout(self)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.name = QLineEdit()
         self.name.setPlaceholderText("e.g. Neutrophil")
         form.addRow("Name", self.name)
@@ -93,11 +96,19 @@ class NewClassSection(QGroupBox):
         self.pixel_size.setSpecialValueText("unknown")
         self.pixel_size.setSuffix(" µm/px")
         form.addRow("Pixel size", self.pixel_size)
-        self.pixel_size_note = QLabel("")
+        self.pixel_size_note = wrapped_label()
         form.addRow(self.pixel_size_note)
         self.annotate_btn = QPushButton("Add annotation layer")
         form.addRow(self.annotate_btn)
-        self.exhaustive = QCheckBox("My annotation is exhaustive in rectangles I draw")
+        row = QHBoxLayout()
+        self.open_annotation_btn = QPushButton("Open annotation…")
+        self.save_annotation_btn = QPushButton("Save annotation")
+        self.save_annotation_btn.setToolTip("beside the current model, as <model>.<image>.annotation.tif")
+        row.addWidget(self.open_annotation_btn)
+        row.addWidget(self.save_annotation_btn)
+        form.addRow(row)
+        self.exhaustive = QCheckBox("Exhaustive inside rectangles I draw")
+        self.exhaustive.setToolTip("everything unpainted inside the rectangles is background")
         form.addRow(self.exhaustive)
 
     def pick_colour(self) -> None:
@@ -139,13 +150,87 @@ class NewClassSection(QGroupBox):
             self.pixel_size_note.setText("the file does not say: set it (0.25 at 40×, 0.5 at 20×) so images are resampled to the model's")
 
 
+class Collapsible(QWidget):
+    """A titled part that opens and closes with a click on its title (closed at first)."""
+
+    def __init__(self, title: str):
+        super().__init__()
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.toggle = QToolButton()
+        self.toggle.setText(title)
+        self.toggle.setCheckable(True)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.toggle.setStyleSheet("QToolButton { border: none; }")
+        self.content = QWidget()
+        self.content.setVisible(False)
+        self.form = QFormLayout(self.content)
+        self.form.setContentsMargins(8, 0, 0, 0)
+        self.form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        lay.addWidget(self.toggle)
+        lay.addWidget(self.content)
+        self.toggle.toggled.connect(self.set_open)
+
+    def set_open(self, opened: bool) -> None:
+        self.toggle.setChecked(opened)
+        self.toggle.setArrowType(Qt.ArrowType.DownArrow if opened else Qt.ArrowType.RightArrow)
+        self.content.setVisible(opened)
+
+
+def wrapped_label(text: str = "", rich: bool = False) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setTextFormat(Qt.TextFormat.RichText if rich else Qt.TextFormat.PlainText)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # wraps, never widens the panel
+    return label
+
+
+class ReviewBox(QGroupBox):
+    """A step's result, before it is kept: what the new model makes of the painted nuclei, the
+    old classes in plain words, and Keep / Discard."""
+
+    def __init__(self):
+        super().__init__("Step result: keep it?")
+        lay = QVBoxLayout(self)
+        self.summary = wrapped_label(rich=True)
+        self.forgetting = wrapped_label(rich=True)  # the old classes: kept, shrank, grew or moved
+        lay.addWidget(self.summary)
+        lay.addWidget(self.forgetting)
+        row = QHBoxLayout()
+        self.keep_btn = QPushButton("Keep")
+        self.discard_btn = QPushButton("Discard")
+        row.addWidget(self.keep_btn)
+        row.addWidget(self.discard_btn)
+        lay.addLayout(row)
+        lay.addWidget(wrapped_label("Train again replaces this result: from the same prior, with the paint as it is then."))
+        self.setVisible(False)
+
+    def show_review(self, review, saved_as: str) -> None:
+        colour = "#e6194b" if review.worrying() else "inherit"
+        self.summary.setText(f"<span style='color:{colour}'>{review.new_class_sentence()}</span> <i>(shown as “step result” over the painted regions; not kept yet: {saved_as})</i>")
+        lines = []
+        for sentence in review.old_class_sentences():
+            bad = any(w in sentence.split(":")[0] for w in ("shrank", "grew", "moved"))
+            lines.append(f"<span style='color:#e6194b'>⚠ {sentence}</span>" if bad else sentence)
+        self.forgetting.setText("<br>".join(lines))
+        self.setVisible(True)
+
+    def clear(self) -> None:
+        self.summary.setText("")
+        self.forgetting.setText("")
+        self.setVisible(False)
+
+
 class TrainSection(QGroupBox):
-    """3. Training: preset, iterations, crop, the method's settings; progress, loss plot, ATT
-    share and the forgetting report of the last step."""
+    """3. Training: preset, iterations, crop, device, live preview; progress, loss plot, the
+    step's result to keep or discard; under Details the method's settings and the diagnostics
+    (device used, ATT share)."""
 
     def __init__(self):
         super().__init__("3. Train")
         form = QFormLayout(self)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.preset = QComboBox()
         self.preset.addItems(sorted(PRESETS))
         form.addRow("Preset", self.preset)
@@ -158,10 +243,16 @@ class TrainSection(QGroupBox):
         self.crop.setSingleStep(32)
         self.crop.setValue(128)
         form.addRow("Crop size", self.crop)
-        self.advanced, self.hyper = self._advanced()
-        form.addRow(self.advanced)
-        self.device = QLabel(f"Device: {devices.describe(devices.resolve_device('auto'))}")
-        form.addRow(self.device)
+        self.device_choice = QComboBox()  # the step's and the segmentation's device
+        for label, name in device_choices():
+            self.device_choice.addItem(label, name)
+        self.device_choice.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.device_choice.setMinimumContentsLength(10)
+        form.addRow("Device", self.device_choice)
+        self.preview = QCheckBox("Live preview of the painted regions")
+        self.preview.setChecked(True)
+        self.preview.setToolTip(f"every {PREVIEW_EVERY_S:g} s of training, the model's prediction of the painted regions (a 'preview' layer)")
+        form.addRow(self.preview)
         row = QHBoxLayout()
         self.train_btn = QPushButton("Train")
         self.cancel_btn = QPushButton("Cancel")
@@ -171,17 +262,21 @@ class TrainSection(QGroupBox):
         form.addRow(row)
         self.progress = QProgressBar()
         form.addRow(self.progress)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        form.addRow(self.status)
+        self.iteration_text = wrapped_label()
+        form.addRow(self.iteration_text)
         self.plot = LossPlot()
         form.addRow(self.plot)
-        self.att = QLabel("")  # the share of crops where ATT fired (eqs. 14-16)
-        form.addRow(self.att)
-        self.forgetting = QLabel("")  # the step's forgetting report (forgetting.py)
-        self.forgetting.setWordWrap(True)
-        self.forgetting.setTextFormat(Qt.RichText)
-        form.addRow(self.forgetting)
+        self.review = ReviewBox()
+        form.addRow(self.review)
+        self.forgetting = self.review.forgetting
+        self.details = Collapsible("Details")
+        self.advanced, self.hyper = self._advanced()
+        self.details.form.addRow(self.advanced)
+        self.device = wrapped_label(f"Device: {devices.describe(devices.resolve_device('auto'))}")
+        self.details.form.addRow(self.device)
+        self.att = wrapped_label()  # the share of crops where ATT fired (eqs. 14-16)
+        self.details.form.addRow(self.att)
+        form.addRow(self.details)
         self.crops: deque = deque(maxlen=64)
         self.att_seen = self.att_fired = 0
 
@@ -203,14 +298,17 @@ class TrainSection(QGroupBox):
         box.setCheckable(True)
         box.setChecked(False)
         lay = QVBoxLayout(box)
-        lay.setContentsMargins(0, 0, 0, 0)
-        form = Container(widgets=list(fields.values()))
+        lay.setContentsMargins(4, 4, 4, 4)
+        form = Container(widgets=list(fields.values()), labels=True)
         lay.addWidget(form.native)
         box._form = form  # kept alive with the group
         return box, fields
 
+    def device_name(self) -> str:
+        return str(self.device_choice.currentData() or "auto")
+
     def settings(self):
-        overrides = {"iterations": self.iterations.value(), "crop_size": self.crop.value() // 32 * 32}
+        overrides = {"iterations": self.iterations.value(), "crop_size": self.crop.value() // 32 * 32, "device": self.device_name()}
         if self.advanced.isChecked():
             overrides.update({k: float(w.value) for k, w in self.hyper.items()})
         return preset(self.preset.currentText(), **overrides)
@@ -218,7 +316,7 @@ class TrainSection(QGroupBox):
     def reset_results(self) -> None:
         self.plot.clear()
         self.att.setText("")
-        self.forgetting.setText("")
+        self.iteration_text.setText("")
         self.progress.setValue(0)
         self.crops: deque = deque(maxlen=64)  # the last training crops, for the ATT layer
         self.att_seen = self.att_fired = 0  # crops seen in this training, and where ATT fired
@@ -236,7 +334,7 @@ class TrainSection(QGroupBox):
             if ev.crops:
                 r, t_o, t_n = (np.mean([getattr(c, k) for c in ev.crops]) for k in ("r", "t_o", "t_n"))
                 att = f" · ATT r={r:.2f} t_o={t_o:.2f} t_n={t_n:.2f}"
-            self.status.setText(f"iteration {ev.iteration}/{ev.total}, loss {ev.loss:.3f}, {left} left{att}")
+            self.iteration_text.setText(f"iteration {ev.iteration}/{ev.total}, loss {ev.loss:.3f}, {left} left{att}")
             self.plot.add(ev)
             self.crops.extend(ev.crops)
             self.att_seen += len(ev.crops)
@@ -246,22 +344,6 @@ class TrainSection(QGroupBox):
                     f"ATT fired on {self.att_fired / self.att_seen:.0%} of the crops so far "
                     "(new class > σ of their nuclei: old-class loss ×α_o, new-class loss ×α_n)"
                 )
-
-    def show_forgetting(self, report) -> list[str]:
-        """The step's forgetting report beside its result, and one notification with a warning
-        (and what to do) per class below the threshold; returns those warnings."""
-        if not report:
-            self.forgetting.setText("")
-            return []
-        lines = [format_report(report) + f" — on {report.get('images')} painted image(s)"]
-        warnings = forgetting_warnings(report)
-        lines += [f"<span style='color:#e6194b'>⚠ {w}</span>" for w in warnings]
-        self.forgetting.setText("<br>".join(lines))
-        if warnings:
-            from napari.utils.notifications import show_warning
-
-            show_warning("Forgetting: " + " ".join(warnings))
-        return warnings
 
 
 class SegmentSection(QGroupBox):
@@ -281,8 +363,14 @@ class SegmentSection(QGroupBox):
         row.addWidget(self.segment_btn)
         row.addWidget(self.export_btn)
         form.addRow(row)
+        self.progress = QProgressBar()
+        form.addRow(self.progress)
         self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["class", "nuclei", "area (px)", "mean area"])
+        self.table.setHorizontalHeaderLabels(["class", "nuclei", "area px", "mean px"])
+        self.table.setMinimumHeight(170)  # room for a header and six classes
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setMinimumSectionSize(40)
         form.addRow(self.table)
 
     def show_statistics(self, rows: list[dict]) -> None:
@@ -290,7 +378,7 @@ class SegmentSection(QGroupBox):
         um = bool(rows) and "area_um2" in rows[0]  # the pixel size is known: areas in µm²
         keys = ("class", "nuclei", "area_um2", "mean_area_um2") if um else ("class", "nuclei", "area_px", "mean_area_px")
         unit = "µm²" if um else "px"
-        self.table.setHorizontalHeaderLabels(["class", "nuclei", f"area ({unit})", f"mean area ({unit})"])
+        self.table.setHorizontalHeaderLabels(["class", "nuclei", f"area {unit}", f"mean {unit}"])
         for r, row in enumerate(rows):
             for col, key in enumerate(keys):
                 value = row[key]

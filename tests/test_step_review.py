@@ -1,0 +1,99 @@
+"""A step's result before it is kept, headless: the candidate file, the live preview while it
+trains, and its review on the painted regions in plain words."""
+
+import numpy as np
+import pytest
+
+from napari_cinuseg.datasets.labelled import TrainingPair
+from napari_cinuseg.runtime.events import Preview, Progress
+from napari_cinuseg.training.steps import drain, train_step
+from napari_cinuseg.workflows import (
+    StepReview,
+    Storage,
+    device_choices,
+    review_step,
+    training_model,
+    with_preview,
+)
+
+
+def _painted(pair):
+    """A real CoNSeP patch as a user paints it: its new-class nuclei (1) and some background."""
+    target = np.full(pair.target.shape, 255, np.uint8)
+    target[pair.target == 1] = 1
+    target[(pair.target == 0) & (np.arange(pair.target.shape[1]) % 7 == 0)] = 0
+    return TrainingPair(pair.image[:160, :160], target[:160, :160], pair.name)
+
+
+def test_the_preview_is_the_training_model_and_leaves_training_unchanged(base_file, few_pairs, tiny):
+    pairs = [_painted(p) for p in few_pairs[1][:2]]
+    settings = tiny.replace(iterations=6, log_every=1)
+    job = train_step(base_file, pairs, ["Other"], settings)
+    seen = []
+    events = with_preview(job, pairs, every_s=0.0)
+    for ev in events:
+        seen.append(ev)
+        if isinstance(ev, Progress) and ev.iteration == 2:
+            model = training_model(job)
+            assert model is not None and model.class_names == ["Epithelial", "Spindle-shaped", "Other"]
+            assert model.network.training  # in training, not left in eval mode
+    previews = [ev for ev in seen if isinstance(ev, Preview)]
+    assert previews and [p.iteration for p in previews] == list(range(1, 6))  # none after the last
+    assert previews[0].maps[0].shape == (160, 160) and previews[0].offsets == ((0, 0), (0, 0))
+    assert int(previews[-1].maps[0].max()) <= 3
+    # the same step without previews ends with the same weights: a preview changes nothing
+    with_p = seen[-1].model
+    without = drain(train_step(base_file, pairs, ["Other"], settings))
+    for a, b in zip(with_p.network.state_dict().values(), without.network.state_dict().values()):
+        assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_review_counts_the_painted_nuclei_and_says_grew_or_shrank(base_file, few_pairs, tiny):
+    from napari_cinuseg.model.file import load_model
+
+    prior = load_model(base_file)
+    pairs = [_painted(p) for p in few_pairs[1][:1]]
+    candidate = drain(train_step(prior, pairs, ["Other"], tiny.replace(iterations=2)))
+    review = drain(review_step(prior, candidate, pairs, "Other", device="cpu", tile=128))
+    assert review.maps[0].shape == (160, 160)
+    from skimage.measure import label
+
+    assert review.painted == label(pairs[0].target == 1).max() > 0
+    assert review.called + review.called_background + sum(review.called_old.values()) == review.painted
+    assert set(review.old_pixels) == {"Epithelial", "Spindle-shaped"}
+    assert f"of the {review.painted} painted Other nuclei Other" in review.new_class_sentence()
+
+    r = StepReview("Lymphocyte", [], painted=15, called=2, called_background=13,
+                   old_pixels={"Epithelial": (1000, 300, 280), "Spindle-shaped": (1000, 2000, 900),
+                               "Other": (500, 500, 490), "Necrosis": (0, 0, 0), "Moved": (1000, 1000, 300)})
+    words = " ".join(r.old_class_sentences())
+    assert "Epithelial shrank: the new model marks 30% of the pixels the prior did" in words
+    assert "may have forgotten Epithelial" in words
+    assert "Spindle-shaped grew: the new model marks 2.0× the pixels" in words and "may call other nuclei Spindle-shaped" in words
+    assert "Other is kept" in words and "Necrosis: neither model finds it" in words and "Moved moved" in words
+    assert "calls 2 of the 15 painted Lymphocyte nuclei Lymphocyte (13 background)" in r.new_class_sentence()
+    assert "Fewer than half" in r.new_class_sentence() and r.worrying()
+    assert not StepReview("X", [], painted=4, called=4, old_pixels={"A": (10, 10, 10)}).worrying()
+
+
+def test_a_candidate_waits_beside_the_models_until_kept(tmp_path):
+    storage = Storage(tmp_path / "models", tmp_path / "results")
+    cand = storage.candidate_path(None, "Lymphocyte")
+    assert cand.parent == tmp_path / "models" / "candidates" and cand.name.startswith("base+lymphocyte-")
+    cand.write_bytes(b"model")
+    kept = storage.keep(cand)
+    assert kept == tmp_path / "models" / cand.name and kept.read_bytes() == b"model" and not cand.exists()
+    cand.write_bytes(b"again")
+    with pytest.raises(FileExistsError, match="exists; the candidate stays at"):
+        storage.keep(cand)
+
+
+def test_device_choices_list_auto_the_cpu_and_each_gpu(monkeypatch):
+    import torch
+
+    assert [d for _, d in device_choices()][:2] == ["auto", "cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: f"Fake GPU {i}")
+    names = dict((d, label) for label, d in device_choices())
+    assert names["cuda:0"] == "GPU 0: Fake GPU 0" and names["cuda:1"] == "GPU 1: Fake GPU 1"

@@ -70,12 +70,12 @@ def main() -> None:
         print("saved", out / name, "panel width", widget.width(), flush=True)
 
     shot("01-sample-open.png")
-    widget.bundled_btn.click()
+    widget.model_section.bundled_btn.click()
     shot("02-model-loaded.png")
 
-    widget.class_name.setText("Other")
-    widget.colour.setText("#f58231")
-    widget.exhaustive.setChecked(True)  # everything unpainted inside the rectangle is background
+    widget.class_section.name.setText("Other")
+    widget.class_section.colour.setText("#f58231")
+    widget.class_section.exhaustive.setChecked(True)  # everything unpainted inside the rectangle is background
     layer = widget.add_annotation_layer()
     regions = viewer.layers[f"{layer.metadata['cinuseg_annotation']['image']} · exhaustive regions"]
     regions.add_rectangles(np.array([[80, 80], [420, 420]]))
@@ -91,11 +91,11 @@ def main() -> None:
     viewer.camera.center = (250, 250)
     shot("03-painted.png")
 
-    widget.iterations.setValue(args.iterations)
-    widget.crop.setValue(128)
+    widget.train_section.iterations.setValue(args.iterations)
+    widget.train_section.crop.setValue(128)
     worker = widget.start_training()
     settle(app, 12)  # a few previews in
-    widget.scroll.ensureWidgetVisible(widget.plot)
+    widget.scroll.ensureWidgetVisible(widget.train_section.plot)
     shot("04-training.png")
     wait(app, worker)
     settle(app, 1)
@@ -104,12 +104,12 @@ def main() -> None:
 
     viewer.camera.zoom = 0.8
     viewer.camera.center = (512, 512)
-    widget.tile.setValue(512)
+    widget.segment_section.tile.setValue(512)
     wait(app, widget.start_segmentation())
-    widget.scroll.ensureWidgetVisible(widget.table)
+    widget.scroll.ensureWidgetVisible(widget.segment_section.table)
     shot("06-segmented.png")
     wait(app, widget.export_to(scratch / "sample.masks.tif"))
-    widget.scroll.ensureWidgetVisible(widget.table)
+    widget.scroll.ensureWidgetVisible(widget.segment_section.table)
     shot("07-exported.png")
     viewer.close()
 

@@ -13,7 +13,7 @@ from skimage import io as skio
 from napari_cinuseg import CiNuSegModel, drain, load_model, save_model, train_base, train_step
 from napari_cinuseg.annotations import training_pair
 from napari_cinuseg.cli import main
-from napari_cinuseg.datasets.labelled import read_rgb
+from napari_cinuseg.io.images import read_rgb
 from napari_cinuseg.io.images import ImageNotice, as_rgb_uint8, rgb_view
 from napari_cinuseg.model.segmenter import check_class_name
 from napari_cinuseg.model.file import ModelFileError

@@ -8,7 +8,7 @@ from napari_cinuseg.benchmark.run import BenchmarkConfig, run_benchmark
 from napari_cinuseg.runtime.events import StepEvaluated, StepPlanned
 from napari_cinuseg.benchmark.report import offline_ratio, write_table
 from napari_cinuseg.datasets.labelled import LabelledSet
-from napari_cinuseg.training.steps import drain
+from napari_cinuseg.runtime.events import drain
 
 
 @pytest.fixture(scope="module")

@@ -186,7 +186,7 @@ def test_the_panels_engine_functions_segment_and_export_nuclei(shared_data, tmp_
     from napari_cinuseg.model.file import BUNDLED_MODEL, load_model
     from napari_cinuseg.io.images import read_rgb
     from napari_cinuseg.runtime.events import ExportProgress
-    from napari_cinuseg.training.steps import drain
+    from napari_cinuseg.runtime.events import drain
     from napari_cinuseg.workflows import export_nuclei, segment_nuclei_and_measure
 
     model = load_model(BUNDLED_MODEL)

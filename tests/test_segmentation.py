@@ -8,7 +8,8 @@ import torch
 from napari_cinuseg import CiNuSegModel, drain
 from napari_cinuseg.io.export import export_masks, read_masks
 from napari_cinuseg.model.network import Architecture
-from napari_cinuseg.inference.segmentation import SegmentFinished, SegmentStarted, TileProgress, segment
+from napari_cinuseg.inference.segmentation import segment
+from napari_cinuseg.runtime.events import SegmentFinished, SegmentStarted, TileProgress
 from napari_cinuseg.io.slides import Slide
 from napari_cinuseg.inference.tiling import blend_window, tile_origins, tissue_fraction
 

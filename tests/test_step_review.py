@@ -6,7 +6,8 @@ import pytest
 
 from napari_cinuseg.datasets.labelled import TrainingPair
 from napari_cinuseg.runtime.events import Preview, Progress
-from napari_cinuseg.training.steps import drain, train_step
+from napari_cinuseg.training.steps import train_step
+from napari_cinuseg.runtime.events import drain
 from napari_cinuseg.workflows import (
     StepReview,
     Storage,

@@ -11,7 +11,8 @@ from napari_cinuseg.ui.panel import CiNuSegWidget
 from napari_cinuseg.workflows import Storage
 from napari_cinuseg.io.export import read_masks
 from napari_cinuseg.io.slides import Slide
-from napari_cinuseg.training.steps import drain, train_base
+from napari_cinuseg.training.steps import train_base
+from napari_cinuseg.runtime.events import drain
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def _digest(path):
 
 
 def _paint(widget, name="Neutrophil"):
-    widget.class_name.setText(name)
+    widget.class_section.name.setText(name)
     layer = widget.add_annotation_layer()
     layer.data[40:60, 40:60] = 1  # a few strokes of the new class
     layer.data[100:112, 200:214] = 1
@@ -52,8 +53,8 @@ def _paint(widget, name="Neutrophil"):
 
 
 def _train(widget, qtbot, iterations=2):
-    widget.iterations.setValue(iterations)
-    widget.crop.setValue(64)
+    widget.train_section.iterations.setValue(iterations)
+    widget.train_section.crop.setValue(64)
     worker = widget.start_training()
     assert worker is not None, widget.status.text()
     with qtbot.waitSignal(worker.finished, timeout=120_000):
@@ -65,10 +66,10 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     viewer = widget.viewer
     before = _digest(prior_file)
     widget.load_model(prior_file)
-    assert "Spindle-shaped" in widget.model_label.text()
+    assert "Spindle-shaped" in widget.model_section.label.text()
     prior = widget.model
 
-    widget.colour.setText("#00ffff")
+    widget.class_section.colour.setText("#00ffff")
     layer = _paint(widget)
     assert layer.metadata["cinuseg_annotation"] == {"image": "he", "class": "Neutrophil", "colour": "#00ffff"}
     _train(widget, qtbot)
@@ -76,9 +77,9 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     assert widget.model is prior and widget.candidate.class_names == ["Epithelial", "Spindle-shaped", "Neutrophil"]
     candidate = widget.new_model_path
     assert candidate.exists() and candidate.parent == tmp_path / "candidates"
-    assert widget.review.isVisibleTo(widget) and widget.keep_btn.isEnabled()
-    assert "of the 2 painted Neutrophil nuclei Neutrophil" in widget.review.summary.text()
-    assert "Epithelial" in widget.forgetting_label.text()
+    assert widget.train_section.review.isVisibleTo(widget) and widget.train_section.review.keep_btn.isEnabled()
+    assert "of the 2 painted Neutrophil nuclei Neutrophil" in widget.train_section.review.summary.text()
+    assert "Epithelial" in widget.train_section.forgetting.text()
     step_result = viewer.layers["he · step result"]
     origin = widget.last_crops[0][1:]
     from napari_cinuseg.annotations import annotated_box
@@ -89,7 +90,7 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     att = viewer.layers["last training crops (ATT)"]
     assert not att.visible and not any(str(v) for v in np.atleast_1d(att.text.values))  # hidden, no canvas text
     assert set(att.features.columns) >= {"r", "t_o", "t_n", "att"}
-    assert set(att.features["att"]) <= {"fired", "off"} and "ATT fired on" in widget.att_label.text()
+    assert set(att.features["att"]) <= {"fired", "off"} and "ATT fired on" in widget.train_section.att.text()
     from napari_cinuseg.ui.layers import ATT_FIRED, ATT_OFF
     from napari.utils.colormaps.standardize_color import transform_color
 
@@ -99,7 +100,7 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     kept = widget.keep_step()  # keep: saved in the models folder, current, the annotation beside it
     assert kept == tmp_path / candidate.name and kept.exists() and not candidate.exists()
     assert widget.model.class_names == ["Epithelial", "Spindle-shaped", "Neutrophil"] and widget.model.source_path == str(kept)
-    assert not widget.review.isVisibleTo(widget) and "it is now the current model" in widget.status.text()
+    assert not widget.train_section.review.isVisibleTo(widget) and "it is now the current model" in widget.status.text()
     annotation = kept.with_name(kept.name.removesuffix(".cinuseg.pt") + ".he.annotation.tif")
     assert annotation.is_file() and annotation.name in widget.status.text()
     assert _digest(prior_file) == before
@@ -112,18 +113,18 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     # a second run, cancelled at once: no file, the current model stays, the plot is cleared
     files = sorted(tmp_path.rglob("*.cinuseg.pt"))
     current = widget.model
-    widget.class_name.setText("Neutrophil-2")
+    widget.class_section.name.setText("Neutrophil-2")
     layer2 = widget.add_annotation_layer()
     layer2.data[40:60, 40:60] = 1
-    widget.iterations.setValue(10_000)
+    widget.train_section.iterations.setValue(10_000)
     worker = widget.start_training()
     widget.cancel()
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     assert sorted(tmp_path.rglob("*.cinuseg.pt")) == files and widget.model is current and widget.candidate is None
-    assert "cancelled" in widget.status.text() and widget.plot.iterations == []
+    assert "cancelled" in widget.status.text() and widget.train_section.plot.iterations == []
 
-    widget.tile.setValue(256)
+    widget.segment_section.tile.setValue(256)
     for _ in range(2):  # segmenting again replaces the result's layers
         with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
             pass
@@ -133,7 +134,7 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     assert classes.data.shape == (320, 320)
     assert list(classes.features["name"]) == ["background", "Epithelial", "Spindle-shaped", "Neutrophil"]
     assert "he · Neutrophil" in viewer.layers
-    assert widget.table.rowCount() == 3
+    assert widget.segment_section.table.rowCount() == 3
 
     progress = []
     worker = widget.export_to(tmp_path / "he.masks.tif")
@@ -160,12 +161,12 @@ def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(widget, 
     _train(widget, qtbot)
     second = widget.new_model_path
     assert second != first and second.exists() and not first.exists()  # replaced, not piled up
-    assert "of the 3 painted Lymphocyte nuclei" in widget.review.summary.text()
+    assert "of the 3 painted Lymphocyte nuclei" in widget.train_section.review.summary.text()
     assert [ly.name for ly in widget.viewer.layers].count("he · step result") == 1
     assert [ly.name for ly in widget.viewer.layers].count("last training crops (ATT)") == 1
     widget.discard_step()
     assert not second.exists() and list((tmp_path / "candidates").iterdir()) == []
-    assert widget.model is prior and widget.candidate is None and not widget.review.isVisibleTo(widget)
+    assert widget.model is prior and widget.candidate is None and not widget.train_section.review.isVisibleTo(widget)
     assert "he · step result" not in widget.viewer.layers and "stays current" in widget.status.text()
     assert list(tmp_path.glob("*.cinuseg.pt")) == []
 
@@ -187,8 +188,8 @@ def test_the_preview_updates_during_training_and_goes_at_the_end(widget, prior_f
 
     from qtpy.QtCore import QTimer
 
-    widget.iterations.setValue(4)
-    widget.crop.setValue(64)
+    widget.train_section.iterations.setValue(4)
+    widget.train_section.crop.setValue(64)
     worker = widget.start_training()
     worker.yielded.connect(on_event)
     with qtbot.waitSignal(worker.finished, timeout=120_000):
@@ -213,15 +214,15 @@ def test_the_chosen_device_reaches_the_step_and_the_segmentation(widget, prior_f
 
     monkeypatch.setattr(_panel, "learn_class", learn)
     monkeypatch.setattr(_panel, "segment_and_measure", segment)
-    choices = [widget.device_choice.itemData(i) for i in range(widget.device_choice.count())]
+    choices = [widget.train_section.device_choice.itemData(i) for i in range(widget.train_section.device_choice.count())]
     assert choices[:2] == ["auto", "cpu"]
-    widget.device_choice.setCurrentIndex(choices.index("cpu"))
+    widget.train_section.device_choice.setCurrentIndex(choices.index("cpu"))
     widget.load_model(prior_file)
     _paint(widget)
     _train(widget, qtbot)
     assert asked["step"] == "cpu" and widget.candidate.steps[-1].results["device"].startswith("CPU")
-    assert widget.device_label.text().startswith("Device: CPU")
-    widget.tile.setValue(256)
+    assert widget.train_section.device.text().startswith("Device: CPU")
+    widget.segment_section.tile.setValue(256)
     with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
         pass
     assert asked["segment"] == "cpu"
@@ -234,17 +235,17 @@ def test_the_panel_keeps_its_width_and_folds_the_details(widget, prior_file, qtb
 
     qtbot.wait(100)
     assert isinstance(widget.scroll, QScrollArea) and widget.width() == PANEL_WIDTH
-    assert not widget.advanced.isVisibleTo(widget) and not widget.att_label.isVisibleTo(widget)  # under Details, closed
+    assert not widget.train_section.advanced.isVisibleTo(widget) and not widget.train_section.att.isVisibleTo(widget)  # under Details, closed
     widget.train_section.details.set_open(True)
-    assert widget.advanced.isVisibleTo(widget)
-    assert widget.table.minimumHeight() >= 150
+    assert widget.train_section.advanced.isVisibleTo(widget)
+    assert widget.segment_section.table.minimumHeight() >= 150
     widget.load_model(prior_file)
     _paint(widget)
     widget._say("a very long message " * 40)
-    widget.iterations.setValue(3)
-    widget.crop.setValue(64)
+    widget.train_section.iterations.setValue(3)
+    widget.train_section.crop.setValue(64)
     worker = widget.start_training()
-    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.train_section.progress.value() >= 1, timeout=60_000)
     assert widget.width() == PANEL_WIDTH and widget.status.wordWrap()
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
@@ -257,18 +258,18 @@ def test_pixel_size_from_the_file_or_the_user_resamples_and_gives_micrometres(wi
     data, kwargs, _ = read_he(str(shared_data / "slides" / "CMU-1-Small-Region.svs"))[0]
     assert kwargs["metadata"]["pixel_size_um"] == pytest.approx(0.499)
     widget.viewer.add_image(data, **kwargs)
-    widget.image_combo.setCurrentText(kwargs["name"])
-    assert widget.image_pixel_size() == pytest.approx(0.499) and widget.pixel_size_note.text() == "from the file"
-    widget.image_combo.setCurrentText("he")  # an array layer: the file does not say, the user does
-    assert "does not say" in widget.pixel_size_note.text()
-    widget.pixel_size.setValue(0.5)
+    widget.class_section.image.setCurrentText(kwargs["name"])
+    assert widget.image_pixel_size() == pytest.approx(0.499) and widget.class_section.pixel_size_note.text() == "from the file"
+    widget.class_section.image.setCurrentText("he")  # an array layer: the file does not say, the user does
+    assert "does not say" in widget.class_section.pixel_size_note.text()
+    widget.class_section.pixel_size.setValue(0.5)
     widget.load_model(prior_file)
     widget.model.pixel_size = 0.25
-    widget.tile.setValue(256)
+    widget.segment_section.tile.setValue(256)
     with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
         pass
     assert widget.viewer.layers["he · classes"].data.shape == (320, 320)  # the image's own size
-    assert widget.table.horizontalHeaderItem(2).text() == "area µm²"
+    assert widget.segment_section.table.horizontalHeaderItem(2).text() == "area µm²"
 
 
 class _FakeCudaOOM(RuntimeError):
@@ -293,7 +294,7 @@ def test_a_failing_job_is_one_error_and_the_panel_works_again(widget, prior_file
 
     if job == "train":
         monkeypatch.setattr(_panel, "learn_class", fail)
-        widget.class_name.setText("Neutrophil")
+        widget.class_section.name.setText("Neutrophil")
         layer = widget.add_annotation_layer()
         layer.data[40:60, 40:60] = 1
         layer.data[200:230, 150:170] = 2
@@ -304,14 +305,14 @@ def test_a_failing_job_is_one_error_and_the_panel_works_again(widget, prior_file
         worker = widget.start_segmentation()
     assert worker is not None
     # a failure this fast may finish before a signal could be waited for: wait for its effects
-    qtbot.waitUntil(lambda: bool(errors) and widget.train_btn.isEnabled(), timeout=60_000)
+    qtbot.waitUntil(lambda: bool(errors) and widget.train_section.train_btn.isEnabled(), timeout=60_000)
     qtbot.wait(200)  # no second notification arrives later
     assert len(errors) == 1, errors
     if "out of memory" in str(error):
         assert "ran out of memory" in errors[0] and "smaller" in errors[0]
     else:
         assert "a kernel failed" in errors[0]
-    assert widget.train_btn.isEnabled() and widget.segment_btn.isEnabled() and widget.export_btn.isEnabled()
+    assert widget.train_section.train_btn.isEnabled() and widget.segment_section.segment_btn.isEnabled() and widget.segment_section.export_btn.isEnabled()
     assert "Segmenting" not in widget.status.text()
     if job == "train":
         np.testing.assert_array_equal(np.asarray(layer.data), before)
@@ -320,15 +321,15 @@ def test_a_failing_job_is_one_error_and_the_panel_works_again(widget, prior_file
 def test_closing_the_panel_mid_training_cancels_and_keeps_everything(widget, prior_file, qtbot, tmp_path):
     before = _digest(prior_file)
     widget.load_model(prior_file)
-    widget.class_name.setText("Neutrophil")
+    widget.class_section.name.setText("Neutrophil")
     layer = widget.add_annotation_layer()
     layer.data[40:60, 40:60] = 1
     layer.data[200:230, 150:170] = 2
     painted = np.array(layer.data)
-    widget.iterations.setValue(100_000)
-    widget.crop.setValue(64)
+    widget.train_section.iterations.setValue(100_000)
+    widget.train_section.crop.setValue(64)
     worker = widget.start_training()
-    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.train_section.progress.value() >= 1, timeout=60_000)
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         widget.viewer.window.remove_dock_widget(widget)  # the user closes the panel
     assert widget.cancel_event.is_set()
@@ -340,24 +341,24 @@ def test_closing_the_panel_mid_training_cancels_and_keeps_everything(widget, pri
 def test_clear_messages_and_remembered_settings(widget, qtbot):
     assert widget.add_annotation_layer() is None  # no class name
     assert "needs a name" in widget.status.text()
-    widget.class_name.setText("Neutrophil")
+    widget.class_section.name.setText("Neutrophil")
     assert widget.start_training() is None  # nothing painted
     assert "nothing is painted" in widget.status.text()
     assert widget.start_segmentation() is None
     assert "model first" in widget.status.text()
-    widget.bundled_btn.click()  # the shipped base model, remembered for next time
+    widget.model_section.bundled_btn.click()  # the shipped base model, remembered for next time
     assert widget.model.class_names == ["Epithelial", "Spindle-shaped"]
-    widget.iterations.setValue(123)
-    widget.device_choice.setCurrentIndex(widget.device_choice.findData("cpu"))
-    widget.preview.setChecked(False)
-    widget.advanced.setChecked(True)
-    widget.hyper["stain_jitter"].value = 0.5  # the method's settings: a magicgui form
-    widget.hyper["tau"].value = 0.6
+    widget.train_section.iterations.setValue(123)
+    widget.train_section.device_choice.setCurrentIndex(widget.train_section.device_choice.findData("cpu"))
+    widget.train_section.preview.setChecked(False)
+    widget.train_section.advanced.setChecked(True)
+    widget.train_section.hyper["stain_jitter"].value = 0.5  # the method's settings: a magicgui form
+    widget.train_section.hyper["tau"].value = 0.6
     assert widget.current_settings().stain_jitter == 0.5
     widget._remember()
     again = CiNuSegWidget(widget.viewer, storage=widget.storage, settings=widget.settings)
-    assert again.iterations.value() == 123 and again.device_name() == "cpu" and not again.preview.isChecked()
-    assert again.advanced.isChecked() and again.hyper["stain_jitter"].value == 0.5 and again.hyper["tau"].value == 0.6
+    assert again.train_section.iterations.value() == 123 and again.device_name() == "cpu" and not again.train_section.preview.isChecked()
+    assert again.train_section.advanced.isChecked() and again.train_section.hyper["stain_jitter"].value == 0.5 and again.train_section.hyper["tau"].value == 0.6
     assert again.model is not None and again.model.id == widget.model.id
 
 
@@ -365,23 +366,23 @@ def test_bad_layers_and_annotations_are_messages_and_lose_nothing(widget, prior_
     from napari_cinuseg.io.images import ImageNotice
 
     viewer = widget.viewer
-    widget.class_name.setText("Neutrophil")
+    widget.class_section.name.setText("Neutrophil")
     viewer.add_image(np.zeros((4, 64, 64), np.uint16), name="stack")
-    widget.image_combo.setCurrentText("stack")
+    widget.class_section.image.setCurrentText("stack")
     assert widget.add_annotation_layer() is None
     assert "a 2-D RGB image is needed" in widget.status.text()
     viewer.add_image(np.asarray(viewer.layers["he"].data)[..., 1], name="grey")
-    widget.image_combo.setCurrentText("grey")
+    widget.class_section.image.setCurrentText("grey")
     with pytest.warns(ImageNotice, match="grey image repeated"):
         layer = widget.add_annotation_layer()
     assert layer is not None and layer.data.shape == (320, 320)
 
     widget.load_model(prior_file)
-    widget.class_name.setText("epithelial")
+    widget.class_section.name.setText("epithelial")
     assert widget.add_annotation_layer() is None
     assert "already" in widget.status.text()
 
-    widget.class_name.setText("Neutrophil")
+    widget.class_section.name.setText("Neutrophil")
     layer.data[10:20, 10:20] = 3  # a label the annotation does not use
     layer.refresh()
     painted = np.array(layer.data)
@@ -393,23 +394,23 @@ def test_bad_layers_and_annotations_are_messages_and_lose_nothing(widget, prior_
 def test_base_model_from_annotations_without_a_prior(widget, qtbot, tmp_path):
     """No model chosen: training makes a new base model of the painted class, saved and current."""
     assert widget.model is None
-    widget.class_name.setText("Tumour")
+    widget.class_section.name.setText("Tumour")
     layer = widget.add_annotation_layer()
     layer.data[40:70, 40:70] = 1
     layer.data[200:240, 150:190] = 2
     layer.refresh()
-    widget.iterations.setValue(2)
-    widget.crop.setValue(64)
+    widget.train_section.iterations.setValue(2)
+    widget.train_section.crop.setValue(64)
     with qtbot.waitSignal(widget.start_training().finished, timeout=120_000):
         pass
     assert widget.model is None and widget.candidate.class_names == ["Tumour"]
-    assert "painted Tumour nuclei" in widget.review.summary.text() and widget.forgetting_label.text() == ""
+    assert "painted Tumour nuclei" in widget.train_section.review.summary.text() and widget.train_section.forgetting.text() == ""
     widget.keep_step()
     assert widget.model.class_names == ["Tumour"]
     assert widget.model.steps[-1].step == 0 and widget.model.lineage == []
     (saved,) = tmp_path.glob("base+tumour-*.cinuseg.pt")
     assert widget.model.source_path == str(saved)
-    widget.tile.setValue(256)
+    widget.segment_section.tile.setValue(256)
     with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
         pass
     assert list(widget.viewer.layers["he · classes"].features["name"]) == ["background", "Tumour"]
@@ -426,9 +427,9 @@ def test_slide_is_segmented_to_disk_and_shown_as_a_pyramid(widget, prior_file, q
     (slide_layer,) = viewer.open(str(svs), plugin="napari-cinuseg")
     assert not isinstance(slide_layer.data, np.ndarray)
     widget.load_model(prior_file)
-    widget.image_combo.setCurrentText(slide_layer.name)
-    assert widget.image_combo.currentText() == slide_layer.name
-    widget.tile.setValue(512)
+    widget.class_section.image.setCurrentText(slide_layer.name)
+    assert widget.class_section.image.currentText() == slide_layer.name
+    widget.segment_section.tile.setValue(512)
     with qtbot.waitSignal(widget.start_segmentation().finished, timeout=300_000):
         pass
     classes = viewer.layers["CMU-1-Small-Region · classes"]
@@ -444,7 +445,7 @@ def test_slide_is_segmented_to_disk_and_shown_as_a_pyramid(widget, prior_file, q
     np.testing.assert_array_equal(np.asarray(classes.data[1][:]), reference[::2, ::2])
     epi = viewer.layers["CMU-1-Small-Region · Epithelial"]
     assert epi.multiscale and np.array_equal(np.asarray(epi.data[0]), (reference == 1).astype(np.uint8))
-    assert widget.table.rowCount() == 2
+    assert widget.segment_section.table.rowCount() == 2
     with qtbot.waitSignal(widget.export_to(tmp_path / "slide.masks.tif").finished, timeout=120_000):
         pass
     class_map, masks, _ = read_masks(widget.last_export)
@@ -466,8 +467,8 @@ def test_a_segmentation_without_nuclei_says_why(widget, qtbot, favoured, warned)
         model.network.classifier.bias.copy_(torch.tensor([-10.0, -10.0]))
         model.network.classifier.bias[favoured] = 10.0  # every pixel: background, or the class
     widget.model = model
-    widget.tile.setValue(256)
+    widget.segment_section.tile.setValue(256)
     with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
         pass
     assert ("found no nuclei" in widget.status.text()) is warned
-    assert widget.table.rowCount() == 1
+    assert widget.segment_section.table.rowCount() == 1

@@ -96,16 +96,16 @@ def child_gui(p: dict) -> dict:
     w = CiNuSegWidget(viewer, storage=storage, settings=settings)
     viewer.window.add_dock_widget(w)
     w.load_model(p["prior"])
-    w.class_name.setText("Neutrophil")
+    w.class_section.name.setText("Neutrophil")
     layer = w.add_annotation_layer()
     if layer is None:
         raise RuntimeError(f"no annotation layer: {w.status.text()}")
     layer.data[40:60, 40:60] = 1  # a few strokes of the new class
     layer.data[200:230, 150:170] = 2  # and of background
     layer.refresh()
-    w.iterations.setValue(int(p["iterations"]))
-    w.crop.setValue(int(p["crop"]))
-    w.preview.setChecked(bool(p.get("preview", True)))  # the live preview of the painted region, on by default
+    w.train_section.iterations.setValue(int(p["iterations"]))
+    w.train_section.crop.setValue(int(p["crop"]))
+    w.train_section.preview.setChecked(bool(p.get("preview", True)))  # the live preview of the painted region, on by default
 
     from napari_cinuseg.runtime.events import Preview
     from napari_cinuseg.workflows import PREVIEW_EVERY_S
@@ -144,14 +144,14 @@ def child_gui(p: dict) -> dict:
 
     def finished():
         out["training_seconds"] = time.perf_counter() - out.pop("_t0")
-        out["keep_question_shown"] = w.review.isVisibleTo(w)
+        out["keep_question_shown"] = w.train_section.review.isVisibleTo(w)
         phase["name"] = "between"  # the harness builds its export test layer: counted in neither phase
         out.update(  # read now: quitting the application deletes the widgets
-            preset=w.preset_combo.currentText(),
-            device_label=w.device_label.text(),
+            preset=w.train_section.preset.currentText(),
+            device_label=w.train_section.device.text(),
             status_text=w.status.text(),
             trained_classes=list(w.candidate.class_names) if w.candidate is not None else None,
-            preview=w.preview.isChecked(),
+            preview=w.train_section.preview.isChecked(),
             previews=previews["n"],
             preview_every_s=previews["every_s"],
         )

@@ -54,7 +54,8 @@ def _tiles_of(image, tile: int, overlap: int):
 
 def time_segment(model, image, ctx: Context, settings) -> dict:
     from napari_cinuseg import drain
-    from napari_cinuseg.inference.segmentation import MemoryReduced, SegmentFinished, segment
+    from napari_cinuseg.inference.segmentation import segment
+    from napari_cinuseg.runtime.events import MemoryReduced, SegmentFinished
 
     a = ctx.args
     info: dict = {}

@@ -18,7 +18,7 @@ _LAZY = {
     "save_model": "model.file",
     "TrainSettings": "training.settings",
     "preset": "training.settings",
-    "drain": "training.steps",
+    "drain": "runtime.events",
     "train_base": "training.steps",
     "train_step": "training.steps",
 }

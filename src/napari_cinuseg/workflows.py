@@ -28,7 +28,7 @@ from typing import Generator, Sequence
 
 import numpy as np
 
-from .runtime.events import CancelFlag, ExportProgress, Preview, Progress
+from .runtime.events import CancelFlag, ExportProgress, Preview, Progress, relay
 from .io.images import IN_MEMORY_LIMIT_PX
 
 
@@ -101,9 +101,15 @@ def learn_class(
     return (yield from train_step(prior, pairs, [name], settings, method="cinuseg", colours=[colour], out=out, cancel=cancel))
 
 
+def class_map_on_disk(height: int, width: int, *, lazy: bool = False, limit: int | None = None) -> bool:
+    """The one rule for where a class map goes: on disk for a lazy image (a slide layer) or one
+    over ``limit`` pixels (default ``IN_MEMORY_LIMIT_PX``), else in memory."""
+    return lazy or height * width > (IN_MEMORY_LIMIT_PX if limit is None else limit)
+
+
 def needs_disk(pixels) -> bool:
-    """A lazy image (a slide) or one over ``IN_MEMORY_LIMIT_PX`` gets its class map on disk."""
-    return not isinstance(pixels, np.ndarray) or pixels.shape[0] * pixels.shape[1] > IN_MEMORY_LIMIT_PX
+    """:func:`class_map_on_disk` for an image layer's pixels (a numpy array is in memory)."""
+    return class_map_on_disk(pixels.shape[0], pixels.shape[1], lazy=not isinstance(pixels, np.ndarray))
 
 
 def segment_and_measure(
@@ -200,12 +206,7 @@ def export_with_table(
     else:
         measure_nuclei_to_csv(*args)
     job = export_masks_job(class_map, path, class_names, colours, model_id, extra=extra, overwrite=overwrite, pixel_size=pixel_size)
-    while True:
-        try:
-            done, total = next(job)
-        except StopIteration as stop:
-            return stop.value, csv_path
-        yield ExportProgress(done, total)
+    return (yield from relay(job, lambda progress: ExportProgress(*progress))), csv_path
 
 
 @dataclass
@@ -230,6 +231,7 @@ def segment_nuclei_and_measure(
     cancel: CancelFlag = None,
     min_area_um2: float | None = None,
     method: str = "watershed",
+    device: str = "auto",
 ) -> Generator:
     """:func:`segment_and_measure`, then the nuclei as objects (inference/instances.py): returns a
     :class:`SegmentedNuclei`, or None when cancelled. With ``out`` (a ``.zarr``) the instance map
@@ -240,7 +242,7 @@ def segment_nuclei_and_measure(
     from .inference.instances import DEFAULT_MIN_AREA_UM2, nuclei_of
 
     done = yield from segment_and_measure(
-        model, pixels, tile=tile, overlap=overlap, image_pixel_size=image_pixel_size, out=out, cancel=cancel
+        model, pixels, tile=tile, overlap=overlap, image_pixel_size=image_pixel_size, out=out, cancel=cancel, device=device
     )
     if done is None:
         return None
@@ -300,12 +302,7 @@ def export_nuclei(
         write_geojson(gj, nuclei.labels, nuclei.classes, list(class_names), colours, overwrite=True, downsample=downsample)
     meta = {"nuclei": nuclei.count, "nucleus_min_area_px": nuclei.min_area_px, "instances": nuclei.method, **(extra or {})}
     job = export_masks_job(class_map, path, class_names, colours, model_id, extra=meta, overwrite=overwrite, pixel_size=pixel_size)
-    while True:
-        try:
-            done, total = next(job)
-        except StopIteration as stop:
-            return stop.value, csv_path, gj
-        yield ExportProgress(done, total)
+    return (yield from relay(job, lambda progress: ExportProgress(*progress))), csv_path, gj
 
 
 # --- devices ------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ viewer.open_sample("napari-cinuseg", "he-cmu1")
 _, widget = viewer.window.add_plugin_dock_widget("napari-cinuseg", "CiNuSeg")
 print("panel opened", flush=True)
 
-widget.bundled_btn.click()  # "Bundled base model"
-widget.tile.setValue(256)
+widget.model_section.bundled_btn.click()  # "Bundled base model"
+widget.segment_section.tile.setValue(256)
 worker = widget.start_segmentation()
 finished = []
 worker.finished.connect(lambda: finished.append(True))
@@ -24,5 +24,5 @@ while not finished:
     app.processEvents()
     time.sleep(0.02)
 classes = [layer.name for layer in viewer.layers if layer.name.endswith("· classes")]
-print("segmented", classes, widget.table.rowCount(), flush=True)
+print("segmented", classes, widget.segment_section.table.rowCount(), flush=True)
 viewer.close()

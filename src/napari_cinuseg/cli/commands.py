@@ -52,33 +52,34 @@ _MAIN_RANK = int(os.environ.get("RANK", "0")) == 0
 
 
 def _drain(job, show=None) -> object:
-    """Run a job with a progress bar per training step; Ctrl-C cancels it cleanly."""
-    from ..runtime.events import Cancelled, MemoryReduced, Progress, Saved, StepFinished, StepStarted
+    """Run a job (runtime.events.drain) with a progress bar per training step; Ctrl-C cancels it
+    cleanly. ``show`` sees the events this does not report itself."""
+    from ..runtime.events import Cancelled, MemoryReduced, Progress, Saved, StepFinished, StepStarted, drain
 
     bar = None
+
+    def report(ev) -> None:
+        nonlocal bar
+        if not _MAIN_RANK:
+            return  # under torchrun only rank 0 reports
+        if isinstance(ev, StepStarted):
+            CONSOLE.say(f"step {ev.step} ({ev.method}) on {ev.device}: {', '.join(ev.classes)}, {ev.num_images} images")
+            bar = CONSOLE.bar(ev.total_iterations, "it", f"step {ev.step}")
+        elif isinstance(ev, Progress) and bar is not None:
+            bar.update_to(ev.iteration, loss=f"{ev.loss:.3f}", **{k: f"{v:.3f}" for k, v in ev.terms.items()})
+        elif isinstance(ev, Cancelled):
+            CONSOLE.say(ev.message)
+        elif isinstance(ev, MemoryReduced):
+            CONSOLE.note(ev.message)
+        elif isinstance(ev, Saved):
+            CONSOLE.say(f"saved {ev.path}")
+        elif isinstance(ev, StepFinished) and bar is not None:
+            bar.close()
+        elif show is not None:
+            show(ev)
+
     try:
-        while True:
-            try:
-                ev = next(job)
-            except StopIteration as stop:
-                return stop.value
-            if not _MAIN_RANK:
-                continue  # under torchrun only rank 0 reports
-            if isinstance(ev, StepStarted):
-                CONSOLE.say(f"step {ev.step} ({ev.method}) on {ev.device}: {', '.join(ev.classes)}, {ev.num_images} images")
-                bar = CONSOLE.bar(ev.total_iterations, "it", f"step {ev.step}")
-            elif isinstance(ev, Progress) and bar is not None:
-                bar.update_to(ev.iteration, loss=f"{ev.loss:.3f}", **{k: f"{v:.3f}" for k, v in ev.terms.items()})
-            elif isinstance(ev, Cancelled):
-                CONSOLE.say(ev.message)
-            elif isinstance(ev, MemoryReduced):
-                CONSOLE.note(ev.message)
-            elif isinstance(ev, Saved):
-                CONSOLE.say(f"saved {ev.path}")
-            elif isinstance(ev, StepFinished) and bar is not None:
-                bar.close()
-            elif show is not None:
-                show(ev)
+        return drain(job, report)
     except KeyboardInterrupt:
         job.close()  # runs the engine's clean-up; nothing has been saved
         print("\ncancelled: nothing was saved and the prior model is unchanged", file=sys.stderr)
@@ -274,7 +275,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from ..benchmark.run import BenchmarkConfig, StepEvaluated, StepPlanned, BenchmarkStarted, run_benchmark, split_data
+    from ..benchmark.run import BenchmarkConfig, run_benchmark, split_data
+    from ..runtime.events import BenchmarkStarted, PriorUnconfident, StepEvaluated, StepPlanned
     from ..datasets.labelled import data_dir
     from ..datasets.layouts import read_dataset
 
@@ -304,6 +306,12 @@ def cmd_benchmark(args) -> int:
         elif isinstance(ev, StepEvaluated):
             dice = ", ".join(f"{k} {v:.1f}" for k, v in ev.dice.items())
             CONSOLE.say(f"[{ev.protocol} {ev.method} step {ev.step}] Dice: {dice}")
+        elif isinstance(ev, PriorUnconfident):
+            shares = ", ".join(f"{c} {v:.0%}" for c, v in ev.shares.items())
+            CONSOLE.warn(
+                f"[{ev.protocol} {ev.method} step {ev.step}] the prior scores few test pixels of {shares} above "
+                f"tau = {ev.tau}: the step's pseudo-labels (eq. 1) will hold little of them, whatever the method"
+            )
 
     results = _drain(run_benchmark(cfg), show)
     if results is None:
@@ -349,11 +357,12 @@ def cmd_segment(args) -> int:
     from ..io.atomic import describe_write_failure
     from ..io.claims import OutputClaimed, claim
     from ..model.file import load_model
-    from ..inference.segmentation import IN_MEMORY_LIMIT_PX, SegmentStarted, TileProgress, resampling_factor, segment
+    from ..inference.segmentation import resampling_factor, segment
+    from ..runtime.events import SegmentStarted, TileProgress
     from ..inference.instances import nuclei_of
     from ..io.slides import Slide
     from ..model.file import BUNDLED_MODEL
-    from ..workflows import export_nuclei, nuclei_csv_path
+    from ..workflows import class_map_on_disk, export_nuclei, nuclei_csv_path
 
 
     if args.model is None and _MAIN_RANK:
@@ -397,8 +406,7 @@ def cmd_segment(args) -> int:
             model_px = f"{model.pixel_size:g} µm/px" if model.pixel_size else "unknown"
             how = f"resampled ×{scale:.2f} for the model ({model_px})" if scale != 1.0 else f"model at {model_px}: not resampled"
             CONSOLE.say(f"{Path(image).name}: {w}×{h} px, {said}; {how}")
-        limit = IN_MEMORY_LIMIT_PX if args.in_memory_limit is None else args.in_memory_limit
-        on_disk = h * w > limit
+        on_disk = class_map_on_disk(h, w, limit=args.in_memory_limit)
         scratch = out / f".{target.name}.zarr"
         if scratch.exists():
             shutil.rmtree(scratch)

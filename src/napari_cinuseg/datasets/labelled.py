@@ -18,7 +18,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from skimage import io as skio
 
-from ..io.images import as_rgb_uint8, read_rgb  # noqa: F401 - kept importable from here
+from ..io.images import read_rgb
 
 from ..runtime.names import IGNORE, NUCLEUS
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")

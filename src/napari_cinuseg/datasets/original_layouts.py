@@ -28,9 +28,8 @@ from .labelled import (
     MONUSAC_PAPER_CLASSES,
     LabelledImage,
     LabelledSet,
-    as_rgb_uint8,
-    read_rgb,
 )
+from ..io.images import as_rgb_uint8, read_rgb
 
 # ---------------------------------------------------------------------------------------- CoNSeP
 

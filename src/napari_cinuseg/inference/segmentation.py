@@ -21,7 +21,6 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Generator, Iterator
 
@@ -30,42 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from ..runtime import devices
-from ..runtime.events import Cancelled, CancelFlag, MemoryReduced, is_cancelled
+from ..runtime.events import Cancelled, CancelFlag, MemoryReduced, SegmentFinished, SegmentStarted, TileProgress, is_cancelled
 from ..model.segmenter import CiNuSegModel
 from ..io.slides import Slide
 from .tiling import blend_window, tile_origins, tissue_fraction
-
-#: Pixels above which a class map is built on disk (zarr) rather than in memory: the CLI's
-#: ``--in-memory-limit`` default and the panel's threshold (images.IN_MEMORY_LIMIT_PX).
-from ..io.images import IN_MEMORY_LIMIT_PX  # noqa: E402, F401 - public here too
-
-
-@dataclass(frozen=True)
-class SegmentStarted:
-    height: int
-    width: int
-    tiles: int
-    device: str
-
-
-@dataclass(frozen=True)
-class TileProgress:
-    done: int
-    total: int
-    skipped: int
-    seconds: float
-
-    @property
-    def fraction(self) -> float:
-        return self.done / max(self.total, 1)
-
-
-@dataclass(frozen=True)
-class SegmentFinished:
-    result: object  # np.ndarray, or the path of the zarr array on disk
-    seconds: float
-    tiles: int
-    skipped: int
 
 
 def _prefetch(slide: Slide, boxes: list[tuple[int, int]], tile: int, workers: int = 2) -> Iterator[np.ndarray]:

@@ -9,6 +9,8 @@ saves is understood by the other two.
   ``{"image": image layer name, "class": class name, "colour": its colour}``.
 - ``EXHAUSTIVE_KEY``: on a Shapes layer of rectangles where everything unpainted is
   background, ``{"image": image layer name}``.
+- ``NUCLEI_KEY``: on a class-map Labels layer the panel made, the segmentation's nuclei as objects
+  (``inference.instances.Nuclei``), for the export;
 - ``PANEL_LAYER_KEY``: on a layer the panel made from a result, ``{"image": image layer name,
   "kind": what it shows}`` (kinds: ``classes``, ``mask``, ``step result`` (the live preview
   while a step trains, then its result), ``att``); a newer result of the same image and kind
@@ -20,6 +22,7 @@ PIXEL_SIZE_KEY = "pixel_size_um"
 ANNOTATION_KEY = "cinuseg_annotation"
 EXHAUSTIVE_KEY = "cinuseg_exhaustive"
 PANEL_LAYER_KEY = "cinuseg_panel_layer"
+NUCLEI_KEY = "cinuseg_nuclei"
 
 
 def result_metadata(class_names, colours, model_id, pixel_size_um=None) -> dict:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..io.atomic import describe_write_failure
-from .layer_metadata import RESULT_KEY, layer_pixel_size
+from .layer_metadata import NUCLEI_KEY, RESULT_KEY, layer_pixel_size
 
 SUFFIXES = (".tif", ".tiff")
 _ROWS = 2048  # rows scanned at a time when checking a lazy (zarr/dask) class map
@@ -64,19 +64,27 @@ def write_masks(path: str | os.PathLike, data: Any, attributes: dict) -> list[st
     extra = {"layer_name": attributes.get("name")} if attributes.get("name") else None
     # napari's save dialog has already asked before replacing an existing file.
     pixel_size = layer_pixel_size(attributes.get("metadata"))
-    from ..training.steps import drain
-    from ..workflows import export_with_table, nuclei_csv_path
+    from ..inference.instances import nuclei_of
+    from ..runtime.events import drain
+    from ..workflows import export_nuclei, geojson_path, nuclei_csv_path
 
-    # the same two files as the panel's Export: the masks TIFF and its per-nucleus table
-    csv_path = nuclei_csv_path(path)
-    had_csv = csv_path.exists()
+    # the same files as the panel's Export: the masks TIFF, its per-nucleus table and the GeoJSON,
+    # of the nuclei the segmentation found (or split from the class map now)
+    class_map = _as_uint8(data)
+    nuclei = (attributes.get("metadata") or {}).get(NUCLEI_KEY) or nuclei_of(class_map, pixel_size_um=pixel_size)
+    csv_path, gj_path = nuclei_csv_path(path), geojson_path(path)
+    had = {p: p.exists() for p in (csv_path, gj_path)}
     try:
-        _, csv_path = drain(export_with_table(_as_uint8(data), path, names, colours, model_id, extra=extra, overwrite=True, pixel_size=pixel_size))
+        _, csv_path, gj_path = drain(export_nuclei(
+            class_map, nuclei, path, names, colours, model_id, extra=extra, overwrite=True, pixel_size=pixel_size,
+        ))
     except OSError as exc:
-        if not had_csv and csv_path.exists() and not path.exists():
-            csv_path.unlink(missing_ok=True)  # no table without its masks file
+        if not path.exists():  # no table or outlines without their masks file
+            for p, existed in had.items():
+                if not existed:
+                    p.unlink(missing_ok=True)
         raise OSError(exc.errno, f"{path} could not be written: {describe_write_failure(exc, path)}", str(path)) from None
-    return [str(path), str(csv_path)]
+    return [str(path), str(csv_path), str(gj_path)]
 
 
 def _label_values(data) -> np.ndarray:

@@ -8,9 +8,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 CancelFlag = threading.Event | Callable[[], bool] | None
+
+
+def drain(job: Generator, on_event: Callable[[Any], None] | None = None):
+    """Run a job (a generator of events) to its end and return its result; ``on_event`` sees
+    each event. The one loop that runs a job outside a napari worker: the command line, the
+    writer, scripts and tests drain jobs with it."""
+    while True:
+        try:
+            event = next(job)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(event)
+
+
+def relay(job: Generator, convert: Callable[[Any], Any]) -> Generator:
+    """Yield ``convert(event)`` for each event of ``job`` and return its result: a job that
+    reports another's progress in its own events."""
+    while True:
+        try:
+            event = next(job)
+        except StopIteration as stop:
+            return stop.value
+        yield convert(event)
 
 
 def is_cancelled(cancel: CancelFlag) -> bool:
@@ -120,6 +144,37 @@ class Preview:
     total: int
     maps: tuple[Any, ...]  # numpy uint8 class maps; Any keeps the module free of numpy
     offsets: tuple[tuple[int, int], ...]
+
+
+# Segmentation's events (inference/segmentation.py).
+
+
+@dataclass(frozen=True)
+class SegmentStarted:
+    height: int
+    width: int
+    tiles: int
+    device: str
+
+
+@dataclass(frozen=True)
+class TileProgress:
+    done: int
+    total: int
+    skipped: int
+    seconds: float
+
+    @property
+    def fraction(self) -> float:
+        return self.done / max(self.total, 1)
+
+
+@dataclass(frozen=True)
+class SegmentFinished:
+    result: object  # np.ndarray, or the path of the zarr array on disk
+    seconds: float
+    tiles: int
+    skipped: int
 
 
 # The benchmark's own events (benchmark/run.py), besides the training events of each step it runs.

@@ -168,14 +168,3 @@ def train_step(
         report_prior=prior,
     )
     return loop.run(cancel, out)
-
-
-def drain(job: Generator[Event, None, CiNuSegModel | None], on_event: Callable[[Event], None] | None = None):
-    """Run a job to its end and return its result (the model, or None if cancelled)."""
-    while True:
-        try:
-            ev = next(job)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(ev)

@@ -12,7 +12,7 @@ import numpy as np
 from ..annotations import training_pair
 from ..io.images import IN_MEMORY_LIMIT_PX, rgb_view
 from ..plugin.reader import labels_colormap
-from ..plugin.layer_metadata import ANNOTATION_KEY, EXHAUSTIVE_KEY, PANEL_LAYER_KEY, RESULT_KEY, result_metadata
+from ..plugin.layer_metadata import ANNOTATION_KEY, EXHAUSTIVE_KEY, NUCLEI_KEY, PANEL_LAYER_KEY, RESULT_KEY, layer_pixel_size, result_metadata
 
 # ATT's two cases, as docs/usage.md's legend gives them
 ATT_FIRED, ATT_OFF = "#ff8c00", "#00c8ff"
@@ -175,10 +175,12 @@ def show_region(viewer, image_name: str, kind: str, class_map: np.ndarray, origi
     return _put(viewer, layer, image_name, (kind,))
 
 
-def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: float | None) -> None:
-    """All classes in one Labels layer (names and colours in its features), then one hidden mask
-    per class; a slide's on-disk pyramid [level 0, level 1, …] is shown lazily (multiscale).
-    They replace the panel's previous result of this image."""
+def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: float | None, nuclei=None) -> None:
+    """All classes in one Labels layer (names and colours in its features), the nuclei as one
+    Labels layer with an id per nucleus (its class in the features; in-memory maps only: a
+    slide's instance map stays on disk for the export), then one hidden mask per class; a
+    slide's on-disk pyramid [level 0, level 1, …] is shown lazily (multiscale). They replace the
+    panel's previous result of this image."""
     import pandas as pd
     from napari.layers import Labels
 
@@ -190,12 +192,22 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
         class_map, name=f"{image_name} · classes", colormap=labels_colormap(dict(enumerate(colours, start=1))),
         features=features, metadata=meta, multiscale=multiscale,
     )
-    # where the old result was: the class map first, then its masks
-    old = panel_layers(viewer, image_name, "classes") + panel_layers(viewer, image_name, "mask")
+    if nuclei is not None:
+        classes.metadata[NUCLEI_KEY] = nuclei
+    # where the old result was: the class map first, then its nuclei and masks
+    old = panel_layers(viewer, image_name, "classes") + panel_layers(viewer, image_name, "nuclei") + panel_layers(viewer, image_name, "mask")
     index = min((viewer.layers.index(ly) for ly in old), default=len(viewer.layers))
     for ly in old:
         viewer.layers.remove(ly)
     new = [classes]
+    if nuclei is not None and isinstance(nuclei.labels, np.ndarray):
+        names = ["background"] + model.class_names
+        objects = Labels(
+            nuclei.labels, name=f"{image_name} · nuclei", opacity=0.5,
+            features=pd.DataFrame({"index": range(nuclei.count + 1), "class": [names[int(c)] for c in nuclei.classes]}),
+        )
+        objects.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": "nuclei"}
+        new.append(objects)
     for i, c in enumerate(model.classes, start=1):
         if multiscale:
             import dask.array as da
@@ -210,6 +222,19 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
     for offset, layer in enumerate(new):
         viewer.layers.insert(min(index + offset, len(viewer.layers)), layer)
     viewer.layers.selection.active = classes
+
+
+def nuclei_of_result(viewer, layer):
+    """The nuclei (objects) of a class-map layer: those its segmentation found, or for a class
+    map opened from a file, split from it now (inference.instances.nuclei_of; no Qt call, so a
+    worker may run it)."""
+    nuclei = layer.metadata.get(NUCLEI_KEY)
+    if nuclei is not None:
+        return nuclei
+    from ..inference.instances import nuclei_of
+
+    data = layer.data[0] if layer.multiscale else layer.data
+    return nuclei_of(data, pixel_size_um=layer_pixel_size(layer.metadata))
 
 
 def result_layer(viewer):

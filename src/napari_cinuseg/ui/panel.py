@@ -18,19 +18,18 @@ from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidge
 
 from ..annotations import annotation_file, read_annotation, save_annotation, sparse_annotation_advice
 from ..datasets.labelled import check_pairs
-from ..runtime.events import Cancelled, ExportProgress, MemoryReduced, Preview, StepFinished
+from ..runtime.events import Cancelled, ExportProgress, MemoryReduced, Preview, SegmentFinished, StepFinished, TileProgress
 from ..plugin.layer_metadata import ANNOTATION_KEY, RESULT_KEY, layer_pixel_size
 from ..model.segmenter import CiNuSegModel, check_class_name, check_colour
 from ..model.file import BUNDLED_MODEL, ModelFileError, load_model
-from ..inference.segmentation import SegmentFinished, TileProgress
 from ..workflows import (
     Storage,
-    export_with_table,
+    export_nuclei,
     learn_class,
     needs_disk,
     no_nuclei_advice,
     review_step,
-    segment_and_measure,
+    segment_nuclei_and_measure,
     slug,
     with_preview,
 )
@@ -91,17 +90,6 @@ class CiNuSegWidget(JobHost):
         self.status.setStyleSheet("QLabel { padding: 4px; border-top: 1px solid palette(mid); }")
         root.addWidget(self.status)
         m, c, t, s = self.model_section, self.class_section, self.train_section, self.segment_section
-        self.open_model_btn, self.bundled_btn, self.model_label = m.open_btn, m.bundled_btn, m.label
-        self.class_name, self.colour, self.image_combo = c.name, c.colour, c.image
-        self.pixel_size, self.pixel_size_note, self.annotate_btn, self.exhaustive = c.pixel_size, c.pixel_size_note, c.annotate_btn, c.exhaustive
-        self.open_annotation_btn, self.save_annotation_btn = c.open_annotation_btn, c.save_annotation_btn
-        self.preset_combo, self.iterations, self.crop, self.advanced, self.hyper = t.preset, t.iterations, t.crop, t.advanced, t.hyper
-        self.train_btn, self.cancel_btn, self.progress, self.plot = t.train_btn, t.cancel_btn, t.progress, t.plot
-        self.device_choice, self.preview = t.device_choice, t.preview
-        self.device_label, self.att_label, self.forgetting_label = t.device, t.att, t.forgetting
-        self.review, self.keep_btn, self.discard_btn = t.review, t.review.keep_btn, t.review.discard_btn
-        self.tile, self.segment_btn, self.export_btn, self.table = s.tile, s.segment_btn, s.export_btn, s.table
-        self.segment_progress = s.progress
 
         m.open_btn.clicked.connect(self._choose_model_file)
         m.bundled_btn.clicked.connect(lambda: self.load_model(BUNDLED_MODEL))
@@ -141,7 +129,7 @@ class CiNuSegWidget(JobHost):
             show_error(text)
 
     def image_pixel_size(self) -> float | None:
-        return float(self.pixel_size.value()) or None
+        return float(self.class_section.pixel_size.value()) or None
 
     def _choose_model_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a CiNuSeg model", str(self.storage.models), "CiNuSeg models (*.cinuseg.pt *.pt)")
@@ -152,11 +140,11 @@ class CiNuSegWidget(JobHost):
                 self._say(str(exc), error=True)
 
     def _set_busy(self, busy: bool) -> None:
-        for w in (self.train_btn, self.segment_btn, self.open_model_btn, self.annotate_btn, self.export_btn,
-                  self.keep_btn, self.discard_btn, self.device_choice, self.open_annotation_btn):
+        for w in (self.train_section.train_btn, self.segment_section.segment_btn, self.model_section.open_btn, self.class_section.annotate_btn, self.segment_section.export_btn,
+                  self.train_section.review.keep_btn, self.train_section.review.discard_btn, self.train_section.device_choice, self.class_section.open_annotation_btn):
             w.setEnabled(not busy)
-        self.bundled_btn.setEnabled(not busy and BUNDLED_MODEL.is_file())
-        self.cancel_btn.setEnabled(busy)
+        self.model_section.bundled_btn.setEnabled(not busy and BUNDLED_MODEL.is_file())
+        self.train_section.cancel_btn.setEnabled(busy)
 
     # --- 1. model -------------------------------------------------------------------------
     def load_model(self, path) -> CiNuSegModel:
@@ -168,13 +156,13 @@ class CiNuSegWidget(JobHost):
     # --- 2. annotation --------------------------------------------------------------------
     def _new_class(self) -> tuple[str, str]:
         known = self.model.class_names if self.model else []
-        return check_class_name(self.class_name.text(), known), check_colour(self.colour.text())
+        return check_class_name(self.class_section.name.text(), known), check_colour(self.class_section.colour.text())
 
     def add_annotation_layer(self):
         try:
             name, colour = self._new_class()
             image = self.class_section.image_layer(self.viewer)
-            layer = layers.add_annotation_layer(self.viewer, image, name, colour, self.exhaustive.isChecked())
+            layer = layers.add_annotation_layer(self.viewer, image, name, colour, self.class_section.exhaustive.isChecked())
         except ValueError as exc:
             self._say(str(exc), error=True)
             return None
@@ -196,14 +184,14 @@ class CiNuSegWidget(JobHost):
             if info["image"] not in self.viewer.layers:
                 raise ValueError(f"{path.name} was painted on the image {info['image']!r}, which is not open; open it first, then the annotation")
             image = self.viewer.layers[info["image"]]
-            colour = info.get("colour") or self.colour.text()
+            colour = info.get("colour") or self.class_section.colour.text()
             layer = layers.add_annotation_layer(self.viewer, image, info["class"], colour, False, data=labels)
         except (ValueError, OSError) as exc:
             self._say(str(exc), error=True)
             return None
-        self.class_name.setText(info["class"])
-        self.colour.setText(colour)
-        self.image_combo.setCurrentText(image.name)
+        self.class_section.name.setText(info["class"])
+        self.class_section.colour.setText(colour)
+        self.class_section.image.setCurrentText(image.name)
         self._say(f"Opened {path.name}: {info['class']} on {image.name}; paint on, then Train.")
         return layer
 
@@ -219,7 +207,7 @@ class CiNuSegWidget(JobHost):
     def save_annotations(self, model_path=None, class_name: str | None = None) -> list[Path]:
         """Every annotation layer of the class (the Name field's) as a labels TIFF beside the
         model (``<model>.<image>.annotation.tif``); returns the files written."""
-        name = class_name or self.class_name.text().strip()
+        name = class_name or self.class_section.name.text().strip()
         found = layers.annotation_layers(self.viewer, name or None)
         if not found:
             self._say(f"no annotation layer of {name!r} to save" if name else "no annotation layer to save", error=True)
@@ -240,7 +228,7 @@ class CiNuSegWidget(JobHost):
 
     def training_pairs(self, class_name: str) -> list:
         """Every annotation layer of this class, as engine training pairs (headless: annotations)."""
-        pairs, self.last_crops = layers.annotation_pairs(self.viewer, class_name, self.exhaustive.isChecked())
+        pairs, self.last_crops = layers.annotation_pairs(self.viewer, class_name, self.class_section.exhaustive.isChecked())
         return pairs
 
     # --- 3. training ----------------------------------------------------------------------
@@ -265,7 +253,7 @@ class CiNuSegWidget(JobHost):
         prior = self.model
         out = self.storage.candidate_path(prior, name)
         self.cancel_event = cancel = threading.Event()
-        px, device, preview = self.image_pixel_size(), self.device_name(), self.preview.isChecked()
+        px, device, preview = self.image_pixel_size(), self.device_name(), self.train_section.preview.isChecked()
         colours = ([c.colour for c in prior.classes] if prior is not None else []) + [colour]
         origins = list(self.last_crops)
 
@@ -331,7 +319,7 @@ class CiNuSegWidget(JobHost):
         self._candidate_regions = (review.maps, origins, colours)
         self._show_regions(review.maps, origins, colours, "step result", "step result")
         self._add_att_layer()
-        self.review.show_review(review, self.candidate_path.name if self.candidate_path else "not saved")
+        self.train_section.review.show_review(review, self.candidate_path.name if self.candidate_path else "not saved")
         if review.worrying():
             from napari.utils.notifications import show_warning
 
@@ -340,7 +328,7 @@ class CiNuSegWidget(JobHost):
         self._say(f"The step is done. Look at the step result over the painted regions, then Keep it or Discard it; until then {current} stays current.")
         from qtpy.QtCore import QTimer
 
-        QTimer.singleShot(0, lambda: self.scroll.ensureWidgetVisible(self.review))
+        QTimer.singleShot(0, lambda: self.scroll.ensureWidgetVisible(self.train_section.review))
 
     def keep_step(self) -> Path | None:
         """The step's result becomes current: its file moves into the models folder, and the
@@ -359,7 +347,7 @@ class CiNuSegWidget(JobHost):
         self.candidate = self.candidate_path = self.candidate_class = None
         self.model_section.show_model(model)
         self._remember()
-        self.review.clear()
+        self.train_section.review.clear()
         saved = self.save_annotations(path, name) if path is not None else []
         also = f" and its annotation {', '.join(p.name for p in saved)}" if saved else ""
         self._say(f"Kept: saved {path}{also}; it is now the current model.")
@@ -373,7 +361,7 @@ class CiNuSegWidget(JobHost):
             self.candidate_path.unlink(missing_ok=True)
         self.candidate = self.candidate_path = self.candidate_class = None
         self.new_model_path = None
-        self.review.clear()
+        self.train_section.review.clear()
         layers.remove_panel_layers(self.viewer, kind="step result")
         layers.remove_panel_layers(self.viewer, kind="att")
         current = Path(self.model.source_path).name if self.model is not None and self.model.source_path else "no model"
@@ -393,13 +381,13 @@ class CiNuSegWidget(JobHost):
             self._say(str(exc), error=True)
             return None
         self.cancel_event = cancel = threading.Event()
-        model, px, tile, device = self.model, self.image_pixel_size(), self.tile.value(), self.device_name()
+        model, px, tile, device = self.model, self.image_pixel_size(), self.segment_section.tile.value(), self.device_name()
         # A slide (a lazy layer) or a large image: the class map goes to disk tile by tile, with a
         # pyramid, and is shown lazily; a small image's stays in memory.
         out = self.storage.result_path(image.name, model) if needs_disk(pixels) else None
 
         def run():
-            return (yield from segment_and_measure(
+            return (yield from segment_nuclei_and_measure(
                 model, pixels, tile=tile, overlap=min(64, tile // 4), image_pixel_size=px, out=out, cancel=cancel, device=device,
             ))
 
@@ -409,21 +397,25 @@ class CiNuSegWidget(JobHost):
 
     def _on_segment_event(self, ev) -> None:
         if isinstance(ev, (TileProgress, ExportProgress)):
-            self.segment_progress.setRange(0, ev.total)  # a total of 0: busy, with no count (measuring nuclei)
-            self.segment_progress.setValue(ev.done)
+            self.segment_section.progress.setRange(0, ev.total)  # a total of 0: busy, with no count (measuring nuclei)
+            self.segment_section.progress.setValue(ev.done)
         elif isinstance(ev, (Cancelled, MemoryReduced)):
             self._say(ev.message)
         elif isinstance(ev, SegmentFinished):
             self._say(f"Segmented in {ev.seconds:.1f} s ({ev.tiles} tiles, {ev.skipped} without tissue skipped)")
 
     def show_result(self, image_name: str, result, model=None) -> None:
-        """The class map as layers (layers.add_result_layers) and the table of nucleus counts and
-        areas; says why when no nucleus was found. ``result`` = (class map, statistics rows)."""
+        """The class map and the nuclei as layers (layers.add_result_layers, one id per nucleus)
+        and the table of nucleus counts and areas, per nucleus; says why when no nucleus was
+        found. ``result``: a :class:`~napari_cinuseg.workflows.SegmentedNuclei`."""
         if result is None:
             return
-        class_map, rows = result
-        layers.add_result_layers(self.viewer, image_name, class_map, model or self.model, self.image_pixel_size())
+        model = model or self.model
+        layers.add_result_layers(self.viewer, image_name, result.class_map, model, self.image_pixel_size(), nuclei=result.nuclei)
+        rows = result.statistics
         self.segment_section.show_statistics(rows)
+        if result.nuclei.note:
+            self._say(result.nuclei.note)
         if rows and not any(row["nuclei"] for row in rows):  # say why, rather than show empty layers
             from napari.utils.notifications import show_warning
 
@@ -442,8 +434,8 @@ class CiNuSegWidget(JobHost):
             self.export_to(path, layer)
 
     def export_to(self, path, layer=None):
-        """Export the result layer to ``path`` (pyramidal OME-TIFF) and its per-nucleus CSV, in a
-        worker with progress; returns the worker (None if refused). ``self.last_export`` is the
+        """Export the result layer to ``path`` (pyramidal OME-TIFF), its per-nucleus CSV and a
+        QuPath GeoJSON of the nucleus outlines beside it, in a worker with progress; returns the worker (None if refused). ``self.last_export`` is the
         masks file once it is written."""
         try:
             layer = layer or layers.result_layer(self.viewer)
@@ -456,13 +448,15 @@ class CiNuSegWidget(JobHost):
         self.last_export = None
 
         def run():
-            return (yield from export_with_table(
-                data, path, info["class_names"], info["colours"], info["model_id"], pixel_size=px, overwrite=True, measure_in_process=True
+            yield ExportProgress(0, 0)
+            nuclei = layers.nuclei_of_result(self.viewer, layer)
+            return (yield from export_nuclei(
+                data, nuclei, path, info["class_names"], info["colours"], info["model_id"], pixel_size=px, overwrite=True,
             ))
 
         def done(result) -> None:
             self.last_export = result[0]
-            self._say(f"Exported {result[0]} and the per-nucleus table {result[1].name}")
+            self._say(f"Exported {result[0]}, the per-nucleus table {result[1].name} and {result[2].name} for QuPath")
 
         self._say(f"Exporting {path.name}…")
         return self._start_job(run, self._on_segment_event, done)

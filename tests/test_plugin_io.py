@@ -177,17 +177,21 @@ def test_writer_names_from_metadata_and_default(tmp_path, class_map):
     np.testing.assert_array_equal(masks["class 1"], class_map == 1)
 
 
-def test_save_layers_writes_the_table_that_export_writes(tmp_path, class_map):
-    """napari's Save Layers gives the masks TIFF and the per-nucleus CSV, as the panel's Export."""
+def test_save_layers_writes_the_files_that_export_writes(tmp_path, class_map):
+    """napari's Save Layers gives the masks TIFF, the per-nucleus CSV and the GeoJSON, as the
+    panel's Export does."""
     from napari_cinuseg import drain
-    from napari_cinuseg.workflows import export_with_table
+    from napari_cinuseg.inference.instances import nuclei_of
+    from napari_cinuseg.workflows import export_nuclei
 
     features = {"index": [0, 1, 2, 3], "name": ["background", "Epithelial", "Spindle-shaped", "Other"]}
     (tmp_path / "saved").mkdir()
-    masks, table = write_masks(tmp_path / "saved" / "seg.tif", class_map, {"features": features})
-    assert table == str(tmp_path / "saved" / "seg.nuclei.csv")
+    masks, table, outlines = write_masks(tmp_path / "saved" / "seg.tif", class_map, {"features": features})
+    assert table == str(tmp_path / "saved" / "seg.nuclei.csv") and outlines == str(tmp_path / "saved" / "seg.geojson")
     (tmp_path / "export").mkdir()
-    _, exported = drain(export_with_table(class_map, tmp_path / "export" / "seg.tif", ["Epithelial", "Spindle-shaped", "Other"], None, None))
+    _, exported, _ = drain(export_nuclei(
+        class_map, nuclei_of(class_map), tmp_path / "export" / "seg.tif", ["Epithelial", "Spindle-shaped", "Other"], None, None,
+    ))
     assert Path(table).read_text() == exported.read_text()
     assert Path(table).read_text().count("\n") == 1 + 2  # the header and the two nuclei
 

@@ -66,16 +66,20 @@ def test_export_measures_in_a_process_from_an_on_disk_map(consep, tmp_path):
     """The panel's export (``measure_in_process``) of a map kept on disk (zarr) gives the CLI's CSV."""
     import zarr
 
-    from napari_cinuseg.workflows import export_with_table
+    from napari_cinuseg.inference.instances import nuclei_of
+    from napari_cinuseg.workflows import export_nuclei
 
     cm, names = _real_map(consep)
     on_disk = zarr.open_array(str(tmp_path / "map.zarr"), mode="w", shape=cm.shape, dtype=cm.dtype, chunks=(512, 512))
     on_disk[:] = cm
+    nuclei = nuclei_of(cm, pixel_size_um=0.25)
     colours = ["#ff0000", "#00ff00", "#0000ff", "#ffff00"][: len(names)]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    _, csv_a = drain(export_with_table(on_disk, tmp_path / "a" / "m.masks.tif", names, colours, "id", pixel_size=0.25))
-    _, csv_b = drain(export_with_table(on_disk, tmp_path / "b" / "m.masks.tif", names, colours, "id", pixel_size=0.25, measure_in_process=True))
+    _, csv_a, _ = drain(export_nuclei(on_disk, nuclei, tmp_path / "a" / "m.masks.tif", names, colours, "id", pixel_size=0.25))
+    _, csv_b, _ = drain(export_nuclei(
+        on_disk, nuclei, tmp_path / "b" / "m.masks.tif", names, colours, "id", pixel_size=0.25, measure_in_process=True,
+    ))
     assert csv_b.read_text() == csv_a.read_text() and len(csv_a.read_text().splitlines()) > 10
 
 

@@ -135,6 +135,16 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     assert list(classes.features["name"]) == ["background", "Epithelial", "Spindle-shaped", "Neutrophil"]
     assert "he · Neutrophil" in viewer.layers
     assert widget.segment_section.table.rowCount() == 3
+    # the nuclei as objects: one id per nucleus, its class in the features, replaced like the rest
+    objects = viewer.layers["he · nuclei"]
+    assert [ly.name for ly in viewer.layers].count("he · nuclei") == 1
+    ids = np.unique(np.asarray(objects.data))
+    assert ids[0] == 0 and len(ids) - 1 == len(objects.features) - 1 == sum(
+        int(widget.segment_section.table.item(r, 1).text()) for r in range(3))
+    class_of = dict(zip(objects.features["index"], objects.features["class"]))
+    for i in ids[1:6]:  # each object lies in the class map's pixels of its class
+        inside = np.asarray(classes.data)[np.asarray(objects.data) == i]
+        assert (np.asarray(classes.features["name"])[inside] == class_of[i]).all()
 
     progress = []
     worker = widget.export_to(tmp_path / "he.masks.tif")
@@ -144,6 +154,10 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     out = widget.last_export  # written in a worker, with progress
     assert progress and progress[-1].done == progress[-1].total > 0
     assert (tmp_path / "he.nuclei.csv").is_file()
+    import json
+
+    features = json.loads((tmp_path / "he.geojson").read_text())["features"]  # for QuPath
+    assert len(features) == len(ids) - 1 and {f["properties"]["classification"]["name"] for f in features} <= set(class_of.values())
     class_map, masks, meta = read_masks(out)
     np.testing.assert_array_equal(class_map, np.asarray(classes.data))
     assert list(masks) == ["Epithelial", "Spindle-shaped", "Neutrophil"] and meta["model_id"] == widget.model.id
@@ -202,7 +216,7 @@ def test_the_preview_updates_during_training_and_goes_at_the_end(widget, prior_f
 
 def test_the_chosen_device_reaches_the_step_and_the_segmentation(widget, prior_file, qtbot, monkeypatch):
     asked = {}
-    real_learn, real_segment = _panel.learn_class, _panel.segment_and_measure
+    real_learn, real_segment = _panel.learn_class, _panel.segment_nuclei_and_measure
 
     def learn(prior, pairs, name, colour, settings, **kw):
         asked["step"] = settings.device
@@ -213,7 +227,7 @@ def test_the_chosen_device_reaches_the_step_and_the_segmentation(widget, prior_f
         return real_segment(model, pixels, **kw)
 
     monkeypatch.setattr(_panel, "learn_class", learn)
-    monkeypatch.setattr(_panel, "segment_and_measure", segment)
+    monkeypatch.setattr(_panel, "segment_nuclei_and_measure", segment)
     choices = [widget.train_section.device_choice.itemData(i) for i in range(widget.train_section.device_choice.count())]
     assert choices[:2] == ["auto", "cpu"]
     widget.train_section.device_choice.setCurrentIndex(choices.index("cpu"))
@@ -301,7 +315,7 @@ def test_a_failing_job_is_one_error_and_the_panel_works_again(widget, prior_file
         before = np.array(layer.data)
         worker = widget.start_training()
     else:
-        monkeypatch.setattr(_panel, "segment_and_measure", fail)
+        monkeypatch.setattr(_panel, "segment_nuclei_and_measure", fail)
         worker = widget.start_segmentation()
     assert worker is not None
     # a failure this fast may finish before a signal could be waited for: wait for its effects

@@ -4,7 +4,6 @@
 - a base step or an incremental one for a painted class (:func:`learn_class`);
 - a class map in memory or on disk (:func:`needs_disk`), and what follows a segmentation:
   the pyramid of an on-disk map and the statistics (:func:`segment_and_measure`);
-- an export: the masks file and its per-nucleus table (:func:`export_with_table`);
 - nuclei as objects: segmentation with an instance map (:func:`segment_nuclei_and_measure`) and
   its export with a per-instance table and a QuPath GeoJSON (:func:`export_nuclei`);
 - the devices a user can choose (:func:`device_choices`);
@@ -29,7 +28,12 @@ from typing import Generator, Sequence
 import numpy as np
 
 from .runtime.events import CancelFlag, ExportProgress, Preview, Progress, relay
+from .inference.tiling import DEFAULT_TILE
 from .io.images import IN_MEMORY_LIMIT_PX
+
+#: the budget of a step from painted nuclei, the panel's default (300 iterations: about 3 minutes
+#: on two CPU cores)
+STEP_ITERATIONS = 300
 
 
 def slug(text: str) -> str:
@@ -116,7 +120,7 @@ def segment_and_measure(
     model,
     pixels,
     *,
-    tile: int = 512,
+    tile: int = DEFAULT_TILE,
     overlap: int = 64,
     image_pixel_size: float | None = None,
     out: str | Path | None = None,
@@ -172,43 +176,6 @@ def _pickles(obj) -> bool:
     return True
 
 
-def export_with_table(
-    class_map,
-    path: str | Path,
-    class_names: list[str],
-    colours: list[str] | None,
-    model_id: str | None,
-    *,
-    pixel_size: float | None = None,
-    extra: dict | None = None,
-    overwrite: bool = False,
-    measure_in_process: bool = False,
-) -> Generator:
-    """The per-nucleus CSV, then the masks file (so a masks file on disk means both are done),
-    yielding :class:`ExportProgress` (``total`` 0 while the nuclei are measured, then the tiles
-    written); returns (masks, csv) paths. ``measure_in_process`` measures in a separate process
-    (:mod:`.processes`): a viewer's event loop is not kept waiting for the GIL, at the cost of
-    starting a process (about a second); a map that does not pickle is measured here."""
-    from .io.export import export_masks_job
-    from .analysis.measurements import measure_nuclei_to_csv
-
-    path = Path(path)
-    csv_path = nuclei_csv_path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; choose another name or allow overwriting")
-    args = (class_map, list(class_names), pixel_size, csv_path)
-    yield ExportProgress(0, 0)
-    if measure_in_process and _pickles(class_map):
-        from .runtime.processes import run_in_process
-
-        for _ in run_in_process(measure_nuclei_to_csv, *args):
-            yield ExportProgress(0, 0)
-    else:
-        measure_nuclei_to_csv(*args)
-    job = export_masks_job(class_map, path, class_names, colours, model_id, extra=extra, overwrite=overwrite, pixel_size=pixel_size)
-    return (yield from relay(job, lambda progress: ExportProgress(*progress))), csv_path
-
-
 @dataclass
 class SegmentedNuclei:
     """A segmentation as objects: the class map (an array, or its on-disk pyramid [level 0, …]),
@@ -224,7 +191,7 @@ def segment_nuclei_and_measure(
     model,
     pixels,
     *,
-    tile: int = 512,
+    tile: int = DEFAULT_TILE,
     overlap: int = 64,
     image_pixel_size: float | None = None,
     out: str | Path | None = None,
@@ -279,12 +246,17 @@ def export_nuclei(
     overwrite: bool = False,
     geojson: bool | str | Path = True,
     downsample: float = 1.0,
+    measure_in_process: bool = False,
 ) -> Generator:
     """Export a segmentation as objects: the per-nucleus CSV (one row per instance, ``nucleus``
     its id), the QuPath GeoJSON (``geojson``: True for ``x.geojson`` beside the masks, a path, or
     False), then the masks file (last, so a masks file on disk means all are done). Yields
-    :class:`ExportProgress`; returns (masks, csv, geojson or None) paths. ``downsample``: level-0
-    pixels per pixel of the maps (a slide segmented at a lower level), for the GeoJSON."""
+    :class:`ExportProgress` (``total`` 0 while the nuclei are measured, then the tiles written);
+    returns (masks, csv, geojson or None) paths. ``downsample``: level-0 pixels per pixel of the
+    maps (a slide segmented at a lower level), for the GeoJSON. ``measure_in_process`` measures
+    in a separate process (:mod:`.runtime.processes`): a viewer's event loop is not kept waiting
+    for the GIL, at the cost of starting a process (about a second); maps that do not pickle are
+    measured here."""
     from .analysis.measurements import measure_instances_to_csv
     from .io.export import export_masks_job
     from .io.geojson import write_geojson
@@ -292,9 +264,16 @@ def export_nuclei(
     path = Path(path)
     csv_path = nuclei_csv_path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; choose another name or allow overwriting")
+        raise FileExistsError(f"{path} exists; choose another name (an export never replaces a file unasked)")
     yield ExportProgress(0, 0)
-    measure_instances_to_csv(nuclei.labels, nuclei.classes, list(class_names), pixel_size, csv_path)
+    args = (nuclei.labels, nuclei.classes, list(class_names), pixel_size, csv_path)
+    if measure_in_process and _pickles(nuclei.labels):
+        from .runtime.processes import run_in_process
+
+        for _ in run_in_process(measure_instances_to_csv, *args):
+            yield ExportProgress(0, 0)
+    else:
+        measure_instances_to_csv(*args)
     gj = None
     if geojson:
         gj = geojson_path(path) if geojson is True else Path(geojson)
@@ -473,7 +452,7 @@ class StepReview:
         return bad_old or (self.painted > 0 and self.called * 2 < self.painted)
 
 
-def review_step(prior, candidate, pairs: Sequence, class_name: str, *, device: str = "auto", tile: int = 512, cancel: CancelFlag = None) -> Generator:
+def review_step(prior, candidate, pairs: Sequence, class_name: str, *, device: str = "auto", tile: int = DEFAULT_TILE, cancel: CancelFlag = None) -> Generator:
     """Segment each pair's image (the painted region and its margin) with the candidate and the
     prior; returns a :class:`StepReview` (None if cancelled). Yields the segmentation's events."""
     from skimage.measure import label

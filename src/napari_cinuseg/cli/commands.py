@@ -466,8 +466,9 @@ def cmd_export(args) -> int:
     import numpy as np
     from skimage import io as skio
 
+    from ..inference.instances import nuclei_of
     from ..model.file import load_model
-    from ..workflows import export_with_table
+    from ..workflows import export_nuclei
 
     model = load_model(args.model)
     if Path(args.out).exists():
@@ -477,11 +478,15 @@ def cmd_export(args) -> int:
         raise ValueError(f"{args.class_map} is not a 2-D class map (shape {class_map.shape})")
     if class_map.max(initial=0) > len(model.classes):
         raise ValueError(f"{args.class_map} has class ids up to {class_map.max()}, but the model knows {len(model.classes)} classes")
-    out, csv_path = _drain(export_with_table(
-        class_map.astype(np.uint8), args.out, model.class_names, [c.colour for c in model.classes], model.id,
+    class_map = class_map.astype(np.uint8)
+    nuclei = nuclei_of(class_map, pixel_size_um=args.pixel_size)
+    if nuclei.note:
+        CONSOLE.note(nuclei.note)
+    out, csv_path, gj = _drain(export_nuclei(
+        class_map, nuclei, args.out, model.class_names, [c.colour for c in model.classes], model.id,
         extra={"source": str(args.class_map)}, pixel_size=args.pixel_size,
     ))
-    CONSOLE.say(f"saved {out} and {csv_path.name}")
+    CONSOLE.say(f"saved {out}, {csv_path.name} and {gj.name}: {nuclei.count} nuclei")
     return 0
 
 

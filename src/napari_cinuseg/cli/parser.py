@@ -26,6 +26,7 @@ from .commands import (
     cmd_train_base,
 )
 from .console import CONSOLE
+from ..inference.tiling import DEFAULT_TILE
 from ..runtime.names import DATASETS, ENCODERS, INPUTS
 from ..training.settings import PRESETS, USER_SETTINGS
 # Where an option's help lists the incremental methods: the help formatter fills it in from the
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--geojson", action="store_true", help="also write <name>.geojson: nucleus polygons with class names and colours, for QuPath (File > Import objects), in level-0 pixels")
     p.add_argument("--min-area", type=float, default=3.0, help="nuclei under this many µm² are dropped (with the pixel size unknown, 0.25 µm/px is assumed)")
     p.add_argument("--instances", choices=("watershed", "components"), default="watershed", help="how touching nuclei are split: watershed on the distance transform, or connected components (no split)")
-    p.add_argument("--tile", type=int, default=512, help="tile side in the model's pixels (a multiple of 32)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE, help="tile side in the model's pixels (a multiple of 32)")
     p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles, blended")
     p.add_argument("--batch-size", type=int, default=4, help="tiles run through the network at a time")
     p.add_argument("--level", type=int, default=0, help="pyramid level of a slide")

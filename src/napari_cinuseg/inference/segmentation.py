@@ -32,7 +32,7 @@ from ..runtime import devices
 from ..runtime.events import Cancelled, CancelFlag, MemoryReduced, SegmentFinished, SegmentStarted, TileProgress, is_cancelled
 from ..model.segmenter import CiNuSegModel
 from ..io.slides import Slide
-from .tiling import blend_window, tile_origins, tissue_fraction
+from .tiling import DEFAULT_TILE, blend_window, tile_origins, tissue_fraction
 
 
 def _prefetch(slide: Slide, boxes: list[tuple[int, int]], tile: int, workers: int = 2) -> Iterator[np.ndarray]:
@@ -77,7 +77,7 @@ def segment(
     model: CiNuSegModel,
     image,
     *,
-    tile: int = 512,
+    tile: int = DEFAULT_TILE,
     overlap: int = 64,
     batch_size: int = 4,
     device: str = "auto",

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+#: tile side of a segmentation, in the model's pixels (a multiple of 32): the CLI's and the
+#: panel's default
+DEFAULT_TILE = 512
+
 
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
     """Origins of tiles of size ``tile`` covering [0, length) with at least ``overlap`` shared

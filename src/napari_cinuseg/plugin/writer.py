@@ -1,8 +1,10 @@
-"""npe2 writer: a Labels layer (class map) to a CiNuSeg masks TIFF and its per-nucleus CSV.
+"""npe2 writer: a Labels layer (class map) to a CiNuSeg masks TIFF, its per-nucleus CSV and a
+QuPath GeoJSON.
 
-The files are the panel's Export's (:func:`napari_cinuseg.workflows.export_with_table`): the
-masks TIFF (page 0 the class map, then one binary page per class, the class names, colours and
-the model's identity in the metadata) and ``<name>.nuclei.csv`` beside it.
+The files are the panel's Export's (:func:`napari_cinuseg.workflows.export_nuclei`): the masks
+TIFF (the class map, then one binary mask per class, the class names, colours and the model's
+identity in the metadata), ``<name>.nuclei.csv`` (one row per nucleus) and ``<name>.geojson``
+beside it.
 
 Class names come from, in this order:
 

@@ -14,8 +14,8 @@ from typing import Callable, Generator, Sequence
 from ..datasets.labelled import TrainingPair, check_pairs
 from ..runtime.events import CancelFlag, Event
 from ..runtime.names import IGNORE, NUCLEUS
-from ..losses import LossOutput, base_bce, mixed_base_bce
 from ..methods import StepBatch, classifier_init, get_method
+from ..methods.offline import Offline
 from ..model.segmenter import CiNuSegModel
 from ..model.file import ModelFileError, load_model
 from .loop import _Loop, seed_everything
@@ -78,12 +78,10 @@ def train_base(
     # mixed supervision: pixels that say only "nucleus" (NUCLEUS) get losses.mixed_base_bce's term
     mixed = any((p.target == NUCLEUS).any() for p in pairs)
 
+    joint = Offline(nucleus_targets=mixed)  # the base step's loss is offline's (fine-tuning's BCE)
+
     def loss_fn(labels, output, old):
-        if mixed:
-            per_image, cls, nuc = mixed_base_bce(output.logits, labels, NUCLEUS)
-            return LossOutput(loss=per_image.mean(), terms={"bce": float(cls.detach().mean()), "nucleus": float(nuc.detach().mean())})
-        per_image = base_bce(output.logits, labels)
-        return LossOutput(loss=per_image.mean(), terms={"bce": float(per_image.detach().mean())})
+        return joint.loss(StepBatch(output.logits, [], labels, [], None, None, settings))
 
     channels = list(range(len(model.classes) + 1))
     if mixed:  # the target value NUCLEUS passes through to the loss as itself

@@ -8,9 +8,9 @@ def restore(settings, train, segment) -> str:
     """Put the remembered values into the sections' fields; returns the last model's path."""
     s = settings
     train.preset.setCurrentText(str(s.value("preset", "cpu")))
-    train.iterations.setValue(int(s.value("iterations", 300)))
-    train.crop.setValue(int(s.value("crop", 128)))
-    segment.tile.setValue(int(s.value("tile", 512)))
+    train.iterations.setValue(int(s.value("iterations", train.iterations.value())))
+    train.crop.setValue(int(s.value("crop", train.crop.value())))
+    segment.tile.setValue(int(s.value("tile", segment.tile.value())))
     train.advanced.setChecked(str(s.value("advanced", "false")).lower() == "true")
     train.preview.setChecked(str(s.value("preview", "true")).lower() == "true")
     device = train.device_choice.findData(str(s.value("device", "auto")))

@@ -452,6 +452,7 @@ class CiNuSegWidget(JobHost):
             nuclei = layers.nuclei_of_result(self.viewer, layer)
             return (yield from export_nuclei(
                 data, nuclei, path, info["class_names"], info["colours"], info["model_id"], pixel_size=px, overwrite=True,
+                measure_in_process=True,
             ))
 
         def done(result) -> None:

@@ -35,8 +35,9 @@ from ..runtime.events import Progress, StepStarted
 from ..plugin.layer_metadata import layer_pixel_size
 from ..model.segmenter import PALETTE
 from ..model.file import BUNDLED_MODEL
-from ..training.settings import PRESETS, SETTING_RANGES, USER_SETTINGS, preset, setting_label
-from ..workflows import PREVIEW_EVERY_S, device_choices
+from ..inference.tiling import DEFAULT_TILE
+from ..training.settings import PRESETS, SETTING_RANGES, USER_SETTINGS, TrainSettings, preset, setting_label
+from ..workflows import PREVIEW_EVERY_S, STEP_ITERATIONS, device_choices
 from .plot import LossPlot
 
 NO_MODEL = "No model: training starts a new base model from your annotations."
@@ -236,12 +237,12 @@ class TrainSection(QGroupBox):
         form.addRow("Preset", self.preset)
         self.iterations = QSpinBox()
         self.iterations.setRange(1, 1_000_000)
-        self.iterations.setValue(300)
+        self.iterations.setValue(STEP_ITERATIONS)
         form.addRow("Iterations", self.iterations)
         self.crop = QSpinBox()
         self.crop.setRange(64, 1024)
         self.crop.setSingleStep(32)
-        self.crop.setValue(128)
+        self.crop.setValue(TrainSettings().crop_size)
         form.addRow("Crop size", self.crop)
         self.device_choice = QComboBox()  # the step's and the segmentation's device
         for label, name in device_choices():
@@ -355,7 +356,7 @@ class SegmentSection(QGroupBox):
         self.tile = QSpinBox()
         self.tile.setRange(64, 4096)
         self.tile.setSingleStep(64)
-        self.tile.setValue(512)
+        self.tile.setValue(DEFAULT_TILE)
         form.addRow("Tile", self.tile)
         row = QHBoxLayout()
         self.segment_btn = QPushButton("Segment image")

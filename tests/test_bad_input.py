@@ -107,6 +107,13 @@ def test_images_smaller_than_the_crop_and_the_tile(rgb, tmp_path):
     events = []
     result = drain(segment(model, small, tile=256, overlap=32, device="cpu", min_tissue=0), events.append)
     assert result.shape == (40, 50)
+    from napari_cinuseg.runtime.events import SegmentFinished, SegmentStarted, TileProgress
+
+    # one tile, padded to the tile's size: started, one tile done, finished with the image's own map
+    started, *progress, finished = events
+    assert isinstance(started, SegmentStarted) and (started.height, started.width, started.tiles) == (40, 50, 1)
+    assert [(p.done, p.total) for p in progress if isinstance(p, TileProgress)][-1] == (1, 1)
+    assert isinstance(finished, SegmentFinished) and finished.tiles == 1 and finished.result is result
 
 
 def test_nan_and_inf_are_replaced_and_said(rgb):

@@ -1,4 +1,4 @@
-"""Labelled images: reading them, choosing a step's training pairs, and random training crops.
+"""Labelled images: reading them, splitting them by source and choosing a step's training pairs.
 
 A :class:`LabelledSet` holds images with class maps in the data set's own class ids (0 background,
 255 unlabelled) and the source (image or slide) of each, so that splits never cut a source in two.

@@ -112,17 +112,9 @@ def segment(
     segmented twice (counted in ``SegmentStarted.tiles`` and ``TileProgress.total``). An image
     at most ``strip`` wide is one strip, with no extra tiles.
     """
-    if tile % 32 or tile < 64:
-        raise ValueError(f"tile must be a multiple of 32 and at least 64, got {tile}")
-    if isinstance(strip, bool) or not isinstance(strip, (int, np.integer)) or strip <= 0:
-        raise ValueError(f"strip must be a positive whole number of pixels, got {strip!r}")
-    if strip < tile:
-        raise ValueError(f"strip must be at least one tile wide ({tile} px), got {strip}")
-    strip = int(strip)
+    strip = _checked(tile, strip)
     own = isinstance(image, (str, os.PathLike))
-    slide = Slide(image) if own else image
-    if not isinstance(slide, Slide) and not isinstance(slide, ArraySlide):
-        slide = ArraySlide(slide)
+    slide = _as_slide(image)
     scale = resampling_factor(model.pixel_size, image_pixel_size or getattr(slide, "pixel_size", None))
     net_tile = tile
     if scale != 1.0:  # tiles of the image that cover ``tile`` model pixels
@@ -146,14 +138,7 @@ def segment(
         strips = _strips(w, xs, tile, strip)
         total = len(ys) * sum(len(sx) for _, _, sx in strips)
         yield SegmentStarted(h, w, total, devices.describe(dev))
-        if tmp_path is not None:
-            import zarr
-
-            if tmp_path.exists():
-                shutil.rmtree(tmp_path)
-            result = zarr.open_array(str(tmp_path), mode="w", shape=(h, w), chunks=(min(h, 1024), min(w, 1024)), dtype="uint8")
-        else:
-            result = np.zeros((h, w), np.uint8)
+        result = _new_class_map(tmp_path, h, w)
         k = model.num_channels
         window = torch.from_numpy(blend_window(tile, overlap))
         boxes = [(y, x) for _, _, sx in strips for y in ys for x in sx]
@@ -185,28 +170,14 @@ def segment(
                     logits, parts = _forward_tiles(model, forward, chunk, dev, dtype, net_tile if scale != 1.0 else None)
                     if parts > 1:  # out of memory: fewer tiles at a time from now on
                         before, batch_size = batch_size, max(1, -(-len(chunk) // parts))
-                        yield MemoryReduced(
-                            "tiles", before, batch_size,
-                            f"the {devices.describe(dev)} ran out of memory with {before} tiles of {tile} px "
-                            f"at a time; going on with {batch_size}",
-                        )
-                    for i, bx in enumerate(row_x[b : b + len(chunk)]):
-                        acc[:, :, bx : bx + tile] += logits[i] * window
-                        wsum[:, bx : bx + tile] += window
+                        yield _fewer_tiles(dev, tile, before, batch_size)
+                    _accumulate(acc, wsum, logits, window, row_x[b : b + len(chunk)], tile)
                     done += len(chunk)
                     b += len(chunk)
                     yield TileProgress(done, total, skipped, time.perf_counter() - t0)
                 # rows [y, next_y) of this strip are final: no later tile reaches them
                 next_y = ys[r + 1] if r + 1 < len(ys) else min(y + tile, h)
-                rows = min(next_y, h) - y
-                labels = acc[:, :rows, x0 - left : x1 - left].argmax(0).to(torch.uint8)
-                labels[wsum[:rows, x0 - left : x1 - left] == 0] = 0
-                result[y : y + rows, x0:x1] = labels.numpy()
-                shift = next_y - y
-                acc = torch.roll(acc, -shift, dims=1)
-                wsum = torch.roll(wsum, -shift, dims=0)
-                acc[:, tile - shift :] = 0
-                wsum[tile - shift :] = 0
+                acc, wsum = _write_final_rows(result, acc, wsum, y, next_y, h, x0, x1, left, tile)
         yield TileProgress(done, total, skipped, time.perf_counter() - t0)
         if tmp_path is not None:
             os.replace(tmp_path, out_path)
@@ -228,6 +199,65 @@ def segment(
         devices.release(dev)
         if own:
             slide.close()
+
+
+def _checked(tile: int, strip) -> int:
+    """``strip`` as an int, after checking ``tile`` and ``strip`` (see :func:`segment`)."""
+    if tile % 32 or tile < 64:
+        raise ValueError(f"tile must be a multiple of 32 and at least 64, got {tile}")
+    if isinstance(strip, bool) or not isinstance(strip, (int, np.integer)) or strip <= 0:
+        raise ValueError(f"strip must be a positive whole number of pixels, got {strip!r}")
+    if strip < tile:
+        raise ValueError(f"strip must be at least one tile wide ({tile} px), got {strip}")
+    return int(strip)
+
+
+def _as_slide(image):
+    """A file path opened as a :class:`Slide` (the caller closes it), a Slide as it is, or an
+    array-like behind the Slide interface."""
+    if isinstance(image, (str, os.PathLike)):
+        return Slide(image)
+    return image if isinstance(image, (Slide, ArraySlide)) else ArraySlide(image)
+
+
+def _new_class_map(tmp_path: Path | None, h: int, w: int):
+    """The class map being written: a zarr array at ``tmp_path``, or in memory."""
+    if tmp_path is None:
+        return np.zeros((h, w), np.uint8)
+    import zarr
+
+    if tmp_path.exists():
+        shutil.rmtree(tmp_path)
+    return zarr.open_array(str(tmp_path), mode="w", shape=(h, w), chunks=(min(h, 1024), min(w, 1024)), dtype="uint8")
+
+
+def _fewer_tiles(dev, tile: int, before: int, after: int) -> MemoryReduced:
+    return MemoryReduced(
+        "tiles", before, after,
+        f"the {devices.describe(dev)} ran out of memory with {before} tiles of {tile} px at a time; going on with {after}",
+    )
+
+
+def _accumulate(acc: torch.Tensor, wsum: torch.Tensor, logits: torch.Tensor, window: torch.Tensor, xs: list[int], tile: int) -> None:
+    """Add each tile's logits, weighted by the blending window, into the strip's band at its column."""
+    for i, bx in enumerate(xs):
+        acc[:, :, bx : bx + tile] += logits[i] * window
+        wsum[:, bx : bx + tile] += window
+
+
+def _write_final_rows(result, acc, wsum, y: int, next_y: int, h: int, x0: int, x1: int, left: int, tile: int):
+    """Write rows [y, next_y) of the strip's columns [x0, x1) to the class map (their argmax; 0
+    where no tile reached), then move the band up by as many rows; returns the band."""
+    rows = min(next_y, h) - y
+    labels = acc[:, :rows, x0 - left : x1 - left].argmax(0).to(torch.uint8)
+    labels[wsum[:rows, x0 - left : x1 - left] == 0] = 0
+    result[y : y + rows, x0:x1] = labels.numpy()
+    shift = next_y - y
+    acc = torch.roll(acc, -shift, dims=1)
+    wsum = torch.roll(wsum, -shift, dims=0)
+    acc[:, tile - shift :] = 0
+    wsum[tile - shift :] = 0
+    return acc, wsum
 
 
 def resampling_factor(model_pixel_size: float | None, image_pixel_size: float | None, tolerance: float = 0.05) -> float:

@@ -88,7 +88,7 @@ class TrainSettings:
 
 
 # The settings a user may change for one run, with what each means: the command line makes one
-# option of each (cli.py), the panel its advanced fields of the method's (_widget.py).
+# option of each (cli/parser.py), the panel its advanced fields of the method's (ui/sections.py).
 USER_SETTINGS: dict[str, str] = {
     "epochs": "training epochs (one random crop per image each)",
     "iterations": "total iterations (overrides --epochs)",

@@ -7,6 +7,8 @@ import importlib
 import importlib.util
 from pathlib import Path
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -151,7 +153,7 @@ def test_writer_names_from_features(tmp_path, class_map):
          "colour": [None, "#ff0000", "#00ff00", "#0000ff"]}
     )
     out = write_masks(str(tmp_path / "masks.tif"), class_map, {"name": "seg", "features": features, "metadata": {}})
-    assert out == [str(tmp_path / "masks.tif"), str(tmp_path / "masks.nuclei.csv")]
+    assert out == [str(tmp_path / "masks.tif"), str(tmp_path / "masks.nuclei.csv"), str(tmp_path / "masks.geojson")]
     cmap, masks, meta = read_masks(out[0])
     np.testing.assert_array_equal(cmap, class_map)
     assert list(masks) == ["Epithelial", "Spindle-shaped", "Other"]
@@ -193,7 +195,8 @@ def test_save_layers_writes_the_files_that_export_writes(tmp_path, class_map):
         class_map, nuclei_of(class_map), tmp_path / "export" / "seg.tif", ["Epithelial", "Spindle-shaped", "Other"], None, None,
     ))
     assert Path(table).read_text() == exported.read_text()
-    assert Path(table).read_text().count("\n") == 1 + 2  # the header and the two nuclei
+    rows = Path(table).read_text().count("\n") - 1  # one row per nucleus object, after the header
+    assert rows == len(json.loads(Path(outlines).read_text())["features"]) >= 2
 
 
 def test_writer_refuses_what_is_not_a_class_map(tmp_path, class_map):
@@ -210,13 +213,13 @@ def test_writer_refuses_what_is_not_a_class_map(tmp_path, class_map):
 
 def test_written_masks_open_as_labels(tmp_path, class_map):
     features = {"index": [0, 1, 2, 3], "name": ["background", "Epithelial", "Spindle-shaped", "Other"]}
-    path, _ = write_masks(tmp_path / "masks.tif", class_map, {"features": features})
+    path, *_ = write_masks(tmp_path / "masks.tif", class_map, {"features": features})
     (data, kwargs, layer_type), = _read(path)
     assert layer_type == "labels"
     np.testing.assert_array_equal(np.asarray(data), class_map)
     assert list(kwargs["features"]["name"]) == ["background", "Epithelial", "Spindle-shaped", "Other"]
     # ... and save again unchanged
-    again, _ = write_masks(tmp_path / "again.tif", data, kwargs)
+    again, *_ = write_masks(tmp_path / "again.tif", data, kwargs)
     assert list(read_masks(again)[1]) == ["Epithelial", "Spindle-shaped", "Other"]
 
 
@@ -277,7 +280,7 @@ def test_viewer_opens_svs_and_saves_masks(make_napari_viewer, svs, tmp_path, cla
     labels = viewer.add_labels(class_map, name="classes", features={"index": [0, 1], "name": ["background", "Tumour"]})
     viewer.layers.selection = {labels}
     saved = viewer.layers.save(str(tmp_path / "classes.tif"), selected=True, plugin="napari-cinuseg")
-    assert saved == [str(tmp_path / "classes.tif"), str(tmp_path / "classes.nuclei.csv")]  # as Export writes
+    assert saved == [str(tmp_path / "classes.tif"), str(tmp_path / "classes.nuclei.csv"), str(tmp_path / "classes.geojson")]  # as Export writes
     assert list(read_masks(saved[0])[1]) == ["Tumour", "class 2", "class 3"]
     assert (tmp_path / "classes.nuclei.csv").read_text().startswith("nucleus,")
 

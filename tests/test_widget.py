@@ -450,9 +450,10 @@ def test_slide_is_segmented_to_disk_and_shown_as_a_pyramid(widget, prior_file, q
     assert classes.multiscale and [lv.shape for lv in classes.data][:3] == [(2967, 2220), (1484, 1110), (742, 555)]
     assert not any(isinstance(lv, np.ndarray) for lv in classes.data)
     written = sorted(p.name for p in (tmp_path / "results").iterdir())
-    (level0_name,) = [n for n in written if ".level" not in n]
+    (level0_name,) = [n for n in written if ".level" not in n and ".instances." not in n]
+    assert any(n.endswith(".instances.zarr") for n in written)  # the nuclei of the slide, on disk too
     assert level0_name.startswith("cmu-1-small-region-") and level0_name.endswith(".zarr")
-    assert len(written) == len(classes.data) and not [n for n in written if "partial" in n]
+    assert len(written) == len(classes.data) + 1 and not [n for n in written if "partial" in n]  # and the nuclei
     reference = drain(segment(load_model(prior_file), svs, tile=512, overlap=64))
     level0 = np.asarray(classes.data[0][:])
     np.testing.assert_array_equal(level0, reference)

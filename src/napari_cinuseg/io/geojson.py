@@ -34,11 +34,13 @@ MARGIN = 256
 
 
 def rgb(colour: str) -> list[int]:
-    """``#rrggbb`` → [r, g, b]."""
-    c = colour.lstrip("#")
-    if len(c) != 6:
-        raise ValueError(f"colour {colour!r} is not of the form '#rrggbb'")
-    return [int(c[i : i + 2], 16) for i in (0, 2, 4)]
+    """A colour (``#rrggbb``, or a name matplotlib knows, as a layer may carry) → [r, g, b] in 0..255."""
+    from matplotlib.colors import to_rgb
+
+    try:
+        return [int(round(255 * v)) for v in to_rgb(colour)]
+    except ValueError:
+        raise ValueError(f"colour {colour!r} is not a colour: give '#rrggbb' or a colour name") from None
 
 
 def outline(mask: np.ndarray, tolerance: float = 0.5) -> np.ndarray | None:

@@ -208,20 +208,22 @@ def segment_nuclei_and_measure(
     min_area_um2: float | None = None,
     method: str = "watershed",
 ) -> Generator:
-    """:func:`segment_and_measure`, then the nuclei as objects (inference/instances.py): returns a
+    """:func:`segment_and_measure` with the nuclei as objects (inference/instances.py): returns a
     :class:`SegmentedNuclei`, or None when cancelled. With ``out`` (a ``.zarr``) the instance map
     goes to ``<out>.instances.zarr`` beside the class map. ``min_area_um2``: objects below it are
     dropped (default 3 µm²; with the pixel size unknown 0.25 µm/px is assumed, and
     ``nuclei.note`` says so)."""
     from .analysis.measurements import instance_statistics
     from .inference.instances import DEFAULT_MIN_AREA_UM2, nuclei_of
+    from .inference.segmentation import segment
+    from .io.pyramid import build_pyramid
 
-    done = yield from segment_and_measure(
+    result = yield from segment(
         model, pixels, tile=tile, overlap=overlap, image_pixel_size=image_pixel_size, out=out, cancel=cancel
     )
-    if done is None:
+    if result is None:
         return None
-    class_map, _ = done
+    class_map = build_pyramid(result) if isinstance(result, Path) else result
     level0 = class_map[0] if isinstance(class_map, list) else class_map
     inst_out = Path(str(out).removesuffix(".zarr") + ".instances.zarr") if out is not None else None
     nuclei = nuclei_of(
@@ -238,7 +240,8 @@ def segment_nuclei_and_measure(
 
 def geojson_path(masks_path: str | Path) -> Path:
     """The QuPath GeoJSON beside a masks file: ``x.masks.tif`` → ``x.geojson``."""
-    return nuclei_csv_path(masks_path).with_name(nuclei_csv_path(masks_path).name.removesuffix(".nuclei.csv") + ".geojson")
+    csv_path = nuclei_csv_path(masks_path)
+    return csv_path.with_name(csv_path.name.removesuffix(".nuclei.csv") + ".geojson")
 
 
 def export_nuclei(

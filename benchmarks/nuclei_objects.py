@@ -4,7 +4,8 @@ Three parts; train and measure resume (every result is kept in ``--out`` and reu
 
 ``train``: a base model on mixed supervision (docs/method.md, "Mixed supervision"), going on from
 the bundled model (``--init``; same classes Epithelial + Spindle-shaped, network and input): the
-CoNSeP training split with its classes (CoNSeP's Other nuclei as nuclei of unknown class), plus
+CoNSeP training split with its classes (CoNSeP's Other nuclei as nuclei of unknown class, or
+background with ``--consep-other background``), plus
 the MoNuSeg and NuInsSeg training splits as nucleus-only data. Validation sources (20 %, seed 0,
 by slide / source image / tile) are never trained on. Saved as ``<out>/mixed.cinuseg.pt``.
 
@@ -44,7 +45,7 @@ import numpy as np
 from napari_cinuseg import drain, load_model, train_base
 from napari_cinuseg.analysis.metrics import ConfusionMatrix
 from napari_cinuseg.analysis.objects import ObjectScores
-from napari_cinuseg.datasets.labelled import IGNORE, data_dir, read_consep_patches, split_by_source
+from napari_cinuseg.datasets.labelled import IGNORE, data_dir, read_consep_patches, split_by_source, step_pairs
 from napari_cinuseg.datasets.nucleus_only import mixed_class_pairs, nucleus_pairs, read_monuseg, read_nuinsseg
 from napari_cinuseg.inference.instances import split_nuclei, min_area_pixels
 from napari_cinuseg.inference.segmentation import segment
@@ -76,8 +77,9 @@ def cmd_train(args) -> int:
     nuins = read_nuinsseg(root / "nuinsseg")
     n_train, _ = split_by_source(nuins, args.val_fraction, args.seed)
     del nuins
+    consep_pairs = step_pairs(c_train, CLASSES) if args.consep_other == "background" else mixed_class_pairs(c_train, CLASSES)
     pairs = (
-        mixed_class_pairs(c_train, CLASSES) * args.consep_repeat
+        consep_pairs * args.consep_repeat
         + nucleus_pairs(m_train) * args.monuseg_repeat
         + nucleus_pairs(n_train)
     )
@@ -103,7 +105,7 @@ def cmd_train(args) -> int:
     save_model(model, target, half=True)
     (out / "train.json").write_text(json.dumps({
         "seconds": round(time.time() - t0, 1), "iterations": args.iterations, "lr": args.lr, "init": init.id,
-        "pairs": {"consep": len(c_train.items), "consep_repeat": args.consep_repeat, "monuseg": len(m_train.items),
+        "pairs": {"consep": len(c_train.items), "consep_repeat": args.consep_repeat, "consep_other": args.consep_other, "monuseg": len(m_train.items),
                   "monuseg_repeat": args.monuseg_repeat, "nuinsseg": len(n_train.items)},
         "machine": _machine(),
     }, indent=1))
@@ -271,6 +273,8 @@ def main(argv=None) -> int:
     t.add_argument("--init", default="bundled", help="the base model to go on from (default: the bundled one)")
     t.add_argument("--consep-repeat", type=int, default=2, help="CoNSeP pairs repeated, so that class pixels stay a good share of the crops")
     t.add_argument("--monuseg-repeat", type=int, default=4)
+    t.add_argument("--consep-other", choices=("nucleus", "background"), default="nucleus",
+                   help="CoNSeP's Other nuclei: nuclei of unknown class, or background (as the bundled model learnt them)")
     sub.choices["measure"].add_argument("--models", default="bundled", help="comma-separated model files, or 'bundled'")
     sub.choices["overlay"].add_argument("--models", default="bundled", help="comma-separated model files, or 'bundled'")
     sub.choices["overlay"].add_argument("--names", default="bundled", help="a name per model, for the pictures' files")

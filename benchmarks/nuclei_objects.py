@@ -1,10 +1,11 @@
 """Nuclei as objects: does a model find every nucleus, as separate objects? (docs/benchmarks-nuclei.md)
 
-Two parts, both resumable (every result is kept in ``--out`` and reused; delete it to redo):
+Three parts; train and measure resume (every result is kept in ``--out`` and reused; delete it to redo):
 
 ``train``: a base model on mixed supervision (docs/method.md, "Mixed supervision"), going on from
 the bundled model (``--init``; same classes Epithelial + Spindle-shaped, network and input): the
-CoNSeP training split with its classes (CoNSeP's Other nuclei as nuclei of unknown class), plus
+CoNSeP training split with its classes (CoNSeP's Other nuclei as nuclei of unknown class, or
+background with ``--consep-other background``), plus
 the MoNuSeg and NuInsSeg training splits as nucleus-only data. Validation sources (20 %, seed 0,
 by slide / source image / tile) are never trained on. Saved as ``<out>/mixed.cinuseg.pt``.
 
@@ -20,9 +21,13 @@ by slide / source image / tile) are never trained on. Saved as ``<out>/mixed.cin
 Images are segmented whole by the engine (``segment``: tiles of 512, overlap 64). Scores are
 means over images (as HoVer-Net's tables), the foreground Dice also pooled over pixels.
 
-    OMP_NUM_THREADS=1 nice -n 10 python3 benchmarks/nuclei_objects.py train --out runs/nuclei --iterations 900
+    OMP_NUM_THREADS=1 nice -n 10 python3 benchmarks/nuclei_objects.py train --out runs/nuclei --iterations 500
     OMP_NUM_THREADS=1 nice -n 10 python3 benchmarks/nuclei_objects.py measure --out runs/nuclei \\
         --models bundled,runs/nuclei/mixed.cinuseg.pt
+    python3 benchmarks/nuclei_objects.py overlay --out docs/images --models bundled,runs/nuclei/mixed.cinuseg.pt \\
+        --names bundled-before,mixed
+
+``overlay``: a picture per model of its nucleus objects on a MoNuSeg validation crop.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import numpy as np
 from napari_cinuseg import drain, load_model, train_base
 from napari_cinuseg.analysis.metrics import ConfusionMatrix
 from napari_cinuseg.analysis.objects import ObjectScores
-from napari_cinuseg.datasets.labelled import IGNORE, data_dir, read_consep_patches, split_by_source
+from napari_cinuseg.datasets.labelled import IGNORE, data_dir, read_consep_patches, split_by_source, step_pairs
 from napari_cinuseg.datasets.nucleus_only import mixed_class_pairs, nucleus_pairs, read_monuseg, read_nuinsseg
 from napari_cinuseg.inference.instances import split_nuclei, min_area_pixels
 from napari_cinuseg.inference.segmentation import segment
@@ -72,8 +77,9 @@ def cmd_train(args) -> int:
     nuins = read_nuinsseg(root / "nuinsseg")
     n_train, _ = split_by_source(nuins, args.val_fraction, args.seed)
     del nuins
+    consep_pairs = step_pairs(c_train, CLASSES) if args.consep_other == "background" else mixed_class_pairs(c_train, CLASSES)
     pairs = (
-        mixed_class_pairs(c_train, CLASSES) * args.consep_repeat
+        consep_pairs * args.consep_repeat
         + nucleus_pairs(m_train) * args.monuseg_repeat
         + nucleus_pairs(n_train)
     )
@@ -99,7 +105,7 @@ def cmd_train(args) -> int:
     save_model(model, target, half=True)
     (out / "train.json").write_text(json.dumps({
         "seconds": round(time.time() - t0, 1), "iterations": args.iterations, "lr": args.lr, "init": init.id,
-        "pairs": {"consep": len(c_train.items), "consep_repeat": args.consep_repeat, "monuseg": len(m_train.items),
+        "pairs": {"consep": len(c_train.items), "consep_repeat": args.consep_repeat, "consep_other": args.consep_other, "monuseg": len(m_train.items),
                   "monuseg_repeat": args.monuseg_repeat, "nuinsseg": len(n_train.items)},
         "machine": _machine(),
     }, indent=1))
@@ -214,10 +220,47 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def cmd_overlay(args) -> int:
+    """One picture per model: a 400² crop of the first MoNuSeg validation slide, each nucleus object
+    outlined in its class colour (left) beside MoNuSeg's own nuclei (right, white)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import find_boundaries
+
+    root = data_dir(args.data)
+    (_, _), (_, m_val) = _splits(root, args.val_fraction, args.seed)
+    it = m_val.items[0]
+    y, x, n = 300, 300, 400
+    min_px, _ = min_area_pixels(3.0, 0.25)
+    for spec, name in zip(args.models.split(","), args.names.split(",")):
+        model = load_model(BUNDLED_MODEL if spec == "bundled" else spec)
+        inst, cls = split_nuclei(_class_map(model, it.image, args.device), min_area_px=min_px)
+        crop = it.image[y : y + n, x : x + n].copy()
+        truth = crop.copy()
+        lab = inst[y : y + n, x : x + n]
+        edge = find_boundaries(lab, mode="inner")
+        colours = np.array([[0, 0, 0]] + [[int(c.colour[i : i + 2], 16) for i in (1, 3, 5)] for c in model.classes], np.uint8)
+        crop[edge] = colours[cls[lab[edge]]]
+        truth[find_boundaries(m_val.instances[it.name][y : y + n, x : x + n], mode="inner")] = 255
+        fig, ax = plt.subplots(1, 2, figsize=(8, 4.2), dpi=100)
+        for a, im, t in zip(ax, (crop, truth), (f"{name}: {len(np.unique(lab)) - 1} objects", "MoNuSeg's nuclei")):
+            a.imshow(im)
+            a.set_title(t, fontsize=9)
+            a.axis("off")
+        fig.tight_layout()
+        path = Path(args.out) / f"nuclei-{name}.jpg"
+        fig.savefig(path, pil_kwargs={"quality": 85})
+        plt.close(fig)
+        print(f"wrote {path} ({it.name}, rows {y}..{y + n}, columns {x}..{x + n})")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("train", "measure"):
+    for name in ("train", "measure", "overlay"):
         q = sub.add_parser(name)
         q.add_argument("--out", required=True)
         q.add_argument("--data", default=None, help="the shared data folder (default $CINUSEG_DATA)")
@@ -225,14 +268,18 @@ def main(argv=None) -> int:
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--device", default="cpu")
     t = sub.choices["train"]
-    t.add_argument("--iterations", type=int, default=900)
+    t.add_argument("--iterations", type=int, default=500)
     t.add_argument("--lr", type=float, default=0.005)
     t.add_argument("--init", default="bundled", help="the base model to go on from (default: the bundled one)")
     t.add_argument("--consep-repeat", type=int, default=2, help="CoNSeP pairs repeated, so that class pixels stay a good share of the crops")
     t.add_argument("--monuseg-repeat", type=int, default=4)
+    t.add_argument("--consep-other", choices=("nucleus", "background"), default="nucleus",
+                   help="CoNSeP's Other nuclei: nuclei of unknown class, or background (as the bundled model learnt them)")
     sub.choices["measure"].add_argument("--models", default="bundled", help="comma-separated model files, or 'bundled'")
+    sub.choices["overlay"].add_argument("--models", default="bundled", help="comma-separated model files, or 'bundled'")
+    sub.choices["overlay"].add_argument("--names", default="bundled", help="a name per model, for the pictures' files")
     args = p.parse_args(argv)
-    return cmd_train(args) if args.cmd == "train" else cmd_measure(args)
+    return {"train": cmd_train, "measure": cmd_measure, "overlay": cmd_overlay}[args.cmd](args)
 
 
 if __name__ == "__main__":

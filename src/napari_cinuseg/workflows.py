@@ -2,8 +2,7 @@
 
 - where new models and segmentation results go, and how they are named (:class:`Storage`);
 - a base step or an incremental one for a painted class (:func:`learn_class`);
-- a class map in memory or on disk (:func:`needs_disk`), and what follows a segmentation:
-  the pyramid of an on-disk map and the statistics (:func:`segment_and_measure`);
+- a class map in memory or on disk (:func:`class_map_on_disk`, :func:`needs_disk`);
 - nuclei as objects: segmentation with an instance map (:func:`segment_nuclei_and_measure`) and
   its export with a per-instance table and a QuPath GeoJSON (:func:`export_nuclei`);
 - the devices a user can choose (:func:`device_choices`);
@@ -116,35 +115,6 @@ def needs_disk(pixels) -> bool:
     return class_map_on_disk(pixels.shape[0], pixels.shape[1], lazy=not isinstance(pixels, np.ndarray))
 
 
-def segment_and_measure(
-    model,
-    pixels,
-    *,
-    tile: int = DEFAULT_TILE,
-    overlap: int = 64,
-    image_pixel_size: float | None = None,
-    out: str | Path | None = None,
-    cancel: CancelFlag = None,
-    device: str = "auto",
-) -> Generator:
-    """Segment ``pixels`` (on ``device``) and measure the result: returns ``(class map, statistics rows)``, the
-    class map an array, or with ``out`` (a ``.zarr``) its on-disk pyramid [level 0, level 1, …];
-    None when cancelled (nothing is left on disk)."""
-    from .analysis.measurements import class_statistics
-    from .io.pyramid import build_pyramid
-    from .inference.segmentation import segment
-
-    result = yield from segment(
-        model, pixels, tile=tile, overlap=overlap, image_pixel_size=image_pixel_size, out=out, cancel=cancel, device=device
-    )
-    if result is None:
-        return None
-    if isinstance(result, Path):
-        levels = build_pyramid(result)
-        return levels, class_statistics(levels[0], model.class_names, image_pixel_size)
-    return result, class_statistics(result, model.class_names, image_pixel_size)
-
-
 def no_nuclei_advice(image_name: str) -> str:
     """Why a segmentation may find no nucleus, and what to do."""
     return (
@@ -200,20 +170,24 @@ def segment_nuclei_and_measure(
     method: str = "watershed",
     device: str = "auto",
 ) -> Generator:
-    """:func:`segment_and_measure`, then the nuclei as objects (inference/instances.py): returns a
-    :class:`SegmentedNuclei`, or None when cancelled. With ``out`` (a ``.zarr``) the instance map
+    """Segment ``pixels`` (on ``device``), with the nuclei as objects (inference/instances.py) and
+    the counts per nucleus: returns a :class:`SegmentedNuclei` (with ``out``, a ``.zarr``, the
+    class map is its on-disk pyramid [level 0, level 1, …]), or None when cancelled (nothing is
+    left on disk). With ``out`` (a ``.zarr``) the instance map
     goes to ``<out>.instances.zarr`` beside the class map. ``min_area_um2``: objects below it are
     dropped (default 3 µm²; with the pixel size unknown 0.25 µm/px is assumed, and
     ``nuclei.note`` says so)."""
     from .analysis.measurements import instance_statistics
     from .inference.instances import DEFAULT_MIN_AREA_UM2, nuclei_of
+    from .inference.segmentation import segment
+    from .io.pyramid import build_pyramid
 
-    done = yield from segment_and_measure(
+    result = yield from segment(
         model, pixels, tile=tile, overlap=overlap, image_pixel_size=image_pixel_size, out=out, cancel=cancel, device=device
     )
-    if done is None:
+    if result is None:
         return None
-    class_map, _ = done
+    class_map = build_pyramid(result) if isinstance(result, Path) else result
     level0 = class_map[0] if isinstance(class_map, list) else class_map
     inst_out = Path(str(out).removesuffix(".zarr") + ".instances.zarr") if out is not None else None
     nuclei = nuclei_of(
@@ -230,7 +204,8 @@ def segment_nuclei_and_measure(
 
 def geojson_path(masks_path: str | Path) -> Path:
     """The QuPath GeoJSON beside a masks file: ``x.masks.tif`` → ``x.geojson``."""
-    return nuclei_csv_path(masks_path).with_name(nuclei_csv_path(masks_path).name.removesuffix(".nuclei.csv") + ".geojson")
+    csv_path = nuclei_csv_path(masks_path)
+    return csv_path.with_name(csv_path.name.removesuffix(".nuclei.csv") + ".geojson")
 
 
 def export_nuclei(

@@ -114,11 +114,11 @@ def test_the_balanced_split_gives_every_class_a_fair_share_of_the_held_out_slide
     data = read_monusac_images(shared_data / "monusac")
     counts = class_pixels_by_source(data)
     total = sum(counts.values())
-    _, random_val = split_by_source(data, 0.2, seed=0, balanced=False)
+    _, random_val = split_by_source(data, 0.2, seed=0)
     assert (sum(counts[s] for s in random_val.sources) == 0).any()  # a random choice misses a class here
     for seed in (0, 1, 2):
-        train, val = split_by_source(data, 0.2, seed=seed)
+        train, val = split_by_source(data, 0.2, seed=seed, balanced=True)
         assert not set(train.sources) & set(val.sources) and len(val.sources) == 2
         share = sum(counts[s] for s in val.sources) / total
         assert ((share > 0.1) & (share < 0.35)).all(), (val.sources, share)
-    assert split_by_source(data, 0.2, seed=1)[1].sources == split_by_source(data, 0.2, seed=1)[1].sources
+    assert split_by_source(data, 0.2, seed=1, balanced=True)[1].sources == split_by_source(data, 0.2, seed=1, balanced=True)[1].sources

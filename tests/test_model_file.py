@@ -147,7 +147,7 @@ def test_bundled_base_model_segments_held_out_consep(consep):
 
     model = load_model(BUNDLED_MODEL)
     assert model.class_names == ["Epithelial", "Spindle-shaped"] and model.steps[0].method == "base"
-    _, val = split_by_source(consep, 0.2, seed=0, balanced=False)  # the split it was trained beside
+    _, val = split_by_source(consep, 0.2, seed=0)  # the split it was trained beside
     few = type(val)(val.class_names, [it for it in val.items if it.source == val.sources[0]][:6])
     dice = evaluate(model, few, "cpu")
     assert dice["Epithelial"] > 50, dice

@@ -59,11 +59,15 @@ class BenchmarkConfig:
 
 
 def split_data(data: LabelledSet, test: LabelledSet | None, val_fraction: float = 0.2, split_seed: int = 0):
-    """(train, test, description): the given test set, else a validation split by source."""
+    """(train, test, description): the given test set, else a validation split by source that
+    gives every class a fair share of the held-out sources (``split_by_source(balanced=True)``)."""
     if test is not None:
         return data, test, "separate test set"
-    train, val = split_by_source(data, val_fraction, split_seed)
-    return train, val, f"validation split: {len(val.sources)} of {len(data.sources)} sources held out (seed {split_seed})"
+    train, val = split_by_source(data, val_fraction, split_seed, balanced=True)
+    return train, val, (
+        f"validation split: {len(val.sources)} of {len(data.sources)} sources held out, balanced by class "
+        f"(seed {split_seed}): {', '.join(val.sources)}"
+    )
 
 
 def _learning_settings(settings: dict) -> dict:

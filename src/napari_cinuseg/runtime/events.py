@@ -79,6 +79,19 @@ class MemoryReduced:
 
 
 @dataclass(frozen=True)
+class IterationSkipped:
+    """An iteration whose loss or gradient was not finite: the optimiser did not step, the
+    weights are as before it. ``message`` says so in words for the user."""
+
+    step: int
+    iteration: int
+    reason: str  # "loss" or "gradient"
+    value: float
+    skipped: int  # iterations skipped so far in this step
+    message: str
+
+
+@dataclass(frozen=True)
 class Cancelled:
     step: int
     iteration: int
@@ -98,9 +111,9 @@ class StepFinished:
     path: str | None = None
 
 
-Event = StepStarted | Progress | MemoryReduced | Cancelled | Saved | StepFinished
+Event = StepStarted | Progress | MemoryReduced | IterationSkipped | Cancelled | Saved | StepFinished
 
-__all__ = ["CropStats", "Cancelled", "Event", "ExportProgress", "MemoryReduced", "Progress", "Saved", "StepFinished", "StepStarted"]
+__all__ = ["CropStats", "Cancelled", "Event", "ExportProgress", "IterationSkipped", "MemoryReduced", "Progress", "Saved", "StepFinished", "StepStarted"]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from qtpy.QtWidgets import QFileDialog, QVBoxLayout
 
 from ..annotations import sparse_annotation_advice
 from ..datasets.labelled import check_pairs
-from ..runtime.events import Cancelled, ExportProgress, MemoryReduced, StepFinished
+from ..runtime.events import Cancelled, ExportProgress, IterationSkipped, MemoryReduced, StepFinished
 from ..plugin.layer_metadata import RESULT_KEY, layer_pixel_size
 from ..model.segmenter import CiNuSegModel, check_class_name, check_colour
 from ..model.file import BUNDLED_MODEL, ModelFileError, load_model
@@ -180,7 +180,7 @@ class CiNuSegWidget(JobHost):
         self._say("Cancelling after the current iteration…")
 
     def _on_training_event(self, ev) -> None:
-        if isinstance(ev, (Cancelled, MemoryReduced)):
+        if isinstance(ev, (Cancelled, MemoryReduced, IterationSkipped)):
             self._say(ev.message)
         elif isinstance(ev, StepFinished):
             self.new_model_path = Path(ev.path) if ev.path else None

@@ -67,7 +67,8 @@ def run_one(args, seed: int) -> dict:
     )
     prior = load_model(args.prior)
     changes = {k: _parse(v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    settings = preset(args.preset, iterations=args.iterations, crop_size=128, seed=seed, device="cpu", **changes)
+    panel = dict(iterations=args.iterations, crop_size=128, seed=seed, device="cpu")  # the panel's defaults
+    settings = preset(args.preset, **{**panel, **changes})
     settings = settings.for_network(prior.arch)
     skipped: list[str] = []
     t0 = time.perf_counter()
@@ -117,8 +118,8 @@ def run_one(args, seed: int) -> dict:
 def table(paths) -> str:
     rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
     out = [
-        "| data set | class | method | K | seed | new-class Dice | old classes: Dice after / prior (ratio) | finite | skipped | seconds |",
-        "|---|---|---|---:|---:|---:|---|---|---:|---:|",
+        "| data set | class | method (changes) | K | iterations | seed | new-class Dice | old classes: Dice after / prior (ratio) | finite | skipped | seconds |",
+        "|---|---|---|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     for r in rows:
         old = "; ".join(
@@ -128,7 +129,7 @@ def table(paths) -> str:
         new = f"{r['new_dice']:.1f}" if r["new_dice"] is not None else "—"
         tag = r["method"] + ("" if not r.get("settings") else " " + ",".join(f"{k}={v}" for k, v in r["settings"].items()))
         out.append(
-            f"| {r['dataset']} | {r['class']} | {tag} | {r['painted_nuclei']} | {r['seed']} | {new} | {old} | "
+            f"| {r['dataset']} | {r['class']} | {tag} | {r['painted_nuclei']} | {r['iterations']} | {r['seed']} | {new} | {old} | "
             f"{'yes' if r['finite'] else 'NO'} | {len(r['skipped'])} | {r['seconds']:.0f} |"
         )
     return "\n".join(out)

@@ -59,3 +59,24 @@ def base_file(tmp_path_factory, few_pairs):
     out = tmp_path_factory.mktemp("models") / "base.cinuseg.pt"
     assert drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], settings, out=out)) is not None
     return out
+
+
+# --- the quick subset: pytest -m "not slow" ------------------------------------------------------
+# A test is slow when it trains a model, opens a napari viewer or runs a separate process: each
+# of those costs seconds to minutes on two cores. Everything else is the quick subset.
+_SLOW_FIXTURES = {"make_napari_viewer", "widget", "qtbot", "base_file", "prior_file", "bundled"}
+_SLOW_CALLS = ("train_base(", "train_step(", "run_benchmark(", "subprocess.", "run_in_process(", '"train-base"', '"step"', '"benchmark"', "torchrun")
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+
+    for item in items:
+        if item.get_closest_marker("slow"):
+            continue
+        try:
+            source = inspect.getsource(item.function)
+        except (OSError, TypeError):
+            source = ""
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(call in source for call in _SLOW_CALLS):
+            item.add_marker(pytest.mark.slow)

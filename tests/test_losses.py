@@ -96,17 +96,39 @@ def test_prediction_distillation_eqs4_5():
 
 def test_prediction_distillation_on_sigmoid_scores():
     # S = sigmoid: logits (bg 0, old 1 log 3, new 2 -log 3) → S = (1/2, 3/4, 1/4);
-    # S̃_0 = min(1, 1/2 + 1/4) = 3/4, S̃_1 = 3/4; the prior's S^{t-1} = (sigmoid(0), sigmoid(log 3)) = (1/2, 3/4)
+    # merged background p̂_0 = 1 − (1 − 1/2)(1 − 1/4) = 5/8, p̂_1 = 3/4; the prior's q = (1/2, 3/4).
+    # Binary distillation per channel: −[q log p̂ + (1 − q) log(1 − p̂)].
     logits = torch.tensor([0.0, math.log(3.0), -math.log(3.0)]).view(1, 3, 1, 1)
     old = torch.tensor([0.0, math.log(3.0)]).view(1, 2, 1, 1)
-    expected = -(0.5 * math.log(3 / 4) + 0.75 * math.log(3 / 4))
+    expected = -(0.5 * math.log(5 / 8) + 0.5 * math.log(3 / 8)) - (0.75 * math.log(3 / 4) + 0.25 * math.log(1 / 4))
     torch.testing.assert_close(prediction_distillation(logits, old, [2], scores="sigmoid"), torch.tensor([expected]))
-    # the merged background never exceeds 1
-    big = torch.tensor([5.0, 0.0, 5.0]).view(1, 3, 1, 1)
-    out = prediction_distillation(big, torch.tensor([5.0, -20.0]).view(1, 2, 1, 1), [2], scores="sigmoid")
-    assert 0 <= float(out) < 1e-3
     with pytest.raises(ValueError, match="softmax"):
         prediction_distillation(logits, old, [2], scores="argmax")
+
+
+def test_sigmoid_distillation_holds_the_prior_s_scores_where_they_are():
+    # Where the new model already scores each old class as the prior does, the binary
+    # distillation has no gradient: it neither raises nor lowers an old score (−Σ q log p̂ alone
+    # would keep pushing every old score up, towards 1, on every pixel).
+    old = torch.tensor([-1.0, 0.5, -2.0]).view(1, 3, 1, 1)
+    logits = torch.cat([old, torch.full((1, 1, 1, 1), -30.0)], dim=1).requires_grad_(True)
+    prediction_distillation(logits, old, [3], scores="sigmoid").sum().backward()
+    assert logits.grad[0, :3].abs().max() < 1e-5
+    # and an old score above the prior's is pulled down, one below it pushed up
+    up = (old + torch.tensor([0.0, 2.0, -2.0]).view(1, 3, 1, 1)).clone()
+    logits = torch.cat([up, torch.full((1, 1, 1, 1), -30.0)], dim=1).requires_grad_(True)
+    prediction_distillation(logits, old, [3], scores="sigmoid").sum().backward()
+    assert logits.grad[0, 1] > 0 and logits.grad[0, 2] < 0
+
+
+def test_distillation_leaves_out_the_masked_pixels():
+    logits = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    old = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[:, :2] = True
+    for scores in ("softmax", "sigmoid"):
+        top = prediction_distillation(logits[..., :2, :], old[..., :2, :], [2], scores)
+        torch.testing.assert_close(prediction_distillation(logits, old, [2], scores, mask=mask), top)
 
 
 def test_prediction_distillation_averages_pixels():
@@ -191,7 +213,10 @@ def test_cinuseg_loss_eq17_is_the_weighted_sum_of_its_terms():
     pseudo = pseudo_labels(labels, old, NEW)
     neg = negative_sample_mask(labels, old, NEW)
     _, t_o, t_n = adaptive_temperatures(pseudo, [1, 2], NEW)
-    old_group = class_anchor_consolidation(feats, old_feats, pseudo, [1, 2]) + prediction_distillation(logits, old, NEW)
+    not_new = ~torch.isin(labels, torch.tensor(NEW))  # distillation leaves out the pixels painted new
+    old_group = class_anchor_consolidation(feats, old_feats, pseudo, [1, 2]) + prediction_distillation(
+        logits, old, NEW, mask=not_new
+    )
     new_group = (
         foreground_guidance(logits, labels, NEW)
         + background_suppression(logits, labels, NEW)
@@ -215,7 +240,7 @@ def test_cinuseg_ablation_switches():
     acl_only = cinuseg_loss(logits, old, feats, old_feats, labels, NEW, drr=False, att=False)
     expected = (
         class_anchor_consolidation(feats, old_feats, pseudo, [1, 2])
-        + prediction_distillation(logits, old, NEW)
+        + prediction_distillation(logits, old, NEW, mask=~torch.isin(labels, torch.tensor(NEW)))
         + negative_sample_bce(logits, pseudo, none, 0.0)
     ).mean()
     torch.testing.assert_close(acl_only.loss, expected)

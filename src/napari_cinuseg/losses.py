@@ -180,35 +180,54 @@ def class_anchor_consolidation(
 
 
 def prediction_distillation(
-    logits: torch.Tensor, old_logits: torch.Tensor, new_classes: Sequence[int], scores: str = "softmax"
+    logits: torch.Tensor,
+    old_logits: torch.Tensor,
+    new_classes: Sequence[int],
+    scores: str = "softmax",
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Eqs. 4-5 (PKD): cross-entropy of the old scores against the new, background-merged ones.
+    """Eqs. 4-5 (PKD): the old scores distilled into the new, background-merged ones.
 
     ``scores="softmax"`` (MiB's reading, the default): p = softmax(logits); p̂_0 = p_0 +
-    Σ_{c∈C^t} p_c and p̂_c = p_c for c ∈ C^{1:t-1}; q = softmax(old_logits).
-    ``scores="sigmoid"`` (the reading of S in eqs. 1 and 8-12): p = sigmoid(logits), p̂_0 =
-    min(1, p_0 + Σ_{c∈C^t} p_c), q = sigmoid(old_logits). The paper is silent on which S it means
-    here; docs/method.md says why both exist and which a method uses.
-    Loss_i = −Σ_{c∈C^{0:t-1}} q_{c,i} log p̂_{c,i}, averaged over the image's pixels.
+    Σ_{c∈C^t} p_c and p̂_c = p_c for c ∈ C^{1:t-1}; q = softmax(old_logits);
+    loss_i = −Σ_{c∈C^{0:t-1}} q_{c,i} log p̂_{c,i}, eq. 5 as written.
+    ``scores="sigmoid"`` (the reading of S in eqs. 1 and 8-12): each channel is its own binary
+    score, so eq. 5 becomes a binary distillation per channel, loss_i = Σ_{c∈C^{0:t-1}}
+    −[q_c log p̂_c + (1 − q_c) log(1 − p̂_c)], with p = sigmoid(logits), q = sigmoid(old_logits),
+    p̂_c = p_c and the merged background p̂_0 = 1 − (1 − p_0) Π_{c∈C^t} (1 − p_c) (background or
+    any new class; in [0, 1] without clamping). Without the (1 − q) term the loss would push
+    every old score up on every pixel. Computed in log space. The paper is silent on which S it
+    means here; docs/method.md says why both exist and which a method uses.
+
+    Averaged per image over ``mask`` (B, H, W) where given (the pixels distillation acts on:
+    :func:`cinuseg_loss` leaves out those painted as a new class), else over all its pixels.
     """
     logits = logits.float()
     k_old = old_logits.shape[1]
     new_idx = _as_index(new_classes, logits.device)
     if scores == "sigmoid":
-        p = torch.sigmoid(logits)
-        bg = (p[:, 0] + p.index_select(1, new_idx).sum(dim=1)).clamp(max=1.0)
-        log_p_hat = torch.cat([bg[:, None], p[:, 1:k_old]], dim=1).clamp_min(1e-8).log()
+        z = logits[:, :k_old]
+        log_p = F.logsigmoid(z)
+        log_not_p = F.logsigmoid(-z)
+        log_not_bg = log_not_p[:, 0] + F.logsigmoid(-logits.index_select(1, new_idx)).sum(dim=1)
+        log_bg = torch.log(-torch.expm1(log_not_bg.clamp(max=-1e-6)))  # log(1 − exp(log(1 − p̂_0)))
+        log_p = torch.cat([log_bg[:, None], log_p[:, 1:]], dim=1)
+        log_not_p = torch.cat([log_not_bg[:, None], log_not_p[:, 1:]], dim=1)
         q = torch.sigmoid(old_logits.detach().float())
-        return -(q * log_p_hat).sum(dim=1).flatten(1).mean(dim=1)
-    if scores != "softmax":
+        per_pixel = -(q * log_p + (1 - q) * log_not_p).sum(dim=1)
+    elif scores == "softmax":
+        log_den = torch.logsumexp(logits, dim=1)
+        bg_idx = torch.cat([torch.zeros(1, dtype=torch.long, device=logits.device), new_idx])
+        log_bg = torch.logsumexp(logits.index_select(1, bg_idx), dim=1) - log_den
+        log_old = logits[:, 1:k_old] - log_den[:, None]
+        log_p_hat = torch.cat([log_bg[:, None], log_old], dim=1)  # (B, K_old, H, W)
+        q = torch.softmax(old_logits.detach().float(), dim=1)
+        per_pixel = -(q * log_p_hat).sum(dim=1)
+    else:
         raise ValueError(f"scores must be 'softmax' or 'sigmoid', got {scores!r}")
-    log_den = torch.logsumexp(logits, dim=1)
-    bg_idx = torch.cat([torch.zeros(1, dtype=torch.long, device=logits.device), new_idx])
-    log_bg = torch.logsumexp(logits.index_select(1, bg_idx), dim=1) - log_den
-    log_old = logits[:, 1:k_old] - log_den[:, None]
-    log_p_hat = torch.cat([log_bg[:, None], log_old], dim=1)  # (B, K_old, H, W)
-    q = torch.softmax(old_logits.detach().float(), dim=1)
-    return -(q * log_p_hat).sum(dim=1).flatten(1).mean(dim=1)
+    if mask is None:
+        return per_pixel.flatten(1).mean(dim=1)
+    return _per_image_mean(per_pixel, mask)
 
 
 def foreground_guidance(logits: torch.Tensor, labels: torch.Tensor, new_classes: Sequence[int]) -> torch.Tensor:
@@ -328,7 +347,11 @@ def cinuseg_loss(
 
     if acl:
         terms["cac"] = class_anchor_consolidation(features, old_features, pseudo, old_classes)
-        terms["pkd"] = prediction_distillation(logits, old_logits, new_classes, pkd_scores)
+        # Old knowledge is distilled on every pixel not painted as a new class (docs/method.md,
+        # "Sparse annotations"): there the user says the old classes are wrong.
+        terms["pkd"] = prediction_distillation(
+            logits, old_logits, new_classes, pkd_scores, mask=~_is_in(labels, new_classes)
+        )
     if drr:
         terms["fgl"] = foreground_guidance(logits, labels, new_classes)
         terms["bgl"] = background_suppression(logits, labels, new_classes)

@@ -54,7 +54,7 @@ _MAIN_RANK = int(os.environ.get("RANK", "0")) == 0
 def _drain(job, show=None) -> object:
     """Run a job (runtime.events.drain) with a progress bar per training step; Ctrl-C cancels it
     cleanly. ``show`` sees the events this does not report itself."""
-    from ..runtime.events import Cancelled, MemoryReduced, Progress, Saved, StepFinished, StepStarted, drain
+    from ..runtime.events import Cancelled, IterationSkipped, MemoryReduced, Progress, Saved, StepFinished, StepStarted, drain
 
     bar = None
 
@@ -69,7 +69,7 @@ def _drain(job, show=None) -> object:
             bar.update_to(ev.iteration, loss=f"{ev.loss:.3f}", **{k: f"{v:.3f}" for k, v in ev.terms.items()})
         elif isinstance(ev, Cancelled):
             CONSOLE.say(ev.message)
-        elif isinstance(ev, MemoryReduced):
+        elif isinstance(ev, (MemoryReduced, IterationSkipped)):
             CONSOLE.note(ev.message)
         elif isinstance(ev, Saved):
             CONSOLE.say(f"saved {ev.path}")

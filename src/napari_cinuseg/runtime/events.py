@@ -103,6 +103,19 @@ class MemoryReduced:
 
 
 @dataclass(frozen=True)
+class IterationSkipped:
+    """An iteration whose loss or gradient was not finite: the optimiser did not step, the
+    weights are as before it. ``message`` says so in words for the user."""
+
+    step: int
+    iteration: int
+    reason: str  # "loss" or "gradient"
+    value: float
+    skipped: int  # iterations skipped so far in this step
+    message: str
+
+
+@dataclass(frozen=True)
 class Cancelled:
     step: int
     iteration: int
@@ -122,9 +135,32 @@ class StepFinished:
     path: str | None = None
 
 
-Event = StepStarted | Progress | MemoryReduced | Cancelled | Saved | StepFinished
+Event = StepStarted | Progress | MemoryReduced | IterationSkipped | Cancelled | Saved | StepFinished
 
-__all__ = ["CropStats", "Cancelled", "Event", "ExportProgress", "MemoryReduced", "Preview", "Progress", "Saved", "StepFinished", "StepStarted"]
+__all__ = [
+    "BenchmarkStarted",
+    "CancelFlag",
+    "Cancelled",
+    "CropStats",
+    "Event",
+    "ExportProgress",
+    "IterationSkipped",
+    "MemoryReduced",
+    "Preview",
+    "PriorUnconfident",
+    "Progress",
+    "Saved",
+    "SegmentFinished",
+    "SegmentStarted",
+    "StepEvaluated",
+    "StepFinished",
+    "StepPlanned",
+    "StepStarted",
+    "TileProgress",
+    "drain",
+    "is_cancelled",
+    "relay",
+]
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,18 @@ class CropDataset(torch.utils.data.Dataset):
         length: int | None = None,
         stain_jitter: float = 0.0,
         scale_jitter: float = 0.0,
+        painted_share: float = 0.0,
     ):
         self.pairs = list(pairs)
         self.crop = int(crop)
         self.seed = int(seed)
         self.stain_jitter = float(stain_jitter)
         self.scale_jitter = float(scale_jitter)
+        # The share of crops placed so that they hold a painted pixel of a step class (target
+        # 1..254), drawn uniformly over those pixels; the others fall anywhere. Sparse painting
+        # leaves most random crops without a single example of the class being learned.
+        self.painted_share = float(painted_share)
+        self._painted: dict[tuple, np.ndarray] = {}
         self.epoch = 0
         # An epoch has one crop per image, or ``length`` crops drawn from the images in turn
         # (so that one annotated image still fills a batch).
@@ -60,6 +66,12 @@ class CropDataset(torch.utils.data.Dataset):
             h, w = tgt.shape
         top = int(rng.integers(0, h - c + 1))
         left = int(rng.integers(0, w - c + 1))
+        if self.painted_share > 0 and rng.random() < self.painted_share:
+            where = self._painted_pixels(index % len(self.pairs), tgt)
+            if where.size:
+                y, x = divmod(int(where[rng.integers(0, where.size)]), w)
+                top = int(np.clip(y - rng.integers(0, c), 0, h - c))
+                left = int(np.clip(x - rng.integers(0, c), 0, w - c))
         img = img[top : top + c, left : left + c]
         tgt = tgt[top : top + c, left : left + c]
         k = int(rng.integers(0, 4))
@@ -71,3 +83,12 @@ class CropDataset(torch.utils.data.Dataset):
         x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
         y = torch.from_numpy(np.ascontiguousarray(tgt)).long()
         return x, y, torch.tensor([index % len(self.pairs), top, left, c])
+
+    def _painted_pixels(self, i: int, target: np.ndarray) -> np.ndarray:
+        """Flat indices of the (padded) target's pixels of a step class, computed once per pair
+        and padded size."""
+        key = (i, target.shape)
+        if key not in self._painted:
+            t = np.asarray(target)
+            self._painted[key] = np.flatnonzero((t > 0) & (t != IGNORE))
+        return self._painted[key]

@@ -21,6 +21,7 @@ from ..runtime.events import (
     Cancelled,
     CropStats,
     Event,
+    IterationSkipped,
     MemoryReduced,
     Progress,
     Saved,
@@ -88,8 +89,9 @@ class _Loop:
 
         return StepContext(self.prior, self.model, list(self.new_classes), self.settings, device, batches)
 
-    def _iteration(self, images, target, lut, device, amp, net, prior_net, opt, scaler) -> LossOutput:
-        """One optimisation step on one batch of crops."""
+    def _iteration(self, images, target, lut, device, amp, net, prior_net, opt, scaler) -> tuple[LossOutput, str | None, float]:
+        """One optimisation step on one batch of crops: (the loss, why the optimiser did not
+        step or None, the gradient's norm before clipping)."""
         images = images.to(device, non_blocking=True)
         labels = lut[target].to(device, non_blocking=True)
         x = self.model.normalize(images)
@@ -101,11 +103,48 @@ class _Loop:
             output = net(x)
             result = self.loss_fn(labels, output, old)
         opt.zero_grad(set_to_none=True)
+        # Backward also on a non-finite loss: under torchrun every rank must take part in the
+        # gradients' all-reduce, and the non-finite gradient then tells every rank to skip.
         scaler.scale(result.loss).backward()
         distributed.average_gradients(self._extra)  # DDP averages the network's own
-        scaler.step(opt)
-        scaler.update()
-        return result
+        scaler.unscale_(opt)  # clipping acts on the true gradient (a no-op without fp16)
+        norm = self._clip_gradient(opt)
+        skipped = None
+        if not bool(torch.isfinite(result.loss.detach())):
+            skipped = "loss"
+        elif not math.isfinite(norm) and not scaler.is_enabled():
+            skipped = "gradient"  # (with fp16 the scaler skips such a step itself and rescales)
+        if skipped is None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.zero_grad(set_to_none=True)
+            if scaler.is_enabled():
+                scaler.update()
+        return result, skipped, norm
+
+    def _clip_gradient(self, opt) -> float:
+        """Clip the gradient's global L2 norm to ``grad_clip``, the same for every method; the
+        new classes' classifier rows (zero weights at the start, nothing to keep) are clipped on
+        their own, so that the large gradient of the rest cannot shrink theirs to nothing, and
+        then step ``new_class_lr`` times further (SGD's per-row learning rate). Returns the
+        norm of the whole gradient before clipping (not finite: the step must be skipped)."""
+        s = self.settings
+        limit = s.grad_clip if s.grad_clip > 0 else float("inf")
+        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        rows = list(self.new_classes)
+        clf = self.model.network.classifier
+        if not rows or clf.weight.grad is None:
+            return float(torch.nn.utils.clip_grad_norm_(params, limit))
+        new_grads = [p.grad[rows].clone() for p in (clf.weight, clf.bias) if p.grad is not None]
+        for p in (clf.weight, clf.bias):
+            if p.grad is not None:
+                p.grad[rows] = 0
+        rest = torch.nn.utils.clip_grad_norm_(params, limit)
+        new = torch.nn.utils.clip_grad_norm_(new_grads, limit)
+        for p, g in zip((clf.weight, clf.bias), new_grads):
+            p.grad[rows] = g * s.new_class_lr
+        return float(torch.sqrt(rest.float() ** 2 + new.float() ** 2))
 
     def run(self, cancel: CancelFlag, out) -> Generator[Event, None, CiNuSegModel | None]:
         s = self.settings
@@ -113,7 +152,10 @@ class _Loop:
         device = distributed.init_from_env(devices.resolve_device(s.device))  # torchrun: this rank's
         world, rank = distributed.world_size(), distributed.rank()
         amp = devices.amp_dtype(device, s.amp)
-        dataset = CropDataset(self.pairs, s.crop_size, s.seed, length=s.batch_size, stain_jitter=s.stain_jitter, scale_jitter=s.scale_jitter)
+        dataset = CropDataset(
+            self.pairs, s.crop_size, s.seed, length=s.batch_size, stain_jitter=s.stain_jitter,
+            scale_jitter=s.scale_jitter, painted_share=s.painted_crops if self.new_classes else 0.0,
+        )
         batch = s.batch_size  # the global batch, over all ranks
         per_epoch = max(len(dataset) // batch, 1)
         total = s.iterations or max(s.epochs * per_epoch, s.min_iterations)
@@ -164,6 +206,7 @@ class _Loop:
         )
         t0 = time.perf_counter()
         it, epoch, recent = 0, 0, []
+        skips: list[dict] = []  # iterations whose loss or gradient was not finite: no SGD step
         history: list[dict[str, float]] = []  # every iteration's loss and terms, for the record's curve
         att = [0, 0]  # crops seen, crops where ATT fired
         prepare = getattr(self.hooks, "prepare", None)
@@ -190,7 +233,9 @@ class _Loop:
                     for group in opt.param_groups:
                         group["lr"] = lr
                     try:
-                        result = self._iteration(images, target, lut, device, amp, train_net, prior_net, opt, scaler)
+                        result, skipped, grad_norm = self._iteration(
+                            images, target, lut, device, amp, train_net, prior_net, opt, scaler
+                        )
                     except Exception as exc:  # noqa: BLE001 - only an allocation failure is retried
                         if not devices.is_out_of_memory(exc):
                             raise
@@ -219,13 +264,34 @@ class _Loop:
                         break  # the same epoch again, with the smaller batch
                     it += 1
                     loss = distributed.all_reduce_mean(float(result.loss.detach()), device)
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(
-                            f"the loss became {loss} at iteration {it}; lower the learning rate "
-                            "or check the annotations"
+                    if skipped is None and not math.isfinite(loss):
+                        skipped = "loss"  # another rank's loss was not finite
+                    if skipped is not None:
+                        value = loss if skipped == "loss" else grad_norm
+                        skips.append({"iteration": it, "reason": skipped, "value": value})
+                        yield IterationSkipped(
+                            step=self.step,
+                            iteration=it,
+                            reason=skipped,
+                            value=value,
+                            skipped=len(skips),
+                            message=(
+                                f"iteration {it}: the {skipped} was {value}; the weights were left as they "
+                                f"were ({len(skips)} iteration(s) skipped so far, at most {s.max_skipped})"
+                            ),
                         )
+                        if len(skips) > s.max_skipped:
+                            raise FloatingPointError(
+                                f"the loss or its gradient was not finite in {len(skips)} iterations "
+                                f"(the first at iteration {skips[0]['iteration']}, the last at {it}); nothing "
+                                "was saved and the prior model is unchanged. Lower the learning rate "
+                                "(lr_step) or check the annotations"
+                            )
+                        if it >= total:
+                            break
+                        continue
                     recent = (recent + [loss])[-20:]
-                    history.append({"loss": loss, **result.terms})
+                    history.append({"loss": loss, **result.terms, "grad_norm": grad_norm})
                     if result.t_o is not None:  # ATT (eqs. 14-16): how often it fired
                         att[0] += int(result.t_o.numel())
                         att[1] += int((result.t_o != 1).sum())
@@ -275,6 +341,7 @@ class _Loop:
                     **({"att_fired_share": round(att[1] / att[0], 4)} if att[0] else {}),
                     **({"forgetting": forgetting} if forgetting is not None else {}),
                     **({"memory": list(self.memory_notes)} if self.memory_notes else {}),
+                    "skipped_iterations": [{**k, "value": str(k["value"])} for k in skips],
                 },
             )
         )

@@ -28,6 +28,17 @@ class TrainSettings:
     batch_size: int = 8
     crop_size: int = 128
     freeze_bn: bool = True  # incremental steps keep the prior's BatchNorm statistics
+    # Every method alike: the gradient's global L2 norm is clipped to this before each SGD step
+    # (0 = off), and an iteration whose loss or gradient is not finite does not step at all; a
+    # step stops with an error after more than ``max_skipped`` such iterations.
+    grad_clip: float = 1.0
+    # Incremental steps: the new classes' classifier rows learn at this multiple of lr_step (they
+    # start from zero weights and must learn in a few hundred iterations; the rest of the
+    # network only has to stay where the prior left it), and this share of the crops is placed
+    # on a painted pixel of a new class (crops.CropDataset).
+    new_class_lr: float = 10.0
+    painted_crops: float = 0.5
+    max_skipped: int = 10
     # augmentation beyond flips and rotations (augment.py); 0 = off, as in the paper's protocol
     stain_jitter: float = 0.0  # HED stain strength s: concentrations × 2^U(−s, s), + U(−s, s)·spread/2
     scale_jitter: float = 0.0  # zoom 2^U(−s, s): 1.0 covers 20× to 80× for a 40× training set
@@ -77,6 +88,14 @@ class TrainSettings:
             raise ValueError("batch_size must be at least 1")
         if self.iterations is not None and self.iterations < 1:
             raise ValueError("iterations must be at least 1")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip is a gradient norm (0 = off), got {self.grad_clip}")
+        if self.new_class_lr <= 0:
+            raise ValueError(f"new_class_lr is a factor on lr_step, above 0, got {self.new_class_lr}")
+        if not 0 <= self.painted_crops <= 1:
+            raise ValueError(f"painted_crops is a share of the crops in [0, 1], got {self.painted_crops}")
+        if self.max_skipped < 0:
+            raise ValueError(f"max_skipped is a number of iterations, got {self.max_skipped}")
         if self.epochs < 1:
             raise ValueError("epochs must be at least 1")
         if not 0 <= self.tau < 1 or not 0 <= self.sigma < 1:

@@ -18,7 +18,7 @@ from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidge
 
 from ..annotations import annotation_file, read_annotation, save_annotation, sparse_annotation_advice
 from ..datasets.labelled import check_pairs
-from ..runtime.events import Cancelled, ExportProgress, MemoryReduced, Preview, SegmentFinished, StepFinished, TileProgress
+from ..runtime.events import Cancelled, ExportProgress, IterationSkipped, MemoryReduced, Preview, SegmentFinished, StepFinished, TileProgress
 from ..plugin.layer_metadata import ANNOTATION_KEY, RESULT_KEY, layer_pixel_size
 from ..model.segmenter import CiNuSegModel, check_class_name, check_colour
 from ..model.file import BUNDLED_MODEL, ModelFileError, load_model
@@ -292,7 +292,7 @@ class CiNuSegWidget(JobHost):
                 layers.show_region(self.viewer, image, kind, class_map, (y0, x0), colours, title)
 
     def _on_training_event(self, ev) -> None:
-        if isinstance(ev, (Cancelled, MemoryReduced)):
+        if isinstance(ev, (Cancelled, MemoryReduced, IterationSkipped)):
             self._say(ev.message)
             if isinstance(ev, Cancelled):  # the plot and the preview were of a run that is gone
                 self.train_section.reset_results()

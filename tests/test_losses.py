@@ -208,11 +208,16 @@ def _random_case(seed=0, b=3, k_old=3, k=4, h=8, w=8):
 
 
 def test_cinuseg_loss_eq17_is_the_weighted_sum_of_its_terms():
+    """Eq. 17 with hyper-parameters that are not the paper's, each passed through to its term."""
     logits, old, feats, old_feats, labels = _random_case()
-    out = cinuseg_loss(logits, old, feats, old_feats, labels, NEW)
-    pseudo = pseudo_labels(labels, old, NEW)
-    neg = negative_sample_mask(labels, old, NEW)
-    _, t_o, t_n = adaptive_temperatures(pseudo, [1, 2], NEW)
+    hp = dict(tau=0.5, omega=0.3, sigma=0.4, alpha_o=4.0, alpha_n=0.2)
+    out = cinuseg_loss(logits, old, feats, old_feats, labels, NEW, **hp)
+    pseudo = pseudo_labels(labels, old, NEW, tau=0.5)
+    neg = negative_sample_mask(labels, old, NEW, tau=0.5)
+    r, t_o, t_n = adaptive_temperatures(pseudo, [1, 2], NEW, sigma=0.4, alpha_o=4.0, alpha_n=0.2)
+    # image 0 is all new class (r = 1 > σ): ×α_o on the old group, ×α_n on the new one (eqs. 15-16)
+    assert r[0] == 1 and t_o[0] == 4.0 and t_n[0] == pytest.approx(0.2)
+    torch.testing.assert_close(t_o, torch.where(r > 0.4, 4.0, 1.0))
     not_new = ~torch.isin(labels, torch.tensor(NEW))  # distillation leaves out the pixels painted new
     old_group = class_anchor_consolidation(feats, old_feats, pseudo, [1, 2]) + prediction_distillation(
         logits, old, NEW, mask=not_new
@@ -220,11 +225,12 @@ def test_cinuseg_loss_eq17_is_the_weighted_sum_of_its_terms():
     new_group = (
         foreground_guidance(logits, labels, NEW)
         + background_suppression(logits, labels, NEW)
-        + negative_sample_bce(logits, pseudo, neg, 0.1)
+        + negative_sample_bce(logits, pseudo, neg, 0.3)
     )
     torch.testing.assert_close(out.loss, (t_o * old_group + t_n * new_group).mean())
+    # and not the paper's values: the defaults give another loss on the same batch
+    assert not torch.isclose(cinuseg_loss(logits, old, feats, old_feats, labels, NEW).loss, out.loss)
     assert set(out.terms) == {"cac", "pkd", "fgl", "bgl", "ns"}
-    assert out.t_o[0] == 10 and out.t_n[0] == 0.5  # image 0 is dominated by the new class
     assert out.r.shape == (3,)
 
 

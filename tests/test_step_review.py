@@ -5,15 +5,13 @@ import numpy as np
 import pytest
 
 from napari_cinuseg.datasets.labelled import TrainingPair
-from napari_cinuseg.runtime.events import Preview, Progress
+from napari_cinuseg.runtime.events import Preview, Progress, StepStarted, drain
 from napari_cinuseg.training.steps import train_step
-from napari_cinuseg.runtime.events import drain
 from napari_cinuseg.workflows import (
     StepReview,
     Storage,
     device_choices,
     review_step,
-    training_model,
     with_preview,
 )
 
@@ -35,7 +33,8 @@ def test_the_preview_is_the_training_model_and_leaves_training_unchanged(base_fi
     for ev in events:
         seen.append(ev)
         if isinstance(ev, Progress) and ev.iteration == 2:
-            model = training_model(job)
+            (started,) = [e for e in seen if isinstance(e, StepStarted)]
+            model = started.model  # the model being trained
             assert model is not None and model.class_names == ["Epithelial", "Spindle-shaped", "Other"]
             assert model.network.training  # in training, not left in eval mode
     previews = [ev for ev in seen if isinstance(ev, Preview)]

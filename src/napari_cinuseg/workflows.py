@@ -26,7 +26,7 @@ from typing import Generator, Sequence
 
 import numpy as np
 
-from .runtime.events import CancelFlag, ExportProgress, Preview, Progress, relay
+from .runtime.events import CancelFlag, ExportProgress, Preview, Progress, StepStarted, relay
 from .inference.tiling import DEFAULT_TILE
 from .io.images import IN_MEMORY_LIMIT_PX
 
@@ -284,23 +284,6 @@ PREVIEW_EVERY_S = 3.0  # seconds of training between two previews
 PREVIEW_MAX_SIDE = 512  # a preview covers at most this much of each painted region (its centre)
 
 
-def training_model(job):
-    """The model a running training job trains, read while the job is suspended between two
-    events: the training loop (``training/loop.py``) is a generator method whose ``self.model``
-    is that model; this follows the ``yield from`` chain down to it. None if it is not found."""
-    from .model.segmenter import CiNuSegModel
-
-    gen = job
-    while gen is not None:
-        frame = getattr(gen, "gi_frame", None)
-        if frame is not None:
-            model = getattr(frame.f_locals.get("self"), "model", None)
-            if isinstance(model, CiNuSegModel):
-                return model
-        gen = getattr(gen, "gi_yieldfrom", None)
-    return None
-
-
 def _centre_box(h: int, w: int, side: int) -> tuple[int, int, int, int]:
     y0, x0 = max((h - side) // 2, 0), max((w - side) // 2, 0)
     return y0, x0, min(y0 + side, h), min(x0 + side, w)
@@ -330,7 +313,7 @@ def with_preview(job: Generator, pairs: Sequence, every_s: float = PREVIEW_EVERY
     (at most ``max_side`` px) of each pair's image, made in the job's thread between two
     iterations, so the viewer only shows it. Closing this closes ``job``."""
     boxes = [_centre_box(*np.asarray(p.image).shape[:2], max_side) for p in pairs]
-    last = time.perf_counter()
+    last, model = time.perf_counter(), None
     try:
         while True:
             try:
@@ -338,9 +321,10 @@ def with_preview(job: Generator, pairs: Sequence, every_s: float = PREVIEW_EVERY
             except StopIteration as stop:
                 return stop.value
             yield ev
+            if isinstance(ev, StepStarted):
+                model = ev.model  # the model being trained, read only between two events
             if not isinstance(ev, Progress) or ev.iteration >= ev.total or time.perf_counter() - last < every_s:
                 continue
-            model = training_model(job)
             if model is not None:
                 maps = tuple(predict_while_training(model, np.asarray(p.image)[y0:y1, x0:x1]) for p, (y0, x0, y1, x1) in zip(pairs, boxes))
                 yield Preview(ev.iteration, ev.total, maps, tuple((y0, x0) for y0, x0, _, _ in boxes))

@@ -55,6 +55,9 @@ class StepStarted:
     iterations_per_epoch: int
     num_images: int
     classes: tuple[str, ...]  # the classes this step learns
+    # the model being trained (a CiNuSegModel; Any keeps this module free of PyTorch): read it
+    # between two events only, as the live preview does, never while the job runs
+    model: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,7 @@ class _Loop:
             iterations_per_epoch=per_epoch,
             num_images=len(dataset),
             classes=tuple(c.name for c in self.model.classes if c.step == self.step),
+            model=self.model,
         )
         t0 = time.perf_counter()
         it, epoch, recent = 0, 0, []

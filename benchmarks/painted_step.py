@@ -30,17 +30,6 @@ from pathlib import Path
 RESOURCE = Path(__file__).resolve().parents[1] / "src" / "napari_cinuseg" / "resources" / "base-consep.cinuseg.pt"
 
 
-def _parse(value: str):
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
-
 _PRIOR_DICE: dict = {}  # the prior's Dice on the test set, measured once per run of the script
 
 
@@ -48,6 +37,7 @@ def run_one(args, seed: int) -> dict:
     from napari_cinuseg import drain, load_model, train_step
     from napari_cinuseg.analysis.evaluation import evaluate
     from napari_cinuseg.benchmark.painting import painted_nuclei, simulate_painting
+    from napari_cinuseg.training.settings import parse_changes
     from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source
     from napari_cinuseg.runtime.events import IterationSkipped
     from napari_cinuseg.training.settings import preset
@@ -66,7 +56,7 @@ def run_one(args, seed: int) -> dict:
         train, args.cls, args.k, images=args.images, sources=args.sources, seed=seed, instances_dir=instances
     )
     prior = load_model(args.prior)
-    changes = {k: _parse(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    changes = parse_changes(args.set)
     panel = dict(iterations=args.iterations, crop_size=128, seed=seed, device="cpu")  # the panel's defaults
     settings = preset(args.preset, **{**panel, **changes})
     settings = settings.for_network(prior.arch)
@@ -167,7 +157,9 @@ def main(argv=None) -> int:
         for line in out.read_text().splitlines():
             r = json.loads(line)
             done.add((r["dataset"], r["class"], r["method"], r["k"], r["seed"], json.dumps(r.get("settings", {}), sort_keys=True)))
-    changes = json.dumps({k: _parse(v) for k, v in (kv.split("=", 1) for kv in args.set)}, sort_keys=True)
+    from napari_cinuseg.training.settings import parse_changes
+
+    changes = json.dumps(parse_changes(args.set), sort_keys=True)
     for seed in args.seeds:
         if (args.dataset, args.cls, args.method, args.k, seed, changes) in done:
             continue

@@ -17,19 +17,7 @@ from napari_cinuseg import drain, load_model, train_step
 from napari_cinuseg.analysis.evaluation import evaluate
 from napari_cinuseg.analysis.forgetting import confident_share
 from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source, step_pairs
-from napari_cinuseg.training.settings import from_dict
-
-def parse(value: str):
-    """true/false, a number, or the text as it is (e.g. pkd_scores=sigmoid)."""
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
+from napari_cinuseg.training.settings import from_dict, parse_changes
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = like.steps[-1]
     if like.lineage[-1] != prior.id:
         raise SystemExit(f"{args.prior} is not the prior of {args.like}")
-    changes = {key: parse(value) for key, value in (kv.split("=", 1) for kv in args.set)}
+    changes = parse_changes(args.set)
     settings = from_dict(record.settings).replace(**changes)
 
     root = data_dir(args.data)

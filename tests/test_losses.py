@@ -287,3 +287,18 @@ def test_class_thresholds_lower_tau_for_an_under_confident_prior():
     with_tau = pseudo_labels(labels, old, [3], tau=0.7)
     per_class = pseudo_labels(labels, old, [3], tau=tau)
     assert (with_tau[0, 0] == 0).all() and (per_class[0, 0] == 1).all() and (per_class[0, 1] == 2).all()
+
+
+def test_unpainted_pixels_keep_the_prior_s_prediction_at_any_score():
+    """Sparse annotations: an unlabelled pixel the prior predicts as an old class keeps that class
+    under ``unpainted="prior"``, however low the score; eq. 1 as written needs it above τ."""
+    # four unlabelled pixels and one painted background pixel; the prior's logits (bg, A, B)
+    old = torch.tensor([[[-3.0, 0.0, 0.0, 0.0, 0.0], [-1.0, 2.0, -2.0, -1.0, -1.0], [-2.0, -2.0, -3.0, 0.5, -2.0]]])[..., None]
+    labels = torch.tensor([[255, 255, 255, 255, 0]])[..., None]
+    # scores: A 0.27, 0.88, 0.12, 0.27, 0.27; B 0.12, 0.12, 0.05, 0.62, 0.12; argmax of bg, A, B: A, A, bg, B, bg
+    as_written = pseudo_labels(labels, old, [3], tau=0.7)
+    assert as_written[0, :, 0].tolist() == [255, 1, 255, 255, 0]
+    prior = pseudo_labels(labels, old, [3], tau=0.7, unpainted="prior")
+    assert prior[0, :, 0].tolist() == [1, 1, 255, 2, 0]  # the painted background stays eq. 1's
+    with pytest.raises(ValueError, match="unpainted"):
+        pseudo_labels(labels, old, [3], unpainted="argmax")

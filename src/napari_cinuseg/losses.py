@@ -81,6 +81,7 @@ def pseudo_labels(
     new_classes: Sequence[int],
     tau: float = 0.7,
     ignore_index: int = IGNORE_INDEX,
+    unpainted: str = "tau",
 ) -> torch.Tensor:
     """Eq. 1: the pseudo-label ỹ of every pixel.
 
@@ -88,11 +89,22 @@ def pseudo_labels(
     exceeds τ; otherwise 0, except that an unlabelled pixel that no old class claims stays
     ``ignore_index``. ``tau`` is one threshold, or one per old class (a (K_old − 1,) tensor:
     :func:`class_thresholds`).
+
+    ``unpainted`` (not in the paper, whose every pixel is labelled): ``"tau"`` reads eq. 1 as
+    written on unlabelled pixels too; ``"prior"`` gives an unlabelled pixel the prior's own
+    prediction wherever that is an old class (the argmax over background and old classes, at any
+    score), so that an under-confident prior still keeps, and still teaches the new class, every
+    old nucleus the user did not paint (docs/method.md, "Sparse annotations").
     """
+    if unpainted not in ("tau", "prior"):
+        raise ValueError(f"unpainted must be 'tau' or 'prior', got {unpainted!r}")
     score, cls = _old_claim(old_logits)
     is_new = _is_in(labels, new_classes)
     claimed = _above(score, cls, tau)
-    out = torch.where(labels == ignore_index, torch.full_like(labels, ignore_index), torch.zeros_like(labels))
+    unlabelled = labels == ignore_index
+    if unpainted == "prior":
+        claimed = claimed | (unlabelled & (old_logits.argmax(dim=1) > 0))
+    out = torch.where(unlabelled, torch.full_like(labels, ignore_index), torch.zeros_like(labels))
     out = torch.where(claimed, cls, out)
     return torch.where(is_new, labels, out)
 
@@ -331,6 +343,7 @@ def cinuseg_loss(
     att: bool = True,
     pkd_scores: str = "softmax",
     ignore_index: int = IGNORE_INDEX,
+    unpainted: str = "tau",
 ) -> LossOutput:
     """Eq. 17: mean over the batch of t_o·(CAC + PKD) + t_n·(FGL + BGL + NS), per image.
 
@@ -341,7 +354,7 @@ def cinuseg_loss(
     new_classes = list(new_classes)
     k_old = old_logits.shape[1]
     old_classes = list(range(1, k_old))
-    pseudo = pseudo_labels(labels, old_logits, new_classes, tau, ignore_index)
+    pseudo = pseudo_labels(labels, old_logits, new_classes, tau, ignore_index, unpainted)
     zeros = logits.new_zeros(logits.shape[0], dtype=torch.float32)
     terms: dict[str, torch.Tensor] = {}
 

@@ -72,22 +72,23 @@ def class_statistics(
         areas, totals = _blockwise_areas(class_map, len(class_names), block, margin)
     else:
         areas, totals = _whole_areas(np.asarray(class_map), len(class_names))
-    rows = []
-    for i, name in enumerate(class_names):
-        a = areas[i]
-        row = {
-            "class": name,
-            "nuclei": int(a.size),
-            "area_px": int(totals[i]),
-            "mean_area_px": float(a.mean()) if a.size else 0.0,
-            "median_area_px": float(np.median(a)) if a.size else 0.0,
-        }
-        if pixel_size_um:
-            px = pixel_size_um**2
-            row["area_um2"] = row["area_px"] * px
-            row["mean_area_um2"] = row["mean_area_px"] * px
-        rows.append(row)
-    return rows
+    return [_class_row(name, areas[i], int(totals[i]), pixel_size_um) for i, name in enumerate(class_names)]
+
+
+def _class_row(name: str, areas: np.ndarray, total_px: int, pixel_size_um: float | None) -> dict:
+    """One class's row of the statistics: its nuclei (their areas ``areas``) and total area."""
+    row = {
+        "class": name,
+        "nuclei": int(areas.size),
+        "area_px": int(total_px),
+        "mean_area_px": float(areas.mean()) if areas.size else 0.0,
+        "median_area_px": float(np.median(areas)) if areas.size else 0.0,
+    }
+    if pixel_size_um:
+        px = pixel_size_um**2
+        row["area_um2"] = row["area_px"] * px
+        row["mean_area_um2"] = row["mean_area_px"] * px
+    return row
 
 
 def _whole_areas(cm: np.ndarray, n: int) -> tuple[list[np.ndarray], list[int]]:
@@ -262,22 +263,8 @@ def instance_statistics(labels, classes, class_names: list[str], pixel_size_um: 
     index into ``class_names``; ``classes[0]`` the background)."""
     classes = np.asarray(classes)
     area = instance_areas(labels, len(classes) - 1, block=block).astype(float)
-    rows = []
-    for i, name in enumerate(class_names, start=1):
-        a = area[1:][classes[1:] == i]
-        row = {
-            "class": name,
-            "nuclei": int(a.size),
-            "area_px": int(a.sum()),
-            "mean_area_px": float(a.mean()) if a.size else 0.0,
-            "median_area_px": float(np.median(a)) if a.size else 0.0,
-        }
-        if pixel_size_um:
-            px = pixel_size_um**2
-            row["area_um2"] = row["area_px"] * px
-            row["mean_area_um2"] = row["mean_area_px"] * px
-        rows.append(row)
-    return rows
+    per_class = [area[1:][classes[1:] == i] for i in range(1, len(class_names) + 1)]
+    return [_class_row(name, a, int(a.sum()), pixel_size_um) for name, a in zip(class_names, per_class)]
 
 
 def instance_table(labels, classes, class_names: list[str], pixel_size_um: float | None = None, *, block: int = BLOCK, margin: int = 256) -> dict[str, list]:

@@ -18,6 +18,9 @@ class CiNuSeg:
     att: bool = True
     uses_prior: bool = True
     scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
+    # eq. 1 on pixels nobody labelled (the paper labels every pixel): "prior" keeps the prior's
+    # prediction where it is an old class, at any score; "tau" reads eq. 1 as written
+    unpainted: str = "prior"
     tau_per_class: torch.Tensor | None = field(default=None, repr=False)
 
     def prepare(self, ctx: StepContext) -> None:
@@ -48,6 +51,7 @@ class CiNuSeg:
             drr=self.drr,
             att=self.att,
             pkd_scores=s.pkd_scores,
+            unpainted=self.unpainted,
         )
 
 

@@ -168,6 +168,28 @@ def preset(name: str, **overrides) -> TrainSettings:
     return base.replace(**overrides)
 
 
+def parse_changes(pairs) -> dict:
+    """``KEY=VALUE`` texts (a script's ``--set``) as setting changes: true/false, a number, or
+    the text as it is (e.g. ``pkd_scores=sigmoid``)."""
+    changes = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"{pair!r}: give a setting as KEY=VALUE")
+        if value.lower() in ("true", "false"):
+            changes[key] = value.lower() == "true"
+            continue
+        for kind in (int, float):
+            try:
+                changes[key] = kind(value)
+                break
+            except ValueError:
+                pass
+        else:
+            changes[key] = value
+    return changes
+
+
 def from_dict(d: dict) -> TrainSettings:
     known = {f.name for f in fields(TrainSettings)}
     return TrainSettings(**{k: v for k, v in d.items() if k in known})

@@ -146,6 +146,54 @@ class _Loop:
             p.grad[rows] = g * s.new_class_lr
         return float(torch.sqrt(rest.float() ** 2 + new.float() ** 2))
 
+    def _smaller_batch(self, batch: int, device, world: int, rank: int) -> int:
+        """The batch after running out of memory at ``batch``: half of it, or a clear error where
+        it cannot shrink (one crop, or one rank of several)."""
+        devices.release(device)
+        if world > 1:
+            raise MemoryError(
+                f"the {devices.describe(device)} of rank {rank} ran out of memory with a batch "
+                f"of {batch // world} crops; run again with a smaller --batch-size"
+            )
+        if batch == 1:
+            raise MemoryError(
+                f"the {devices.describe(device)} ran out of memory with a batch of one "
+                f"{self.settings.crop_size}-px crop; choose a smaller crop size, or the CPU"
+            ) from None
+        self.memory_notes.append(f"out of memory at batch {batch}: went on with {batch // 2}")
+        return batch // 2
+
+    def _skipped(self, skips: list[dict], it: int, reason: str, value: float) -> IterationSkipped:
+        """Record an iteration whose ``reason`` (the loss, or the gradient) was not finite and
+        whose SGD step was not taken; too many of them end the step with a clear error."""
+        limit = self.settings.max_skipped
+        skips.append({"iteration": it, "reason": reason, "value": value})
+        if len(skips) > limit:
+            raise FloatingPointError(
+                f"the loss or its gradient was not finite in {len(skips)} iterations "
+                f"(the first at iteration {skips[0]['iteration']}, the last at {it}); nothing "
+                "was saved and the prior model is unchanged. Lower the learning rate "
+                "(lr_step) or check the annotations"
+            )
+        return IterationSkipped(
+            step=self.step, iteration=it, reason=reason, value=value, skipped=len(skips),
+            message=(
+                f"iteration {it}: the {reason} was {value}; the weights were left as they "
+                f"were ({len(skips)} iteration(s) skipped so far, at most {limit})"
+            ),
+        )
+
+    def _record(self, results: dict) -> StepRecord:
+        """The step's record in the model: method, classes, settings, images and ``results``."""
+        return StepRecord(
+            step=self.step,
+            method=self.method,
+            new_classes=[c.name for c in self.model.classes if c.step == self.step],
+            settings=self.settings.to_dict(),
+            data={"images": [p.name for p in self.pairs], "num_images": len(self.pairs)},
+            results=results,
+        )
+
     def run(self, cancel: CancelFlag, out) -> Generator[Event, None, CiNuSegModel | None]:
         s = self.settings
         seed_everything(s.seed)
@@ -243,19 +291,7 @@ class _Loop:
                         result = None  # handled below, once the exception (and its frames' tensors) is gone
                     if result is None:
                         opt.zero_grad(set_to_none=True)
-                        devices.release(device)
-                        if world > 1:
-                            raise MemoryError(
-                                f"the {devices.describe(device)} of rank {rank} ran out of memory with a batch "
-                                f"of {batch // world} crops; run again with a smaller --batch-size"
-                            )
-                        if batch == 1:
-                            raise MemoryError(
-                                f"the {devices.describe(device)} ran out of memory with a batch of one "
-                                f"{s.crop_size}-px crop; choose a smaller crop size, or the CPU"
-                            ) from None
-                        before, batch = batch, batch // 2
-                        self.memory_notes.append(f"out of memory at batch {before}: went on with {batch}")
+                        before, batch = batch, self._smaller_batch(batch, device, world, rank)
                         yield MemoryReduced(
                             "batch", before, batch,
                             f"the {devices.describe(device)} ran out of memory with a batch of {before}; "
@@ -268,26 +304,7 @@ class _Loop:
                     if skipped is None and not math.isfinite(loss):
                         skipped = "loss"  # another rank's loss was not finite
                     if skipped is not None:
-                        value = loss if skipped == "loss" else grad_norm
-                        skips.append({"iteration": it, "reason": skipped, "value": value})
-                        yield IterationSkipped(
-                            step=self.step,
-                            iteration=it,
-                            reason=skipped,
-                            value=value,
-                            skipped=len(skips),
-                            message=(
-                                f"iteration {it}: the {skipped} was {value}; the weights were left as they "
-                                f"were ({len(skips)} iteration(s) skipped so far, at most {s.max_skipped})"
-                            ),
-                        )
-                        if len(skips) > s.max_skipped:
-                            raise FloatingPointError(
-                                f"the loss or its gradient was not finite in {len(skips)} iterations "
-                                f"(the first at iteration {skips[0]['iteration']}, the last at {it}); nothing "
-                                "was saved and the prior model is unchanged. Lower the learning rate "
-                                "(lr_step) or check the annotations"
-                            )
+                        yield self._skipped(skips, it, skipped, loss if skipped == "loss" else grad_norm)
                         if it >= total:
                             break
                         continue
@@ -325,27 +342,18 @@ class _Loop:
             devices.release(device)
 
         seconds = time.perf_counter() - t0
-        self.model.steps.append(
-            StepRecord(
-                step=self.step,
-                method=self.method,
-                new_classes=[c.name for c in self.model.classes if c.step == self.step],
-                settings=s.to_dict(),
-                data={"images": [p.name for p in self.pairs], "num_images": len(self.pairs)},
-                results={
-                    "iterations": it,
-                    "epochs": epoch,
-                    "seconds": round(seconds, 2),
-                    "final_loss": float(np.mean(recent)) if recent else None,
-                    "device": devices.describe(device) + (f" × {world} processes" if world > 1 else ""),
-                    "loss_curve": _loss_curve(history),
-                    **({"att_fired_share": round(att[1] / att[0], 4)} if att[0] else {}),
-                    **({"forgetting": forgetting} if forgetting is not None else {}),
-                    **({"memory": list(self.memory_notes)} if self.memory_notes else {}),
-                    "skipped_iterations": [{**k, "value": str(k["value"])} for k in skips],
-                },
-            )
-        )
+        self.model.steps.append(self._record({
+            "iterations": it,
+            "epochs": epoch,
+            "seconds": round(seconds, 2),
+            "final_loss": float(np.mean(recent)) if recent else None,
+            "device": devices.describe(device) + (f" × {world} processes" if world > 1 else ""),
+            "loss_curve": _loss_curve(history),
+            **({"att_fired_share": round(att[1] / att[0], 4)} if att[0] else {}),
+            **({"forgetting": forgetting} if forgetting is not None else {}),
+            **({"memory": list(self.memory_notes)} if self.memory_notes else {}),
+            "skipped_iterations": [{**k, "value": str(k["value"])} for k in skips],
+        }))
         path = None
         if out is not None and distributed.is_main():  # one writer under torchrun
             path = str(save_model(self.model, out))

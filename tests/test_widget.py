@@ -139,10 +139,11 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     objects = viewer.layers["he · nuclei"]
     assert [ly.name for ly in viewer.layers].count("he · nuclei") == 1
     ids = np.unique(np.asarray(objects.data))
-    assert ids[0] == 0 and len(ids) - 1 == len(objects.features) - 1 == sum(
-        int(widget.segment_section.table.item(r, 1).text()) for r in range(3))
+    ids = ids[ids > 0]
+    assert len(ids) == len(objects.features) - 1 == sum(
+        int(widget.segment_section.table.item(r, 1).text()) for r in range(3)) > 0
     class_of = dict(zip(objects.features["index"], objects.features["class"]))
-    for i in ids[1:6]:  # each object lies in the class map's pixels of its class
+    for i in ids[:5]:  # each object lies in the class map's pixels of its class
         inside = np.asarray(classes.data)[np.asarray(objects.data) == i]
         assert (np.asarray(classes.features["name"])[inside] == class_of[i]).all()
 
@@ -157,7 +158,7 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     import json
 
     features = json.loads((tmp_path / "he.geojson").read_text())["features"]  # for QuPath
-    assert len(features) == len(ids) - 1 and {f["properties"]["classification"]["name"] for f in features} <= set(class_of.values())
+    assert len(features) == len(ids) and {f["properties"]["classification"]["name"] for f in features} <= set(class_of.values())
     class_map, masks, meta = read_masks(out)
     np.testing.assert_array_equal(class_map, np.asarray(classes.data))
     assert list(masks) == ["Epithelial", "Spindle-shaped", "Neutrophil"] and meta["model_id"] == widget.model.id

@@ -209,3 +209,15 @@ def test_the_panels_engine_functions_segment_and_export_nuclei(shared_data, tmp_
         rows = list(csv.DictReader(f))
     assert len(rows) == nuclei.count == len(json.loads(gj.read_text())["features"])
     assert all(float(r["area_um2"]) >= 3.0 for r in rows)
+
+
+def test_a_nucleus_that_fills_its_block_still_gets_its_outline():
+    """A block with no background pixel (a nucleus larger than the block, or a map that is all
+    nucleus) still gives every nucleus its polygon."""
+    from napari_cinuseg.io.geojson import nucleus_features
+
+    labels = np.ones((40, 60), np.uint32)
+    labels[:, 30:] = 2
+    features = list(nucleus_features(labels, np.array([0, 1, 2]), ["A", "B"], block=64))
+    assert sorted(f["properties"]["nucleus"] for f in features) == [1, 2]
+    assert [f["properties"]["classification"]["name"] for f in sorted(features, key=lambda f: f["properties"]["nucleus"])] == ["A", "B"]

@@ -98,6 +98,8 @@ def nucleus_features(
                 continue
             ids, local = np.unique(ext, return_inverse=True)
             local = local.reshape(ext.shape)
+            if ids[0] != 0:  # no background in this block: local label 0 must still mean none
+                ids, local = np.concatenate([[0], ids]), local + 1
             for k, sl in enumerate(find_objects(local), start=1):
                 if sl is None or ids[k] == 0:
                     continue

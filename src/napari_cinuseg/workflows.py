@@ -289,6 +289,12 @@ def _centre_box(h: int, w: int, side: int) -> tuple[int, int, int, int]:
     return y0, x0, min(y0 + side, h), min(x0 + side, w)
 
 
+def preview_boxes(pairs: Sequence, max_side: int = PREVIEW_MAX_SIDE) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) in each pair's image of what the live preview covers: its centre, at most
+    ``max_side`` px a side."""
+    return [_centre_box(*np.asarray(p.image).shape[:2], max_side) for p in pairs]
+
+
 def predict_while_training(model, image: np.ndarray) -> np.ndarray:
     """The class map of ``image`` by a model in training, on the device its weights are on,
     leaving every module's train/eval mode (frozen batch norms too) and the weights as they were."""
@@ -312,7 +318,7 @@ def with_preview(job: Generator, pairs: Sequence, every_s: float = PREVIEW_EVERY
     :class:`~napari_cinuseg.runtime.events.Preview`: the model's prediction of the centre
     (at most ``max_side`` px) of each pair's image, made in the job's thread between two
     iterations, so the viewer only shows it. Closing this closes ``job``."""
-    boxes = [_centre_box(*np.asarray(p.image).shape[:2], max_side) for p in pairs]
+    boxes = preview_boxes(pairs, max_side)
     last, model = time.perf_counter(), None
     try:
         while True:

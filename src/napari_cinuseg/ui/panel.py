@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
+
 import skimage.morphology  # noqa: F401 - loaded with the panel, not at the first Train click:
 # skimage's label() imports it (and scipy.spatial) on first use, 176 ms in the viewer's thread
 from qtpy.QtCore import QSettings, Qt
@@ -31,6 +33,7 @@ from ..workflows import (
     review_step,
     segment_nuclei_and_measure,
     slug,
+    preview_boxes,
     with_preview,
 )
 from . import layers, memory
@@ -272,6 +275,11 @@ class CiNuSegWidget(JobHost):
                 self._on_training_event(ev)
 
         self.train_section.reset_results()
+        if preview:  # its layer is made now, at the click: a new napari layer costs the viewer's
+            # thread about half a second, an update in place one frame (measured in docs/usage.md)
+            boxes = preview_boxes(pairs)
+            blank = [np.zeros((y1 - y0, x1 - x0), np.uint8) for y0, x0, y1, x1 in boxes]
+            self._show_regions(blank, [(o[0], o[1] + b[0], o[2] + b[1]) for o, b in zip(origins, boxes)], colours, "step result", "preview (training)")
         self._remember()
         advice = sparse_annotation_advice(pairs)
         again = " It replaces the step result waiting to be kept." if self.candidate is not None else ""

@@ -164,7 +164,12 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     assert list(masks) == ["Epithelial", "Spindle-shaped", "Neutrophil"] and meta["model_id"] == widget.model.id
 
 
-def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(widget, prior_file, qtbot, tmp_path):
+def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(widget, prior_file, qtbot, tmp_path, monkeypatch):
+    import functools
+
+    from napari_cinuseg import workflows
+
+    monkeypatch.setattr(_panel, "with_preview", functools.partial(workflows.with_preview, every_s=0.0))  # a preview per iteration
     widget.load_model(prior_file)
     prior = widget.model
     layer = _paint(widget, "Lymphocyte")
@@ -179,6 +184,15 @@ def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(widget, 
     assert "of the 3 painted Lymphocyte nuclei" in widget.train_section.review.summary.text()
     assert [ly.name for ly in widget.viewer.layers].count("he · step result") == 1
     assert [ly.name for ly in widget.viewer.layers].count("last training crops (ATT)") == 1
+    shown = np.array(widget.viewer.layers["he · step result"].data)
+    widget.iterations.setValue(10_000)  # a third run, cancelled: the waiting result stays, shown as it was
+    worker = widget.start_training()
+    qtbot.waitUntil(lambda: "he · preview (training)" in widget.viewer.layers, timeout=60_000)  # the preview took the layer
+    widget.cancel()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    assert widget.new_model_path == second and second.exists() and widget.candidate is not None
+    np.testing.assert_array_equal(np.asarray(widget.viewer.layers["he · step result"].data), shown)
     widget.discard_step()
     assert not second.exists() and list((tmp_path / "candidates").iterdir()) == []
     assert widget.model is prior and widget.candidate is None and not widget.train_section.review.isVisibleTo(widget)

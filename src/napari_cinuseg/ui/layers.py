@@ -40,11 +40,11 @@ def remove_panel_layers(viewer, image_name: str | None = None, kind: str | None 
         viewer.layers.remove(layer)
 
 
-def _put(viewer, layer, image_name: str, kinds: tuple[str, ...], first: bool = True) -> object:
+def _put(viewer, layer, image_name: str, kinds: tuple[str, ...]) -> object:
     """Add ``layer`` where the panel's older layers of ``image_name`` and ``kinds`` were (they
-    go), else on top; ``first`` = False adds it after the ones already put in this result."""
+    go), else on top."""
     layer.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": kinds[0]}
-    old = [ly for k in kinds for ly in panel_layers(viewer, image_name, k)] if first else []
+    old = [ly for k in kinds for ly in panel_layers(viewer, image_name, k)]
     index = min((viewer.layers.index(ly) for ly in old), default=len(viewer.layers))
     active = viewer.layers.selection.active  # the layer being painted stays the one selected
     for ly in old:

@@ -185,7 +185,7 @@ def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(widget, 
     assert [ly.name for ly in widget.viewer.layers].count("he · step result") == 1
     assert [ly.name for ly in widget.viewer.layers].count("last training crops (ATT)") == 1
     shown = np.array(widget.viewer.layers["he · step result"].data)
-    widget.iterations.setValue(10_000)  # a third run, cancelled: the waiting result stays, shown as it was
+    widget.train_section.iterations.setValue(10_000)  # a third run, cancelled: the waiting result stays, shown as it was
     worker = widget.start_training()
     qtbot.waitUntil(lambda: "he · preview (training)" in widget.viewer.layers, timeout=60_000)  # the preview took the layer
     widget.cancel()

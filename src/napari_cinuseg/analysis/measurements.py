@@ -133,17 +133,24 @@ class _Block:
         return (gr >= self.r0) & (gr < self.r1) & (gc >= self.c0) & (gc < self.c1)
 
 
-def _blocks(class_map, n: int, block: int, margin: int) -> Iterator[_Block]:
-    """The blockwise rule's blocks, row by row: each core block with its halo of ``margin``
-    (clipped at the map's edges), read as class values 0..n."""
-    h, w = (int(s) for s in class_map.shape)
+def block_windows(h: int, w: int, block: int, margin: int) -> Iterator[tuple[int, ...]]:
+    """Row by row, each core block (r0, r1, c0, c1) of an (h, w) map with its halo of ``margin``
+    clipped at the map's edges (er0, er1, ec0, ec1): the blockwise rule's windows, shared by the
+    measurements here and the instance split (inference.instances)."""
     for r0 in range(0, h, block):
         r1 = min(r0 + block, h)
         er0, er1 = max(r0 - margin, 0), min(r1 + margin, h)
         for c0 in range(0, w, block):
             c1 = min(c0 + block, w)
-            ec0, ec1 = max(c0 - margin, 0), min(c1 + margin, w)
-            yield _Block(_class_values(np.asarray(class_map[er0:er1, ec0:ec1]), n), r0, r1, c0, c1, er0, ec0)
+            yield r0, r1, c0, c1, er0, er1, max(c0 - margin, 0), min(c1 + margin, w)
+
+
+def _blocks(class_map, n: int, block: int, margin: int) -> Iterator[_Block]:
+    """The blockwise rule's blocks, row by row: each core block with its halo of ``margin``
+    (clipped at the map's edges), read as class values 0..n."""
+    h, w = (int(s) for s in class_map.shape)
+    for r0, r1, c0, c1, er0, er1, ec0, ec1 in block_windows(h, w, block, margin):
+        yield _Block(_class_values(np.asarray(class_map[er0:er1, ec0:ec1]), n), r0, r1, c0, c1, er0, ec0)
 
 
 def _blockwise_areas(class_map, n: int, block: int, margin: int) -> tuple[list[np.ndarray], np.ndarray]:

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..analysis.measurements import block_windows
+
 #: A nucleus is typically 20-60 µm²; below 3 µm² (about 48 px at 0.25 µm/px) an object is a speck.
 DEFAULT_MIN_AREA_UM2 = 3.0
 #: Markers of the watershed at least this far apart: about the radius of a small lymphocyte.
@@ -190,34 +192,29 @@ def _blockwise(class_map, method, min_px, dist_px, block, margin, out):
     classes = [np.zeros(1, np.uint8)]
     next_id = 1
     try:
-        for r0 in range(0, h, block):
-            r1 = min(r0 + block, h)
-            er0, er1 = max(r0 - margin, 0), min(r1 + margin, h)
-            for c0 in range(0, w, block):
-                c1 = min(c0 + block, w)
-                ec0, ec1 = max(c0 - margin, 0), min(c1 + margin, w)
-                ext = np.asarray(class_map[er0:er1, ec0:ec1])
-                if not (ext > 0).any():
-                    continue
-                lab, cls = split_nuclei(ext, method=method, min_area_px=min_px, min_distance_px=dist_px)
-                n = len(cls) - 1
-                if n == 0:
-                    continue
-                objs = ndi.find_objects(lab)
-                top = np.array([(s[0].start + er0, s[1].start + ec0) for s in objs], np.int64)
-                owned = (top[:, 0] >= r0) & (top[:, 0] < r1) & (top[:, 1] >= c0) & (top[:, 1] < c1)
-                keep = np.flatnonzero(owned) + 1
-                if keep.size == 0:
-                    continue
-                new_ids = np.zeros(n + 1, np.uint32)
-                new_ids[keep] = np.arange(next_id, next_id + keep.size, dtype=np.uint32)
-                mapped = new_ids[lab]
-                region = np.asarray(result[er0:er1, ec0:ec1])
-                free = (region == 0) & (mapped > 0)
-                region[free] = mapped[free]
-                result[er0:er1, ec0:ec1] = region
-                classes.append(cls[keep])
-                next_id += keep.size
+        for r0, r1, c0, c1, er0, er1, ec0, ec1 in block_windows(h, w, block, margin):
+            ext = np.asarray(class_map[er0:er1, ec0:ec1])
+            if not (ext > 0).any():
+                continue
+            lab, cls = split_nuclei(ext, method=method, min_area_px=min_px, min_distance_px=dist_px)
+            n = len(cls) - 1
+            if n == 0:
+                continue
+            objs = ndi.find_objects(lab)
+            top = np.array([(s[0].start + er0, s[1].start + ec0) for s in objs], np.int64)
+            owned = (top[:, 0] >= r0) & (top[:, 0] < r1) & (top[:, 1] >= c0) & (top[:, 1] < c1)
+            keep = np.flatnonzero(owned) + 1
+            if keep.size == 0:
+                continue
+            new_ids = np.zeros(n + 1, np.uint32)
+            new_ids[keep] = np.arange(next_id, next_id + keep.size, dtype=np.uint32)
+            mapped = new_ids[lab]
+            region = np.asarray(result[er0:er1, ec0:ec1])
+            free = (region == 0) & (mapped > 0)
+            region[free] = mapped[free]
+            result[er0:er1, ec0:ec1] = region
+            classes.append(cls[keep])
+            next_id += keep.size
         classes = np.concatenate(classes)
         if out_path is not None:
             os.replace(tmp, out_path)

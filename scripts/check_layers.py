@@ -26,6 +26,7 @@ FLOORS = [
     ["inference"],
     ["annotations"],
     ["workflows"],
+    ["step_review"],
     ["benchmark"],
     ["plugin", "cli", "__main__"],
     ["ui"],

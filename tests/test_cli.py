@@ -82,11 +82,10 @@ def test_export_class_map(tmp_path, capsys):
 
 
 def test_segment_writes_a_pyramid_with_the_slides_pixel_size_and_a_nucleus_table(shared_data, tmp_path, capsys):
-    """Issue 15: the shared SVS → a masks file whose first series has >= 3 levels with the slide's
+    """The shared SVS → a masks file whose first series has >= 3 levels with the slide's
     size at level 0, the pixel size read from the slide (0.499 µm), and one CSV row per nucleus."""
     import csv
 
-    import numpy as np
     import tifffile
 
     from napari_cinuseg.io.export import read_masks

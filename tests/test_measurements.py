@@ -104,7 +104,7 @@ def test_pixel_size_gives_square_micrometres(mosaic):
 
 
 def test_nucleus_table_has_one_row_per_connected_component_also_blockwise(consep):
-    """Issue 15: one row per nucleus; the blockwise path (small blocks) gives the same table."""
+    """One row per nucleus; the blockwise path (small blocks) gives the same table."""
     from skimage.measure import label
 
     from napari_cinuseg.analysis.measurements import nucleus_table

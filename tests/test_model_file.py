@@ -154,7 +154,7 @@ def test_bundled_base_model_segments_held_out_consep(consep):
 
 
 def test_child_of_the_bundled_model_keeps_its_scores_on_real_patches(consep):
-    """Issue 12: growing a sigmoid-scored model must not shock it. On real CoNSeP patches the
+    """Growing a sigmoid-scored model must not shock it. On real CoNSeP patches the
     grown network's background and old-class sigmoid scores equal the prior's, and the new class
     starts low."""
     import numpy as np

@@ -82,7 +82,7 @@ def test_local_encoder_weights(tmp_path):
 
 
 def test_efficientnet_lite0_loads_the_packages_imagenet_weights():
-    """Issue 13: the encoder's weights equal the package's file (every key but the ImageNet
+    """The encoder's weights equal the package's file (every key but the ImageNet
     classifier), and the model records package, version and SHA-256."""
     import hashlib
 

@@ -291,7 +291,7 @@ def _bytes_read() -> int:
 
 
 def test_a_16k_mask_reopens_lazily_reading_under_10_mb(tmp_path):
-    """Issue 15: an exported 16k² class map reopens as a multiscale Labels layer; what napari
+    """An exported 16k² class map reopens as a multiscale Labels layer; what napari
     shows first (the coarsest level, a whole-slide view) reads < 10 MB of the file."""
     from napari_cinuseg.io.export import export_masks
 

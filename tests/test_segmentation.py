@@ -178,7 +178,7 @@ def test_pixel_size_of_a_slide_is_read_from_the_file(svs):
 
 
 def test_an_image_at_half_the_resolution_gives_the_same_nuclei(consep):
-    """Issue 13: an image downsampled 2× and declared at twice the pixel size is resampled to the
+    """An image downsampled 2× and declared at twice the pixel size is resampled to the
     model's, and gives the nuclei of the original: IoU ≥ 0.8 once upsampled, pooled over real 512²
     mosaics of every third CoNSeP source image (measured with the bundled model: 0.86; per mosaic
     0.72-0.91, bounded by how much the model's own prediction changes when the detail is lost).

@@ -7,12 +7,10 @@ import pytest
 from napari_cinuseg.datasets.labelled import TrainingPair
 from napari_cinuseg.runtime.events import Preview, Progress, StepStarted, drain
 from napari_cinuseg.training.steps import train_step
+from napari_cinuseg.step_review import StepReview, review_step, with_preview
 from napari_cinuseg.workflows import (
-    StepReview,
     Storage,
     device_choices,
-    review_step,
-    with_preview,
 )
 
 

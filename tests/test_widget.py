@@ -167,9 +167,9 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
 def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(widget, prior_file, qtbot, tmp_path, monkeypatch):
     import functools
 
-    from napari_cinuseg import workflows
+    from napari_cinuseg import step_review
 
-    monkeypatch.setattr(_panel, "with_preview", functools.partial(workflows.with_preview, every_s=0.0))  # a preview per iteration
+    monkeypatch.setattr(_panel, "with_preview", functools.partial(step_review.with_preview, every_s=0.0))  # a preview per iteration
     widget.load_model(prior_file)
     prior = widget.model
     layer = _paint(widget, "Lymphocyte")
@@ -203,10 +203,10 @@ def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(widget, 
 def test_the_preview_updates_during_training_and_goes_at_the_end(widget, prior_file, qtbot, monkeypatch):
     import functools
 
-    from napari_cinuseg import workflows
+    from napari_cinuseg import step_review
     from napari_cinuseg.runtime.events import Preview
 
-    monkeypatch.setattr(_panel, "with_preview", functools.partial(workflows.with_preview, every_s=0.0))
+    monkeypatch.setattr(_panel, "with_preview", functools.partial(step_review.with_preview, every_s=0.0))
     widget.load_model(prior_file)
     _paint(widget)
     seen = []

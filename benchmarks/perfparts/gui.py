@@ -108,7 +108,7 @@ def child_gui(p: dict) -> dict:
     w.train_section.preview.setChecked(bool(p.get("preview", True)))  # the live preview of the painted region, on by default
 
     from napari_cinuseg.runtime.events import Preview
-    from napari_cinuseg.workflows import PREVIEW_EVERY_S
+    from napari_cinuseg.step_review import PREVIEW_EVERY_S
 
     previews = {"n": 0, "every_s": PREVIEW_EVERY_S}
     app = QApplication.instance()

@@ -92,7 +92,7 @@ def simulate_painting(
         srcs = [srcs[i] for i in rng.permutation(len(srcs))[:sources]]
     pool = [it for it in cands if it.source in srcs]
     order = rng.permutation(len(pool))
-    chosen, nuclei = [], []  # (item, instance map, its nuclei of the class)
+    chosen = []  # (item, instance map, its nuclei of the class)
     for i in order:
         if len(chosen) >= images and sum(len(c[2]) for c in chosen) >= k:
             break  # M images at least, more only where they hold fewer than K nuclei

@@ -149,7 +149,7 @@ def _offline_ratios(results: dict) -> list[str]:
 
 
 def _confident_rows(results: dict) -> list[str]:
-    """Issue 12's diagnostic: per method and step, the share of the test set's pixels of each
+    """Per method and step, the share of the test set's pixels of each
     step-0 class that the model scores above τ (what the next step's eq. 1 keeps as that class)."""
     evals = results.get("evaluations", {})
     per: dict[tuple[str, str], dict[int, dict]] = {}

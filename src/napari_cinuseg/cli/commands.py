@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .console import CONSOLE
+from .jobs import BASE_MODEL_ROOM, MAIN_RANK, check_room, claim_model, drain, model_bytes, save_or_rescue
 from ..training.settings import USER_SETTINGS, preset
 
 
@@ -48,130 +49,25 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-_MAIN_RANK = int(os.environ.get("RANK", "0")) == 0
-
-
-def _drain(job, show=None) -> object:
-    """Run a job (runtime.events.drain) with a progress bar per training step; Ctrl-C cancels it
-    cleanly. ``show`` sees the events this does not report itself."""
-    from ..runtime.events import Cancelled, IterationSkipped, MemoryReduced, Progress, Saved, StepFinished, StepStarted, drain
-
-    bar = None
-
-    def report(ev) -> None:
-        nonlocal bar
-        if not _MAIN_RANK:
-            return  # under torchrun only rank 0 reports
-        if isinstance(ev, StepStarted):
-            CONSOLE.say(f"step {ev.step} ({ev.method}) on {ev.device}: {', '.join(ev.classes)}, {ev.num_images} images")
-            bar = CONSOLE.bar(ev.total_iterations, "it", f"step {ev.step}")
-        elif isinstance(ev, Progress) and bar is not None:
-            bar.update_to(ev.iteration, loss=f"{ev.loss:.3f}", **{k: f"{v:.3f}" for k, v in ev.terms.items()})
-        elif isinstance(ev, Cancelled):
-            CONSOLE.say(ev.message)
-        elif isinstance(ev, (MemoryReduced, IterationSkipped)):
-            CONSOLE.note(ev.message)
-        elif isinstance(ev, Saved):
-            CONSOLE.say(f"saved {ev.path}")
-        elif isinstance(ev, StepFinished) and bar is not None:
-            bar.close()
-        elif show is not None:
-            show(ev)
-
-    try:
-        return drain(job, report)
-    except KeyboardInterrupt:
-        job.close()  # runs the engine's clean-up; nothing has been saved
-        print("\ncancelled: nothing was saved and the prior model is unchanged", file=sys.stderr)
-        raise SystemExit(130) from None
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-#: Room a new model needs where its size cannot be known before training (a base model).
-BASE_MODEL_ROOM = 8 * 2**20
-
-
-def _check_room(out: Path, need: int) -> None:
-    """Refuse before training when the disk of ``out`` has less than ``need`` bytes free."""
-    import shutil
-
-    try:
-        free = shutil.disk_usage(out.parent).free
-    except OSError:
-        return
-    if free < need:
-        raise ValueError(
-            f"{out} cannot be written: only {free / 1e6:.1f} MB are free on its disk and the model needs about "
-            f"{need / 1e6:.1f} MB; free space or choose another --out (nothing was trained)"
-        )
-
-
-def _model_bytes(model) -> int:
-    """Bytes of ``model``'s weights as a new model file holds them (fp32)."""
-    return sum(v.numel() * (4 if v.is_floating_point() else v.element_size()) for v in model.network.state_dict().values())
-
-
-def _rescue_places(out: Path) -> list[Path]:
-    """Where a trained model goes when ``out`` cannot be written: the temporary folder, then
-    ~/.napari-cinuseg/rescued (another disk, often)."""
-    import tempfile
-
-    name = f"{out.name.removesuffix('.cinuseg.pt')}-{os.getpid()}.cinuseg.pt"
-    return [Path(tempfile.gettempdir()) / name, Path.home() / ".napari-cinuseg" / "rescued" / name]
-
-
-def _save_or_rescue(model, out: Path) -> Path:
-    """Save the trained ``model`` at ``out``; if that fails, keep it elsewhere and say where,
-    in one error line (the training is never lost to a full disk or a folder made read-only)."""
-    from ..model.file import ModelFileError, save_model
-
-    try:
-        path = save_model(model, out)
-    except ModelFileError as exc:
-        tried = []
-        for place in _rescue_places(out):
-            tried.append(str(place.parent))
-            try:
-                place.parent.mkdir(parents=True, exist_ok=True)
-                rescued = save_model(model, place)
-            except (ModelFileError, OSError):
-                continue
-            raise ModelFileError(f"{exc}; the trained model was saved to {rescued} instead: move it where it belongs") from None
-        raise ModelFileError(f"{exc}; it could not be saved in {' or '.join(tried)} either, so the trained model is lost") from None
-    CONSOLE.say(f"saved {path}")
-    return path
-
-
-def _claim_model(out: Path):
-    """The claim on a new model's file; under torchrun rank 0 holds it (it alone saves)."""
-    import contextlib
-
-    from ..io.claims import claim
-
-    return claim(out) if _MAIN_RANK else contextlib.nullcontext()
-
-
 def cmd_train_base(args) -> int:
     from ..datasets.labelled import step_pairs
     from ..training.steps import _check_out, train_base
 
     out = Path(args.out)
     _check_out(out, None)
-    _check_room(out, BASE_MODEL_ROOM)
-    with _claim_model(out):  # a second run with the same --out is refused now, not after training
+    check_room(out, BASE_MODEL_ROOM)
+    with claim_model(out):  # a second run with the same --out is refused now, not after training
         data = _load_data(args)
         classes = _names(args.classes) if args.classes else data.class_names
         pairs = step_pairs(data, classes)
         for spec in args.with_data or []:
             pairs += _more_pairs(spec, classes, args)
         settings = _with_encoder(_settings(args), args)
-        model = _drain(train_base(pairs, classes, settings, pixel_size=args.pixel_size or data.pixel_size))
+        model = drain(train_base(pairs, classes, settings, pixel_size=args.pixel_size or data.pixel_size))
         if model is None:
             return 130
-        if _MAIN_RANK:
-            _save_or_rescue(model, out)
+        if MAIN_RANK:
+            save_or_rescue(model, out)
     return 0
 
 
@@ -202,16 +98,16 @@ def cmd_step(args) -> int:
     prior = load_model(args.prior)
     out = Path(args.out)
     _check_out(out, prior)
-    _check_room(out, _model_bytes(prior) + 2**20)  # the prior's weights in fp32, a class more and the record
-    with _claim_model(out):  # a second run with the same --out is refused now, not after training
+    check_room(out, model_bytes(prior) + 2**20)  # the prior's weights in fp32, a class more and the record
+    with claim_model(out):  # a second run with the same --out is refused now, not after training
         data = _load_data(args)
         new = _names(args.new_classes)
         pairs = step_pairs(data, new)
-        model = _drain(train_step(prior, pairs, new, _settings(args).for_network(prior.arch), method=args.method))
+        model = drain(train_step(prior, pairs, new, _settings(args).for_network(prior.arch), method=args.method))
         if model is None:
             return 130
-        if _MAIN_RANK:
-            _save_or_rescue(model, out)
+        if MAIN_RANK:
+            save_or_rescue(model, out)
             _print_forgetting(model.steps[-1].results.get("forgetting"))
     return 0
 
@@ -313,7 +209,7 @@ def cmd_benchmark(args) -> int:
                 f"tau = {ev.tau}: the step's pseudo-labels (eq. 1) will hold little of them, whatever the method"
             )
 
-    results = _drain(run_benchmark(cfg), show)
+    results = drain(run_benchmark(cfg), show)
     if results is None:
         return 130
     table = Path(args.out) / "table.md"
@@ -365,7 +261,7 @@ def cmd_segment(args) -> int:
     from ..workflows import class_map_on_disk, export_nuclei, nuclei_csv_path
 
 
-    if args.model is None and _MAIN_RANK:
+    if args.model is None and MAIN_RANK:
         CONSOLE.say(f"no --model given: using the bundled base model {BUNDLED_MODEL.name} (CoNSeP's classes, 0.25 µm/px)")
     model = load_model(args.model or BUNDLED_MODEL)
     out = Path(args.out)
@@ -401,7 +297,7 @@ def cmd_segment(args) -> int:
         h, w = slide.shape
         pixel_size = args.pixel_size or slide.pixel_size
         scale = resampling_factor(model.pixel_size, pixel_size)
-        if _MAIN_RANK:
+        if MAIN_RANK:
             said = f"{pixel_size:g} µm/px" + (" (given)" if args.pixel_size else " (from the file)") if pixel_size else "pixel size unknown (give --pixel-size)"
             model_px = f"{model.pixel_size:g} µm/px" if model.pixel_size else "unknown"
             how = f"resampled ×{scale:.2f} for the model ({model_px})" if scale != 1.0 else f"model at {model_px}: not resampled"
@@ -423,7 +319,7 @@ def cmd_segment(args) -> int:
                 elif isinstance(ev, TileProgress):
                     bar.update_to(ev.done, skipped=ev.skipped)
 
-            result = _drain(job, show)
+            result = drain(job, show)
             if result is None:
                 return 130
             import zarr
@@ -434,14 +330,14 @@ def cmd_segment(args) -> int:
                 class_map, pixel_size_um=pixel_size, min_area_um2=args.min_area, method=args.instances,
                 out=out / f".{target.name}.instances.zarr" if on_disk else None,
             )
-            if nuclei.note and _MAIN_RANK:
+            if nuclei.note and MAIN_RANK:
                 CONSOLE.note(nuclei.note)
             if isinstance(nuclei.labels, Path):
                 nuclei.labels = zarr.open_array(str(nuclei.labels), mode="r")
             levels = getattr(slide, "levels", None)
             downsample = max(levels[0]) / max(levels[args.level]) if levels and args.level else 1.0
             # the table first: a masks file on disk means this image is done (a resumed run skips it)
-            _, csv_path, gj = _drain(export_nuclei(
+            _, csv_path, gj = drain(export_nuclei(
                 class_map, nuclei, target, model.class_names, [c.colour for c in model.classes], model.id, extra=extra,
                 pixel_size=pixel_size, geojson=args.geojson, downsample=downsample, overwrite=False,
             ))
@@ -482,7 +378,7 @@ def cmd_export(args) -> int:
     nuclei = nuclei_of(class_map, pixel_size_um=args.pixel_size)
     if nuclei.note:
         CONSOLE.note(nuclei.note)
-    out, csv_path, gj = _drain(export_nuclei(
+    out, csv_path, gj = drain(export_nuclei(
         class_map, nuclei, args.out, model.class_names, [c.colour for c in model.classes], model.id,
         extra={"source": str(args.class_map)}, pixel_size=args.pixel_size,
     ))

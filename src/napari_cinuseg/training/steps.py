@@ -9,7 +9,7 @@ step writes no file and leaves the prior model as it was.
 from __future__ import annotations
 
 import os
-from typing import Callable, Generator, Sequence
+from typing import Generator, Sequence
 
 from ..datasets.labelled import TrainingPair, check_pairs
 from ..runtime.events import CancelFlag, Event

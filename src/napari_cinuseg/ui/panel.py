@@ -24,17 +24,15 @@ from ..runtime.events import Cancelled, ExportProgress, IterationSkipped, Memory
 from ..plugin.layer_metadata import ANNOTATION_KEY, RESULT_KEY, layer_pixel_size
 from ..model.segmenter import CiNuSegModel, check_class_name, check_colour
 from ..model.file import BUNDLED_MODEL, ModelFileError, load_model
+from ..step_review import preview_boxes, review_step, with_preview
 from ..workflows import (
     Storage,
     export_nuclei,
     learn_class,
     needs_disk,
     no_nuclei_advice,
-    review_step,
     segment_nuclei_and_measure,
     slug,
-    preview_boxes,
-    with_preview,
 )
 from . import layers, memory
 from .sections import ModelSection, NewClassSection, SegmentSection, TrainSection, wrapped_label

@@ -37,7 +37,8 @@ from ..model.segmenter import PALETTE
 from ..model.file import BUNDLED_MODEL
 from ..inference.tiling import DEFAULT_TILE
 from ..training.settings import PRESETS, SETTING_RANGES, USER_SETTINGS, TrainSettings, preset, setting_label
-from ..workflows import PREVIEW_EVERY_S, STEP_ITERATIONS, device_choices
+from ..step_review import PREVIEW_EVERY_S
+from ..workflows import STEP_ITERATIONS, device_choices
 from .plot import LossPlot
 
 NO_MODEL = "No model: training starts a new base model from your annotations."

@@ -1,0 +1,201 @@
+"""A step's result before the user keeps it, headless: a live preview of the painted regions
+while the step trains (:func:`with_preview`), and the step's review on them in plain words
+(:func:`review_step`, :class:`StepReview`). The panel shows both; the keep-or-discard choice is
+:meth:`workflows.Storage.keep`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Generator, Sequence
+
+import numpy as np
+
+from .inference.tiling import DEFAULT_TILE
+from .runtime.events import CancelFlag, Preview, Progress, StepStarted
+
+
+# --- a live preview while a step trains ----------------------------------------------------------
+
+PREVIEW_EVERY_S = 3.0  # seconds of training between two previews
+PREVIEW_MAX_SIDE = 512  # a preview covers at most this much of each painted region (its centre)
+
+
+def _centre_box(h: int, w: int, side: int) -> tuple[int, int, int, int]:
+    y0, x0 = max((h - side) // 2, 0), max((w - side) // 2, 0)
+    return y0, x0, min(y0 + side, h), min(x0 + side, w)
+
+
+def preview_boxes(pairs: Sequence, max_side: int = PREVIEW_MAX_SIDE) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) in each pair's image of what the live preview covers: its centre, at most
+    ``max_side`` px a side."""
+    return [_centre_box(*np.asarray(p.image).shape[:2], max_side) for p in pairs]
+
+
+def predict_while_training(model, image: np.ndarray) -> np.ndarray:
+    """The class map of ``image`` by a model in training, on the device its weights are on,
+    leaving every module's train/eval mode (frozen batch norms too) and the weights as they were."""
+    import torch
+
+    net = model.network
+    modes = [(m, m.training) for m in net.modules()]
+    device = next(net.parameters()).device
+    net.eval()
+    try:
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
+            return net(model.normalize(x)).logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def with_preview(job: Generator, pairs: Sequence, every_s: float = PREVIEW_EVERY_S, max_side: int = PREVIEW_MAX_SIDE) -> Generator:
+    """``job``'s events and result, and every ``every_s`` seconds of training a
+    :class:`~napari_cinuseg.runtime.events.Preview`: the model's prediction of the centre
+    (at most ``max_side`` px) of each pair's image, made in the job's thread between two
+    iterations, so the viewer only shows it. Closing this closes ``job``."""
+    boxes = preview_boxes(pairs, max_side)
+    last, model = time.perf_counter(), None
+    try:
+        while True:
+            try:
+                ev = next(job)
+            except StopIteration as stop:
+                return stop.value
+            yield ev
+            if isinstance(ev, StepStarted):
+                model = ev.model  # the model being trained, read only between two events
+            if not isinstance(ev, Progress) or ev.iteration >= ev.total or time.perf_counter() - last < every_s:
+                continue
+            if model is not None:
+                maps = tuple(predict_while_training(model, np.asarray(p.image)[y0:y1, x0:x1]) for p, (y0, x0, y1, x1) in zip(pairs, boxes))
+                yield Preview(ev.iteration, ev.total, maps, tuple((y0, x0) for y0, x0, _, _ in boxes))
+            last = time.perf_counter()
+    finally:
+        job.close()
+
+
+# --- a step's review on its painted regions -------------------------------------------------------
+
+KEPT_AGREEMENT = 0.8  # an old class that agrees this much with the prior is kept
+SIZE_CHANGE = 1.25  # an old class whose pixels grew or shrank by more than this factor changed size
+
+
+@dataclass
+class StepReview:
+    """What a step did where the user painted: the new model's class map of each painted region
+    (``maps``), how it calls the painted nuclei of the new class, and each old class's pixels by
+    the prior and by the new model, outside the painted new-class pixels."""
+
+    class_name: str
+    maps: list
+    painted: int = 0  # painted nuclei (connected painted regions) of the new class
+    called: int = 0  # of them, called the new class by the new model (most of their pixels)
+    called_background: int = 0
+    called_old: dict = field(default_factory=dict)  # old class -> painted nuclei called that class
+    found: int = 0  # objects of the new class the new model finds in the painted regions
+    found_median_px: float = 0.0
+    painted_median_px: float = 0.0
+    old_pixels: dict = field(default_factory=dict)  # old class -> (prior's pixels, new model's pixels, both)
+
+    def agreement(self, name: str) -> float | None:
+        p, n, both = self.old_pixels[name]
+        return 2 * both / (p + n) if p + n else None
+
+    def new_class_sentence(self) -> str:
+        name = self.class_name
+        if not self.painted:
+            return f"No {name} nucleus is painted, so none could be checked."
+        others = [f"{self.called_background} background"] if self.called_background else []
+        others += [f"{n} {c}" for c, n in self.called_old.items() if n]
+        text = f"The new model calls {self.called} of the {self.painted} painted {name} nuclei {name}"
+        text += f" ({', '.join(others)})." if others else "."
+        text += (
+            f" In the painted regions it finds {self.found} {name} object(s), median {self.found_median_px:.0f} px"
+            f" (painted nuclei: median {self.painted_median_px:.0f} px)."
+        )
+        if self.called * 2 < self.painted:
+            text += f" Fewer than half: paint more {name} nuclei and some background, or train longer, then train again."
+        return text
+
+    def old_class_sentences(self) -> list[str]:
+        """One sentence per old class: kept, shrank, grew, moved, or not measured."""
+        out = []
+        for c, (p, n, _) in self.old_pixels.items():
+            a = self.agreement(c)
+            if a is None:
+                out.append(f"{c}: neither model finds it in the painted regions, so it was not checked here.")
+            elif a >= KEPT_AGREEMENT:
+                out.append(f"{c} is kept: the new model finds it where the prior did ({a:.0%} agreement).")
+            elif n * SIZE_CHANGE < p:
+                out.append(
+                    f"{c} shrank: the new model marks {n / p:.0%} of the pixels the prior did ({a:.0%} agreement), "
+                    f"so it may have forgotten {c}. Discard and train the step again with fewer iterations "
+                    "(or a lower learning rate under Details)."
+                )
+            elif n > p * SIZE_CHANGE:
+                grown = f"{n / p:.1f}× the pixels the prior did" if p else f"{n} pixels where the prior marked none"
+                out.append(
+                    f"{c} grew: the new model marks {grown} ({a:.0%} agreement), so it may call other nuclei "
+                    f"{c}. Paint background (or {self.class_name}) where it spread, then train again."
+                )
+            else:
+                out.append(
+                    f"{c} moved: the new model marks about as many pixels as the prior ({n / p:.0%}), but only "
+                    f"{a:.0%} in the same places. Look at its masks before keeping the step."
+                )
+        return out
+
+    def worrying(self) -> bool:
+        """Whether the review should make the user look twice: fewer than half the painted
+        nuclei called the new class, or an old class below the kept agreement."""
+        bad_old = any((a := self.agreement(c)) is not None and a < KEPT_AGREEMENT for c in self.old_pixels)
+        return bad_old or (self.painted > 0 and self.called * 2 < self.painted)
+
+
+def review_step(prior, candidate, pairs: Sequence, class_name: str, *, device: str = "auto", tile: int = DEFAULT_TILE, cancel: CancelFlag = None) -> Generator:
+    """Segment each pair's image (the painted region and its margin) with the candidate and the
+    prior; returns a :class:`StepReview` (None if cancelled). Yields the segmentation's events."""
+    from skimage.measure import label
+
+    from .datasets.labelled import IGNORE
+    from .inference.segmentation import segment
+
+    new = candidate.channel_of(class_name)
+    old_names = list(prior.class_names) if prior is not None else []
+    review = StepReview(class_name, [], old_pixels={c: (0, 0, 0) for c in old_names})
+    painted_sizes, found_sizes = [], []
+    for pair in pairs:
+        image, target = np.asarray(pair.image), np.asarray(pair.target)
+        t = max(64, min(tile, (max(image.shape[:2]) + 31) // 32 * 32))
+        after = yield from segment(candidate, image, tile=t, overlap=min(64, t // 4), device=device, min_tissue=0, cancel=cancel)
+        if after is None:
+            return None
+        review.maps.append(after)
+        nuclei = label(target == 1)
+        k = candidate.num_channels
+        counts = np.bincount(nuclei.ravel().astype(np.int64) * k + after.ravel(), minlength=(nuclei.max() + 1) * k).reshape(-1, k)[1:]
+        calls = counts.argmax(1)
+        review.painted += len(calls)
+        review.called += int((calls == new).sum())
+        review.called_background += int((calls == 0).sum())
+        for c in old_names:
+            review.called_old[c] = review.called_old.get(c, 0) + int((calls == candidate.channel_of(c)).sum())
+        painted_sizes += counts.sum(1).tolist()
+        objects = label(after == new)
+        found_sizes += np.bincount(objects.ravel())[1:].tolist()
+        if prior is not None:
+            before = yield from segment(prior, image, tile=t, overlap=min(64, t // 4), device=device, min_tissue=0, cancel=cancel)
+            if before is None:
+                return None
+            keep = ~((target >= 1) & (target != IGNORE))
+            for c in old_names:
+                ch_prior, ch_new = prior.channel_of(c), candidate.channel_of(c)
+                pm, nm = (before == ch_prior) & keep, (after == ch_new) & keep
+                p, n, both = review.old_pixels[c]
+                review.old_pixels[c] = (p + int(pm.sum()), n + int(nm.sum()), both + int((pm & nm).sum()))
+    review.found = len(found_sizes)
+    review.found_median_px = float(np.median(found_sizes)) if found_sizes else 0.0
+    review.painted_median_px = float(np.median(painted_sizes)) if painted_sizes else 0.0
+    return review

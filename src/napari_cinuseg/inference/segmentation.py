@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Generator, Iterator
 
@@ -139,51 +140,23 @@ def segment(
         total = len(ys) * sum(len(sx) for _, _, sx in strips)
         yield SegmentStarted(h, w, total, devices.describe(dev))
         result = _new_class_map(tmp_path, h, w)
-        k = model.num_channels
         window = torch.from_numpy(blend_window(tile, overlap))
         boxes = [(y, x) for _, _, sx in strips for y in ys for x in sx]
         tiles = _prefetch(slide, boxes, tile)
-        done = skipped = 0
-        for x0, x1, sx in strips:
-            left = sx[0]  # band column 0 is image column ``left``
-            band_w = sx[-1] + tile - left  # max(w, tile) for a single strip, as without strips
-            acc = wsum = None  # the previous strip's band goes before the next is allocated
-            acc = torch.zeros((k, tile, band_w), dtype=torch.float32)
-            wsum = torch.zeros((tile, band_w), dtype=torch.float32)
-            for r, y in enumerate(ys):
-                row_imgs, row_x = [], []
-                for x in sx:
-                    img = next(tiles)
-                    # tissue is measured inside the image only, not on the white padding past its edge
-                    if min_tissue > 0 and tissue_fraction(img[: h - y, : w - x]) < min_tissue:
-                        skipped += 1
-                        done += 1
-                        continue
-                    row_imgs.append(img)
-                    row_x.append(x - left)
-                b = 0
-                while b < len(row_imgs):
-                    if is_cancelled(cancel):
-                        yield Cancelled(step=-1, iteration=done, message="segmentation was cancelled; nothing was written")
-                        return None
-                    chunk = row_imgs[b : b + batch_size]
-                    logits, parts = _forward_tiles(model, forward, chunk, dev, dtype, net_tile if scale != 1.0 else None)
-                    if parts > 1:  # out of memory: fewer tiles at a time from now on
-                        before, batch_size = batch_size, max(1, -(-len(chunk) // parts))
-                        yield _fewer_tiles(dev, tile, before, batch_size)
-                    _accumulate(acc, wsum, logits, window, row_x[b : b + len(chunk)], tile)
-                    done += len(chunk)
-                    b += len(chunk)
-                    yield TileProgress(done, total, skipped, time.perf_counter() - t0)
-                # rows [y, next_y) of this strip are final: no later tile reaches them
-                next_y = ys[r + 1] if r + 1 < len(ys) else min(y + tile, h)
-                acc, wsum = _write_final_rows(result, acc, wsum, y, next_y, h, x0, x1, left, tile)
-        yield TileProgress(done, total, skipped, time.perf_counter() - t0)
+        tally = _TilePass(total, batch_size, time.perf_counter())
+        for band in strips:
+            finished = yield from _segment_strip(
+                model, forward, tally, tiles, result, ys, band, (h, w), tile, window, min_tissue, dev, dtype,
+                net_tile if scale != 1.0 else None, cancel,
+            )
+            if not finished:
+                return None
+        yield tally.progress()
         if tmp_path is not None:
             os.replace(tmp_path, out_path)
             result = out_path
         seconds = time.perf_counter() - t0
-        yield SegmentFinished(result, seconds, total, skipped)
+        yield SegmentFinished(result, seconds, total, tally.skipped)
         return result
     except OSError as exc:
         if tmp_path is None or exc.filename is not None:
@@ -199,6 +172,63 @@ def segment(
         devices.release(dev)
         if own:
             slide.close()
+
+
+@dataclass
+class _TilePass:
+    """One pass over a slide's tiles: its counts, and the batch of tiles (fewer after the device
+    ran out of memory)."""
+
+    total: int
+    batch_size: int
+    t0: float
+    done: int = 0
+    skipped: int = 0
+
+    def progress(self) -> TileProgress:
+        return TileProgress(self.done, self.total, self.skipped, time.perf_counter() - self.t0)
+
+
+def _segment_strip(model, forward, tally: _TilePass, tiles, result, ys, band, shape, tile, window, min_tissue, dev, dtype, net_tile, cancel):
+    """One strip of output columns (``band`` = (x0, x1, its tile columns)), row of tiles by row:
+    tiles with too little tissue skipped, the rest through the network in batches and blended
+    into the strip's logits, each row's final part written to ``result``. Returns False when
+    cancelled."""
+    h, w = shape
+    x0, x1, sx = band
+    left = sx[0]  # band column 0 is image column ``left``
+    band_w = sx[-1] + tile - left  # max(w, tile) for a single strip, as without strips
+    acc = torch.zeros((model.num_channels, tile, band_w), dtype=torch.float32)
+    wsum = torch.zeros((tile, band_w), dtype=torch.float32)
+    for r, y in enumerate(ys):
+        row_imgs, row_x = [], []
+        for x in sx:
+            img = next(tiles)
+            # tissue is measured inside the image only, not on the white padding past its edge
+            if min_tissue > 0 and tissue_fraction(img[: h - y, : w - x]) < min_tissue:
+                tally.skipped += 1
+                tally.done += 1
+                continue
+            row_imgs.append(img)
+            row_x.append(x - left)
+        b = 0
+        while b < len(row_imgs):
+            if is_cancelled(cancel):
+                yield Cancelled(step=-1, iteration=tally.done, message="segmentation was cancelled; nothing was written")
+                return False
+            chunk = row_imgs[b : b + tally.batch_size]
+            logits, parts = _forward_tiles(model, forward, chunk, dev, dtype, net_tile)
+            if parts > 1:  # out of memory: fewer tiles at a time from now on
+                before, tally.batch_size = tally.batch_size, max(1, -(-len(chunk) // parts))
+                yield _fewer_tiles(dev, tile, before, tally.batch_size)
+            _accumulate(acc, wsum, logits, window, row_x[b : b + len(chunk)], tile)
+            tally.done += len(chunk)
+            b += len(chunk)
+            yield tally.progress()
+        # rows [y, next_y) of this strip are final: no later tile reaches them
+        next_y = ys[r + 1] if r + 1 < len(ys) else min(y + tile, h)
+        acc, wsum = _write_final_rows(result, acc, wsum, y, next_y, h, x0, x1, left, tile)
+    return True
 
 
 def _checked(tile: int, strip) -> int:

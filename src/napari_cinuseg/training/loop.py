@@ -19,7 +19,6 @@ from ..datasets.labelled import IGNORE, TrainingPair
 from ..runtime.events import (
     CancelFlag,
     Cancelled,
-    CropStats,
     Event,
     IterationSkipped,
     MemoryReduced,
@@ -36,6 +35,7 @@ from ..model.file import save_model
 from . import distributed
 from .crops import CropDataset
 from .settings import TrainSettings
+from .tally import Tally, crop_stats, loss_curve
 
 
 def seed_everything(seed: int) -> None:
@@ -195,54 +195,18 @@ class _Loop:
         )
 
     def run(self, cancel: CancelFlag, out) -> Generator[Event, None, CiNuSegModel | None]:
+        """The step: its crops and networks made ready, the iterations (cancel checked before
+        each), the method's finish hook and the forgetting report, then its record and save."""
         s = self.settings
         seed_everything(s.seed)
         device = distributed.init_from_env(devices.resolve_device(s.device))  # torchrun: this rank's
-        world, rank = distributed.world_size(), distributed.rank()
-        amp = devices.amp_dtype(device, s.amp)
         dataset = CropDataset(
             self.pairs, s.crop_size, s.seed, length=s.batch_size, stain_jitter=s.stain_jitter,
             scale_jitter=s.scale_jitter, painted_share=s.painted_crops if self.new_classes else 0.0,
         )
-        batch = s.batch_size  # the global batch, over all ranks
-        per_epoch = max(len(dataset) // batch, 1)
+        per_epoch = max(len(dataset) // s.batch_size, 1)  # the global batch, over all ranks
         total = s.iterations or max(s.epochs * per_epoch, s.min_iterations)
-        sampler = None
-
-        def make_loader(batch: int):
-            nonlocal sampler
-            sampler = distributed.GlobalBatchSampler(len(dataset), batch, s.seed, rank, world)
-            return torch.utils.data.DataLoader(
-                dataset,
-                batch_size=sampler.local_batch,
-                sampler=sampler,
-                drop_last=True,
-                num_workers=s.num_workers,
-                pin_memory=device.type == "cuda",
-                persistent_workers=False,  # workers must see set_epoch: crops differ per epoch
-            )
-
-        loader = make_loader(batch)
-        lut = torch.full((256,), IGNORE, dtype=torch.long)
-        for local, ch in enumerate(self.channel_of_target):
-            lut[local] = ch
-
-        net = self.model.network.to(device).train()
-        if self.freeze_bn:
-            _freeze_batchnorm(net)
-        prior_net = None
-        if self.prior is not None:
-            # The prior runs under no_grad below; its parameters' own flags are left alone, so a
-            # later child() of the same model object can still learn.
-            prior_net = self.prior.network.to(device).eval()
-        opt = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-        train_net = net
-        if world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            train_net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-
+        gear = self._gear(device)
         yield StepStarted(
             step=self.step,
             method=self.method,
@@ -253,82 +217,17 @@ class _Loop:
             classes=tuple(c.name for c in self.model.classes if c.step == self.step),
             model=self.model,
         )
-        t0 = time.perf_counter()
-        it, epoch, recent = 0, 0, []
-        skips: list[dict] = []  # iterations whose loss or gradient was not finite: no SGD step
-        history: list[dict[str, float]] = []  # every iteration's loss and terms, for the record's curve
-        att = [0, 0]  # crops seen, crops where ATT fired
+        tally = Tally(t0=time.perf_counter())
         prepare = getattr(self.hooks, "prepare", None)
         finish = getattr(self.hooks, "finish", None)
-        ctx = self._context(device, lut) if (prepare or finish) else None
+        ctx = self._context(device, gear.lut) if (prepare or finish) else None
         try:
             if prepare is not None:
                 prepare(ctx)
-            extra = getattr(self.hooks, "extra_parameters", None)
-            if extra is not None:  # training-only modules of a method (e.g. a projection head)
-                params = [p for p in extra() if p.requires_grad]
-                if params:
-                    opt.add_param_group({"params": params})
-                    self._extra = params
-            while it < total:
-                dataset.set_epoch(epoch)
-                sampler.set_epoch(epoch)
-                reduced = False
-                for images, target, boxes in loader:
-                    if is_cancelled(cancel):
-                        yield Cancelled(step=self.step, iteration=it)
-                        return None
-                    lr = poly_lr(self.lr, it, total, s.poly_power)
-                    for group in opt.param_groups:
-                        group["lr"] = lr
-                    try:
-                        result, skipped, grad_norm = self._iteration(
-                            images, target, lut, device, amp, train_net, prior_net, opt, scaler
-                        )
-                    except Exception as exc:  # noqa: BLE001 - only an allocation failure is retried
-                        if not devices.is_out_of_memory(exc):
-                            raise
-                        result = None  # handled below, once the exception (and its frames' tensors) is gone
-                    if result is None:
-                        opt.zero_grad(set_to_none=True)
-                        before, batch = batch, self._smaller_batch(batch, device, world, rank)
-                        yield MemoryReduced(
-                            "batch", before, batch,
-                            f"the {devices.describe(device)} ran out of memory with a batch of {before}; "
-                            f"going on with {batch} (the same number of iterations, each on fewer crops)",
-                        )
-                        loader, reduced = make_loader(batch), True
-                        break  # the same epoch again, with the smaller batch
-                    it += 1
-                    loss = distributed.all_reduce_mean(float(result.loss.detach()), device)
-                    if skipped is None and not math.isfinite(loss):
-                        skipped = "loss"  # another rank's loss was not finite
-                    if skipped is not None:
-                        yield self._skipped(skips, it, skipped, loss if skipped == "loss" else grad_norm)
-                        if it >= total:
-                            break
-                        continue
-                    recent = (recent + [loss])[-20:]
-                    history.append({"loss": loss, **result.terms, "grad_norm": grad_norm})
-                    if result.t_o is not None:  # ATT (eqs. 14-16): how often it fired
-                        att[0] += int(result.t_o.numel())
-                        att[1] += int((result.t_o != 1).sum())
-                    if it % s.log_every == 0 or it == total:
-                        yield Progress(
-                            step=self.step,
-                            epoch=epoch,
-                            iteration=it,
-                            total=total,
-                            loss=loss,
-                            terms=dict(result.terms),
-                            lr=lr,
-                            seconds=time.perf_counter() - t0,
-                            crops=_crop_stats(boxes, result),
-                        )
-                    if it >= total:
-                        break
-                if not reduced:
-                    epoch += 1
+            self._add_extra_parameters(gear.opt)
+            done = yield from self._iterations(dataset, total, gear, tally, cancel)
+            if not done:
+                return None
             if finish is not None:
                 finish(ctx)
             forgetting = None
@@ -336,24 +235,13 @@ class _Loop:
                 forgetting = old_class_agreement(self.report_prior, self.model, self.pairs, device)
         finally:
             # Release the device whatever happened: finished, cancelled, failed or closed.
-            net.cpu()
-            if prior_net is not None:
-                prior_net.cpu()
+            gear.net.cpu()
+            if gear.prior_net is not None:
+                gear.prior_net.cpu()
             devices.release(device)
 
-        seconds = time.perf_counter() - t0
-        self.model.steps.append(self._record({
-            "iterations": it,
-            "epochs": epoch,
-            "seconds": round(seconds, 2),
-            "final_loss": float(np.mean(recent)) if recent else None,
-            "device": devices.describe(device) + (f" × {world} processes" if world > 1 else ""),
-            "loss_curve": _loss_curve(history),
-            **({"att_fired_share": round(att[1] / att[0], 4)} if att[0] else {}),
-            **({"forgetting": forgetting} if forgetting is not None else {}),
-            **({"memory": list(self.memory_notes)} if self.memory_notes else {}),
-            "skipped_iterations": [{**k, "value": str(k["value"])} for k in skips],
-        }))
+        seconds = time.perf_counter() - tally.t0
+        self.model.steps.append(self._record(self._results(tally, seconds, device, gear.world, forgetting)))
         path = None
         if out is not None and distributed.is_main():  # one writer under torchrun
             path = str(save_model(self.model, out))
@@ -361,33 +249,148 @@ class _Loop:
         yield StepFinished(step=self.step, model=self.model, seconds=seconds, path=path)
         return self.model
 
+    def _gear(self, device: torch.device) -> "_Gear":
+        """The networks on the device (the prior frozen in eval mode, BatchNorm frozen where the
+        step keeps it), the optimiser, the fp16 scaler and the target → channel table."""
+        s = self.settings
+        world, rank = distributed.world_size(), distributed.rank()
+        amp = devices.amp_dtype(device, s.amp)
+        lut = torch.full((256,), IGNORE, dtype=torch.long)
+        for local, ch in enumerate(self.channel_of_target):
+            lut[local] = ch
+        net = self.model.network.to(device).train()
+        if self.freeze_bn:
+            _freeze_batchnorm(net)
+        prior_net = None
+        if self.prior is not None:
+            # The prior runs under no_grad; its parameters' own flags are left alone, so a later
+            # child() of the same model object can still learn.
+            prior_net = self.prior.network.to(device).eval()
+        opt = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        train_net = net
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
 
-def _loss_curve(history: list[dict[str, float]], points: int = 50) -> dict[str, list]:
-    """The loss and each term, averaged over at most ``points`` equal windows of iterations:
-    ``{"iteration": [last iteration of each window], "loss": [...], term: [...]}``."""
-    if not history:
-        return {}
-    size = max(1, math.ceil(len(history) / points))
-    keys = list(dict.fromkeys(k for h in history for k in h))
-    curve: dict[str, list] = {"iteration": []}
-    for k in keys:
-        curve[k] = []
-    for start in range(0, len(history), size):
-        window = history[start : start + size]
-        curve["iteration"].append(start + len(window))
-        for k in keys:
-            vals = [h[k] for h in window if k in h]
-            curve[k].append(round(float(np.mean(vals)), 5) if vals else None)
-    return curve
+            train_net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+        return _Gear(device, world, rank, amp, lut, net, train_net, prior_net, opt, scaler)
+
+    def _add_extra_parameters(self, opt) -> None:
+        """A method's training-only modules (e.g. a projection head), optimised with the model's."""
+        extra = getattr(self.hooks, "extra_parameters", None)
+        if extra is not None:
+            params = [p for p in extra() if p.requires_grad]
+            if params:
+                opt.add_param_group({"params": params})
+                self._extra = params
+
+    def _loader(self, dataset: CropDataset, batch: int, gear: "_Gear"):
+        sampler = distributed.GlobalBatchSampler(len(dataset), batch, self.settings.seed, gear.rank, gear.world)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=sampler.local_batch,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.settings.num_workers,
+            pin_memory=gear.device.type == "cuda",
+            persistent_workers=False,  # workers must see set_epoch: crops differ per epoch
+        )
+        return loader, sampler
+
+    def _iterations(self, dataset: CropDataset, total: int, gear: "_Gear", tally: "Tally", cancel: CancelFlag):
+        """Epochs of crops until ``total`` iterations: each one optimised, skipped when not
+        finite, or (out of memory) the epoch begun again with half the batch. Yields the events;
+        returns False when cancelled."""
+        s = self.settings
+        batch = s.batch_size
+        loader, sampler = self._loader(dataset, batch, gear)
+        while tally.it < total:
+            dataset.set_epoch(tally.epoch)
+            sampler.set_epoch(tally.epoch)
+            reduced = False
+            for images, target, boxes in loader:
+                if is_cancelled(cancel):
+                    yield Cancelled(step=self.step, iteration=tally.it)
+                    return False
+                lr = poly_lr(self.lr, tally.it, total, s.poly_power)
+                for group in gear.opt.param_groups:
+                    group["lr"] = lr
+                try:
+                    result, skipped, grad_norm = self._iteration(
+                        images, target, gear.lut, gear.device, gear.amp, gear.train_net, gear.prior_net, gear.opt, gear.scaler
+                    )
+                except Exception as exc:  # noqa: BLE001 - only an allocation failure is retried
+                    if not devices.is_out_of_memory(exc):
+                        raise
+                    result = None  # handled below, once the exception (and its frames' tensors) is gone
+                if result is None:
+                    gear.opt.zero_grad(set_to_none=True)
+                    before, batch = batch, self._smaller_batch(batch, gear.device, gear.world, gear.rank)
+                    yield MemoryReduced(
+                        "batch", before, batch,
+                        f"the {devices.describe(gear.device)} ran out of memory with a batch of {before}; "
+                        f"going on with {batch} (the same number of iterations, each on fewer crops)",
+                    )
+                    (loader, sampler), reduced = self._loader(dataset, batch, gear), True
+                    break  # the same epoch again, with the smaller batch
+                tally.it += 1
+                it = tally.it
+                loss = distributed.all_reduce_mean(float(result.loss.detach()), gear.device)
+                if skipped is None and not math.isfinite(loss):
+                    skipped = "loss"  # another rank's loss was not finite
+                if skipped is not None:
+                    yield self._skipped(tally.skips, it, skipped, loss if skipped == "loss" else grad_norm)
+                    if it >= total:
+                        break
+                    continue
+                tally.add(loss, result, grad_norm)
+                if it % s.log_every == 0 or it == total:
+                    yield Progress(
+                        step=self.step,
+                        epoch=tally.epoch,
+                        iteration=it,
+                        total=total,
+                        loss=loss,
+                        terms=dict(result.terms),
+                        lr=lr,
+                        seconds=time.perf_counter() - tally.t0,
+                        crops=crop_stats(boxes, result),
+                    )
+                if it >= total:
+                    break
+            if not reduced:
+                tally.epoch += 1
+        return True
+
+    def _results(self, tally: "Tally", seconds: float, device, world: int, forgetting) -> dict:
+        """The step record's results: iterations, time, final loss, device, loss curve, ATT
+        share, forgetting report, memory notes and skipped iterations."""
+        att_seen, att_fired = tally.att
+        return {
+            "iterations": tally.it,
+            "epochs": tally.epoch,
+            "seconds": round(seconds, 2),
+            "final_loss": float(np.mean(tally.recent)) if tally.recent else None,
+            "device": devices.describe(device) + (f" × {world} processes" if world > 1 else ""),
+            "loss_curve": loss_curve(tally.history),
+            **({"att_fired_share": round(att_fired / att_seen, 4)} if att_seen else {}),
+            **({"forgetting": forgetting} if forgetting is not None else {}),
+            **({"memory": list(self.memory_notes)} if self.memory_notes else {}),
+            "skipped_iterations": [{**k, "value": str(k["value"])} for k in tally.skips],
+        }
 
 
-def _crop_stats(boxes: torch.Tensor, result: LossOutput) -> tuple[CropStats, ...]:
-    if result.r is None:
-        return ()
-    r, t_o, t_n = (v.detach().float().cpu().tolist() for v in (result.r, result.t_o, result.t_n))
-    return tuple(
-        CropStats(int(b[0]), int(b[1]), int(b[2]), int(b[3]), r[i], t_o[i], t_n[i])
-        for i, b in enumerate(boxes.tolist())
-    )
+@dataclass
+class _Gear:
+    """What one step trains with, on its device."""
 
-
+    device: torch.device
+    world: int
+    rank: int
+    amp: object
+    lut: torch.Tensor  # step target value → channel id
+    net: torch.nn.Module
+    train_net: torch.nn.Module  # net, or its DistributedDataParallel wrapper under torchrun
+    prior_net: torch.nn.Module | None
+    opt: torch.optim.Optimizer
+    scaler: object

@@ -16,6 +16,7 @@ from pathlib import Path
 from napari_cinuseg import drain, load_model, train_step
 from napari_cinuseg.analysis.evaluation import evaluate
 from napari_cinuseg.analysis.forgetting import confident_share
+from napari_cinuseg.methods import get_method
 from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source, step_pairs
 from napari_cinuseg.training.settings import from_dict, parse_changes
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tag = "-".join(f"{k}={v}" for k, v in changes.items()) or "same"
     path = out / f"{Path(args.like).parent.name}-{Path(args.like).stem.split('.')[0]}-{tag}.cinuseg.pt"
+    tau = settings.method_settings.get("tau", get_method("cinuseg").tau)  # eq. 1's, for the confident share
     t0 = time.time()
     model = load_model(path) if path.exists() else drain(train_step(prior, pairs, new, settings, method=record.method, out=path))
     row = {
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
         "changes": changes,
         "seconds": round(time.time() - t0),
         "dice": evaluate(model, val, "cpu", say_unscored=False),
-        "confident": confident_share(model, val, [c for c in model.class_names if c in val.class_names], settings.tau, "cpu"),
+        "confident": confident_share(model, val, [c for c in model.class_names if c in val.class_names], tau, "cpu"),
         "forgetting": model.steps[-1].results.get("forgetting"),
         "reference_dice": evaluate(like, val, "cpu", say_unscored=False),
     }

@@ -68,6 +68,10 @@ def test_incremental_step_learns_new_class_and_keeps_prior(base_file, few_pairs,
         assert torch.equal(v, prior_state[k]), k
     reloaded = load_model(out)
     assert reloaded.class_names == model.class_names and reloaded.steps[1].method == "cinuseg"
+    # the record holds every setting of the method's own, as it trained; the base step none
+    recorded = reloaded.steps[1].settings["method_settings"]
+    assert recorded["tau"] == 0.3 and recorded["omega"] == 0.1 and recorded["unpainted"] == "prior"
+    assert reloaded.steps[0].settings["method_settings"] == {}
     # the step's record holds the forgetting report and each loss term's curve
     results = reloaded.steps[1].results
     report = results["forgetting"]

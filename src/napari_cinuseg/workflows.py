@@ -32,6 +32,8 @@ from .io.images import IN_MEMORY_LIMIT_PX
 #: the budget of a step from painted nuclei, the panel's default (300 iterations: about 3 minutes
 #: on two CPU cores)
 STEP_ITERATIONS = 300
+#: the method of a step the panel trains
+STEP_METHOD = "cinuseg"
 
 
 def slug(text: str) -> str:
@@ -100,7 +102,7 @@ def learn_class(
     if prior is None:
         return (yield from train_base(pairs, [name], settings, colours=[colour], out=out, cancel=cancel, pixel_size=pixel_size))
     settings = settings.for_network(prior.arch)
-    return (yield from train_step(prior, pairs, [name], settings, method="cinuseg", colours=[colour], out=out, cancel=cancel))
+    return (yield from train_step(prior, pairs, [name], settings, method=STEP_METHOD, colours=[colour], out=out, cancel=cancel))
 
 
 def class_map_on_disk(height: int, width: int, *, lazy: bool = False, limit: int | None = None) -> bool:

@@ -28,7 +28,7 @@ from ..runtime.events import BenchmarkStarted, PriorUnconfident, StepEvaluated, 
 from ..analysis.evaluation import evaluate
 from .report import SCORING, seen_mean, summarize, write_curves, write_table
 from ..analysis.forgetting import confident_share
-from ..methods import get_method
+from ..methods import get_method, method_settings, settings_of
 from ..model.segmenter import CiNuSegModel, StepRecord
 from ..model.file import load_model
 from ..datasets.protocols import CLASS_ORDERS, make_protocol
@@ -113,6 +113,16 @@ def _check_cached(
         )
 
 
+def _configured_methods(names: Sequence[str], values: dict) -> list:
+    """The benchmark's methods, each with those of ``values`` that are its own settings (τ for
+    CiNuSeg and its ablations, not for MiB); a setting no method has is an error."""
+    methods = [get_method(n) for n in names]
+    unused = set(values) - {k for m in methods for k in method_settings(m)}
+    if unused:
+        raise ValueError(f"no method of this benchmark ({', '.join(names)}) has the setting(s) {', '.join(sorted(unused))}")
+    return [get_method(m.name, **{k: v for k, v in values.items() if k in method_settings(m)}) for m in methods]
+
+
 def run_benchmark(cfg: BenchmarkConfig) -> Generator[object, None, dict]:
     """Train and score every protocol × method (see the module's docstring); returns the results."""
     return (yield from _BenchmarkRun(cfg).run())
@@ -134,7 +144,13 @@ class _BenchmarkRun:
         self.settings = cfg.settings
         order = list(cfg.class_order or CLASS_ORDERS.get(cfg.dataset, cfg.train.class_names))
         self.protocols = [make_protocol(p, order, cfg.train.class_names) for p in cfg.protocols]
-        self.methods = [get_method(m) for m in cfg.methods]
+        self.methods = _configured_methods(cfg.methods, self.settings.method_settings)
+        # each step trains with its method's own settings in full (its record holds the same), a
+        # base or offline model with none
+        self.step_settings = {m.name: self.settings.replace(method_settings=settings_of(m)) for m in self.methods}
+        self.base_settings = self.settings.replace(method_settings={})
+        # eq. 1's τ: the prior's share of confident pixels at the next step (CiNuSeg's, by default)
+        self.tau = next((m.tau for m in self.methods if "tau" in method_settings(m)), get_method("cinuseg").tau)
         self.device = resolve_device(self.settings.device)
         self.test_set = hashlib.sha256("\n".join(sorted(it.name for it in cfg.test.items)).encode()).hexdigest()[:16]
 
@@ -196,7 +212,8 @@ class _BenchmarkRun:
         images = [p.name for p in pairs]
         if path.exists():
             model = load_model(path)
-            _check_cached(model, path, classes, method_name, self.settings, images, prior)
+            settings = self.base_settings if method_name == "base" else self.step_settings[method_name]
+            _check_cached(model, path, classes, method_name, settings, images, prior)
             yield StepPlanned(protocol, method, step, tuple(classes), True)
             return model
         yield StepPlanned(protocol, method, step, tuple(classes), False)
@@ -221,7 +238,7 @@ class _BenchmarkRun:
         # classes not learned yet are ignored on purpose (Fig. 5): no warning for them
         dice = evaluate(model, self.cfg.test, self.settings.device, say_unscored=False)
         known = [c for c in model.class_names if c in self.cfg.test.class_names]
-        confident = confident_share(model, self.cfg.test, known, self.settings.tau, self.device)
+        confident = confident_share(model, self.cfg.test, known, self.tau, self.device)
         self.evaluations[key] = {
             "model_id": model.id, "test_set": self.test_set, "scoring": SCORING, "dice": dice,
             "classes": model.class_names, "confident": confident,
@@ -234,7 +251,7 @@ class _BenchmarkRun:
         pairs = step_pairs(self.cfg.train, classes)
         return (yield from self._model_at(
             path, classes, "base", pairs,
-            lambda p: train_base(pairs, classes, self.settings, out=p, pixel_size=self.cfg.train.pixel_size),
+            lambda p: train_base(pairs, classes, self.base_settings, out=p, pixel_size=self.cfg.train.pixel_size),
             protocol.name, method_name, 0,
         ))
 
@@ -263,7 +280,7 @@ class _BenchmarkRun:
         shares = (self.evaluations.get(key) or {}).get("confident") or {}
         low = {c: v for c, v in shares.items() if v is not None and v < CONFIDENT_FLOOR and c in prior.class_names}
         if low:
-            yield PriorUnconfident(protocol, method, step, self.settings.tau, low)
+            yield PriorUnconfident(protocol, method, step, self.tau, low)
 
     def _incremental(self, protocol, method, base):
         """Steps 1..T of a protocol with one method, from the protocol's base model."""
@@ -279,7 +296,7 @@ class _BenchmarkRun:
                 yield from self._prior_check(prior, protocol.name, method.name, t)
             model = yield from self._model_at(
                 pdir / method.name / f"step{t}.cinuseg.pt", list(protocol.seen_after(t)), method.name, pairs,
-                lambda p, prior=prior, new=new, pairs=pairs: train_step(prior, pairs, new, self.settings, method=method.name, out=p),
+                lambda p, prior=prior, new=new, pairs=pairs: train_step(prior, pairs, new, self.step_settings[method.name], method=method.name, out=p),
                 protocol.name, method.name, t, prior=prior,
             )
             if model is None:

@@ -15,7 +15,10 @@ from ..training.settings import USER_SETTINGS, preset
 
 
 def _settings(args: argparse.Namespace, **extra):
-    overrides = {n: getattr(args, n) for n in USER_SETTINGS if getattr(args, n, None) is not None}
+    """The preset with the options given: training settings, and a method's own (e.g. --tau),
+    which TrainSettings keeps in its method_settings for the step's method."""
+    names = set(USER_SETTINGS) | set(getattr(args, "_method_settings", ()))
+    overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     overrides.update({k: v for k, v in extra.items() if v is not None})
     return preset(args.preset, **overrides)
 

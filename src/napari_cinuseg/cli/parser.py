@@ -94,6 +94,24 @@ def _add_encoder(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_method_settings(p: argparse.ArgumentParser) -> None:
+    """One option per method's own setting (methods.method_settings: CiNuSeg's τ, ω, …), for
+    the method that has it; a method without it refuses it."""
+    from ..methods import all_method_settings, available, method_settings
+
+    group = p.add_argument_group("settings of a method (given to the methods that have them)")
+    for name, spec in all_method_settings().items():
+        owners = [m for m in available() if name in method_settings(m)]
+        who = owners[0] if len(owners) == 1 else f"{owners[0]} and its variants" if all(o.startswith(owners[0]) for o in owners) else ", ".join(owners)
+        flag = f"--{name.replace('_', '-')}"
+        text = f"{spec.help} ({who}; default {spec.default})"
+        if isinstance(spec.default, bool):
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            group.add_argument(flag, dest=name, type=type(spec.default), choices=spec.choices, default=None, help=text)
+    p.set_defaults(_method_settings=tuple(all_method_settings()))
+
+
 class _Help(argparse.RawDescriptionHelpFormatter):
     """Every option's default shown (where its help does not already say it); descriptions kept
     as written."""
@@ -113,7 +131,14 @@ def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command. The options of the methods' own settings come from the method
+    registry, which loads PyTorch, so they are made only for a command named in ``argv`` (all
+    of them when ``argv`` is None): ``cinuseg --help`` answers at once."""
+
+    def wants(command: str) -> bool:
+        return argv is None or command in argv
+
     parser = argparse.ArgumentParser(prog="cinuseg", description=__doc__.rsplit("\n\n", 1)[0], formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"napari-cinuseg {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="print no progress, notes or messages; only errors, warnings and results")
@@ -145,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-classes", "--new-class", required=True, help="comma-separated new classes")
     p.add_argument("--method", default="cinuseg", help="the incremental method, one of " + METHODS_HELP)
     p.add_argument("--out", required=True, help="new model file (*.cinuseg.pt); never overwritten")
+    if wants("step"):
+        _add_method_settings(p)
     p.set_defaults(func=cmd_step)
 
     p = _sub(sub, "evaluate", "Dice per class of a model on labelled images")
@@ -172,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder; an interrupted run resumes from it")
     _add_settings(p)
     _add_encoder(p)
+    if wants("benchmark"):
+        _add_method_settings(p)
     p.set_defaults(func=cmd_benchmark)
 
     p = _sub(sub, "segment", "segment images or whole slides into per-class masks (TIFF)")
@@ -214,7 +243,8 @@ def _show_notice(message, category, filename, lineno, file=None, line=None) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     CONSOLE.quiet = bool(getattr(args, "quiet", False))
     from ..model.file import ModelFileError
 

@@ -6,8 +6,9 @@ A method turns the model's output on a batch (and, if it uses one, the frozen pr
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
 import torch
 
@@ -78,12 +79,76 @@ def register(name: str) -> Callable:
     return deco
 
 
-def get_method(name: str) -> Method:
+class Setting(NamedTuple):
+    """A hyper-parameter a user may change, as a method's field declares it (:func:`setting`)."""
+
+    name: str
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None
+
+
+def setting(default, help: str, low: float | None = None, high: float | None = None, choices: tuple | None = None):
+    """A method's dataclass field that a user may change (the command line's options and the
+    panel's advanced fields are made from these): its default, what it means (starting with its
+    symbol, e.g. "τ, eq. 1: …"), and its range or choices."""
+    return dataclasses.field(default=default, metadata={"setting": (help, low, high, choices)})
+
+
+def method_settings(method: Method | str) -> dict[str, Setting]:
+    """The settings a user may change of one method (an instance, or its name)."""
+    if isinstance(method, str):
+        method = get_method(method)
+    found = {}
+    for f in dataclasses.fields(method) if dataclasses.is_dataclass(method) else ():
+        if "setting" in f.metadata:
+            found[f.name] = Setting(f.name, f.default, *f.metadata["setting"])
+    return found
+
+
+def all_method_settings() -> dict[str, Setting]:
+    """Every registered method's user settings by name (methods that share a name, e.g. the
+    CiNuSeg ablations' τ, share its meaning)."""
+    found: dict[str, Setting] = {}
+    for name in available():
+        for key, spec in method_settings(name).items():
+            found.setdefault(key, spec)
+    return found
+
+
+def configure(method: Method, **values) -> Method:
+    """``method`` with some of its settings changed, each checked against its range or choices."""
+    known = method_settings(method)
+    unknown = set(values) - set(known)
+    if unknown:
+        has = ", ".join(known) or "none"
+        raise ValueError(f"{method.name} has no setting {', '.join(sorted(unknown))} (its settings: {has})")
+    for key, value in values.items():
+        spec = known[key]
+        if spec.choices is not None and value not in spec.choices:
+            raise ValueError(f"{key} must be one of {', '.join(map(str, spec.choices))} ({spec.help}), got {value!r}")
+        if isinstance(spec.default, bool) and not isinstance(value, bool):
+            raise ValueError(f"{key} is true or false ({spec.help}), got {value!r}")
+        if spec.low is not None and not spec.low <= value <= spec.high:
+            raise ValueError(f"{key} must be in [{spec.low:g}, {spec.high:g}] ({spec.help}), got {value}")
+    return dataclasses.replace(method, **values) if values else method
+
+
+def get_method(name: str, **settings) -> Method:
+    """A fresh instance of the method ``name``, with ``settings`` (its own) changed."""
     _load_builtin()
     try:
-        return _REGISTRY[name]()
+        factory = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}: choose one of {', '.join(available())}") from None
+    return configure(factory(), **settings)
+
+
+def settings_of(method: Method) -> dict[str, Any]:
+    """The values of a method's user settings, for a step's record."""
+    return {k: getattr(method, k) for k in method_settings(method)}
 
 
 #: the methods a wrapper method (EWF, NeST) may train its step with
@@ -120,6 +185,6 @@ def _load_builtin() -> None:
 
 
 __all__ = [
-    "BASE_METHODS", "Method", "StepBatch", "StepContext", "available", "base_method", "classifier_init", "get_method",
-    "register",
+    "BASE_METHODS", "Method", "Setting", "StepBatch", "StepContext", "all_method_settings", "available", "base_method",
+    "classifier_init", "configure", "get_method", "method_settings", "register", "setting", "settings_of",
 ]

@@ -1,4 +1,9 @@
-"""CiNuSeg (eq. 17) and the ablations of Table 3: baseline, +ACL, +DRR, +ACL+DRR, full."""
+"""CiNuSeg (eq. 17) and the ablations of Table 3: baseline, +ACL, +DRR, +ACL+DRR, full.
+
+Its hyper-parameters are fields of :class:`CiNuSeg`, with the paper's values as defaults; those a
+user may change carry their help and range in the field's metadata (methods.method_settings),
+from which the command line makes its options and the panel its advanced fields.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..losses import LossOutput, cinuseg_loss, class_thresholds
-from . import StepBatch, StepContext, register
+from . import StepBatch, StepContext, register, setting
 
 
 @dataclass
@@ -16,25 +21,35 @@ class CiNuSeg:
     acl: bool = True
     drr: bool = True
     att: bool = True
-    uses_prior: bool = True
-    scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
+    tau: float = setting(0.7, "τ, eqs. 1 and 11: an old class's score above it makes a pseudo-label", 0.0, 0.99)
+    omega: float = setting(0.1, "ω, eq. 12: extra weight of hard negatives", 0.0, 10.0)
+    sigma: float = setting(0.7, "σ, eqs. 15-16: the new-class share of an image above which ATT fires", 0.0, 0.99)
+    alpha_o: float = setting(10.0, "α_o, eq. 16: the old-class loss factor where ATT fires", 0.0, 100.0)
+    alpha_n: float = setting(0.5, "α_n, eq. 15: the new-class loss factor where ATT fires", 0.0, 10.0)
+    # eqs. 4-5 on the softmax over channels (MiB's reading, the default) or, as a binary
+    # distillation per channel, on the sigmoid scores S
+    pkd_scores: str = setting("softmax", "eqs. 4-5 on softmax or sigmoid scores", choices=("softmax", "sigmoid"))
+    # eq. 1's τ per old class, lowered to the prior's median score on its own predictions of that
+    # class for an under-confident prior (not in the paper)
+    adaptive_tau: bool = setting(False, "eq. 1's τ per old class, lowered for an under-confident prior")
     # eq. 1 on pixels nobody labelled (the paper labels every pixel): "prior" keeps the prior's
     # prediction where it is an old class, at any score; "tau" reads eq. 1 as written
-    unpainted: str = "prior"
+    unpainted: str = setting("prior", "eq. 1 on unlabelled pixels: the prior's prediction, or τ as written", choices=("prior", "tau"))
+    uses_prior: bool = True
+    scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
     tau_per_class: torch.Tensor | None = field(default=None, repr=False)
 
     def prepare(self, ctx: StepContext) -> None:
-        """With ``settings.adaptive_tau``: eq. 1's τ per old class, lowered to the prior's median
-        score on its own predictions of that class (losses.class_thresholds; not in the paper)."""
-        if not ctx.settings.adaptive_tau:
+        """With ``adaptive_tau``: eq. 1's τ per old class, lowered to the prior's median score on
+        its own predictions of that class (losses.class_thresholds; not in the paper)."""
+        if not self.adaptive_tau:
             self.tau_per_class = None
             return
         prior = ctx.prior.network  # on the device and in eval mode already (the loop's doing)
-        taus = class_thresholds((prior(x).logits for x, _ in ctx.batches()), ctx.settings.tau)
+        taus = class_thresholds((prior(x).logits for x, _ in ctx.batches()), self.tau)
         self.tau_per_class = taus.to(ctx.device)  # once, not at every iteration
 
     def loss(self, b: StepBatch) -> LossOutput:
-        s = b.settings
         return cinuseg_loss(
             b.logits,
             b.old_logits,
@@ -42,15 +57,15 @@ class CiNuSeg:
             b.old_features,
             b.labels,
             b.new_classes,
-            tau=self.tau_per_class if self.tau_per_class is not None else s.tau,
-            omega=s.omega,
-            sigma=s.sigma,
-            alpha_o=s.alpha_o,
-            alpha_n=s.alpha_n,
+            tau=self.tau_per_class if self.tau_per_class is not None else self.tau,
+            omega=self.omega,
+            sigma=self.sigma,
+            alpha_o=self.alpha_o,
+            alpha_n=self.alpha_n,
             acl=self.acl,
             drr=self.drr,
             att=self.att,
-            pkd_scores=s.pkd_scores,
+            pkd_scores=self.pkd_scores,
             unpainted=self.unpainted,
         )
 

@@ -29,7 +29,7 @@ from ..runtime.events import (
     is_cancelled,
 )
 from ..losses import LossOutput
-from ..methods import StepContext
+from ..methods import StepContext, settings_of
 from ..model.segmenter import CiNuSegModel, StepRecord
 from ..model.file import save_model
 from . import distributed
@@ -184,12 +184,15 @@ class _Loop:
         )
 
     def _record(self, results: dict) -> StepRecord:
-        """The step's record in the model: method, classes, settings, images and ``results``."""
+        """The step's record in the model: method, classes, settings (with every setting of the
+        method's own, as it trained), images and ``results``."""
+        settings = self.settings.to_dict()
+        settings["method_settings"] = settings_of(self.hooks) if self.hooks is not None else {}
         return StepRecord(
             step=self.step,
             method=self.method,
             new_classes=[c.name for c in self.model.classes if c.step == self.step],
-            settings=self.settings.to_dict(),
+            settings=settings,
             data={"images": [p.name for p in self.pairs], "num_images": len(self.pairs)},
             results=results,
         )

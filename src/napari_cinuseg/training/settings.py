@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 
 @dataclass
@@ -43,14 +43,9 @@ class TrainSettings:
     stain_jitter: float = 0.0  # HED stain strength s: concentrations × 2^U(−s, s), + U(−s, s)·spread/2
     scale_jitter: float = 0.0  # zoom 2^U(−s, s): 1.0 covers 20× to 80× for a 40× training set
 
-    # CiNuSeg (eqs. 1, 11, 12, 14-16)
-    tau: float = 0.7
-    omega: float = 0.1
-    sigma: float = 0.7
-    alpha_o: float = 10.0
-    alpha_n: float = 0.5
-    pkd_scores: str = "softmax"  # eqs. 4-5 on softmax (MiB's reading) or on the sigmoid scores S
-    adaptive_tau: bool = False  # eq. 1's τ per old class, lowered for an under-confident prior (not in the paper)
+    # The user's changes to the step method's own settings (fields of its dataclass, e.g.
+    # CiNuSeg's τ: methods.method_settings), handed to methods.get_method by the step.
+    method_settings: dict = field(default_factory=dict)
 
     # running
     seed: int = 0
@@ -70,14 +65,23 @@ class TrainSettings:
         return self.replace(encoder=arch.encoder, decoder=arch.decoder, decoder_channels=tuple(arch.decoder_channels))
 
     def replace(self, **changes) -> "TrainSettings":
-        unknown = set(changes) - {f.name for f in fields(self)}
-        if unknown:
-            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        """These settings with ``changes``; a name that is no training setting but a method's
+        own (e.g. ``tau``) goes into ``method_settings``."""
+        own = {f.name for f in fields(self)}
+        others = {k: changes.pop(k) for k in set(changes) - own}
+        if others:
+            from ..methods import all_method_settings  # here: reading settings needs no PyTorch
+
+            unknown = set(others) - set(all_method_settings())
+            if unknown:
+                raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+            changes["method_settings"] = {**changes.get("method_settings", self.method_settings), **others}
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["decoder_channels"] = list(self.decoder_channels)
+        d["method_settings"] = dict(self.method_settings)
         return d
 
     def __post_init__(self) -> None:
@@ -98,16 +102,16 @@ class TrainSettings:
             raise ValueError(f"max_skipped is a number of iterations, got {self.max_skipped}")
         if self.epochs < 1:
             raise ValueError("epochs must be at least 1")
-        if not 0 <= self.tau < 1 or not 0 <= self.sigma < 1:
-            raise ValueError("tau and sigma are score/ratio thresholds in [0, 1)")
+        self.method_settings = dict(self.method_settings)
         for name, (low, high) in SETTING_RANGES.items():
             value = getattr(self, name)
             if not low <= value <= high:
                 raise ValueError(f"{name} must be in [{low:g}, {high:g}] ({USER_SETTINGS[name]}), got {value}")
 
 
-# The settings a user may change for one run, with what each means: the command line makes one
-# option of each (cli/parser.py), the panel its advanced fields of the method's (ui/sections.py).
+# The training settings a user may change for one run, with what each means: the command line
+# makes one option of each (cli/parser.py), and one of each method's own setting beside them
+# (methods.method_settings); the panel its advanced fields (ui/sections.py).
 USER_SETTINGS: dict[str, str] = {
     "epochs": "training epochs (one random crop per image each)",
     "iterations": "total iterations (overrides --epochs)",
@@ -116,32 +120,22 @@ USER_SETTINGS: dict[str, str] = {
     "device": "auto (CUDA, then MPS, then CPU), cuda, mps or cpu",
     "seed": "random seed of weights, crops and order",
     "num_workers": "data loader processes",
-    "tau": "τ, eqs. 1 and 11: an old class's score above it makes a pseudo-label",
-    "omega": "ω, eq. 12: extra weight of hard negatives",
-    "sigma": "σ, eqs. 15-16: the new-class share of an image above which ATT fires",
-    "alpha_o": "α_o, eq. 16: the old-class loss factor where ATT fires",
-    "alpha_n": "α_n, eq. 15: the new-class loss factor where ATT fires",
     "stain_jitter": "HED stain augmentation: stain amounts scaled by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)",
     "scale_jitter": "zoom augmentation: crops zoomed by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)",
 }
 
 
-# The allowed range of each tunable number (TrainSettings checks them; the panel offers exactly
-# these under "Advanced", one field each, labelled and explained from USER_SETTINGS).
+# The allowed range of each tunable training number (TrainSettings checks them; the panel offers
+# these under "Advanced", with the method's own, one field each, explained from USER_SETTINGS).
 SETTING_RANGES: dict[str, tuple[float, float]] = {
-    "alpha_o": (0.0, 100.0),
-    "alpha_n": (0.0, 10.0),
-    "tau": (0.0, 0.99),
-    "omega": (0.0, 10.0),
-    "sigma": (0.0, 0.99),
     "stain_jitter": (0.0, 2.0),
     "scale_jitter": (0.0, 2.0),
 }
 
 
-def setting_label(name: str) -> str:
-    """A short label: the symbol a method setting's help starts with (τ, ω, …), else its name."""
-    head = USER_SETTINGS[name].split(",")[0]
+def setting_label(name: str, help: str) -> str:
+    """A short label: the symbol a setting's help starts with (τ, ω, …), else its name."""
+    head = help.split(",")[0]
     return head if len(head) <= 3 else name.replace("_", " ")
 
 

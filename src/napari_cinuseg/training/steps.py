@@ -128,7 +128,7 @@ def train_step(
             f"for {want[0]} + {want[1]} {list(want[2])}; a step keeps its prior's network: use "
             "settings.for_network(prior.arch), or choose a prior with that network"
         )
-    m = get_method(method)
+    m = get_method(method, **settings.method_settings)  # its own settings: the user's changes
     model = prior.child(list(new_class_names), list(colours) if colours else None, classifier_init(m))
     check_pairs(pairs, len(new_class_names))
     _check_out(out, prior)

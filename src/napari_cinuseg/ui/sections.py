@@ -38,7 +38,7 @@ from ..model.file import BUNDLED_MODEL
 from ..inference.tiling import DEFAULT_TILE
 from ..training.settings import PRESETS, SETTING_RANGES, USER_SETTINGS, TrainSettings, preset, setting_label
 from ..step_review import PREVIEW_EVERY_S
-from ..workflows import STEP_ITERATIONS, device_choices
+from ..workflows import STEP_ITERATIONS, STEP_METHOD, device_choices
 from .plot import LossPlot
 
 NO_MODEL = "No model: training starts a new base model from your annotations."
@@ -284,17 +284,19 @@ class TrainSection(QGroupBox):
 
     @staticmethod
     def _advanced():
-        """A magicgui form of the method's settings, made from settings.SETTING_RANGES and
-        USER_SETTINGS (no list of its own), in a checkable group: off = the preset's values."""
+        """A magicgui form of the step method's numeric settings (methods.method_settings) and the
+        augmentation's (settings.SETTING_RANGES), no list of its own, in a checkable group: off =
+        the method's and the preset's values."""
         from magicgui.widgets import Container, FloatSpinBox
 
+        from ..methods import method_settings
+
         defaults = preset("cpu")
+        numbers = [(n, spec.default, spec.low, spec.high, spec.help) for n, spec in method_settings(STEP_METHOD).items() if spec.low is not None]
+        numbers += [(n, getattr(defaults, n), low, high, USER_SETTINGS[n]) for n, (low, high) in SETTING_RANGES.items()]
         fields = {
-            name: FloatSpinBox(
-                name=name, label=setting_label(name), value=getattr(defaults, name), min=low, max=high, step=0.05,
-                tooltip=USER_SETTINGS[name],
-            )
-            for name, (low, high) in SETTING_RANGES.items()
+            name: FloatSpinBox(name=name, label=setting_label(name, text), value=value, min=low, max=high, step=0.05, tooltip=text)
+            for name, value, low, high, text in numbers
         }
         box = QGroupBox("Advanced (method)")
         box.setCheckable(True)

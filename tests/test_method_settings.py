@@ -1,0 +1,56 @@
+"""A method's own hyper-parameters are fields of its dataclass: set by name, checked, recorded."""
+
+import pytest
+
+from napari_cinuseg.benchmark.run import _configured_methods
+from napari_cinuseg.cli.parser import build_parser
+from napari_cinuseg.cli.commands import _settings
+from napari_cinuseg.methods import all_method_settings, get_method, method_settings, settings_of
+from napari_cinuseg.training.settings import TrainSettings, preset
+
+
+def test_cinuseg_keeps_its_own_settings_with_the_papers_defaults():
+    m = get_method("cinuseg")
+    assert (m.tau, m.omega, m.sigma, m.alpha_o, m.alpha_n) == (0.7, 0.1, 0.7, 10.0, 0.5)
+    changed = get_method("cinuseg+acl+drr", tau=0.4, omega=2.0, pkd_scores="sigmoid")
+    assert (changed.tau, changed.omega, changed.pkd_scores, changed.att) == (0.4, 2.0, "sigmoid", False)
+    assert settings_of(changed)["tau"] == 0.4 and set(settings_of(changed)) == set(method_settings("cinuseg"))
+    assert "tau" not in {f for f in TrainSettings.__dataclass_fields__}
+
+
+@pytest.mark.parametrize(
+    "name, values, words",
+    [
+        ("mib", {"tau": 0.5}, "mib has no setting tau"),
+        ("cinuseg", {"tau": 1.5}, "tau must be in [0, 0.99]"),
+        ("cinuseg", {"pkd_scores": "both"}, "pkd_scores must be one of softmax, sigmoid"),
+        ("cinuseg", {"adaptive_tau": 1}, "adaptive_tau is true or false"),
+    ],
+)
+def test_a_setting_the_method_lacks_or_out_of_range_is_refused(name, values, words):
+    with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        get_method(name, **values)
+
+
+def test_training_settings_carry_the_users_method_settings():
+    s = preset("cpu", tau=0.3, iterations=5).replace(omega=1.0)
+    assert s.method_settings == {"tau": 0.3, "omega": 1.0} and s.iterations == 5
+    assert s.to_dict()["method_settings"] == {"tau": 0.3, "omega": 1.0}
+    with pytest.raises(ValueError, match="unknown setting"):
+        preset("cpu", no_such_thing=1)
+
+
+def test_the_command_line_makes_an_option_of_each_method_setting():
+    args = build_parser(["step"]).parse_args(
+        ["step", "--prior", "p.cinuseg.pt", "--new-class", "X", "--out", "o.cinuseg.pt", "--tau", "0.5", "--no-adaptive-tau", "--iterations", "3"]
+    )
+    s = _settings(args)
+    assert s.method_settings == {"tau": 0.5, "adaptive_tau": False} and s.iterations == 3
+    assert set(all_method_settings()) >= {"tau", "omega", "sigma", "alpha_o", "alpha_n", "pkd_scores", "adaptive_tau", "unpainted"}
+
+
+def test_a_benchmark_gives_each_method_only_its_own_settings():
+    cinuseg, mib = _configured_methods(["cinuseg", "mib"], {"tau": 0.5})
+    assert cinuseg.tau == 0.5 and "tau" not in method_settings(mib)
+    with pytest.raises(ValueError, match="no method of this benchmark"):
+        _configured_methods(["mib", "plop"], {"tau": 0.5})

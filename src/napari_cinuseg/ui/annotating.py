@@ -1,0 +1,94 @@
+"""The panel's annotation part: a layer to paint a new class on, its save beside the model as a
+labels TIFF and its reopening, and the engine's training pairs made from it (a mixin of the
+panel, which gives it ``viewer``, ``model``, ``storage``, ``class_section`` and ``_say``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtWidgets import QFileDialog
+
+from ..annotations import annotation_file, read_annotation, save_annotation
+from ..model.file import BUNDLED_MODEL
+from ..model.segmenter import check_class_name, check_colour
+from ..plugin.layer_metadata import ANNOTATION_KEY
+from . import layers
+
+
+class AnnotationsHost:
+    def _new_class(self) -> tuple[str, str]:
+        known = self.model.class_names if self.model else []
+        return check_class_name(self.class_section.name.text(), known), check_colour(self.class_section.colour.text())
+
+    def add_annotation_layer(self):
+        try:
+            name, colour = self._new_class()
+            image = self.class_section.image_layer(self.viewer)
+            layer = layers.add_annotation_layer(self.viewer, image, name, colour, self.class_section.exhaustive.isChecked())
+        except ValueError as exc:
+            self._say(str(exc), error=True)
+            return None
+        self._say(f"Paint {name} with label 1 and background with label 2; unpainted pixels teach nothing.")
+        return layer
+
+    def _choose_annotation_file(self) -> None:
+        folder = Path(self.model.source_path).parent if self.model and self.model.source_path else self.storage.models
+        path, _ = QFileDialog.getOpenFileName(self, "Open an annotation", str(folder), "CiNuSeg annotations (*.annotation.tif);;TIFF (*.tif *.tiff)")
+        if path:
+            self.open_annotation(path)
+
+    def open_annotation(self, path):
+        """An annotation saved by :meth:`save_annotations`, as an annotation layer over the open
+        image it names (its class in the Name field); None, with a message, if it cannot be."""
+        path = Path(path)
+        try:
+            labels, info = read_annotation(path)
+            if info["image"] not in self.viewer.layers:
+                raise ValueError(f"{path.name} was painted on the image {info['image']!r}, which is not open; open it first, then the annotation")
+            image = self.viewer.layers[info["image"]]
+            colour = info.get("colour") or self.class_section.colour.text()
+            layer = layers.add_annotation_layer(self.viewer, image, info["class"], colour, False, data=labels)
+        except (ValueError, OSError) as exc:
+            self._say(str(exc), error=True)
+            return None
+        self.class_section.name.setText(info["class"])
+        self.class_section.colour.setText(colour)
+        self.class_section.image.setCurrentText(image.name)
+        self._say(f"Opened {path.name}: {info['class']} on {image.name}; paint on, then Train.")
+        return layer
+
+    def annotation_folder_model(self) -> Path:
+        """The model file annotations are saved beside: the current model's, or for the bundled
+        model (or none) a name in the models folder."""
+        source = Path(self.model.source_path) if self.model is not None and self.model.source_path else None
+        if source is None or source.resolve() == BUNDLED_MODEL.resolve():
+            self.storage.models.mkdir(parents=True, exist_ok=True)
+            return Path(self.storage.models) / ((source.name if source else "no-model.cinuseg.pt"))
+        return source
+
+    def save_annotations(self, model_path=None, class_name: str | None = None) -> list[Path]:
+        """Every annotation layer of the class (the Name field's) as a labels TIFF beside the
+        model (``<model>.<image>.annotation.tif``); returns the files written."""
+        name = class_name or self.class_section.name.text().strip()
+        found = layers.annotation_layers(self.viewer, name or None)
+        if not found:
+            self._say(f"no annotation layer of {name!r} to save" if name else "no annotation layer to save", error=True)
+            return []
+        model_path = Path(model_path) if model_path else self.annotation_folder_model()
+        written = []
+        try:
+            for layer in found:
+                info = layer.metadata[ANNOTATION_KEY]
+                out = annotation_file(model_path, info["image"])
+                written.append(save_annotation(out, layer.data, info["image"], info["class"], info.get("colour")))
+        except (OSError, ValueError) as exc:
+            self._say(f"the annotation could not be saved: {exc}", error=True)
+            return written
+        if class_name is None:
+            self._say("Saved " + ", ".join(str(w) for w in written))
+        return written
+
+    def training_pairs(self, class_name: str) -> list:
+        """Every annotation layer of this class, as engine training pairs (headless: annotations)."""
+        pairs, self.last_crops = layers.annotation_pairs(self.viewer, class_name, self.class_section.exhaustive.isChecked())
+        return pairs

@@ -88,7 +88,7 @@ def cmd_train(args) -> int:
     settings = TrainSettings(
         encoder=s["encoder"], decoder=s["decoder"], decoder_channels=tuple(s["decoder_channels"]), encoder_weights=None,
         input=s["input"], stain_jitter=s["stain_jitter"], crop_size=s["crop_size"], batch_size=s["batch_size"],
-        iterations=args.iterations, lr_base=args.lr, seed=args.seed, device=args.device, log_every=25,
+        iterations=args.iterations, lr_base=args.lr, seed=args.train_seed, device=args.device, log_every=25,
     )
     print(f"training on {len(pairs)} pairs (CoNSeP {len(c_train.items)} × {args.consep_repeat}, MoNuSeg {len(m_train.items)} × "
           f"{args.monuseg_repeat}, NuInsSeg {len(n_train.items)}), {args.iterations} iterations from {init.id[:8]}", flush=True)
@@ -104,7 +104,7 @@ def cmd_train(args) -> int:
 
     save_model(model, target, half=True)
     (out / "train.json").write_text(json.dumps({
-        "seconds": round(time.time() - t0, 1), "iterations": args.iterations, "lr": args.lr, "init": init.id,
+        "seconds": round(time.time() - t0, 1), "iterations": args.iterations, "lr": args.lr, "train_seed": args.train_seed, "init": init.id,
         "pairs": {"consep": len(c_train.items), "consep_repeat": args.consep_repeat, "consep_other": args.consep_other, "monuseg": len(m_train.items),
                   "monuseg_repeat": args.monuseg_repeat, "nuinsseg": len(n_train.items)},
         "machine": _machine(),
@@ -265,10 +265,11 @@ def main(argv=None) -> int:
         q.add_argument("--out", required=True)
         q.add_argument("--data", default=None, help="the shared data folder (default $CINUSEG_DATA)")
         q.add_argument("--val-fraction", type=float, default=0.2)
-        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--seed", type=int, default=0, help="seed of the validation split by source")
         q.add_argument("--device", default="cpu")
     t = sub.choices["train"]
     t.add_argument("--iterations", type=int, default=500)
+    t.add_argument("--train-seed", type=int, default=0, help="seed of the weights' training (crops, order), not of the split")
     t.add_argument("--lr", type=float, default=0.005)
     t.add_argument("--init", default="bundled", help="the base model to go on from (default: the bundled one)")
     t.add_argument("--consep-repeat", type=int, default=2, help="CoNSeP pairs repeated, so that class pixels stay a good share of the crops")

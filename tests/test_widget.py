@@ -197,6 +197,9 @@ def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(widget, 
     assert not second.exists() and list((tmp_path / "candidates").iterdir()) == []
     assert widget.model is prior and widget.candidate is None and not widget.train_section.review.isVisibleTo(widget)
     assert "he · step result" not in widget.viewer.layers and "stays current" in widget.status.text()
+    # its layer is kept empty and hidden for the next run (making a layer stalls the viewer)
+    reserved = widget.viewer.layers["he · preview (training)"]
+    assert not reserved.visible and np.asarray(reserved.data).shape == (1, 1) and not np.asarray(reserved.data).any()
     assert list(tmp_path.glob("*.cinuseg.pt")) == []
 
 
@@ -217,9 +220,13 @@ def test_the_preview_updates_during_training_and_goes_at_the_end(widget, prior_f
 
     from qtpy.QtCore import QTimer
 
+    # the preview's layer was made hidden with the annotation layer, and training only updates it
+    reserved = widget.viewer.layers["he · preview (training)"]
+    assert not reserved.visible
     widget.train_section.iterations.setValue(4)
     widget.train_section.crop.setValue(64)
     worker = widget.start_training()
+    assert reserved.visible and reserved in widget.viewer.layers
     worker.yielded.connect(on_event)
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass

@@ -25,6 +25,7 @@ class AnnotationsHost:
             name, colour = self._new_class()
             image = self.class_section.image_layer(self.viewer)
             layer = layers.add_annotation_layer(self.viewer, image, name, colour, self.class_section.exhaustive.isChecked())
+            layers.reserve_region(self.viewer, image.name, "step result", layers.PREVIEW_TITLE)
         except ValueError as exc:
             self._say(str(exc), error=True)
             return None
@@ -48,6 +49,7 @@ class AnnotationsHost:
             image = self.viewer.layers[info["image"]]
             colour = info.get("colour") or self.class_section.colour.text()
             layer = layers.add_annotation_layer(self.viewer, image, info["class"], colour, False, data=labels)
+            layers.reserve_region(self.viewer, image.name, "step result", layers.PREVIEW_TITLE)
         except (ValueError, OSError) as exc:
             self._say(str(exc), error=True)
             return None

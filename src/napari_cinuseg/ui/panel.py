@@ -192,7 +192,7 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
 
         def on_event(ev):
             if isinstance(ev, Preview):
-                self._show_regions(ev.maps, [(o[0], o[1] + off[0], o[2] + off[1]) for o, off in zip(origins, ev.offsets)], colours, "step result", "preview (training)")
+                self._show_regions(ev.maps, [(o[0], o[1] + off[0], o[2] + off[1]) for o, off in zip(origins, ev.offsets)], colours, "step result", layers.PREVIEW_TITLE)
             else:
                 self._on_training_event(ev)
 
@@ -201,7 +201,7 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
             # thread about half a second, an update in place one frame (measured in docs/usage.md)
             boxes = preview_boxes(pairs)
             blank = [np.zeros((y1 - y0, x1 - x0), np.uint8) for y0, x0, y1, x1 in boxes]
-            self._show_regions(blank, [(o[0], o[1] + b[0], o[2] + b[1]) for o, b in zip(origins, boxes)], colours, "step result", "preview (training)")
+            self._show_regions(blank, [(o[0], o[1] + b[0], o[2] + b[1]) for o, b in zip(origins, boxes)], colours, "step result", layers.PREVIEW_TITLE)
         self._remember()
         advice = sparse_annotation_advice(pairs)
         again = " It replaces the step result waiting to be kept." if self.candidate is not None else ""
@@ -227,7 +227,7 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
             if isinstance(ev, Cancelled):  # the plot and the preview were of a run that is gone
                 self.train_section.reset_results()
                 if self.candidate is None:
-                    layers.remove_panel_layers(self.viewer, kind="step result")
+                    layers.clear_regions(self.viewer, "step result", layers.PREVIEW_TITLE)
                 else:  # the result still waiting to be kept, shown again
                     self._show_regions(*self._candidate_regions, "step result", "step result")
         elif isinstance(ev, StepFinished):
@@ -292,7 +292,7 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
         self.candidate = self.candidate_path = self.candidate_class = None
         self.new_model_path = None
         self.train_section.review.clear()
-        layers.remove_panel_layers(self.viewer, kind="step result")
+        layers.clear_regions(self.viewer, "step result", layers.PREVIEW_TITLE)
         layers.remove_panel_layers(self.viewer, kind="att")
         current = Path(self.model.source_path).name if self.model is not None and self.model.source_path else "no model"
         self._say(f"Discarded the step's model (its file is deleted); {current} stays current.")

@@ -85,6 +85,7 @@ def run_one(args, seed: int) -> dict:
         "dataset": args.dataset,
         "class": args.cls,
         "method": args.method,
+        "prior": prior.id[:8],
         "k": args.k,
         "painted_nuclei": painting.nuclei,
         "painted_regions": painted_nuclei(painting.pairs),  # touching nuclei make one region

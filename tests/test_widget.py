@@ -226,12 +226,12 @@ def test_the_preview_updates_during_training_and_goes_at_the_end(widget, prior_f
     widget.train_section.iterations.setValue(4)
     widget.train_section.crop.setValue(64)
     worker = widget.start_training()
-    assert reserved.visible and reserved in widget.viewer.layers
     worker.yielded.connect(on_event)
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     qtbot.wait(50)
     assert [i for i, _ in seen] == [1, 2, 3]
+    assert reserved in widget.viewer.layers and reserved.visible  # the same layer, shown
     assert seen[0][1].shape == widget.viewer.layers["he · step result"].data.shape
     assert "he · preview (training)" not in widget.viewer.layers  # the step result takes its place
 

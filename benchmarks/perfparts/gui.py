@@ -100,8 +100,15 @@ def child_gui(p: dict) -> dict:
     layer = w.add_annotation_layer()
     if layer is None:
         raise RuntimeError(f"no annotation layer: {w.status.text()}")
-    layer.data[40:60, 40:60] = 1  # a few strokes of the new class
-    layer.data[200:230, 150:170] = 2  # and of background
+    # as a user paints: enough nuclei of the new class that the panel gives no "paint more" advice
+    # (a notification, whose popup costs the viewer's thread on its own), and some background
+    from napari_cinuseg.annotations import MIN_EXAMPLES
+
+    yy, xx = np.mgrid[:320, :320]
+    for i in range(MIN_EXAMPLES):
+        cy, cx = 40 + 45 * (i % 3), 40 + 45 * (i // 3)
+        layer.data[(yy - cy) ** 2 + (xx - cx) ** 2 <= 64] = 1  # a nucleus of about 8 px radius
+    layer.data[200:230, 150:170] = 2  # and background
     layer.refresh()
     w.train_section.iterations.setValue(int(p["iterations"]))
     w.train_section.crop.setValue(int(p["crop"]))
@@ -189,6 +196,7 @@ def child_gui(p: dict) -> dict:
         out["_t0"] = t0
         worker = w.start_training()
         out["start_training_call_ms"] = (time.perf_counter() - t0) * 1000
+        out["start_status"] = w.status.text()  # says "Note: …" where the panel advised painting more
         if worker is None:
             out["error"] = f"training did not start: {w.status.text()}"
             QTimer.singleShot(0, app.quit)

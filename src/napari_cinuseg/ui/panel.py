@@ -11,8 +11,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import numpy as np
-
 import skimage.morphology  # noqa: F401 - loaded with the panel, not at the first Train click:
 # skimage's label() imports it (and scipy.spatial) on first use, 176 ms in the viewer's thread
 from qtpy.QtCore import QSettings, Qt
@@ -24,7 +22,7 @@ from ..runtime.events import Cancelled, ExportProgress, IterationSkipped, Memory
 from ..plugin.layer_metadata import RESULT_KEY, layer_pixel_size
 from ..model.segmenter import CiNuSegModel
 from ..model.file import BUNDLED_MODEL, ModelFileError, load_model
-from ..step_review import preview_boxes, review_step, with_preview
+from ..step_review import review_step, with_preview
 from ..workflows import (
     Storage,
     export_nuclei,
@@ -197,11 +195,11 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
                 self._on_training_event(ev)
 
         self.train_section.reset_results()
-        if preview:  # its layer is made now, at the click: a new napari layer costs the viewer's
-            # thread about half a second, an update in place one frame (measured in docs/usage.md)
-            boxes = preview_boxes(pairs)
-            blank = [np.zeros((y1 - y0, x1 - x0), np.uint8) for y0, x0, y1, x1 in boxes]
-            self._show_regions(blank, [(o[0], o[1] + b[0], o[2] + b[1]) for o, b in zip(origins, boxes)], colours, "step result", layers.PREVIEW_TITLE)
+        if preview:  # its layer exists before the first preview, hidden (made with the annotation
+            # layer: a new napari layer costs the viewer's thread 100-300 ms, an update one frame)
+            for image in dict.fromkeys(o[0] for o in origins):
+                if image in self.viewer.layers:
+                    layers.reserve_region(self.viewer, image, "step result", layers.PREVIEW_TITLE)
         self._remember()
         advice = sparse_annotation_advice(pairs)
         again = " It replaces the step result waiting to be kept." if self.candidate is not None else ""

@@ -29,7 +29,7 @@ import numpy as np
 
 from .atomic import atomic_path
 
-BLOCK = 2048
+BLOCK = 1024
 MARGIN = 256
 
 

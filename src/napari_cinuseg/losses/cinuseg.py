@@ -252,14 +252,23 @@ def negative_sample_bce(
     negative_mask: torch.Tensor,
     omega: float = 0.1,
     ignore_index: int = IGNORE_INDEX,
+    open_new: torch.Tensor | None = None,
+    new_classes: Sequence[int] = (),
 ) -> torch.Tensor:
     """Eq. 12 (NS): Σ_c BCE(one-hot(ỹ)_c, S_c) weighted by (1 + ω·O_i), averaged over the image's
-    pixels that are not ``ignore_index``. With ω = 0 it is the plain pseudo-label BCE baseline."""
+    pixels that are not ``ignore_index``. With ω = 0 it is the plain pseudo-label BCE baseline.
+
+    ``open_new`` (B, H, W), not in the paper: pixels where the new classes' channels are left out
+    of the sum (their old pseudo-label holds the old classes, but says nothing of the new ones)."""
     logits = logits.float()
     valid = pseudo != ignore_index
     target = F.one_hot(torch.where(valid, pseudo, torch.zeros_like(pseudo)), logits.shape[1])
     target = target.permute(0, 3, 1, 2).to(logits.dtype)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if open_new is not None and len(new_classes):
+        idx = _as_index(new_classes, logits.device)
+        bce[:, idx] = bce[:, idx] * (~open_new)[:, None].to(bce.dtype)
+    bce = bce.sum(dim=1)
     weight = 1 + omega * negative_mask.to(logits.dtype)
     return _per_image_mean(bce * weight, valid)
 
@@ -325,17 +334,27 @@ def cinuseg_loss(
     pkd_scores: str = "softmax",
     ignore_index: int = IGNORE_INDEX,
     unpainted: str = "tau",
+    uncertain_negatives: bool = True,
 ) -> LossOutput:
     """Eq. 17: mean over the batch of t_o·(CAC + PKD) + t_n·(FGL + BGL + NS), per image.
 
     Switches for the ablation of Table 3: ``acl`` (CAC + PKD), ``drr`` (FGL + BGL and the ω
     weighting of hard negatives in NS), ``att`` (t_o = t_n = 1 when off). With all three off it
     is the paper's baseline: pseudo-labels (eq. 1) + BCE.
+
+    ``uncertain_negatives`` = False (not in the paper; with ``unpainted="prior"``): an unpainted
+    pixel that only the prior's argmax gives an old class (its score ≤ τ) keeps that class in NS
+    but is no negative of the new classes: the prior may be wrong there, on a new-class nucleus
+    the user did not paint (docs/method.md, "Sparse annotations").
     """
     new_classes = list(new_classes)
     k_old = old_logits.shape[1]
     old_classes = list(range(1, k_old))
     pseudo = pseudo_labels(labels, old_logits, new_classes, tau, ignore_index, unpainted)
+    open_new = None
+    if not uncertain_negatives:
+        score, cls = _old_claim(old_logits)
+        open_new = (labels == ignore_index) & (pseudo != ignore_index) & ~_above(score, cls, tau)
     zeros = logits.new_zeros(logits.shape[0], dtype=torch.float32)
     terms: dict[str, torch.Tensor] = {}
 
@@ -350,10 +369,10 @@ def cinuseg_loss(
         terms["fgl"] = foreground_guidance(logits, labels, new_classes)
         terms["bgl"] = background_suppression(logits, labels, new_classes)
         neg = negative_sample_mask(labels, old_logits, new_classes, tau)
-        terms["ns"] = negative_sample_bce(logits, pseudo, neg, omega, ignore_index)
+        terms["ns"] = negative_sample_bce(logits, pseudo, neg, omega, ignore_index, open_new, new_classes)
     else:
         neg = torch.zeros_like(labels, dtype=torch.bool)
-        terms["bce"] = negative_sample_bce(logits, pseudo, neg, 0.0, ignore_index)
+        terms["bce"] = negative_sample_bce(logits, pseudo, neg, 0.0, ignore_index, open_new, new_classes)
 
     if att:
         r, t_o, t_n = adaptive_temperatures(pseudo, old_classes, new_classes, sigma, alpha_o, alpha_n)

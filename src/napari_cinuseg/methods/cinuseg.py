@@ -35,6 +35,9 @@ class CiNuSeg:
     # eq. 1 on pixels nobody labelled (the paper labels every pixel): "prior" keeps the prior's
     # prediction where it is an old class, at any score; "tau" reads eq. 1 as written
     unpainted: str = setting("prior", "eq. 1 on unlabelled pixels: the prior's prediction, or τ as written", choices=("prior", "tau"))
+    # NS on an unpainted pixel that only the prior's argmax gives an old class (score ≤ τ): a
+    # negative of the new class too (True), or only a keeper of the old class (False)
+    uncertain_negatives: bool = setting(True, "an unpainted pixel the prior calls old below τ is a negative of the new class too")
     uses_prior: bool = True
     scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
     tau_per_class: torch.Tensor | None = field(default=None, repr=False)
@@ -67,6 +70,7 @@ class CiNuSeg:
             att=self.att,
             pkd_scores=self.pkd_scores,
             unpainted=self.unpainted,
+            uncertain_negatives=self.uncertain_negatives,
         )
 
 

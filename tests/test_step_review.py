@@ -69,6 +69,7 @@ def test_review_counts_the_painted_nuclei_and_says_grew_or_shrank(base_file, few
     assert "may have forgotten Epithelial" in words
     assert "Spindle-shaped grew: the new model marks 2.0× the pixels" in words and "may call other nuclei Spindle-shaped" in words
     assert "Other is kept" in words and "Necrosis: neither model finds it" in words and "Moved moved" in words
+    assert "segment an image that has Necrosis before keeping it" in words  # a class the step cannot check
     assert "calls 2 of the 15 painted Lymphocyte nuclei Lymphocyte (13 background)" in r.new_class_sentence()
     assert "Fewer than half" in r.new_class_sentence() and r.worrying()
     assert not StepReview("X", [], painted=4, called=4, old_pixels={"A": (10, 10, 10)}).worrying()

@@ -125,7 +125,10 @@ class StepReview:
         for c, (p, n, _) in self.old_pixels.items():
             a = self.agreement(c)
             if a is None:
-                out.append(f"{c}: neither model finds it in the painted regions, so it was not checked here.")
+                out.append(
+                    f"{c}: neither model finds it in the painted regions, so it was not checked here. A step "
+                    f"on images without {c} can lose it elsewhere: segment an image that has {c} before keeping it."
+                )
             elif a >= KEPT_AGREEMENT:
                 out.append(f"{c} is kept: the new model finds it where the prior did ({a:.0%} agreement).")
             elif n * SIZE_CHANGE < p:

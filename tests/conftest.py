@@ -63,7 +63,8 @@ def base_file(tmp_path_factory, few_pairs):
 
 # --- the quick subset: pytest -m "not slow" ------------------------------------------------------
 # A test is slow when it trains a model, opens a napari viewer or runs a separate process: each
-# of those costs seconds to minutes on two cores. Everything else is the quick subset.
+# of those costs seconds to minutes on two cores; also one marked so (a whole slide segmented).
+# Everything else is the quick subset.
 _SLOW_FIXTURES = {"make_napari_viewer", "widget", "qtbot", "base_file", "prior_file", "bundled"}
 _SLOW_CALLS = ("train_base(", "train_step(", "run_benchmark(", "subprocess.", "run_in_process(", '"train-base"', '"step"', '"benchmark"', "torchrun")
 

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from napari_cinuseg.cli import main
 
 
@@ -36,6 +38,7 @@ def test_errors_are_messages_not_tracebacks(shared_data, tmp_path, capsys):
     assert not (tmp_path / "m.pt").exists()
 
 
+@pytest.mark.slow  # the whole shared slide through the bundled model: 15-26 s on two cores
 def test_segment_slide_to_masks_and_resume(shared_data, tmp_path, capsys):
     import torch
 
@@ -81,6 +84,7 @@ def test_export_class_map(tmp_path, capsys):
     assert "model knows 2 classes" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the whole shared slide through the bundled model: 15-26 s on two cores
 def test_segment_writes_a_pyramid_with_the_slides_pixel_size_and_a_nucleus_table(shared_data, tmp_path, capsys):
     """The shared SVS → a masks file whose first series has >= 3 levels with the slide's
     size at level 0, the pixel size read from the slide (0.499 µm), and one CSV row per nucleus."""

@@ -163,6 +163,19 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     np.testing.assert_array_equal(class_map, np.asarray(classes.data))
     assert list(masks) == ["Epithelial", "Spindle-shaped", "Neutrophil"] and meta["model_id"] == widget.model.id
 
+    # a class map edited by hand is split into nuclei again at the next export, not the old objects
+    from napari_cinuseg.plugin.layer_metadata import NUCLEI_KEY
+
+    assert NUCLEI_KEY in classes.metadata
+    edited = np.asarray(classes.data).copy()
+    edited[:] = 0
+    edited[100:140, 100:140] = 1  # one square nucleus
+    classes.data = edited
+    assert NUCLEI_KEY not in classes.metadata
+    with qtbot.waitSignal(widget.export_to(tmp_path / "edited.masks.tif").finished, timeout=120_000):
+        pass
+    assert len(json.loads((tmp_path / "edited.geojson").read_text())["features"]) == 1
+
 
 def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(widget, prior_file, qtbot, tmp_path, monkeypatch):
     import functools

@@ -241,23 +241,29 @@ def export_nuclei(
     csv_path = nuclei_csv_path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another name (an export never replaces a file unasked)")
-    yield ExportProgress(0, 0)
-    args = (nuclei.labels, nuclei.classes, list(class_names), pixel_size, csv_path)
-    if measure_in_process and _pickles(nuclei.labels):
-        from .runtime.processes import run_in_process
-
-        for _ in run_in_process(measure_instances_to_csv, *args):
-            yield ExportProgress(0, 0)
-    else:
-        measure_instances_to_csv(*args)
-    gj = None
-    if geojson:
-        gj = geojson_path(path) if geojson is True else Path(geojson)
+    gj = (geojson_path(path) if geojson is True else Path(geojson)) if geojson else None
+    new_files = [p for p in (csv_path, gj) if p is not None and not p.exists()]
+    try:
         yield ExportProgress(0, 0)
-        write_geojson(gj, nuclei.labels, nuclei.classes, list(class_names), colours, overwrite=True, downsample=downsample)
-    meta = {"nuclei": nuclei.count, "nucleus_min_area_px": nuclei.min_area_px, "instances": nuclei.method, **(extra or {})}
-    job = export_masks_job(class_map, path, class_names, colours, model_id, extra=meta, overwrite=overwrite, pixel_size=pixel_size)
-    return (yield from relay(job, lambda progress: ExportProgress(*progress))), csv_path, gj
+        args = (nuclei.labels, nuclei.classes, list(class_names), pixel_size, csv_path)
+        if measure_in_process and _pickles(nuclei.labels):
+            from .runtime.processes import run_in_process
+
+            for _ in run_in_process(measure_instances_to_csv, *args):
+                yield ExportProgress(0, 0)
+        else:
+            measure_instances_to_csv(*args)
+        if gj is not None:
+            yield ExportProgress(0, 0)
+            write_geojson(gj, nuclei.labels, nuclei.classes, list(class_names), colours, overwrite=True, downsample=downsample)
+        meta = {"nuclei": nuclei.count, "nucleus_min_area_px": nuclei.min_area_px, "instances": nuclei.method, **(extra or {})}
+        job = export_masks_job(class_map, path, class_names, colours, model_id, extra=meta, overwrite=overwrite, pixel_size=pixel_size)
+        return (yield from relay(job, lambda progress: ExportProgress(*progress))), csv_path, gj
+    except BaseException:  # failed, cancelled or closed: no table or outlines without their masks file
+        if not path.exists():
+            for side in new_files:
+                side.unlink(missing_ok=True)
+        raise
 
 
 # --- devices ------------------------------------------------------------------------------------

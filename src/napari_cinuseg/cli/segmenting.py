@@ -25,7 +25,7 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
     from ..io.claims import OutputClaimed, claim
     from ..io.slides import Slide
     from ..runtime.events import SegmentStarted, TileProgress
-    from ..workflows import class_map_on_disk, export_nuclei, nuclei_csv_path
+    from ..workflows import class_map_on_disk, export_nuclei
 
     out = target.parent
     held = contextlib.ExitStack()  # this run's claim on the target (and its scratch folder)
@@ -93,8 +93,6 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
             raise
-        if not target.exists():  # no table without its masks file
-            nuclei_csv_path(target).unlink(missing_ok=True)
         raise ValueError(f"{target} could not be written: {describe_write_failure(exc, target)}") from None
     finally:
         bar.close()

@@ -73,8 +73,9 @@ def as_rgb_uint8(img: np.ndarray, path: str | os.PathLike = "image") -> np.ndarr
             alpha = None  # routine (MoNuSAC's TIFFs are RGBA, alpha 255): not worth a notice
     rgb = _values_to_uint8(img, path)
     if alpha is not None:
-        rgb = on_white(rgb, _alpha_fraction(alpha))
-        _say(path, f"{int((_alpha_fraction(alpha) < 1).sum())} transparent or partly transparent pixel(s) composited onto white")
+        opacity = _alpha_fraction(alpha)
+        rgb = on_white(rgb, opacity)
+        _say(path, f"{int((opacity < 1).sum())} transparent or partly transparent pixel(s) composited onto white")
     return rgb
 
 

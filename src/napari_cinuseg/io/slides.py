@@ -208,7 +208,7 @@ class Slide:
         shape, axes = tuple(level.shape), level.axes
         if len(shape) < 2:
             return False
-        pixels = shape[-3] * shape[-2] if axes in ("SYX", "CYX") else shape[0] * shape[1]
+        pixels = shape[-2] * shape[-1] if axes in ("SYX", "CYX") else shape[0] * shape[1]  # Y × X
         plain = np.dtype(level.dtype) == np.uint8 and not (axes in ("YXS", "YXC") and shape[-1] == 4)
         return not plain and pixels <= IN_MEMORY_LIMIT_PX
 

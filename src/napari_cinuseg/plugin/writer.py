@@ -68,23 +68,17 @@ def write_masks(path: str | os.PathLike, data: Any, attributes: dict) -> list[st
     pixel_size = layer_pixel_size(attributes.get("metadata"))
     from ..inference.instances import nuclei_of
     from ..runtime.events import drain
-    from ..workflows import export_nuclei, geojson_path, nuclei_csv_path
+    from ..workflows import export_nuclei
 
     # the same files as the panel's Export: the masks TIFF, its per-nucleus table and the GeoJSON,
     # of the nuclei the segmentation found (or split from the class map now)
     class_map = _as_uint8(data)
     nuclei = (attributes.get("metadata") or {}).get(NUCLEI_KEY) or nuclei_of(class_map, pixel_size_um=pixel_size)
-    csv_path, gj_path = nuclei_csv_path(path), geojson_path(path)
-    had = {p: p.exists() for p in (csv_path, gj_path)}
-    try:
+    try:  # export_nuclei leaves no table or outlines without their masks file
         _, csv_path, gj_path = drain(export_nuclei(
             class_map, nuclei, path, names, colours, model_id, extra=extra, overwrite=True, pixel_size=pixel_size,
         ))
     except OSError as exc:
-        if not path.exists():  # no table or outlines without their masks file
-            for p, existed in had.items():
-                if not existed:
-                    p.unlink(missing_ok=True)
         raise OSError(exc.errno, f"{path} could not be written: {describe_write_failure(exc, path)}", str(path)) from None
     return [str(path), str(csv_path), str(gj_path)]
 

@@ -222,6 +222,12 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
     )
     if nuclei is not None:
         classes.metadata[NUCLEI_KEY] = nuclei
+
+        def forget_nuclei(event=None, layer=classes):  # edited by hand: the export splits it again
+            layer.metadata.pop(NUCLEI_KEY, None)
+
+        classes.events.paint.connect(forget_nuclei)
+        classes.events.data.connect(forget_nuclei)
     # where the old result was: the class map first, then its nuclei and masks
     old = panel_layers(viewer, image_name, "classes") + panel_layers(viewer, image_name, "nuclei") + panel_layers(viewer, image_name, "mask")
     index = min((viewer.layers.index(ly) for ly in old), default=len(viewer.layers))

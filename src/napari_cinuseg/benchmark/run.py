@@ -70,19 +70,23 @@ def split_data(data: LabelledSet, test: LabelledSet | None, val_fraction: float 
     )
 
 
+#: settings added later whose default trains as a step did before they existed (not, e.g.,
+#: grad_clip or new_class_lr, whose defaults changed how every step trains)
+_AS_BEFORE = {"stain_jitter", "scale_jitter", "input"}
+
+
 def _learning_settings(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in _RUN_ONLY}
 
 
 def _same_learning_settings(cached: StepRecord, settings: TrainSettings) -> bool:
-    """Settings equal, where a setting that an older record lacks counts as equal when it could
-    not have changed that step: a setting added later trains as before at its default (the
-    augmentation strengths off, PKD on softmax, one τ, the RGB input), so a record without it
-    matches that default; ``min_iterations`` only raises the iteration count, so a record without
-    it matches if its step ran at least that many iterations."""
+    """Settings equal, where a setting that an older record lacks counts as equal when its
+    default trains as before it existed (:data:`_AS_BEFORE`: the augmentation strengths off, the
+    RGB input), so a record without it matches that default; ``min_iterations`` only raises the
+    iteration count, so a record without it matches if its step ran at least that many."""
     old, new = _learning_settings(cached.settings), _learning_settings(settings.to_dict())
     defaults = TrainSettings().to_dict()
-    for key in set(new) - set(old) - {"min_iterations"}:
+    for key in (set(new) - set(old)) & _AS_BEFORE:
         if new[key] == defaults.get(key):
             new.pop(key)
     if "min_iterations" not in old and "min_iterations" in new:

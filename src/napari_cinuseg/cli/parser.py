@@ -27,7 +27,7 @@ from .commands import (
 )
 from .console import CONSOLE
 from ..inference.tiling import DEFAULT_TILE
-from ..runtime.names import DATASETS, ENCODERS, INPUTS
+from ..runtime.names import DATASETS, DEFAULT_MIN_AREA_UM2, ENCODERS, INPUTS, INSTANCE_METHODS
 from ..training.settings import PRESETS, USER_SETTINGS
 # Where an option's help lists the incremental methods: the help formatter fills it in from the
 # registry (methods/), only when help is printed, since the registry imports PyTorch.
@@ -100,8 +100,9 @@ def _add_method_settings(p: argparse.ArgumentParser) -> None:
     from ..methods import all_method_settings, available, method_settings
 
     group = p.add_argument_group("settings of a method (given to the methods that have them)")
+    has = {m: method_settings(m) for m in available()}
     for name, spec in all_method_settings().items():
-        owners = [m for m in available() if name in method_settings(m)]
+        owners = [m for m, own in has.items() if name in own]
         who = owners[0] if len(owners) == 1 else f"{owners[0]} and its variants" if all(o.startswith(owners[0]) for o in owners) else ", ".join(owners)
         flag = f"--{name.replace('_', '-')}"
         text = f"{spec.help} ({who}; default {spec.default})"
@@ -208,8 +209,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", help="the model file (default: the bundled base model, CoNSeP's classes; said when used)")
     p.add_argument("--out", required=True, help="folder for <name>.masks.tif (pyramidal OME-TIFF) and <name>.nuclei.csv (one row per nucleus); images already done are skipped")
     p.add_argument("--geojson", action="store_true", help="also write <name>.geojson: nucleus polygons with class names and colours, for QuPath (File > Import objects), in level-0 pixels")
-    p.add_argument("--min-area", type=float, default=3.0, help="nuclei under this many µm² are dropped (with the pixel size unknown, 0.25 µm/px is assumed)")
-    p.add_argument("--instances", choices=("watershed", "components"), default="watershed", help="how touching nuclei are split: watershed on the distance transform, or connected components (no split)")
+    p.add_argument("--min-area", type=float, default=DEFAULT_MIN_AREA_UM2, help="nuclei under this many µm² are dropped (with the pixel size unknown, 0.25 µm/px is assumed)")
+    p.add_argument("--instances", choices=INSTANCE_METHODS, default=INSTANCE_METHODS[0], help="how touching nuclei are split: watershed on the distance transform, or connected components (no split)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help="tile side in the model's pixels (a multiple of 32)")
     p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles, blended")
     p.add_argument("--batch-size", type=int, default=4, help="tiles run through the network at a time")

@@ -200,8 +200,7 @@ def split_by_source(
 ) -> tuple[LabelledSet, LabelledSet]:
     """(train, validation) with whole sources on one side only; the same for the same seed.
 
-    A random choice of sources (the split the bundled model and the earlier benchmark runs were
-    made beside), which on a small data set can leave a class out. ``balanced``: of the ways to
+    A random choice of sources, which on a small data set can leave a class out. ``balanced``: of the ways to
     hold out that many sources, one that gives every class about ``val_fraction`` of its pixels
     (:func:`balanced_sources`), so that no class is missing from the validation images or nearly
     so; ``seed`` chooses among the few best. The benchmark splits this way.

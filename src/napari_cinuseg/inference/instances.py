@@ -4,8 +4,8 @@ A class map says which class each pixel is; touching nuclei merge into one regio
 foreground (every pixel of any class) is split into nuclei by a marker-controlled watershed on its
 distance transform (scikit-image): each nucleus is a basin around a local maximum of the
 (slightly smoothed) distance to the background, the markers at least ``min_distance_um`` apart.
-``method="components"`` keeps the plain connected components instead (the earlier rule, for
-comparison). Each nucleus takes the class most of its pixels have in the class map. Objects smaller
+``method="components"`` keeps the plain connected components instead (no split of touching
+nuclei). Each nucleus takes the class most of its pixels have in the class map. Objects smaller
 than ``min_area_um2`` are dropped (specks, not nuclei).
 
 Large or lazy class maps (zarr, dask) are split block by block in bounded memory, with the
@@ -26,14 +26,13 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..analysis.measurements import block_windows
+from ..runtime.names import DEFAULT_MIN_AREA_UM2, INSTANCE_METHODS
 
-#: A nucleus is typically 20-60 µm²; below 3 µm² (about 48 px at 0.25 µm/px) an object is a speck.
-DEFAULT_MIN_AREA_UM2 = 3.0
 #: Markers of the watershed at least this far apart: about the radius of a small lymphocyte.
 DEFAULT_MIN_DISTANCE_UM = 1.5
 #: The pixel size assumed where an image's is unknown: 40×, as CoNSeP, MoNuSeg and MoNuSAC.
 ASSUMED_PIXEL_SIZE_UM = 0.25
-METHODS = ("watershed", "components")
+METHODS = INSTANCE_METHODS
 #: Above this many pixels (or for any non-numpy map) the map is split blockwise.
 BLOCK = 2048
 MARGIN = 128

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..runtime.names import NUCLEUS
 from .cinuseg import IGNORE_INDEX, _per_image_mean, negative_sample_bce
 
 __all__ = ["base_bce", "mixed_base_bce", "nucleus_only_bce"]
@@ -33,7 +34,7 @@ def nucleus_only_bce(logits: torch.Tensor, nucleus_mask: torch.Tensor) -> torch.
 def mixed_base_bce(
     logits: torch.Tensor,
     labels: torch.Tensor,
-    nucleus: int = 254,
+    nucleus: int = NUCLEUS,
     nucleus_weight: float = 1.0,
     ignore_index: int = IGNORE_INDEX,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,3 +23,8 @@ NUCLEUS_DATASETS = ("monuseg", "nuinsseg", "nuclei")
 # The training-target value of a pixel known to be a nucleus of an unknown class (mixed
 # supervision of a base model, losses.mixed_base_bce).
 NUCLEUS = 254
+
+# Nuclei as objects (inference/instances.py): how touching nuclei are split, and the smallest
+# object kept (a nucleus is typically 20-60 µm²; below 3 µm², about 48 px at 0.25 µm/px, a speck).
+INSTANCE_METHODS = ("watershed", "components")
+DEFAULT_MIN_AREA_UM2 = 3.0

@@ -28,7 +28,7 @@ from skimage import io as skio
 
 from ..io.images import read_rgb
 from ..runtime.names import NUCLEUS
-from .labelled import IMAGE_SUFFIXES, LabelledImage, LabelledSet, source_of_stem
+from .labelled import IMAGE_SUFFIXES, LabelledImage, LabelledSet, TrainingPair, source_of_stem
 
 MONUSEG_PIXEL_SIZE = 0.25  # 40× (Kumar et al. 2017)
 
@@ -103,8 +103,6 @@ def read_nuclei(root: str | os.PathLike, limit: int | None = None) -> NucleusSet
 
 def nucleus_pairs(data: LabelledSet):
     """Training pairs of a nucleus-only set: targets 0 background, ``NUCLEUS`` nucleus."""
-    from .labelled import TrainingPair
-
     return [TrainingPair(it.image, it.labels, it.name) for it in data.items]
 
 
@@ -113,11 +111,8 @@ def mixed_class_pairs(data: LabelledSet, classes) -> list:
     (names): a pixel of a class named there gets its index (1-based), a pixel of any other class of
     the set is ``NUCLEUS`` (a nucleus, of a class this model does not learn), background stays 0,
     unlabelled 255."""
-    from .labelled import TrainingPair
-
     want = {n.lower(): i for i, n in enumerate(classes, start=1)}
-    lut = np.arange(256, dtype=np.uint8)
-    lut[255] = 255
+    lut = np.arange(256, dtype=np.uint8)  # 255 (unlabelled) stays 255
     for cid, name in enumerate(data.class_names, start=1):
         lut[cid] = want.get(name.lower(), NUCLEUS)
     return [TrainingPair(it.image, lut[it.labels], it.name) for it in data.items]

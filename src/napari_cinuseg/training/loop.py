@@ -89,11 +89,13 @@ class _Loop:
 
         return StepContext(self.prior, self.model, list(self.new_classes), self.settings, device, batches)
 
-    def _iteration(self, images, target, lut, device, amp, net, prior_net, opt, scaler) -> tuple[LossOutput, str | None, float]:
+    def _iteration(self, images, target, gear: "_Gear") -> tuple[LossOutput, str | None, float]:
         """One optimisation step on one batch of crops: (the loss, why the optimiser did not
         step or None, the gradient's norm before clipping)."""
+        device, amp, opt, scaler = gear.device, gear.amp, gear.opt, gear.scaler
+        net, prior_net = gear.train_net, gear.prior_net
         images = images.to(device, non_blocking=True)
-        labels = lut[target].to(device, non_blocking=True)
+        labels = gear.lut[target].to(device, non_blocking=True)
         x = self.model.normalize(images)
         with devices.autocast(device, amp):
             old = None
@@ -244,7 +246,7 @@ class _Loop:
             devices.release(device)
 
         seconds = time.perf_counter() - tally.t0
-        self.model.steps.append(self._record(self._results(tally, seconds, device, gear.world, forgetting)))
+        self.model.steps.append(self._record(self._results(tally, seconds, gear, forgetting)))
         path = None
         if out is not None and distributed.is_main():  # one writer under torchrun
             path = str(save_model(self.model, out))
@@ -319,9 +321,7 @@ class _Loop:
                 for group in gear.opt.param_groups:
                     group["lr"] = lr
                 try:
-                    result, skipped, grad_norm = self._iteration(
-                        images, target, gear.lut, gear.device, gear.amp, gear.train_net, gear.prior_net, gear.opt, gear.scaler
-                    )
+                    result, skipped, grad_norm = self._iteration(images, target, gear)
                 except Exception as exc:  # noqa: BLE001 - only an allocation failure is retried
                     if not devices.is_out_of_memory(exc):
                         raise
@@ -365,7 +365,7 @@ class _Loop:
                 tally.epoch += 1
         return True
 
-    def _results(self, tally: "Tally", seconds: float, device, world: int, forgetting) -> dict:
+    def _results(self, tally: "Tally", seconds: float, gear: "_Gear", forgetting) -> dict:
         """The step record's results: iterations, time, final loss, device, loss curve, ATT
         share, forgetting report, memory notes and skipped iterations."""
         att_seen, att_fired = tally.att
@@ -374,7 +374,7 @@ class _Loop:
             "epochs": tally.epoch,
             "seconds": round(seconds, 2),
             "final_loss": float(np.mean(tally.recent)) if tally.recent else None,
-            "device": devices.describe(device) + (f" × {world} processes" if world > 1 else ""),
+            "device": devices.describe(gear.device) + (f" × {gear.world} processes" if gear.world > 1 else ""),
             "loss_curve": loss_curve(tally.history),
             **({"att_fired_share": round(att_fired / att_seen, 4)} if att_seen else {}),
             **({"forgetting": forgetting} if forgetting is not None else {}),

@@ -302,3 +302,19 @@ def test_unpainted_pixels_keep_the_prior_s_prediction_at_any_score():
     assert prior[0, :, 0].tolist() == [1, 1, 255, 2, 0]  # the painted background stays eq. 1's
     with pytest.raises(ValueError, match="unpainted"):
         pseudo_labels(labels, old, [3], unpainted="argmax")
+
+
+def test_unpainted_background_the_prior_is_sure_of_is_background():
+    """Sparse annotations: with ``background`` an unlabelled pixel no old class claims becomes
+    background where the prior's background score exceeds it, and stays unlabelled elsewhere;
+    old-class claims and the user's paint come first."""
+    # the prior's logits (bg, A, B) on five pixels: sure background, unsure background, A, B, painted new
+    old = torch.tensor([[[3.0, -0.5, -2.0, -2.0, 3.0], [-3.0, -1.0, 2.0, -2.0, -3.0], [-3.0, -1.5, -2.0, 0.5, -3.0]]])[..., None]
+    labels = torch.tensor([[255, 255, 255, 255, 3]])[..., None]
+    # background scores 0.95, 0.38; A 0.05, 0.27, 0.88; B ... 0.62
+    without = pseudo_labels(labels, old, [3], tau=0.7, unpainted="prior")
+    assert without[0, :, 0].tolist() == [255, 255, 1, 2, 3]
+    sure = pseudo_labels(labels, old, [3], tau=0.7, unpainted="prior", background=0.5)
+    assert sure[0, :, 0].tolist() == [0, 255, 1, 2, 3]
+    every = pseudo_labels(labels, old, [3], tau=0.7, unpainted="prior", background=0.2)
+    assert every[0, :, 0].tolist() == [0, 0, 1, 2, 3]

@@ -155,7 +155,7 @@ def test_new_class_rows_learn_faster_than_the_rest(bundled, painted):
 
 # --- the sparse-annotation rule of the losses (docs/method.md, "Sparse annotations") ---------
 
-def _sparse_case(pkd_scores):
+def _sparse_case(pkd_scores, **rule):
     """One image of 4×4 pixels, K_old = 3 (bg, old 1, old 2), new class 3. Row 0 painted new,
     pixel (1, 0) painted background, the rest unpainted. The prior calls row 3 old class 1 with
     a score above τ (0.9), row 2 old class 2 below τ (0.6); the new model starts as the prior."""
@@ -168,7 +168,7 @@ def _sparse_case(pkd_scores):
     labels[0, 0] = 3
     labels[0, 1, 0] = 0
     feats = [torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))]
-    out = cinuseg_loss(logits, old, feats, [f.clone() for f in feats], labels, [3], pkd_scores=pkd_scores)
+    out = cinuseg_loss(logits, old, feats, [f.clone() for f in feats], labels, [3], pkd_scores=pkd_scores, **rule)
     out.loss.backward()
     return logits.grad[0], labels[0]
 
@@ -183,6 +183,22 @@ def test_unpainted_pixels_keep_what_the_prior_knows(pkd_scores):
     assert grad[1:3][:, unclaimed].max() <= 1e-7  # gradient ≤ 0: the loss falls as the score rises
     # ... and where the prior is confident (row 3, class 1 at 0.9 > τ) its class is held or raised
     assert (grad[1, 3] <= 1e-7).all()
+
+
+@pytest.mark.parametrize("pkd_scores", ["softmax", "sigmoid"])
+def test_unpainted_sure_background_is_background_weighed_apart(pkd_scores):
+    """With ``background``: row 1's unpainted pixels, which the prior calls background at 0.88,
+    teach background (the new score down, the background up), and weighed apart they leave the
+    pull on the prior's old nuclei (row 3) as it is without them; averaged in with the rest they
+    would dilute it."""
+    grad, labels = _sparse_case(pkd_scores, unpainted="prior", background=0.5, background_apart=True)
+    quiet = torch.zeros(4, 4, dtype=torch.bool)
+    quiet[1, 1:] = True
+    assert (grad[3][quiet] > 0).all() and (grad[0][quiet] < 0).all()
+    alone, _ = _sparse_case(pkd_scores, unpainted="prior")
+    assert torch.allclose(grad[1, 3], alone[1, 3], atol=1e-7)
+    diluted, _ = _sparse_case(pkd_scores, unpainted="prior", background=0.5, background_apart=False)
+    assert (diluted[1, 3].abs() < grad[1, 3].abs()).all()
 
 
 @pytest.mark.parametrize("pkd_scores", ["softmax", "sigmoid"])

@@ -68,6 +68,7 @@ def pseudo_labels(
     tau: float = 0.7,
     ignore_index: int = IGNORE_INDEX,
     unpainted: str = "tau",
+    background: float | None = None,
 ) -> torch.Tensor:
     """Eq. 1: the pseudo-label ỹ of every pixel.
 
@@ -81,6 +82,11 @@ def pseudo_labels(
     prediction wherever that is an old class (the argmax over background and old classes, at any
     score), so that an under-confident prior still keeps, and still teaches the new class, every
     old nucleus the user did not paint (docs/method.md, "Sparse annotations").
+
+    ``background`` (not in the paper; with ``unpainted="prior"``): an unlabelled pixel that no
+    old class claims and whose prior background score S^{t-1}_0 exceeds it is background (0)
+    instead of unlabelled, so the prior's background, too, is kept where the user did not paint.
+    ``None`` leaves such pixels unlabelled.
     """
     if unpainted not in ("tau", "prior"):
         raise ValueError(f"unpainted must be 'tau' or 'prior', got {unpainted!r}")
@@ -91,6 +97,9 @@ def pseudo_labels(
     if unpainted == "prior":
         claimed = claimed | (unlabelled & (old_logits.argmax(dim=1) > 0))
     out = torch.where(unlabelled, torch.full_like(labels, ignore_index), torch.zeros_like(labels))
+    if unpainted == "prior" and background is not None:
+        quiet = unlabelled & ~claimed & (torch.sigmoid(old_logits[:, 0].float()) > background)
+        out = torch.where(quiet, torch.zeros_like(out), out)
     out = torch.where(claimed, cls, out)
     return torch.where(is_new, labels, out)
 
@@ -254,12 +263,15 @@ def negative_sample_bce(
     ignore_index: int = IGNORE_INDEX,
     open_new: torch.Tensor | None = None,
     new_classes: Sequence[int] = (),
+    apart: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eq. 12 (NS): Σ_c BCE(one-hot(ỹ)_c, S_c) weighted by (1 + ω·O_i), averaged over the image's
     pixels that are not ``ignore_index``. With ω = 0 it is the plain pseudo-label BCE baseline.
 
     ``open_new`` (B, H, W), not in the paper: pixels where the new classes' channels are left out
-    of the sum (their old pseudo-label holds the old classes, but says nothing of the new ones)."""
+    of the sum (their old pseudo-label holds the old classes, but says nothing of the new ones).
+    ``apart`` (B, H, W), not in the paper: pixels averaged on their own and added as one more
+    mean, so that however many they are they weigh as much as all the others together."""
     logits = logits.float()
     valid = pseudo != ignore_index
     target = F.one_hot(torch.where(valid, pseudo, torch.zeros_like(pseudo)), logits.shape[1])
@@ -270,7 +282,10 @@ def negative_sample_bce(
         bce[:, idx] = bce[:, idx] * (~open_new)[:, None].to(bce.dtype)
     bce = bce.sum(dim=1)
     weight = 1 + omega * negative_mask.to(logits.dtype)
-    return _per_image_mean(bce * weight, valid)
+    if apart is None:
+        return _per_image_mean(bce * weight, valid)
+    apart = apart & valid
+    return _per_image_mean(bce * weight, valid & ~apart) + _per_image_mean(bce * weight, apart)
 
 
 @torch.no_grad()
@@ -335,6 +350,8 @@ def cinuseg_loss(
     ignore_index: int = IGNORE_INDEX,
     unpainted: str = "tau",
     uncertain_negatives: bool = True,
+    background: float | None = None,
+    background_apart: bool = False,
 ) -> LossOutput:
     """Eq. 17: mean over the batch of t_o·(CAC + PKD) + t_n·(FGL + BGL + NS), per image.
 
@@ -350,7 +367,10 @@ def cinuseg_loss(
     new_classes = list(new_classes)
     k_old = old_logits.shape[1]
     old_classes = list(range(1, k_old))
-    pseudo = pseudo_labels(labels, old_logits, new_classes, tau, ignore_index, unpainted)
+    pseudo = pseudo_labels(labels, old_logits, new_classes, tau, ignore_index, unpainted, background)
+    apart = None
+    if background is not None and background_apart:
+        apart = (labels == ignore_index) & (pseudo == 0)  # the prior's background, unpainted
     open_new = None
     if not uncertain_negatives:
         score, cls = _old_claim(old_logits)
@@ -369,10 +389,10 @@ def cinuseg_loss(
         terms["fgl"] = foreground_guidance(logits, labels, new_classes)
         terms["bgl"] = background_suppression(logits, labels, new_classes)
         neg = negative_sample_mask(labels, old_logits, new_classes, tau)
-        terms["ns"] = negative_sample_bce(logits, pseudo, neg, omega, ignore_index, open_new, new_classes)
+        terms["ns"] = negative_sample_bce(logits, pseudo, neg, omega, ignore_index, open_new, new_classes, apart)
     else:
         neg = torch.zeros_like(labels, dtype=torch.bool)
-        terms["bce"] = negative_sample_bce(logits, pseudo, neg, 0.0, ignore_index, open_new, new_classes)
+        terms["bce"] = negative_sample_bce(logits, pseudo, neg, 0.0, ignore_index, open_new, new_classes, apart)
 
     if att:
         r, t_o, t_n = adaptive_temperatures(pseudo, old_classes, new_classes, sigma, alpha_o, alpha_n)

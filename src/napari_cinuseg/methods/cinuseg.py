@@ -38,6 +38,11 @@ class CiNuSeg:
     # NS on an unpainted pixel that only the prior's argmax gives an old class (score ≤ τ): a
     # negative of the new class too (True), or only a keeper of the old class (False)
     uncertain_negatives: bool = setting(True, "an unpainted pixel the prior calls old below τ is a negative of the new class too")
+    # with unpainted="prior": an unpainted pixel that no old class claims and whose prior
+    # background score is above this is background too (1 = never: such pixels stay unlabelled)
+    unpainted_background: float = setting(0.5, "an unpainted pixel the prior calls background with a score above this is background (1 = never)", 0.0, 1.0)
+    # that background as its own mean in NS (eq. 12), weighed as much as the other pixels together
+    background_apart: bool = setting(True, "the unpainted background is its own mean in NS, weighed as much as the rest")
     uses_prior: bool = True
     scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
     tau_per_class: torch.Tensor | None = field(default=None, repr=False)
@@ -71,6 +76,8 @@ class CiNuSeg:
             pkd_scores=self.pkd_scores,
             unpainted=self.unpainted,
             uncertain_negatives=self.uncertain_negatives,
+            background=self.unpainted_background if self.unpainted_background < 1 else None,
+            background_apart=self.background_apart,
         )
 
 

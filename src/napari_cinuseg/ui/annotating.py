@@ -29,7 +29,7 @@ class AnnotationsHost:
         except ValueError as exc:
             self._say(str(exc), error=True)
             return None
-        self._say(f"Paint {name} with label 1 and background with label 2; unpainted pixels teach nothing.")
+        self._say(f"Paint {name} with label 1 and background with label 2; elsewhere the step keeps what the current model finds.")
         return layer
 
     def _choose_annotation_file(self) -> None:

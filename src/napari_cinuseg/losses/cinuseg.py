@@ -363,6 +363,10 @@ def cinuseg_loss(
     pixel that only the prior's argmax gives an old class (its score ≤ τ) keeps that class in NS
     but is no negative of the new classes: the prior may be wrong there, on a new-class nucleus
     the user did not paint (docs/method.md, "Sparse annotations").
+
+    ``background`` and ``background_apart`` (not in the paper): :func:`pseudo_labels`'s
+    ``background``, and those unpainted background pixels as their own mean in NS
+    (:func:`negative_sample_bce`'s ``apart``).
     """
     new_classes = list(new_classes)
     k_old = old_logits.shape[1]

@@ -68,7 +68,7 @@ def pseudo_labels(
     tau: float = 0.7,
     ignore_index: int = IGNORE_INDEX,
     unpainted: str = "tau",
-    background: float | None = None,
+    background: float = 1.0,
 ) -> torch.Tensor:
     """Eq. 1: the pseudo-label ỹ of every pixel.
 
@@ -86,7 +86,7 @@ def pseudo_labels(
     ``background`` (not in the paper; with ``unpainted="prior"``): an unlabelled pixel that no
     old class claims and whose prior background score S^{t-1}_0 exceeds it is background (0)
     instead of unlabelled, so the prior's background, too, is kept where the user did not paint.
-    ``None`` leaves such pixels unlabelled.
+    1 (the default) leaves such pixels unlabelled: no score exceeds it.
     """
     if unpainted not in ("tau", "prior"):
         raise ValueError(f"unpainted must be 'tau' or 'prior', got {unpainted!r}")
@@ -97,7 +97,7 @@ def pseudo_labels(
     if unpainted == "prior":
         claimed = claimed | (unlabelled & (old_logits.argmax(dim=1) > 0))
     out = torch.where(unlabelled, torch.full_like(labels, ignore_index), torch.zeros_like(labels))
-    if unpainted == "prior" and background is not None:
+    if unpainted == "prior" and background < 1:
         quiet = unlabelled & ~claimed & (torch.sigmoid(old_logits[:, 0].float()) > background)
         out = torch.where(quiet, torch.zeros_like(out), out)
     out = torch.where(claimed, cls, out)
@@ -350,7 +350,7 @@ def cinuseg_loss(
     ignore_index: int = IGNORE_INDEX,
     unpainted: str = "tau",
     uncertain_negatives: bool = True,
-    background: float | None = None,
+    background: float = 1.0,
     background_apart: bool = False,
 ) -> LossOutput:
     """Eq. 17: mean over the batch of t_o·(CAC + PKD) + t_n·(FGL + BGL + NS), per image.
@@ -373,8 +373,8 @@ def cinuseg_loss(
     old_classes = list(range(1, k_old))
     pseudo = pseudo_labels(labels, old_logits, new_classes, tau, ignore_index, unpainted, background)
     apart = None
-    if background is not None and background_apart:
-        apart = (labels == ignore_index) & (pseudo == 0)  # the prior's background, unpainted
+    if background_apart:  # the prior's background, unpainted (none where ``background`` is 1)
+        apart = (labels == ignore_index) & (pseudo == 0)
     open_new = None
     if not uncertain_negatives:
         score, cls = _old_claim(old_logits)

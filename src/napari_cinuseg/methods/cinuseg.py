@@ -76,7 +76,7 @@ class CiNuSeg:
             pkd_scores=self.pkd_scores,
             unpainted=self.unpainted,
             uncertain_negatives=self.uncertain_negatives,
-            background=self.unpainted_background if self.unpainted_background < 1 else None,
+            background=self.unpainted_background,
             background_apart=self.background_apart,
         )
 

@@ -87,6 +87,27 @@ def test_a_candidate_waits_beside_the_models_until_kept(tmp_path):
         storage.keep(cand)
 
 
+def test_steps_ending_in_the_same_second_get_their_own_names(tmp_path, monkeypatch):
+    from datetime import datetime
+
+    from napari_cinuseg import workflows
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 12, 2, 10, 12, 33)
+
+    monkeypatch.setattr(workflows, "datetime", Frozen)
+    storage = Storage(tmp_path / "models", tmp_path / "results")
+    waiting = storage.candidate_path(None, "Lymphocyte")
+    waiting.write_bytes(b"the result waiting to be kept")
+    again = storage.candidate_path(None, "Lymphocyte")  # train again, in the same second
+    assert again != waiting and again.name == "base+lymphocyte-20261202-101233-2.cinuseg.pt"
+    kept = storage.keep(waiting)
+    assert storage.candidate_path(None, "Lymphocyte") not in (kept, waiting)  # nor a kept model's name
+    assert waiting.exists() is False and kept.read_bytes() == b"the result waiting to be kept"
+
+
 def test_device_choices_list_auto_the_cpu_and_each_gpu(monkeypatch):
     import torch
 

@@ -41,6 +41,16 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "class"
 
 
+def _free_name(folders, stem: str, suffix: str) -> str:
+    """``stem + suffix``, or ``stem-2 + suffix``, ``stem-3``, …: the first name none of
+    ``folders`` holds."""
+    name, n = stem + suffix, 1
+    while any((Path(f) / name).exists() for f in folders):
+        n += 1
+        name = f"{stem}-{n}{suffix}"
+    return name
+
+
 def _home(kind: str) -> Path:
     return Path.home() / ".napari-cinuseg" / kind
 
@@ -54,11 +64,14 @@ class Storage:
     results: Path = field(default_factory=lambda: _home("results"))
 
     def new_model_path(self, prior, class_name: str) -> Path:
-        """``<prior's name or 'base'>+<class>-<time>.cinuseg.pt``: never a prior's file."""
+        """``<prior's name or 'base'>+<class>-<time>.cinuseg.pt``, a name no model in the models
+        folder or its candidates has (``-2``, ``-3``, … after the time when two steps end in the
+        same second): never a prior's file, never a result waiting to be kept."""
         self.models.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         base = slug(Path(prior.source_path).name.split(".")[0]) if prior is not None and prior.source_path else "base"
-        return Path(self.models) / f"{base}+{slug(class_name)}-{stamp}.cinuseg.pt"
+        folders = (Path(self.models), Path(self.models) / "candidates")
+        return Path(self.models) / _free_name(folders, f"{base}+{slug(class_name)}-{stamp}", ".cinuseg.pt")
 
     def candidate_path(self, prior, class_name: str) -> Path:
         """Where a step's result waits until the user keeps it (:meth:`keep`) or discards it:
@@ -80,7 +93,8 @@ class Storage:
     def result_path(self, image_name: str, model) -> Path:
         """``<image>-<model id>-<time>.zarr`` for a class map built on disk."""
         self.results.mkdir(parents=True, exist_ok=True)
-        return Path(self.results) / f"{slug(image_name)}-{model.id[:8]}-{time.strftime('%Y%m%d-%H%M%S')}.zarr"
+        stem = f"{slug(image_name)}-{model.id[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return Path(self.results) / _free_name((Path(self.results),), stem, ".zarr")
 
 
 def learn_class(

@@ -173,3 +173,28 @@ def test_snapshot_merges_parts_of_one_run_and_refuses_other_runs():
     other_base["evaluations"]["2-1/base/step0"]["dice"]["A"] = 71.0
     with pytest.raises(SystemExit, match="base models differ"):
         script.merge(first, other_base)
+
+
+def test_base_budget_and_the_curve_of_dice_while_training(small, tiny, tmp_path):
+    import torch
+
+    from napari_cinuseg.model.file import load_model
+    from napari_cinuseg.runtime.events import CurvePoint
+
+    events = []
+    cfg = _config(small, tmp_path / "curve", tiny, methods=("offline",), base_iterations=3, curve_every=2)
+    results = drain(run_benchmark(cfg), events.append)
+    points = results["training_curves"]["models/seed0/offline-epithelial_other_spindle-shaped.cinuseg.pt"]
+    assert [p["iteration"] for p in points] == [2, 3]  # every 2 and the last
+    assert [e.iteration for e in events if isinstance(e, CurvePoint)] == [2, 3]
+    assert set(points[-1]["dice"]) == {"Epithelial", "Spindle-shaped", "Other"}
+    assert points[-1]["dice"] == results["evaluations"]["1-1/offline/step0"]["dice"]  # the last point is the model's score
+    assert (tmp_path / "curve" / "training-curve.png").stat().st_size > 1000
+    curved = load_model(tmp_path / "curve" / "models" / "seed0" / "offline-epithelial_other_spindle-shaped.cinuseg.pt")
+    assert curved.steps[-1].results["iterations"] == 3  # the base budget, not the steps' one iteration
+
+    # scoring while training changes nothing the model learns
+    drain(run_benchmark(_config(small, tmp_path / "plain", tiny, methods=("offline",), base_iterations=3)))
+    plain = load_model(tmp_path / "plain" / "models" / "seed0" / "offline-epithelial_other_spindle-shaped.cinuseg.pt")
+    for (name, a), b in zip(curved.network.state_dict().items(), plain.network.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -200,3 +200,32 @@ def write_curves(results: dict, out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / f"curve-{protocol}.png")
         plt.close(fig)
+
+
+def write_training_curves(results: dict, out: Path) -> None:
+    """Dice on the test images against iterations of each base and offline model trained with a
+    curve (``training-curve.png``): one panel per model, its classes and their mean."""
+    curves = {k: v for k, v in results.get("training_curves", {}).items() if v}
+    if not curves:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), dpi=120, squeeze=False)
+    for ax, (key, points) in zip(axes[0], curves.items()):
+        its = [p["iteration"] for p in points]
+        for name in points[-1]["dice"]:
+            ax.plot(its, [p["dice"].get(name, float("nan")) for p in points], "-", lw=1, label=name)
+        ax.plot(its, [p["mean"] for p in points], "k-o", lw=2, ms=3, label="mean")
+        ax.set_title(key.removesuffix(".cinuseg.pt"), fontsize=8)
+        ax.set_xlabel("iteration")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    axes[0][0].set_ylabel("Dice on the test images (%)")
+    fig.suptitle(f"{results.get('config', {}).get('dataset', '')}: base and offline models while they train", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "training-curve.png")
+    plt.close(fig)

@@ -24,9 +24,9 @@ from .. import __version__
 from ..io.atomic import atomic_json
 from ..datasets.labelled import LabelledSet, split_by_source, step_pairs
 from ..runtime.devices import describe, resolve_device
-from ..runtime.events import BenchmarkStarted, PriorUnconfident, StepEvaluated, StepPlanned
+from ..runtime.events import BenchmarkStarted, CurvePoint, PriorUnconfident, Progress, StepEvaluated, StepPlanned, StepStarted
 from ..analysis.evaluation import evaluate
-from .report import SCORING, seen_mean, summarize, write_curves, write_table
+from .report import SCORING, seen_mean, summarize, write_curves, write_table, write_training_curves
 from ..analysis.forgetting import confident_share
 from ..methods import get_method, method_settings, settings_of
 from ..model.segmenter import CiNuSegModel, StepRecord
@@ -53,6 +53,8 @@ class BenchmarkConfig:
     out: Path
     class_order: Sequence[str] | None = None
     steps_only: bool = False
+    base_iterations: int | None = None  # the base and offline models' budget (None: as the steps')
+    curve_every: int = 0  # score the base and offline models every N iterations while they train
     test_description: str = ""
     command: str = ""
     extra: dict = field(default_factory=dict)
@@ -117,6 +119,18 @@ def _check_cached(
         )
 
 
+def _scored_now(model, test: LabelledSet, device) -> dict:
+    """Dice per class of a model in training, its modes, weights and random state untouched."""
+    modes = [(m, m.training) for m in model.network.modules()]
+    rng = torch.random.get_rng_state()
+    try:
+        return evaluate(model, test, device, say_unscored=False)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        torch.random.set_rng_state(rng)
+
+
 def _configured_methods(names: Sequence[str], values: dict) -> list:
     """The benchmark's methods, each with those of ``values`` that are its own settings (τ for
     CiNuSeg and its ablations, not for MiB); a setting no method has is an error."""
@@ -153,6 +167,9 @@ class _BenchmarkRun:
         # base or offline model with none
         self.step_settings = {m.name: self.settings.replace(method_settings=settings_of(m)) for m in self.methods}
         self.base_settings = self.settings.replace(method_settings={})
+        if cfg.base_iterations is not None:
+            self.base_settings = self.base_settings.replace(iterations=cfg.base_iterations)
+        self.training_curves: dict = self.results.setdefault("training_curves", {})
         # eq. 1's τ: the prior's share of confident pixels at the next step (CiNuSeg's, by default)
         self.tau = next((m.tau for m in self.methods if "tau" in method_settings(m)), get_method("cinuseg").tau)
         self.device = resolve_device(self.settings.device)
@@ -183,6 +200,7 @@ class _BenchmarkRun:
         if not self.cfg.steps_only:
             write_table(self.results, self.out / "table.md")
             write_curves(self.results, self.out)
+            write_training_curves(self.results, self.out)
         return self.results
 
     def _record_config(self) -> None:
@@ -198,6 +216,8 @@ class _BenchmarkRun:
             "test_sources": len(cfg.test.sources),
             "test_image_names": sorted(it.name for it in cfg.test.items),
             "test": cfg.test_description,
+            "base_iterations": cfg.base_iterations,
+            "curve_every": cfg.curve_every,
             "scoring": SCORING,
             "command": cfg.command,
             **cfg.extra,
@@ -253,11 +273,36 @@ class _BenchmarkRun:
 
     def _train_base(self, classes, protocol, method_name, path):
         pairs = step_pairs(self.cfg.train, classes)
-        return (yield from self._model_at(
-            path, classes, "base", pairs,
-            lambda p: train_base(pairs, classes, self.base_settings, out=p, pixel_size=self.cfg.train.pixel_size),
-            protocol.name, method_name, 0,
-        ))
+
+        def job(p):
+            training = train_base(pairs, classes, self.base_settings, out=p, pixel_size=self.cfg.train.pixel_size)
+            if not self.cfg.curve_every or self.cfg.steps_only:
+                return training
+            return self._scored_while_training(training, str(p.relative_to(self.out)), protocol.name, method_name)
+
+        return (yield from self._model_at(path, classes, "base", pairs, job, protocol.name, method_name, 0))
+
+    def _scored_while_training(self, job, key: str, protocol: str, method: str):
+        """``job``'s events and result; every ``curve_every`` iterations (and at the last) the
+        model being trained is scored on the test images, each point kept in
+        ``results["training_curves"][key]`` and yielded as a :class:`CurvePoint`. Scoring leaves
+        the weights, every module's train/eval mode and the random state as they were, so the
+        model is the one the run would train without the curve."""
+        points = self.training_curves[key] = []
+        model = None
+        while True:
+            try:
+                ev = next(job)
+            except StopIteration as stop:
+                return stop.value
+            yield ev
+            if isinstance(ev, StepStarted):
+                model = ev.model
+            elif isinstance(ev, Progress) and model is not None and (ev.iteration % self.cfg.curve_every == 0 or ev.iteration == ev.total):
+                dice = _scored_now(model, self.cfg.test, self.device)
+                points.append({"iteration": ev.iteration, "dice": dice, "mean": seen_mean(dice), "loss": ev.loss})
+                atomic_json(self.results_path, self.results)
+                yield CurvePoint(protocol, method, ev.iteration, ev.total, dice, seen_mean(dice))
 
     def _offline(self, protocol, method):
         """Offline: one model trained on every class of the protocol at once (the upper bound)."""

@@ -176,7 +176,7 @@ def cmd_info(args) -> int:
 
 def cmd_benchmark(args) -> int:
     from ..benchmark.run import BenchmarkConfig, run_benchmark, split_data
-    from ..runtime.events import BenchmarkStarted, PriorUnconfident, StepEvaluated, StepPlanned
+    from ..runtime.events import BenchmarkStarted, CurvePoint, PriorUnconfident, StepEvaluated, StepPlanned
     from ..datasets.labelled import data_dir
     from ..datasets.layouts import read_dataset
 
@@ -193,6 +193,8 @@ def cmd_benchmark(args) -> int:
         out=Path(args.out),
         class_order=_names(args.class_order) if args.class_order else None,
         steps_only=args.steps_only,
+        base_iterations=args.base_iterations,
+        curve_every=args.curve_every,
         test_description=described,
         command="cinuseg " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("cinuseg") else "",
     )
@@ -206,6 +208,9 @@ def cmd_benchmark(args) -> int:
         elif isinstance(ev, StepEvaluated):
             dice = ", ".join(f"{k} {v:.1f}" for k, v in ev.dice.items())
             CONSOLE.say(f"[{ev.protocol} {ev.method} step {ev.step}] Dice: {dice}")
+        elif isinstance(ev, CurvePoint):
+            dice = ", ".join(f"{k} {v:.1f}" for k, v in ev.dice.items())
+            CONSOLE.say(f"[{ev.protocol} {ev.method}] iteration {ev.iteration}/{ev.total}: mean {ev.mean:.1f} ({dice})")
         elif isinstance(ev, PriorUnconfident):
             shares = ", ".join(f"{c} {v:.0%}" for c, v in ev.shares.items())
             CONSOLE.warn(

@@ -198,6 +198,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--class-order", help="comma-separated class order (default: the paper's)")
     p.add_argument("--steps-only", action="store_true", help="train (or resume) the step models, evaluate nothing")
     p.add_argument("--out", required=True, help="output folder; an interrupted run resumes from it")
+    p.add_argument("--base-iterations", type=int, help="iterations of the base and offline models (default: --epochs or --iterations, as the steps)")
+    p.add_argument("--curve-every", type=int, default=0, help="score the base and offline models on the test images every N iterations while they train: a curve of Dice against iterations (0 = off)")
     _add_settings(p)
     _add_encoder(p)
     if wants("benchmark"):

@@ -145,6 +145,7 @@ __all__ = [
     "CancelFlag",
     "Cancelled",
     "CropStats",
+    "CurvePoint",
     "Event",
     "ExportProgress",
     "IterationSkipped",
@@ -246,6 +247,19 @@ class StepEvaluated:
     step: int
     dice: dict[str, float]
     cached: bool
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """A base or offline model scored on the test images while it trains (the benchmark's
+    ``curve_every``): Dice per class and their mean after ``iteration`` of ``total``."""
+
+    protocol: str
+    method: str
+    iteration: int
+    total: int
+    dice: dict[str, float]
+    mean: float
 
 
 @dataclass(frozen=True)

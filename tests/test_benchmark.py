@@ -119,6 +119,20 @@ def test_cached_record_without_min_iterations_matches_only_if_it_ran_enough():
     assert not _same_learning_settings(StepRecord(step=1, method="mib", new_classes=["x"], settings=changed, data={}, results={"iterations": 850}), s)
 
 
+def test_a_step_recorded_before_uncertain_old_existed_matches_its_default():
+    from napari_cinuseg.benchmark.run import _same_learning_settings
+    from napari_cinuseg.methods import get_method, settings_of
+    from napari_cinuseg.model.segmenter import StepRecord
+    from napari_cinuseg.training.settings import TrainSettings
+
+    now = TrainSettings(method_settings=settings_of(get_method("cinuseg")))
+    before = now.to_dict()
+    before["method_settings"] = {k: v for k, v in before["method_settings"].items() if k != "uncertain_old"}
+    rec = StepRecord(step=1, method="cinuseg", new_classes=["x"], settings=before, data={}, results={"iterations": 850})
+    assert _same_learning_settings(rec, now)
+    assert not _same_learning_settings(rec, now.replace(method_settings=settings_of(get_method("cinuseg", uncertain_old="ignore"))))
+
+
 def _load_snapshot_script():
     import importlib.util
     from pathlib import Path

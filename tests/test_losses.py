@@ -54,6 +54,28 @@ def test_pseudo_labels_respects_tau():
     assert pseudo_labels(LABELS, OLD, NEW, tau=0.85).tolist() == [[[3, 0, 255, 1, 0, 3]]]
 
 
+def test_uncertain_old_pixels_background_unlabelled_or_the_prior_class():
+    old = pixels(
+        [logit(0.3), logit(0.6), logit(0.2)],  # labelled background, the prior's argmax class 1 at 0.6 ≤ τ
+        [logit(0.1), logit(0.3), logit(0.8)],  # labelled background, class 2 above τ
+        [logit(0.7), logit(0.6), logit(0.2)],  # labelled background, the prior's argmax is background
+        [logit(0.1), logit(0.6), logit(0.2)],  # a new-class pixel: stays new
+        [logit(0.1), logit(0.6), logit(0.2)],  # unlabelled, nobody above τ: stays unlabelled
+    )
+    labels = torch.tensor([[[0, 0, 0, 3, 255]]])
+    assert pseudo_labels(labels, old, NEW, tau=0.7).tolist() == [[[0, 2, 0, 3, 255]]]  # eq. 1 as written
+    assert pseudo_labels(labels, old, NEW, tau=0.7, uncertain_old="ignore").tolist() == [[[255, 2, 0, 3, 255]]]
+    assert pseudo_labels(labels, old, NEW, tau=0.7, uncertain_old="prior").tolist() == [[[1, 2, 0, 3, 255]]]
+    with pytest.raises(ValueError, match="uncertain_old"):
+        pseudo_labels(labels, old, NEW, uncertain_old="unsure")
+    # an ignored pixel is no negative in NS: the loss differs from eq. 1's where pixel 0 is background
+    feats = [torch.zeros(1, 2, 1, 5)]
+    logits = torch.cat([old, torch.zeros(1, 1, 1, 5)], 1)
+    as_written = cinuseg_loss(logits, old, feats, feats, labels, NEW, att=False)
+    ignored = cinuseg_loss(logits, old, feats, feats, labels, NEW, att=False, uncertain_old="ignore")
+    assert ignored.terms["ns"] != pytest.approx(as_written.terms["ns"])
+
+
 def test_negative_sample_mask_eq11():
     assert negative_sample_mask(LABELS, OLD, NEW, tau=0.7).tolist() == [[[True, False, False, False, False, False]]]
 

@@ -75,6 +75,8 @@ def split_data(data: LabelledSet, test: LabelledSet | None, val_fraction: float 
 #: settings added later whose default trains as a step did before they existed (not, e.g.,
 #: grad_clip or new_class_lr, whose defaults changed how every step trains)
 _AS_BEFORE = {"stain_jitter", "scale_jitter", "input"}
+#: the same for a method's own settings: eq. 1 as written on uncertain old pixels
+_METHOD_AS_BEFORE = {"uncertain_old": "background"}
 
 
 def _learning_settings(settings: dict) -> dict:
@@ -91,6 +93,12 @@ def _same_learning_settings(cached: StepRecord, settings: TrainSettings) -> bool
     for key in (set(new) - set(old)) & _AS_BEFORE:
         if new[key] == defaults.get(key):
             new.pop(key)
+    mine, theirs = dict(new.get("method_settings") or {}), old.get("method_settings") or {}
+    for key, before in _METHOD_AS_BEFORE.items():
+        if key in mine and key not in theirs and mine[key] == before:
+            mine.pop(key)
+    if "method_settings" in new:
+        new["method_settings"] = mine
     if "min_iterations" not in old and "min_iterations" in new:
         ran = (cached.results or {}).get("iterations", 0)
         if ran < new.pop("min_iterations"):

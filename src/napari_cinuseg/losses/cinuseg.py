@@ -244,6 +244,7 @@ def cinuseg_loss(
     uncertain_negatives: bool = True,
     background: float = 1.0,
     background_apart: bool = False,
+    uncertain_old: str = "background",
 ) -> LossOutput:
     """Eq. 17: mean over the batch of t_o·(CAC + PKD) + t_n·(FGL + BGL + NS), per image.
 
@@ -258,12 +259,12 @@ def cinuseg_loss(
 
     ``background`` and ``background_apart`` (not in the paper): :func:`pseudo_labels`'s
     ``background``, and those unpainted background pixels as their own mean in NS
-    (:func:`negative_sample_bce`'s ``apart``).
+    (:func:`negative_sample_bce`'s ``apart``); ``uncertain_old``: :func:`pseudo_labels`'s.
     """
     new_classes = list(new_classes)
     k_old = old_logits.shape[1]
     old_classes = list(range(1, k_old))
-    pseudo = pseudo_labels(labels, old_logits, new_classes, tau, ignore_index, unpainted, background)
+    pseudo = pseudo_labels(labels, old_logits, new_classes, tau, ignore_index, unpainted, background, uncertain_old)
     apart = None
     if background_apart:  # the prior's background, unpainted (none where ``background`` is 1)
         apart = (labels == ignore_index) & (pseudo == 0)

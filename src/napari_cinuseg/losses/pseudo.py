@@ -35,6 +35,10 @@ def _old_claim(old_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return score, idx + 1
 
 
+#: what eq. 1 makes of a labelled background pixel the prior calls old below τ (pseudo_labels)
+UNCERTAIN_OLD = ("background", "ignore", "prior")
+
+
 @torch.no_grad()
 def pseudo_labels(
     labels: torch.Tensor,
@@ -44,6 +48,7 @@ def pseudo_labels(
     ignore_index: int = IGNORE_INDEX,
     unpainted: str = "tau",
     background: float = 1.0,
+    uncertain_old: str = "background",
 ) -> torch.Tensor:
     """Eq. 1: the pseudo-label ỹ of every pixel.
 
@@ -62,16 +67,29 @@ def pseudo_labels(
     old class claims and whose prior background score S^{t-1}_0 exceeds it is background (0)
     instead of unlabelled, so the prior's background, too, is kept where the user did not paint.
     1 (the default) leaves such pixels unlabelled: no score exceeds it.
+
+    ``uncertain_old`` (not in the paper): a pixel labelled background (not a new class) whose
+    prior's argmax over background and old classes is an old class, but at a score ≤ τ, is
+    background (``"background"``: eq. 1 as written), unlabelled (``"ignore"``: PLOP's reading of
+    an uncertain pseudo-label) or that old class (``"prior"``).
     """
     if unpainted not in ("tau", "prior"):
         raise ValueError(f"unpainted must be 'tau' or 'prior', got {unpainted!r}")
+    if uncertain_old not in UNCERTAIN_OLD:
+        raise ValueError(f"uncertain_old must be one of {', '.join(UNCERTAIN_OLD)}, got {uncertain_old!r}")
     score, cls = _old_claim(old_logits)
     is_new = _is_in(labels, new_classes)
     claimed = _above(score, cls, tau)
     unlabelled = labels == ignore_index
+    old_argmax = old_logits.argmax(dim=1) > 0
     if unpainted == "prior":
-        claimed = claimed | (unlabelled & (old_logits.argmax(dim=1) > 0))
+        claimed = claimed | (unlabelled & old_argmax)
+    unsure = ~unlabelled & ~is_new & ~claimed & old_argmax  # labelled background the prior calls old, below τ
+    if uncertain_old == "prior":
+        claimed = claimed | unsure
     out = torch.where(unlabelled, torch.full_like(labels, ignore_index), torch.zeros_like(labels))
+    if uncertain_old == "ignore":
+        out = torch.where(unsure, torch.full_like(out, ignore_index), out)
     if unpainted == "prior" and background < 1:
         quiet = unlabelled & ~claimed & (torch.sigmoid(old_logits[:, 0].float()) > background)
         out = torch.where(quiet, torch.zeros_like(out), out)

@@ -43,6 +43,12 @@ class CiNuSeg:
     unpainted_background: float = setting(0.5, "an unpainted pixel the prior calls background with a score above this is background (1 = never)", 0.0, 1.0)
     # that background as its own mean in NS (eq. 12), weighed as much as the other pixels together
     background_apart: bool = setting(True, "the unpainted background is its own mean in NS, weighed as much as the rest")
+    # eq. 1 on a labelled background pixel the prior's argmax calls old at a score ≤ τ: background
+    # (the paper), unlabelled (PLOP's reading of an uncertain pseudo-label) or that old class
+    uncertain_old: str = setting(
+        "background", "eq. 1 on labelled background the prior calls old below τ: background, unlabelled, or that class",
+        choices=("background", "ignore", "prior"),
+    )
     uses_prior: bool = True
     scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
     tau_per_class: torch.Tensor | None = field(default=None, repr=False)
@@ -78,6 +84,7 @@ class CiNuSeg:
             uncertain_negatives=self.uncertain_negatives,
             background=self.unpainted_background,
             background_apart=self.background_apart,
+            uncertain_old=self.uncertain_old,
         )
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from napari_cinuseg import drain, load_model, train_step
 from napari_cinuseg.analysis.evaluation import evaluate
 from napari_cinuseg.analysis.forgetting import confident_share
+from napari_cinuseg.benchmark.run import split_data
 from napari_cinuseg.methods import get_method
-from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source, step_pairs
+from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, step_pairs
 from napari_cinuseg.training.settings import from_dict, parse_changes
 
 def main(argv: list[str] | None = None) -> dict:
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE (true/false, numbers), repeatable")
     ap.add_argument("--dataset", choices=("consep", "monusac"), default="consep")
     ap.add_argument("--data", help="data root (default $CINUSEG_DATA, else ../shared/data)")
+    ap.add_argument("--val-fraction", type=float, default=0.2, help="the benchmark's --val-fraction")
+    ap.add_argument("--split-seed", type=int, default=0, help="the benchmark's --split-seed")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     root = data_dir(args.data)
     data = read_consep_patches(root / "consep") if args.dataset == "consep" else read_monusac_images(root / "monusac")
-    train, val = split_by_source(data)
+    train, val, _ = split_data(data, None, args.val_fraction, args.split_seed)  # the benchmark's split
     new = [c for c in like.class_names if c not in prior.class_names]
     pairs = step_pairs(train, new)
     if [p.name for p in pairs] != record.data.get("images"):

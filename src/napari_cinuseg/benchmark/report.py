@@ -202,6 +202,15 @@ def write_curves(results: dict, out: Path) -> None:
         plt.close(fig)
 
 
+def _model_title(key: str) -> str:
+    """``models/seed0/2-1/base.cinuseg.pt`` → ``2-1 base, seed 0``; an offline model's file →
+    ``offline, seed 0``."""
+    parts = key.removesuffix(".cinuseg.pt").split("/")[1:]
+    seed = parts[0].removeprefix("seed") if parts and parts[0].startswith("seed") else "?"
+    what = "offline" if parts[-1].startswith("offline") else " ".join(parts[1:])
+    return f"{what}, seed {seed}"
+
+
 def write_training_curves(results: dict, out: Path) -> None:
     """Dice on the test images against iterations of each base and offline model trained with a
     curve (``training-curve.png``): one panel per model, its classes and their mean."""
@@ -219,7 +228,7 @@ def write_training_curves(results: dict, out: Path) -> None:
         for name in points[-1]["dice"]:
             ax.plot(its, [p["dice"].get(name, float("nan")) for p in points], "-", lw=1, label=name)
         ax.plot(its, [p["mean"] for p in points], "k-o", lw=2, ms=3, label="mean")
-        ax.set_title(key.removesuffix(".cinuseg.pt"), fontsize=8)
+        ax.set_title(_model_title(key), fontsize=8)
         ax.set_xlabel("iteration")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_cinuseg.benchmark.report import rescored, seen_mean, summarize, write_curves
+from napari_cinuseg.benchmark.report import rescored, seen_mean, summarize, write_curves, write_training_curves
 from napari_cinuseg.datasets.protocols import Protocol
 from napari_cinuseg.io.atomic import atomic_json
 
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--with", dest="parts", type=Path, action="append", default=[],
                     help="results.json of another part of the same run (a copy of its folder "
                          "that ran other methods); may repeat")
-    ap.add_argument("--curves", type=Path, help="also draw the per-step curves, as <out stem>.png in this folder")
+    ap.add_argument("--curves", type=Path, help="also draw the per-step curves, as <out stem>.png in this folder, and the base and offline models' curves while they trained (a run with --curve-every) as <out stem>-training.png")
     args = ap.parse_args(argv)
     parts = [rescored(json.loads(p.read_text())) for p in args.parts]
     first = rescored(json.loads(args.results.read_text()))
@@ -107,6 +107,9 @@ def main(argv=None) -> int:
         write_curves(snap, args.curves)
         for protocol in snap["curves"]:
             (args.curves / f"curve-{protocol}.png").replace(args.curves / f"{args.out.stem}.png")
+        write_training_curves(snap, args.curves)  # the base and offline models' Dice while they trained
+        if (args.curves / "training-curve.png").exists():
+            (args.curves / "training-curve.png").replace(args.curves / f"{args.out.stem}-training.png")
     for p, methods in snap["summary"].items():
         print(p, ", ".join(f"{m} {s['mean']:.2f}" for m, s in methods.items()))
     return 0

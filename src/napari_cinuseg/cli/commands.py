@@ -196,7 +196,7 @@ def cmd_benchmark(args) -> int:
         base_iterations=args.base_iterations,
         curve_every=args.curve_every,
         test_description=described,
-        command="cinuseg " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("cinuseg") else "",
+        command="cinuseg " + " ".join(sys.argv[1:]) if sys.argv and (sys.argv[0].endswith("cinuseg") or Path(sys.argv[0]).match("napari_cinuseg/__main__.py")) else "",
     )
 
     def show(ev) -> None:

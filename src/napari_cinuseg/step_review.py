@@ -12,7 +12,7 @@ from typing import Generator, Sequence
 import numpy as np
 
 from .inference.tiling import DEFAULT_TILE
-from .runtime.events import CancelFlag, Preview, Progress, StepStarted
+from .runtime.events import CancelFlag, Preview, Progress, StepStarted, tap
 
 
 # --- a live preview while a step trains ----------------------------------------------------------
@@ -57,23 +57,21 @@ def with_preview(job: Generator, pairs: Sequence, every_s: float = PREVIEW_EVERY
     iterations, so the viewer only shows it. Closing this closes ``job``."""
     boxes = preview_boxes(pairs, max_side)
     last, model = time.perf_counter(), None
-    try:
-        while True:
-            try:
-                ev = next(job)
-            except StopIteration as stop:
-                return stop.value
-            yield ev
-            if isinstance(ev, StepStarted):
-                model = ev.model  # the model being trained, read only between two events
-            if not isinstance(ev, Progress) or ev.iteration >= ev.total or time.perf_counter() - last < every_s:
-                continue
-            if model is not None:
-                maps = tuple(predict_while_training(model, np.asarray(p.image)[y0:y1, x0:x1]) for p, (y0, x0, y1, x1) in zip(pairs, boxes))
-                yield Preview(ev.iteration, ev.total, maps, tuple((y0, x0) for y0, x0, _, _ in boxes))
-            last = time.perf_counter()
-    finally:
-        job.close()
+
+    def after(ev):
+        nonlocal last, model
+        if isinstance(ev, StepStarted):
+            model = ev.model  # the model being trained, read only between two events
+        if not isinstance(ev, Progress) or ev.iteration >= ev.total or time.perf_counter() - last < every_s:
+            return None
+        shown = None
+        if model is not None:
+            maps = tuple(predict_while_training(model, np.asarray(p.image)[y0:y1, x0:x1]) for p, (y0, x0, y1, x1) in zip(pairs, boxes))
+            shown = [Preview(ev.iteration, ev.total, maps, tuple((y0, x0) for y0, x0, _, _ in boxes))]
+        last = time.perf_counter()
+        return shown
+
+    return (yield from tap(job, after))
 
 
 # --- a step's review on its painted regions -------------------------------------------------------

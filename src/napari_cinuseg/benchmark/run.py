@@ -24,7 +24,7 @@ from .. import __version__
 from ..io.atomic import atomic_json
 from ..datasets.labelled import LabelledSet, split_by_source, step_pairs
 from ..runtime.devices import describe, resolve_device
-from ..runtime.events import BenchmarkStarted, CurvePoint, PriorUnconfident, Progress, StepEvaluated, StepPlanned, StepStarted
+from ..runtime.events import BenchmarkStarted, CurvePoint, PriorUnconfident, Progress, StepEvaluated, StepPlanned, StepStarted, tap
 from ..analysis.evaluation import evaluate
 from .report import SCORING, seen_mean, summarize, write_curves, write_table, write_training_curves
 from ..analysis.forgetting import confident_share
@@ -298,19 +298,19 @@ class _BenchmarkRun:
         model is the one the run would train without the curve."""
         points = self.training_curves[key] = []
         model = None
-        while True:
-            try:
-                ev = next(job)
-            except StopIteration as stop:
-                return stop.value
-            yield ev
+
+        def after(ev):
+            nonlocal model
             if isinstance(ev, StepStarted):
                 model = ev.model
             elif isinstance(ev, Progress) and model is not None and (ev.iteration % self.cfg.curve_every == 0 or ev.iteration == ev.total):
                 dice = _scored_now(model, self.cfg.test, self.device)
                 points.append({"iteration": ev.iteration, "dice": dice, "mean": seen_mean(dice), "loss": ev.loss})
                 atomic_json(self.results_path, self.results)
-                yield CurvePoint(protocol, method, ev.iteration, ev.total, dice, seen_mean(dice))
+                return [CurvePoint(protocol, method, ev.iteration, ev.total, dice, seen_mean(dice))]
+            return None
+
+        return (yield from tap(job, after))
 
     def _offline(self, protocol, method):
         """Offline: one model trained on every class of the protocol at once (the upper bound)."""

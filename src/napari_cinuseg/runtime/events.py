@@ -37,6 +37,24 @@ def relay(job: Generator, convert: Callable[[Any], Any]) -> Generator:
         yield convert(event)
 
 
+def tap(job: Generator, after: Callable[[Any], Any]) -> Generator:
+    """``job``'s events, each followed by the events ``after(event)`` yields (a generator
+    function, or one returning None), and ``job``'s result: a job that watches another between
+    its events (the live preview, a benchmark's training curve). Closing this closes ``job``."""
+    try:
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as stop:
+                return stop.value
+            yield event
+            extra = after(event)
+            if extra is not None:
+                yield from extra
+    finally:
+        job.close()
+
+
 def is_cancelled(cancel: CancelFlag) -> bool:
     """A job's cancel flag: a ``threading.Event`` that is set, or a callable that returns True."""
     if cancel is None:
@@ -164,6 +182,7 @@ __all__ = [
     "drain",
     "is_cancelled",
     "relay",
+    "tap",
 ]
 
 

@@ -2,8 +2,8 @@
 finished and was evaluated (their summary computed and scored as `cinuseg benchmark` does now,
 ``benchmark.report.rescored``), so no figure of an unfinished step reaches the docs.
 
-    python3 scripts/benchmark_snapshot.py runs/bench-monusac-1-1-r18/results.json \
-        docs/benchmarks/monusac-1-1-cpu-seed0.json [--curves docs/benchmarks/]
+    python3 scripts/benchmark_snapshot.py runs/monusac-1-1-s0/results.json \
+        docs/benchmarks/monusac-1-1-balanced-seed0.json [--curves docs/benchmarks/]
 
 One run's methods may be split over several output folders that share its base model (a copy of
 the folder, run with other `--methods` on another core). Give each results.json with `--with`:

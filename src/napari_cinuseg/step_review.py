@@ -35,19 +35,7 @@ def preview_boxes(pairs: Sequence, max_side: int = PREVIEW_MAX_SIDE) -> list[tup
 def predict_while_training(model, image: np.ndarray) -> np.ndarray:
     """The class map of ``image`` by a model in training, on the device its weights are on,
     leaving every module's train/eval mode (frozen batch norms too) and the weights as they were."""
-    import torch
-
-    net = model.network
-    modes = [(m, m.training) for m in net.modules()]
-    device = next(net.parameters()).device
-    net.eval()
-    try:
-        with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
-            return net(model.normalize(x)).logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    return model.predict(image, next(model.network.parameters()).device)
 
 
 def with_preview(job: Generator, pairs: Sequence, every_s: float = PREVIEW_EVERY_S, max_side: int = PREVIEW_MAX_SIDE) -> Generator:

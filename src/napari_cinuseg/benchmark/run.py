@@ -77,6 +77,7 @@ def split_data(data: LabelledSet, test: LabelledSet | None, val_fraction: float 
 _AS_BEFORE = {"stain_jitter", "scale_jitter", "input"}
 #: the same for a method's own settings: eq. 1 as written on uncertain old pixels
 _METHOD_AS_BEFORE = {"uncertain_old": "background"}
+_NONE = object()
 
 
 def _learning_settings(settings: dict) -> dict:
@@ -86,19 +87,17 @@ def _learning_settings(settings: dict) -> dict:
 def _same_learning_settings(cached: StepRecord, settings: TrainSettings) -> bool:
     """Settings equal, where a setting that an older record lacks counts as equal when its
     default trains as before it existed (:data:`_AS_BEFORE`: the augmentation strengths off, the
-    RGB input), so a record without it matches that default; ``min_iterations`` only raises the
-    iteration count, so a record without it matches if its step ran at least that many."""
+    RGB input; a method's own: :data:`_METHOD_AS_BEFORE`), so a record without it matches that
+    default; ``min_iterations`` only raises the iteration count, so a record without it matches
+    if its step ran at least that many."""
     old, new = _learning_settings(cached.settings), _learning_settings(settings.to_dict())
     defaults = TrainSettings().to_dict()
     for key in (set(new) - set(old)) & _AS_BEFORE:
         if new[key] == defaults.get(key):
             new.pop(key)
-    mine, theirs = dict(new.get("method_settings") or {}), old.get("method_settings") or {}
-    for key, before in _METHOD_AS_BEFORE.items():
-        if key in mine and key not in theirs and mine[key] == before:
-            mine.pop(key)
-    if "method_settings" in new:
-        new["method_settings"] = mine
+    if new.get("method_settings"):
+        theirs = old.get("method_settings") or {}
+        new["method_settings"] = {k: v for k, v in new["method_settings"].items() if k in theirs or _METHOD_AS_BEFORE.get(k, _NONE) != v}
     if "min_iterations" not in old and "min_iterations" in new:
         ran = (cached.results or {}).get("iterations", 0)
         if ran < new.pop("min_iterations"):
@@ -125,18 +124,6 @@ def _check_cached(
             f"{path} was made by another configuration (classes, method, settings, data or prior model "
             "differ); give another --out folder, or delete that model and the ones trained after it"
         )
-
-
-def _scored_now(model, test: LabelledSet, device) -> dict:
-    """Dice per class of a model in training, its modes, weights and random state untouched."""
-    modes = [(m, m.training) for m in model.network.modules()]
-    rng = torch.random.get_rng_state()
-    try:
-        return evaluate(model, test, device, say_unscored=False)
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        torch.random.set_rng_state(rng)
 
 
 def _configured_methods(names: Sequence[str], values: dict) -> list:
@@ -294,8 +281,8 @@ class _BenchmarkRun:
         """``job``'s events and result; every ``curve_every`` iterations (and at the last) the
         model being trained is scored on the test images, each point kept in
         ``results["training_curves"][key]`` and yielded as a :class:`CurvePoint`. Scoring leaves
-        the weights, every module's train/eval mode and the random state as they were, so the
-        model is the one the run would train without the curve."""
+        the weights and every module's train/eval mode as they were (``CiNuSegModel.predict``)
+        and draws no random numbers, so the model is the one the run would train without it."""
         points = self.training_curves[key] = []
         model = None
 
@@ -304,7 +291,7 @@ class _BenchmarkRun:
             if isinstance(ev, StepStarted):
                 model = ev.model
             elif isinstance(ev, Progress) and model is not None and (ev.iteration % self.cfg.curve_every == 0 or ev.iteration == ev.total):
-                dice = _scored_now(model, self.cfg.test, self.device)
+                dice = evaluate(model, self.cfg.test, self.device, say_unscored=False)  # modes kept (predict)
                 points.append({"iteration": ev.iteration, "dice": dice, "mean": seen_mean(dice), "loss": ev.loss})
                 atomic_json(self.results_path, self.results)
                 return [CurvePoint(protocol, method, ev.iteration, ev.total, dice, seen_mean(dice))]

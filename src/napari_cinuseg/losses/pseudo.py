@@ -84,7 +84,9 @@ def pseudo_labels(
     old_argmax = old_logits.argmax(dim=1) > 0
     if unpainted == "prior":
         claimed = claimed | (unlabelled & old_argmax)
-    unsure = ~unlabelled & ~is_new & ~claimed & old_argmax  # labelled background the prior calls old, below τ
+    unsure = None  # labelled background the prior calls old below τ (eq. 1 as written: background)
+    if uncertain_old != "background":
+        unsure = ~unlabelled & ~is_new & ~claimed & old_argmax
     if uncertain_old == "prior":
         claimed = claimed | unsure
     out = torch.where(unlabelled, torch.full_like(labels, ignore_index), torch.zeros_like(labels))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..losses import LossOutput, cinuseg_loss, class_thresholds
+from ..losses.pseudo import UNCERTAIN_OLD
 from . import StepBatch, StepContext, register, setting
 
 
@@ -47,7 +48,7 @@ class CiNuSeg:
     # (the paper), unlabelled (PLOP's reading of an uncertain pseudo-label) or that old class
     uncertain_old: str = setting(
         "background", "eq. 1 on labelled background the prior calls old below τ: background, unlabelled, or that class",
-        choices=("background", "ignore", "prior"),
+        choices=UNCERTAIN_OLD,
     )
     uses_prior: bool = True
     scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched

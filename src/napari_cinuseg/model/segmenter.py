@@ -282,18 +282,22 @@ class CiNuSegModel:
 
     @torch.no_grad()
     def predict(self, image: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
-        """Class map (H, W) uint8 of one RGB uint8 image (H, W, 3), the whole image at once."""
-        was_training = self.network.training
+        """Class map (H, W) uint8 of one RGB uint8 image (H, W, 3), the whole image at once.
+        Every module's train/eval mode is left as it was (a step's frozen batch norms too), so a
+        model in training can be scored between two iterations."""
+        modes = [(m, m.training) for m in self.network.modules()]
         self.network.eval().to(device)
         try:
             image = np.ascontiguousarray(image)
             if not image.flags.writeable:  # napari's layers are read-only; torch wants to own it
                 image = image.copy()
             x = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
-            logits = self.network(self.normalize(x)).logits
+            with torch.no_grad():
+                logits = self.network(self.normalize(x)).logits
             return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
         finally:
-            self.network.train(was_training)
+            for m, mode in modes:
+                m.training = mode
 
     def __repr__(self) -> str:
         cls = ", ".join(f"{c.name}(step {c.step})" for c in self.classes)

@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
         "dice": evaluate(model, val, "cpu", say_unscored=False),
         "confident": confident_share(model, val, [c for c in model.class_names if c in val.class_names], tau, "cpu"),
         "forgetting": model.steps[-1].results.get("forgetting"),
+        # the share of crops on which ATT (eqs. 14-16) fired, this step's and the cached one's
+        "att_fired_share": model.steps[-1].results.get("att_fired_share"),
+        "reference_att_fired_share": record.results.get("att_fired_share"),
         "reference_dice": evaluate(like, val, "cpu", say_unscored=False),
     }
     print(json.dumps(row), flush=True)

@@ -6,7 +6,7 @@ import pytest
 
 from napari_cinuseg.benchmark.run import BenchmarkConfig, run_benchmark
 from napari_cinuseg.runtime.events import StepEvaluated, StepPlanned
-from napari_cinuseg.benchmark.report import offline_ratio, write_table
+from napari_cinuseg.benchmark.report import across_seeds, offline_ratio, write_seed_table, write_table
 from napari_cinuseg.datasets.labelled import LabelledSet
 from napari_cinuseg.runtime.events import drain
 
@@ -212,3 +212,48 @@ def test_base_budget_and_the_curve_of_dice_while_training(small, tiny, tmp_path)
     plain = load_model(tmp_path / "plain" / "models" / "seed0" / "offline-epithelial_other_spindle-shaped.cinuseg.pt")
     for (name, a), b in zip(curved.network.state_dict().items(), plain.network.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def _seed_run(seed, per_method, settings=None):
+    """A results.json of protocol 2-1 (A, B then C) at ``seed``: each method's Dice per class."""
+    summary = {}
+    for m, (a, b, c) in per_method.items():
+        summary[m] = {"old": (a + b) / 2, "new": c, "mean": (a + b + c) / 3, "per_class": {"A": a, "B": b, "C": c}}
+    config = {"dataset": "consep", "protocols": {"2-1": [["A", "B"], ["C"]]}, "test_image_names": ["x_000"],
+              "base_iterations": 100, "settings": {"tau": 0.7, **(settings or {}), "seed": seed}}
+    return {"config": config, "summary": {"2-1": summary}}
+
+
+def test_runs_at_several_seeds_give_mean_and_sd_and_refuse_other_runs(tmp_path):
+    runs = [
+        _seed_run(0, {"cinuseg": (60.0, 40.0, 50.0), "offline": (70.0, 50.0, 60.0), "mib": (10.0, 10.0, 10.0)}),
+        _seed_run(1, {"cinuseg": (62.0, 44.0, 47.0), "offline": (70.0, 50.0, 60.0)}),  # mib did not finish
+        _seed_run(2, {"cinuseg": (58.0, 42.0, 53.0), "offline": (76.0, 44.0, 60.0), "mib": (20.0, 20.0, 20.0)}),
+    ]
+    seeded = across_seeds(runs)
+    assert seeded["seeds"] == [0, 1, 2]
+    c = seeded["summary"]["2-1"]["cinuseg"]
+    assert c["per_class"]["A"]["mean"] == pytest.approx(60.0) and c["per_class"]["A"]["sd"] == pytest.approx(2.0)
+    assert c["new"]["mean"] == pytest.approx(50.0) and c["new"]["sd"] == pytest.approx(3.0)
+    assert c["mean"]["n"] == 3
+    # the ratio is taken per seed, then averaged: 50/60, 51/60, 51/60
+    assert c["offline_ratio"]["mean"] == pytest.approx((50 + 51 + 51) / 3 / 60)
+    mib = seeded["summary"]["2-1"]["mib"]
+    assert mib["seeds"] == [0, 2] and mib["mean"]["mean"] == pytest.approx(15.0) and mib["mean"]["n"] == 2
+
+    write_seed_table(seeded, tmp_path / "t.md")
+    table = (tmp_path / "t.md").read_text()
+    # Old per seed 50, 53, 50; Mean 50, 51, 51
+    assert "| cinuseg | 51.00 ± 1.73 | 50.00 ± 3.00 | 50.67 ± 0.58 | 60.00 ± 2.00 |" in table
+    assert "| mib | 15.00 ± 7.07 |" in table and "| 0, 2 |" in table
+    assert table.index("| cinuseg |") < table.index("| mib |") < table.index("| offline |")
+    assert "CiNuSeg's Mean / offline's: 0.844 ± 0.010 (the paper's: 0.994)" in table
+
+    with pytest.raises(ValueError, match="same seed"):
+        across_seeds([runs[0], runs[0]])
+    with pytest.raises(ValueError, match="other settings"):
+        across_seeds([runs[0], _seed_run(1, {"cinuseg": (1.0, 1.0, 1.0)}, settings={"tau": 0.5})])
+    other_split = _seed_run(1, {"cinuseg": (1.0, 1.0, 1.0)})
+    other_split["config"]["test_image_names"] = ["y_000"]
+    with pytest.raises(ValueError, match="test_image_names"):
+        across_seeds([runs[0], other_split])

@@ -238,3 +238,99 @@ def write_training_curves(results: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "training-curve.png")
     plt.close(fig)
+
+
+#: what runs of one protocol at several seeds must share: all but the seed
+_SAME_BUT_SEED = ("dataset", "protocols", "test_image_names", "base_iterations", "scoring")
+
+
+def across_seeds(runs: list[dict]) -> dict:
+    """Several results dictionaries of one benchmark that differ only in ``--seed``, as one:
+    per protocol and method, the mean and sample standard deviation over the seeds of Old, New,
+    Mean, each class and CiNuSeg's ratio to offline, with the seeds each figure stands on (a
+    method missing at a seed is averaged over the seeds it has, and says so).
+
+    Refuses runs that differ in anything but the seed (data, split, settings), or share a seed."""
+    if not runs:
+        raise ValueError("give at least one results.json")
+
+    def _settings(run):
+        return {k: v for k, v in run.get("config", {}).get("settings", {}).items() if k != "seed"}
+
+    first = runs[0].get("config", {})
+    seeds = [r.get("config", {}).get("settings", {}).get("seed") for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"two runs have the same seed ({seeds}): give each seed's run once")
+    for run, seed in zip(runs[1:], seeds[1:]):
+        cfg = run.get("config", {})
+        for key in _SAME_BUT_SEED:
+            if cfg.get(key) != first.get(key):
+                raise ValueError(f"the run of seed {seed} differs from seed {seeds[0]}'s in {key!r}: not one benchmark")
+        if _settings(run) != _settings(runs[0]):
+            raise ValueError(f"the run of seed {seed} was trained with other settings than seed {seeds[0]}'s")
+
+    def _stats(values: list[float]) -> dict:
+        vals = [v for v in values if v is not None and v == v]
+        if not vals:
+            return {"mean": float("nan"), "sd": float("nan"), "n": 0}
+        sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+        return {"mean": float(np.mean(vals)), "sd": sd, "n": len(vals)}
+
+    out: dict = {"seeds": seeds, "config": {k: first.get(k) for k in (*_SAME_BUT_SEED, "test", "methods")}, "summary": {}}
+    protocols = [p for p in runs[0].get("summary", {})]
+    for protocol in protocols:
+        methods: list[str] = []
+        for run in runs:
+            methods += [m for m in run.get("summary", {}).get(protocol, {}) if m not in methods]
+        per_method = {}
+        for m in methods:
+            have = [(s, r["summary"][protocol][m]) for s, r in zip(seeds, runs) if m in r.get("summary", {}).get(protocol, {})]
+            classes = list(have[0][1].get("per_class", {}))
+            per_method[m] = {
+                "seeds": [s for s, _ in have],
+                **{k: _stats([x[k] for _, x in have]) for k in ("old", "new", "mean")},
+                "per_class": {c: _stats([x.get("per_class", {}).get(c) for _, x in have]) for c in classes},
+            }
+        if "cinuseg" in per_method:
+            ratios = [offline_ratio(r.get("summary", {}).get(protocol, {})) for r in runs]
+            per_method["cinuseg"]["offline_ratio"] = _stats(ratios)
+        out["summary"][protocol] = per_method
+    return out
+
+
+def write_seed_table(seeded: dict, path: Path) -> None:
+    """Markdown of :func:`across_seeds`: per protocol, each method's Old / New / Mean and classes as
+    mean ± sd over the seeds, best Mean first, offline last; CiNuSeg's ratio to offline beside the
+    paper's."""
+
+    def fmt(s, digits=2):
+        if s is None or s["n"] == 0:
+            return "–"
+        return f"{s['mean']:.{digits}f}" + (f" ± {s['sd']:.{digits}f}" if s["n"] > 1 else "")
+
+    def best_first(m):
+        mean = per_method[m]["mean"]
+        return (m == "offline", -mean["mean"] if mean["n"] else float("inf"))
+
+    seeds = seeded["seeds"]
+    dataset = seeded.get("config", {}).get("dataset", "")
+    rows = []
+    for protocol, per_method in seeded["summary"].items():
+        classes = []
+        for s in per_method.values():
+            classes += [c for c in s["per_class"] if c not in classes]
+        order = sorted(per_method, key=best_first)
+        rows += [f"{protocol}, seeds {', '.join(map(str, seeds))} (mean ± sd):", ""]
+        rows.append("| Method | Old | New | Mean | " + " | ".join(classes) + " | seeds |")
+        rows.append("|---|" + "---:|" * (3 + len(classes)) + "---|")
+        for m in order:
+            s = per_method[m]
+            cells = [fmt(s["old"]), fmt(s["new"]), fmt(s["mean"])] + [fmt(s["per_class"].get(c)) for c in classes]
+            rows.append(f"| {m} | " + " | ".join(cells) + f" | {', '.join(map(str, s['seeds']))} |")
+        ratio = (per_method.get("cinuseg") or {}).get("offline_ratio")
+        if ratio and ratio["n"]:
+            paper = PAPER_MEANS.get((dataset, protocol))
+            said = f" (the paper's: {paper['cinuseg'] / paper['offline']:.3f})" if paper else ""
+            rows += ["", f"CiNuSeg's Mean / offline's: {fmt(ratio, 3)}{said}"]
+        rows.append("")
+    path.write_text("\n".join(rows))

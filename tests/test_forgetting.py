@@ -66,6 +66,7 @@ def test_confident_share_counts_ground_truth_pixels_above_tau(bundled, consep):
     import torch
 
     from napari_cinuseg.datasets.labelled import LabelledSet
+    from napari_cinuseg.model.segmenter import image_batch
 
     few = LabelledSet(consep.class_names, consep.items[:4])
     classes = ["Epithelial", "Spindle-shaped"]
@@ -74,7 +75,7 @@ def test_confident_share_counts_ground_truth_pixels_above_tau(bundled, consep):
     bundled.network.eval()
     with torch.no_grad():
         for item in few.items:
-            x = torch.from_numpy(np.ascontiguousarray(item.image)).permute(2, 0, 1)[None]
+            x = image_batch(item.image)
             scores = torch.sigmoid(bundled.network(bundled.normalize(x)).logits)[0].numpy()
             for c in classes:
                 mask = item.labels == few.class_names.index(c) + 1
@@ -88,3 +89,21 @@ def test_confident_share_counts_ground_truth_pixels_above_tau(bundled, consep):
     assert confident_share(bundled, few, classes, tau=1.0) == {c: 0.0 for c in classes}
     none_here = LabelledSet(consep.class_names, [i for i in consep.items if not (i.labels == 1).any()][:1])
     assert confident_share(bundled, none_here, ["Epithelial"])["Epithelial"] is None
+
+def test_read_only_images_are_scored_without_a_warning(bundled, consep):
+    import dataclasses
+    import warnings
+
+    from napari_cinuseg.datasets.labelled import LabelledSet
+
+    items = []
+    for item in consep.items[:2]:
+        image = item.image.copy()
+        image.setflags(write=False)  # as a cached data set or a napari layer hands them out
+        items.append(dataclasses.replace(item, image=image))
+    few = LabelledSet(consep.class_names, items)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "not writable" warning would fail here
+        shares = confident_share(bundled, few, ["Epithelial"], tau=0.7)
+        bundled.predict(items[0].image)
+    assert shares["Epithelial"] is None or 0 <= shares["Epithelial"] <= 1

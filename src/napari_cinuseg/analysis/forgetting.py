@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..datasets.labelled import IGNORE, LabelledSet, TrainingPair
-from ..model.segmenter import CiNuSegModel
+from ..model.segmenter import CiNuSegModel, image_batch
 
 # Below this agreement the panel and the CLI warn that the step may have forgotten a class.
 FORGETTING_WARN_BELOW = 0.8
@@ -119,7 +119,7 @@ def confident_share(
     total = {c: 0 for c in classes}
     ids = {c: (data.class_names.index(c) + 1, model.channel_of(c)) for c in classes}
     for item in data.items:
-        x = torch.from_numpy(np.ascontiguousarray(item.image)).permute(2, 0, 1)[None].to(device)
+        x = image_batch(item.image, device)
         scores = torch.sigmoid(model.network(model.normalize(x)).logits.float())[0].cpu().numpy()
         for c, (data_id, ch) in ids.items():
             mask = item.labels == data_id

@@ -100,6 +100,15 @@ def load_encoder_weights(net: NucleiSegNet, weights: str | None) -> tuple[dict, 
 HEMATOXYLIN_MEAN, HEMATOXYLIN_STD = 0.02035, 0.04375
 
 
+def image_batch(image: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+    """One RGB uint8 image (H, W, 3) as a batch of one (1, 3, H, W) on ``device``; a read-only
+    array (a napari layer's, a cached data set's) is copied, since torch wants to own its memory."""
+    image = np.ascontiguousarray(image)
+    if not image.flags.writeable:
+        image = image.copy()
+    return torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
+
+
 def hematoxylin_density(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) RGB in 0..255 → (B, 1, H, W) hematoxylin optical density, as scikit-image's
     ``rgb2hed`` computes it (Ruifrok and Johnston's stain vectors), clipped at 0."""
@@ -288,10 +297,7 @@ class CiNuSegModel:
         modes = [(m, m.training) for m in self.network.modules()]
         self.network.eval().to(device)
         try:
-            image = np.ascontiguousarray(image)
-            if not image.flags.writeable:  # napari's layers are read-only; torch wants to own it
-                image = image.copy()
-            x = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
+            x = image_batch(image, device)
             with torch.no_grad():
                 logits = self.network(self.normalize(x)).logits
             return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()

@@ -62,7 +62,6 @@ def test_the_painted_new_class_is_left_out(bundled, consep):
 
 
 def test_confident_share_counts_ground_truth_pixels_above_tau(bundled, consep):
-    import numpy as np
     import torch
 
     from napari_cinuseg.datasets.labelled import LabelledSet

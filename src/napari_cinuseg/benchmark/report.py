@@ -282,12 +282,11 @@ def across_seeds(runs: list[dict]) -> dict:
         methods: list[str] = []
         for run in runs:
             methods += [m for m in run.get("summary", {}).get(protocol, {}) if m not in methods]
+        order = [c for step in (first.get("protocols") or {}).get(protocol, []) for c in step]
         per_method = {}
         for m in methods:
             have = [(s, r["summary"][protocol][m]) for s, r in zip(seeds, runs) if m in r.get("summary", {}).get(protocol, {})]
-            classes = list(have[0][1].get("per_class", {}))
-            order = [c for step in (first.get("protocols") or {}).get(protocol, []) for c in step]
-            classes.sort(key=lambda c: order.index(c) if c in order else len(order))  # the protocol's order
+            classes = sorted(have[0][1].get("per_class", {}), key=lambda c: order.index(c) if c in order else len(order))
             per_method[m] = {
                 "seeds": [s for s, _ in have],
                 **{k: _stats([x[k] for _, x in have]) for k in ("old", "new", "mean")},

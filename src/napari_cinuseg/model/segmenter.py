@@ -298,8 +298,7 @@ class CiNuSegModel:
         self.network.eval().to(device)
         try:
             x = image_batch(image, device)
-            with torch.no_grad():
-                logits = self.network(self.normalize(x)).logits
+            logits = self.network(self.normalize(x)).logits  # no gradients: the decorator
             return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
         finally:
             for m, mode in modes:

@@ -122,3 +122,19 @@ def test_the_balanced_split_gives_every_class_a_fair_share_of_the_held_out_slide
         share = sum(counts[s] for s in val.sources) / total
         assert ((share > 0.1) & (share < 0.35)).all(), (val.sources, share)
     assert split_by_source(data, 0.2, seed=1, balanced=True)[1].sources == split_by_source(data, 0.2, seed=1, balanced=True)[1].sources
+
+
+def test_crops_of_read_only_images_are_made_without_a_warning():
+    import warnings
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    tgt = np.ones((32, 32), np.uint8)
+    for a in (img, tgt):
+        a.setflags(write=False)  # as a cached data set hands them out
+    ds = CropDataset([TrainingPair(img, tgt)], crop=32, seed=0, length=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "not writable" warning would fail here
+        crops = [ds[i] for i in range(40)]
+    # some crops are the image itself, unturned: those are the ones that were views of it
+    assert any(np.array_equal(x.permute(1, 2, 0).numpy(), img) for x, _, _ in crops)

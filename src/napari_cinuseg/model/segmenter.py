@@ -103,10 +103,7 @@ HEMATOXYLIN_MEAN, HEMATOXYLIN_STD = 0.02035, 0.04375
 def image_batch(image: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
     """One RGB uint8 image (H, W, 3) as a batch of one (1, 3, H, W) on ``device``; a read-only
     array (a napari layer's, a cached data set's) is copied, since torch wants to own its memory."""
-    image = np.ascontiguousarray(image)
-    if not image.flags.writeable:
-        image = image.copy()
-    return torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
+    return torch.from_numpy(np.require(image, requirements="CW")).permute(2, 0, 1)[None].to(device)
 
 
 def hematoxylin_density(images: torch.Tensor) -> torch.Tensor:

@@ -80,8 +80,10 @@ class CropDataset(torch.utils.data.Dataset):
             img, tgt = img[:, ::-1], tgt[:, ::-1]
         img, tgt = augment.resize_pair(np.ascontiguousarray(img), np.ascontiguousarray(tgt), self.crop)
         img = augment.stain_jitter(img, rng, self.stain_jitter)
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
-        y = torch.from_numpy(np.ascontiguousarray(tgt)).long()
+        # A cached data set's arrays are read-only and an uncropped, unturned crop is a view of
+        # them; torch wants to own its memory, so such a crop is copied.
+        x = torch.from_numpy(np.require(img, requirements="CW")).permute(2, 0, 1)
+        y = torch.from_numpy(np.require(tgt, requirements="CW")).long()
         return x, y, torch.tensor([index % len(self.pairs), top, left, c])
 
     def _painted_pixels(self, i: int, target: np.ndarray) -> np.ndarray:

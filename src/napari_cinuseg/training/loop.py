@@ -30,7 +30,7 @@ from ..runtime.events import (
 )
 from ..losses import LossOutput
 from ..methods import StepContext, settings_of
-from ..model.segmenter import CiNuSegModel, StepRecord
+from ..model.segmenter import CiNuSegModel, StepRecord, image_batch
 from ..model.file import save_model
 from . import distributed
 from .crops import CropDataset
@@ -83,9 +83,9 @@ class _Loop:
     def _context(self, device: torch.device, lut: torch.Tensor) -> StepContext:
         def batches():
             for pair in self.pairs:  # whole images, one at a time, no augmentation
-                image = torch.from_numpy(np.ascontiguousarray(pair.image)).permute(2, 0, 1)[None]
-                target = torch.from_numpy(np.ascontiguousarray(pair.target)).long()[None]
-                yield self.model.normalize(image.to(device)), lut[target].to(device)
+                image = image_batch(pair.image, device)
+                target = torch.from_numpy(np.require(pair.target, requirements="CW")).long()[None]
+                yield self.model.normalize(image), lut[target].to(device)
 
         return StepContext(self.prior, self.model, list(self.new_classes), self.settings, device, batches)
 

@@ -106,3 +106,21 @@ def test_read_only_images_are_scored_without_a_warning(bundled, consep):
         shares = confident_share(bundled, few, ["Epithelial"], tau=0.7)
         bundled.predict(items[0].image)
     assert shares["Epithelial"] is None or 0 <= shares["Epithelial"] <= 1
+
+
+def test_confident_share_leaves_every_module_mode_as_it_was(bundled, consep):
+    """A model in training, whose step froze some batch norms, can be scored and trains on as it was."""
+    from napari_cinuseg.datasets.labelled import LabelledSet
+
+    few = LabelledSet(consep.class_names, consep.items[:1])
+    net = bundled.network
+    net.train()
+    frozen = [m for m in net.modules() if "BatchNorm" in type(m).__name__][:3]
+    for m in frozen:
+        m.eval()
+    modes = [m.training for m in net.modules()]
+    try:
+        confident_share(bundled, few, ["Epithelial"], tau=0.7)
+        assert [m.training for m in net.modules()] == modes
+    finally:
+        net.eval()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..datasets.labelled import IGNORE, LabelledSet, TrainingPair
+from ..model.network import eval_mode
 from ..model.segmenter import CiNuSegModel, image_batch
 
 # Below this agreement the panel and the CLI warn that the step may have forgotten a class.
@@ -114,17 +115,17 @@ def confident_share(
 ) -> dict[str, float | None]:
     """Per class of ``classes`` (known to the model and the data), the share of the data's pixels
     of that class whose sigmoid score for it exceeds ``tau``; None where the data has none."""
-    model.network.eval().to(device)
     hit = {c: 0 for c in classes}
     total = {c: 0 for c in classes}
     ids = {c: (data.class_names.index(c) + 1, model.channel_of(c)) for c in classes}
-    for item in data.items:
-        x = image_batch(item.image, device)
-        scores = torch.sigmoid(model.network(model.normalize(x)).logits.float())[0].cpu().numpy()
-        for c, (data_id, ch) in ids.items():
-            mask = item.labels == data_id
-            n = int(mask.sum())
-            if n:
-                total[c] += n
-                hit[c] += int(np.count_nonzero(scores[ch][mask] > tau))
+    with eval_mode(model.network.to(device)) as net:
+        for item in data.items:
+            x = image_batch(item.image, device)
+            scores = torch.sigmoid(net(model.normalize(x)).logits.float())[0].cpu().numpy()
+            for c, (data_id, ch) in ids.items():
+                mask = item.labels == data_id
+                n = int(mask.sum())
+                if n:
+                    total[c] += n
+                    hit[c] += int(np.count_nonzero(scores[ch][mask] > tau))
     return {c: (round(hit[c] / total[c], 4) if total[c] else None) for c in classes}

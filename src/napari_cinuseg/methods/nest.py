@@ -64,15 +64,15 @@ Where this module departs from the code, on purpose:
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from ..losses import LossOutput
+from ..model.network import eval_mode
 from . import StepBatch, StepContext, base_method, register  # extends a base method (MiB or PLOP)
 from .mib import unbiased_cross_entropy
 
@@ -163,19 +163,6 @@ def installed_classifier(
     return bg, rows * gamma, bias
 
 
-@contextlib.contextmanager
-def _eval_mode(net: torch.nn.Module) -> Iterator[None]:
-    """Eval mode for frozen forward passes (no BatchNorm update, no dropout), then each module's
-    own mode back."""
-    modes = [(m, m.training) for m in net.modules()]
-    net.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 @dataclass
 class NeST:
     """Pre-tunes the new classifier from the old ones in :meth:`prepare`, then trains the step with
@@ -208,7 +195,7 @@ class NeST:
         # Matrix initialisation (Trainer.select), with the frozen old model.
         sums = counts = None
         n_images = 0
-        with torch.no_grad(), _eval_mode(prior):
+        with torch.no_grad(), eval_mode(prior):
             for x, y in ctx.batches():
                 emb = prior(x).embedding
                 probs = torch.softmax(prior.classifier(emb).float(), dim=1)
@@ -234,7 +221,7 @@ class NeST:
         total = min(self.pretune_epochs * n_images, self.pretune_max_iterations)
         it = 0
         self.pretune_losses = []
-        with _eval_mode(net):
+        with eval_mode(net):
             while it < total:
                 for x, y in ctx.batches():
                     if it >= total:

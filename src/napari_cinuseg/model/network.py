@@ -8,7 +8,9 @@ so the losses can use them.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -156,6 +158,20 @@ class ASPPDecoder(nn.Module):
 
     def forward(self, stem: torch.Tensor, feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return self.aspp(feats[3])
+
+
+@contextlib.contextmanager
+def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for forward passes that score or feed a frozen model (no BatchNorm update, no
+    dropout), then each module's own mode back: a model in training, whose step froze some batch
+    norms, can be scored between two iterations and trains on as it was."""
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        yield net
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 class NucleiSegNet(nn.Module):

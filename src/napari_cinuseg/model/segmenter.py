@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..runtime.names import INPUTS
-from .network import Architecture, NucleiSegNet
+from .network import Architecture, NucleiSegNet, eval_mode
 
 # ImageNet statistics: what torchvision's ResNets expect, and what local pretrained weights need.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -291,15 +291,10 @@ class CiNuSegModel:
         """Class map (H, W) uint8 of one RGB uint8 image (H, W, 3), the whole image at once.
         Every module's train/eval mode is left as it was (a step's frozen batch norms too), so a
         model in training can be scored between two iterations."""
-        modes = [(m, m.training) for m in self.network.modules()]
-        self.network.eval().to(device)
-        try:
+        with eval_mode(self.network.to(device)):
             x = image_batch(image, device)
             logits = self.network(self.normalize(x)).logits  # no gradients: the decorator
             return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
-        finally:
-            for m, mode in modes:
-                m.training = mode
 
     def __repr__(self) -> str:
         cls = ", ".join(f"{c.name}(step {c.step})" for c in self.classes)

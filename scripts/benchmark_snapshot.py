@@ -9,6 +9,12 @@ One run's methods may be split over several output folders that share its base m
 the folder, run with other `--methods` on another core). Give each results.json with `--with`:
 they are merged into one, after checking that data, split and settings are the same, and each
 method keeps the figures of the folder where it finished.
+
+The offline model is one model of every class of the data set, trained with the base model's
+settings: the benchmark keeps it under a path that names no protocol, so every protocol of a run
+over the same classes shares it. `--offline-from` takes it from another run of the same data,
+split, seed and base settings (CoNSeP 2-1's for CoNSeP 1-1, say) instead of training it again,
+after checking that it is the same model: same classes, data, split, settings and budget.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ def snapshot(results: dict) -> dict:
         written = results.get("curves", {}).get(protocol, {})
         out["curves"][protocol] = {m: written.get(m) or _curve(evals, protocol, m, last, steps) for m in sorted(done)}
     finished = set().union(*(out["summary"][p] for p in out["summary"])) | {"base"}
+    # a run resumed in one folder with other --methods records only its last call's methods
+    out["config"]["methods"] = list(dict.fromkeys([*results["config"].get("methods", []), *sorted(finished - {"base"})]))
     out["train_seconds"] = {
         k: v for k, v in results.get("train_seconds", {}).items()
         if Path(k).parent.name in finished or Path(k).name.startswith(("base", "offline"))
@@ -90,6 +98,41 @@ def merge(first: dict, *others: dict) -> dict:
     return merged
 
 
+#: what the offline model depends on: every setting but a method's own, the data, split and budget
+SAME_OFFLINE = ("dataset", "test", "test_image_names", "train_sources", "train_images", "base_iterations")
+
+
+def offline_from(results: dict, other: dict) -> dict:
+    """``results`` with each protocol's offline row taken from ``other``, a run whose offline model
+    is the same one (same classes, data, split, settings but a method's own, and budget): its
+    evaluation, scored against this protocol's Old and New, and its training time."""
+    def trained_as(run):
+        return {k: v for k, v in run["config"].get("settings", {}).items() if k != "method_settings"}
+
+    for key in SAME_OFFLINE:
+        if other["config"].get(key) != results["config"].get(key):
+            raise SystemExit(f"cannot take offline from that run: it differs in {key!r}")
+    if trained_as(other) != trained_as(results):
+        raise SystemExit("cannot take offline from that run: its models were trained with other settings")
+    theirs = {k: v for k, v in other["evaluations"].items() if k.split("/")[1:] == ["offline", "step0"]}
+    out = json.loads(json.dumps(results))
+    for protocol, steps in out["config"]["protocols"].items():
+        classes = sorted(c for step in steps for c in step)
+        found = [v for k, v in theirs.items()
+                 if sorted(c for s in other["config"]["protocols"][k.split("/")[0]] for c in s) == classes]
+        if not found:
+            raise SystemExit(f"that run has no offline model of {', '.join(classes)}")
+        dice = found[0]["dice"]
+        protocol_steps = Protocol(protocol, tuple(tuple(s) for s in steps))
+        out["evaluations"][f"{protocol}/offline/step0"] = found[0]
+        out["summary"].setdefault(protocol, {})["offline"] = {**summarize(protocol_steps, dice), "per_class": dice}
+        out["curves"].setdefault(protocol, {})["offline"] = [summarize(protocol_steps, dice)["mean"]] * len(steps)
+    out["train_seconds"].update({k: v for k, v in other.get("train_seconds", {}).items() if Path(k).name.startswith("offline")})
+    out["config"]["methods"] = list(dict.fromkeys([*out["config"]["methods"], "offline"]))
+    out["config"]["offline_from"] = other["config"].get("command") or "another run of the same data, split, seed and settings"
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path)
@@ -97,11 +140,16 @@ def main(argv=None) -> int:
     ap.add_argument("--with", dest="parts", type=Path, action="append", default=[],
                     help="results.json of another part of the same run (a copy of its folder "
                          "that ran other methods); may repeat")
+    ap.add_argument("--offline-from", type=Path,
+                    help="results.json (or a snapshot) of another run whose offline model is this run's: "
+                         "same classes, data, split, seed and settings; its offline row is used")
     ap.add_argument("--curves", type=Path, help="also draw the per-step curves, as <out stem>.png in this folder, and the base and offline models' curves while they trained (a run with --curve-every) as <out stem>-training.png")
     args = ap.parse_args(argv)
     parts = [rescored(json.loads(p.read_text())) for p in args.parts]
     first = rescored(json.loads(args.results.read_text()))
     snap = merge(first, *parts) if parts else snapshot(first)
+    if args.offline_from:
+        snap = offline_from(snap, rescored(json.loads(args.offline_from.read_text())))
     atomic_json(args.out, snap)
     if args.curves:
         write_curves(snap, args.curves)

@@ -257,3 +257,30 @@ def test_runs_at_several_seeds_give_mean_and_sd_and_refuse_other_runs(tmp_path):
     other_split["config"]["test_image_names"] = ["y_000"]
     with pytest.raises(ValueError, match="test_image_names"):
         across_seeds([runs[0], other_split])
+
+
+def test_snapshot_takes_the_offline_row_from_a_run_with_the_same_offline_model():
+    script = _load_snapshot_script()
+    one_one = _part(["cinuseg"], {"cinuseg": {"A": 60.0, "B": 40.0, "C": 30.0}})
+    one_one["config"]["protocols"] = {"2-1": [["A"], ["B"], ["C"]]}  # 1-1's steps, the same three classes
+    one_one["evaluations"]["2-1/base/step0"] = {"dice": {"A": 70.0}}
+    two_one = _part(["offline"], {})
+    two_one["evaluations"]["2-1/offline/step0"] = {"dice": {"A": 80.0, "B": 60.0, "C": 40.0}}
+    two_one["train_seconds"]["models/seed0/offline-a_b_c.cinuseg.pt"] = 99.0
+    with_offline = script.offline_from(script.snapshot(one_one), two_one)
+    row = with_offline["summary"]["2-1"]["offline"]
+    assert row["old"] == pytest.approx(80.0) and row["new"] == pytest.approx(50.0)  # scored as 1-1: Old is A alone
+    assert row["mean"] == pytest.approx(60.0)
+    assert with_offline["curves"]["2-1"]["offline"] == pytest.approx([60.0] * 3)
+    assert with_offline["train_seconds"]["models/seed0/offline-a_b_c.cinuseg.pt"] == 99.0
+    assert "offline" in with_offline["config"]["methods"] and "offline" not in one_one["summary"]["2-1"]
+
+    other_seed = dict(two_one, config={**two_one["config"], "settings": {"tau": 0.7, "seed": 1}})
+    with pytest.raises(SystemExit, match="other settings"):
+        script.offline_from(script.snapshot(one_one), other_seed)
+    other_split = dict(two_one, config={**two_one["config"], "test": "another split"})
+    with pytest.raises(SystemExit, match="'test'"):
+        script.offline_from(script.snapshot(one_one), other_split)
+    fewer = dict(two_one, config={**two_one["config"], "protocols": {"2-1": [["A"], ["B"]]}})
+    with pytest.raises(SystemExit, match="no offline model of A, B, C"):
+        script.offline_from(script.snapshot(one_one), fewer)

@@ -6,7 +6,8 @@ from napari_cinuseg.datasets.protocols import CLASS_ORDERS, make_protocol
 def test_the_papers_protocols():
     m = CLASS_ORDERS["monusac"]
     assert [len(make_protocol(p, m).steps) for p in ("1-1", "2-1", "2-2", "3-1")] == [4, 3, 2, 2]
-    assert make_protocol("2-2", m).steps == (("Epithelial", "Lymphocyte"), ("Macrophage", "Neutrophil"))
+    assert make_protocol("1-1", m).steps == (("Epithelial",), ("Lymphocyte",), ("Neutrophil",), ("Macrophage",))
+    assert make_protocol("2-2", m).steps == (("Epithelial", "Lymphocyte"), ("Neutrophil", "Macrophage"))
     c = make_protocol("1-1", CLASS_ORDERS["consep"])
     assert c.steps == (("Epithelial",), ("Spindle-shaped",), ("Other",))
     assert c.base_classes == ("Epithelial",) and c.added_classes == ("Spindle-shaped", "Other")

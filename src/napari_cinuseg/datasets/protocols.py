@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-# The paper's class orders.
+# The paper's class orders (its MoNuSAC 1-1: Epithelial, then Lymphocyte, Neutrophil, Macrophage).
 CLASS_ORDERS = {
     "consep": ("Epithelial", "Spindle-shaped", "Other"),
-    "monusac": ("Epithelial", "Lymphocyte", "Macrophage", "Neutrophil"),
+    "monusac": ("Epithelial", "Lymphocyte", "Neutrophil", "Macrophage"),
 }
 
 

@@ -18,7 +18,8 @@ from napari_cinuseg.analysis.evaluation import evaluate
 from napari_cinuseg.analysis.forgetting import confident_share
 from napari_cinuseg.benchmark.run import split_data
 from napari_cinuseg.methods import get_method
-from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, step_pairs
+from napari_cinuseg.datasets.labelled import data_dir, step_pairs
+from napari_cinuseg.datasets.layouts import read_dataset
 from napari_cinuseg.training.settings import from_dict, parse_changes
 
 def main(argv: list[str] | None = None) -> dict:
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prior", required=True, help="that step's prior model")
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE (true/false, numbers), repeatable")
     ap.add_argument("--dataset", choices=("consep", "monusac"), default="consep")
-    ap.add_argument("--data", help="data root (default $CINUSEG_DATA, else ../shared/data)")
+    ap.add_argument("--data", help="the data set's folder, as `cinuseg benchmark --data` "
+                                   "(default: $CINUSEG_DATA/<dataset>, else ../shared/data/<dataset>)")
     ap.add_argument("--val-fraction", type=float, default=0.2, help="the benchmark's --val-fraction")
     ap.add_argument("--split-seed", type=int, default=0, help="the benchmark's --split-seed")
     ap.add_argument("--out", required=True)
@@ -40,8 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     changes = parse_changes(args.set)
     settings = from_dict(record.settings).replace(**changes)
 
-    root = data_dir(args.data)
-    data = read_consep_patches(root / "consep") if args.dataset == "consep" else read_monusac_images(root / "monusac")
+    data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
     train, val, _ = split_data(data, None, args.val_fraction, args.split_seed)  # the benchmark's split
     new = [c for c in like.class_names if c not in prior.class_names]
     pairs = step_pairs(train, new)

@@ -109,24 +109,25 @@ def offline_from(results: dict, other: dict) -> dict:
     def trained_as(run):
         return {k: v for k, v in run["config"].get("settings", {}).items() if k != "method_settings"}
 
+    def classes(run, protocol):
+        return sorted(c for step in run["config"]["protocols"][protocol] for c in step)
+
     for key in SAME_OFFLINE:
         if other["config"].get(key) != results["config"].get(key):
             raise SystemExit(f"cannot take offline from that run: it differs in {key!r}")
     if trained_as(other) != trained_as(results):
         raise SystemExit("cannot take offline from that run: its models were trained with other settings")
-    theirs = {k: v for k, v in other["evaluations"].items() if k.split("/")[1:] == ["offline", "step0"]}
     out = json.loads(json.dumps(results))
     for protocol, steps in out["config"]["protocols"].items():
-        classes = sorted(c for step in steps for c in step)
-        found = [v for k, v in theirs.items()
-                 if sorted(c for s in other["config"]["protocols"][k.split("/")[0]] for c in s) == classes]
-        if not found:
-            raise SystemExit(f"that run has no offline model of {', '.join(classes)}")
-        dice = found[0]["dice"]
-        protocol_steps = Protocol(protocol, tuple(tuple(s) for s in steps))
-        out["evaluations"][f"{protocol}/offline/step0"] = found[0]
-        out["summary"].setdefault(protocol, {})["offline"] = {**summarize(protocol_steps, dice), "per_class": dice}
-        out["curves"].setdefault(protocol, {})["offline"] = [summarize(protocol_steps, dice)["mean"]] * len(steps)
+        found = [other["evaluations"].get(f"{p}/offline/step0") for p in other["config"]["protocols"]
+                 if classes(other, p) == classes(out, protocol)]
+        if not any(found):
+            raise SystemExit(f"that run has no offline model of {', '.join(classes(out, protocol))}")
+        evaluation = next(e for e in found if e)
+        row = summarize(Protocol(protocol, tuple(tuple(s) for s in steps)), evaluation["dice"])
+        out["evaluations"][f"{protocol}/offline/step0"] = evaluation
+        out["summary"].setdefault(protocol, {})["offline"] = {**row, "per_class": evaluation["dice"]}
+        out["curves"].setdefault(protocol, {})["offline"] = [row["mean"]] * len(steps)
     out["train_seconds"].update({k: v for k, v in other.get("train_seconds", {}).items() if Path(k).name.startswith("offline")})
     out["config"]["methods"] = list(dict.fromkeys([*out["config"]["methods"], "offline"]))
     out["config"]["offline_from"] = other["config"].get("command") or "another run of the same data, split, seed and settings"

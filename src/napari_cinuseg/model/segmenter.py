@@ -291,9 +291,9 @@ class CiNuSegModel:
         """Class map (H, W) uint8 of one RGB uint8 image (H, W, 3), the whole image at once.
         Every module's train/eval mode is left as it was (a step's frozen batch norms too), so a
         model in training can be scored between two iterations."""
-        with eval_mode(self.network.to(device)):
+        with eval_mode(self.network.to(device)) as net:
             x = image_batch(image, device)
-            logits = self.network(self.normalize(x)).logits  # no gradients: the decorator
+            logits = net(self.normalize(x)).logits  # no gradients: the decorator
             return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
 
     def __repr__(self) -> str:

@@ -140,7 +140,7 @@ def test_child_keeps_parent_and_grows(model):
 
 
 def test_bundled_base_model_segments_held_out_consep(consep):
-    """The shipped base model (fp16) loads and segments images of sources it was not trained on."""
+    """The shipped base model (8-bit kernels) loads and segments images of sources it was not trained on."""
     from napari_cinuseg.datasets.labelled import split_by_source
     from napari_cinuseg.analysis.evaluation import evaluate
     from napari_cinuseg.model.file import BUNDLED_MODEL
@@ -214,3 +214,50 @@ def test_a_record_that_would_segment_wrongly_is_refused(model, tmp_path):
     extra = _edited(good, tmp_path, "extra.cinuseg.pt", lambda r: r["classes"].append(dict(r["classes"][0], name="Extra")))
     with pytest.raises(ModelFileError, match=f"names {n + 1} class\\(es\\), but its network segments {n} \\(plus background\\)"):
         load_model(extra)
+
+
+def test_int8_file_is_smaller_again_and_loads_close_to_the_weights(model, tmp_path):
+    from napari_cinuseg.model.file import INT8_SCALE, _read_payload
+
+    half = save_model(model, tmp_path / "half.cinuseg.pt", half=True)
+    small = save_model(model, tmp_path / "int8.cinuseg.pt", int8=True)
+    assert small.stat().st_size < 0.7 * half.stat().st_size
+    payload = _read_payload(small)
+    assert payload["format_version"] == 2 and read_record(small) == read_record(half)
+    assert payload["state_dict"]["encoder.layer4.0.conv1.weight"].dtype == torch.int8
+    assert payload["state_dict"]["encoder.layer4.0.conv1.weight" + INT8_SCALE].shape == (512,)
+    assert torch.load(half, weights_only=True)["format_version"] == 1  # readable by older versions
+    loaded = load_model(small)
+    assert loaded.record() == model.record()
+    for k, v in model.network.state_dict().items():
+        got = loaded.network.state_dict()[k]
+        assert got.dtype == v.dtype, k
+        if v.is_floating_point() and v.dim() == 4 and v.numel() >= 4096:  # 8 bits: within half a step
+            step = v.abs().amax(dim=(1, 2, 3), keepdim=True) / 127
+            assert ((got - v).abs() <= step / 2 + 1e-6).all(), k
+        elif v.is_floating_point():
+            torch.testing.assert_close(got, v.half().float(), rtol=0, atol=0)
+
+
+def test_damaged_int8_weights_are_refused(model, tmp_path):
+    from napari_cinuseg.model.file import INT8_SCALE
+
+    path = save_model(model, tmp_path / "int8.cinuseg.pt", int8=True)
+    payload = torch.load(path, weights_only=True)
+    key = "encoder.layer4.0.conv1.weight" + INT8_SCALE
+    for damage in ("drop", "shape"):
+        broken = {**payload, "state_dict": dict(payload["state_dict"])}
+        if damage == "drop":
+            del broken["state_dict"][key]
+        else:
+            broken["state_dict"][key] = broken["state_dict"][key][:3]
+        torch.save(broken, tmp_path / f"{damage}.cinuseg.pt")
+        with pytest.raises(ModelFileError, match="8-bit weights"):
+            load_model(tmp_path / f"{damage}.cinuseg.pt")
+
+
+def test_bundled_model_ships_in_8_bits_under_20_mb():
+    from napari_cinuseg.model.file import BUNDLED_MODEL
+
+    assert BUNDLED_MODEL.stat().st_size < 20 * 2**20
+    assert torch.load(BUNDLED_MODEL, weights_only=True)["format_version"] == 2

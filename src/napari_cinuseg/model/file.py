@@ -3,6 +3,11 @@
 Layout (a ``torch.save`` zip): ``{"format": FORMAT, "format_version": 1, "record": <JSON text>,
 "state_dict": {name: tensor}}``. Loading uses ``torch.load(weights_only=True)``, which refuses any
 pickled Python object; every failure becomes a :class:`ModelFileError` that says what to do.
+
+Weights are stored as trained (fp32), as fp16 (``half``), or with the convolutions' kernels in 8
+bits (``int8``, format version 2, for shipping): each output channel's kernel is rounded to
+integers in [-127, 127] times one fp32 scale, kept beside it as ``<name>.int8_scale``; everything
+else is fp16. All are loaded back as fp32.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from .segmenter import CiNuSegModel
 from .network import Architecture, NucleiSegNet
 
 FORMAT = "napari-cinuseg-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: convolution kernels may be stored in 8 bits (save_model(int8=True))
+INT8_SCALE = ".int8_scale"
+# kernels smaller than this stay fp16: the stem's and 1x1 classifier's few weights save nothing
+INT8_MIN_ELEMENTS = 4096
 SUFFIX = ".cinuseg.pt"
 # The base model shipped with the package (see docs/usage.md for the command that made it).
 BUNDLED_MODEL = Path(__file__).parents[1] / "resources" / "base-consep.cinuseg.pt"
@@ -35,12 +43,15 @@ def save_model(
     *,
     overwrite: bool = False,
     half: bool = False,
+    int8: bool = False,
 ) -> Path:
     """Write ``model`` to ``path`` atomically (temporary file in the same folder, then rename).
 
     Never replaces the file of a model this one was trained from (its prior), even with
     ``overwrite``; without ``overwrite`` an existing file is never replaced. ``half`` stores
-    floating-point weights as fp16 (for shipping); they are loaded back as fp32.
+    floating-point weights as fp16 (for shipping); ``int8`` stores convolution kernels in 8 bits
+    per output channel and the rest as fp16 (a file half the size again; see the module's
+    docstring). Either is loaded back as fp32.
     """
     path = Path(path)
     if path.is_dir():
@@ -60,12 +71,15 @@ def save_model(
     state = {}
     for k, v in model.network.state_dict().items():
         v = v.detach().cpu()
-        if half and v.is_floating_point():
+        if int8 and v.is_floating_point() and v.dim() == 4 and v.numel() >= INT8_MIN_ELEMENTS:
+            state[k], state[k + INT8_SCALE] = _quantized(v)
+            continue
+        if (half or int8) and v.is_floating_point():
             v = v.half()
         state[k] = v.contiguous()
     payload = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 2 if int8 else 1,  # 1 wherever a reader of version 1 can read it
         "record": json.dumps(model.record(), indent=1, sort_keys=True),
         "state_dict": state,
     }
@@ -141,6 +155,31 @@ def _read_payload(path: Path) -> dict:
     return payload
 
 
+def _quantized(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A kernel (out, in, h, w) as int8 values and one fp32 scale per output channel."""
+    w = weight.float()
+    scale = w.abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / 127
+    values = torch.round(w / scale[:, None, None, None]).clamp(-127, 127).to(torch.int8)
+    return values.contiguous(), scale.contiguous()
+
+
+def _dequantized(path: Path, state: dict) -> dict:
+    """``state`` with every int8 kernel and its scale made one fp32 tensor again."""
+    out = {k: v for k, v in state.items() if not k.endswith(INT8_SCALE)}
+    for key, scale in state.items():
+        if not key.endswith(INT8_SCALE):
+            continue
+        name = key[: -len(INT8_SCALE)]
+        values = out.get(name)
+        if values is None or values.dtype != torch.int8 or values.dim() != 4 or scale.shape != values.shape[:1]:
+            raise ModelFileError(f"{path}'s 8-bit weights {name} do not match their scale; the file is damaged")
+        out[name] = values.float() * scale.float()[:, None, None, None]
+    stray = [k for k, v in out.items() if v.dtype == torch.int8]
+    if stray:
+        raise ModelFileError(f"{path} holds 8-bit weights without their scale ({stray[0]}); the file is damaged")
+    return out
+
+
 def _peek_id(path: Path) -> str | None:
     try:
         return json.loads(_read_payload(path)["record"]).get("id")
@@ -210,7 +249,7 @@ def load_model(path: str | os.PathLike, *, expect_encoder: str | None = None) ->
         raise ModelFileError(f"{path} holds no weights")
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(f"{path} holds weights that are not tensors; the file is damaged")
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in _dequantized(path, state).items()}
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -1,6 +1,6 @@
 """The model file: weights plus a readable JSON record, saved atomically, loaded without unpickling code.
 
-Layout (a ``torch.save`` zip): ``{"format": FORMAT, "format_version": 1, "record": <JSON text>,
+Layout (a ``torch.save`` zip): ``{"format": FORMAT, "format_version": 1 or 2, "record": <JSON text>,
 "state_dict": {name: tensor}}``. Loading uses ``torch.load(weights_only=True)``, which refuses any
 pickled Python object; every failure becomes a :class:`ModelFileError` that says what to do.
 

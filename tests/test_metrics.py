@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from napari_cinuseg.analysis.evaluation import evaluate
+from napari_cinuseg.analysis.evaluation import evaluate, pixel_confusion
 from napari_cinuseg.analysis.metrics import ConfusionMatrix
 from napari_cinuseg.benchmark.report import scored_classes, summarize
 from napari_cinuseg.datasets.labelled import LabelledImage, LabelledSet
@@ -45,6 +45,27 @@ def test_evaluate_matches_the_data_classes_to_the_model_channels_by_name(monkeyp
     assert dice["other"] == pytest.approx(100 * 2 / 3)
     # Epithelial: truth at (0,2),(0,3); predicted channel 1 at (0,2),(0,3) and the ignored (1,2) -> 2·2/(2+2)
     assert dice["Epithelial"] == pytest.approx(100.0)
+
+
+def test_pixel_confusion_counts_each_labelled_class_against_each_channel(monkeypatch):
+    model = CiNuSegModel.new(["Epithelial", "Other"], Architecture("resnet18", "unet", (16, 8, 8, 8)))
+    # data: 1 Other, 2 Epithelial, 3 Lymphocyte (unknown to the model); 255 unlabelled
+    labels = np.array([[1, 1, 2, 2], [0, 0, 3, 255]], np.uint8)
+    data = LabelledSet(["Other", "Epithelial", "Lymphocyte"], [LabelledImage(np.zeros((2, 4, 3), np.uint8), labels, "s", "a")])
+    prediction = np.array([[2, 0, 1, 1], [0, 2, 1, 2]], np.int64)  # channels: 1 Epithelial, 2 Other
+    monkeypatch.setattr(model, "predict", lambda image, device=None: prediction)
+    c = pixel_confusion(model, data, "cpu")
+    assert c.truth_names == ["background", "Other", "Epithelial", "Lymphocyte"]
+    assert c.predicted_names == ["background", "Epithelial", "Other"]
+    assert c.counts.tolist() == [[1, 0, 1], [1, 0, 1], [0, 2, 0], [0, 1, 0]]  # the 255 pixel is not counted
+    r = c.record()
+    assert r["truth"]["Lymphocyte"] == {"background": 0, "Epithelial": 1, "Other": 0}
+    assert r["predicted_pixels"]["Epithelial"] == 3
+    assert r["predicted_on"]["Epithelial"]["Lymphocyte"] == pytest.approx(1 / 3, abs=1e-4)
+    assert r["predicted_on"]["Other"] == {"background": 0.5, "Other": 0.5, "Epithelial": 0.0, "Lymphocyte": 0.0}
+    bad = LabelledSet(["Other"], [LabelledImage(np.zeros((2, 4, 3), np.uint8), labels, "s", "a")])
+    with pytest.raises(ValueError, match="label 3 but the data set names 1 classes"):
+        pixel_confusion(model, bad, "cpu")
 
 
 def test_summary_means_over_the_classes_scored_and_says_which():

@@ -1,8 +1,10 @@
-"""Evaluate a model on labelled images: Dice per class the model and the data share."""
+"""Evaluate a model on labelled images: Dice per class the model and the data share, and where each
+labelled class's pixels went (the pixel confusion of data classes against model channels)."""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -55,11 +57,64 @@ def evaluate(
             stacklevel=2,
         )
     cm = ConfusionMatrix(model.num_channels)
+    counts = pixel_confusion(model, data, device, on_image).counts
+    rows = lut[: counts.shape[0]]
+    known = rows != IGNORE
+    np.add.at(cm.counts, rows[known], counts[known])  # a pixel of a class the model does not know is skipped
+    dice = cm.dice()
+    return {name: float(dice[model.channel_of(name)] * 100) for name in shared}
+
+
+@dataclass
+class PixelConfusion:
+    """Pixels of each labelled class (rows: background, then the data's classes in its order)
+    predicted as each model channel (columns: background, then the model's classes)."""
+
+    truth_names: list[str]
+    predicted_names: list[str]
+    counts: np.ndarray  # int64 (len(truth_names), len(predicted_names))
+
+    def record(self) -> dict:
+        """Readable: for each labelled class, its pixels per predicted channel; for each predicted
+        channel, the share of its pixels on each labelled class (what it was called on)."""
+        called = self.counts.sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(called > 0, self.counts / called, np.nan)
+        return {
+            "truth": {t: {p: int(n) for p, n in zip(self.predicted_names, row)} for t, row in zip(self.truth_names, self.counts)},
+            "predicted_pixels": {p: int(n) for p, n in zip(self.predicted_names, called)},
+            "predicted_on": {
+                p: {t: round(float(share[i, j]), 4) for i, t in enumerate(self.truth_names)}
+                for j, p in enumerate(self.predicted_names)
+            },
+        }
+
+
+def pixel_confusion(
+    model: CiNuSegModel,
+    data: LabelledSet,
+    device: str = "auto",
+    on_image: Callable[[int, int], None] | None = None,
+) -> PixelConfusion:
+    """Count every labelled pixel (label ``IGNORE`` skipped) by its class in the data and the
+    channel the model predicts there, each image predicted whole: where a class's pixels are lost
+    to, and what an over-called class is called on."""
+    truth_names = ["background", *data.class_names]
+    counts = np.zeros((len(truth_names), model.num_channels), np.int64)
     dev = resolve_device(device)
     with torch.inference_mode():
         for n, item in enumerate(data.items):
-            cm.update(lut[item.labels], model.predict(item.image, dev))
+            truth = np.asarray(item.labels).ravel()
+            pred = np.asarray(model.predict(item.image, dev)).ravel().astype(np.int64)
+            if truth.shape != pred.shape:
+                raise ValueError(f"image {item.name}: labels and prediction differ in size")
+            keep = truth != IGNORE
+            t = truth[keep].astype(np.int64)
+            if t.size and t.max() >= len(truth_names):
+                raise ValueError(
+                    f"image {item.name}: label {t.max()} but the data set names {len(data.class_names)} classes"
+                )
+            counts += np.bincount(t * model.num_channels + pred[keep], minlength=counts.size).reshape(counts.shape)
             if on_image:
                 on_image(n + 1, len(data.items))
-    dice = cm.dice()
-    return {name: float(dice[model.channel_of(name)] * 100) for name in shared}
+    return PixelConfusion(truth_names, ["background", *model.class_names], counts)

@@ -40,7 +40,10 @@ def _curve(evals: dict, protocol: str, method: str, last: int, steps: Protocol) 
 def snapshot(results: dict) -> dict:
     out = {k: v for k, v in results.items() if k not in ("evaluations", "train_seconds", "curves", "summary")}
     out.update(evaluations={}, train_seconds={}, curves={}, summary={})
-    for protocol, per_method in results.get("summary", {}).items():
+    written_summary = results.get("summary", {})
+    # a protocol's summary is written when a method finishes it: a run stopped earlier has none yet
+    for protocol in dict.fromkeys([*written_summary, *(k.split("/")[0] for k in results.get("evaluations", {}))]):
+        per_method = written_summary.get(protocol, {})
         evals = {k: v for k, v in results["evaluations"].items() if k.startswith(protocol + "/")}
         last = max(int(k.rsplit("step", 1)[1]) for k in evals)  # the protocol's last step
         steps = Protocol(protocol, tuple(tuple(s) for s in results["config"]["protocols"][protocol]))

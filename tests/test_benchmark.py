@@ -177,6 +177,10 @@ def test_snapshot_merges_parts_of_one_run_and_refuses_other_runs():
     assert merged["config"]["methods"] == ["cinuseg", "mib", "nest"]
     assert len(merged["config"]["commands"]) == 2
 
+    unwritten = _part(["nest"], {"nest": {"A": 50.0, "B": 20.0, "C": 80.0}})
+    unwritten["summary"] = {}  # stopped before it wrote any summary: its finished steps still count
+    assert script.snapshot(unwritten)["summary"]["2-1"]["nest"]["new"] == pytest.approx(80.0)
+
     third = _part(["barm"], {"barm": {"A": 40.0, "B": 40.0, "C": 40.0}})
     assert script.merge(first, second, third)["config"]["methods"] == ["cinuseg", "mib", "nest", "barm"]
 

@@ -45,8 +45,8 @@ def snapshot(results: dict) -> dict:
     for protocol in dict.fromkeys([*written_summary, *(k.split("/")[0] for k in results.get("evaluations", {}))]):
         per_method = written_summary.get(protocol, {})
         evals = {k: v for k, v in results["evaluations"].items() if k.startswith(protocol + "/")}
-        last = max(int(k.rsplit("step", 1)[1]) for k in evals)  # the protocol's last step
         steps = Protocol(protocol, tuple(tuple(s) for s in results["config"]["protocols"][protocol]))
+        last = len(steps.steps) - 1  # the protocol's last step, whether or not any method reached it
         done = {k.split("/")[1] for k in evals if k.endswith(f"/step{last}")} | ({"offline"} & set(per_method))
         for method in sorted(done):
             if method not in per_method:  # finished after the run last wrote its summary

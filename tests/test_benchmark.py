@@ -181,6 +181,11 @@ def test_snapshot_merges_parts_of_one_run_and_refuses_other_runs():
     unwritten["summary"] = {}  # stopped before it wrote any summary: its finished steps still count
     assert script.snapshot(unwritten)["summary"]["2-1"]["nest"]["new"] == pytest.approx(80.0)
 
+    halfway = _part(["plop"], {"plop": {"A": 60.0, "B": 40.0}})
+    halfway["config"]["protocols"] = {"2-1": [["A"], ["B"], ["C"]]}  # two steps: plop reached only the first
+    halfway["evaluations"]["2-1/base/step0"] = {"dice": {"A": 70.0}}
+    assert "plop" not in script.snapshot(halfway)["summary"].get("2-1", {})
+
     third = _part(["barm"], {"barm": {"A": 40.0, "B": 40.0, "C": 40.0}})
     assert script.merge(first, second, third)["config"]["methods"] == ["cinuseg", "mib", "nest", "barm"]
 

@@ -100,21 +100,15 @@ def pixel_confusion(
     channel the model predicts there, each image predicted whole: where a class's pixels are lost
     to, and what an over-called class is called on."""
     truth_names = ["background", *data.class_names]
-    counts = np.zeros((len(truth_names), model.num_channels), np.int64)
+    cm = ConfusionMatrix(len(truth_names), model.num_channels)
     dev = resolve_device(device)
     with torch.inference_mode():
         for n, item in enumerate(data.items):
-            truth = np.asarray(item.labels).ravel()
-            pred = np.asarray(model.predict(item.image, dev)).ravel().astype(np.int64)
-            if truth.shape != pred.shape:
-                raise ValueError(f"image {item.name}: labels and prediction differ in size")
-            keep = truth != IGNORE
-            t = truth[keep].astype(np.int64)
-            if t.size and t.max() >= len(truth_names):
-                raise ValueError(
-                    f"image {item.name}: label {t.max()} but the data set names {len(data.class_names)} classes"
-                )
-            counts += np.bincount(t * model.num_channels + pred[keep], minlength=counts.size).reshape(counts.shape)
+            truth = np.asarray(item.labels)
+            top = int(truth[truth != IGNORE].max(initial=0))
+            if top >= len(truth_names):
+                raise ValueError(f"image {item.name}: label {top} but the data set names {len(data.class_names)} classes")
+            cm.update(truth, model.predict(item.image, dev))
             if on_image:
                 on_image(n + 1, len(data.items))
-    return PixelConfusion(truth_names, ["background", *model.class_names], counts)
+    return PixelConfusion(truth_names, ["background", *model.class_names], cm.counts)

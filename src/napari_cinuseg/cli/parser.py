@@ -105,7 +105,7 @@ def _add_method_settings(p: argparse.ArgumentParser) -> None:
         owners = [m for m, own in has.items() if name in own]
         who = owners[0] if len(owners) == 1 else f"{owners[0]} and its variants" if all(o.startswith(owners[0]) for o in owners) else ", ".join(owners)
         flag = f"--{name.replace('_', '-')}"
-        text = f"{spec.help} ({who}; default {spec.default})"
+        text = f"{spec.help} ({who}; default {spec.default})".replace("%", "%%")  # argparse formats help with %
         if isinstance(spec.default, bool):
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:

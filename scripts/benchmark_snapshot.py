@@ -7,8 +7,10 @@ finished and was evaluated (their summary computed and scored as `cinuseg benchm
 
 One run's methods may be split over several output folders that share its base model (a copy of
 the folder, run with other `--methods` on another core). Give each results.json with `--with`:
-they are merged into one, after checking that data, split and settings are the same, and each
-method keeps the figures of the folder where it finished.
+they are merged into one, after checking that data, split, base model and settings are the same
+(a method's own settings, such as CiNuSeg's σ, may differ: each part's are kept under
+``config.method_settings_by_method``), and each method keeps the figures of the folder where it
+finished.
 
 The offline model is one model of every class of the data set, trained with the base model's
 settings: the benchmark keeps it under a path that names no protocol, so every protocol of a run
@@ -74,11 +76,19 @@ SAME_RUN = ("dataset", "protocols", "settings", "test", "test_images", "test_sou
 def merge(first: dict, *others: dict) -> dict:
     """One results dictionary from parts of the same run: the first part's, plus each method that
     finished in another part and not in the first (with its evaluations, times and curves)."""
+    def own(run):  # the methods' own settings given to the run (every step records its own too)
+        return run["config"].get("settings", {}).get("method_settings") or {}
+
+    def common(run, key):
+        value = run["config"].get(key)
+        return {k: v for k, v in value.items() if k != "method_settings"} if key == "settings" and value else value
+
     merged = snapshot(first)
     merged["config"]["commands"] = [first["config"].get("command", "")]
+    by_method = {m: own(first) for m in set().union(*merged["summary"].values())}
     for other in others:
         for key in SAME_RUN:
-            if other["config"].get(key) != first["config"].get(key):
+            if common(other, key) != common(first, key):
                 raise SystemExit(f"cannot merge: the parts differ in {key!r}; they are not one run")
         part = snapshot(other)
         for key, value in part["evaluations"].items():  # the same base model: the same base figures
@@ -90,6 +100,7 @@ def merge(first: dict, *others: dict) -> dict:
             new = {m for m in methods if m not in have}
             for m in sorted(new):
                 have[m] = methods[m]
+                by_method[m] = own(other)
                 merged["curves"].setdefault(protocol, {})[m] = part["curves"].get(protocol, {}).get(m)
             for k, v in part["evaluations"].items():
                 if k.startswith(protocol + "/") and k.split("/")[1] in new:
@@ -98,6 +109,8 @@ def merge(first: dict, *others: dict) -> dict:
                 if Path(k).parent.name in new:
                     merged["train_seconds"][k] = v
         merged["config"]["methods"] = list(dict.fromkeys([*merged["config"]["methods"], *other["config"]["methods"]]))
+    if any(v != own(first) for v in by_method.values()):
+        merged["config"]["method_settings_by_method"] = {m: by_method[m] for m in sorted(by_method)}
     return merged
 
 

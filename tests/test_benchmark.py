@@ -192,6 +192,15 @@ def test_snapshot_merges_parts_of_one_run_and_refuses_other_runs():
     other_run = _part(["nest"], {"nest": {"A": 1.0, "B": 1.0, "C": 1.0}}, settings={"tau": 0.5})
     with pytest.raises(SystemExit, match="settings"):
         script.merge(first, other_run)
+    # a method's own settings may differ between parts (CiNuSeg at another σ); each method's are kept
+    own = {"tau": 0.7, "method_settings": {"sigma": 0.0}}
+    sigma0 = _part(["cinuseg"], {"cinuseg": {"A": 65.0, "B": 45.0, "C": 35.0}}, settings=own)
+    merged = script.merge(sigma0, second)
+    assert merged["summary"]["2-1"]["cinuseg"]["per_class"]["A"] == 65.0
+    assert merged["config"]["method_settings_by_method"] == {"cinuseg": {"sigma": 0.0}, "nest": {}}
+    assert "method_settings_by_method" not in script.merge(first, second)["config"]
+    with pytest.raises(SystemExit, match="settings"):
+        script.merge(sigma0, _part(["nest"], {"nest": {"A": 1.0, "B": 1.0, "C": 1.0}}, settings={**own, "tau": 0.5}))
     other_base = _part(["nest"], {"nest": {"A": 1.0, "B": 1.0, "C": 1.0}})
     other_base["evaluations"]["2-1/base/step0"]["dice"]["A"] = 71.0
     with pytest.raises(SystemExit, match="base models differ"):

@@ -7,7 +7,8 @@ finished and was evaluated (their summary computed and scored as `cinuseg benchm
 
 One run's methods may be split over several output folders that share its base model (a copy of
 the folder, run with other `--methods` on another core). Give each results.json with `--with`:
-they are merged into one, after checking that data, split, base model and settings are the same
+they are merged into one, after checking that data, split, base model (its figures: a base
+trained again from the same seed scores the same) and settings are the same
 (a method's own settings, such as CiNuSeg's σ, may differ: each part's are kept under
 ``config.method_settings_by_method``), and each method keeps the figures of the folder where it
 finished.
@@ -70,6 +71,12 @@ def snapshot(results: dict) -> dict:
     return out
 
 
+def _figures(evaluation: dict) -> dict:
+    """What an evaluation measured, without the model's id: a base trained again from the same seed
+    and settings that scores the same to the last digit is the same base (its file has a new id)."""
+    return {k: v for k, v in evaluation.items() if k != "model_id"}
+
+
 SAME_RUN = ("dataset", "protocols", "settings", "test", "test_images", "test_sources", "train_sources")
 
 
@@ -92,7 +99,7 @@ def merge(first: dict, *others: dict) -> dict:
                 raise SystemExit(f"cannot merge: the parts differ in {key!r}; they are not one run")
         part = snapshot(other)
         for key, value in part["evaluations"].items():  # the same base model: the same base figures
-            if key.split("/")[1] == "base" and key in merged["evaluations"] and merged["evaluations"][key] != value:
+            if key.split("/")[1] == "base" and key in merged["evaluations"] and _figures(merged["evaluations"][key]) != _figures(value):
                 raise SystemExit(f"cannot merge: the parts' base models differ ({key}); they are not one run")
         merged["config"]["commands"].append(other["config"].get("command", ""))
         for protocol, methods in part["summary"].items():

@@ -201,6 +201,10 @@ def test_snapshot_merges_parts_of_one_run_and_refuses_other_runs():
     assert "method_settings_by_method" not in script.merge(first, second)["config"]
     with pytest.raises(SystemExit, match="settings"):
         script.merge(sigma0, _part(["nest"], {"nest": {"A": 1.0, "B": 1.0, "C": 1.0}}, settings={**own, "tau": 0.5}))
+    retrained = _part(["nest"], {"nest": {"A": 1.0, "B": 1.0, "C": 1.0}})
+    first["evaluations"]["2-1/base/step0"]["model_id"] = "a"
+    retrained["evaluations"]["2-1/base/step0"]["model_id"] = "b"  # trained again, the same figures
+    assert "nest" in script.merge(first, retrained)["summary"]["2-1"]
     other_base = _part(["nest"], {"nest": {"A": 1.0, "B": 1.0, "C": 1.0}})
     other_base["evaluations"]["2-1/base/step0"]["dice"]["A"] = 71.0
     with pytest.raises(SystemExit, match="base models differ"):

@@ -11,7 +11,8 @@ from napari_cinuseg.training.settings import TrainSettings, preset
 
 def test_cinuseg_keeps_its_own_settings_with_the_papers_defaults():
     m = get_method("cinuseg")
-    assert (m.tau, m.omega, m.sigma, m.alpha_o, m.alpha_n) == (0.7, 0.1, 0.7, 10.0, 0.5)
+    # the paper's, except σ on a step labelled in full (0, measured; the paper's 0.7 is sigma=0.7)
+    assert (m.tau, m.omega, m.sigma, m.sigma_painted, m.alpha_o, m.alpha_n) == (0.7, 0.1, 0.0, 0.7, 10.0, 0.5)
     changed = get_method("cinuseg+acl+drr", tau=0.4, omega=2.0, pkd_scores="sigmoid")
     assert (changed.tau, changed.omega, changed.pkd_scores, changed.att) == (0.4, 2.0, "sigmoid", False)
     assert settings_of(changed)["tau"] == 0.4 and set(settings_of(changed)) == set(method_settings("cinuseg"))
@@ -54,3 +55,40 @@ def test_a_benchmark_gives_each_method_only_its_own_settings():
     assert cinuseg.tau == 0.5 and "tau" not in method_settings(mib)
     with pytest.raises(ValueError, match="no method of this benchmark"):
         _configured_methods(["mib", "plop"], {"tau": 0.5})
+
+
+def test_cinuseg_takes_sigma_on_a_step_labelled_in_full_and_sigma_painted_on_a_painted_one():
+    """ATT's σ follows how the step's images were labelled: ``sigma`` (0) where every pixel is,
+    ``sigma_painted`` (the paper's 0.7) where a few nuclei were painted."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from napari_cinuseg.methods import StepBatch, StepContext
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, :2, :2] = 3  # 4 new-class pixels
+    old_logits = torch.full((1, 3, 8, 8), -5.0)
+    old_logits[:, 0] = 3.0
+    old_logits[:, 0, 2:6, 2:6], old_logits[:, 1, 2:6, 2:6] = -5.0, 5.0  # 16 pixels the prior is sure are old
+    painted = labels.clone()
+    painted[0, 4:] = 255  # half the pixels unlabelled
+
+    def ctx(lab):
+        return StepContext(SimpleNamespace(network=None), None, [3], TrainSettings(), torch.device("cpu"), lambda: iter([(torch.zeros(1, 3, 8, 8), lab)]))
+
+    def batch(lab):
+        feats = [torch.randn(1, 4, 8 // s, 8 // s, generator=g) for s in (1, 2, 4, 8)]
+        return StepBatch(torch.randn(1, 4, 8, 8, generator=g), feats, lab, [3], old_logits, [f.clone() for f in feats], TrainSettings())
+
+    m = get_method("cinuseg")
+    m.prepare(ctx(labels))
+    assert m.labelled_share == 1.0 and m.sigma_now == 0.0
+    out = m.loss(batch(labels))
+    assert float(out.r[0]) == pytest.approx(0.2) and float(out.t_o[0]) == 10.0  # r = 4 / 20 > σ = 0: ATT fires
+    m.prepare(ctx(painted))
+    assert m.labelled_share == 0.5 and m.sigma_now == 0.7
+    out = m.loss(batch(painted))
+    assert float(out.r[0]) == pytest.approx(0.2) and float(out.t_o[0]) == 1.0  # r ≤ 0.7: it does not
+    assert get_method("cinuseg", sigma=0.7).sigma_now == 0.7  # the paper's reading, by setting

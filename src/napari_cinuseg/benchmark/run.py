@@ -75,8 +75,9 @@ def split_data(data: LabelledSet, test: LabelledSet | None, val_fraction: float 
 #: settings added later whose default trains as a step did before they existed (not, e.g.,
 #: grad_clip or new_class_lr, whose defaults changed how every step trains)
 _AS_BEFORE = {"stain_jitter", "scale_jitter", "input"}
-#: the same for a method's own settings: eq. 1 as written on uncertain old pixels
-_METHOD_AS_BEFORE = {"uncertain_old": "background"}
+#: the same for a method's own settings: eq. 1 as written on uncertain old pixels; σ of a painted
+#: step (the benchmark's steps are labelled in full, where ``sigma`` applies)
+_METHOD_AS_BEFORE = {"uncertain_old": "background", "sigma_painted": 0.7}
 _NONE = object()
 
 

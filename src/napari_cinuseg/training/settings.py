@@ -134,9 +134,10 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
 
 
 def setting_label(name: str, help: str) -> str:
-    """A short label: the symbol a setting's help starts with (τ, ω, …), else its name."""
+    """A short label: the symbol a setting's help starts with, up to its first comma (τ, α_o,
+    σ (painted), …), else its name."""
     head = help.split(",")[0]
-    return head if len(head) <= 3 else name.replace("_", " ")
+    return head if len(head) <= 3 or not head[0].isascii() else name.replace("_", " ")
 
 
 PRESETS: dict[str, TrainSettings] = {

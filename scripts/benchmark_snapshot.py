@@ -102,6 +102,9 @@ def merge(first: dict, *others: dict) -> dict:
             if key.split("/")[1] == "base" and key in merged["evaluations"] and _figures(merged["evaluations"][key]) != _figures(value):
                 raise SystemExit(f"cannot merge: the parts' base models differ ({key}); they are not one run")
         merged["config"]["commands"].append(other["config"].get("command", ""))
+        for key, curve in (other.get("training_curves") or {}).items():  # the base and offline models' curves
+            if curve and not (merged.get("training_curves") or {}).get(key):
+                merged.setdefault("training_curves", {})[key] = curve
         for protocol, methods in part["summary"].items():
             have = merged["summary"].setdefault(protocol, {})
             new = {m for m in methods if m not in have}

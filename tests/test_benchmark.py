@@ -204,7 +204,10 @@ def test_snapshot_merges_parts_of_one_run_and_refuses_other_runs():
     retrained = _part(["nest"], {"nest": {"A": 1.0, "B": 1.0, "C": 1.0}})
     first["evaluations"]["2-1/base/step0"]["model_id"] = "a"
     retrained["evaluations"]["2-1/base/step0"]["model_id"] = "b"  # trained again, the same figures
-    assert "nest" in script.merge(first, retrained)["summary"]["2-1"]
+    retrained["training_curves"] = {"models/seed0/2-1/base.cinuseg.pt": [{"iteration": 200, "mean": 50.0}]}
+    both = script.merge(first, retrained)
+    assert "nest" in both["summary"]["2-1"]
+    assert both["training_curves"] == retrained["training_curves"]  # a part's base curve is kept
     other_base = _part(["nest"], {"nest": {"A": 1.0, "B": 1.0, "C": 1.0}})
     other_base["evaluations"]["2-1/base/step0"]["dice"]["A"] = 71.0
     with pytest.raises(SystemExit, match="base models differ"):

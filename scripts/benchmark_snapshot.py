@@ -3,7 +3,7 @@ finished and was evaluated (their summary computed and scored as `cinuseg benchm
 ``benchmark.report.rescored``), so no figure of an unfinished step reaches the docs.
 
     python3 scripts/benchmark_snapshot.py runs/monusac-1-1-s0/results.json \
-        docs/benchmarks/monusac-1-1-balanced-seed0.json [--curves docs/benchmarks/]
+        docs/benchmarks/monusac-1-1-paper-order-seed0.json [--curves docs/benchmarks/]
 
 One run's methods may be split over several output folders that share its base model (a copy of
 the folder, run with other `--methods` on another core). Give each results.json with `--with`:

@@ -76,7 +76,8 @@ def test_cinuseg_takes_sigma_on_a_step_labelled_in_full_and_sigma_painted_on_a_p
     painted[0, 4:] = 255  # half the pixels unlabelled
 
     def ctx(lab):
-        return StepContext(SimpleNamespace(network=None), None, [3], TrainSettings(), torch.device("cpu"), lambda: iter([(torch.zeros(1, 3, 8, 8), lab)]))
+        share = float((lab != 255).float().mean())  # the training loop counts it over the step's targets
+        return StepContext(SimpleNamespace(network=None), None, [3], TrainSettings(), torch.device("cpu"), lambda: iter([(torch.zeros(1, 3, 8, 8), lab)]), share)
 
     def batch(lab):
         feats = [torch.randn(1, 4, 8 // s, 8 // s, generator=g) for s in (1, 2, 4, 8)]

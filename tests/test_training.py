@@ -223,3 +223,39 @@ def test_a_methods_extra_parameters_are_trained_and_not_saved(base_file, few_pai
         _REGISTRY.pop("test-with-head")
     assert not torch.equal(made[0].head.weight.detach(), made[0].start)  # the head learned
     assert sorted(load_model(out).network.state_dict()) == sorted(model.network.state_dict())
+
+
+def test_a_methods_hooks_see_the_share_of_the_steps_pixels_that_is_labelled(base_file, few_pairs, tiny):
+    """StepContext.labelled_share: 1 for images labelled in full, the painted share otherwise."""
+    from napari_cinuseg.datasets.labelled import IGNORE, TrainingPair
+    from napari_cinuseg.losses import LossOutput
+    from napari_cinuseg.methods import _REGISTRY, register
+
+    seen = []
+
+    class Probe:
+        name, uses_prior = "test-probe", False
+
+        def prepare(self, ctx):
+            seen.append(ctx.labelled_share)
+
+        def loss(self, b):
+            return LossOutput(loss=b.logits.float().pow(2).mean(), terms={})
+
+    pairs = few_pairs[1]
+    painted = []
+    for p in pairs:
+        target = p.target.copy()
+        target[: target.shape[0] // 2] = IGNORE  # the top half unpainted
+        painted.append(TrainingPair(p.image, target, p.name))
+    def share(data):
+        return sum(int((p.target != IGNORE).sum()) for p in data) / sum(p.target.size for p in data)
+
+    register("test-probe")(Probe)
+    try:
+        for data in (pairs, painted):
+            drain(train_step(load_model(base_file), data, ["Other"], tiny.replace(iterations=1), method="test-probe"))
+    finally:
+        _REGISTRY.pop("test-probe")
+    assert seen == pytest.approx([share(pairs), share(painted)])
+    assert seen[0] > 0.9 and seen[1] < 0.6  # labelled in full / painted

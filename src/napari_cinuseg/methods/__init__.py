@@ -44,6 +44,9 @@ class StepContext:
     """One pass over the step's whole images, one at a time, without augmentation: (normalised
     image (1, 3, H, W), channel-id labels (1, H, W)) on the device, for statistics a method
     needs before training (e.g. PLOP's thresholds)."""
+    labelled_share: float | None = None
+    """The share of the step's pixels that carry a label (not ``IGNORE``): about 1 where the images
+    are labelled in full, a few per cent where a user painted some nuclei."""
 
 
 class Method(Protocol):

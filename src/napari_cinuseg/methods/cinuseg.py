@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..losses import LossOutput, cinuseg_loss, class_thresholds
-from ..losses.pseudo import IGNORE_INDEX, UNCERTAIN_OLD
+from ..losses.pseudo import UNCERTAIN_OLD
 from . import StepBatch, StepContext, register, setting
 
 # a step whose images have at least this share of their pixels labelled is labelled in full
@@ -73,11 +73,7 @@ class CiNuSeg:
         """The share of the step's pixels that carry a label (which σ applies), and with
         ``adaptive_tau`` eq. 1's τ per old class, lowered to the prior's median score on its own
         predictions of that class (losses.class_thresholds; not in the paper)."""
-        labelled = total = 0
-        for _, labels in ctx.batches():
-            labelled += int((labels != IGNORE_INDEX).sum())
-            total += labels.numel()
-        self.labelled_share = labelled / total if total else None
+        self.labelled_share = ctx.labelled_share
         self.tau_per_class = None
         if self.adaptive_tau:
             prior = ctx.prior.network  # on the device and in eval mode already (the loop's doing)

@@ -87,7 +87,11 @@ class _Loop:
                 target = torch.from_numpy(np.require(pair.target, requirements="CW")).long()[None]
                 yield self.model.normalize(image), lut[target].to(device)
 
-        return StepContext(self.prior, self.model, list(self.new_classes), self.settings, device, batches)
+        lut_np = lut.numpy()
+        labelled = sum(int((lut_np[p.target] != IGNORE).sum()) for p in self.pairs)
+        total = sum(p.target.size for p in self.pairs)
+        share = labelled / total if total else None
+        return StepContext(self.prior, self.model, list(self.new_classes), self.settings, device, batches, share)
 
     def _iteration(self, images, target, gear: "_Gear") -> tuple[LossOutput, str | None, float]:
         """One optimisation step on one batch of crops: (the loss, why the optimiser did not

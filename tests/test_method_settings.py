@@ -93,3 +93,40 @@ def test_cinuseg_takes_sigma_on_a_step_labelled_in_full_and_sigma_painted_on_a_p
     out = m.loss(batch(painted))
     assert float(out.r[0]) == pytest.approx(0.2) and float(out.t_o[0]) == 1.0  # r ≤ 0.7: it does not
     assert get_method("cinuseg", sigma=0.7).sigma_now == 0.7  # the paper's reading, by setting
+
+
+def test_cinuseg_distils_on_new_class_pixels_by_how_the_step_is_labelled():
+    """Eq. 5 averages over every pixel: CiNuSeg does so with ``pkd_on_new`` on a step labelled in
+    full, and on a painted step leaves out the pixels painted as the new class
+    (``pkd_on_new_painted`` off): the PKD term is the distillation over exactly those pixels."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from napari_cinuseg.losses import prediction_distillation
+    from napari_cinuseg.methods import StepBatch, StepContext
+
+    g = torch.Generator().manual_seed(1)
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, :3, :3] = 3  # 9 new-class pixels
+    painted = labels.clone()
+    painted[0, 4:] = 255
+    old_logits = torch.randn(1, 3, 8, 8, generator=g) * 3
+    logits = torch.randn(1, 4, 8, 8, generator=g) * 3
+    feats = [torch.randn(1, 4, 8 // s, 8 // s, generator=g) for s in (1, 2, 4, 8)]
+
+    def pkd(m, lab):
+        share = float((lab != 255).float().mean())
+        m.prepare(StepContext(SimpleNamespace(network=None), None, [3], TrainSettings(), torch.device("cpu"), lambda: iter(()), share))
+        b = StepBatch(logits, feats, lab, [3], old_logits, [f.clone() for f in feats], TrainSettings())
+        return m.loss(b).terms["pkd"]
+
+    every = float(prediction_distillation(logits, old_logits, [3])[0])
+    not_new = float(prediction_distillation(logits, old_logits, [3], mask=labels != 3)[0])
+    assert every != pytest.approx(not_new)
+    m = get_method("cinuseg")
+    assert (m.pkd_on_new, m.pkd_on_new_painted) == (True, False)
+    assert pkd(m, labels) == pytest.approx(every)  # labelled in full: eq. 5 as written
+    assert pkd(m, painted) == pytest.approx(not_new)  # painted: not where the user painted the new class
+    assert pkd(get_method("cinuseg", pkd_on_new=False), labels) == pytest.approx(not_new)
+    assert pkd(get_method("cinuseg", pkd_on_new_painted=True), painted) == pytest.approx(every)

@@ -245,6 +245,7 @@ def cinuseg_loss(
     background: float = 1.0,
     background_apart: bool = False,
     uncertain_old: str = "background",
+    pkd_on_new: bool = False,
 ) -> LossOutput:
     """Eq. 17: mean over the batch of t_o·(CAC + PKD) + t_n·(FGL + BGL + NS), per image.
 
@@ -256,6 +257,9 @@ def cinuseg_loss(
     pixel that only the prior's argmax gives an old class (its score ≤ τ) keeps that class in NS
     but is no negative of the new classes: the prior may be wrong there, on a new-class nucleus
     the user did not paint (docs/method.md, "Sparse annotations").
+
+    ``pkd_on_new``: eq. 5 over every pixel, as the paper writes it; off (not in the paper), PKD
+    leaves out the pixels labelled as a new class, where a painter says the old classes are wrong.
 
     ``background`` and ``background_apart`` (not in the paper): :func:`pseudo_labels`'s
     ``background``, and those unpainted background pixels as their own mean in NS
@@ -277,10 +281,10 @@ def cinuseg_loss(
 
     if acl:
         terms["cac"] = class_anchor_consolidation(features, old_features, pseudo, old_classes)
-        # Old knowledge is distilled on every pixel not painted as a new class (docs/method.md,
-        # "Sparse annotations"): there the user says the old classes are wrong.
+        # Old knowledge is distilled on every pixel (eq. 5) with ``pkd_on_new``, else on every
+        # pixel not labelled as a new class (docs/method.md, "Sparse annotations").
         terms["pkd"] = prediction_distillation(
-            logits, old_logits, new_classes, pkd_scores, mask=~_is_in(labels, new_classes)
+            logits, old_logits, new_classes, pkd_scores, mask=None if pkd_on_new else ~_is_in(labels, new_classes)
         )
     if drr:
         terms["fgl"] = foreground_guidance(logits, labels, new_classes)

@@ -240,16 +240,19 @@ def test_cinuseg_loss_eq17_is_the_weighted_sum_of_its_terms():
     # image 0 is all new class (r = 1 > σ): ×α_o on the old group, ×α_n on the new one (eqs. 15-16)
     assert r[0] == 1 and t_o[0] == 4.0 and t_n[0] == pytest.approx(0.2)
     torch.testing.assert_close(t_o, torch.where(r > 0.4, 4.0, 1.0))
-    not_new = ~torch.isin(labels, torch.tensor(NEW))  # distillation leaves out the pixels painted new
-    old_group = class_anchor_consolidation(feats, old_feats, pseudo, [1, 2]) + prediction_distillation(
-        logits, old, NEW, mask=not_new
-    )
+    cac = class_anchor_consolidation(feats, old_feats, pseudo, [1, 2])
+    old_group = cac + prediction_distillation(logits, old, NEW)  # eq. 5 over every pixel
     new_group = (
         foreground_guidance(logits, labels, NEW)
         + background_suppression(logits, labels, NEW)
         + negative_sample_bce(logits, pseudo, neg, 0.3)
     )
     torch.testing.assert_close(out.loss, (t_o * old_group + t_n * new_group).mean())
+    # a painted step's reading: distillation leaves out the pixels labelled new
+    not_new = ~torch.isin(labels, torch.tensor(NEW))
+    painted = cinuseg_loss(logits, old, feats, old_feats, labels, NEW, pkd_on_new=False, **hp)
+    old_group = cac + prediction_distillation(logits, old, NEW, mask=not_new)
+    torch.testing.assert_close(painted.loss, (t_o * old_group + t_n * new_group).mean())
     # and not the paper's values: the defaults give another loss on the same batch
     assert not torch.isclose(cinuseg_loss(logits, old, feats, old_feats, labels, NEW).loss, out.loss)
     assert set(out.terms) == {"cac", "pkd", "fgl", "bgl", "ns"}
@@ -268,7 +271,7 @@ def test_cinuseg_ablation_switches():
     acl_only = cinuseg_loss(logits, old, feats, old_feats, labels, NEW, drr=False, att=False)
     expected = (
         class_anchor_consolidation(feats, old_feats, pseudo, [1, 2])
-        + prediction_distillation(logits, old, NEW, mask=~torch.isin(labels, torch.tensor(NEW)))
+        + prediction_distillation(logits, old, NEW)
         + negative_sample_bce(logits, pseudo, none, 0.0)
     ).mean()
     torch.testing.assert_close(acl_only.loss, expected)

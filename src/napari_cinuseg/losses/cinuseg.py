@@ -245,7 +245,7 @@ def cinuseg_loss(
     background: float = 1.0,
     background_apart: bool = False,
     uncertain_old: str = "background",
-    pkd_on_new: bool = False,
+    pkd_on_new: bool = True,
 ) -> LossOutput:
     """Eq. 17: mean over the batch of t_o·(CAC + PKD) + t_n·(FGL + BGL + NS), per image.
 

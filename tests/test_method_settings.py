@@ -95,10 +95,10 @@ def test_cinuseg_takes_sigma_on_a_step_labelled_in_full_and_sigma_painted_on_a_p
     assert get_method("cinuseg", sigma=0.7).sigma_now == 0.7  # the paper's reading, by setting
 
 
-def test_cinuseg_distils_on_new_class_pixels_by_how_the_step_is_labelled():
-    """Eq. 5 averages over every pixel: CiNuSeg does so with ``pkd_on_new`` on a step labelled in
-    full, and on a painted step leaves out the pixels painted as the new class
-    (``pkd_on_new_painted`` off): the PKD term is the distillation over exactly those pixels."""
+def test_cinuseg_distils_over_every_pixel_as_eq5_writes_it():
+    """Eq. 5 averages over every pixel, the new class's too: CiNuSeg's PKD term is the
+    distillation over all of them, on a step labelled in full and on a painted one; with
+    ``pkd_on_new`` off it leaves out the pixels labelled new (the earlier reading)."""
     from types import SimpleNamespace
 
     import torch
@@ -125,8 +125,9 @@ def test_cinuseg_distils_on_new_class_pixels_by_how_the_step_is_labelled():
     not_new = float(prediction_distillation(logits, old_logits, [3], mask=labels != 3)[0])
     assert every != pytest.approx(not_new)
     m = get_method("cinuseg")
-    assert (m.pkd_on_new, m.pkd_on_new_painted) == (True, False)
-    assert pkd(m, labels) == pytest.approx(every)  # labelled in full: eq. 5 as written
-    assert pkd(m, painted) == pytest.approx(not_new)  # painted: not where the user painted the new class
-    assert pkd(get_method("cinuseg", pkd_on_new=False), labels) == pytest.approx(not_new)
-    assert pkd(get_method("cinuseg", pkd_on_new_painted=True), painted) == pytest.approx(every)
+    assert m.pkd_on_new is True
+    assert pkd(m, labels) == pytest.approx(every)  # labelled in full
+    assert pkd(m, painted) == pytest.approx(every) and m.painted  # painted
+    earlier = get_method("cinuseg", pkd_on_new=False)
+    assert pkd(earlier, labels) == pytest.approx(not_new)
+    assert pkd(earlier, painted) == pytest.approx(not_new)

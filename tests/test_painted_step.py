@@ -168,7 +168,6 @@ def _sparse_case(pkd_scores, **rule):
     labels[0, 0] = 3
     labels[0, 1, 0] = 0
     feats = [torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))]
-    rule = {"pkd_on_new": False, **rule}  # a painted step's distillation (CiNuSeg.pkd_on_new_painted)
     out = cinuseg_loss(logits, old, feats, [f.clone() for f in feats], labels, [3], pkd_scores=pkd_scores, **rule)
     out.loss.backward()
     return logits.grad[0], labels[0]

@@ -76,8 +76,9 @@ def split_data(data: LabelledSet, test: LabelledSet | None, val_fraction: float 
 #: grad_clip or new_class_lr, whose defaults changed how every step trains)
 _AS_BEFORE = {"stain_jitter", "scale_jitter", "input"}
 #: the same for a method's own settings: eq. 1 as written on uncertain old pixels; σ of a painted
-#: step (the benchmark's steps are labelled in full, where ``sigma`` applies)
-_METHOD_AS_BEFORE = {"uncertain_old": "background", "sigma_painted": 0.7, "pkd_on_new": False, "pkd_on_new_painted": False}
+#: step (the benchmark's steps are labelled in full, where ``sigma`` applies); eq. 5 leaving out
+#: the pixels labelled new, as every step did before ``pkd_on_new``
+_METHOD_AS_BEFORE = {"uncertain_old": "background", "sigma_painted": 0.7, "pkd_on_new": False}
 _NONE = object()
 
 

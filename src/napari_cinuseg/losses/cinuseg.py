@@ -259,7 +259,7 @@ def cinuseg_loss(
     the user did not paint (docs/method.md, "Sparse annotations").
 
     ``pkd_on_new``: eq. 5 over every pixel, as the paper writes it; off (not in the paper), PKD
-    leaves out the pixels labelled as a new class, where a painter says the old classes are wrong.
+    leaves out the pixels labelled as a new class.
 
     ``background`` and ``background_apart`` (not in the paper): :func:`pseudo_labels`'s
     ``background``, and those unpainted background pixels as their own mean in NS

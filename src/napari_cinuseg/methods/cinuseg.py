@@ -57,10 +57,9 @@ class CiNuSeg:
         "background", "eq. 1 on labelled background the prior calls old below τ: background, unlabelled, or that class",
         choices=UNCERTAIN_OLD,
     )
-    # eq. 5's pixels: every pixel, those labelled as a new class too (the paper), on a step
-    # labelled in full; on a painted step those painted as a new class are left out
-    pkd_on_new: bool = setting(True, "eq. 5 over every pixel, the new class's too (the paper), on a step labelled in full")
-    pkd_on_new_painted: bool = setting(False, "eq. 5 over the pixels painted as a new class too, on a painted step")
+    # eq. 5 over every pixel, those labelled as a new class too (the paper), on every step; off,
+    # distillation leaves out the pixels labelled new (the default until 2026-12-06)
+    pkd_on_new: bool = setting(True, "eq. 5 over every pixel, the new class's too (the paper), not only those not labelled new")
     uses_prior: bool = True
     scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
     tau_per_class: torch.Tensor | None = field(default=None, repr=False)
@@ -76,11 +75,6 @@ class CiNuSeg:
     def painted(self) -> bool:
         """Whether this step's images hold under :data:`LABELLED_IN_FULL` of their pixels labelled."""
         return self.labelled_share is not None and self.labelled_share < LABELLED_IN_FULL
-
-    @property
-    def pkd_on_new_now(self) -> bool:
-        """Whether eq. 5 distils on the pixels labelled as a new class too, for this step."""
-        return self.pkd_on_new_painted if self.painted else self.pkd_on_new
 
     def prepare(self, ctx: StepContext) -> None:
         """The share of the step's pixels that carry a label (which σ applies), and with
@@ -115,7 +109,7 @@ class CiNuSeg:
             background=self.unpainted_background,
             background_apart=self.background_apart,
             uncertain_old=self.uncertain_old,
-            pkd_on_new=self.pkd_on_new_now,
+            pkd_on_new=self.pkd_on_new,
         )
 
 

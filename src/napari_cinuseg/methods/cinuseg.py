@@ -58,7 +58,7 @@ class CiNuSeg:
         choices=UNCERTAIN_OLD,
     )
     # eq. 5 over every pixel, those labelled as a new class too (the paper), on every step; off,
-    # distillation leaves out the pixels labelled new (the default until 2026-12-06)
+    # distillation leaves out the pixels labelled as a new class
     pkd_on_new: bool = setting(True, "eq. 5 over every pixel, the new class's too (the paper), not only those not labelled new")
     uses_prior: bool = True
     scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched

@@ -276,6 +276,14 @@ def step_pairs(data: LabelledSet, step_classes: Sequence[str]) -> list[TrainingP
     return pairs
 
 
+def labelled_share(pairs: Sequence[TrainingPair], n_values: int) -> float | None:
+    """The share of the pairs' pixels that carry a label, a target value below ``n_values``
+    (background and the step's classes; 255 is unlabelled): about 1 for images labelled in full,
+    a few per cent for a few painted nuclei; None for no pixels."""
+    total = sum(p.target.size for p in pairs)
+    return sum(int((p.target < n_values).sum()) for p in pairs) / total if total else None
+
+
 def check_pairs(pairs: Sequence[TrainingPair], n_classes: int, allow_nucleus: bool = False) -> None:
     """Clear errors for training data that cannot teach the step's classes. ``allow_nucleus``: a
     base step's targets may also hold ``NUCLEUS`` (a nucleus of unknown class)."""

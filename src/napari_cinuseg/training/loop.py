@@ -15,7 +15,7 @@ import torch
 
 from ..runtime import devices
 from ..analysis.forgetting import old_class_agreement
-from ..datasets.labelled import IGNORE, TrainingPair
+from ..datasets.labelled import IGNORE, TrainingPair, labelled_share
 from ..runtime.events import (
     CancelFlag,
     Cancelled,
@@ -87,10 +87,7 @@ class _Loop:
                 target = torch.from_numpy(np.require(pair.target, requirements="CW")).long()[None]
                 yield self.model.normalize(image), lut[target].to(device)
 
-        lut_np = lut.numpy()
-        labelled = sum(int((lut_np[p.target] != IGNORE).sum()) for p in self.pairs)
-        total = sum(p.target.size for p in self.pairs)
-        share = labelled / total if total else None
+        share = labelled_share(self.pairs, len(self.channel_of_target))  # the values the table maps
         return StepContext(self.prior, self.model, list(self.new_classes), self.settings, device, batches, share)
 
     def _iteration(self, images, target, gear: "_Gear") -> tuple[LossOutput, str | None, float]:

@@ -343,3 +343,22 @@ def test_unpainted_background_the_prior_is_sure_of_is_background():
     assert sure[0, :, 0].tolist() == [0, 255, 1, 2, 3]
     every = pseudo_labels(labels, old, [3], tau=0.7, unpainted="prior", background=0.2)
     assert every[0, :, 0].tolist() == [0, 0, 1, 2, 3]
+
+
+def test_unpainted_background_stays_a_negative_of_the_new_class_without_uncertain_negatives():
+    """``uncertain_negatives=False`` frees the new channel only where the prior's argmax gives an
+    unpainted pixel an old class below τ; an unpainted pixel made background by ``background``
+    still teaches the new channel 0 (its gradient there is not zero)."""
+    # the prior's logits (bg, A, B): sure background, A below τ (argmax A), painted new
+    old = torch.tensor([[[3.0, -1.0, -3.0], [-3.0, 0.5, -3.0], [-3.0, -2.0, -3.0]]])[..., None]
+    labels = torch.tensor([[255, 255, 3]])[..., None]
+    logits = torch.zeros(1, 4, 3, 1, requires_grad=True)
+    out = cinuseg_loss(
+        logits, old, [torch.zeros(1, 2, 3, 1)], [torch.zeros(1, 2, 3, 1)], labels, [3], acl=False, att=False,
+        unpainted="prior", background=0.5, uncertain_negatives=False,
+    )
+    out.loss.backward()
+    new_grad = logits.grad[0, 3, :, 0]
+    assert new_grad[0] > 0  # the prior's sure background: a negative of the new class
+    assert new_grad[1] == 0  # an uncertain old nucleus: no word on the new class
+    assert new_grad[2] < 0  # the painted new pixel

@@ -153,6 +153,15 @@ def test_new_class_rows_learn_faster_than_the_rest(bundled, painted):
     assert old10 == pytest.approx(old1, rel=1e-4)
 
 
+def test_new_class_rows_are_clipped_in_a_step(bundled, painted):
+    """The new classifier rows' gradient is clipped to grad_clip too (on its own): their first
+    SGD step moves them by at most lr_step × new_class_lr × grad_clip."""
+    settings = _quick(bundled, iterations=1, new_class_lr=1.0, grad_clip=1e-3)
+    m = drain(train_step(bundled, painted, ["Other"], settings, method="finetune"))
+    w = m.network.classifier.weight.detach()[3]  # the new row starts at zero weights
+    assert float(torch.linalg.vector_norm(w)) <= settings.lr_step * 1e-3 * 1.01
+
+
 # --- the sparse-annotation rule of the losses (docs/method.md, "Sparse annotations") ---------
 
 def _sparse_case(pkd_scores, **rule):

@@ -1,6 +1,7 @@
 """Base step and incremental step on real CoNSeP patches, tiny model, CPU."""
 
 import hashlib
+import math
 import threading
 
 import numpy as np
@@ -259,3 +260,27 @@ def test_a_methods_hooks_see_the_share_of_the_steps_pixels_that_is_labelled(base
         _REGISTRY.pop("test-probe")
     assert seen == pytest.approx([share(pairs), share(painted)])
     assert seen[0] > 0.9 and seen[1] < 0.6  # labelled in full / painted
+
+
+def test_new_classifier_rows_are_clipped_on_their_own_then_scaled():
+    """clip_gradient clips the new rows' gradient to the limit by itself, then multiplies it by
+    the factor; the rest is clipped to the limit; the returned norm counts both."""
+    from napari_cinuseg.training.loop import clip_gradient
+
+    clf = torch.nn.Conv2d(4, 3, 1)
+    other = torch.nn.Parameter(torch.zeros(5))
+    clf.weight.grad = torch.zeros_like(clf.weight)
+    clf.bias.grad = torch.zeros_like(clf.bias)
+    clf.weight.grad[2] = 30.0  # the new row: norm 60 over 4 weights
+    clf.bias.grad[2] = 0.0
+    clf.weight.grad[0] = 0.3  # an old row
+    other.grad = torch.full((5,), 4.0)
+    norm = clip_gradient([clf.weight, clf.bias, other], clf, [2], limit=1.0, factor=10.0)
+    assert norm == pytest.approx(math.sqrt(60.0**2 + 0.6**2 + 80.0), rel=1e-4)
+    new = torch.linalg.vector_norm(torch.cat([clf.weight.grad[2].flatten(), clf.bias.grad[2:3]]))
+    assert float(new) == pytest.approx(10.0, rel=1e-4)  # clipped to 1, then × 10
+    rest = torch.linalg.vector_norm(torch.cat([clf.weight.grad[:2].flatten(), other.grad]))
+    assert float(rest) == pytest.approx(1.0, rel=1e-4)
+    # a non-finite new row makes the norm non-finite, so the step is skipped
+    clf.weight.grad[2] = float("inf")
+    assert not math.isfinite(clip_gradient([clf.weight, clf.bias, other], clf, [2], 1.0, 10.0))

@@ -275,7 +275,9 @@ def cinuseg_loss(
     open_new = None
     if not uncertain_negatives:
         score, cls = _old_claim(old_logits)
-        open_new = (labels == ignore_index) & (pseudo != ignore_index) & ~_above(score, cls, tau)
+        # only the pixels the prior's argmax hands an old class: an unpainted pixel made
+        # background (``background``) stays a negative of the new classes
+        open_new = (labels == ignore_index) & _is_in(pseudo, old_classes) & ~_above(score, cls, tau)
     zeros = logits.new_zeros(logits.shape[0], dtype=torch.float32)
     terms: dict[str, torch.Tensor] = {}
 

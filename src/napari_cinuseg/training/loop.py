@@ -58,6 +58,32 @@ def poly_lr(base: float, iteration: int, total: int, power: float) -> float:
     return base * (1 - iteration / total) ** power
 
 
+def clip_gradient(
+    params: Sequence[torch.nn.Parameter], classifier: torch.nn.Module, rows: Sequence[int], limit: float, factor: float
+) -> float:
+    """Clip the gradient's global L2 norm to ``limit`` (0 = no clipping), the same for every
+    method. The new classes' classifier ``rows`` (zero weights at the start, nothing to keep) are
+    clipped on their own, so that the large gradient of the rest cannot shrink theirs to nothing,
+    and then step ``factor`` times further (SGD's per-row learning rate). Returns the norm of the
+    whole gradient before clipping, the new rows' included (not finite: the step must be skipped)."""
+    limit = limit if limit > 0 else float("inf")
+    params = [p for p in params if p.grad is not None]
+    weight, bias = classifier.weight, classifier.bias
+    if not rows or weight.grad is None:
+        return float(torch.nn.utils.clip_grad_norm_(params, limit))
+    rows = list(rows)
+    own = [p for p in (weight, bias) if p is not None and p.grad is not None]
+    new_grads = [p.grad[rows].clone() for p in own]
+    for p in own:
+        p.grad[rows] = 0
+    rest = torch.nn.utils.clip_grad_norm_(params, limit)
+    new = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in new_grads]))
+    scale = (limit / (new + 1e-6)).clamp(max=1.0) if math.isfinite(limit) else torch.ones_like(new)
+    for p, g in zip(own, new_grads):
+        p.grad[rows] = (g * scale * factor).to(p.grad.dtype)
+    return float(torch.sqrt(rest.float() ** 2 + new.float() ** 2))
+
+
 @dataclass
 class _Loop:
     """One step's optimisation, shared by the base and incremental steps."""
@@ -127,27 +153,11 @@ class _Loop:
         return result, skipped, norm
 
     def _clip_gradient(self, opt) -> float:
-        """Clip the gradient's global L2 norm to ``grad_clip``, the same for every method; the
-        new classes' classifier rows (zero weights at the start, nothing to keep) are clipped on
-        their own, so that the large gradient of the rest cannot shrink theirs to nothing, and
-        then step ``new_class_lr`` times further (SGD's per-row learning rate). Returns the
-        norm of the whole gradient before clipping (not finite: the step must be skipped)."""
+        """:func:`clip_gradient` of every parameter the optimiser holds, with this step's new
+        classifier rows."""
+        params = [p for g in opt.param_groups for p in g["params"]]
         s = self.settings
-        limit = s.grad_clip if s.grad_clip > 0 else float("inf")
-        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        rows = list(self.new_classes)
-        clf = self.model.network.classifier
-        if not rows or clf.weight.grad is None:
-            return float(torch.nn.utils.clip_grad_norm_(params, limit))
-        new_grads = [p.grad[rows].clone() for p in (clf.weight, clf.bias) if p.grad is not None]
-        for p in (clf.weight, clf.bias):
-            if p.grad is not None:
-                p.grad[rows] = 0
-        rest = torch.nn.utils.clip_grad_norm_(params, limit)
-        new = torch.nn.utils.clip_grad_norm_(new_grads, limit)
-        for p, g in zip((clf.weight, clf.bias), new_grads):
-            p.grad[rows] = g * s.new_class_lr
-        return float(torch.sqrt(rest.float() ** 2 + new.float() ** 2))
+        return clip_gradient(params, self.model.network.classifier, list(self.new_classes), s.grad_clip, s.new_class_lr)
 
     def _smaller_batch(self, batch: int, device, world: int, rank: int) -> int:
         """The batch after running out of memory at ``batch``: half of it, or a clear error where

@@ -6,10 +6,10 @@ takes the background, an old class, or another new one.
     python3 benchmarks/confusion.py runs/R/models/seed0/1-1/cinuseg/step3.cinuseg.pt \\
         runs/R/models/seed0/1-1/mib/step3.cinuseg.pt --dataset monusac --out runs/confusion.json
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from napari_cinuseg import load_model
@@ -22,8 +22,10 @@ from napari_cinuseg.io.atomic import atomic_json
 
 def _table(name: str, record: dict) -> str:
     cols = list(record["predicted_pixels"])
-    lines = [f"{name}: pixels of each labelled class (rows) predicted as each channel (columns)",
-             " | ".join(["truth \\ predicted", *cols])]
+    lines = [
+        f"{name}: pixels of each labelled class (rows) predicted as each channel (columns)",
+        " | ".join(["truth \\ predicted", *cols]),
+    ]
     for truth, row in record["truth"].items():
         lines.append(" | ".join([truth, *(f"{row[c]:,}" for c in cols)]))
     lines.append(" | ".join(["predicted in all", *(f"{record['predicted_pixels'][c]:,}" for c in cols)]))
@@ -37,8 +39,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+", help="model files (.cinuseg.pt)")
     ap.add_argument("--dataset", choices=("consep", "monusac"), default="consep")
-    ap.add_argument("--data", help="the data set's folder, as `cinuseg benchmark --data` "
-                                   "(default: $CINUSEG_DATA/<dataset>, else ../shared/data/<dataset>)")
+    ap.add_argument(
+        "--data",
+        help="the data set's folder, as `cinuseg benchmark --data` "
+        "(default: $CINUSEG_DATA/<dataset>, else ../shared/data/<dataset>)",
+    )
     ap.add_argument("--test-data", help="a separate test set (same layout), as `cinuseg benchmark --test-data`")
     ap.add_argument("--val-fraction", type=float, default=0.2, help="the benchmark's --val-fraction")
     ap.add_argument("--split-seed", type=int, default=0, help="the benchmark's --split-seed")

@@ -27,11 +27,17 @@ from pathlib import Path
 import numpy as np
 
 from napari_cinuseg import drain, load_model, train_base
-from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source, step_pairs
-from napari_cinuseg.io.images import read_rgb
 from napari_cinuseg.analysis.evaluation import evaluate
 from napari_cinuseg.analysis.metrics import ConfusionMatrix
+from napari_cinuseg.datasets.labelled import (
+    data_dir,
+    read_consep_patches,
+    read_monusac_images,
+    split_by_source,
+    step_pairs,
+)
 from napari_cinuseg.inference.segmentation import segment
+from napari_cinuseg.io.images import read_rgb
 from napari_cinuseg.training.settings import preset
 
 CLASSES = ["Epithelial", "Spindle-shaped"]
@@ -43,7 +49,9 @@ VARIANTS = {
     "resnet18-scratch": dict(encoder="resnet18", encoder_weights=None),
     "lite0-imagenet": dict(encoder="efficientnet-lite0", encoder_weights="imagenet"),
     "lite0-imagenet-stain": dict(encoder="efficientnet-lite0", encoder_weights="imagenet", stain_jitter=1.0),
-    "lite0-imagenet-stain-scale": dict(encoder="efficientnet-lite0", encoder_weights="imagenet", stain_jitter=1.0, scale_jitter=0.5),
+    "lite0-imagenet-stain-scale": dict(
+        encoder="efficientnet-lite0", encoder_weights="imagenet", stain_jitter=1.0, scale_jitter=0.5
+    ),
     # the hematoxylin-density input (same network and jitter)
     "resnet18-hematoxylin-stain": dict(encoder="resnet18", encoder_weights=None, input="hematoxylin", stain_jitter=1.0),
 }
@@ -96,12 +104,19 @@ def scores(model, val, monusac) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", help="data root holding consep/ and monusac/ (default $CINUSEG_DATA, else ../shared/data)")
+    ap.add_argument(
+        "--data", help="data root holding consep/ and monusac/ (default $CINUSEG_DATA, else ../shared/data)"
+    )
     ap.add_argument("--test-data", help="a separate CoNSeP-layout test folder (default: the validation split)")
     ap.add_argument("--monusac", help="MoNuSAC folder for the cross-scanner figures (default <data>/monusac)")
     ap.add_argument("--out", required=True, help="folder for the models and results.json")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
-    ap.add_argument("--iterations", type=int, default=950, help="the same budget for every variant (default: the cpu preset's 25 epochs on CoNSeP)")
+    ap.add_argument(
+        "--iterations",
+        type=int,
+        default=950,
+        help="the same budget for every variant (default: the cpu preset's 25 epochs on CoNSeP)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -115,7 +130,11 @@ def main(argv=None) -> int:
     monusac = read_monusac_images(args.monusac or root / "monusac")
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "processor": platform.processor()}
+    results["machine"] = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor(),
+    }
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
         settings = preset("cpu", iterations=args.iterations, seed=args.seed, device="cpu", **VARIANTS[name])
         path = out / f"{name}.cinuseg.pt"

@@ -47,7 +47,7 @@ from napari_cinuseg.analysis.metrics import ConfusionMatrix
 from napari_cinuseg.analysis.objects import ObjectScores
 from napari_cinuseg.datasets.labelled import IGNORE, data_dir, read_consep_patches, split_by_source, step_pairs
 from napari_cinuseg.datasets.nucleus_only import mixed_class_pairs, nucleus_pairs, read_monuseg, read_nuinsseg
-from napari_cinuseg.inference.instances import split_nuclei, min_area_pixels
+from napari_cinuseg.inference.instances import min_area_pixels, split_nuclei
 from napari_cinuseg.inference.segmentation import segment
 from napari_cinuseg.model.file import BUNDLED_MODEL
 from napari_cinuseg.runtime.events import Progress
@@ -77,21 +77,32 @@ def cmd_train(args) -> int:
     nuins = read_nuinsseg(root / "nuinsseg")
     n_train, _ = split_by_source(nuins, args.val_fraction, args.seed)
     del nuins
-    consep_pairs = step_pairs(c_train, CLASSES) if args.consep_other == "background" else mixed_class_pairs(c_train, CLASSES)
-    pairs = (
-        consep_pairs * args.consep_repeat
-        + nucleus_pairs(m_train) * args.monuseg_repeat
-        + nucleus_pairs(n_train)
+    consep_pairs = (
+        step_pairs(c_train, CLASSES) if args.consep_other == "background" else mixed_class_pairs(c_train, CLASSES)
     )
+    pairs = consep_pairs * args.consep_repeat + nucleus_pairs(m_train) * args.monuseg_repeat + nucleus_pairs(n_train)
     init = load_model(args.init if args.init != "bundled" else BUNDLED_MODEL)
     s = init.steps[0].settings
     settings = TrainSettings(
-        encoder=s["encoder"], decoder=s["decoder"], decoder_channels=tuple(s["decoder_channels"]), encoder_weights=None,
-        input=s["input"], stain_jitter=s["stain_jitter"], crop_size=s["crop_size"], batch_size=s["batch_size"],
-        iterations=args.iterations, lr_base=args.lr, seed=args.train_seed, device=args.device, log_every=25,
+        encoder=s["encoder"],
+        decoder=s["decoder"],
+        decoder_channels=tuple(s["decoder_channels"]),
+        encoder_weights=None,
+        input=s["input"],
+        stain_jitter=s["stain_jitter"],
+        crop_size=s["crop_size"],
+        batch_size=s["batch_size"],
+        iterations=args.iterations,
+        lr_base=args.lr,
+        seed=args.train_seed,
+        device=args.device,
+        log_every=25,
     )
-    print(f"training on {len(pairs)} pairs (CoNSeP {len(c_train.items)} × {args.consep_repeat}, MoNuSeg {len(m_train.items)} × "
-          f"{args.monuseg_repeat}, NuInsSeg {len(n_train.items)}), {args.iterations} iterations from {init.id[:8]}", flush=True)
+    print(
+        f"training on {len(pairs)} pairs (CoNSeP {len(c_train.items)} × {args.consep_repeat}, MoNuSeg {len(m_train.items)} × "
+        f"{args.monuseg_repeat}, NuInsSeg {len(n_train.items)}), {args.iterations} iterations from {init.id[:8]}",
+        flush=True,
+    )
     t0 = time.time()
 
     def show(ev):
@@ -99,16 +110,42 @@ def cmd_train(args) -> int:
             terms = " ".join(f"{k} {v:.3f}" for k, v in ev.terms.items())
             print(f"it {ev.iteration}/{ev.total} loss {ev.loss:.3f} {terms} {ev.seconds:.0f}s", flush=True)
 
-    model = drain(train_base(pairs, CLASSES, settings, colours=[c.colour for c in init.classes], pixel_size=0.25, init=init, out=out / "mixed-fp32.cinuseg.pt"), show)
+    model = drain(
+        train_base(
+            pairs,
+            CLASSES,
+            settings,
+            colours=[c.colour for c in init.classes],
+            pixel_size=0.25,
+            init=init,
+            out=out / "mixed-fp32.cinuseg.pt",
+        ),
+        show,
+    )
     from napari_cinuseg import save_model
 
     save_model(model, target, half=True)
-    (out / "train.json").write_text(json.dumps({
-        "seconds": round(time.time() - t0, 1), "iterations": args.iterations, "lr": args.lr, "train_seed": args.train_seed, "init": init.id,
-        "pairs": {"consep": len(c_train.items), "consep_repeat": args.consep_repeat, "consep_other": args.consep_other, "monuseg": len(m_train.items),
-                  "monuseg_repeat": args.monuseg_repeat, "nuinsseg": len(n_train.items)},
-        "machine": _machine(),
-    }, indent=1))
+    (out / "train.json").write_text(
+        json.dumps(
+            {
+                "seconds": round(time.time() - t0, 1),
+                "iterations": args.iterations,
+                "lr": args.lr,
+                "train_seed": args.train_seed,
+                "init": init.id,
+                "pairs": {
+                    "consep": len(c_train.items),
+                    "consep_repeat": args.consep_repeat,
+                    "consep_other": args.consep_other,
+                    "monuseg": len(m_train.items),
+                    "monuseg_repeat": args.monuseg_repeat,
+                    "nuinsseg": len(n_train.items),
+                },
+                "machine": _machine(),
+            },
+            indent=1,
+        )
+    )
     print(f"saved {target} in {time.time() - t0:.0f} s")
     return 0
 
@@ -118,7 +155,9 @@ def _machine() -> str:
 
 
 def _class_map(model, image, device) -> np.ndarray:
-    return drain(segment(model, image, tile=512, overlap=64, device=device, min_tissue=0.0, image_pixel_size=model.pixel_size))
+    return drain(
+        segment(model, image, tile=512, overlap=64, device=device, min_tissue=0.0, image_pixel_size=model.pixel_size)
+    )
 
 
 def _instances(cm: np.ndarray, method: str, min_px: int) -> np.ndarray:
@@ -160,7 +199,10 @@ def measure_model(model, consep_val, monuseg_val, device: str = "cpu", cached: d
         if name == "CoNSeP":
             d = conf.dice()
             result[name]["class_dice"] = {n: float(d[model.channel_of(n)] * 100) for n in model.class_names}
-        print(f"  {name}: {json.dumps({m: {k: round(v, 3) for k, v in result[name][m].items() if isinstance(v, float)} for m in scores})}", flush=True)
+        print(
+            f"  {name}: {json.dumps({m: {k: round(v, 3) for k, v in result[name][m].items() if isinstance(v, float)} for m in scores})}",
+            flush=True,
+        )
     result["seconds"] = round(time.time() - t0, 1)
     return result
 
@@ -181,7 +223,10 @@ def cmd_measure(args) -> int:
     root = data_dir(args.data)
     _CONSEP_ROOT = root / "consep"
     (_, c_val), (_, m_val) = _splits(root, args.val_fraction, args.seed)
-    print(f"validation: CoNSeP {len(c_val.items)} patches of {len(c_val.sources)} source images, MoNuSeg {len(m_val.items)} slides", flush=True)
+    print(
+        f"validation: CoNSeP {len(c_val.items)} patches of {len(c_val.sources)} source images, MoNuSeg {len(m_val.items)} slides",
+        flush=True,
+    )
     results = {}
     for spec in args.models.split(","):
         path = BUNDLED_MODEL if spec == "bundled" else Path(spec)
@@ -216,7 +261,9 @@ def table(results: dict) -> str:
                 f"{cd['Epithelial']:.1f} / {cd['Spindle-shaped']:.1f} |"
             )
     p = PUBLISHED["MoNuSeg"]
-    rows.append(f"| HoVer-Net, published (trained on MoNuSeg) | its own | {100 * p['dice']:.1f} | – | {100 * p['aji']:.1f} | {100 * p['pq']:.1f} | – | – | – | – | – |")
+    rows.append(
+        f"| HoVer-Net, published (trained on MoNuSeg) | its own | {100 * p['dice']:.1f} | – | {100 * p['aji']:.1f} | {100 * p['pq']:.1f} | – | – | – | – | – |"
+    )
     return "\n".join(rows)
 
 
@@ -241,7 +288,9 @@ def cmd_overlay(args) -> int:
         truth = crop.copy()
         lab = inst[y : y + n, x : x + n]
         edge = find_boundaries(lab, mode="inner")
-        colours = np.array([[0, 0, 0]] + [[int(c.colour[i : i + 2], 16) for i in (1, 3, 5)] for c in model.classes], np.uint8)
+        colours = np.array(
+            [[0, 0, 0]] + [[int(c.colour[i : i + 2], 16) for i in (1, 3, 5)] for c in model.classes], np.uint8
+        )
         crop[edge] = colours[cls[lab[edge]]]
         truth[find_boundaries(m_val.instances[it.name][y : y + n, x : x + n], mode="inner")] = 255
         fig, ax = plt.subplots(1, 2, figsize=(8, 4.2), dpi=100)
@@ -269,13 +318,24 @@ def main(argv=None) -> int:
         q.add_argument("--device", default="cpu")
     t = sub.choices["train"]
     t.add_argument("--iterations", type=int, default=500)
-    t.add_argument("--train-seed", type=int, default=0, help="seed of the weights' training (crops, order), not of the split")
+    t.add_argument(
+        "--train-seed", type=int, default=0, help="seed of the weights' training (crops, order), not of the split"
+    )
     t.add_argument("--lr", type=float, default=0.005)
     t.add_argument("--init", default="bundled", help="the base model to go on from (default: the bundled one)")
-    t.add_argument("--consep-repeat", type=int, default=2, help="CoNSeP pairs repeated, so that class pixels stay a good share of the crops")
+    t.add_argument(
+        "--consep-repeat",
+        type=int,
+        default=2,
+        help="CoNSeP pairs repeated, so that class pixels stay a good share of the crops",
+    )
     t.add_argument("--monuseg-repeat", type=int, default=4)
-    t.add_argument("--consep-other", choices=("nucleus", "background"), default="nucleus",
-                   help="CoNSeP's Other nuclei: nuclei of unknown class, or background (as the bundled model learnt them)")
+    t.add_argument(
+        "--consep-other",
+        choices=("nucleus", "background"),
+        default="nucleus",
+        help="CoNSeP's Other nuclei: nuclei of unknown class, or background (as the bundled model learnt them)",
+    )
     sub.choices["measure"].add_argument("--models", default="bundled", help="comma-separated model files, or 'bundled'")
     sub.choices["overlay"].add_argument("--models", default="bundled", help="comma-separated model files, or 'bundled'")
     sub.choices["overlay"].add_argument("--names", default="bundled", help="a name per model, for the pictures' files")

@@ -37,10 +37,9 @@ def run_one(args, seed: int) -> dict:
     from napari_cinuseg import drain, load_model, train_step
     from napari_cinuseg.analysis.evaluation import evaluate
     from napari_cinuseg.benchmark.painting import painted_nuclei, simulate_painting
-    from napari_cinuseg.training.settings import parse_changes
     from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, split_by_source
     from napari_cinuseg.runtime.events import IterationSkipped
-    from napari_cinuseg.training.settings import preset
+    from napari_cinuseg.training.settings import parse_changes, preset
 
     root = data_dir(args.data)
     if args.dataset == "consep":
@@ -114,11 +113,15 @@ def table(paths) -> str:
     ]
     for r in rows:
         old = "; ".join(
-            f"{c} {v['after']:.1f} / {v['prior']:.1f} ({v['after'] / v['prior']:.2f})" if v["after"] is not None and v["prior"] else f"{c} — / {v['prior']:.1f}"
+            f"{c} {v['after']:.1f} / {v['prior']:.1f} ({v['after'] / v['prior']:.2f})"
+            if v["after"] is not None and v["prior"]
+            else f"{c} — / {v['prior']:.1f}"
             for c, v in r["old"].items()
         )
         new = f"{r['new_dice']:.1f}" if r["new_dice"] is not None else "—"
-        tag = r["method"] + ("" if not r.get("settings") else " " + ",".join(f"{k}={v}" for k, v in r["settings"].items()))
+        tag = r["method"] + (
+            "" if not r.get("settings") else " " + ",".join(f"{k}={v}" for k, v in r["settings"].items())
+        )
         out.append(
             f"| {r['dataset']} | {r['class']} | {tag} | {r['painted_nuclei']} | {r['iterations']} | {r['seed']} | {new} | {old} | "
             f"{'yes' if r['finite'] else 'NO'} | {len(r['skipped'])} | {r['seconds']:.0f} |"
@@ -157,7 +160,16 @@ def main(argv=None) -> int:
     if out.exists():
         for line in out.read_text().splitlines():
             r = json.loads(line)
-            done.add((r["dataset"], r["class"], r["method"], r["k"], r["seed"], json.dumps(r.get("settings", {}), sort_keys=True)))
+            done.add(
+                (
+                    r["dataset"],
+                    r["class"],
+                    r["method"],
+                    r["k"],
+                    r["seed"],
+                    json.dumps(r.get("settings", {}), sort_keys=True),
+                )
+            )
     from napari_cinuseg.training.settings import parse_changes
 
     changes = json.dumps(parse_changes(args.set), sort_keys=True)
@@ -167,7 +179,10 @@ def main(argv=None) -> int:
         row = run_one(args, seed)
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(json.dumps({k: row[k] for k in ("dataset", "class", "seed", "new_dice", "old", "finite", "seconds")}), flush=True)
+        print(
+            json.dumps({k: row[k] for k in ("dataset", "class", "seed", "new_dice", "old", "finite", "seconds")}),
+            flush=True,
+        )
     return 0
 
 

@@ -26,12 +26,11 @@ import os
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from napari_cinuseg.io.atomic import atomic_json
-
-from perfparts.common import Context, ENCODERS, PARTS, _default_data, busy_warning, machine_info, machine_line
+from perfparts.common import ENCODERS, PARTS, Context, _default_data, busy_warning, machine_info, machine_line
 from perfparts.encoders import part_encoders
 from perfparts.gui import child_gui, part_gui
 from perfparts.memory import child_memory, part_memory
@@ -48,36 +47,80 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="performance.py",
         description="Performance of napari-cinuseg on this machine (see docs/performance-howto.md).",
     )
-    ap.add_argument("--data", type=Path, default=None, help="the shared data folder (default $CINUSEG_DATA, else ../shared/data beside the repository)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="the shared data folder (default $CINUSEG_DATA, else ../shared/data beside the repository)",
+    )
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ap.add_argument("--out", type=Path, default=Path("runs") / "performance", help="folder for results.json and performance.md")
+    ap.add_argument(
+        "--out", type=Path, default=Path("runs") / "performance", help="folder for results.json and performance.md"
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run (numbers are not meaningful)")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    ap.add_argument("--sizes", default=None, help="synthetic slide sizes in px, e.g. 4096,16384,32768 (default; --quick 512,1024)")
-    ap.add_argument("--rows", type=int, default=None,
-                    help="segment only the first N pixel rows of each full-width synthetic slide; 0 = whole slides "
-                         "(default: 2048 on the CPU, whole on CUDA; --quick: whole)")
+    ap.add_argument(
+        "--sizes", default=None, help="synthetic slide sizes in px, e.g. 4096,16384,32768 (default; --quick 512,1024)"
+    )
+    ap.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="segment only the first N pixel rows of each full-width synthetic slide; 0 = whole slides "
+        "(default: 2048 on the CPU, whole on CUDA; --quick: whole)",
+    )
     ap.add_argument("--encoders", default=None, help=f"default {','.join(ENCODERS)} (--quick: resnet18)")
-    ap.add_argument("--no-gui", action="store_true", help="skip the napari event-loop measurement (it needs a display or xvfb-run)")
+    ap.add_argument(
+        "--no-gui", action="store_true", help="skip the napari event-loop measurement (it needs a display or xvfb-run)"
+    )
     ap.add_argument("--iterations", type=int, default=None, help="training iterations per run (default 30; --quick 6)")
     ap.add_argument("--warmup", type=int, default=None, help="iterations left out of the timing (default 3)")
-    ap.add_argument("--repeats", type=int, default=1, help="runs of parts 1 and 2, alternating order; the median is reported")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="runs of parts 1 and 2, alternating order; the median is reported"
+    )
     ap.add_argument("--preset", default="cpu", help="training preset (cpu, paper)")
-    ap.add_argument("--prior", type=Path, default=None, help="prior model file (default: the bundled base model if the preset's network)")
+    ap.add_argument(
+        "--prior",
+        type=Path,
+        default=None,
+        help="prior model file (default: the bundled base model if the preset's network)",
+    )
     ap.add_argument("--batch-size", type=int, default=None, help="training batch (default: the preset's; --quick 4)")
     ap.add_argument("--crop-size", type=int, default=None, help="training crop (default: the preset's; --quick 64)")
-    ap.add_argument("--slide", type=Path, default=None, help="real slide for parts 2, 4, 5 (default DATA/slides/CMU-1-Small-Region.svs)")
-    ap.add_argument("--region-rows", type=int, default=None, help="parts 2 and 5 use only these rows of --slide (default all; --quick 480)")
+    ap.add_argument(
+        "--slide",
+        type=Path,
+        default=None,
+        help="real slide for parts 2, 4, 5 (default DATA/slides/CMU-1-Small-Region.svs)",
+    )
+    ap.add_argument(
+        "--region-rows",
+        type=int,
+        default=None,
+        help="parts 2 and 5 use only these rows of --slide (default all; --quick 480)",
+    )
     ap.add_argument("--region-cols", type=int, default=None, help="... and these columns (default all; --quick 960)")
     ap.add_argument("--tile", type=int, default=None, help="segmentation tile (default 512; --quick 256)")
     ap.add_argument("--overlap", type=int, default=None, help="tile overlap (default 64; --quick 32)")
     ap.add_argument("--infer-batch", type=int, default=4, help="tiles per forward in segmentation")
     ap.add_argument("--gui-crop", type=int, default=None, help="crop size set in the panel (default 128; --quick 64)")
     ap.add_argument("--timer-ms", type=float, default=10.0, help="QTimer interval of the lateness probe")
-    ap.add_argument("--idle-seconds", type=float, default=None, help="idle baseline before training starts (default 3; --quick 1)")
-    ap.add_argument("--settle-seconds", type=float, default=None, help="wait after the window opens, not measured (default 2; --quick 0.5)")
+    ap.add_argument(
+        "--idle-seconds", type=float, default=None, help="idle baseline before training starts (default 3; --quick 1)"
+    )
+    ap.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=None,
+        help="wait after the window opens, not measured (default 2; --quick 0.5)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
-    ap.add_argument("--slides-dir", type=Path, default=None, help="where synthetic slides are written and reused (default OUT/slides)")
+    ap.add_argument(
+        "--slides-dir",
+        type=Path,
+        default=None,
+        help="where synthetic slides are written and reused (default OUT/slides)",
+    )
     a = ap.parse_args(argv)
 
     q = a.quick
@@ -129,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         a.rows = 0 if (a.quick or dev.type == "cuda") else 2048
     a.out.mkdir(parents=True, exist_ok=True)
     results = {
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": ["benchmarks/performance.py", *argv],
         "quick": a.quick,
         "machine": machine_info(dev),
@@ -140,7 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(a, dev)
     json_path, md_path = a.out / "results.json", a.out / "performance.md"
     print(f"Machine: {machine_line(results['machine'])}", flush=True)
-    funcs = {"training": part_training, "tiling": part_tiling, "memory": part_memory, "gui": part_gui, "encoders": part_encoders}
+    funcs = {
+        "training": part_training,
+        "tiling": part_tiling,
+        "memory": part_memory,
+        "gui": part_gui,
+        "encoders": part_encoders,
+    }
     for name in PARTS:
         if name not in a.parts:
             continue
@@ -156,10 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         atomic_json(json_path, results, default=str)  # what is done so far survives a later crash
     ctx_prior = getattr(ctx, "prior_source", None)
     results["prior"] = ctx_prior
-    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    results["qt_imported_by_headless_parts"] = any(m.split(".")[0] in ("PyQt5", "PyQt6", "PySide2", "PySide6", "qtpy") for m in sys.modules)
+    results["machine"]["load_average_at_end"] = (
+        [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    )
+    results["qt_imported_by_headless_parts"] = any(
+        m.split(".")[0] in ("PyQt5", "PyQt6", "PySide2", "PySide6", "qtpy") for m in sys.modules
+    )
     results["busy_warning"] = busy_warning(results["machine"])
-    results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     atomic_json(json_path, results, default=str)
     md_path.write_text(markdown(results))
     print()

@@ -6,6 +6,7 @@ split: how a setting the paper leaves open changes one step, without re-running 
     python3 benchmarks/step_variant.py --like runs/R/models/seed0/2-1/cinuseg/step1.cinuseg.pt \\
         --prior runs/R/models/seed0/2-1/base.cinuseg.pt --set adaptive_tau=true --out runs/exp-x
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,11 @@ from napari_cinuseg import drain, load_model, train_step
 from napari_cinuseg.analysis.evaluation import evaluate
 from napari_cinuseg.analysis.forgetting import confident_share
 from napari_cinuseg.benchmark.run import split_data
-from napari_cinuseg.methods import get_method
 from napari_cinuseg.datasets.labelled import data_dir, step_pairs
 from napari_cinuseg.datasets.layouts import read_dataset
+from napari_cinuseg.methods import get_method
 from napari_cinuseg.training.settings import from_dict, parse_changes
+
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,8 +30,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prior", required=True, help="that step's prior model")
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE (true/false, numbers), repeatable")
     ap.add_argument("--dataset", choices=("consep", "monusac"), default="consep")
-    ap.add_argument("--data", help="the data set's folder, as `cinuseg benchmark --data` "
-                                   "(default: $CINUSEG_DATA/<dataset>, else ../shared/data/<dataset>)")
+    ap.add_argument(
+        "--data",
+        help="the data set's folder, as `cinuseg benchmark --data` "
+        "(default: $CINUSEG_DATA/<dataset>, else ../shared/data/<dataset>)",
+    )
     ap.add_argument("--val-fraction", type=float, default=0.2, help="the benchmark's --val-fraction")
     ap.add_argument("--split-seed", type=int, default=0, help="the benchmark's --split-seed")
     ap.add_argument("--out", required=True)
@@ -55,7 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
     path = out / f"{Path(args.like).parent.name}-{Path(args.like).stem.split('.')[0]}-{tag}.cinuseg.pt"
     tau = settings.method_settings.get("tau", get_method("cinuseg").tau)  # eq. 1's, for the confident share
     t0 = time.time()
-    model = load_model(path) if path.exists() else drain(train_step(prior, pairs, new, settings, method=record.method, out=path))
+    model = (
+        load_model(path)
+        if path.exists()
+        else drain(train_step(prior, pairs, new, settings, method=record.method, out=path))
+    )
     row = {
         "like": args.like,
         "changes": changes,

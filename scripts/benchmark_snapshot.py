@@ -63,9 +63,12 @@ def snapshot(results: dict) -> dict:
         out["curves"][protocol] = {m: written.get(m) or _curve(evals, protocol, m, last, steps) for m in sorted(done)}
     finished = set().union(*(out["summary"][p] for p in out["summary"])) | {"base"}
     # a run resumed in one folder with other --methods records only its last call's methods
-    out["config"]["methods"] = list(dict.fromkeys([*results["config"].get("methods", []), *sorted(finished - {"base"})]))
+    out["config"]["methods"] = list(
+        dict.fromkeys([*results["config"].get("methods", []), *sorted(finished - {"base"})])
+    )
     out["train_seconds"] = {
-        k: v for k, v in results.get("train_seconds", {}).items()
+        k: v
+        for k, v in results.get("train_seconds", {}).items()
         if Path(k).parent.name in finished or Path(k).name.startswith(("base", "offline"))
     }
     return out
@@ -83,6 +86,7 @@ SAME_RUN = ("dataset", "protocols", "settings", "test", "test_images", "test_sou
 def merge(first: dict, *others: dict) -> dict:
     """One results dictionary from parts of the same run: the first part's, plus each method that
     finished in another part and not in the first (with its evaluations, times and curves)."""
+
     def own(run):  # the methods' own settings given to the run (every step records its own too)
         return run["config"].get("settings", {}).get("method_settings") or {}
 
@@ -99,7 +103,11 @@ def merge(first: dict, *others: dict) -> dict:
                 raise SystemExit(f"cannot merge: the parts differ in {key!r}; they are not one run")
         part = snapshot(other)
         for key, value in part["evaluations"].items():  # the same base model: the same base figures
-            if key.split("/")[1] == "base" and key in merged["evaluations"] and _figures(merged["evaluations"][key]) != _figures(value):
+            if (
+                key.split("/")[1] == "base"
+                and key in merged["evaluations"]
+                and _figures(merged["evaluations"][key]) != _figures(value)
+            ):
                 raise SystemExit(f"cannot merge: the parts' base models differ ({key}); they are not one run")
         merged["config"]["commands"].append(other["config"].get("command", ""))
         for key, curve in (other.get("training_curves") or {}).items():  # the base and offline models' curves
@@ -132,6 +140,7 @@ def offline_from(results: dict, other: dict) -> dict:
     """``results`` with each protocol's offline row taken from ``other``, a run whose offline model
     is the same one (same classes, data, split, settings but a method's own, and budget): its
     evaluation, scored against this protocol's Old and New, and its training time."""
+
     def trained_as(run):
         return {k: v for k, v in run["config"].get("settings", {}).items() if k != "method_settings"}
 
@@ -145,8 +154,11 @@ def offline_from(results: dict, other: dict) -> dict:
         raise SystemExit("cannot take offline from that run: its models were trained with other settings")
     out = json.loads(json.dumps(results))
     for protocol, steps in out["config"]["protocols"].items():
-        found = [other["evaluations"].get(f"{p}/offline/step0") for p in other["config"]["protocols"]
-                 if classes(other, p) == classes(out, protocol)]
+        found = [
+            other["evaluations"].get(f"{p}/offline/step0")
+            for p in other["config"]["protocols"]
+            if classes(other, p) == classes(out, protocol)
+        ]
         if not any(found):
             raise SystemExit(f"that run has no offline model of {', '.join(classes(out, protocol))}")
         evaluation = next(e for e in found if e)
@@ -154,9 +166,13 @@ def offline_from(results: dict, other: dict) -> dict:
         out["evaluations"][f"{protocol}/offline/step0"] = evaluation
         out["summary"].setdefault(protocol, {})["offline"] = {**row, "per_class": evaluation["dice"]}
         out["curves"].setdefault(protocol, {})["offline"] = [row["mean"]] * len(steps)
-    out["train_seconds"].update({k: v for k, v in other.get("train_seconds", {}).items() if Path(k).name.startswith("offline")})
+    out["train_seconds"].update(
+        {k: v for k, v in other.get("train_seconds", {}).items() if Path(k).name.startswith("offline")}
+    )
     out["config"]["methods"] = list(dict.fromkeys([*out["config"]["methods"], "offline"]))
-    out["config"]["offline_from"] = other["config"].get("command") or "another run of the same data, split, seed and settings"
+    out["config"]["offline_from"] = (
+        other["config"].get("command") or "another run of the same data, split, seed and settings"
+    )
     return out
 
 
@@ -164,13 +180,25 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--with", dest="parts", type=Path, action="append", default=[],
-                    help="results.json of another part of the same run (a copy of its folder "
-                         "that ran other methods); may repeat")
-    ap.add_argument("--offline-from", type=Path,
-                    help="results.json (or a snapshot) of another run whose offline model is this run's: "
-                         "same classes, data, split, seed and settings; its offline row is used")
-    ap.add_argument("--curves", type=Path, help="also draw the per-step curves, as <out stem>.png in this folder, and the base and offline models' curves while they trained (a run with --curve-every) as <out stem>-training.png")
+    ap.add_argument(
+        "--with",
+        dest="parts",
+        type=Path,
+        action="append",
+        default=[],
+        help="results.json of another part of the same run (a copy of its folder that ran other methods); may repeat",
+    )
+    ap.add_argument(
+        "--offline-from",
+        type=Path,
+        help="results.json (or a snapshot) of another run whose offline model is this run's: "
+        "same classes, data, split, seed and settings; its offline row is used",
+    )
+    ap.add_argument(
+        "--curves",
+        type=Path,
+        help="also draw the per-step curves, as <out stem>.png in this folder, and the base and offline models' curves while they trained (a run with --curve-every) as <out stem>-training.png",
+    )
     args = ap.parse_args(argv)
     parts = [rescored(json.loads(p.read_text())) for p in args.parts]
     first = rescored(json.loads(args.results.read_text()))

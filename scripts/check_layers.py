@@ -60,8 +60,15 @@ def imports(src: Path, path: Path) -> list[tuple[int, str]]:
             # "from pkg import submodule" imports the submodule
             for alias in node.names:
                 sub = f"{target}.{alias.name}"
-                found.append((node.lineno, sub if (src / Path(*sub.split(".")[1:])).with_suffix(".py").exists()
-                              or (src / Path(*sub.split(".")[1:])).is_dir() else target))
+                found.append(
+                    (
+                        node.lineno,
+                        sub
+                        if (src / Path(*sub.split(".")[1:])).with_suffix(".py").exists()
+                        or (src / Path(*sub.split(".")[1:])).is_dir()
+                        else target,
+                    )
+                )
     return found
 
 
@@ -101,7 +108,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         stack.append(node)
         for nxt in sorted(nodes[node]):
             if state.get(nxt) == 1:
-                found.append(stack[stack.index(nxt):] + [nxt])
+                found.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack)
         stack.pop()

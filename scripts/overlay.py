@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,8 +26,8 @@ def main(argv=None) -> int:
     from skimage.measure import find_contours, label
 
     from napari_cinuseg import drain, load_model
-    from napari_cinuseg.io.images import read_rgb
     from napari_cinuseg.inference.segmentation import segment
+    from napari_cinuseg.io.images import read_rgb
 
     model = load_model(args.model)
     image = read_rgb(args.image)

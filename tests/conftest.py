@@ -66,7 +66,17 @@ def base_file(tmp_path_factory, few_pairs):
 # of those costs seconds to minutes on two cores; also one marked so (a whole slide segmented).
 # Everything else is the quick subset.
 _SLOW_FIXTURES = {"make_napari_viewer", "widget", "qtbot", "base_file", "prior_file", "bundled"}
-_SLOW_CALLS = ("train_base(", "train_step(", "run_benchmark(", "subprocess.", "run_in_process(", '"train-base"', '"step"', '"benchmark"', "torchrun")
+_SLOW_CALLS = (
+    "train_base(",
+    "train_step(",
+    "run_benchmark(",
+    "subprocess.",
+    "run_in_process(",
+    '"train-base"',
+    '"step"',
+    '"benchmark"',
+    "torchrun",
+)
 
 
 def pytest_collection_modifyitems(config, items):

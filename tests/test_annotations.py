@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from napari_cinuseg.annotations import annotation_target, exhaustive_mask, training_pair
 from napari_cinuseg.analysis.measurements import class_statistics
+from napari_cinuseg.annotations import annotation_target, exhaustive_mask, training_pair
 
 
 def test_unpainted_is_unlabelled_unless_exhaustive():

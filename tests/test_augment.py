@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from napari_cinuseg import drain, train_base
-from napari_cinuseg.training.augment import stain_jitter
 from napari_cinuseg.benchmark.run import _same_learning_settings
-from napari_cinuseg.training.crops import CropDataset
 from napari_cinuseg.model.segmenter import StepRecord
+from napari_cinuseg.training.augment import stain_jitter
+from napari_cinuseg.training.crops import CropDataset
 from napari_cinuseg.training.settings import TrainSettings
 
 
@@ -37,7 +37,9 @@ def test_stain_jitter_changes_colour_not_structure(few_pairs):
     means = np.array([o.reshape(-1, 3).mean(0) for o in outs])
     assert means.std(0).max() > 3  # colours really vary between draws
     # deterministic for a given generator, and strength 0 is the identity
-    assert np.array_equal(stain_jitter(img, np.random.default_rng(5), 1.0), stain_jitter(img, np.random.default_rng(5), 1.0))
+    assert np.array_equal(
+        stain_jitter(img, np.random.default_rng(5), 1.0), stain_jitter(img, np.random.default_rng(5), 1.0)
+    )
     assert stain_jitter(img, rng, 0.0) is img
 
 

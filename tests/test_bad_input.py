@@ -13,13 +13,12 @@ from skimage import io as skio
 from napari_cinuseg import CiNuSegModel, drain, load_model, save_model, train_base, train_step
 from napari_cinuseg.annotations import training_pair
 from napari_cinuseg.cli import main
-from napari_cinuseg.io.images import read_rgb
-from napari_cinuseg.io.images import ImageNotice, as_rgb_uint8, rgb_view
-from napari_cinuseg.model.segmenter import check_class_name
+from napari_cinuseg.inference.segmentation import segment
+from napari_cinuseg.io.images import ImageNotice, as_rgb_uint8, read_rgb, rgb_view
+from napari_cinuseg.io.slides import Slide
 from napari_cinuseg.model.file import ModelFileError
 from napari_cinuseg.model.network import Architecture
-from napari_cinuseg.inference.segmentation import segment
-from napari_cinuseg.io.slides import Slide
+from napari_cinuseg.model.segmenter import check_class_name
 
 TINY = Architecture("resnet18", "unet", (32, 16, 16, 8))
 
@@ -172,7 +171,25 @@ def test_paths_with_spaces_and_non_ascii(tmp_path, rgb, capsys):
     torch.manual_seed(0)
     model = save_model(CiNuSegModel.new(["Epithelial"], TINY), folder / "Modell ä.cinuseg.pt")
     out = folder / "Ergebnis ö"
-    assert main(["segment", str(path), "--model", str(model), "--out", str(out), "--tile", "64", "--overlap", "16", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(path),
+                "--model",
+                str(model),
+                "--out",
+                str(out),
+                "--tile",
+                "64",
+                "--overlap",
+                "16",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert (out / "Schnitt 1 · Niere.masks.tif").is_file()
 
 
@@ -190,14 +207,18 @@ def test_lazy_images_must_already_be_8_bit_rgb():
 
 
 def test_annotation_of_another_shape(rgb):
-    with pytest.raises(ValueError, match="annotation layer is .* but its image is .*paint in a layer made for this image"):
+    with pytest.raises(
+        ValueError, match="annotation layer is .* but its image is .*paint in a layer made for this image"
+    ):
         training_pair(rgb, np.zeros((50, 50), np.uint8))
 
 
 def test_annotation_reusing_a_class_id(rgb):
     ann = np.zeros(rgb.shape[:2], np.uint8)
     ann[5:9, 5:9] = 3  # e.g. an old class's id from another labels layer
-    with pytest.raises(ValueError, match=r"uses label\(s\) \[3\]; paint with label 1 for the new class and label 2 for background"):
+    with pytest.raises(
+        ValueError, match=r"uses label\(s\) \[3\]; paint with label 1 for the new class and label 2 for background"
+    ):
         training_pair(rgb, ann)
 
 
@@ -247,7 +268,9 @@ def test_prior_with_another_encoder_than_the_settings(tmp_path, few_pairs, tiny)
     before = _tree(tmp_path)
     prior = load_model(prior_path)
     with pytest.raises(ValueError, match="a step keeps its prior's network: use settings.for_network"):
-        drain(train_step(prior, few_pairs[1], ["Other"], tiny.replace(encoder="resnet50"), out=tmp_path / "s.cinuseg.pt"))
+        drain(
+            train_step(prior, few_pairs[1], ["Other"], tiny.replace(encoder="resnet50"), out=tmp_path / "s.cinuseg.pt")
+        )
     assert _tree(tmp_path) == before
     fixed = tiny.replace(encoder="resnet50").for_network(prior.arch)
     assert (fixed.encoder, fixed.decoder_channels) == ("resnet18", (32, 16, 16, 8))
@@ -264,13 +287,43 @@ def test_model_classes_that_do_not_match_the_annotation(tmp_path, few_pairs, tin
     with pytest.raises(ValueError, match=r"label\(s\) \[2\]"):
         drain(train_step(load_model(prior), few_pairs[0], ["Other"], tiny, out=tmp_path / "s.cinuseg.pt"))
     # evaluating on a data set that shares only some classes: said; none: refused
-    assert main(["evaluate", "--model", str(prior), "--data", str(shared_data / "monusac"), "--dataset", "monusac", "--val-fraction", "0.1"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(prior),
+                "--data",
+                str(shared_data / "monusac"),
+                "--dataset",
+                "monusac",
+                "--val-fraction",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "only the classes the model and the data share are scored (Epithelial)" in err
     assert "the model's Spindle-shaped not" in err and "Lymphocyte" in err
     other = save_model(CiNuSegModel.new(["Mitosis"], TINY), tmp_path / "other.cinuseg.pt")
     before = _tree(tmp_path)
-    assert main(["evaluate", "--model", str(other), "--data", str(shared_data / "monusac"), "--dataset", "monusac", "--val-fraction", "0.1"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(other),
+                "--data",
+                str(shared_data / "monusac"),
+                "--dataset",
+                "monusac",
+                "--val-fraction",
+                "0.1",
+            ]
+        )
+        == 2
+    )
     assert "share no name; evaluate on data annotated with the model's classes" in capsys.readouterr().err
     assert _tree(tmp_path) == before
 
@@ -293,7 +346,13 @@ def test_cli_unknown_layout_missing_classes_json_and_empty_folders(tmp_path, sha
     err = _cli_error(["train-base", "--data", str(odd), "--out", str(out)], capsys)
     assert "layout" in err or "no images" in err
     nojson = tmp_path / "nojson"
-    shutil.copytree(shared_data / "consep", nojson, ignore=lambda d, names: [n for n in names if n == "classes.json"] + sorted(n for n in names if n.endswith(".png"))[8:])
+    shutil.copytree(
+        shared_data / "consep",
+        nojson,
+        ignore=lambda d, names: (
+            [n for n in names if n == "classes.json"] + sorted(n for n in names if n.endswith(".png"))[8:]
+        ),
+    )
     err = _cli_error(["train-base", "--data", str(nojson), "--out", str(out)], capsys)
     assert "classes.json" in err
     empty = tmp_path / "empty"
@@ -320,7 +379,18 @@ def test_cli_segment_outputs_never_clash(tmp_path, rgb, capsys):
         skio.imsave(tmp_path / name, rgb, check_contrast=False)
     torch.manual_seed(0)
     model = save_model(CiNuSegModel.new(["Epithelial"], TINY), tmp_path / "m.cinuseg.pt")
-    err = _cli_error(["segment", str(tmp_path / "a.png"), str(tmp_path / "a.tif"), "--model", str(model), "--out", str(tmp_path / "out")], capsys)
+    err = _cli_error(
+        [
+            "segment",
+            str(tmp_path / "a.png"),
+            str(tmp_path / "a.tif"),
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capsys,
+    )
     assert "several images would write a.masks.tif" in err and not (tmp_path / "out").exists()
 
 
@@ -368,7 +438,7 @@ def test_the_command_line_converts_tiffs_as_the_panel_reader_does(tmp_path, rgb)
         with pytest.warns(ImageNotice, match=said), Slide(path) as slide:
             cli = slide.read_all()
         with pytest.warns(ImageNotice, match=said):
-            (panel, kwargs, kind), = read_he(str(path))
+            ((panel, kwargs, kind),) = read_he(str(path))
         assert np.array_equal(cli, panel) and kind == "image" and kwargs["rgb"]
         assert np.array_equal(cli, as_rgb_uint8(tifffile.imread(path)))
     lo, hi = rgb.min(), rgb.max()
@@ -388,7 +458,25 @@ def test_cli_segment_says_the_conversion_of_a_tiff(tmp_path, rgb, capsys):
     model = save_model(CiNuSegModel.new(["Epithelial"], TINY), tmp_path / "m.cinuseg.pt")
     path = tmp_path / "deep.tif"
     tifffile.imwrite(path, rgb.astype(np.uint16) * 16, photometric="rgb")
-    assert main(["segment", str(path), "--model", str(model), "--out", str(tmp_path / "out"), "--tile", "64", "--overlap", "16", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(path),
+                "--model",
+                str(model),
+                "--out",
+                str(tmp_path / "out"),
+                "--tile",
+                "64",
+                "--overlap",
+                "16",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "note: " in err and "deep.tif: uint16 values rescaled from their range" in err
     assert (tmp_path / "out" / "deep.masks.tif").is_file()
@@ -405,8 +493,12 @@ def test_folders_link_loops_empty_and_renamed_files_say_what_they_are(tmp_path):
     empty.touch()
     text = tmp_path / "notes.png"
     text.write_text("patient list, not an image")
-    cases = {folder: "is a folder, not an image", loop: "symbolic link that points back to itself",
-             empty: "is empty \\(0 bytes\\)", text: "not a PNG or a JPEG, whatever its name says"}
+    cases = {
+        folder: "is a folder, not an image",
+        loop: "symbolic link that points back to itself",
+        empty: "is empty \\(0 bytes\\)",
+        text: "not a PNG or a JPEG, whatever its name says",
+    }
     for path, said in cases.items():
         for opener in (Slide, read_rgb, read_he):
             if opener is read_he and path is folder:
@@ -424,7 +516,9 @@ def test_a_slide_cut_short_is_truncated_not_an_index_error(tmp_path, shared_data
         cut = tmp_path / f"cut{int(frac * 100)}.svs"
         cut.write_bytes(svs[: int(len(svs) * frac)])
         for opener in (Slide, read_he):
-            with pytest.raises(ValueError, match=f"cut{int(frac * 100)}.svs is truncated.*copy or download it again") as err:
+            with pytest.raises(
+                ValueError, match=f"cut{int(frac * 100)}.svs is truncated.*copy or download it again"
+            ) as err:
                 opener(cut)
             assert "IndexError" not in str(err.value)
 
@@ -493,6 +587,9 @@ def test_a_slide_too_large_to_convert_whole_says_how_its_tiles_are_scaled(tmp_pa
     monkeypatch.setattr(slides, "IN_MEMORY_LIMIT_PX", 1000)  # this 96 × 96 TIFF counts as a large slide
     path = tmp_path / "deep.tif"
     tifffile.imwrite(path, rgb.astype(np.uint16) * 16, photometric="rgb")
-    with pytest.warns(ImageNotice, match="deep.tif: uint16 slide too large to read whole; each tile is scaled from the type's full range 0..65535"):
+    with pytest.warns(
+        ImageNotice,
+        match="deep.tif: uint16 slide too large to read whole; each tile is scaled from the type's full range 0..65535",
+    ):
         with Slide(path) as slide:
             assert slide.read_all().max() < 255 // 8  # dark, as said

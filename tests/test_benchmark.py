@@ -4,11 +4,10 @@ import json
 
 import pytest
 
-from napari_cinuseg.benchmark.run import BenchmarkConfig, run_benchmark
-from napari_cinuseg.runtime.events import StepEvaluated, StepPlanned
 from napari_cinuseg.benchmark.report import across_seeds, offline_ratio, write_seed_table, write_table
+from napari_cinuseg.benchmark.run import BenchmarkConfig, run_benchmark
 from napari_cinuseg.datasets.labelled import LabelledSet
-from napari_cinuseg.runtime.events import drain
+from napari_cinuseg.runtime.events import StepEvaluated, StepPlanned, drain
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +24,14 @@ def small(consep):
 def _config(small, out, tiny, methods=("cinuseg", "finetune", "offline"), **kw):
     train, test = small
     return BenchmarkConfig(
-        dataset="consep", train=train, test=test, protocols=["1-1"], methods=list(methods),
-        settings=tiny.replace(iterations=1, batch_size=2), out=out, **kw,
+        dataset="consep",
+        train=train,
+        test=test,
+        protocols=["1-1"],
+        methods=list(methods),
+        settings=tiny.replace(iterations=1, batch_size=2),
+        out=out,
+        **kw,
     )
 
 
@@ -36,7 +41,12 @@ def test_benchmark_writes_results_and_resumes(small, tiny, tmp_path):
     planned = [e for e in events if isinstance(e, StepPlanned)]
     # base once, two steps for each of the two incremental methods, offline once
     assert [(e.method, e.step) for e in planned] == [
-        ("base", 0), ("cinuseg", 1), ("cinuseg", 2), ("finetune", 1), ("finetune", 2), ("offline", 0),
+        ("base", 0),
+        ("cinuseg", 1),
+        ("cinuseg", 2),
+        ("finetune", 1),
+        ("finetune", 2),
+        ("offline", 0),
     ]
     assert not any(e.cached for e in planned)
     summary = results["summary"]["1-1"]
@@ -62,7 +72,10 @@ def test_table_gives_cinuseg_over_offline_beside_the_paper(tmp_path):
     results = {
         "config": {"dataset": "consep"},
         "summary": {
-            "1-1": {"cinuseg": {"old": 60.0, "new": 30.0, "mean": 40.0}, "offline": {"old": 70.0, "new": 60.0, "mean": 64.0}},
+            "1-1": {
+                "cinuseg": {"old": 60.0, "new": 30.0, "mean": 40.0},
+                "offline": {"old": 70.0, "new": 60.0, "mean": 64.0},
+            },
             "2-1": {"cinuseg": {"old": 60.0, "new": 30.0, "mean": 50.0}},  # no offline: no ratio
         },
     }
@@ -112,11 +125,15 @@ def test_cached_record_without_min_iterations_matches_only_if_it_ran_enough():
 
     s = TrainSettings(min_iterations=400)
     legacy = {k: v for k, v in s.to_dict().items() if k != "min_iterations"}
-    rec = lambda ran: StepRecord(step=1, method="mib", new_classes=["x"], settings=legacy, data={}, results={"iterations": ran})
+    rec = lambda ran: StepRecord(
+        step=1, method="mib", new_classes=["x"], settings=legacy, data={}, results={"iterations": ran}
+    )
     assert _same_learning_settings(rec(850), s)
     assert not _same_learning_settings(rec(25), s)  # min_iterations would have made it 400
     changed = dict(legacy, lr=0.5)
-    assert not _same_learning_settings(StepRecord(step=1, method="mib", new_classes=["x"], settings=changed, data={}, results={"iterations": 850}), s)
+    assert not _same_learning_settings(
+        StepRecord(step=1, method="mib", new_classes=["x"], settings=changed, data={}, results={"iterations": 850}), s
+    )
 
 
 def test_a_step_recorded_before_uncertain_old_existed_matches_its_default():
@@ -130,7 +147,9 @@ def test_a_step_recorded_before_uncertain_old_existed_matches_its_default():
     before["method_settings"] = {k: v for k, v in before["method_settings"].items() if k != "uncertain_old"}
     rec = StepRecord(step=1, method="cinuseg", new_classes=["x"], settings=before, data={}, results={"iterations": 850})
     assert _same_learning_settings(rec, now)
-    assert not _same_learning_settings(rec, now.replace(method_settings=settings_of(get_method("cinuseg", uncertain_old="ignore"))))
+    assert not _same_learning_settings(
+        rec, now.replace(method_settings=settings_of(get_method("cinuseg", uncertain_old="ignore")))
+    )
 
 
 def _load_snapshot_script():
@@ -151,20 +170,33 @@ def _part(methods, dice_by_method, settings=None):
     for m, dice in dice_by_method.items():
         evaluations[f"2-1/{m}/step1"] = {"dice": dice}
         train[f"models/seed0/2-1/{m}/step1.cinuseg.pt"] = 5.0
-    config = {"command": "cinuseg benchmark --methods " + ",".join(methods), "dataset": "consep",
-              "methods": methods, "protocols": {"2-1": [["A", "B"], ["C"]]},
-              "settings": settings or {"tau": 0.7}, "test": "split", "test_images": 8,
-              "test_sources": 2, "train_sources": 6}
-    return {"config": config, "evaluations": evaluations, "train_seconds": train,
-            "curves": {"2-1": {m: [1.0] for m in dice_by_method}}, "summary": {"2-1": {}}}
+    config = {
+        "command": "cinuseg benchmark --methods " + ",".join(methods),
+        "dataset": "consep",
+        "methods": methods,
+        "protocols": {"2-1": [["A", "B"], ["C"]]},
+        "settings": settings or {"tau": 0.7},
+        "test": "split",
+        "test_images": 8,
+        "test_sources": 2,
+        "train_sources": 6,
+    }
+    return {
+        "config": config,
+        "evaluations": evaluations,
+        "train_seconds": train,
+        "curves": {"2-1": {m: [1.0] for m in dice_by_method}},
+        "summary": {"2-1": {}},
+    }
 
 
 def test_snapshot_merges_parts_of_one_run_and_refuses_other_runs():
     script = _load_snapshot_script()
     first = _part(["cinuseg", "mib"], {"cinuseg": {"A": 60.0, "B": 40.0, "C": 30.0}})
     # the copy re-evaluated cinuseg too (cached), and finished nest; mib finished nowhere
-    second = _part(["cinuseg", "nest"], {"cinuseg": {"A": 1.0, "B": 1.0, "C": 1.0},
-                                         "nest": {"A": 50.0, "B": 20.0, "C": 80.0}})
+    second = _part(
+        ["cinuseg", "nest"], {"cinuseg": {"A": 1.0, "B": 1.0, "C": 1.0}, "nest": {"A": 50.0, "B": 20.0, "C": 80.0}}
+    )
     del second["curves"]["2-1"]["nest"]  # killed before the run wrote its curves
     merged = script.merge(first, second)
     summary = merged["summary"]["2-1"]
@@ -227,7 +259,9 @@ def test_base_budget_and_the_curve_of_dice_while_training(small, tiny, tmp_path)
     assert [p["iteration"] for p in points] == [2, 3]  # every 2 and the last
     assert [e.iteration for e in events if isinstance(e, CurvePoint)] == [2, 3]
     assert set(points[-1]["dice"]) == {"Epithelial", "Spindle-shaped", "Other"}
-    assert points[-1]["dice"] == results["evaluations"]["1-1/offline/step0"]["dice"]  # the last point is the model's score
+    assert (
+        points[-1]["dice"] == results["evaluations"]["1-1/offline/step0"]["dice"]
+    )  # the last point is the model's score
     assert (tmp_path / "curve" / "training-curve.png").stat().st_size > 1000
     curved = load_model(tmp_path / "curve" / "models" / "seed0" / "offline-epithelial_other_spindle-shaped.cinuseg.pt")
     assert curved.steps[-1].results["iterations"] == 3  # the base budget, not the steps' one iteration
@@ -244,8 +278,13 @@ def _seed_run(seed, per_method, settings=None):
     summary = {}
     for m, (a, b, c) in per_method.items():
         summary[m] = {"old": (a + b) / 2, "new": c, "mean": (a + b + c) / 3, "per_class": {"A": a, "B": b, "C": c}}
-    config = {"dataset": "consep", "protocols": {"2-1": [["A", "B"], ["C"]]}, "test_image_names": ["x_000"],
-              "base_iterations": 100, "settings": {"tau": 0.7, **(settings or {}), "seed": seed}}
+    config = {
+        "dataset": "consep",
+        "protocols": {"2-1": [["A", "B"], ["C"]]},
+        "test_image_names": ["x_000"],
+        "base_iterations": 100,
+        "settings": {"tau": 0.7, **(settings or {}), "seed": seed},
+    }
     return {"config": config, "summary": {"2-1": summary}}
 
 

@@ -33,7 +33,20 @@ def test_errors_are_messages_not_tracebacks(shared_data, tmp_path, capsys):
     assert "no model file" in capsys.readouterr().err
     assert main(["train-base", "--data", str(tmp_path), "--out", str(tmp_path / "m.cinuseg.pt")]) == 2
     assert "error:" in capsys.readouterr().err
-    assert main(["train-base", "--data", str(shared_data / "consep"), "--classes", "Neutrophil", "--out", str(tmp_path / "m.pt")]) == 2
+    assert (
+        main(
+            [
+                "train-base",
+                "--data",
+                str(shared_data / "consep"),
+                "--classes",
+                "Neutrophil",
+                "--out",
+                str(tmp_path / "m.pt"),
+            ]
+        )
+        == 2
+    )
     assert "unknown class 'Neutrophil'" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
 
@@ -47,17 +60,37 @@ def test_segment_slide_to_masks_and_resume(shared_data, tmp_path, capsys):
     from napari_cinuseg.model.network import Architecture
 
     torch.manual_seed(0)
-    model_path = save_model(CiNuSegModel.new(["Epithelial", "Other"], Architecture("resnet18", "unet", (32, 16, 16, 8))), tmp_path / "m.cinuseg.pt")
+    model_path = save_model(
+        CiNuSegModel.new(["Epithelial", "Other"], Architecture("resnet18", "unet", (32, 16, 16, 8))),
+        tmp_path / "m.cinuseg.pt",
+    )
     svs = shared_data / "slides" / "CMU-1-Small-Region.svs"
     out = tmp_path / "out"
-    args = ["segment", str(svs), str(tmp_path / "missing.svs"), "--model", str(model_path), "--out", str(out), "--tile", "512", "--batch-size", "2", "--in-memory-limit", "1000000"]
+    args = [
+        "segment",
+        str(svs),
+        str(tmp_path / "missing.svs"),
+        "--model",
+        str(model_path),
+        "--out",
+        str(out),
+        "--tile",
+        "512",
+        "--batch-size",
+        "2",
+        "--in-memory-limit",
+        "1000000",
+    ]
     assert main(args) == 2  # one image missing: said, the other done
     err = capsys.readouterr().err
     assert "no image at" in err and "saved" in err
     class_map, masks, meta = read_masks(out / "CMU-1-Small-Region.masks.tif")
     assert class_map.shape == (2967, 2220) and list(masks) == ["Epithelial", "Other"]
     assert meta["source"].endswith("CMU-1-Small-Region.svs")
-    assert sorted(p.name for p in out.iterdir()) == ["CMU-1-Small-Region.masks.tif", "CMU-1-Small-Region.nuclei.csv"]  # no scratch left
+    assert sorted(p.name for p in out.iterdir()) == [
+        "CMU-1-Small-Region.masks.tif",
+        "CMU-1-Small-Region.nuclei.csv",
+    ]  # no scratch left
     assert main(args[:2] + args[3:]) == 0
     assert "skipped" in capsys.readouterr().err
 
@@ -70,7 +103,9 @@ def test_export_class_map(tmp_path, capsys):
     from napari_cinuseg.io.export import read_masks
     from napari_cinuseg.model.network import Architecture
 
-    model = save_model(CiNuSegModel.new(["A", "B"], Architecture("resnet18", "unet", (32, 16, 16, 8))), tmp_path / "m.cinuseg.pt")
+    model = save_model(
+        CiNuSegModel.new(["A", "B"], Architecture("resnet18", "unet", (32, 16, 16, 8))), tmp_path / "m.cinuseg.pt"
+    )
     cm = np.zeros((40, 60), np.uint8)
     cm[5:10, 5:10] = 2
     skio.imsave(tmp_path / "cm.png", cm, check_contrast=False)
@@ -116,4 +151,7 @@ def test_segment_writes_a_pyramid_with_the_slides_pixel_size_and_a_nucleus_table
     assert len(rows) >= 50, "the bundled model finds nuclei on this slide"
     if rows:
         assert {"nucleus", "class", "centroid_y", "centroid_x", "area_px", "area_um2", "solidity"} <= set(rows[0])
-        assert float(rows[0]["area_um2"]) == float(rows[0]["area_px"]) * 0.499**2 or abs(float(rows[0]["area_um2"]) - float(rows[0]["area_px"]) * 0.499**2) < 1e-3
+        assert (
+            float(rows[0]["area_um2"]) == float(rows[0]["area_px"]) * 0.499**2
+            or abs(float(rows[0]["area_um2"]) - float(rows[0]["area_px"]) * 0.499**2) < 1e-3
+        )

@@ -8,9 +8,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 from napari_cinuseg.cli.parser import build_parser, main
 
 
@@ -38,7 +35,11 @@ def test_the_napari_reader_and_writer_import_without_torch():
 
 
 def test_every_option_has_help_and_shows_its_default():
-    missing = [f"{prog} {a.option_strings}" for prog, a in _actions(build_parser()) if a.option_strings and not a.help and a.help != argparse.SUPPRESS]
+    missing = [
+        f"{prog} {a.option_strings}"
+        for prog, a in _actions(build_parser())
+        if a.option_strings and not a.help and a.help != argparse.SUPPRESS
+    ]
     assert missing == []
     text = build_parser()._subparsers._group_actions[0].choices["segment"].format_help()
     assert "(default: 512)" in text and "(default: auto)" in text
@@ -53,14 +54,27 @@ def test_a_folder_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, capsys
         raise PermissionError(13, "Permission denied", str(self))
 
     monkeypatch.setattr(Path, "mkdir", refuse)
-    code = main(["segment", str(Path(__file__).parent), "--model", str(BUNDLED_MODEL), "--out", str(tmp_path / "masks")])
+    code = main(
+        ["segment", str(Path(__file__).parent), "--model", str(BUNDLED_MODEL), "--out", str(tmp_path / "masks")]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip().count("\n") == 0 and "permission denied" in err and "Traceback" not in err
 
 
 def test_a_log_gets_plain_lines_and_quiet_gets_none(shared_data, tmp_path, capsys):
-    common = ["--data", str(shared_data / "consep"), "--iterations", "20", "--batch-size", "2", "--crop-size", "64", "--device", "cpu"]
+    common = [
+        "--data",
+        str(shared_data / "consep"),
+        "--iterations",
+        "20",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "64",
+        "--device",
+        "cpu",
+    ]
     assert main(["train-base", *common, "--classes", "Epithelial", "--out", str(tmp_path / "a.cinuseg.pt")]) == 0
     err = capsys.readouterr().err
     assert "\r" not in err  # standard error is not a terminal here: no redrawn bar
@@ -109,8 +123,8 @@ def test_predict_on_a_read_only_array_warns_nothing(consep):
 def test_the_reader_claims_every_suffix_the_slide_reader_reads():
     import yaml
 
-    from napari_cinuseg.plugin.reader import PLAIN_SUFFIXES, get_reader
     from napari_cinuseg.io.slides import TIFF_SUFFIXES
+    from napari_cinuseg.plugin.reader import PLAIN_SUFFIXES, get_reader
 
     manifest = yaml.safe_load((Path(__file__).parents[1] / "src" / "napari_cinuseg" / "napari.yaml").read_text())
     patterns = set(manifest["contributions"]["readers"][0]["filename_patterns"])

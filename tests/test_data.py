@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from skimage import io as skio
 
-from napari_cinuseg.training.crops import CropDataset
 from napari_cinuseg.datasets.labelled import (
     TrainingPair,
     read_folder,
@@ -12,6 +11,7 @@ from napari_cinuseg.datasets.labelled import (
     split_by_source,
     step_pairs,
 )
+from napari_cinuseg.training.crops import CropDataset
 
 
 def test_consep_regrouped_into_the_papers_classes(consep, shared_data):
@@ -121,7 +121,10 @@ def test_the_balanced_split_gives_every_class_a_fair_share_of_the_held_out_slide
         assert not set(train.sources) & set(val.sources) and len(val.sources) == 2
         share = sum(counts[s] for s in val.sources) / total
         assert ((share > 0.1) & (share < 0.35)).all(), (val.sources, share)
-    assert split_by_source(data, 0.2, seed=1, balanced=True)[1].sources == split_by_source(data, 0.2, seed=1, balanced=True)[1].sources
+    assert (
+        split_by_source(data, 0.2, seed=1, balanced=True)[1].sources
+        == split_by_source(data, 0.2, seed=1, balanced=True)[1].sources
+    )
 
 
 def test_crops_of_read_only_images_are_made_without_a_warning():

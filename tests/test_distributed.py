@@ -13,9 +13,9 @@ import torch
 
 from napari_cinuseg import CiNuSegModel, drain, load_model, save_model, train_step
 from napari_cinuseg.datasets.labelled import step_pairs
-from napari_cinuseg.training.distributed import GlobalBatchSampler
-from napari_cinuseg.runtime.events import Progress
 from napari_cinuseg.model.network import Architecture
+from napari_cinuseg.runtime.events import Progress
+from napari_cinuseg.training.distributed import GlobalBatchSampler
 from napari_cinuseg.training.settings import TrainSettings
 
 JOB = Path(__file__).parent / "jobs" / "ddp_step.py"
@@ -41,12 +41,26 @@ def _free_port() -> int:
 
 def test_two_gloo_processes_match_one_process(shared_data, consep, tmp_path):
     torch.manual_seed(0)
-    prior = save_model(CiNuSegModel.new(["Epithelial", "Spindle-shaped"], Architecture("resnet18", "unet", (32, 16, 16, 8))), tmp_path / "prior.cinuseg.pt")
+    prior = save_model(
+        CiNuSegModel.new(["Epithelial", "Spindle-shaped"], Architecture("resnet18", "unet", (32, 16, 16, 8))),
+        tmp_path / "prior.cinuseg.pt",
+    )
     out = tmp_path / "ddp"
     out.mkdir()
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), str(JOB), str(shared_data), str(prior), str(out),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(JOB),
+        str(shared_data),
+        str(prior),
+        str(out),
     ]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -56,7 +70,9 @@ def test_two_gloo_processes_match_one_process(shared_data, consep, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["ddp.cinuseg.pt", "losses.json"]  # one writer
 
     pairs = [p for p in step_pairs(consep, ["Other"]) if p.name.startswith("train_2_")][:4]
-    settings = TrainSettings(decoder_channels=(32, 16, 16, 8), crop_size=64, batch_size=4, iterations=3, device="cpu", seed=0, lr_step=0.01)
+    settings = TrainSettings(
+        decoder_channels=(32, 16, 16, 8), crop_size=64, batch_size=4, iterations=3, device="cpu", seed=0, lr_step=0.01
+    )
     events = []
     single = drain(train_step(load_model(prior), pairs, ["Other"], settings), events.append)
     losses = [e.loss for e in events if isinstance(e, Progress)]

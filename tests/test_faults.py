@@ -11,19 +11,23 @@ import pytest
 import torch
 
 from napari_cinuseg import CiNuSegModel, drain, load_model, save_model, train_base, train_step
-from napari_cinuseg.runtime import devices
-from napari_cinuseg.inference import segmentation
 from napari_cinuseg.cli import main
-from napari_cinuseg.runtime.events import MemoryReduced, Saved
+from napari_cinuseg.inference import segmentation
+from napari_cinuseg.inference.segmentation import segment
 from napari_cinuseg.io.export import read_masks
 from napari_cinuseg.model.network import Architecture, NucleiSegNet
-from napari_cinuseg.inference.segmentation import segment
+from napari_cinuseg.runtime import devices
+from napari_cinuseg.runtime.events import MemoryReduced, Saved
 
 TINY = Architecture("resnet18", "unet", (32, 16, 16, 8))
 
 
 def _tree(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -55,7 +59,11 @@ def test_cancel_during_saving_leaves_no_file_and_the_prior_unchanged(prior, few_
 
     monkeypatch.setattr(torch, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        drain(train_step(load_model(prior), few_pairs[1], ["Other"], tiny.replace(iterations=2), out=tmp_path / "new.cinuseg.pt"))
+        drain(
+            train_step(
+                load_model(prior), few_pairs[1], ["Other"], tiny.replace(iterations=2), out=tmp_path / "new.cinuseg.pt"
+            )
+        )
     assert _tree(tmp_path) == before  # no new file, no temporary file, the prior as it was
 
 
@@ -86,7 +94,9 @@ def test_a_kill_during_a_save_keeps_the_previous_file(tmp_path):
     assert path.read_bytes() == before
     assert load_model(path).class_names == ["Epithelial"]
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "m.cinuseg.pt"]
-    assert all(n.startswith(".m.cinuseg.pt.") and n.endswith(".tmp") for n in leftovers)  # hidden, never mistaken for a model
+    assert all(
+        n.startswith(".m.cinuseg.pt.") and n.endswith(".tmp") for n in leftovers
+    )  # hidden, never mistaken for a model
 
 
 def test_out_of_memory_in_training_halves_the_batch_and_goes_on(prior, few_pairs, tiny, tmp_path, monkeypatch):
@@ -94,12 +104,24 @@ def test_out_of_memory_in_training_halves_the_batch_and_goes_on(prior, few_pairs
     monkeypatch.setattr(NucleiSegNet, "forward", _fake_oom(limit=2))
     monkeypatch.setattr(devices, "release", lambda dev: released.append(dev))
     events = []
-    model = drain(train_step(load_model(prior), few_pairs[1], ["Other"], tiny.replace(iterations=3, batch_size=8), out=tmp_path / "s.cinuseg.pt"), events.append)
+    model = drain(
+        train_step(
+            load_model(prior),
+            few_pairs[1],
+            ["Other"],
+            tiny.replace(iterations=3, batch_size=8),
+            out=tmp_path / "s.cinuseg.pt",
+        ),
+        events.append,
+    )
     reduced = [e for e in events if isinstance(e, MemoryReduced)]
     assert [(e.before, e.after) for e in reduced] == [(8, 4), (4, 2)]
     assert "ran out of memory with a batch of 8; going on with 4" in reduced[0].message
     assert model.steps[-1].results["iterations"] == 3
-    assert model.steps[-1].results["memory"] == ["out of memory at batch 8: went on with 4", "out of memory at batch 4: went on with 2"]
+    assert model.steps[-1].results["memory"] == [
+        "out of memory at batch 8: went on with 4",
+        "out of memory at batch 4: went on with 2",
+    ]
     assert any(isinstance(e, Saved) for e in events)
     assert len(released) >= 3  # after each failure, and at the end
 
@@ -108,7 +130,15 @@ def test_out_of_memory_even_with_batch_one_is_a_clear_error(prior, few_pairs, ti
     before = _tree(tmp_path)
     monkeypatch.setattr(NucleiSegNet, "forward", _fake_oom(limit=0))
     with pytest.raises(MemoryError, match="batch of one 64-px crop; choose a smaller crop size, or the CPU"):
-        drain(train_step(load_model(prior), few_pairs[1], ["Other"], tiny.replace(iterations=3, batch_size=2), out=tmp_path / "s.cinuseg.pt"))
+        drain(
+            train_step(
+                load_model(prior),
+                few_pairs[1],
+                ["Other"],
+                tiny.replace(iterations=3, batch_size=2),
+                out=tmp_path / "s.cinuseg.pt",
+            )
+        )
     assert _tree(tmp_path) == before
 
 
@@ -140,7 +170,20 @@ def test_interrupted_batch_segmentation_resumes_without_redoing(prior, shared_da
             skio.imsave(tmp_path / f"region{i}.png", s.read(y, x, y + 300, x + 300), check_contrast=False)
     images = [str(tmp_path / f"region{i}.png") for i in range(3)]
     out = tmp_path / "masks"
-    args = ["segment", *images, "--model", str(prior), "--out", str(out), "--tile", "256", "--overlap", "32", "--device", "cpu"]
+    args = [
+        "segment",
+        *images,
+        "--model",
+        str(prior),
+        "--out",
+        str(out),
+        "--tile",
+        "256",
+        "--overlap",
+        "32",
+        "--device",
+        "cpu",
+    ]
     calls = {"n": 0}
     real = segmentation._forward_tiles
 
@@ -155,20 +198,27 @@ def test_interrupted_batch_segmentation_resumes_without_redoing(prior, shared_da
     with pytest.raises(SystemExit) as stop:
         main(args + ["--batch-size", "2"])
     assert stop.value.code == 130
-    assert sorted(p.name for p in out.iterdir()) == ["region0.masks.tif", "region0.nuclei.csv"]  # no half-written second
+    assert sorted(p.name for p in out.iterdir()) == [
+        "region0.masks.tif",
+        "region0.nuclei.csv",
+    ]  # no half-written second
     first = _tree(out)
     monkeypatch.setattr(segmentation, "_forward_tiles", real)
     capsys.readouterr()
     assert main(args) == 0
     assert "skipped" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"region{i}.{k}" for i in range(3) for k in ("masks.tif", "nuclei.csv"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"region{i}.{k}" for i in range(3) for k in ("masks.tif", "nuclei.csv")
+    )
     assert {k: v for k, v in _tree(out).items() if k in first} == first  # finished work not redone
     for i in range(3):
         assert read_masks(out / f"region{i}.masks.tif")[0].shape == (300, 300)
 
 
 def test_same_seed_same_model_and_masks_on_the_cpu(few_pairs, tiny):
-    runs = [drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=3))) for _ in range(2)]
+    runs = [
+        drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=3))) for _ in range(2)
+    ]
     image = few_pairs[0][0].image
     masks = [drain(segment(m, image, tile=128, overlap=32, device="cpu", min_tissue=0)) for m in runs]
     assert np.array_equal(masks[0], masks[1])
@@ -197,8 +247,25 @@ def _hold(target, pid):
 
 
 def _step_args(shared_data, prior, out):
-    return ["step", "--data", str(shared_data / "consep"), "--prior", str(prior), "--new-class", "Other", "--iterations", "2",
-            "--batch-size", "2", "--crop-size", "64", "--device", "cpu", "--out", str(out)]
+    return [
+        "step",
+        "--data",
+        str(shared_data / "consep"),
+        "--prior",
+        str(prior),
+        "--new-class",
+        "Other",
+        "--iterations",
+        "2",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "64",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
 
 
 def test_a_second_step_with_the_same_out_is_refused_before_training(prior, shared_data, tmp_path, other_run, capsys):
@@ -212,7 +279,9 @@ def test_a_second_step_with_the_same_out_is_refused_before_training(prior, share
 
 def test_a_claim_left_by_a_killed_run_is_taken_over(prior, shared_data, tmp_path, capsys):
     out = tmp_path / "new.cinuseg.pt"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout
     _hold(out, int(dead))
     assert main(_step_args(shared_data, prior, out)) == 0
     assert "no longer running" in capsys.readouterr().err
@@ -220,7 +289,9 @@ def test_a_claim_left_by_a_killed_run_is_taken_over(prior, shared_data, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.cinuseg.pt", "prior.cinuseg.pt"]  # no lock left
 
 
-def test_a_file_written_meanwhile_is_kept_and_the_model_saved_elsewhere(prior, shared_data, tmp_path, monkeypatch, capsys):
+def test_a_file_written_meanwhile_is_kept_and_the_model_saved_elsewhere(
+    prior, shared_data, tmp_path, monkeypatch, capsys
+):
     """Another program (not a cinuseg run: it takes no claim) writes the same file during the
     training: neither replaces the other, and this run does not say "saved"."""
     import tempfile
@@ -320,7 +391,20 @@ def test_two_segmentations_into_the_same_out_never_share_work(prior, shared_data
     scratch.mkdir()
     (scratch / "chunk").write_bytes(b"the other run's pixels")
     _hold(target, other_run)
-    args = ["segment", str(image), "--model", str(prior), "--out", str(out), "--tile", "128", "--overlap", "16", "--device", "cpu"]
+    args = [
+        "segment",
+        str(image),
+        "--model",
+        str(prior),
+        "--out",
+        str(out),
+        "--tile",
+        "128",
+        "--overlap",
+        "16",
+        "--device",
+        "cpu",
+    ]
     for limit in ("1000", "100000000"):  # on disk and in memory
         assert main(args + ["--in-memory-limit", limit]) == 2
         err = capsys.readouterr().err
@@ -329,7 +413,9 @@ def test_two_segmentations_into_the_same_out_never_share_work(prior, shared_data
         assert (scratch / "chunk").read_bytes() == b"the other run's pixels" and not target.exists()
 
 
-def test_a_full_disk_in_segmentation_is_one_line_and_leaves_no_orphan_table(prior, shared_data, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_in_segmentation_is_one_line_and_leaves_no_orphan_table(
+    prior, shared_data, tmp_path, monkeypatch, capsys
+):
     import errno
 
     import tifffile
@@ -340,11 +426,27 @@ def test_a_full_disk_in_segmentation_is_one_line_and_leaves_no_orphan_table(prio
         raise OSError(errno.ENOSPC, "No space left on device")  # no file name, as tifffile's
 
     monkeypatch.setattr(tifffile.TiffWriter, "write", full)
-    args = ["segment", str(image), "--model", str(prior), "--out", str(out), "--tile", "128", "--overlap", "16", "--device", "cpu"]
+    args = [
+        "segment",
+        str(image),
+        "--model",
+        str(prior),
+        "--out",
+        str(out),
+        "--tile",
+        "128",
+        "--overlap",
+        "16",
+        "--device",
+        "cpu",
+    ]
     for limit in ("1000", "100000000"):
         assert main(args + ["--in-memory-limit", limit]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err[-1] == f"cinuseg: error: {out / 'region.masks.tif'} could not be written: the disk is full (no space left on device); free space in {out} or choose another place"
+        assert (
+            err[-1]
+            == f"cinuseg: error: {out / 'region.masks.tif'} could not be written: the disk is full (no space left on device); free space in {out} or choose another place"
+        )
         assert list(out.iterdir()) == []  # no masks, no orphan CSV, no scratch folder, no lock
 
 
@@ -369,7 +471,9 @@ def test_the_temporary_file_of_a_killed_save_is_removed_by_the_next(tmp_path):
     )
     assert subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120).returncode == 9
     (left,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    with pytest.warns(StaleFileNotice, match=f"removed {left} \\(1.2 MB\\), left by a save of m.cinuseg.pt that was killed"):
+    with pytest.warns(
+        StaleFileNotice, match=f"removed {left} \\(1.2 MB\\), left by a save of m.cinuseg.pt that was killed"
+    ):
         save_model(load_model(path), path, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["m.cinuseg.pt"]
 

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from napari_cinuseg.datasets.labelled import TrainingPair
 from napari_cinuseg.analysis.forgetting import (
     FORGETTING_WARN_BELOW,
     confident_share,
-    format_report,
     forgetting_warnings,
+    format_report,
     old_class_agreement,
 )
+from napari_cinuseg.datasets.labelled import TrainingPair
 from napari_cinuseg.model.file import BUNDLED_MODEL, load_model
 
 
@@ -88,6 +88,7 @@ def test_confident_share_counts_ground_truth_pixels_above_tau(bundled, consep):
     assert confident_share(bundled, few, classes, tau=1.0) == {c: 0.0 for c in classes}
     none_here = LabelledSet(consep.class_names, [i for i in consep.items if not (i.labels == 1).any()][:1])
     assert confident_share(bundled, none_here, ["Epithelial"])["Epithelial"] is None
+
 
 def test_read_only_images_are_scored_without_a_warning(bundled, consep):
     import dataclasses

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from napari_cinuseg import CiNuSegModel, load_model, save_model
-from napari_cinuseg.model.segmenter import HEMATOXYLIN_MEAN, HEMATOXYLIN_STD, hematoxylin_density
 from napari_cinuseg.model.network import Architecture
+from napari_cinuseg.model.segmenter import HEMATOXYLIN_MEAN, HEMATOXYLIN_STD, hematoxylin_density
 
 ARCH = Architecture("resnet18", "unet", (32, 16, 16, 8))
 
@@ -47,7 +47,18 @@ def test_train_base_from_the_command_line_with_hematoxylin_input(shared_data, tm
     from napari_cinuseg.cli import main
 
     out = tmp_path / "h.cinuseg.pt"
-    args = ["--data", str(shared_data / "consep"), "--iterations", "2", "--batch-size", "2", "--crop-size", "64", "--device", "cpu"]
+    args = [
+        "--data",
+        str(shared_data / "consep"),
+        "--iterations",
+        "2",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "64",
+        "--device",
+        "cpu",
+    ]
     assert main(["train-base", *args, "--classes", "Epithelial", "--input", "hematoxylin", "--out", str(out)]) == 0
     model = load_model(out)
     assert model.input == "hematoxylin" and model.steps[0].settings["input"] == "hematoxylin"

@@ -132,7 +132,10 @@ def test_geojson_for_qupath_parses_back_with_shapely(shared_data, tmp_path):
 
     _, cm = _mosaic(shared_data)
     nuclei = nuclei_of(cm, pixel_size_um=0.25)
-    names, colours = ["Other", "Inflammatory", "Epithelial", "Spindle-shaped"], ["#e6194b", "#3cb44b", "#ffe119", "#4363d8"]
+    names, colours = (
+        ["Other", "Inflammatory", "Epithelial", "Spindle-shaped"],
+        ["#e6194b", "#3cb44b", "#ffe119", "#4363d8"],
+    )
     path = tmp_path / "n.geojson"
     assert write_geojson(path, nuclei.labels, nuclei.classes, names, colours, block=200, margin=64) == nuclei.count
     doc = json.loads(path.read_text())
@@ -145,7 +148,10 @@ def test_geojson_for_qupath_parses_back_with_shapely(shared_data, tmp_path):
         k = p["nucleus"]
         seen.add(k)
         cls = int(nuclei.classes[k])
-        assert p["classification"] == {"name": names[cls - 1], "color": [int(colours[cls - 1][i : i + 2], 16) for i in (1, 3, 5)]}
+        assert p["classification"] == {
+            "name": names[cls - 1],
+            "color": [int(colours[cls - 1][i : i + 2], 16) for i in (1, 3, 5)],
+        }
         poly = shape(f["geometry"])
         assert poly.geom_type == "Polygon" and poly.area > 0
         assert abs(poly.area - area[k]) < 0.35 * area[k] + 8  # the outline runs through boundary pixels
@@ -156,7 +162,11 @@ def test_geojson_for_qupath_parses_back_with_shapely(shared_data, tmp_path):
     # a map at a lower level: coordinates scaled to level 0
     write_geojson(tmp_path / "x4.geojson", nuclei.labels, nuclei.classes, names, colours, downsample=4, overwrite=True)
     a = shape(json.loads(path.read_text())["features"][0]["geometry"])
-    b = next(shape(f["geometry"]) for f in json.loads((tmp_path / "x4.geojson").read_text())["features"] if f["properties"]["nucleus"] == doc["features"][0]["properties"]["nucleus"])
+    b = next(
+        shape(f["geometry"])
+        for f in json.loads((tmp_path / "x4.geojson").read_text())["features"]
+        if f["properties"]["nucleus"] == doc["features"][0]["properties"]["nucleus"]
+    )
     assert b.area == pytest.approx(16 * a.area, rel=1e-3)
     with pytest.raises(FileExistsError):
         write_geojson(path, nuclei.labels, nuclei.classes, names, colours)
@@ -168,7 +178,10 @@ def test_segment_uses_the_bundled_model_and_writes_geojson(shared_data, tmp_path
     from napari_cinuseg.cli import main
 
     image = shared_data / "consep" / "train" / "images" / "train_1_000.jpg"
-    assert main(["segment", str(image), "--out", str(tmp_path), "--geojson", "--pixel-size", "0.25", "--device", "cpu"]) == 0
+    assert (
+        main(["segment", str(image), "--out", str(tmp_path), "--geojson", "--pixel-size", "0.25", "--device", "cpu"])
+        == 0
+    )
     err = capsys.readouterr().err
     assert "using the bundled base model" in err
     doc = json.loads((tmp_path / "train_1_000.geojson").read_text())
@@ -183,10 +196,9 @@ def test_the_panels_engine_functions_segment_and_export_nuclei(shared_data, tmp_
     with the maps on disk (zarr), give per-instance counts, CSV and GeoJSON that agree."""
     import csv
 
-    from napari_cinuseg.model.file import BUNDLED_MODEL, load_model
     from napari_cinuseg.io.images import read_rgb
-    from napari_cinuseg.runtime.events import ExportProgress
-    from napari_cinuseg.runtime.events import drain
+    from napari_cinuseg.model.file import BUNDLED_MODEL, load_model
+    from napari_cinuseg.runtime.events import ExportProgress, drain
     from napari_cinuseg.workflows import export_nuclei, segment_nuclei_and_measure
 
     model = load_model(BUNDLED_MODEL)
@@ -199,10 +211,18 @@ def test_the_panels_engine_functions_segment_and_export_nuclei(shared_data, tmp_
     if on_disk:
         assert isinstance(done.class_map, list) and (tmp_path / "r.instances.zarr").is_dir()
     events = []
-    masks, csv_path, gj = drain(export_nuclei(
-        done.class_map[0] if on_disk else done.class_map, nuclei, tmp_path / "a.masks.tif", model.class_names,
-        [c.colour for c in model.classes], model.id, pixel_size=0.25,
-    ), events.append)
+    masks, csv_path, gj = drain(
+        export_nuclei(
+            done.class_map[0] if on_disk else done.class_map,
+            nuclei,
+            tmp_path / "a.masks.tif",
+            model.class_names,
+            [c.colour for c in model.classes],
+            model.id,
+            pixel_size=0.25,
+        ),
+        events.append,
+    )
     assert masks.exists() and gj.name == "a.geojson" and csv_path.name == "a.nuclei.csv"
     assert any(isinstance(e, ExportProgress) for e in events)
     with open(csv_path) as f:
@@ -220,4 +240,6 @@ def test_a_nucleus_that_fills_its_block_still_gets_its_outline():
     labels[:, 30:] = 2
     features = list(nucleus_features(labels, np.array([0, 1, 2]), ["A", "B"], block=64))
     assert sorted(f["properties"]["nucleus"] for f in features) == [1, 2]
-    assert [f["properties"]["classification"]["name"] for f in sorted(features, key=lambda f: f["properties"]["nucleus"])] == ["A", "B"]
+    assert [
+        f["properties"]["classification"]["name"] for f in sorted(features, key=lambda f: f["properties"]["nucleus"])
+    ] == ["A", "B"]

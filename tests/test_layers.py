@@ -25,5 +25,8 @@ def test_an_upward_import_and_a_cycle_are_found(tmp_path):
     (pkg / "training" / "b.py").write_text("def f():\n    from .a import x\n")
     problems = check_layers.check(tmp_path)
     assert problems[0].startswith("io/images.py:1: io imports napari_cinuseg.training.loop, a floor above it")
-    assert problems[1] == "import cycle: napari_cinuseg.training.a -> napari_cinuseg.training.b -> napari_cinuseg.training.a"
+    assert (
+        problems[1]
+        == "import cycle: napari_cinuseg.training.a -> napari_cinuseg.training.b -> napari_cinuseg.training.a"
+    )
     assert len(problems) == 2

@@ -318,7 +318,9 @@ def test_unpainted_pixels_keep_the_prior_s_prediction_at_any_score():
     """Sparse annotations: an unlabelled pixel the prior predicts as an old class keeps that class
     under ``unpainted="prior"``, however low the score; eq. 1 as written needs it above τ."""
     # four unlabelled pixels and one painted background pixel; the prior's logits (bg, A, B)
-    old = torch.tensor([[[-3.0, 0.0, 0.0, 0.0, 0.0], [-1.0, 2.0, -2.0, -1.0, -1.0], [-2.0, -2.0, -3.0, 0.5, -2.0]]])[..., None]
+    old = torch.tensor([[[-3.0, 0.0, 0.0, 0.0, 0.0], [-1.0, 2.0, -2.0, -1.0, -1.0], [-2.0, -2.0, -3.0, 0.5, -2.0]]])[
+        ..., None
+    ]
     labels = torch.tensor([[255, 255, 255, 255, 0]])[..., None]
     # scores: A 0.27, 0.88, 0.12, 0.27, 0.27; B 0.12, 0.12, 0.05, 0.62, 0.12; argmax of bg, A, B: A, A, bg, B, bg
     as_written = pseudo_labels(labels, old, [3], tau=0.7)
@@ -334,7 +336,9 @@ def test_unpainted_background_the_prior_is_sure_of_is_background():
     background where the prior's background score exceeds it, and stays unlabelled elsewhere;
     old-class claims and the user's paint come first."""
     # the prior's logits (bg, A, B) on five pixels: sure background, unsure background, A, B, painted new
-    old = torch.tensor([[[3.0, -0.5, -2.0, -2.0, 3.0], [-3.0, -1.0, 2.0, -2.0, -3.0], [-3.0, -1.5, -2.0, 0.5, -3.0]]])[..., None]
+    old = torch.tensor([[[3.0, -0.5, -2.0, -2.0, 3.0], [-3.0, -1.0, 2.0, -2.0, -3.0], [-3.0, -1.5, -2.0, 0.5, -3.0]]])[
+        ..., None
+    ]
     labels = torch.tensor([[255, 255, 255, 255, 3]])[..., None]
     # background scores 0.95, 0.38; A 0.05, 0.27, 0.88; B ... 0.62
     without = pseudo_labels(labels, old, [3], tau=0.7, unpainted="prior")
@@ -354,8 +358,17 @@ def test_unpainted_background_stays_a_negative_of_the_new_class_without_uncertai
     labels = torch.tensor([[255, 255, 3]])[..., None]
     logits = torch.zeros(1, 4, 3, 1, requires_grad=True)
     out = cinuseg_loss(
-        logits, old, [torch.zeros(1, 2, 3, 1)], [torch.zeros(1, 2, 3, 1)], labels, [3], acl=False, att=False,
-        unpainted="prior", background=0.5, uncertain_negatives=False,
+        logits,
+        old,
+        [torch.zeros(1, 2, 3, 1)],
+        [torch.zeros(1, 2, 3, 1)],
+        labels,
+        [3],
+        acl=False,
+        att=False,
+        unpainted="prior",
+        background=0.5,
+        uncertain_negatives=False,
     )
     out.loss.backward()
     new_grad = logits.grad[0, 3, :, 0]

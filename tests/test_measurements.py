@@ -58,7 +58,9 @@ def test_lazy_input_is_read_in_bounded_blocks(mosaic, kind):
     block, margin = 100, 192
     if kind == "zarr":
         zarr = pytest.importorskip("zarr")
-        lazy = zarr.create_array(store=zarr.storage.MemoryStore(), shape=mosaic.shape, chunks=(256, 256), dtype=mosaic.dtype)
+        lazy = zarr.create_array(
+            store=zarr.storage.MemoryStore(), shape=mosaic.shape, chunks=(256, 256), dtype=mosaic.dtype
+        )
         lazy[:] = mosaic
     else:
         da = pytest.importorskip("dask.array")
@@ -99,7 +101,11 @@ def test_pixel_size_gives_square_micrometres(mosaic):
         assert r["area_um2"] == pytest.approx(r["area_px"] * 0.0625)
         assert r["mean_area_um2"] == pytest.approx(r["mean_area_px"] * 0.0625)
     assert set(class_statistics(mosaic, NAMES, block=256, blockwise=True)[0]) == {
-        "class", "nuclei", "area_px", "mean_area_px", "median_area_px"
+        "class",
+        "nuclei",
+        "area_px",
+        "mean_area_px",
+        "median_area_px",
     }
 
 

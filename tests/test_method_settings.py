@@ -3,8 +3,8 @@
 import pytest
 
 from napari_cinuseg.benchmark.run import _configured_methods
-from napari_cinuseg.cli.parser import build_parser
 from napari_cinuseg.cli.commands import _settings
+from napari_cinuseg.cli.parser import build_parser
 from napari_cinuseg.methods import all_method_settings, get_method, method_settings, settings_of
 from napari_cinuseg.training.settings import TrainSettings, preset
 
@@ -43,11 +43,33 @@ def test_training_settings_carry_the_users_method_settings():
 
 def test_the_command_line_makes_an_option_of_each_method_setting():
     args = build_parser(["step"]).parse_args(
-        ["step", "--prior", "p.cinuseg.pt", "--new-class", "X", "--out", "o.cinuseg.pt", "--tau", "0.5", "--no-adaptive-tau", "--iterations", "3"]
+        [
+            "step",
+            "--prior",
+            "p.cinuseg.pt",
+            "--new-class",
+            "X",
+            "--out",
+            "o.cinuseg.pt",
+            "--tau",
+            "0.5",
+            "--no-adaptive-tau",
+            "--iterations",
+            "3",
+        ]
     )
     s = _settings(args)
     assert s.method_settings == {"tau": 0.5, "adaptive_tau": False} and s.iterations == 3
-    assert set(all_method_settings()) >= {"tau", "omega", "sigma", "alpha_o", "alpha_n", "pkd_scores", "adaptive_tau", "unpainted"}
+    assert set(all_method_settings()) >= {
+        "tau",
+        "omega",
+        "sigma",
+        "alpha_o",
+        "alpha_n",
+        "pkd_scores",
+        "adaptive_tau",
+        "unpainted",
+    }
 
 
 def test_a_benchmark_gives_each_method_only_its_own_settings():
@@ -77,11 +99,27 @@ def test_cinuseg_takes_sigma_on_a_step_labelled_in_full_and_sigma_painted_on_a_p
 
     def ctx(lab):
         share = float((lab != 255).float().mean())  # the training loop counts it over the step's targets
-        return StepContext(SimpleNamespace(network=None), None, [3], TrainSettings(), torch.device("cpu"), lambda: iter([(torch.zeros(1, 3, 8, 8), lab)]), share)
+        return StepContext(
+            SimpleNamespace(network=None),
+            None,
+            [3],
+            TrainSettings(),
+            torch.device("cpu"),
+            lambda: iter([(torch.zeros(1, 3, 8, 8), lab)]),
+            share,
+        )
 
     def batch(lab):
         feats = [torch.randn(1, 4, 8 // s, 8 // s, generator=g) for s in (1, 2, 4, 8)]
-        return StepBatch(torch.randn(1, 4, 8, 8, generator=g), feats, lab, [3], old_logits, [f.clone() for f in feats], TrainSettings())
+        return StepBatch(
+            torch.randn(1, 4, 8, 8, generator=g),
+            feats,
+            lab,
+            [3],
+            old_logits,
+            [f.clone() for f in feats],
+            TrainSettings(),
+        )
 
     m = get_method("cinuseg")
     m.prepare(ctx(labels))
@@ -117,7 +155,11 @@ def test_cinuseg_distils_over_every_pixel_as_eq5_writes_it():
 
     def pkd(m, lab):
         share = float((lab != 255).float().mean())
-        m.prepare(StepContext(SimpleNamespace(network=None), None, [3], TrainSettings(), torch.device("cpu"), lambda: iter(()), share))
+        m.prepare(
+            StepContext(
+                SimpleNamespace(network=None), None, [3], TrainSettings(), torch.device("cpu"), lambda: iter(()), share
+            )
+        )
         b = StepBatch(logits, feats, lab, [3], old_logits, [f.clone() for f in feats], TrainSettings())
         return m.loss(b).terms["pkd"]
 

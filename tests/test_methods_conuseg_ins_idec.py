@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from napari_cinuseg import drain, load_model, train_step
-from napari_cinuseg.runtime.events import Progress
 from napari_cinuseg.losses import IGNORE_INDEX
 from napari_cinuseg.methods import StepBatch, StepContext, available, get_method
 from napari_cinuseg.methods.conuseg import (
@@ -40,6 +39,7 @@ from napari_cinuseg.methods.ins import (
     update_centroids,
 )
 from napari_cinuseg.methods.mib import unbiased_cross_entropy
+from napari_cinuseg.runtime.events import Progress
 from napari_cinuseg.training.settings import TrainSettings
 
 U = IGNORE_INDEX
@@ -99,8 +99,13 @@ def test_puce_by_hand():
     mean = pseudo_unbiased_cross_entropy(torch.zeros(1, 3, 1, 5), labels, old, thresholds)
     assert mean.item() == pytest.approx(sum(expected) / 5)  # over all pixels, the ignored one counting 0
     # the top probability must *exceed* θ (the code's ``>``): p = .5 at θ = .5 is not confident
-    tie = pseudo_unbiased_cross_entropy(torch.zeros(1, 3, 1, 1), torch.zeros(1, 1, 1, dtype=torch.long),
-                                        torch.zeros(1, 2, 1, 1), torch.tensor([0.5, 0.5]), reduction="none")
+    tie = pseudo_unbiased_cross_entropy(
+        torch.zeros(1, 3, 1, 1),
+        torch.zeros(1, 1, 1, dtype=torch.long),
+        torch.zeros(1, 2, 1, 1),
+        torch.tensor([0.5, 0.5]),
+        reduction="none",
+    )
     assert tie.item() == pytest.approx(math.log(1.5))
 
 
@@ -114,7 +119,9 @@ def test_puce_matches_ce_and_unbiased_ce_on_random_values():
     max_p, arg = torch.softmax(old, 1).max(1)
     confident = (labels == 0) & (max_p > thresholds[arg])
     ce_pseudo = F.cross_entropy(logits, torch.where(confident, arg, labels), ignore_index=U, reduction="none")
-    uce = unbiased_cross_entropy(logits, torch.where(confident, torch.full_like(labels, U), labels), 2, reduction="none")
+    uce = unbiased_cross_entropy(
+        logits, torch.where(confident, torch.full_like(labels, U), labels), 2, reduction="none"
+    )
     torch.testing.assert_close(per_pixel, torch.where(confident, ce_pseudo, uce))
 
 
@@ -172,7 +179,9 @@ def test_pcon_by_hand_with_and_without_hard_sampling():
 
 def test_running_prototypes_are_cumulative_means_of_the_given_classes():
     protos, counts = torch.zeros(3, 2), torch.zeros(3)
-    update_running_prototypes(protos, counts, torch.tensor([[3.0], [4.0]])[None, :, :, None], torch.tensor([[[2]]]), [2])
+    update_running_prototypes(
+        protos, counts, torch.tensor([[3.0], [4.0]])[None, :, :, None], torch.tensor([[[2]]]), [2]
+    )
     torch.testing.assert_close(protos[2], torch.tensor([0.6, 0.8]))
     feats = torch.tensor([[1.0, 0.0, 9.0], [0.0, 2.0, 9.0]])[None, :, None, :]
     update_running_prototypes(protos, counts, feats, torch.tensor([[[2, 2, 1]]]), [2])
@@ -190,7 +199,9 @@ def test_conuseg_loss_is_puce_plus_tenth_prd_and_pcon_and_spares_the_prior():
     labels = torch.zeros(b, 16, 16, dtype=torch.long)
     labels[:, :6] = 3
     labels[:, -2:] = U
-    method = CoNuSeg(thresholds=torch.tensor([0.5, 0.6, 0.4]), prototypes=torch.zeros(k, 6), prototype_counts=torch.zeros(k))
+    method = CoNuSeg(
+        thresholds=torch.tensor([0.5, 0.6, 0.4]), prototypes=torch.zeros(k, 6), prototype_counts=torch.zeros(k)
+    )
     method.prototypes[1] = F.normalize(torch.ones(6), dim=0)
     method.prototype_counts[1] = 10
     out = method.loss(_batch(logits, labels, [3], old, feats, old_feats))
@@ -300,7 +311,9 @@ def test_cid_targets_by_hand():
     labels = torch.tensor([[[2, 0, 3]]])
     t = compatibility_targets(old, labels, [2], channels=4)
     # new-class pixel: bg logit moves to channel 2, bg → 0; other pixels: old logits, new channels 0
-    torch.testing.assert_close(t[0, :, 0].T, torch.tensor([[0.0, -1.0, 2.0, 0.0], [2.0, -1.0, 0.0, 0.0], [2.0, -1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(
+        t[0, :, 0].T, torch.tensor([[0.0, -1.0, 2.0, 0.0], [2.0, -1.0, 0.0, 0.0], [2.0, -1.0, 0.0, 0.0]])
+    )
     future = torch.full((1, 1, 1, 3), 0.5)  # an old unknown channel (not in this engine) adds to it
     t = compatibility_targets(old, labels, [2], channels=4, old_future=future)
     torch.testing.assert_close(t[0, :, 0, 0], torch.tensor([0.0, -1.0, 2.5, 0.0]))
@@ -320,7 +333,9 @@ def test_cid_by_hand_and_against_a_pixel_loop():
     ]
     torch.testing.assert_close(loss[0, 0], torch.tensor(expected))
     # random values, checked pixel by pixel with the plain definition
-    torch.testing.assert_close(compatibility_distillation(torch.zeros(1, 5, 1, 4), old, labels, [2]), torch.tensor(sum(expected) / 4))
+    torch.testing.assert_close(
+        compatibility_distillation(torch.zeros(1, 5, 1, 4), old, labels, [2]), torch.tensor(sum(expected) / 4)
+    )
     torch.manual_seed(3)
     logits, old = torch.randn(2, 5, 3, 3), torch.randn(2, 2, 3, 3)
     labels = torch.randint(0, 5, (2, 3, 3))
@@ -429,7 +444,9 @@ def test_bce_with_ignore_by_hand():
 
 def test_channel_distillation_by_hand_and_narrowing():
     # new = 0 → log p = −log C_old; Σ q = 1: loss = log C / C
-    assert channel_distillation(torch.zeros(1, 4, 2, 2), torch.randn(1, 4, 2, 2)).item() == pytest.approx(math.log(4) / 4)
+    assert channel_distillation(torch.zeros(1, 4, 2, 2), torch.randn(1, 4, 2, 2)).item() == pytest.approx(
+        math.log(4) / 4
+    )
     torch.manual_seed(5)
     new, old = torch.randn(2, 5, 3, 3), torch.randn(2, 3, 3, 3)
     ref = -(torch.softmax(2 * old, 1) * torch.log_softmax(new[:, :3], 1)).sum(1).div(3).mean()
@@ -454,7 +471,9 @@ def test_arcl_triplet_by_hand():
     regions = torch.tensor([[[0, 0, 2, 2]]])
     # old = new: d(a, p) = 0, d(a, n) = √2 → both regions give max(1 − √2, 0) = 0
     assert asymmetric_region_contrast(new, new, regions, 3).item() == pytest.approx(0.0, abs=1e-5)
-    assert asymmetric_region_contrast(new, new, regions, 3, margin=2.0).item() == pytest.approx(2 - math.sqrt(2), abs=1e-5)
+    assert asymmetric_region_contrast(new, new, regions, 3, margin=2.0).item() == pytest.approx(
+        2 - math.sqrt(2), abs=1e-5
+    )
     # the old model saw region 2 like region 0: its anchor (1,0) is far from the positive (0,1), near the
     # negative (1,0): √2 − 0 + 1 for region 2, 0 for region 0
     old = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0]])[None, :, None, :]
@@ -488,7 +507,16 @@ def test_idec_loss_is_the_sum_of_its_parts_and_spares_the_prior():
     labels = torch.zeros(2, 16, 16, dtype=torch.long)
     labels[:, :4] = 3
     labels[:, -1] = U
-    b = _batch(logits, labels, [3], old, feats[:3] + [torch.randn(2, 64, 1, 1)], old_feats[:3] + [torch.randn(2, 64, 1, 1)], feats[3], old_feats[3])
+    b = _batch(
+        logits,
+        labels,
+        [3],
+        old,
+        feats[:3] + [torch.randn(2, 64, 1, 1)],
+        old_feats[:3] + [torch.randn(2, 64, 1, 1)],
+        feats[3],
+        old_feats[3],
+    )
     out = IDEC().loss(b)
     assert set(out.terms) == {"bce", "kd_feat", "kd_logits", "arcl"}
     pseudo = threshold_pseudo_labels(labels, old)
@@ -508,7 +536,9 @@ def test_idec_loss_is_the_sum_of_its_parts_and_spares_the_prior():
 def test_idec_is_finite_without_new_or_old_pixels(fill):
     feats = [torch.zeros(1, 4, 2, 2, requires_grad=True) for _ in range(4)]
     logits = torch.randn(1, 4, 8, 8, requires_grad=True)
-    out = IDEC().loss(_batch(logits, torch.full((1, 8, 8), fill), [3], torch.randn(1, 3, 8, 8), feats, feats, feats[3], feats[3]))
+    out = IDEC().loss(
+        _batch(logits, torch.full((1, 8, 8), fill), [3], torch.randn(1, 3, 8, 8), feats, feats, feats[3], feats[3])
+    )
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert torch.isfinite(logits.grad).all() and all(torch.isfinite(f.grad).all() for f in feats)
@@ -517,17 +547,21 @@ def test_idec_is_finite_without_new_or_old_pixels(fill):
 # --- one short step each, on real patches ---------------------------------------------------------
 
 
-
-
 @pytest.mark.parametrize(
     "method, terms",
-    [("conuseg", {"puce", "prd", "pcon"}), ("ins", {"uce", "cid", "unknown"}), ("idec", {"bce", "kd_feat", "kd_logits", "arcl"})],
+    [
+        ("conuseg", {"puce", "prd", "pcon"}),
+        ("ins", {"uce", "cid", "unknown"}),
+        ("idec", {"bce", "kd_feat", "kd_logits", "arcl"}),
+    ],
 )
 def test_three_iterations_of_a_step(base_file, few_pairs, tiny, tmp_path, method, terms):
     events = []
     prior = load_model(base_file)
     out = tmp_path / f"{method}.cinuseg.pt"
-    model = drain(train_step(prior, few_pairs[1], ["Other"], tiny.replace(iterations=3), method=method, out=out), events.append)
+    model = drain(
+        train_step(prior, few_pairs[1], ["Other"], tiny.replace(iterations=3), method=method, out=out), events.append
+    )
     progress = [e for e in events if isinstance(e, Progress)]
     assert len(progress) == 3 and all(math.isfinite(e.loss) for e in progress)
     assert set(progress[-1].terms) == terms and all(math.isfinite(v) for v in progress[-1].terms.values())

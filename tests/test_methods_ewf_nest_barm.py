@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_cinuseg import drain, load_model, train_step
-from napari_cinuseg.runtime.events import Progress
 from napari_cinuseg.losses import IGNORE_INDEX
 from napari_cinuseg.methods import (
     _REGISTRY,
@@ -39,8 +38,9 @@ from napari_cinuseg.methods.nest import (
     similarity_statistics,
     transformed_weights,
 )
-from napari_cinuseg.model.segmenter import CiNuSegModel
 from napari_cinuseg.model.network import Architecture
+from napari_cinuseg.model.segmenter import CiNuSegModel
+from napari_cinuseg.runtime.events import Progress
 from napari_cinuseg.training.settings import TrainSettings
 
 
@@ -167,7 +167,9 @@ def test_ewf_loss_is_its_base_methods():
 def test_transformed_weights_by_hand():
     w = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     # M = 1, P = (½, ½): the mean of the old rows
-    torch.testing.assert_close(transformed_weights(w, torch.ones(1, 2, 2), torch.tensor([[0.5, 0.5]])), torch.tensor([[2.0, 3.0]]))
+    torch.testing.assert_close(
+        transformed_weights(w, torch.ones(1, 2, 2), torch.tensor([[0.5, 0.5]])), torch.tensor([[2.0, 3.0]])
+    )
     # M picks dimension 0 of row 0 and dimension 1 of row 1
     m = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
     torch.testing.assert_close(transformed_weights(w, m, torch.tensor([[1.0, 1.0]])), torch.tensor([[1.0, 4.0]]))
@@ -207,7 +209,8 @@ def test_installed_classifier_by_hand():
     w = torch.tensor([[3.0, 4.0], [0.0, 1.0]])  # ‖w_0‖ = 5
     b = torch.tensor([1.0, -1.0])  # ‖b_old‖ = √2
     bg, rows, bias = installed_classifier(
-        w, b,
+        w,
+        b,
         importance=torch.ones(1, 2, 2),
         projection=torch.tensor([[1.0, 0.0]]),
         new_bias=torch.tensor([2.0]),
@@ -235,7 +238,9 @@ def test_nest_prepare_installs_the_transform_of_the_old_rows():
     torch.testing.assert_close(cls.bias[3:], bias)
     torch.testing.assert_close(cls.weight[1:3], prior_before["classifier.weight"][1:])  # old classes: as before
     torch.testing.assert_close(cls.bias[:3], old_b)  # background bias: the prior's, not MiB's
-    assert torch.linalg.vector_norm(cls.weight[0]).item() == pytest.approx(torch.linalg.vector_norm(old_w[0]).item(), rel=1e-5)
+    assert torch.linalg.vector_norm(cls.weight[0]).item() == pytest.approx(
+        torch.linalg.vector_norm(old_w[0]).item(), rel=1e-5
+    )
     # the matrices were initialised from the similarity statistics and then pre-tuned
     net = prior.network
     sums = counts = 0
@@ -367,7 +372,9 @@ def test_barm_loss_is_finite_and_sums_its_terms():
         out = method.loss(StepBatch(logits, [], labels, [3], old_logits, [], TrainSettings(), emb, old_emb))
         assert torch.isfinite(out.loss) and set(out.terms) == {"pb_bce", "ba_t", "ba_ce", "gkd", "bfd"}
         t = out.terms
-        assert out.loss.item() == pytest.approx(t["pb_bce"] + 5 * t["ba_t"] + 4 * t["bfd"] + t["gkd"] + t["ba_ce"], rel=1e-5)
+        assert out.loss.item() == pytest.approx(
+            t["pb_bce"] + 5 * t["ba_t"] + 4 * t["bfd"] + t["gkd"] + t["ba_ce"], rel=1e-5
+        )
         grads = torch.autograd.grad(out.loss, [emb, method.residual.weight], retain_graph=True)
         assert all(torch.isfinite(g).all() for g in grads)
     with pytest.raises(RuntimeError, match="prepare"):
@@ -379,8 +386,6 @@ def test_barm_loss_is_finite_and_sums_its_terms():
 
 def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 
 
 class _ProbeEWF(EWF):
@@ -415,7 +420,9 @@ def test_a_short_step(base_file, few_pairs, tiny, tmp_path, method, terms):
     events = []
     out = tmp_path / "step.cinuseg.pt"
     try:
-        model = drain(train_step(prior, few_pairs[1], ["Other"], tiny.replace(iterations=3), method=name, out=out), events.append)
+        model = drain(
+            train_step(prior, few_pairs[1], ["Other"], tiny.replace(iterations=3), method=name, out=out), events.append
+        )
     finally:
         _REGISTRY.pop(name)
     progress = [e for e in events if isinstance(e, Progress)]
@@ -432,7 +439,10 @@ def test_a_short_step(base_file, few_pairs, tiny, tmp_path, method, terms):
     if method == "ewf":
         a = math.sqrt(1 / 4)
         pre = m.before_fusion
-        torch.testing.assert_close(final["encoder.layer1.0.conv1.weight"], (1 - a) * prior_state["encoder.layer1.0.conv1.weight"] + a * pre["encoder.layer1.0.conv1.weight"])
+        torch.testing.assert_close(
+            final["encoder.layer1.0.conv1.weight"],
+            (1 - a) * prior_state["encoder.layer1.0.conv1.weight"] + a * pre["encoder.layer1.0.conv1.weight"],
+        )
         torch.testing.assert_close(final["classifier.weight"][3], pre["classifier.weight"][3])
     elif method == "barm":
         pre, res = m.before_fold, m.residual_state

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from napari_cinuseg import drain, load_model, train_step
-from napari_cinuseg.runtime.events import Progress
 from napari_cinuseg.losses import IGNORE_INDEX
 from napari_cinuseg.methods import StepBatch, available, get_method
+from napari_cinuseg.methods._shared import histogram_medians
 from napari_cinuseg.methods.mib import unbiased_cross_entropy, unbiased_distillation
 from napari_cinuseg.methods.plop import (
     PLOP,
@@ -21,7 +21,7 @@ from napari_cinuseg.methods.plop import (
     local_pod_embedding,
     normalized_entropy,
 )
-from napari_cinuseg.methods._shared import histogram_medians
+from napari_cinuseg.runtime.events import Progress
 from napari_cinuseg.training.settings import TrainSettings
 
 
@@ -239,8 +239,6 @@ def test_plop_loss_on_a_tiny_batch():
 
 
 # --- one short step each, on real patches ---------------------------------------------------------
-
-
 
 
 @pytest.mark.parametrize("method, terms", [("mib", {"uce", "ukd"}), ("plop", {"ce", "pod", "nu"})])

@@ -34,7 +34,9 @@ def test_evaluate_matches_the_data_classes_to_the_model_channels_by_name(monkeyp
     model = CiNuSegModel.new(["Epithelial", "Spindle-shaped", "Other"], Architecture("resnet18", "unet", (16, 8, 8, 8)))
     # the data names its classes in another order and has one the model does not know
     labels = np.array([[1, 1, 2, 2], [0, 0, 3, 3]], np.uint8)  # 1 Other, 2 Epithelial, 3 Lymphocyte
-    data = LabelledSet(["other", "Epithelial", "Lymphocyte"], [LabelledImage(np.zeros((2, 4, 3), np.uint8), labels, "s", "a")])
+    data = LabelledSet(
+        ["other", "Epithelial", "Lymphocyte"], [LabelledImage(np.zeros((2, 4, 3), np.uint8), labels, "s", "a")]
+    )
     # the model's channels: 1 Epithelial, 2 Spindle-shaped, 3 Other
     prediction = np.array([[3, 0, 1, 1], [0, 2, 1, 0]], np.int64)
     monkeypatch.setattr(model, "predict", lambda image, device=None: prediction)
@@ -51,7 +53,9 @@ def test_pixel_confusion_counts_each_labelled_class_against_each_channel(monkeyp
     model = CiNuSegModel.new(["Epithelial", "Other"], Architecture("resnet18", "unet", (16, 8, 8, 8)))
     # data: 1 Other, 2 Epithelial, 3 Lymphocyte (unknown to the model); 255 unlabelled
     labels = np.array([[1, 1, 2, 2], [0, 0, 3, 255]], np.uint8)
-    data = LabelledSet(["Other", "Epithelial", "Lymphocyte"], [LabelledImage(np.zeros((2, 4, 3), np.uint8), labels, "s", "a")])
+    data = LabelledSet(
+        ["Other", "Epithelial", "Lymphocyte"], [LabelledImage(np.zeros((2, 4, 3), np.uint8), labels, "s", "a")]
+    )
     prediction = np.array([[2, 0, 1, 1], [0, 2, 1, 2]], np.int64)  # channels: 1 Epithelial, 2 Other
     monkeypatch.setattr(model, "predict", lambda image, device=None: prediction)
     c = pixel_confusion(model, data, "cpu")

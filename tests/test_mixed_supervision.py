@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from napari_cinuseg.datasets.labelled import check_pairs
-from napari_cinuseg.datasets.nucleus_only import mixed_class_pairs, nucleus_pairs, read_monuseg, read_nuclei, read_nuinsseg
+from napari_cinuseg.datasets.nucleus_only import (
+    mixed_class_pairs,
+    nucleus_pairs,
+    read_monuseg,
+    read_nuclei,
+    read_nuinsseg,
+)
 from napari_cinuseg.losses import base_bce, mixed_base_bce, nucleus_only_bce
 from napari_cinuseg.runtime.names import IGNORE, NUCLEUS
 
@@ -106,7 +112,10 @@ def test_train_base_on_mixed_supervision(shared_data, few_pairs, tiny):
     with pytest.raises(ValueError, match="label"):
         check_pairs(nucleus_pairs(mo), 2)  # an incremental step's targets never hold NUCLEUS
     events = []
-    model = drain(train_base(pairs, ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=6, log_every=1), pixel_size=0.25), events.append)
+    model = drain(
+        train_base(pairs, ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=6, log_every=1), pixel_size=0.25),
+        events.append,
+    )
     terms = [e.terms for e in events if isinstance(e, Progress)]
     assert model is not None and all("nucleus" in t and "bce" in t for t in terms)
     assert any(t["nucleus"] > 0 for t in terms)  # the NUCLEUS target reached the loss
@@ -118,7 +127,18 @@ def test_train_base_reads_several_data_sets(shared_data, tmp_path, capsys):
     from napari_cinuseg.model.file import read_record
 
     out = tmp_path / "mixed.cinuseg.pt"
-    common = ["--data", str(shared_data / "consep"), "--iterations", "2", "--batch-size", "2", "--crop-size", "64", "--device", "cpu"]
+    common = [
+        "--data",
+        str(shared_data / "consep"),
+        "--iterations",
+        "2",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "64",
+        "--device",
+        "cpu",
+    ]
     mono = tmp_path / "mono"
     (mono / "images").mkdir(parents=True)
     (mono / "instances").mkdir()
@@ -127,8 +147,24 @@ def test_train_base_reads_several_data_sets(shared_data, tmp_path, capsys):
     src = shared_data / "monuseg" / "train"
     for name in sorted(p.stem for p in (src / "images").iterdir())[:3]:
         (mono / "images" / f"{name}.jpg").write_bytes((src / "images" / f"{name}.jpg").read_bytes())
-        skio.imsave(mono / "instances" / f"{name}.png", skio.imread(src / "instances" / f"{name}.png"), check_contrast=False)
-    assert main(["train-base", *common, "--classes", "Epithelial,Spindle-shaped", "--with", f"monuseg={mono}", "--out", str(out)]) == 0
+        skio.imsave(
+            mono / "instances" / f"{name}.png", skio.imread(src / "instances" / f"{name}.png"), check_contrast=False
+        )
+    assert (
+        main(
+            [
+                "train-base",
+                *common,
+                "--classes",
+                "Epithelial,Spindle-shaped",
+                "--with",
+                f"monuseg={mono}",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "--with monuseg: 2 images (nucleus-only, split train)" in capsys.readouterr().err
     assert "nucleus" in read_record(out)["steps"][0]["results"]["loss_curve"]
     assert main(["train-base", *common, "--with", "nope", "--out", str(tmp_path / "x.cinuseg.pt")]) == 2
@@ -141,7 +177,9 @@ def test_train_base_goes_on_from_a_base_model(base_file, few_pairs, tiny):
     init = load_model(base_file)
     with pytest.raises(ValueError, match="init"):
         drain(train_base(few_pairs[0], ["Epithelial"], tiny, init=init))
-    model = drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=1, lr_base=0.0), init=init))
+    model = drain(
+        train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=1, lr_base=0.0), init=init)
+    )
     a, b = init.network.state_dict(), model.network.state_dict()
     weights = [k for k in a if k.endswith("weight") and a[k].is_floating_point()]
     assert weights and all(torch.equal(a[k].float(), b[k]) for k in weights)  # lr 0: the init's weights, untouched

@@ -2,13 +2,12 @@ import json
 import os
 
 import numpy as np
-
 import pytest
 import torch
 
 from napari_cinuseg import CiNuSegModel, ModelFileError, load_model, read_record, save_model
-from napari_cinuseg.model.segmenter import StepRecord
 from napari_cinuseg.model.network import Architecture
+from napari_cinuseg.model.segmenter import StepRecord
 
 ARCH = Architecture("resnet18", "unet", (32, 16, 16, 8))
 
@@ -141,8 +140,8 @@ def test_child_keeps_parent_and_grows(model):
 
 def test_bundled_base_model_segments_held_out_consep(consep):
     """The shipped base model (8-bit kernels) loads and segments images of sources it was not trained on."""
-    from napari_cinuseg.datasets.labelled import split_by_source
     from napari_cinuseg.analysis.evaluation import evaluate
+    from napari_cinuseg.datasets.labelled import split_by_source
     from napari_cinuseg.model.file import BUNDLED_MODEL
 
     model = load_model(BUNDLED_MODEL)
@@ -180,7 +179,10 @@ def test_renamed_files_and_random_bytes_say_what_they_are(tmp_path):
     """Not "pickled Python objects" (the wrong reason): what the file really is."""
     cases = {
         "notes.cinuseg.pt": (b"patient list\nnot a model\n", "it is a text file, renamed"),
-        "noise.cinuseg.pt": (bytes(np.random.default_rng(0).integers(128, 256, 4096, dtype=np.uint8)), "no PyTorch file"),
+        "noise.cinuseg.pt": (
+            bytes(np.random.default_rng(0).integers(128, 256, 4096, dtype=np.uint8)),
+            "no PyTorch file",
+        ),
         "empty.cinuseg.pt": (b"", "empty"),
         "photo.cinuseg.pt": (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "a PNG image, renamed"),
     }
@@ -207,12 +209,18 @@ def test_a_record_that_would_segment_wrongly_is_refused(model, tmp_path):
     zero_std = _edited(good, tmp_path, "std0.cinuseg.pt", lambda r: r["normalization"].update(std=[0.0, 0.2, 0.2]))
     with pytest.raises(ModelFileError, match=r"std0.cinuseg.pt: normalization std .* must be positive"):
         load_model(zero_std)
-    nan_mean = _edited(good, tmp_path, "nan.cinuseg.pt", lambda r: r["normalization"].update(mean=[float("nan"), 0.5, 0.5]))
+    nan_mean = _edited(
+        good, tmp_path, "nan.cinuseg.pt", lambda r: r["normalization"].update(mean=[float("nan"), 0.5, 0.5])
+    )
     with pytest.raises(ModelFileError, match="must be finite"):
         load_model(nan_mean)
     n = len(model.classes)
-    extra = _edited(good, tmp_path, "extra.cinuseg.pt", lambda r: r["classes"].append(dict(r["classes"][0], name="Extra")))
-    with pytest.raises(ModelFileError, match=f"names {n + 1} class\\(es\\), but its network segments {n} \\(plus background\\)"):
+    extra = _edited(
+        good, tmp_path, "extra.cinuseg.pt", lambda r: r["classes"].append(dict(r["classes"][0], name="Extra"))
+    )
+    with pytest.raises(
+        ModelFileError, match=f"names {n + 1} class\\(es\\), but its network segments {n} \\(plus background\\)"
+    ):
         load_model(extra)
 
 

@@ -91,7 +91,9 @@ def test_efficientnet_lite0_loads_the_packages_imagenet_weights():
 
     info = imagenet_weights("efficientnet-lite0")
     file_state = torch.load(info["path"], map_location="cpu", weights_only=True)
-    model = CiNuSegModel.new(["A"], Architecture("efficientnet-lite0", "unet", (32, 16, 16, 8)), encoder_weights="imagenet")
+    model = CiNuSegModel.new(
+        ["A"], Architecture("efficientnet-lite0", "unet", (32, 16, 16, 8)), encoder_weights="imagenet"
+    )
     enc = model.network.encoder.state_dict()
     kept = {k: v for k, v in file_state.items() if not k.startswith("_fc.")}
     assert set(enc) == set(kept) and len(kept) == 294

@@ -146,8 +146,12 @@ def _xml(regions) -> str:
     """Aperio/MoNuSAC XML: one Annotation per (class, [polygon, ...])."""
     parts = ['<?xml version="1.0"?>\n<Annotations MicronsPerPixel="0.25">']
     for k, (cls, polys) in enumerate(regions, start=1):
-        parts.append(f'<Annotation Id="{k}" Name="" Type="4"><Attributes><Attribute Name="{cls}" Id="0" Value=""/></Attributes>')
-        parts.append('<Regions><RegionAttributeHeaders><AttributeHeader Id="9999" Name="Region" ColumnWidth="-1"/></RegionAttributeHeaders>')
+        parts.append(
+            f'<Annotation Id="{k}" Name="" Type="4"><Attributes><Attribute Name="{cls}" Id="0" Value=""/></Attributes>'
+        )
+        parts.append(
+            '<Regions><RegionAttributeHeaders><AttributeHeader Id="9999" Name="Region" ColumnWidth="-1"/></RegionAttributeHeaders>'
+        )
         for j, poly in enumerate(polys, start=1):
             parts.append(f'<Region Id="{j}" Type="0"><Attributes/><Vertices>')
             parts.extend(f'<Vertex X="{x}" Y="{y}" Z="0"/>' for x, y in poly)
@@ -168,24 +172,42 @@ def _write_monusac(root: Path) -> None:
     p2.mkdir()
     rng = np.random.default_rng(0)
     # patient 1: two images from one slide; the first RGBA, the second RGB
-    tifffile.imwrite(p1 / "TCGA-AA-0001-01Z-00-DX1_1.tif", rng.integers(0, 256, (40, 50, 4), dtype=np.uint8), photometric="rgb", extrasamples=["unassalpha"])
-    (p1 / "TCGA-AA-0001-01Z-00-DX1_1.xml").write_text(_xml([
-        ("Epithelial", [RECT]),
-        ("Lymphocyte", [TRIANGLE]),
-        ("Macrophage", [[(40.0, 2.0), (44.0, 2.0), (44.0, 6.0), (40.0, 6.0)]]),
-        ("Neutrophil", [[(40.5, 30.5), (60.0, 30.5), (60.0, 50.0), (40.5, 50.0)]]),  # runs off the image: clipped
-        ("Ambiguous", [[(4.0, 5.0), (6.0, 5.0), (6.0, 6.0), (4.0, 6.0)]]),  # inside the epithelial rectangle
-    ]))
-    tifffile.imwrite(p1 / "TCGA-AA-0001-01Z-00-DX1_2.tif", rng.integers(0, 256, (30, 30, 3), dtype=np.uint8), photometric="rgb")
+    tifffile.imwrite(
+        p1 / "TCGA-AA-0001-01Z-00-DX1_1.tif",
+        rng.integers(0, 256, (40, 50, 4), dtype=np.uint8),
+        photometric="rgb",
+        extrasamples=["unassalpha"],
+    )
+    (p1 / "TCGA-AA-0001-01Z-00-DX1_1.xml").write_text(
+        _xml(
+            [
+                ("Epithelial", [RECT]),
+                ("Lymphocyte", [TRIANGLE]),
+                ("Macrophage", [[(40.0, 2.0), (44.0, 2.0), (44.0, 6.0), (40.0, 6.0)]]),
+                (
+                    "Neutrophil",
+                    [[(40.5, 30.5), (60.0, 30.5), (60.0, 50.0), (40.5, 50.0)]],
+                ),  # runs off the image: clipped
+                ("Ambiguous", [[(4.0, 5.0), (6.0, 5.0), (6.0, 6.0), (4.0, 6.0)]]),  # inside the epithelial rectangle
+            ]
+        )
+    )
+    tifffile.imwrite(
+        p1 / "TCGA-AA-0001-01Z-00-DX1_2.tif", rng.integers(0, 256, (30, 30, 3), dtype=np.uint8), photometric="rgb"
+    )
     (p1 / "TCGA-AA-0001-01Z-00-DX1_2.xml").write_text(_xml([("Lymphocyte", [RECT, TRIANGLE])]))
     # patient 2: an .svs (baseline + a smaller thumbnail page) and an ambiguous region
     svs = p2 / "TCGA-BB-0002-01Z-00-DX1_1.svs"
     tifffile.imwrite(svs, rng.integers(0, 256, (36, 36, 3), dtype=np.uint8), photometric="rgb")
     tifffile.imwrite(svs, np.zeros((9, 9, 3), np.uint8), photometric="rgb", append=True)
-    (p2 / "TCGA-BB-0002-01Z-00-DX1_1.xml").write_text(_xml([
-        ("Neutrophil", [RECT]),
-        ("Ambiguous", [TRIANGLE]),
-    ]))
+    (p2 / "TCGA-BB-0002-01Z-00-DX1_1.xml").write_text(
+        _xml(
+            [
+                ("Neutrophil", [RECT]),
+                ("Ambiguous", [TRIANGLE]),
+            ]
+        )
+    )
 
 
 def _rect_mask(shape):
@@ -235,7 +257,9 @@ def test_monusac_rasterised_classes_and_sources(tmp_path):
     assert set(np.unique(b.labels)) == {0, 2}
 
     assert c.image.shape == (36, 36, 3)  # the baseline page, not the thumbnail
-    np.testing.assert_array_equal(c.image, tifffile.imread(tmp_path / "TCGA-BB-0002/TCGA-BB-0002-01Z-00-DX1_1.svs", key=0))
+    np.testing.assert_array_equal(
+        c.image, tifffile.imread(tmp_path / "TCGA-BB-0002/TCGA-BB-0002-01Z-00-DX1_1.svs", key=0)
+    )
     np.testing.assert_array_equal(c.labels == 4, _rect_mask((36, 36)))
     np.testing.assert_array_equal(c.labels == 255, _triangle_mask((36, 36)))
     assert set(np.unique(c.labels)) == {0, 4, 255}

@@ -25,7 +25,11 @@ BUNDLED = Path(__file__).resolve().parents[1] / "src" / "napari_cinuseg" / "reso
 def painted(consep, shared_data):
     """20 painted Other nuclei and background dabs on 4 CoNSeP patches of 2 sources."""
     p = simulate_painting(
-        consep.subset(["train_2", "train_3"]), "Other", 20, images=4, seed=0,
+        consep.subset(["train_2", "train_3"]),
+        "Other",
+        20,
+        images=4,
+        seed=0,
         instances_dir=shared_data / "consep" / "train" / "instances",
     )
     assert p.nuclei == 20 and len(p.sources) <= 2
@@ -55,8 +59,12 @@ def test_simulated_painting_paints_whole_nuclei_and_background_away_from_them(co
     ys, xs = np.nonzero(painted[0].target == 1)
     # the pair is a crop of the image: find its offset by matching the image
     h, w = painted[0].target.shape
-    offsets = [(y, x) for y in range(item.image.shape[0] - h + 1) for x in range(item.image.shape[1] - w + 1)
-               if np.array_equal(item.image[y : y + h, x : x + w], painted[0].image)]
+    offsets = [
+        (y, x)
+        for y in range(item.image.shape[0] - h + 1)
+        for x in range(item.image.shape[1] - w + 1)
+        if np.array_equal(item.image[y : y + h, x : x + w], painted[0].image)
+    ]
     y0, x0 = offsets[0]
     assert (item.labels[ys + y0, xs + x0] == other).mean() > 0.9
     bg_y, bg_x = np.nonzero(painted[0].target == 0)
@@ -68,9 +76,19 @@ def test_the_step_that_diverged_now_stays_finite(bundled, painted):
     lr_step = 0.01 became NaN within a few iterations. Without gradient clipping it still does
     (the case is real); with the default settings every iteration is finite and none skipped."""
     with pytest.raises(FloatingPointError, match="not finite"):
-        drain(train_step(bundled, painted, ["Other"], _quick(bundled, lr_step=0.01, grad_clip=0.0, max_skipped=0), method="finetune"))
+        drain(
+            train_step(
+                bundled,
+                painted,
+                ["Other"],
+                _quick(bundled, lr_step=0.01, grad_clip=0.0, max_skipped=0),
+                method="finetune",
+            )
+        )
     events = []
-    model = drain(train_step(bundled, painted, ["Other"], _quick(bundled, lr_step=0.01), method="finetune"), events.append)
+    model = drain(
+        train_step(bundled, painted, ["Other"], _quick(bundled, lr_step=0.01), method="finetune"), events.append
+    )
     losses = [e.loss for e in events if isinstance(e, Progress)]
     assert len(losses) == 10 and all(math.isfinite(v) and v < 100 for v in losses)
     assert not [e for e in events if isinstance(e, IterationSkipped)]
@@ -95,7 +113,9 @@ class _NanAtThree(FineTune):
 
 def test_a_non_finite_loss_never_reaches_the_optimiser(bundled, painted):
     events = []
-    model = drain(train_step(bundled, painted, ["Other"], _quick(bundled, iterations=4), method="test-nan-at-3"), events.append)
+    model = drain(
+        train_step(bundled, painted, ["Other"], _quick(bundled, iterations=4), method="test-nan-at-3"), events.append
+    )
     skipped = [e for e in events if isinstance(e, IterationSkipped)]
     assert [(e.iteration, e.reason) for e in skipped] == [(3, "loss")]
     assert "left as they were" in skipped[0].message
@@ -109,7 +129,9 @@ def test_the_weights_do_not_move_on_a_skipped_iteration(bundled, painted):
     """Two runs with the same seed and a constant lr, 2 and 3 iterations, the third NaN: the
     same weights."""
     a = drain(train_step(bundled, painted, ["Other"], _quick(bundled, iterations=2, poly_power=0.0), method="finetune"))
-    b = drain(train_step(bundled, painted, ["Other"], _quick(bundled, iterations=3, poly_power=0.0), method="test-nan-at-3"))
+    b = drain(
+        train_step(bundled, painted, ["Other"], _quick(bundled, iterations=3, poly_power=0.0), method="test-nan-at-3")
+    )
     sa, sb = a.network.state_dict(), b.network.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
@@ -128,7 +150,9 @@ class _AlwaysNan(FineTune):
 def test_too_many_non_finite_iterations_stop_the_step_clearly(bundled, painted, tmp_path):
     out = tmp_path / "never.cinuseg.pt"
     with pytest.raises(FloatingPointError, match=r"in 3 iterations .*nothing was saved.*lr_step"):
-        drain(train_step(bundled, painted, ["Other"], _quick(bundled, max_skipped=2), method="test-always-nan", out=out))
+        drain(
+            train_step(bundled, painted, ["Other"], _quick(bundled, max_skipped=2), method="test-always-nan", out=out)
+        )
     assert not out.exists()
 
 
@@ -142,8 +166,13 @@ def test_crops_are_placed_on_painted_pixels(painted):
 
 def test_new_class_rows_learn_faster_than_the_rest(bundled, painted):
     """new_class_lr scales the first step of the new classifier rows only."""
+
     def moved(factor):
-        m = drain(train_step(bundled, painted, ["Other"], _quick(bundled, iterations=1, new_class_lr=factor), method="finetune"))
+        m = drain(
+            train_step(
+                bundled, painted, ["Other"], _quick(bundled, iterations=1, new_class_lr=factor), method="finetune"
+            )
+        )
         w, b0 = m.network.classifier.weight.detach(), bundled.network.classifier.weight.detach()
         return float(w[3].abs().sum()), float((w[:3] - b0).abs().sum())
 
@@ -163,6 +192,7 @@ def test_new_class_rows_are_clipped_in_a_step(bundled, painted):
 
 
 # --- the sparse-annotation rule of the losses (docs/method.md, "Sparse annotations") ---------
+
 
 def _sparse_case(pkd_scores, **rule):
     """One image of 4×4 pixels, K_old = 3 (bg, old 1, old 2), new class 3. Row 0 painted new,

@@ -16,8 +16,9 @@ def test_panel_opens_in_a_running_napari_and_segments_the_sample():
             pytest.fail("no DISPLAY: run the tests under xvfb-run")
         pytest.skip("no DISPLAY: run the tests under xvfb-run")
     env = {**os.environ, "QT_QPA_PLATFORM": "xcb"}  # a real OpenGL (Mesa) context, as a user has
-    run = subprocess.run([sys.executable, "-X", "faulthandler", str(SCRIPT)], capture_output=True, text=True,
-                         timeout=600, env=env)
+    run = subprocess.run(
+        [sys.executable, "-X", "faulthandler", str(SCRIPT)], capture_output=True, text=True, timeout=600, env=env
+    )
     output = run.stdout + run.stderr
     assert run.returncode == 0, f"napari ended with {run.returncode}:\n{output[-4000:]}"
     assert "panel opened" in run.stdout

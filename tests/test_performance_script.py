@@ -18,7 +18,18 @@ def test_quick_run_reports_every_part(shared_data, tmp_path):
     out = tmp_path / "perf"
     # One torch thread: a smoke run must not crawl when other jobs hold the cores (two
     # oversubscribed threads can be many times slower than one).
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--no-gui", "--threads", "1", "--data", str(shared_data), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--no-gui",
+        "--threads",
+        "1",
+        "--data",
+        str(shared_data),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -32,12 +43,21 @@ def test_quick_run_reports_every_part(shared_data, tmp_path):
     assert r["qt_imported_by_headless_parts"] is False
 
     t = r["parts"]["training"]
-    assert _positive(t["ratio"]) and _positive(t["cinuseg_seconds_per_iteration"]) and _positive(t["finetune_seconds_per_iteration"])
+    assert (
+        _positive(t["ratio"])
+        and _positive(t["cinuseg_seconds_per_iteration"])
+        and _positive(t["finetune_seconds_per_iteration"])
+    )
     assert t["ratio"] == t["cinuseg_seconds_per_iteration"] / t["finetune_seconds_per_iteration"]
     assert t["status"] in ("PASS", "MISS")
 
     g = r["parts"]["tiling"]
-    assert g["tiles"] > 0 and _positive(g["ratio"]) and _positive(g["segment_mp_per_s"]) and _positive(g["bare_forward_mp_per_s"])
+    assert (
+        g["tiles"] > 0
+        and _positive(g["ratio"])
+        and _positive(g["segment_mp_per_s"])
+        and _positive(g["bare_forward_mp_per_s"])
+    )
     assert g["status"] in ("PASS", "MISS")
 
     mem = r["parts"]["memory"]
@@ -51,7 +71,11 @@ def test_quick_run_reports_every_part(shared_data, tmp_path):
 
     (enc,) = r["parts"]["encoders"]["encoders"]
     assert enc["encoder"] == "resnet18"
-    assert _positive(enc["train_crops_per_s"]) and _positive(enc["infer_image_mp_per_s"]) and _positive(enc["infer_tile_mp_per_s"])
+    assert (
+        _positive(enc["train_crops_per_s"])
+        and _positive(enc["infer_image_mp_per_s"])
+        and _positive(enc["infer_tile_mp_per_s"])
+    )
 
     md = (out / "performance.md").read_text()
     for words in ("Training overhead", "Tiling overhead", "Peak RSS", "Event-loop delay", "resnet18", m["cpu"]):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import gc
 import importlib
 import importlib.util
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,11 +14,11 @@ import pytest
 import tifffile
 from PIL import Image
 
+from napari_cinuseg.io.export import read_masks
+from napari_cinuseg.io.slides import Slide
 from napari_cinuseg.plugin.reader import get_reader
 from napari_cinuseg.plugin.sample_data import sample_he
 from napari_cinuseg.plugin.writer import write_masks
-from napari_cinuseg.io.export import read_masks
-from napari_cinuseg.io.slides import Slide
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +72,7 @@ def test_reader_opens_svs_lazily(svs):
 
 def test_reader_opens_pyramidal_tiff_as_multiscale(tmp_path, rgb_1024x768):
     path = _write_pyramid(tmp_path / "pyramid.ome.tif", rgb_1024x768)
-    (data, kwargs, layer_type), = _read(path)
+    ((data, kwargs, layer_type),) = _read(path)
     assert layer_type == "image" and kwargs["multiscale"] is True and kwargs["rgb"] is True
     assert kwargs["name"] == "pyramid"
     assert isinstance(data, list) and len(data) == 3
@@ -88,14 +87,14 @@ def test_reader_opens_pyramidal_tiff_as_multiscale(tmp_path, rgb_1024x768):
 def test_reader_single_level_and_grey_tiff(tmp_path, rgb_1024x768):
     path = tmp_path / "single.tiff"
     tifffile.imwrite(path, rgb_1024x768, tile=(256, 256), photometric="rgb")
-    (data, kwargs, _), = _read(path)
+    ((data, kwargs, _),) = _read(path)
     assert not isinstance(data, (np.ndarray, list)) and data.shape == (1024, 768, 3)
     assert kwargs["multiscale"] is False and kwargs["rgb"] is True
     np.testing.assert_array_equal(np.asarray(data[:]), rgb_1024x768)
 
     grey = tmp_path / "grey.tif"
     tifffile.imwrite(grey, rgb_1024x768[..., 0], photometric="minisblack")
-    (data, kwargs, _), = _read(grey)
+    ((data, kwargs, _),) = _read(grey)
     assert data.shape == (1024, 768) and kwargs["rgb"] is False
 
 
@@ -103,10 +102,10 @@ def test_reader_opens_png_and_jpeg(tmp_path, rgb_1024x768):
     small = rgb_1024x768[:200, :300]
     Image.fromarray(small).save(tmp_path / "a.png")
     Image.fromarray(small).save(tmp_path / "b.JPEG", quality=95)
-    (png, kwargs, layer_type), = _read(tmp_path / "a.png")
+    ((png, kwargs, layer_type),) = _read(tmp_path / "a.png")
     assert layer_type == "image" and kwargs["rgb"] is True and kwargs["name"] == "a"
     np.testing.assert_array_equal(png, small)
-    (jpg, kwargs, _), = _read(tmp_path / "b.JPEG")
+    ((jpg, kwargs, _),) = _read(tmp_path / "b.JPEG")
     assert jpg.shape == (200, 300, 3) and jpg.dtype == np.uint8
 
 
@@ -149,8 +148,11 @@ def class_map():
 
 def test_writer_names_from_features(tmp_path, class_map):
     features = pd.DataFrame(
-        {"index": [0, 1, 2, 3], "name": ["background", "Epithelial", "Spindle-shaped", "Other"],
-         "colour": [None, "#ff0000", "#00ff00", "#0000ff"]}
+        {
+            "index": [0, 1, 2, 3],
+            "name": ["background", "Epithelial", "Spindle-shaped", "Other"],
+            "colour": [None, "#ff0000", "#00ff00", "#0000ff"],
+        }
     )
     out = write_masks(str(tmp_path / "masks.tif"), class_map, {"name": "seg", "features": features, "metadata": {}})
     assert out == [str(tmp_path / "masks.tif"), str(tmp_path / "masks.nuclei.csv"), str(tmp_path / "masks.geojson")]
@@ -162,12 +164,20 @@ def test_writer_names_from_features(tmp_path, class_map):
     assert meta["colours"] == {"1": "#ff0000", "2": "#00ff00", "3": "#0000ff"}
 
     # a dict of columns works too, and names the classes it knows; the rest get "class i"
-    out = write_masks(str(tmp_path / "dict.tiff"), class_map.astype(np.int32), {"features": {"index": [1], "name": ["Tumour"]}})
+    out = write_masks(
+        str(tmp_path / "dict.tiff"), class_map.astype(np.int32), {"features": {"index": [1], "name": ["Tumour"]}}
+    )
     assert list(read_masks(out[0])[1]) == ["Tumour", "class 2", "class 3"]
 
 
 def test_writer_names_from_metadata_and_default(tmp_path, class_map):
-    meta = {"cinuseg": {"class_names": ["Epithelial", "Spindle-shaped", "Other"], "colours": ["red", "lime", "blue"], "model_id": "abc123"}}
+    meta = {
+        "cinuseg": {
+            "class_names": ["Epithelial", "Spindle-shaped", "Other"],
+            "colours": ["red", "lime", "blue"],
+            "model_id": "abc123",
+        }
+    }
     out = write_masks(tmp_path / "m.tif", class_map, {"metadata": meta, "features": pd.DataFrame()})
     _, masks, saved = read_masks(out[0])
     assert list(masks) == ["Epithelial", "Spindle-shaped", "Other"] and saved["model_id"] == "abc123"
@@ -191,9 +201,16 @@ def test_save_layers_writes_the_files_that_export_writes(tmp_path, class_map):
     masks, table, outlines = write_masks(tmp_path / "saved" / "seg.tif", class_map, {"features": features})
     assert table == str(tmp_path / "saved" / "seg.nuclei.csv") and outlines == str(tmp_path / "saved" / "seg.geojson")
     (tmp_path / "export").mkdir()
-    _, exported, _ = drain(export_nuclei(
-        class_map, nuclei_of(class_map), tmp_path / "export" / "seg.tif", ["Epithelial", "Spindle-shaped", "Other"], None, None,
-    ))
+    _, exported, _ = drain(
+        export_nuclei(
+            class_map,
+            nuclei_of(class_map),
+            tmp_path / "export" / "seg.tif",
+            ["Epithelial", "Spindle-shaped", "Other"],
+            None,
+            None,
+        )
+    )
     assert Path(table).read_text() == exported.read_text()
     rows = Path(table).read_text().count("\n") - 1  # one row per nucleus object, after the header
     assert rows == len(json.loads(Path(outlines).read_text())["features"]) >= 2
@@ -214,7 +231,7 @@ def test_writer_refuses_what_is_not_a_class_map(tmp_path, class_map):
 def test_written_masks_open_as_labels(tmp_path, class_map):
     features = {"index": [0, 1, 2, 3], "name": ["background", "Epithelial", "Spindle-shaped", "Other"]}
     path, *_ = write_masks(tmp_path / "masks.tif", class_map, {"features": features})
-    (data, kwargs, layer_type), = _read(path)
+    ((data, kwargs, layer_type),) = _read(path)
     assert layer_type == "labels"
     np.testing.assert_array_equal(np.asarray(data), class_map)
     assert list(kwargs["features"]["name"]) == ["background", "Epithelial", "Spindle-shaped", "Other"]
@@ -227,9 +244,13 @@ def test_written_masks_open_as_labels(tmp_path, class_map):
 
 
 def test_sample_data():
-    (image, kwargs), = sample_he()
+    ((image, kwargs),) = sample_he()
     assert image.shape == (1024, 1024, 3) and image.dtype == np.uint8
-    assert kwargs == {"name": "H&E sample (CMU-1, CC0)", "rgb": True, "metadata": {"pixel_size_um": 0.499}}  # the slide's MPP
+    assert kwargs == {
+        "name": "H&E sample (CMU-1, CC0)",
+        "rgb": True,
+        "metadata": {"pixel_size_um": 0.499},
+    }  # the slide's MPP
     assert (image.mean(axis=2) < 200).mean() > 0.3  # mostly tissue, not glass
 
 
@@ -280,7 +301,11 @@ def test_viewer_opens_svs_and_saves_masks(make_napari_viewer, svs, tmp_path, cla
     labels = viewer.add_labels(class_map, name="classes", features={"index": [0, 1], "name": ["background", "Tumour"]})
     viewer.layers.selection = {labels}
     saved = viewer.layers.save(str(tmp_path / "classes.tif"), selected=True, plugin="napari-cinuseg")
-    assert saved == [str(tmp_path / "classes.tif"), str(tmp_path / "classes.nuclei.csv"), str(tmp_path / "classes.geojson")]  # as Export writes
+    assert saved == [
+        str(tmp_path / "classes.tif"),
+        str(tmp_path / "classes.nuclei.csv"),
+        str(tmp_path / "classes.geojson"),
+    ]  # as Export writes
     assert list(read_masks(saved[0])[1]) == ["Tumour", "class 2", "class 3"]
     assert (tmp_path / "classes.nuclei.csv").read_text().startswith("nucleus,")
 
@@ -300,9 +325,11 @@ def test_a_16k_mask_reopens_lazily_reading_under_10_mb(tmp_path):
     rng = np.random.default_rng(0)
     for y, x in rng.integers(0, side - 40, (4000, 2)):
         class_map[y : y + 12, x : x + 14] = 1 + (x % 2)
-    path = export_masks(class_map, tmp_path / "big.masks.tif", ["Tumour", "Stroma"], ["#ff0000", "#00ff00"], "m1", pixel_size=0.25)
+    path = export_masks(
+        class_map, tmp_path / "big.masks.tif", ["Tumour", "Stroma"], ["#ff0000", "#00ff00"], "m1", pixel_size=0.25
+    )
     before = _bytes_read()
-    (data, kwargs, kind), = get_reader(str(path))(str(path))
+    ((data, kwargs, kind),) = get_reader(str(path))(str(path))
     first_view = np.asarray(data[-1][:])
     read = _bytes_read() - before
     assert kind == "labels" and kwargs["multiscale"] and isinstance(data, list) and len(data) >= 5

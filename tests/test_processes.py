@@ -51,7 +51,9 @@ def test_closing_the_job_ends_the_process(monkeypatch):
 
     started = []
     real_popen = subprocess.Popen
-    monkeypatch.setattr(processes.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1])
+    monkeypatch.setattr(
+        processes.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1]
+    )
     job = run_in_process(time.sleep, 120)
     next(job)
     (proc,) = started
@@ -76,10 +78,21 @@ def test_export_measures_in_a_process_from_an_on_disk_map(consep, tmp_path):
     colours = ["#ff0000", "#00ff00", "#0000ff", "#ffff00"][: len(names)]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    _, csv_a, _ = drain(export_nuclei(on_disk, nuclei, tmp_path / "a" / "m.masks.tif", names, colours, "id", pixel_size=0.25))
-    _, csv_b, _ = drain(export_nuclei(
-        on_disk, nuclei, tmp_path / "b" / "m.masks.tif", names, colours, "id", pixel_size=0.25, measure_in_process=True,
-    ))
+    _, csv_a, _ = drain(
+        export_nuclei(on_disk, nuclei, tmp_path / "a" / "m.masks.tif", names, colours, "id", pixel_size=0.25)
+    )
+    _, csv_b, _ = drain(
+        export_nuclei(
+            on_disk,
+            nuclei,
+            tmp_path / "b" / "m.masks.tif",
+            names,
+            colours,
+            "id",
+            pixel_size=0.25,
+            measure_in_process=True,
+        )
+    )
     assert csv_b.read_text() == csv_a.read_text() and len(csv_a.read_text().splitlines()) > 10
 
 
@@ -88,8 +101,8 @@ def test_without_room_in_shared_memory_a_temporary_file_carries_the_map(consep, 
     goes through a temporary .npy file, removed afterwards."""
     import tempfile
 
-    from napari_cinuseg.runtime import processes
     from napari_cinuseg.analysis.measurements import measure_nuclei_to_csv
+    from napari_cinuseg.runtime import processes
 
     cm, names = _real_map(consep)
     monkeypatch.setattr(processes, "shared_memory_room", lambda nbytes: False)

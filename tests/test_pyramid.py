@@ -28,7 +28,12 @@ def test_levels_are_every_second_pixel_until_small(class_map_zarr):
     for lv in levels[1:]:
         expected = expected[::2, ::2]
         np.testing.assert_array_equal(lv[:], expected)  # labels are picked, never blended
-    assert sorted(p.name for p in path.parent.iterdir()) == ["map.level1.zarr", "map.level2.zarr", "map.level3.zarr", "map.zarr"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "map.level1.zarr",
+        "map.level2.zarr",
+        "map.level3.zarr",
+        "map.zarr",
+    ]
 
 
 def test_an_existing_level_is_reused_and_a_wrong_one_rebuilt(class_map_zarr):

@@ -6,12 +6,12 @@ import tifffile
 import torch
 
 from napari_cinuseg import CiNuSegModel, drain
-from napari_cinuseg.io.export import export_masks, read_masks
-from napari_cinuseg.model.network import Architecture
 from napari_cinuseg.inference.segmentation import segment
-from napari_cinuseg.runtime.events import SegmentFinished, SegmentStarted, TileProgress
-from napari_cinuseg.io.slides import Slide
 from napari_cinuseg.inference.tiling import blend_window, tile_origins, tissue_fraction
+from napari_cinuseg.io.export import export_masks, read_masks
+from napari_cinuseg.io.slides import Slide
+from napari_cinuseg.model.network import Architecture
+from napari_cinuseg.runtime.events import SegmentFinished, SegmentStarted, TileProgress
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,9 @@ def test_tiled_result_matches_whole_image(varied_model, patch):
     naive = np.zeros_like(whole)  # four separate tiles, no overlap, no blending
     for y in (0, 256):
         for x in (0, 256):
-            naive[y : y + 256, x : x + 256] = drain(segment(varied_model, patch[y : y + 256, x : x + 256].copy(), tile=256, overlap=0, min_tissue=0))
+            naive[y : y + 256, x : x + 256] = drain(
+                segment(varied_model, patch[y : y + 256, x : x + 256].copy(), tile=256, overlap=0, min_tissue=0)
+            )
     seam = np.zeros(whole.shape, bool)
     seam[240:272, :] = seam[:, 240:272] = True
     assert (tiled == whole).mean() > 0.998
@@ -96,7 +98,9 @@ def test_segmentation_to_disk_and_cancel(varied_model, svs, tmp_path):
         if isinstance(ev, TileProgress) and ev.done >= 2:
             cancel["now"] = True
 
-    res = drain(segment(varied_model, svs, tile=256, overlap=32, batch_size=2, out=out, cancel=lambda: cancel["now"]), on_event)
+    res = drain(
+        segment(varied_model, svs, tile=256, overlap=32, batch_size=2, out=out, cancel=lambda: cancel["now"]), on_event
+    )
     assert res is None and list(tmp_path.iterdir()) == []  # nothing half-written
     with Slide(svs) as s:
         region = s.read(0, 0, 700, 600)
@@ -141,7 +145,13 @@ def test_bad_strip_is_refused(varied_model, patch, strip):
 def test_export_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     class_map = rng.integers(0, 4, (300, 520)).astype(np.uint8)
-    path = export_masks(class_map, tmp_path / "masks.tif", ["Epithelial", "Spindle-shaped", "Other"], ["#ff0000", "#00ff00", "#0000ff"], model_id="abc")
+    path = export_masks(
+        class_map,
+        tmp_path / "masks.tif",
+        ["Epithelial", "Spindle-shaped", "Other"],
+        ["#ff0000", "#00ff00", "#0000ff"],
+        model_id="abc",
+    )
     back, masks, meta = read_masks(path)
     np.testing.assert_array_equal(back, class_map)
     assert list(masks) == ["Epithelial", "Spindle-shaped", "Other"]
@@ -185,21 +195,29 @@ def test_an_image_at_half_the_resolution_gives_the_same_nuclei(consep):
     Without resampling it is far lower (0.33)."""
     from skimage.transform import resize
 
-    from napari_cinuseg.model.file import BUNDLED_MODEL, load_model
     from napari_cinuseg.inference.segmentation import resampling_factor
+    from napari_cinuseg.model.file import BUNDLED_MODEL, load_model
 
     model = load_model(BUNDLED_MODEL)
     model.pixel_size = model.pixel_size or 0.25
     px = model.pixel_size
     inter = union = inter_raw = union_raw = 0
     for start in range(0, len(consep.items), 48):  # 16 patches a source: every third source
-        image = np.concatenate([np.concatenate([it.image for it in consep.items[i : i + 2]], 1) for i in (start, start + 2)], 0)
+        image = np.concatenate(
+            [np.concatenate([it.image for it in consep.items[i : i + 2]], 1) for i in (start, start + 2)], 0
+        )
         full = drain(segment(model, image, device="cpu", image_pixel_size=px, min_tissue=0)) > 0
-        small = (resize(image, (image.shape[0] // 2, image.shape[1] // 2, 3), anti_aliasing=True) * 255).round().astype(np.uint8)
+        small = (
+            (resize(image, (image.shape[0] // 2, image.shape[1] // 2, 3), anti_aliasing=True) * 255)
+            .round()
+            .astype(np.uint8)
+        )
         half = drain(segment(model, small, device="cpu", image_pixel_size=2 * px, min_tissue=0))
         assert half.shape == small.shape[:2]  # the class map has the image's own size
         up = np.kron(half > 0, np.ones((2, 2), bool))
-        raw = np.kron(drain(segment(model, small, device="cpu", image_pixel_size=px, min_tissue=0)) > 0, np.ones((2, 2), bool))
+        raw = np.kron(
+            drain(segment(model, small, device="cpu", image_pixel_size=px, min_tissue=0)) > 0, np.ones((2, 2), bool)
+        )
         inter, union = inter + (up & full).sum(), union + (up | full).sum()
         inter_raw, union_raw = inter_raw + (raw & full).sum(), union_raw + (raw | full).sum()
     assert union > 0.03 * 9 * 512 * 512  # the model does find nuclei here
@@ -207,4 +225,8 @@ def test_an_image_at_half_the_resolution_gives_the_same_nuclei(consep):
     assert inter_raw / union_raw < inter / union  # resampling is what makes the difference
     assert resampling_factor(px, 2 * px) == 2.0
     # unknown sizes are never resampled, nor sizes within 5 %
-    assert resampling_factor(None, 0.5) == 1.0 and resampling_factor(0.25, None) == 1.0 and resampling_factor(0.25, 0.26) == 1.0
+    assert (
+        resampling_factor(None, 0.5) == 1.0
+        and resampling_factor(0.25, None) == 1.0
+        and resampling_factor(0.25, 0.26) == 1.0
+    )

@@ -6,8 +6,8 @@ import pytest
 
 from napari_cinuseg.datasets.labelled import TrainingPair
 from napari_cinuseg.runtime.events import Preview, Progress, StepStarted, drain
-from napari_cinuseg.training.steps import train_step
 from napari_cinuseg.step_review import StepReview, review_step, with_preview
+from napari_cinuseg.training.steps import train_step
 from napari_cinuseg.workflows import (
     Storage,
     device_choices,
@@ -61,13 +61,27 @@ def test_review_counts_the_painted_nuclei_and_says_grew_or_shrank(base_file, few
     assert set(review.old_pixels) == {"Epithelial", "Spindle-shaped"}
     assert f"of the {review.painted} painted Other nuclei Other" in review.new_class_sentence()
 
-    r = StepReview("Lymphocyte", [], painted=15, called=2, called_background=13,
-                   old_pixels={"Epithelial": (1000, 300, 280), "Spindle-shaped": (1000, 2000, 900),
-                               "Other": (500, 500, 490), "Necrosis": (0, 0, 0), "Moved": (1000, 1000, 300)})
+    r = StepReview(
+        "Lymphocyte",
+        [],
+        painted=15,
+        called=2,
+        called_background=13,
+        old_pixels={
+            "Epithelial": (1000, 300, 280),
+            "Spindle-shaped": (1000, 2000, 900),
+            "Other": (500, 500, 490),
+            "Necrosis": (0, 0, 0),
+            "Moved": (1000, 1000, 300),
+        },
+    )
     words = " ".join(r.old_class_sentences())
     assert "Epithelial shrank: the new model marks 30% of the pixels the prior did" in words
     assert "may have forgotten Epithelial" in words
-    assert "Spindle-shaped grew: the new model marks 2.0× the pixels" in words and "may call other nuclei Spindle-shaped" in words
+    assert (
+        "Spindle-shaped grew: the new model marks 2.0× the pixels" in words
+        and "may call other nuclei Spindle-shaped" in words
+    )
     assert "Other is kept" in words and "Necrosis: neither model finds it" in words and "Moved moved" in words
     assert "segment an image that has Necrosis before keeping it" in words  # a class the step cannot check
     assert "calls 2 of the 15 painted Lymphocyte nuclei Lymphocyte (13 background)" in r.new_class_sentence()

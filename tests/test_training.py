@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from napari_cinuseg import drain, load_model, train_base, train_step
-from napari_cinuseg.runtime.events import Cancelled, Progress, Saved, StepFinished, StepStarted
 from napari_cinuseg.model.file import ModelFileError
+from napari_cinuseg.runtime.events import Cancelled, Progress, Saved, StepFinished, StepStarted
 
 
 def _losses(job):
@@ -23,11 +23,11 @@ def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-
-
 def test_base_step_learns_and_saves(few_pairs, tiny, tmp_path):
     out = tmp_path / "base.cinuseg.pt"
-    model, events, losses = _losses(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=15), out=out))
+    model, events, losses = _losses(
+        train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=15), out=out)
+    )
     assert isinstance(events[0], StepStarted) and events[0].total_iterations == 15
     assert isinstance(events[-2], Saved) and isinstance(events[-1], StepFinished)
     assert np.mean(losses[-3:]) < np.mean(losses[:3])  # the loss goes down
@@ -107,7 +107,9 @@ def test_cancel_leaves_no_file_and_prior_unchanged(base_file, few_pairs, tiny, t
         if isinstance(ev, Progress) and ev.iteration == 2:
             cancel.set()
 
-    result = drain(train_step(base_file, few_pairs[1], ["Other"], tiny.replace(iterations=50), out=out, cancel=cancel), on_event)
+    result = drain(
+        train_step(base_file, few_pairs[1], ["Other"], tiny.replace(iterations=50), out=out, cancel=cancel), on_event
+    )
     assert result is None
     assert isinstance(events[-1], Cancelled) and events[-1].iteration == 2
     assert list(tmp_path.iterdir()) == []
@@ -168,7 +170,11 @@ def test_a_prior_can_be_reused_for_several_steps(base_file, few_pairs, tiny):
 
 def test_seed_sets_the_initial_weights_too(few_pairs, tiny):
     def initial(seed):  # lr 0: the weights stay as initialised
-        model = drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=1, lr_base=0.0, seed=seed)))
+        model = drain(
+            train_base(
+                few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=1, lr_base=0.0, seed=seed)
+            )
+        )
         return model.network.classifier.weight
 
     assert torch.equal(initial(3), initial(3))
@@ -189,7 +195,9 @@ def test_incremental_step_keeps_batchnorm_statistics(base_file, few_pairs, tiny)
 def test_few_images_still_train_min_iterations(few_pairs, tiny):
     from napari_cinuseg.runtime.events import StepStarted as Started
 
-    job = train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=None, epochs=2, min_iterations=7))
+    job = train_base(
+        few_pairs[0], ["Epithelial", "Spindle-shaped"], tiny.replace(iterations=None, epochs=2, min_iterations=7)
+    )
     first = next(job)
     job.close()
     assert isinstance(first, Started) and first.total_iterations == 7  # 2 epochs of 1 batch would be 2
@@ -219,7 +227,9 @@ def test_a_methods_extra_parameters_are_trained_and_not_saved(base_file, few_pai
     register("test-with-head")(lambda: made.append(WithHead()) or made[-1])
     try:
         out = tmp_path / "step.cinuseg.pt"
-        model = drain(train_step(load_model(base_file), few_pairs[1], ["Other"], tiny, method="test-with-head", out=out))
+        model = drain(
+            train_step(load_model(base_file), few_pairs[1], ["Other"], tiny, method="test-with-head", out=out)
+        )
     finally:
         _REGISTRY.pop("test-with-head")
     assert not torch.equal(made[0].head.weight.detach(), made[0].start)  # the head learned
@@ -249,6 +259,7 @@ def test_a_methods_hooks_see_the_share_of_the_steps_pixels_that_is_labelled(base
         target = p.target.copy()
         target[: target.shape[0] // 2] = IGNORE  # the top half unpainted
         painted.append(TrainingPair(p.image, target, p.name))
+
     def share(data):
         return sum(int((p.target != IGNORE).sum()) for p in data) / sum(p.target.size for p in data)
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QSettings
 
+from napari_cinuseg.io.export import read_masks
+from napari_cinuseg.io.slides import Slide
+from napari_cinuseg.runtime.events import drain
+from napari_cinuseg.training.steps import train_base
 from napari_cinuseg.ui import panel as _panel
 from napari_cinuseg.ui.panel import CiNuSegWidget
 from napari_cinuseg.workflows import Storage
-from napari_cinuseg.io.export import read_masks
-from napari_cinuseg.io.slides import Slide
-from napari_cinuseg.training.steps import train_base
-from napari_cinuseg.runtime.events import drain
 
 
 @pytest.fixture
@@ -91,15 +91,20 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     assert not att.visible and not any(str(v) for v in np.atleast_1d(att.text.values))  # hidden, no canvas text
     assert set(att.features.columns) >= {"r", "t_o", "t_n", "att"}
     assert set(att.features["att"]) <= {"fired", "off"} and "ATT fired on" in widget.train_section.att.text()
-    from napari_cinuseg.ui.layers import ATT_FIRED, ATT_OFF
     from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_cinuseg.ui.layers import ATT_FIRED, ATT_OFF
 
     want = [transform_color(ATT_FIRED if a == "fired" else ATT_OFF)[0] for a in att.features["att"]]
     np.testing.assert_allclose(att.edge_color, want)  # each crop's own colour, whatever came first
 
     kept = widget.keep_step()  # keep: saved in the models folder, current, the annotation beside it
     assert kept == tmp_path / candidate.name and kept.exists() and not candidate.exists()
-    assert widget.model.class_names == ["Epithelial", "Spindle-shaped", "Neutrophil"] and widget.model.source_path == str(kept)
+    assert widget.model.class_names == [
+        "Epithelial",
+        "Spindle-shaped",
+        "Neutrophil",
+    ] and widget.model.source_path == str(kept)
     assert not widget.train_section.review.isVisibleTo(widget) and "it is now the current model" in widget.status.text()
     annotation = kept.with_name(kept.name.removesuffix(".cinuseg.pt") + ".he.annotation.tif")
     assert annotation.is_file() and annotation.name in widget.status.text()
@@ -108,7 +113,10 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     viewer.layers.remove(layer)
     reopened = widget.open_annotation(annotation)  # reopened over its image, as an annotation layer
     np.testing.assert_array_equal(np.asarray(reopened.data), painted)
-    assert reopened.metadata["cinuseg_annotation"]["class"] == "Neutrophil" and reopened.name == "he · Neutrophil annotation"
+    assert (
+        reopened.metadata["cinuseg_annotation"]["class"] == "Neutrophil"
+        and reopened.name == "he · Neutrophil annotation"
+    )
 
     # a second run, cancelled at once: no file, the current model stays, the plot is cleared
     files = sorted(tmp_path.rglob("*.cinuseg.pt"))
@@ -140,8 +148,12 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     assert [ly.name for ly in viewer.layers].count("he · nuclei") == 1
     ids = np.unique(np.asarray(objects.data))
     ids = ids[ids > 0]
-    assert len(ids) == len(objects.features) - 1 == sum(
-        int(widget.segment_section.table.item(r, 1).text()) for r in range(3)) > 0
+    assert (
+        len(ids)
+        == len(objects.features) - 1
+        == sum(int(widget.segment_section.table.item(r, 1).text()) for r in range(3))
+        > 0
+    )
     class_of = dict(zip(objects.features["index"], objects.features["class"]))
     for i in ids[:5]:  # each object lies in the class map's pixels of its class
         inside = np.asarray(classes.data)[np.asarray(objects.data) == i]
@@ -158,7 +170,9 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     import json
 
     features = json.loads((tmp_path / "he.geojson").read_text())["features"]  # for QuPath
-    assert len(features) == len(ids) and {f["properties"]["classification"]["name"] for f in features} <= set(class_of.values())
+    assert len(features) == len(ids) and {f["properties"]["classification"]["name"] for f in features} <= set(
+        class_of.values()
+    )
     class_map, masks, meta = read_masks(out)
     np.testing.assert_array_equal(class_map, np.asarray(classes.data))
     assert list(masks) == ["Epithelial", "Spindle-shaped", "Neutrophil"] and meta["model_id"] == widget.model.id
@@ -177,12 +191,16 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     assert len(json.loads((tmp_path / "edited.geojson").read_text())["features"]) == 1
 
 
-def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(widget, prior_file, qtbot, tmp_path, monkeypatch):
+def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(
+    widget, prior_file, qtbot, tmp_path, monkeypatch
+):
     import functools
 
     from napari_cinuseg import step_review
 
-    monkeypatch.setattr(_panel, "with_preview", functools.partial(step_review.with_preview, every_s=0.0))  # a preview per iteration
+    monkeypatch.setattr(
+        _panel, "with_preview", functools.partial(step_review.with_preview, every_s=0.0)
+    )  # a preview per iteration
     widget.load_model(prior_file)
     prior = widget.model
     layer = _paint(widget, "Lymphocyte")
@@ -198,9 +216,13 @@ def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(widget, 
     assert [ly.name for ly in widget.viewer.layers].count("he · step result") == 1
     assert [ly.name for ly in widget.viewer.layers].count("last training crops (ATT)") == 1
     shown = np.array(widget.viewer.layers["he · step result"].data)
-    widget.train_section.iterations.setValue(10_000)  # a third run, cancelled: the waiting result stays, shown as it was
+    widget.train_section.iterations.setValue(
+        10_000
+    )  # a third run, cancelled: the waiting result stays, shown as it was
     worker = widget.start_training()
-    qtbot.waitUntil(lambda: "he · preview (training)" in widget.viewer.layers, timeout=60_000)  # the preview took the layer
+    qtbot.waitUntil(
+        lambda: "he · preview (training)" in widget.viewer.layers, timeout=60_000
+    )  # the preview took the layer
     widget.cancel()
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
@@ -229,7 +251,9 @@ def test_the_preview_updates_during_training_and_goes_at_the_end(widget, prior_f
 
     def on_event(ev):
         if isinstance(ev, Preview):  # the layer is updated in the viewer's thread, after this
-            QTimer.singleShot(0, lambda: seen.append((ev.iteration, np.array(widget.viewer.layers["he · preview (training)"].data))))
+            QTimer.singleShot(
+                0, lambda: seen.append((ev.iteration, np.array(widget.viewer.layers["he · preview (training)"].data)))
+            )
 
     from qtpy.QtCore import QTimer
 
@@ -263,7 +287,9 @@ def test_the_chosen_device_reaches_the_step_and_the_segmentation(widget, prior_f
 
     monkeypatch.setattr(_panel, "learn_class", learn)
     monkeypatch.setattr(_panel, "segment_nuclei_and_measure", segment)
-    choices = [widget.train_section.device_choice.itemData(i) for i in range(widget.train_section.device_choice.count())]
+    choices = [
+        widget.train_section.device_choice.itemData(i) for i in range(widget.train_section.device_choice.count())
+    ]
     assert choices[:2] == ["auto", "cpu"]
     widget.train_section.device_choice.setCurrentIndex(choices.index("cpu"))
     widget.load_model(prior_file)
@@ -284,7 +310,9 @@ def test_the_panel_keeps_its_width_and_folds_the_details(widget, prior_file, qtb
 
     qtbot.wait(100)
     assert isinstance(widget.scroll, QScrollArea) and widget.width() == PANEL_WIDTH
-    assert not widget.train_section.advanced.isVisibleTo(widget) and not widget.train_section.att.isVisibleTo(widget)  # under Details, closed
+    assert not widget.train_section.advanced.isVisibleTo(widget) and not widget.train_section.att.isVisibleTo(
+        widget
+    )  # under Details, closed
     widget.train_section.details.set_open(True)
     assert widget.train_section.advanced.isVisibleTo(widget)
     assert widget.segment_section.table.minimumHeight() >= 150
@@ -308,7 +336,10 @@ def test_pixel_size_from_the_file_or_the_user_resamples_and_gives_micrometres(wi
     assert kwargs["metadata"]["pixel_size_um"] == pytest.approx(0.499)
     widget.viewer.add_image(data, **kwargs)
     widget.class_section.image.setCurrentText(kwargs["name"])
-    assert widget.image_pixel_size() == pytest.approx(0.499) and widget.class_section.pixel_size_note.text() == "from the file"
+    assert (
+        widget.image_pixel_size() == pytest.approx(0.499)
+        and widget.class_section.pixel_size_note.text() == "from the file"
+    )
     widget.class_section.image.setCurrentText("he")  # an array layer: the file does not say, the user does
     assert "does not say" in widget.class_section.pixel_size_note.text()
     widget.class_section.pixel_size.setValue(0.5)
@@ -325,7 +356,9 @@ class _FakeCudaOOM(RuntimeError):
     """What torch.cuda.OutOfMemoryError is: a RuntimeError (superqt drops those silently)."""
 
 
-@pytest.mark.parametrize("error", [RuntimeError("a kernel failed"), _FakeCudaOOM("CUDA out of memory. Tried to allocate 2.00 GiB")])
+@pytest.mark.parametrize(
+    "error", [RuntimeError("a kernel failed"), _FakeCudaOOM("CUDA out of memory. Tried to allocate 2.00 GiB")]
+)
 @pytest.mark.parametrize("job", ["train", "segment"])
 def test_a_failing_job_is_one_error_and_the_panel_works_again(widget, prior_file, qtbot, monkeypatch, error, job):
     import napari.utils.notifications as notifications
@@ -361,7 +394,11 @@ def test_a_failing_job_is_one_error_and_the_panel_works_again(widget, prior_file
         assert "ran out of memory" in errors[0] and "smaller" in errors[0]
     else:
         assert "a kernel failed" in errors[0]
-    assert widget.train_section.train_btn.isEnabled() and widget.segment_section.segment_btn.isEnabled() and widget.segment_section.export_btn.isEnabled()
+    assert (
+        widget.train_section.train_btn.isEnabled()
+        and widget.segment_section.segment_btn.isEnabled()
+        and widget.segment_section.export_btn.isEnabled()
+    )
     assert "Segmenting" not in widget.status.text()
     if job == "train":
         np.testing.assert_array_equal(np.asarray(layer.data), before)
@@ -406,8 +443,16 @@ def test_clear_messages_and_remembered_settings(widget, qtbot):
     assert widget.current_settings().stain_jitter == 0.5
     widget._remember()
     again = CiNuSegWidget(widget.viewer, storage=widget.storage, settings=widget.settings)
-    assert again.train_section.iterations.value() == 123 and again.device_name() == "cpu" and not again.train_section.preview.isChecked()
-    assert again.train_section.advanced.isChecked() and again.train_section.hyper["stain_jitter"].value == 0.5 and again.train_section.hyper["tau"].value == 0.6
+    assert (
+        again.train_section.iterations.value() == 123
+        and again.device_name() == "cpu"
+        and not again.train_section.preview.isChecked()
+    )
+    assert (
+        again.train_section.advanced.isChecked()
+        and again.train_section.hyper["stain_jitter"].value == 0.5
+        and again.train_section.hyper["tau"].value == 0.6
+    )
     assert again.model is not None and again.model.id == widget.model.id
 
 
@@ -453,7 +498,10 @@ def test_base_model_from_annotations_without_a_prior(widget, qtbot, tmp_path):
     with qtbot.waitSignal(widget.start_training().finished, timeout=120_000):
         pass
     assert widget.model is None and widget.candidate.class_names == ["Tumour"]
-    assert "painted Tumour nuclei" in widget.train_section.review.summary.text() and widget.train_section.forgetting.text() == ""
+    assert (
+        "painted Tumour nuclei" in widget.train_section.review.summary.text()
+        and widget.train_section.forgetting.text() == ""
+    )
     widget.keep_step()
     assert widget.model.class_names == ["Tumour"]
     assert widget.model.steps[-1].step == 0 and widget.model.lineage == []
@@ -468,8 +516,8 @@ def test_base_model_from_annotations_without_a_prior(widget, qtbot, tmp_path):
 def test_slide_is_segmented_to_disk_and_shown_as_a_pyramid(widget, prior_file, qtbot, tmp_path, shared_data):
     """A slide opened lazily through the plugin's reader: the class map goes to disk tile by tile
     with a pyramid, its layers are multiscale and lazy, and the export reads it tile by tile."""
-    from napari_cinuseg.model.file import load_model
     from napari_cinuseg.inference.segmentation import segment
+    from napari_cinuseg.model.file import load_model
 
     svs = shared_data / "slides" / "CMU-1-Small-Region.svs"
     viewer = widget.viewer

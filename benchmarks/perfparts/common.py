@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 SCRIPT = Path(__file__).resolve().parents[1] / "performance.py"  # the runner (children start it again)
 REPO = SCRIPT.parents[1]
 PARTS = ("training", "tiling", "memory", "gui", "encoders")
@@ -128,7 +127,17 @@ def machine_info(dev) -> dict:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "versions": {
             d: _version(d)
-            for d in ("napari-cinuseg", "torch", "torchvision", "numpy", "tifffile", "zarr", "imagecodecs", "napari", "PyQt6")
+            for d in (
+                "napari-cinuseg",
+                "torch",
+                "torchvision",
+                "numpy",
+                "tifffile",
+                "zarr",
+                "imagecodecs",
+                "napari",
+                "PyQt6",
+            )
         },
     }
     return info
@@ -140,8 +149,10 @@ def busy_warning(m: dict) -> str | None:
     cores = m.get("cpu_cores_usable") or m.get("cpu_cores") or 1
     loads = [x for k in ("load_average_at_start", "load_average_at_end") for x in (m.get(k) or [])[:1]]
     if loads and max(loads) > 0.5 * cores:
-        return (f"WARNING: the machine was busy (1-minute load average {max(loads):.1f} on {cores} cores); "
-                "run again when it is idle before quoting these figures")
+        return (
+            f"WARNING: the machine was busy (1-minute load average {max(loads):.1f} on {cores} cores); "
+            "run again when it is idle before quoting these figures"
+        )
     return None
 
 
@@ -197,7 +208,11 @@ class GpuUtilisation:
             return {"error": self.error}
         if not self.samples:
             return {"error": "no sample taken (the block was shorter than one sampling interval)"}
-        return {"mean_percent": round(statistics.fmean(self.samples), 1), "max_percent": max(self.samples), "samples": len(self.samples)}
+        return {
+            "mean_percent": round(statistics.fmean(self.samples), 1),
+            "max_percent": max(self.samples),
+            "samples": len(self.samples),
+        }
 
 
 def _sync(dev) -> None:
@@ -300,9 +315,11 @@ class Context:
             else:
                 want = self.settings().architecture()
                 bundled = load_model(BUNDLED_MODEL) if BUNDLED_MODEL.is_file() else None
-                if bundled is not None and (bundled.arch.encoder, bundled.arch.decoder, tuple(bundled.arch.decoder_channels)) == (
-                    want.encoder, want.decoder, tuple(want.decoder_channels)
-                ):
+                if bundled is not None and (
+                    bundled.arch.encoder,
+                    bundled.arch.decoder,
+                    tuple(bundled.arch.decoder_channels),
+                ) == (want.encoder, want.decoder, tuple(want.decoder_channels)):
                     self._prior, self.prior_source = bundled, f"bundled {BUNDLED_MODEL.name}"
                 else:
                     self._prior = CiNuSegModel.new(["Epithelial", "Spindle-shaped"], want)

@@ -8,7 +8,6 @@ from .common import Context, GpuUtilisation
 from .tiling import time_segment
 from .training import time_step
 
-
 # --------------------------------------------------------------------------------------------
 # 5. throughput per encoder
 
@@ -53,8 +52,14 @@ def part_encoders(ctx: Context) -> dict:
             row["error"] = f"{type(exc).__name__}: {exc}"
             row["traceback"] = traceback.format_exc()
         rows.append(row)
-        print(f"   {enc}: " + (row.get("error") or
-              f"{row['train_crops_per_s']:.2f} crops/s training, {row['infer_image_mp_per_s']:.3f} MP/s inference"), flush=True)
+        print(
+            f"   {enc}: "
+            + (
+                row.get("error")
+                or f"{row['train_crops_per_s']:.2f} crops/s training, {row['infer_image_mp_per_s']:.3f} MP/s inference"
+            ),
+            flush=True,
+        )
     errors = [r for r in rows if "error" in r]
     res = {
         "what": "CiNuSeg step crops/s (batch × iterations ÷ s, after warm-up) and segment() megapixels/s of image per encoder; untrained models (weights do not change the time)",

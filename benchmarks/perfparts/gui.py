@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import Context, TARGET_LATENESS_MS, _status, run_child
-
+from .common import TARGET_LATENESS_MS, Context, _status, run_child
 
 # --------------------------------------------------------------------------------------------
 # 4. GUI responsiveness (a subprocess: the headless parts never import Qt)
@@ -112,7 +111,9 @@ def child_gui(p: dict) -> dict:
     layer.refresh()
     w.train_section.iterations.setValue(int(p["iterations"]))
     w.train_section.crop.setValue(int(p["crop"]))
-    w.train_section.preview.setChecked(bool(p.get("preview", True)))  # the live preview of the painted region, on by default
+    w.train_section.preview.setChecked(
+        bool(p.get("preview", True))
+    )  # the live preview of the painted region, on by default
 
     from napari_cinuseg.runtime.events import Preview
     from napari_cinuseg.step_review import PREVIEW_EVERY_S
@@ -140,11 +141,21 @@ def child_gui(p: dict) -> dict:
             names = {t.ident: t.name for t in threading.enumerate()}
             main = threading.main_thread().ident
             stacks = {
-                names.get(ident, str(ident)): " <- ".join(f"{f.name} ({Path(f.filename).name}:{f.lineno})" for f in reversed(traceback.extract_stack(frame)[-4:]))
+                names.get(ident, str(ident)): " <- ".join(
+                    f"{f.name} ({Path(f.filename).name}:{f.lineno})"
+                    for f in reversed(traceback.extract_stack(frame)[-4:])
+                )
                 for ident, frame in sys._current_frames().items()
                 if ident != main
             }
-            stalls.append({"phase": phase["name"], "at_s": now - seen[0], "late_ms": (now - seen[-1]) * 1000 - interval, "threads": stacks})
+            stalls.append(
+                {
+                    "phase": phase["name"],
+                    "at_s": now - seen[0],
+                    "late_ms": (now - seen[-1]) * 1000 - interval,
+                    "threads": stacks,
+                }
+            )
         seen.append(now)
 
     timer.timeout.connect(tick)
@@ -174,7 +185,11 @@ def child_gui(p: dict) -> dict:
         for y, x in rng.integers(0, side - 16, (side * side // 4000, 2)):
             cm[y : y + 10, x : x + 12] = 1 + (x % 2)
         m = w.model
-        layer = viewer.add_labels(cm, name="export test", metadata={RESULT_KEY: result_metadata(m.class_names, [c.colour for c in m.classes], m.id)})
+        layer = viewer.add_labels(
+            cm,
+            name="export test",
+            metadata={RESULT_KEY: result_metadata(m.class_names, [c.colour for c in m.classes], m.id)},
+        )
         phase["name"] = "export"
         ticks["export"].append(time.perf_counter())
         t0 = time.perf_counter()
@@ -239,7 +254,11 @@ def child_gui(p: dict) -> dict:
         iterations=int(p["iterations"]),
         crop=int(p["crop"]),
         gc_pauses={
-            k: {"collections": len(v), "full": sum(g == 2 for g, _ in v), "max_ms": max((ms for _, ms in v), default=0.0)}
+            k: {
+                "collections": len(v),
+                "full": sum(g == 2 for g, _ in v),
+                "max_ms": max((ms for _, ms in v), default=0.0),
+            }
             for k, v in gc_pauses.items()
         },
         gc_tracked_objects=len(gc.get_objects()),

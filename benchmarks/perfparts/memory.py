@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import Context, FLAT_FACTOR, TARGET_PEAK_MB, _band_class, _status, peak_rss_mb, rss_mb, run_child
-
+from .common import FLAT_FACTOR, TARGET_PEAK_MB, Context, _band_class, _status, peak_rss_mb, rss_mb, run_child
 
 # --------------------------------------------------------------------------------------------
 # 3. memory: synthetic pyramidal JPEG TIFFs, each size segmented in a fresh process
@@ -58,7 +57,13 @@ def write_synthetic_slide(path: Path, size: int, patches: list[np.ndarray], tile
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     t0 = time.perf_counter()
-    opts = {"dtype": np.uint8, "tile": (tile, tile), "compression": "jpeg", "compressionargs": {"level": 90}, "photometric": "rgb"}
+    opts = {
+        "dtype": np.uint8,
+        "tile": (tile, tile),
+        "compression": "jpeg",
+        "compressionargs": {"level": 90},
+        "photometric": "rgb",
+    }
     with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
         tif.write(tiles(0), shape=(size, size, 3), subifds=len(levels) - 1, **opts)
         for lv in levels[1:]:
@@ -110,7 +115,10 @@ def part_memory(ctx: Context) -> dict:
         )
         res.update(size=size, slide=str(path), slide_file=made)
         sizes.append(res)
-        print(f"   {size}² ({res['segmented']}): peak RSS {res['peak_rss_mb']:.0f} MiB, {res['seconds']:.1f} s", flush=True)
+        print(
+            f"   {size}² ({res['segmented']}): peak RSS {res['peak_rss_mb']:.0f} MiB, {res['seconds']:.1f} s",
+            flush=True,
+        )
     peaks = [s["peak_rss_mb"] for s in sizes]
     under = max(peaks) < TARGET_PEAK_MB if dev_is_cpu(ctx) else None
     flat_ratio = peaks[-1] / peaks[0] if len(peaks) > 1 else 1.0
@@ -192,8 +200,17 @@ def child_memory(p: dict) -> dict:
     t0 = time.perf_counter()
     try:
         drain(
-            segment(model, image, tile=p["tile"], overlap=p["overlap"], batch_size=p["batch_size"],
-                    device=p["device"], amp=p["amp"], min_tissue=0, out=out),
+            segment(
+                model,
+                image,
+                tile=p["tile"],
+                overlap=p["overlap"],
+                batch_size=p["batch_size"],
+                device=p["device"],
+                amp=p["amp"],
+                min_tissue=0,
+                out=out,
+            ),
             on_event,
         )
     finally:
@@ -217,8 +234,12 @@ def child_memory(p: dict) -> dict:
         "rss_after_model_load_mb": before,
         "peak_rss_mb": peak,
         "segmentation_rss_mb": peak - before,  # what segmenting added on top of torch + the model
-        "rss_samples_mb": {"first": samples[0] if samples else None, "max": max(samples) if samples else None,
-                           "last": samples[-1] if samples else None, "count": len(samples)},
+        "rss_samples_mb": {
+            "first": samples[0] if samples else None,
+            "max": max(samples) if samples else None,
+            "last": samples[-1] if samples else None,
+            "count": len(samples),
+        },
         **info,
     }
     if dev.type == "cuda":

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from .common import FLAT_FACTOR, PARTS, TARGET_LATENESS_MS, TARGET_PEAK_MB, TARGET_TILING_RATIO, TARGET_TRAIN_RATIO, TRAIN_RATIO_FLOOR, busy_warning, machine_line
-
+from .common import (
+    FLAT_FACTOR,
+    PARTS,
+    TARGET_LATENESS_MS,
+    TARGET_PEAK_MB,
+    TARGET_TILING_RATIO,
+    TARGET_TRAIN_RATIO,
+    TRAIN_RATIO_FLOOR,
+    busy_warning,
+    machine_line,
+)
 
 # --------------------------------------------------------------------------------------------
 # report
@@ -41,16 +50,23 @@ def markdown(results: dict) -> str:
     e = err("training")
     lines.append(
         "| Training overhead: s/iteration CiNuSeg ÷ fine-tuning"
-        + (f" ({p['encoder']}, batch {p['batch_size']}, crop {p['crop_size']}) | **{p['ratio']:.2f}** "
-           f"({p['cinuseg_seconds_per_iteration']:.3f} / {p['finetune_seconds_per_iteration']:.3f} s) | ≤ {TARGET_TRAIN_RATIO} "
-           f"(floor ≈ {TRAIN_RATIO_FLOOR}) | {p['status']} |" if not e else f" | {e} | ≤ {TARGET_TRAIN_RATIO} | – |")
+        + (
+            f" ({p['encoder']}, batch {p['batch_size']}, crop {p['crop_size']}) | **{p['ratio']:.2f}** "
+            f"({p['cinuseg_seconds_per_iteration']:.3f} / {p['finetune_seconds_per_iteration']:.3f} s) | ≤ {TARGET_TRAIN_RATIO} "
+            f"(floor ≈ {TRAIN_RATIO_FLOOR}) | {p['status']} |"
+            if not e
+            else f" | {e} | ≤ {TARGET_TRAIN_RATIO} | – |"
+        )
     )
     p, e = parts.get("tiling", {}), err("tiling")
     lines.append(
         "| Tiling overhead: MP/s segment ÷ bare forward"
-        + (f" ({p['tiles']} tiles of {p['tile']} px, overlap {p['overlap']}) | **{p['ratio']:.2f}** "
-           f"({p['segment_mp_per_s']:.3f} / {p['bare_forward_mp_per_s']:.3f} MP/s) | ≥ {TARGET_TILING_RATIO} | {p['status']} |"
-           if not e else f" | {e} | ≥ {TARGET_TILING_RATIO} | – |")
+        + (
+            f" ({p['tiles']} tiles of {p['tile']} px, overlap {p['overlap']}) | **{p['ratio']:.2f}** "
+            f"({p['segment_mp_per_s']:.3f} / {p['bare_forward_mp_per_s']:.3f} MP/s) | ≥ {TARGET_TILING_RATIO} | {p['status']} |"
+            if not e
+            else f" | {e} | ≥ {TARGET_TILING_RATIO} | – |"
+        )
     )
     p, e = parts.get("memory", {}), err("memory")
     if not e:
@@ -66,9 +82,13 @@ def markdown(results: dict) -> str:
     p, e = parts.get("gui", {}), err("gui")
     lines.append(
         "| Event-loop delay while training in napari, max / p99"
-        + (f" ({p['iterations']} iterations, crop {p['crop']}) | **{p['training']['max_ms']:.0f}** / "
-           f"{p['training']['p99_ms']:.0f} ms (idle {p['idle']['max_ms']:.0f} / {p['idle']['p99_ms']:.0f}) | "
-           f"< {TARGET_LATENESS_MS:.0f} ms | {p['status']} |" if not e else f" | {e} | < {TARGET_LATENESS_MS:.0f} ms | – |")
+        + (
+            f" ({p['iterations']} iterations, crop {p['crop']}) | **{p['training']['max_ms']:.0f}** / "
+            f"{p['training']['p99_ms']:.0f} ms (idle {p['idle']['max_ms']:.0f} / {p['idle']['p99_ms']:.0f}) | "
+            f"< {TARGET_LATENESS_MS:.0f} ms | {p['status']} |"
+            if not e
+            else f" | {e} | < {TARGET_LATENESS_MS:.0f} ms | – |"
+        )
     )
     if not e and "export" in p:
         lines.append(
@@ -79,8 +99,11 @@ def markdown(results: dict) -> str:
 
     p, e = parts.get("memory", {}), err("memory")
     if not e:
-        lines += ["", "| Slide | Segmented | Peak RSS (MiB) | After imports + model load (MiB) | Added by segmenting (MiB) | Time (s) | MP/s |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| Slide | Segmented | Peak RSS (MiB) | After imports + model load (MiB) | Added by segmenting (MiB) | Time (s) | MP/s |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
         for s in p["sizes"]:
             lines.append(
                 f"| {s['size']}² | {s['segmented']} | {s['peak_rss_mb']:.0f} | {s['rss_after_model_load_mb']:.0f} | "
@@ -88,8 +111,11 @@ def markdown(results: dict) -> str:
             )
     p, e = parts.get("encoders", {}), err("encoders")
     if not e:
-        lines += ["", "| Encoder | Training crops/s (batch × crop) | Inference MP/s (image) | Inference MP/s (tiles) | GPU util. train / infer |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| Encoder | Training crops/s (batch × crop) | Inference MP/s (image) | Inference MP/s (tiles) | GPU util. train / infer |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for r in p["encoders"]:
             if "error" in r:
                 lines.append(f"| {r['encoder']} | failed: {r['error']} | | | |")
@@ -119,24 +145,34 @@ def summary_lines(results: dict) -> list[str]:
         elif "skipped" in p:
             out.append(f"{name:9s} skipped ({p['skipped']})")
         elif name == "training":
-            out.append(f"{name:9s} {p['status']}  ratio {p['ratio']:.3f} (target {p['target']}): "
-                       f"cinuseg {p['cinuseg_seconds_per_iteration']:.4f} s/it, finetune {p['finetune_seconds_per_iteration']:.4f} s/it")
+            out.append(
+                f"{name:9s} {p['status']}  ratio {p['ratio']:.3f} (target {p['target']}): "
+                f"cinuseg {p['cinuseg_seconds_per_iteration']:.4f} s/it, finetune {p['finetune_seconds_per_iteration']:.4f} s/it"
+            )
         elif name == "tiling":
-            out.append(f"{name:9s} {p['status']}  ratio {p['ratio']:.3f} (target {p['target']}): "
-                       f"segment {p['segment_mp_per_s']:.3f} MP/s, bare forward {p['bare_forward_mp_per_s']:.3f} MP/s over {p['tiles']} tiles")
+            out.append(
+                f"{name:9s} {p['status']}  ratio {p['ratio']:.3f} (target {p['target']}): "
+                f"segment {p['segment_mp_per_s']:.3f} MP/s, bare forward {p['bare_forward_mp_per_s']:.3f} MP/s over {p['tiles']} tiles"
+            )
         elif name == "memory":
             peaks = ", ".join(f"{s['size']}²: {s['peak_rss_mb']:.0f} MiB" for s in p["sizes"])
-            out.append(f"{name:9s} {p['status']}  peak RSS {peaks} (×{p['flat_ratio']:.2f}; under 2 GB {p['status_under_2gb']}, "
-                       f"flat {p['status_flat']}); {p['note']}")
+            out.append(
+                f"{name:9s} {p['status']}  peak RSS {peaks} (×{p['flat_ratio']:.2f}; under 2 GB {p['status_under_2gb']}, "
+                f"flat {p['status_flat']}); {p['note']}"
+            )
         elif name == "gui":
-            out.append(f"{name:9s} {p['status']}  event-loop delay during training max {p['training']['max_ms']:.1f} ms, "
-                       f"p99 {p['training']['p99_ms']:.1f} ms, during export max {p.get('export', {}).get('max_ms', float('nan')):.1f} ms "
-                       f"(idle max {p['idle']['max_ms']:.1f} ms); {p['display']}")
+            out.append(
+                f"{name:9s} {p['status']}  event-loop delay during training max {p['training']['max_ms']:.1f} ms, "
+                f"p99 {p['training']['p99_ms']:.1f} ms, during export max {p.get('export', {}).get('max_ms', float('nan')):.1f} ms "
+                f"(idle max {p['idle']['max_ms']:.1f} ms); {p['display']}"
+            )
         elif name == "encoders":
             for r in p["encoders"]:
                 if "error" in r:
                     out.append(f"{name:9s} {r['encoder']}: ERROR {r['error']}")
                 else:
-                    out.append(f"{name:9s} {r['encoder']}: {r['train_crops_per_s']:.2f} crops/s training, "
-                               f"{r['infer_image_mp_per_s']:.3f} MP/s inference")
+                    out.append(
+                        f"{name:9s} {r['encoder']}: {r['train_crops_per_s']:.2f} crops/s training, "
+                        f"{r['infer_image_mp_per_s']:.3f} MP/s inference"
+                    )
     return out

@@ -7,8 +7,7 @@ import time
 
 import numpy as np
 
-from .common import Context, TARGET_TILING_RATIO, _status, _sync
-
+from .common import TARGET_TILING_RATIO, Context, _status, _sync
 
 # --------------------------------------------------------------------------------------------
 # 2. tiling overhead
@@ -37,8 +36,8 @@ def bare_forward_seconds(model, batches, dev, amp: bool) -> float:
 
 
 def _tiles_of(image, tile: int, overlap: int):
-    from napari_cinuseg.io.slides import Slide
     from napari_cinuseg.inference.tiling import tile_origins
+    from napari_cinuseg.io.slides import Slide
 
     own = isinstance(image, str)
     slide = Slide(image) if own else image
@@ -68,8 +67,16 @@ def time_segment(model, image, ctx: Context, settings) -> dict:
 
     t0 = time.perf_counter()
     result = drain(
-        segment(model, image, tile=a.tile, overlap=a.overlap, batch_size=a.infer_batch, device=str(ctx.dev),
-                amp=settings.amp, min_tissue=0),
+        segment(
+            model,
+            image,
+            tile=a.tile,
+            overlap=a.overlap,
+            batch_size=a.infer_batch,
+            device=str(ctx.dev),
+            amp=settings.amp,
+            min_tissue=0,
+        ),
         on_event,
     )
     info["seconds"] = time.perf_counter() - t0
@@ -106,7 +113,7 @@ def part_tiling(ctx: Context) -> dict:
             bare_forward_seconds(model, batches[:1], dev, settings.amp)  # warm-up, not timed
             bare_s, seg_runs = [], []
             for r in range(a.repeats):  # alternating order, the median of each
-                for what in (("bare", "segment") if r % 2 == 0 else ("segment", "bare")):
+                for what in ("bare", "segment") if r % 2 == 0 else ("segment", "bare"):
                     if what == "bare":
                         ready()
                         bare_s.append(bare_forward_seconds(model, batches, dev, settings.amp))

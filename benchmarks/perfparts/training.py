@@ -5,8 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from .common import Context, TARGET_TRAIN_RATIO, TRAIN_RATIO_FLOOR, _status
-
+from .common import TARGET_TRAIN_RATIO, TRAIN_RATIO_FLOOR, Context, _status
 
 # --------------------------------------------------------------------------------------------
 # 1. training overhead

@@ -8,8 +8,8 @@ annotated, where they count as background (the paper's protocol).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from skimage.draw import polygon as draw_polygon
@@ -53,7 +53,9 @@ def annotation_target(annotation: np.ndarray, n_new: int = 1, exhaustive: np.nda
     return target
 
 
-def annotated_box(annotation: np.ndarray, exhaustive: np.ndarray | None = None, margin: int = 64) -> tuple[int, int, int, int] | None:
+def annotated_box(
+    annotation: np.ndarray, exhaustive: np.ndarray | None = None, margin: int = 64
+) -> tuple[int, int, int, int] | None:
     """(y0, x0, y1, x1) around every painted or exhaustive pixel plus a margin; None if none."""
     used = np.asarray(annotation) > 0
     if exhaustive is not None:
@@ -62,7 +64,12 @@ def annotated_box(annotation: np.ndarray, exhaustive: np.ndarray | None = None, 
     if rows.size == 0:
         return None
     h, w = used.shape
-    return (max(rows[0] - margin, 0), max(cols[0] - margin, 0), min(rows[-1] + 1 + margin, h), min(cols[-1] + 1 + margin, w))
+    return (
+        max(rows[0] - margin, 0),
+        max(cols[0] - margin, 0),
+        min(rows[-1] + 1 + margin, h),
+        min(cols[-1] + 1 + margin, w),
+    )
 
 
 def training_pair(
@@ -136,7 +143,9 @@ def annotation_file(model_path: str | Path, image_name: str) -> Path:
     return model_path.with_name(f"{stem}.{image}{ANNOTATION_SUFFIX}")
 
 
-def save_annotation(path: str | Path, labels, image_name: str, class_name: str, colour: str | None = None, tile: int = 512) -> Path:
+def save_annotation(
+    path: str | Path, labels, image_name: str, class_name: str, colour: str | None = None, tile: int = 512
+) -> Path:
     """Write a labels array (numpy, or a lazy zarr array of a slide: read tile by tile) as a
     tiled, compressed uint8 TIFF whose description names its image, class and colour."""
     import json
@@ -158,8 +167,14 @@ def save_annotation(path: str | Path, labels, image_name: str, class_name: str, 
     tmp = path.with_name(f".{path.name}.partial")
     try:
         tifffile.imwrite(
-            tmp, tiles(), shape=(h, w), dtype=np.uint8, tile=(tile, tile), compression="zlib",
-            description=json.dumps(info), metadata=None,
+            tmp,
+            tiles(),
+            shape=(h, w),
+            dtype=np.uint8,
+            tile=(tile, tile),
+            compression="zlib",
+            description=json.dumps(info),
+            metadata=None,
         )
         tmp.replace(path)
     finally:
@@ -181,7 +196,9 @@ def read_annotation(path: str | Path) -> tuple[np.ndarray, dict]:
             description = page.description or ""
             labels = page.asarray()
     except (tifffile.TiffFileError, OSError, IndexError, ValueError) as exc:
-        raise ValueError(f"{path} is not a readable TIFF ({exc}); choose an annotation saved by CiNuSeg (*{ANNOTATION_SUFFIX})") from exc
+        raise ValueError(
+            f"{path} is not a readable TIFF ({exc}); choose an annotation saved by CiNuSeg (*{ANNOTATION_SUFFIX})"
+        ) from exc
     try:
         info = json.loads(description)["cinuseg_annotation"]
     except (ValueError, KeyError, TypeError):

@@ -6,14 +6,13 @@ while the step trains (:func:`with_preview`), and the step's review on them in p
 from __future__ import annotations
 
 import time
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Generator, Sequence
 
 import numpy as np
 
 from .inference.tiling import DEFAULT_TILE
 from .runtime.events import CancelFlag, Preview, Progress, StepStarted, tap
-
 
 # --- a live preview while a step trains ----------------------------------------------------------
 
@@ -38,7 +37,9 @@ def predict_while_training(model, image: np.ndarray) -> np.ndarray:
     return model.predict(image, next(model.network.parameters()).device)
 
 
-def with_preview(job: Generator, pairs: Sequence, every_s: float = PREVIEW_EVERY_S, max_side: int = PREVIEW_MAX_SIDE) -> Generator:
+def with_preview(
+    job: Generator, pairs: Sequence, every_s: float = PREVIEW_EVERY_S, max_side: int = PREVIEW_MAX_SIDE
+) -> Generator:
     """``job``'s events and result, and every ``every_s`` seconds of training a
     :class:`~napari_cinuseg.runtime.events.Preview`: the model's prediction of the centre
     (at most ``max_side`` px) of each pair's image, made in the job's thread between two
@@ -54,7 +55,10 @@ def with_preview(job: Generator, pairs: Sequence, every_s: float = PREVIEW_EVERY
             return None
         shown = None
         if model is not None:
-            maps = tuple(predict_while_training(model, np.asarray(p.image)[y0:y1, x0:x1]) for p, (y0, x0, y1, x1) in zip(pairs, boxes))
+            maps = tuple(
+                predict_while_training(model, np.asarray(p.image)[y0:y1, x0:x1])
+                for p, (y0, x0, y1, x1) in zip(pairs, boxes)
+            )
             shown = [Preview(ev.iteration, ev.total, maps, tuple((y0, x0) for y0, x0, _, _ in boxes))]
         last = time.perf_counter()
         return shown
@@ -102,7 +106,9 @@ class StepReview:
             f" (painted nuclei: median {self.painted_median_px:.0f} px)."
         )
         if self.called * 2 < self.painted:
-            text += f" Fewer than half: paint more {name} nuclei and some background, or train longer, then train again."
+            text += (
+                f" Fewer than half: paint more {name} nuclei and some background, or train longer, then train again."
+            )
         return text
 
     def old_class_sentences(self) -> list[str]:
@@ -143,7 +149,16 @@ class StepReview:
         return bad_old or (self.painted > 0 and self.called * 2 < self.painted)
 
 
-def review_step(prior, candidate, pairs: Sequence, class_name: str, *, device: str = "auto", tile: int = DEFAULT_TILE, cancel: CancelFlag = None) -> Generator:
+def review_step(
+    prior,
+    candidate,
+    pairs: Sequence,
+    class_name: str,
+    *,
+    device: str = "auto",
+    tile: int = DEFAULT_TILE,
+    cancel: CancelFlag = None,
+) -> Generator:
     """Segment each pair's image (the painted region and its margin) with the candidate and the
     prior; returns a :class:`StepReview` (None if cancelled). Yields the segmentation's events."""
     from skimage.measure import label
@@ -158,13 +173,17 @@ def review_step(prior, candidate, pairs: Sequence, class_name: str, *, device: s
     for pair in pairs:
         image, target = np.asarray(pair.image), np.asarray(pair.target)
         t = max(64, min(tile, (max(image.shape[:2]) + 31) // 32 * 32))
-        after = yield from segment(candidate, image, tile=t, overlap=min(64, t // 4), device=device, min_tissue=0, cancel=cancel)
+        after = yield from segment(
+            candidate, image, tile=t, overlap=min(64, t // 4), device=device, min_tissue=0, cancel=cancel
+        )
         if after is None:
             return None
         review.maps.append(after)
         nuclei = label(target == 1)
         k = candidate.num_channels
-        counts = np.bincount(nuclei.ravel().astype(np.int64) * k + after.ravel(), minlength=(nuclei.max() + 1) * k).reshape(-1, k)[1:]
+        counts = np.bincount(
+            nuclei.ravel().astype(np.int64) * k + after.ravel(), minlength=(nuclei.max() + 1) * k
+        ).reshape(-1, k)[1:]
         calls = counts.argmax(1)
         review.painted += len(calls)
         review.called += int((calls == new).sum())
@@ -175,7 +194,9 @@ def review_step(prior, candidate, pairs: Sequence, class_name: str, *, device: s
         objects = label(after == new)
         found_sizes += np.bincount(objects.ravel())[1:].tolist()
         if prior is not None:
-            before = yield from segment(prior, image, tile=t, overlap=min(64, t // 4), device=device, min_tissue=0, cancel=cancel)
+            before = yield from segment(
+                prior, image, tile=t, overlap=min(64, t // 4), device=device, min_tissue=0, cancel=cancel
+            )
             if before is None:
                 return None
             keep = ~((target >= 1) & (target != IGNORE))

@@ -18,16 +18,16 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Generator, Sequence
 
 import numpy as np
 
-from .runtime.events import CancelFlag, ExportProgress, relay
 from .inference.tiling import DEFAULT_TILE
 from .io.images import IN_MEMORY_LIMIT_PX
+from .runtime.events import CancelFlag, ExportProgress, relay
 
 #: the budget of a step from painted nuclei, the panel's default (300 iterations: about 3 minutes
 #: on two CPU cores)
@@ -114,9 +114,17 @@ def learn_class(
     from .training.steps import train_base, train_step
 
     if prior is None:
-        return (yield from train_base(pairs, [name], settings, colours=[colour], out=out, cancel=cancel, pixel_size=pixel_size))
+        return (
+            yield from train_base(
+                pairs, [name], settings, colours=[colour], out=out, cancel=cancel, pixel_size=pixel_size
+            )
+        )
     settings = settings.for_network(prior.arch)
-    return (yield from train_step(prior, pairs, [name], settings, method=STEP_METHOD, colours=[colour], out=out, cancel=cancel))
+    return (
+        yield from train_step(
+            prior, pairs, [name], settings, method=STEP_METHOD, colours=[colour], out=out, cancel=cancel
+        )
+    )
 
 
 def class_map_on_disk(height: int, width: int, *, lazy: bool = False, limit: int | None = None) -> bool:
@@ -198,7 +206,14 @@ def segment_nuclei_and_measure(
     from .io.pyramid import build_pyramid
 
     result = yield from segment(
-        model, pixels, tile=tile, overlap=overlap, image_pixel_size=image_pixel_size, out=out, cancel=cancel, device=device
+        model,
+        pixels,
+        tile=tile,
+        overlap=overlap,
+        image_pixel_size=image_pixel_size,
+        out=out,
+        cancel=cancel,
+        device=device,
     )
     if result is None:
         return None
@@ -206,7 +221,10 @@ def segment_nuclei_and_measure(
     level0 = class_map[0] if isinstance(class_map, list) else class_map
     inst_out = Path(str(out).removesuffix(".zarr") + ".instances.zarr") if out is not None else None
     nuclei = nuclei_of(
-        level0, pixel_size_um=image_pixel_size, method=method, out=inst_out,
+        level0,
+        pixel_size_um=image_pixel_size,
+        method=method,
+        out=inst_out,
         min_area_um2=DEFAULT_MIN_AREA_UM2 if min_area_um2 is None else min_area_um2,
     )
     if isinstance(nuclei.labels, Path):
@@ -269,9 +287,18 @@ def export_nuclei(
             measure_instances_to_csv(*args)
         if gj is not None:
             yield ExportProgress(0, 0)
-            write_geojson(gj, nuclei.labels, nuclei.classes, list(class_names), colours, overwrite=True, downsample=downsample)
-        meta = {"nuclei": nuclei.count, "nucleus_min_area_px": nuclei.min_area_px, "instances": nuclei.method, **(extra or {})}
-        job = export_masks_job(class_map, path, class_names, colours, model_id, extra=meta, overwrite=overwrite, pixel_size=pixel_size)
+            write_geojson(
+                gj, nuclei.labels, nuclei.classes, list(class_names), colours, overwrite=True, downsample=downsample
+            )
+        meta = {
+            "nuclei": nuclei.count,
+            "nucleus_min_area_px": nuclei.min_area_px,
+            "instances": nuclei.method,
+            **(extra or {}),
+        }
+        job = export_masks_job(
+            class_map, path, class_names, colours, model_id, extra=meta, overwrite=overwrite, pixel_size=pixel_size
+        )
         return (yield from relay(job, lambda progress: ExportProgress(*progress))), csv_path, gj
     except BaseException:  # failed, cancelled or closed: no table or outlines without their masks file
         if not path.exists():
@@ -290,7 +317,10 @@ def device_choices() -> list[tuple[str, str]]:
 
     from .runtime import devices
 
-    out = [(f"auto: {devices.describe(devices.resolve_device('auto'))}", "auto"), (devices.describe(torch.device("cpu")), "cpu")]
+    out = [
+        (f"auto: {devices.describe(devices.resolve_device('auto'))}", "auto"),
+        (devices.describe(torch.device("cpu")), "cpu"),
+    ]
     for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         out.append((f"GPU {i}: {torch.cuda.get_device_name(i)}", f"cuda:{i}"))
     mps = getattr(torch.backends, "mps", None)

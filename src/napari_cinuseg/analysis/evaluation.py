@@ -4,16 +4,16 @@ labelled class's pixels went (the pixel confusion of data classes against model 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..datasets.labelled import IGNORE, LabelledSet
+from ..model.segmenter import CiNuSegModel
 from ..runtime.devices import resolve_device
 from .metrics import ConfusionMatrix
-from ..model.segmenter import CiNuSegModel
 
 
 def evaluate(
@@ -52,7 +52,11 @@ def evaluate(
             + ", ".join(shared)
             + ")"
             + (f"; the model's {', '.join(unscored)} not (the data has no such class)" if unscored else "")
-            + (f"; the data's {', '.join(ignored)} pixels are ignored (the model does not know them)" if ignored else ""),
+            + (
+                f"; the data's {', '.join(ignored)} pixels are ignored (the model does not know them)"
+                if ignored
+                else ""
+            ),
             UserWarning,
             stacklevel=2,
         )
@@ -81,7 +85,10 @@ class PixelConfusion:
         with np.errstate(invalid="ignore", divide="ignore"):
             share = np.where(called > 0, self.counts / called, np.nan)
         return {
-            "truth": {t: {p: int(n) for p, n in zip(self.predicted_names, row)} for t, row in zip(self.truth_names, self.counts)},
+            "truth": {
+                t: {p: int(n) for p, n in zip(self.predicted_names, row)}
+                for t, row in zip(self.truth_names, self.counts)
+            },
             "predicted_pixels": {p: int(n) for p, n in zip(self.predicted_names, called)},
             "predicted_on": {
                 p: {t: round(float(share[i, j]), 4) for i, t in enumerate(self.truth_names)}
@@ -107,7 +114,9 @@ def pixel_confusion(
             truth = np.asarray(item.labels)
             top = int(truth[truth != IGNORE].max(initial=0))
             if top >= len(truth_names):
-                raise ValueError(f"image {item.name}: label {top} but the data set names {len(data.class_names)} classes")
+                raise ValueError(
+                    f"image {item.name}: label {top} but the data set names {len(data.class_names)} classes"
+                )
             cm.update(truth, model.predict(item.image, dev))
             if on_image:
                 on_image(n + 1, len(data.items))

@@ -18,7 +18,7 @@ eq. 1 would pseudo-label with that class at the next step.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

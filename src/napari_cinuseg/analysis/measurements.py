@@ -6,8 +6,8 @@ zarr or dask array) are measured block by block in bounded memory; see :func:`cl
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 from scipy.ndimage import find_objects
@@ -185,7 +185,9 @@ def _blockwise_areas(class_map, n: int, block: int, margin: int) -> tuple[list[n
 NUCLEUS_FEATURES = ("perimeter", "eccentricity", "solidity", "axis_major_length", "axis_minor_length", "orientation")
 
 
-def nucleus_table(class_map, class_names: list[str], pixel_size_um: float | None = None, *, block: int = BLOCK, margin: int = 256) -> dict[str, list]:
+def nucleus_table(
+    class_map, class_names: list[str], pixel_size_um: float | None = None, *, block: int = BLOCK, margin: int = 256
+) -> dict[str, list]:
     """One row per nucleus (a 4-connected component of one class), as columns:
     ``nucleus`` (1..N), ``class``, ``centroid_y``, ``centroid_x`` (pixels of the map),
     ``area_px``, ``area_um2`` (where ``pixel_size_um`` is known), and ``NUCLEUS_FEATURES``
@@ -206,7 +208,9 @@ def nucleus_table(class_map, class_names: list[str], pixel_size_um: float | None
         if not b.ext.any():
             continue
         lab = connected_components(b.ext, background=0, connectivity=1)
-        props = regionprops_table(lab, intensity_image=b.ext, properties=("bbox", "centroid", "area", "intensity_max", *NUCLEUS_FEATURES))
+        props = regionprops_table(
+            lab, intensity_image=b.ext, properties=("bbox", "centroid", "area", "intensity_max", *NUCLEUS_FEATURES)
+        )
         keep = b.owns(props["bbox-0"], props["bbox-1"])
         cols["class"] += [class_names[int(v) - 1] for v in props["intensity_max"][keep]]
         cols["centroid_y"] += (props["centroid-0"][keep] + b.er0).tolist()
@@ -264,7 +268,9 @@ def instance_areas(labels, n: int, *, block: int = BLOCK) -> np.ndarray:
     return area
 
 
-def instance_statistics(labels, classes, class_names: list[str], pixel_size_um: float | None = None, *, block: int = BLOCK) -> list[dict]:
+def instance_statistics(
+    labels, classes, class_names: list[str], pixel_size_um: float | None = None, *, block: int = BLOCK
+) -> list[dict]:
     """:func:`class_statistics`' rows (same keys) counted per instance: ``nuclei`` is the number
     of instances of the class, areas are theirs. ``classes[i]`` is instance i's class (1-based
     index into ``class_names``; ``classes[0]`` the background)."""
@@ -274,7 +280,15 @@ def instance_statistics(labels, classes, class_names: list[str], pixel_size_um: 
     return [_class_row(name, a, int(a.sum()), pixel_size_um) for name, a in zip(class_names, per_class)]
 
 
-def instance_table(labels, classes, class_names: list[str], pixel_size_um: float | None = None, *, block: int = BLOCK, margin: int = 256) -> dict[str, list]:
+def instance_table(
+    labels,
+    classes,
+    class_names: list[str],
+    pixel_size_um: float | None = None,
+    *,
+    block: int = BLOCK,
+    margin: int = 256,
+) -> dict[str, list]:
     """:func:`nucleus_table`'s columns, one row per instance: ``nucleus`` is the instance id of the
     instance map (so a row finds its object in the map and in the GeoJSON). A map is read in core
     blocks with a halo (the same rule: an instance is measured by the block whose core holds the
@@ -284,14 +298,18 @@ def instance_table(labels, classes, class_names: list[str], pixel_size_um: float
     if len(labels.shape) != 2:
         raise ValueError(f"a per-nucleus table needs a 2-D instance map, got shape {tuple(labels.shape)}")
     classes = np.asarray(classes)
-    cols: dict[str, list] = {k: [] for k in ("nucleus", "class", "centroid_y", "centroid_x", "area_px", *NUCLEUS_FEATURES)}
+    cols: dict[str, list] = {
+        k: [] for k in ("nucleus", "class", "centroid_y", "centroid_x", "area_px", *NUCLEUS_FEATURES)
+    }
     h, w = (int(s) for s in labels.shape)
     for r0, r1, c0, c1 in _core_blocks(labels.shape, block):
         er0, ec0 = max(r0 - margin, 0), max(c0 - margin, 0)
         ext = np.asarray(labels[er0 : min(r1 + margin, h), ec0 : min(c1 + margin, w)])
         if not ext.any():
             continue
-        props = regionprops_table(ext.astype(np.int64), properties=("label", "bbox", "centroid", "area", *NUCLEUS_FEATURES))
+        props = regionprops_table(
+            ext.astype(np.int64), properties=("label", "bbox", "centroid", "area", *NUCLEUS_FEATURES)
+        )
         gr, gc = props["bbox-0"] + er0, props["bbox-1"] + ec0
         keep = (gr >= r0) & (gr < r1) & (gc >= c0) & (gc < c1)
         ids = props["label"][keep]

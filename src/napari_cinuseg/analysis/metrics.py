@@ -23,7 +23,9 @@ class ConfusionMatrix:
         keep = truth != IGNORE
         t, p = truth[keep].astype(np.int64), pred[keep].astype(np.int64)
         if t.size and (t.max() >= self.k or p.max() >= self.p):
-            raise ValueError(f"class id out of range 0..{self.k - 1}" + (f" (predicted 0..{self.p - 1})" if self.p != self.k else ""))
+            raise ValueError(
+                f"class id out of range 0..{self.k - 1}" + (f" (predicted 0..{self.p - 1})" if self.p != self.k else "")
+            )
         self.counts += np.bincount(t * self.p + p, minlength=self.k * self.p).reshape(self.k, self.p)
 
     def dice(self) -> np.ndarray:

@@ -70,8 +70,19 @@ def image_scores(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     u += int(t_area[1:][~matched_true[1:]].sum())  # true objects no prediction touches
     u += int(p_area[~used & (np.arange(len(p_area)) > 0)].sum())
     aji = c / u if u else 1.0
-    return {"dice": dice, "f1": f1, "pq": sq * f1, "sq": sq, "aji": aji, "tp": tp, "fp": fp, "fn": fn,
-            "true": n_true, "pred": n_pred, "_fg": (fg_i, fg_t, fg_p)}
+    return {
+        "dice": dice,
+        "f1": f1,
+        "pq": sq * f1,
+        "sq": sq,
+        "aji": aji,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "true": n_true,
+        "pred": n_pred,
+        "_fg": (fg_i, fg_t, fg_p),
+    }
 
 
 @dataclass

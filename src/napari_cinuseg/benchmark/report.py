@@ -112,7 +112,11 @@ def write_table(results: dict, path: Path) -> None:
     ]
     for p in protocols:
         scored, absent = scored_classes(summary[p])
-        rows.append(f"{p}: scored {', '.join(scored) or 'none'}" + (f"; not scored (no test pixels) {', '.join(absent)}" if absent else "") + ".")
+        rows.append(
+            f"{p}: scored {', '.join(scored) or 'none'}"
+            + (f"; not scored (no test pixels) {', '.join(absent)}" if absent else "")
+            + "."
+        )
     if cfg.get("test_image_names"):
         rows.append("Test images: " + ", ".join(cfg["test_image_names"]) + ".")
     path.write_text("\n".join(rows) + "\n")
@@ -234,7 +238,9 @@ def write_training_curves(results: dict, out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="lower right")
     axes[0][0].set_ylabel("Dice on the test images (%)")
-    fig.suptitle(f"{results.get('config', {}).get('dataset', '')}: base and offline models while they train", fontsize=9)
+    fig.suptitle(
+        f"{results.get('config', {}).get('dataset', '')}: base and offline models while they train", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(out / "training-curve.png")
     plt.close(fig)
@@ -276,7 +282,11 @@ def across_seeds(runs: list[dict]) -> dict:
         sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
         return {"mean": float(np.mean(vals)), "sd": sd, "n": len(vals)}
 
-    out: dict = {"seeds": seeds, "config": {k: first.get(k) for k in (*_SAME_BUT_SEED, "test", "methods")}, "summary": {}}
+    out: dict = {
+        "seeds": seeds,
+        "config": {k: first.get(k) for k in (*_SAME_BUT_SEED, "test", "methods")},
+        "summary": {},
+    }
     protocols = [p for p in runs[0].get("summary", {})]
     for protocol in protocols:
         methods: list[str] = []
@@ -285,8 +295,14 @@ def across_seeds(runs: list[dict]) -> dict:
         order = [c for step in (first.get("protocols") or {}).get(protocol, []) for c in step]
         per_method = {}
         for m in methods:
-            have = [(s, r["summary"][protocol][m]) for s, r in zip(seeds, runs) if m in r.get("summary", {}).get(protocol, {})]
-            classes = sorted(have[0][1].get("per_class", {}), key=lambda c: order.index(c) if c in order else len(order))
+            have = [
+                (s, r["summary"][protocol][m])
+                for s, r in zip(seeds, runs)
+                if m in r.get("summary", {}).get(protocol, {})
+            ]
+            classes = sorted(
+                have[0][1].get("per_class", {}), key=lambda c: order.index(c) if c in order else len(order)
+            )
             per_method[m] = {
                 "seeds": [s for s, _ in have],
                 **{k: _stats([x[k] for _, x in have]) for k in ("old", "new", "mean")},

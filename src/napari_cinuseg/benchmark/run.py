@@ -14,26 +14,35 @@ import json
 import os
 import platform
 import time
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generator, Sequence
 
 import torch
 
 from .. import __version__
-from ..io.atomic import atomic_json
-from ..datasets.labelled import LabelledSet, split_by_source, step_pairs
-from ..runtime.devices import describe, resolve_device
-from ..runtime.events import BenchmarkStarted, CurvePoint, PriorUnconfident, Progress, StepEvaluated, StepPlanned, StepStarted, tap
 from ..analysis.evaluation import evaluate
-from .report import SCORING, seen_mean, summarize, write_curves, write_table, write_training_curves
 from ..analysis.forgetting import confident_share
-from ..methods import get_method, method_settings, settings_of
-from ..model.segmenter import CiNuSegModel, StepRecord
-from ..model.file import load_model
+from ..datasets.labelled import LabelledSet, split_by_source, step_pairs
 from ..datasets.protocols import CLASS_ORDERS, make_protocol
+from ..io.atomic import atomic_json
+from ..methods import get_method, method_settings, settings_of
+from ..model.file import load_model
+from ..model.segmenter import CiNuSegModel, StepRecord
+from ..runtime.devices import describe, resolve_device
+from ..runtime.events import (
+    BenchmarkStarted,
+    CurvePoint,
+    PriorUnconfident,
+    Progress,
+    StepEvaluated,
+    StepPlanned,
+    StepStarted,
+    tap,
+)
 from ..training.settings import TrainSettings
 from ..training.steps import train_base, train_step
+from .report import SCORING, seen_mean, summarize, write_curves, write_table, write_training_curves
 
 # Settings that change how a step runs but not what it learns: a cached model trained with other
 # values of these is still valid.
@@ -66,9 +75,13 @@ def split_data(data: LabelledSet, test: LabelledSet | None, val_fraction: float 
     if test is not None:
         return data, test, "separate test set"
     train, val = split_by_source(data, val_fraction, split_seed, balanced=True)
-    return train, val, (
-        f"validation split: {len(val.sources)} of {len(data.sources)} sources held out, balanced by class "
-        f"(seed {split_seed}): {', '.join(val.sources)}"
+    return (
+        train,
+        val,
+        (
+            f"validation split: {len(val.sources)} of {len(data.sources)} sources held out, balanced by class "
+            f"(seed {split_seed}): {', '.join(val.sources)}"
+        ),
     )
 
 
@@ -99,7 +112,9 @@ def _same_learning_settings(cached: StepRecord, settings: TrainSettings) -> bool
             new.pop(key)
     if new.get("method_settings"):
         theirs = old.get("method_settings") or {}
-        new["method_settings"] = {k: v for k, v in new["method_settings"].items() if k in theirs or _METHOD_AS_BEFORE.get(k, _NONE) != v}
+        new["method_settings"] = {
+            k: v for k, v in new["method_settings"].items() if k in theirs or _METHOD_AS_BEFORE.get(k, _NONE) != v
+        }
     if "min_iterations" not in old and "min_iterations" in new:
         ran = (cached.results or {}).get("iterations", 0)
         if ran < new.pop("min_iterations"):
@@ -108,7 +123,13 @@ def _same_learning_settings(cached: StepRecord, settings: TrainSettings) -> bool
 
 
 def _check_cached(
-    model: CiNuSegModel, path: Path, classes: Sequence[str], method: str, settings: TrainSettings, images: list[str], prior: CiNuSegModel | None
+    model: CiNuSegModel,
+    path: Path,
+    classes: Sequence[str],
+    method: str,
+    settings: TrainSettings,
+    images: list[str],
+    prior: CiNuSegModel | None,
 ) -> None:
     """A cached step model is reused only if it is what this run would train: same classes,
     method, settings and training images, and trained from this run's prior."""
@@ -134,7 +155,9 @@ def _configured_methods(names: Sequence[str], values: dict) -> list:
     methods = [get_method(n) for n in names]
     unused = set(values) - {k for m in methods for k in method_settings(m)}
     if unused:
-        raise ValueError(f"no method of this benchmark ({', '.join(names)}) has the setting(s) {', '.join(sorted(unused))}")
+        raise ValueError(
+            f"no method of this benchmark ({', '.join(names)}) has the setting(s) {', '.join(sorted(unused))}"
+        )
     return [get_method(m.name, **{k: v for k, v in values.items() if k in method_settings(m)}) for m in methods]
 
 
@@ -175,8 +198,11 @@ class _BenchmarkRun:
     def run(self) -> Generator[object, None, dict]:
         self._record_config()
         yield BenchmarkStarted(
-            tuple(p.name for p in self.protocols), tuple(m.name for m in self.methods),
-            len(self.cfg.train.items), len(self.cfg.test.items), describe(self.device),
+            tuple(p.name for p in self.protocols),
+            tuple(m.name for m in self.methods),
+            len(self.cfg.train.items),
+            len(self.cfg.test.items),
+            describe(self.device),
         )
         t_start = time.perf_counter()
         for protocol in self.protocols:
@@ -252,8 +278,12 @@ class _BenchmarkRun:
         with that class at the next step."""
         key = f"{protocol}/{method}/step{step}"
         cached = self.evaluations.get(key)
-        if (cached and cached.get("model_id") == model.id and cached.get("test_set") == self.test_set
-                and cached.get("scoring") == SCORING):
+        if (
+            cached
+            and cached.get("model_id") == model.id
+            and cached.get("test_set") == self.test_set
+            and cached.get("scoring") == SCORING
+        ):
             yield StepEvaluated(protocol, method, step, cached["dice"], True)
             return cached["dice"]
         # classes not learned yet are ignored on purpose (Fig. 5): no warning for them
@@ -261,8 +291,12 @@ class _BenchmarkRun:
         known = [c for c in model.class_names if c in self.cfg.test.class_names]
         confident = confident_share(model, self.cfg.test, known, self.tau, self.device)
         self.evaluations[key] = {
-            "model_id": model.id, "test_set": self.test_set, "scoring": SCORING, "dice": dice,
-            "classes": model.class_names, "confident": confident,
+            "model_id": model.id,
+            "test_set": self.test_set,
+            "scoring": SCORING,
+            "dice": dice,
+            "classes": model.class_names,
+            "confident": confident,
         }
         atomic_json(self.results_path, self.results)
         yield StepEvaluated(protocol, method, step, dice, False)
@@ -292,7 +326,11 @@ class _BenchmarkRun:
             nonlocal model
             if isinstance(ev, StepStarted):
                 model = ev.model
-            elif isinstance(ev, Progress) and model is not None and (ev.iteration % self.cfg.curve_every == 0 or ev.iteration == ev.total):
+            elif (
+                isinstance(ev, Progress)
+                and model is not None
+                and (ev.iteration % self.cfg.curve_every == 0 or ev.iteration == ev.total)
+            ):
                 dice = evaluate(model, self.cfg.test, self.device, say_unscored=False)  # modes kept (predict)
                 points.append({"iteration": ev.iteration, "dice": dice, "mean": seen_mean(dice), "loss": ev.loss})
                 atomic_json(self.results_path, self.results)
@@ -304,7 +342,12 @@ class _BenchmarkRun:
     def _offline(self, protocol, method):
         """Offline: one model trained on every class of the protocol at once (the upper bound)."""
         classes = list(protocol.all_classes)
-        path = self.out / "models" / f"seed{self.settings.seed}" / f"offline-{'_'.join(c.lower() for c in sorted(classes))}.cinuseg.pt"
+        path = (
+            self.out
+            / "models"
+            / f"seed{self.settings.seed}"
+            / f"offline-{'_'.join(c.lower() for c in sorted(classes))}.cinuseg.pt"
+        )
         model = yield from self._train_base(classes, protocol, method.name, path)
         if model is None:
             return False
@@ -341,9 +384,17 @@ class _BenchmarkRun:
             if not self.cfg.steps_only:
                 yield from self._prior_check(prior, protocol.name, method.name, t)
             model = yield from self._model_at(
-                pdir / method.name / f"step{t}.cinuseg.pt", list(protocol.seen_after(t)), method.name, pairs,
-                lambda p, prior=prior, new=new, pairs=pairs: train_step(prior, pairs, new, self.step_settings[method.name], method=method.name, out=p),
-                protocol.name, method.name, t, prior=prior,
+                pdir / method.name / f"step{t}.cinuseg.pt",
+                list(protocol.seen_after(t)),
+                method.name,
+                pairs,
+                lambda p, prior=prior, new=new, pairs=pairs: train_step(
+                    prior, pairs, new, self.step_settings[method.name], method=method.name, out=p
+                ),
+                protocol.name,
+                method.name,
+                t,
+                prior=prior,
             )
             if model is None:
                 return False

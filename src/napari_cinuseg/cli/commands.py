@@ -9,10 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-from .console import CONSOLE
-from .segmenting import segment_image
-from .jobs import BASE_MODEL_ROOM, MAIN_RANK, check_room, claim_model, drain, model_bytes, save_or_rescue
 from ..training.settings import USER_SETTINGS, preset
+from .console import CONSOLE
+from .jobs import BASE_MODEL_ROOM, MAIN_RANK, check_room, claim_model, drain, model_bytes, save_or_rescue
+from .segmenting import segment_image
 
 
 def _settings(args: argparse.Namespace, **extra):
@@ -84,13 +84,17 @@ def _more_pairs(spec: str, classes: list[str], args: argparse.Namespace) -> list
 
     kind, _, folder = spec.partition("=")
     if kind not in DATASETS + NUCLEUS_DATASETS:
-        raise ValueError(f"--with {spec}: unknown data set {kind!r}; choose one of {', '.join(DATASETS + NUCLEUS_DATASETS)}")
+        raise ValueError(
+            f"--with {spec}: unknown data set {kind!r}; choose one of {', '.join(DATASETS + NUCLEUS_DATASETS)}"
+        )
     data = read_dataset(kind, folder or data_dir() / kind)
     if args.split != "all":
         train, val = split_by_source(data, args.val_fraction, args.split_seed)
         data = train if args.split == "train" else val
     pairs = nucleus_pairs(data) if kind in NUCLEUS_DATASETS else mixed_class_pairs(data, classes)
-    CONSOLE.say(f"--with {kind}: {len(pairs)} images ({'nucleus-only' if kind in NUCLEUS_DATASETS else 'classes'}, split {args.split})")
+    CONSOLE.say(
+        f"--with {kind}: {len(pairs)} images ({'nucleus-only' if kind in NUCLEUS_DATASETS else 'classes'}, split {args.split})"
+    )
     return pairs
 
 
@@ -118,7 +122,7 @@ def cmd_step(args) -> int:
 
 def _print_forgetting(report: dict | None, indent: str = "") -> None:
     """The step's forgetting report (forgetting.py) and a warning per class below the threshold."""
-    from ..analysis.forgetting import format_report, forgetting_warnings
+    from ..analysis.forgetting import forgetting_warnings, format_report
 
     if not report:
         return
@@ -142,7 +146,13 @@ def cmd_evaluate(args) -> int:
     finally:
         bar.close()
     fg = [v for v in dice.values() if v == v]
-    result = {"model": str(args.model), "split": args.split, "images": len(data.items), "dice": dice, "mean": sum(fg) / len(fg) if fg else None}
+    result = {
+        "model": str(args.model),
+        "split": args.split,
+        "images": len(data.items),
+        "dice": dice,
+        "mean": sum(fg) / len(fg) if fg else None,
+    }
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -163,22 +173,26 @@ def cmd_info(args) -> int:
     print(f"model {record.get('id', '?')}  {a['encoder']} / {a['decoder']}  created {record.get('created', '?')}")
     seen = record.get("normalization", {}).get("input", "rgb")
     px = record.get("pixel_size_um")
-    print(f"input: {'hematoxylin density only' if seen == 'hematoxylin' else 'RGB'}; pixel size {f'{px:g} µm' if px else 'unknown'}")
+    print(
+        f"input: {'hematoxylin density only' if seen == 'hematoxylin' else 'RGB'}; pixel size {f'{px:g} µm' if px else 'unknown'}"
+    )
     print("classes:")
     for i, c in enumerate(record["classes"], start=1):
         print(f"  {i}: {c['name']:<20s} {c['colour']}  learned at step {c['step']}")
     for s in record.get("steps", []):
         r = s.get("results", {})
-        print(f"step {s['step']}: {s['method']} → {', '.join(s['new_classes'])}; {r.get('iterations')} iterations, {r.get('seconds')} s, final loss {r.get('final_loss')}")
+        print(
+            f"step {s['step']}: {s['method']} → {', '.join(s['new_classes'])}; {r.get('iterations')} iterations, {r.get('seconds')} s, final loss {r.get('final_loss')}"
+        )
         _print_forgetting(r.get("forgetting"), indent="  ")
     return 0
 
 
 def cmd_benchmark(args) -> int:
     from ..benchmark.run import BenchmarkConfig, run_benchmark, split_data
-    from ..runtime.events import BenchmarkStarted, CurvePoint, PriorUnconfident, StepEvaluated, StepPlanned
     from ..datasets.labelled import data_dir
     from ..datasets.layouts import read_dataset
+    from ..runtime.events import BenchmarkStarted, CurvePoint, PriorUnconfident, StepEvaluated, StepPlanned
 
     data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
     test = read_dataset(args.dataset, args.test_data) if args.test_data else None
@@ -196,12 +210,16 @@ def cmd_benchmark(args) -> int:
         base_iterations=args.base_iterations,
         curve_every=args.curve_every,
         test_description=described,
-        command="cinuseg " + " ".join(sys.argv[1:]) if sys.argv and (sys.argv[0].endswith("cinuseg") or Path(sys.argv[0]).match("napari_cinuseg/__main__.py")) else "",
+        command="cinuseg " + " ".join(sys.argv[1:])
+        if sys.argv and (sys.argv[0].endswith("cinuseg") or Path(sys.argv[0]).match("napari_cinuseg/__main__.py"))
+        else "",
     )
 
     def show(ev) -> None:
         if isinstance(ev, BenchmarkStarted):
-            CONSOLE.say(f"benchmark {', '.join(ev.protocols)} × {', '.join(ev.methods)}: {ev.train_images} training images, {ev.test_images} test images, {ev.device}")
+            CONSOLE.say(
+                f"benchmark {', '.join(ev.protocols)} × {', '.join(ev.methods)}: {ev.train_images} training images, {ev.test_images} test images, {ev.device}"
+            )
         elif isinstance(ev, StepPlanned):
             what = "cached" if ev.cached else "training"
             CONSOLE.say(f"[{ev.protocol} {ev.method} step {ev.step}] {what}: {', '.join(ev.classes)}")
@@ -258,7 +276,9 @@ def cmd_segment(args) -> int:
     from ..model.file import BUNDLED_MODEL, load_model
 
     if args.model is None and MAIN_RANK:
-        CONSOLE.say(f"no --model given: using the bundled base model {BUNDLED_MODEL.name} (CoNSeP's classes, 0.25 µm/px)")
+        CONSOLE.say(
+            f"no --model given: using the bundled base model {BUNDLED_MODEL.name} (CoNSeP's classes, 0.25 µm/px)"
+        )
     model = load_model(args.model or BUNDLED_MODEL)
     out = Path(args.out)
     images, device = _shard(args.images, args.shard), args.device
@@ -267,7 +287,9 @@ def cmd_segment(args) -> int:
     targets = {image: out / (_stem(image) + ".masks.tif") for image in images}
     clash = [t.name for t in targets.values() if list(targets.values()).count(t) > 1]
     if clash:
-        raise ValueError(f"several images would write {sorted(set(clash))[0]}; give them different names or run them into different --out folders")
+        raise ValueError(
+            f"several images would write {sorted(set(clash))[0]}; give them different names or run them into different --out folders"
+        )
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for image in images:
@@ -293,15 +315,25 @@ def cmd_export(args) -> int:
     if class_map.ndim != 2:
         raise ValueError(f"{args.class_map} is not a 2-D class map (shape {class_map.shape})")
     if class_map.max(initial=0) > len(model.classes):
-        raise ValueError(f"{args.class_map} has class ids up to {class_map.max()}, but the model knows {len(model.classes)} classes")
+        raise ValueError(
+            f"{args.class_map} has class ids up to {class_map.max()}, but the model knows {len(model.classes)} classes"
+        )
     class_map = class_map.astype(np.uint8)
     nuclei = nuclei_of(class_map, pixel_size_um=args.pixel_size)
     if nuclei.note:
         CONSOLE.note(nuclei.note)
-    out, csv_path, gj = drain(export_nuclei(
-        class_map, nuclei, args.out, model.class_names, [c.colour for c in model.classes], model.id,
-        extra={"source": str(args.class_map)}, pixel_size=args.pixel_size,
-    ))
+    out, csv_path, gj = drain(
+        export_nuclei(
+            class_map,
+            nuclei,
+            args.out,
+            model.class_names,
+            [c.colour for c in model.classes],
+            model.id,
+            extra={"source": str(args.class_map)},
+            pixel_size=args.pixel_size,
+        )
+    )
     CONSOLE.say(f"saved {out}, {csv_path.name} and {gj.name}: {nuclei.count} nuclei")
     return 0
 

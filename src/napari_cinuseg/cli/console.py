@@ -50,7 +50,7 @@ class Console:
     def error(self, text: str) -> None:
         self._write(f"cinuseg: error: {text}")
 
-    def bar(self, total: int, unit: str = "it", desc: str = "") -> "Bar":
+    def bar(self, total: int, unit: str = "it", desc: str = "") -> Bar:
         self._bar = Bar(self, total, unit, desc)
         return self._bar
 
@@ -95,7 +95,11 @@ class Bar:
     def _line(self) -> None:
         head = f"{self.desc}: " if self.desc else ""
         tail = f" {self.postfix}" if self.postfix else ""
-        print(f"{head}{self.n}/{self.total} {self.unit} ({self.n * 100 // max(self.total, 1)}%){tail}", file=self.console.out, flush=True)
+        print(
+            f"{head}{self.n}/{self.total} {self.unit} ({self.n * 100 // max(self.total, 1)}%){tail}",
+            file=self.console.out,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self._tqdm is not None:

@@ -17,7 +17,16 @@ MAIN_RANK = int(os.environ.get("RANK", "0")) == 0
 def drain(job, show=None) -> object:
     """Run a job (runtime.events.drain) with a progress bar per training step; Ctrl-C cancels it
     cleanly. ``show`` sees the events this does not report itself."""
-    from ..runtime.events import Cancelled, IterationSkipped, MemoryReduced, Progress, Saved, StepFinished, StepStarted, drain
+    from ..runtime.events import (
+        Cancelled,
+        IterationSkipped,
+        MemoryReduced,
+        Progress,
+        Saved,
+        StepFinished,
+        StepStarted,
+        drain,
+    )
 
     bar = None
 
@@ -73,7 +82,9 @@ def check_room(out: Path, need: int) -> None:
 
 def model_bytes(model) -> int:
     """Bytes of ``model``'s weights as a new model file holds them (fp32)."""
-    return sum(v.numel() * (4 if v.is_floating_point() else v.element_size()) for v in model.network.state_dict().values())
+    return sum(
+        v.numel() * (4 if v.is_floating_point() else v.element_size()) for v in model.network.state_dict().values()
+    )
 
 
 def rescue_places(out: Path) -> list[Path]:
@@ -101,8 +112,12 @@ def save_or_rescue(model, out: Path) -> Path:
                 rescued = save_model(model, place)
             except (ModelFileError, OSError):
                 continue
-            raise ModelFileError(f"{exc}; the trained model was saved to {rescued} instead: move it where it belongs") from None
-        raise ModelFileError(f"{exc}; it could not be saved in {' or '.join(tried)} either, so the trained model is lost") from None
+            raise ModelFileError(
+                f"{exc}; the trained model was saved to {rescued} instead: move it where it belongs"
+            ) from None
+        raise ModelFileError(
+            f"{exc}; it could not be saved in {' or '.join(tried)} either, so the trained model is lost"
+        ) from None
     CONSOLE.say(f"saved {path}")
     return path
 

@@ -15,6 +15,9 @@ import sys
 import warnings
 
 from .. import __version__
+from ..inference.tiling import DEFAULT_TILE
+from ..runtime.names import DATASETS, DEFAULT_MIN_AREA_UM2, ENCODERS, INPUTS, INSTANCE_METHODS
+from ..training.settings import PRESETS, USER_SETTINGS
 from .commands import (
     cmd_benchmark,
     cmd_evaluate,
@@ -26,9 +29,7 @@ from .commands import (
     cmd_train_base,
 )
 from .console import CONSOLE
-from ..inference.tiling import DEFAULT_TILE
-from ..runtime.names import DATASETS, DEFAULT_MIN_AREA_UM2, ENCODERS, INPUTS, INSTANCE_METHODS
-from ..training.settings import PRESETS, USER_SETTINGS
+
 # Where an option's help lists the incremental methods: the help formatter fills it in from the
 # registry (methods/), only when help is printed, since the registry imports PyTorch.
 METHODS_HELP = "{methods}"
@@ -69,7 +70,9 @@ def _add_data(p: argparse.ArgumentParser, default_split: str) -> None:
 
 
 def _add_settings(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="the settings every option below starts from")
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), default="cpu", help="the settings every option below starts from"
+    )
     for name, text in USER_SETTINGS.items():
         values = {k: getattr(v, name) for k, v in PRESETS.items()}
         kind = type(next((v for v in values.values() if v is not None), "")) if name != "iterations" else int
@@ -87,7 +90,9 @@ def _add_encoder(p: argparse.ArgumentParser) -> None:
         "--encoder: imagenet for EfficientNet-Lite, random for ResNet)",
     )
     p.add_argument(
-        "--input", choices=INPUTS, dest="input_kind",
+        "--input",
+        choices=INPUTS,
+        dest="input_kind",
         help="what a base model sees: the RGB image, or only its hematoxylin density (carries better to "
         "other scanners and stains, loses the colour that tells some classes apart; docs/benchmarks.md) "
         "(default: the preset's, rgb)",
@@ -103,7 +108,13 @@ def _add_method_settings(p: argparse.ArgumentParser) -> None:
     has = {m: method_settings(m) for m in available()}
     for name, spec in all_method_settings().items():
         owners = [m for m, own in has.items() if name in own]
-        who = owners[0] if len(owners) == 1 else f"{owners[0]} and its variants" if all(o.startswith(owners[0]) for o in owners) else ", ".join(owners)
+        who = (
+            owners[0]
+            if len(owners) == 1
+            else f"{owners[0]} and its variants"
+            if all(o.startswith(owners[0]) for o in owners)
+            else ", ".join(owners)
+        )
         flag = f"--{name.replace('_', '-')}"
         text = f"{spec.help} ({who}; default {spec.default})".replace("%", "%%")  # argparse formats help with %
         if isinstance(spec.default, bool):
@@ -121,14 +132,24 @@ class _Help(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         if METHODS_HELP in text:
             text = text.replace(METHODS_HELP, _methods_list())
-        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)) or not action.option_strings:
+        if (
+            "default" in text
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+            or not action.option_strings
+        ):
             return text
         return f"{text} (default: %(default)s)"
 
 
 def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", formatter_class=_Help)
-    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print no progress, notes or messages; only errors, warnings and results")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print no progress, notes or messages; only errors, warnings and results",
+    )
     return p
 
 
@@ -142,7 +163,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="cinuseg", description=__doc__.rsplit("\n\n", 1)[0], formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"napari-cinuseg {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print no progress, notes or messages; only errors, warnings and results")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print no progress, notes or messages; only errors, warnings and results",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _sub(sub, "train-base", "train a base model (step 0) on labelled images")
@@ -151,11 +177,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated classes to learn (default: all of the data set's)")
     _add_encoder(p)
     p.add_argument(
-        "--pixel-size", type=pixel_size,
+        "--pixel-size",
+        type=pixel_size,
         help="µm per pixel of the training images (default: the data set's, or pixel_size_um in a folder's classes.json)",
     )
     p.add_argument(
-        "--with", dest="with_data", action="append", metavar="KIND[=FOLDER]",
+        "--with",
+        dest="with_data",
+        action="append",
+        metavar="KIND[=FOLDER]",
         help="another data set to train on too (repeat for several), split like --data by --split: "
         "nucleus-only monuseg, nuinsseg or nuclei (images/ + instances/ or masks/) teach where nuclei are, with "
         "no class (docs/method.md, mixed supervision); consep, monusac or folder add their pixels of --classes, "
@@ -190,16 +220,34 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = _sub(sub, "benchmark", "the paper's experiments: protocols × methods, Dice after every step")
     p.add_argument("--dataset", choices=DATASETS, default="consep", help="layout of --data and --test-data")
     p.add_argument("--data", help="training data (default: $CINUSEG_DATA/<dataset>, else ../shared/data/<dataset>)")
-    p.add_argument("--test-data", help="a held-out test set in the same layout; without it a validation split is carved from --data by source")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of sources held out for validation (without --test-data)")
+    p.add_argument(
+        "--test-data",
+        help="a held-out test set in the same layout; without it a validation split is carved from --data by source",
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=0.2, help="share of sources held out for validation (without --test-data)"
+    )
     p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--protocol", default="1-1", help="one or more X-Y, comma-separated (e.g. 1-1,2-1)")
-    p.add_argument("--methods", default="cinuseg,mib,plop,conuseg,ins,ewf,idec,nest,barm,finetune,offline", help="comma-separated, of: " + METHODS_HELP)
+    p.add_argument(
+        "--methods",
+        default="cinuseg,mib,plop,conuseg,ins,ewf,idec,nest,barm,finetune,offline",
+        help="comma-separated, of: " + METHODS_HELP,
+    )
     p.add_argument("--class-order", help="comma-separated class order (default: the paper's)")
     p.add_argument("--steps-only", action="store_true", help="train (or resume) the step models, evaluate nothing")
     p.add_argument("--out", required=True, help="output folder; an interrupted run resumes from it")
-    p.add_argument("--base-iterations", type=int, help="iterations of the base and offline models (default: --epochs or --iterations, as the steps)")
-    p.add_argument("--curve-every", type=int, default=0, help="score the base and offline models on the test images every N iterations while they train: a curve of Dice against iterations (0 = off)")
+    p.add_argument(
+        "--base-iterations",
+        type=int,
+        help="iterations of the base and offline models (default: --epochs or --iterations, as the steps)",
+    )
+    p.add_argument(
+        "--curve-every",
+        type=int,
+        default=0,
+        help="score the base and offline models on the test images every N iterations while they train: a curve of Dice against iterations (0 = off)",
+    )
     _add_settings(p)
     _add_encoder(p)
     if wants("benchmark"):
@@ -209,30 +257,67 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = _sub(sub, "segment", "segment images or whole slides into per-class masks (TIFF)")
     p.add_argument("images", nargs="+", help="PNG/JPEG/TIFF images or SVS/pyramidal TIFF slides")
     p.add_argument("--model", help="the model file (default: the bundled base model, CoNSeP's classes; said when used)")
-    p.add_argument("--out", required=True, help="folder for <name>.masks.tif (pyramidal OME-TIFF) and <name>.nuclei.csv (one row per nucleus); images already done are skipped")
-    p.add_argument("--geojson", action="store_true", help="also write <name>.geojson: nucleus polygons with class names and colours, for QuPath (File > Import objects), in level-0 pixels")
-    p.add_argument("--min-area", type=float, default=DEFAULT_MIN_AREA_UM2, help="nuclei under this many µm² are dropped (with the pixel size unknown, 0.25 µm/px is assumed)")
-    p.add_argument("--instances", choices=INSTANCE_METHODS, default=INSTANCE_METHODS[0], help="how touching nuclei are split: watershed on the distance transform, or connected components (no split)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for <name>.masks.tif (pyramidal OME-TIFF) and <name>.nuclei.csv (one row per nucleus); images already done are skipped",
+    )
+    p.add_argument(
+        "--geojson",
+        action="store_true",
+        help="also write <name>.geojson: nucleus polygons with class names and colours, for QuPath (File > Import objects), in level-0 pixels",
+    )
+    p.add_argument(
+        "--min-area",
+        type=float,
+        default=DEFAULT_MIN_AREA_UM2,
+        help="nuclei under this many µm² are dropped (with the pixel size unknown, 0.25 µm/px is assumed)",
+    )
+    p.add_argument(
+        "--instances",
+        choices=INSTANCE_METHODS,
+        default=INSTANCE_METHODS[0],
+        help="how touching nuclei are split: watershed on the distance transform, or connected components (no split)",
+    )
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help="tile side in the model's pixels (a multiple of 32)")
     p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles, blended")
     p.add_argument("--batch-size", type=int, default=4, help="tiles run through the network at a time")
     p.add_argument("--level", type=int, default=0, help="pyramid level of a slide")
     p.add_argument(
-        "--pixel-size", type=pixel_size,
+        "--pixel-size",
+        type=pixel_size,
         help="µm per pixel of the images (default: what each file says, e.g. an SVS's MPP); each tile is "
         "resampled to the model's pixel size and the masks back to the image's",
     )
-    p.add_argument("--shard", help="K/N: only images K, K+N, … (0-based), to split a cohort over N processes or machines (under torchrun: RANK/WORLD_SIZE)")
+    p.add_argument(
+        "--shard",
+        help="K/N: only images K, K+N, … (0-based), to split a cohort over N processes or machines (under torchrun: RANK/WORLD_SIZE)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network: slow start (about a minute), for many or large slides")
-    p.add_argument("--in-memory-limit", type=int, default=None, help="pixels above which the class map is built on disk (default 64,000,000)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network: slow start (about a minute), for many or large slides",
+    )
+    p.add_argument(
+        "--in-memory-limit",
+        type=int,
+        default=None,
+        help="pixels above which the class map is built on disk (default 64,000,000)",
+    )
     p.set_defaults(func=cmd_segment)
 
     p = _sub(sub, "export", "a class map (PNG/TIFF, 0 = background) to per-class TIFF masks named by a model's classes")
     p.add_argument("class_map", help="the class map image")
     p.add_argument("--model", required=True, help="the model whose classes the ids are")
-    p.add_argument("--out", required=True, help="the TIFF to write (not overwritten); the per-nucleus CSV goes beside it")
-    p.add_argument("--pixel-size", type=pixel_size, help="µm per pixel of the class map, written into the file and used for areas in µm²")
+    p.add_argument(
+        "--out", required=True, help="the TIFF to write (not overwritten); the per-nucleus CSV goes beside it"
+    )
+    p.add_argument(
+        "--pixel-size",
+        type=pixel_size,
+        help="µm per pixel of the class map, written into the file and used for areas in µm²",
+    )
     p.set_defaults(func=cmd_export)
 
     p = _sub(sub, "methods", "list the incremental methods")
@@ -259,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         CONSOLE.error(_one_line(exc))
         return 2
     except KeyboardInterrupt:  # Ctrl-C before a job runs (loading PyTorch, a model, the data)
-        print("\ncancelled: nothing was written by the interrupted work; files saved before it are kept", file=sys.stderr)
+        print(
+            "\ncancelled: nothing was written by the interrupted work; files saved before it are kept", file=sys.stderr
+        )
         return 130
 
 
@@ -267,8 +354,15 @@ def _one_line(exc: BaseException) -> str:
     """An error as one line; a file the system refused names the file and what to do."""
     if isinstance(exc, PermissionError):
         where = exc.filename or ""
-        return f"cannot write or read {where}: permission denied; choose a folder you may write to" if where else str(exc)
-    if isinstance(exc, OSError) and exc.strerror and exc.filename and not isinstance(exc, (FileNotFoundError, FileExistsError)):
+        return (
+            f"cannot write or read {where}: permission denied; choose a folder you may write to" if where else str(exc)
+        )
+    if (
+        isinstance(exc, OSError)
+        and exc.strerror
+        and exc.filename
+        and not isinstance(exc, (FileNotFoundError, FileExistsError))
+    ):
         return f"{exc.filename}: {exc.strerror}"
     return " ".join(str(exc).split()) or type(exc).__name__
 

@@ -48,9 +48,17 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
     pixel_size = args.pixel_size or slide.pixel_size
     scale = resampling_factor(model.pixel_size, pixel_size)
     if MAIN_RANK:
-        said = f"{pixel_size:g} µm/px" + (" (given)" if args.pixel_size else " (from the file)") if pixel_size else "pixel size unknown (give --pixel-size)"
+        said = (
+            f"{pixel_size:g} µm/px" + (" (given)" if args.pixel_size else " (from the file)")
+            if pixel_size
+            else "pixel size unknown (give --pixel-size)"
+        )
         model_px = f"{model.pixel_size:g} µm/px" if model.pixel_size else "unknown"
-        how = f"resampled ×{scale:.2f} for the model ({model_px})" if scale != 1.0 else f"model at {model_px}: not resampled"
+        how = (
+            f"resampled ×{scale:.2f} for the model ({model_px})"
+            if scale != 1.0
+            else f"model at {model_px}: not resampled"
+        )
         CONSOLE.say(f"{Path(image).name}: {w}×{h} px, {said}; {how}")
     on_disk = class_map_on_disk(h, w, limit=args.in_memory_limit)
     scratch = out / f".{target.name}.zarr"
@@ -59,8 +67,15 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
     bar = CONSOLE.bar(1, "tile", Path(image).name)
     try:
         job = segment(
-            model, slide, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
-            compile=args.compile, image_pixel_size=pixel_size, out=scratch if on_disk else None,
+            model,
+            slide,
+            tile=args.tile,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            device=device,
+            compile=args.compile,
+            image_pixel_size=pixel_size,
+            out=scratch if on_disk else None,
         )
 
         def show(ev):
@@ -74,7 +89,10 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
             return 130
         class_map = zarr.open_array(str(result), mode="r") if on_disk else result
         nuclei = nuclei_of(
-            class_map, pixel_size_um=pixel_size, min_area_um2=args.min_area, method=args.instances,
+            class_map,
+            pixel_size_um=pixel_size,
+            min_area_um2=args.min_area,
+            method=args.instances,
             out=out / f".{target.name}.instances.zarr" if on_disk else None,
         )
         if nuclei.note and MAIN_RANK:
@@ -84,11 +102,21 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
         levels = getattr(slide, "levels", None)
         downsample = max(levels[0]) / max(levels[args.level]) if levels and args.level else 1.0
         # the table first: a masks file on disk means this image is done (a resumed run skips it)
-        _, csv_path, gj = drain(export_nuclei(
-            class_map, nuclei, target, model.class_names, [c.colour for c in model.classes], model.id,
-            extra={"source": str(image), "level": args.level}, pixel_size=pixel_size, geojson=args.geojson,
-            downsample=downsample, overwrite=False,
-        ))
+        _, csv_path, gj = drain(
+            export_nuclei(
+                class_map,
+                nuclei,
+                target,
+                model.class_names,
+                [c.colour for c in model.classes],
+                model.id,
+                extra={"source": str(image), "level": args.level},
+                pixel_size=pixel_size,
+                geojson=args.geojson,
+                downsample=downsample,
+                overwrite=False,
+            )
+        )
         CONSOLE.say(f"saved {target} and {csv_path.name}{' and ' + gj.name if gj else ''}: {nuclei.count} nuclei")
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):

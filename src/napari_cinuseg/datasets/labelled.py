@@ -11,16 +11,17 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from skimage import io as skio
 
 from ..io.images import read_rgb
-
 from ..runtime.names import IGNORE, NUCLEUS
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
@@ -54,7 +55,7 @@ class LabelledSet:
     def sources(self) -> list[str]:
         return sorted({it.source for it in self.items})
 
-    def subset(self, sources: Sequence[str]) -> "LabelledSet":
+    def subset(self, sources: Sequence[str]) -> LabelledSet:
         keep = set(sources)
         return LabelledSet(self.class_names, [it for it in self.items if it.source in keep], self.pixel_size)
 
@@ -80,7 +81,7 @@ def read_folder(
     root = Path(root)
     cfile = Path(classes_file) if classes_file else root / "classes.json"
     if not cfile.is_file():
-        raise FileNotFoundError(f"{root} has no classes.json; add one like {{\"0\": \"background\", \"1\": \"tumour\"}}")
+        raise FileNotFoundError(f'{root} has no classes.json; add one like {{"0": "background", "1": "tumour"}}')
     raw = json.loads(cfile.read_text())
     pixel_size = raw.pop("pixel_size_um", None)  # optional: µm per pixel of the images
     if pixel_size is not None and not (isinstance(pixel_size, (int, float)) and pixel_size > 0):
@@ -106,7 +107,9 @@ def read_folder(
         lut = None
     items = []
     for ip in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        lp = next((lab_dir / (ip.stem + s) for s in (".png", ".tif", ".tiff") if (lab_dir / (ip.stem + s)).exists()), None)
+        lp = next(
+            (lab_dir / (ip.stem + s) for s in (".png", ".tif", ".tiff") if (lab_dir / (ip.stem + s)).exists()), None
+        )
         if lp is None:
             continue
         lab = read_class_map(lp, set(ids))
@@ -129,7 +132,9 @@ def read_class_map(path: str | os.PathLike, known: set[int]) -> np.ndarray:
     try:
         lab = np.asarray(skio.imread(str(path)))
     except Exception as exc:  # noqa: BLE001 - any decoder failure becomes advice
-        raise ValueError(f"{path} could not be read as a class map ({type(exc).__name__}: {exc}); is it a complete PNG/TIFF?") from None
+        raise ValueError(
+            f"{path} could not be read as a class map ({type(exc).__name__}: {exc}); is it a complete PNG/TIFF?"
+        ) from None
     if lab.ndim == 3:
         lab = lab[..., 0]
     if lab.ndim != 2 or not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
@@ -227,8 +232,9 @@ def class_pixels_by_source(data: LabelledSet) -> dict[str, np.ndarray]:
     return counts
 
 
-def balanced_sources(data: LabelledSet, n_val: int, val_fraction: float, seed: int = 0,
-                     candidates: int = 20000, among: int = 5) -> list[str]:
+def balanced_sources(
+    data: LabelledSet, n_val: int, val_fraction: float, seed: int = 0, candidates: int = 20000, among: int = 5
+) -> list[str]:
     """``n_val`` sources to hold out whose share of each class's pixels is nearest
     ``val_fraction``: the cost of a choice is the sum over classes of (share − fraction)², plus
     1 for each class held out entirely or missing from the held-out sources although another

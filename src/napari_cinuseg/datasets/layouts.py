@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..runtime.names import DATASETS, NUCLEUS_DATASETS
 from .labelled import LabelledSet, read_consep_patches, read_folder, read_monusac_images
 from .original_layouts import read_consep_original, read_monusac_original
-
-from ..runtime.names import DATASETS, NUCLEUS_DATASETS
 
 
 def read_dataset(kind: str, root: str | os.PathLike) -> LabelledSet:
@@ -33,7 +32,11 @@ def read_dataset(kind: str, root: str | os.PathLike) -> LabelledSet:
     elif kind in NUCLEUS_DATASETS:
         from . import nucleus_only
 
-        return {"monuseg": nucleus_only.read_monuseg, "nuinsseg": nucleus_only.read_nuinsseg, "nuclei": nucleus_only.read_nuclei}[kind](root)
+        return {
+            "monuseg": nucleus_only.read_monuseg,
+            "nuinsseg": nucleus_only.read_nuinsseg,
+            "nuclei": nucleus_only.read_nuclei,
+        }[kind](root)
     else:
         raise ValueError(f"unknown data set {kind!r}: choose one of {', '.join(DATASETS + NUCLEUS_DATASETS)}")
     raise ValueError(

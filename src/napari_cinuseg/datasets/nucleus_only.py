@@ -40,13 +40,17 @@ class NucleusSet(LabelledSet):
 
     instances: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def subset(self, sources) -> "NucleusSet":
+    def subset(self, sources) -> NucleusSet:
         keep = set(sources)
         items = [it for it in self.items if it.source in keep]
-        return NucleusSet([], items, self.pixel_size, {it.name: self.instances[it.name] for it in items if it.name in self.instances})
+        return NucleusSet(
+            [], items, self.pixel_size, {it.name: self.instances[it.name] for it in items if it.name in self.instances}
+        )
 
 
-def read_nucleus_folder(root: str | os.PathLike, *, source_of=None, pixel_size: float | None = None, limit: int | None = None) -> NucleusSet:
+def read_nucleus_folder(
+    root: str | os.PathLike, *, source_of=None, pixel_size: float | None = None, limit: int | None = None
+) -> NucleusSet:
     """``root/images`` + ``root/instances`` or ``root/masks`` (see the module's docstring).
     ``limit``: read at most this many images (in name order)."""
     root = Path(root)
@@ -62,7 +66,9 @@ def read_nucleus_folder(root: str | os.PathLike, *, source_of=None, pixel_size: 
     items, instances = [], {}
     paths = sorted((p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural)
     for ip in paths[:limit] if limit else paths:
-        lp = next((lab_dir / (ip.stem + s) for s in (".png", ".tif", ".tiff") if (lab_dir / (ip.stem + s)).exists()), None)
+        lp = next(
+            (lab_dir / (ip.stem + s) for s in (".png", ".tif", ".tiff") if (lab_dir / (ip.stem + s)).exists()), None
+        )
         if lp is None:
             continue
         lab = np.asarray(skio.imread(str(lp)))

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.images import as_rgb_uint8, read_rgb
 from .labelled import (
-    CONSEP_PIXEL_SIZE,
-    MONUSAC_PIXEL_SIZE,
     CONSEP_PAPER_CLASSES,
+    CONSEP_PIXEL_SIZE,
     IGNORE,
     IMAGE_SUFFIXES,
     MONUSAC_PAPER_CLASSES,
+    MONUSAC_PIXEL_SIZE,
     LabelledImage,
     LabelledSet,
 )
-from ..io.images import as_rgb_uint8, read_rgb
 
 # ---------------------------------------------------------------------------------------- CoNSeP
 
@@ -164,7 +164,9 @@ def read_consep_original(root: str | os.PathLike, split: str | None = None) -> L
     missing = [p.name for p in images if p.stem not in mats]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise FileNotFoundError(f"no .mat of the same name in {lab_dir} for {shown}; each image needs Labels/<stem>.mat")
+        raise FileNotFoundError(
+            f"no .mat of the same name in {lab_dir} for {shown}; each image needs Labels/<stem>.mat"
+        )
     items = []
     for ip in images:
         lp = mats[ip.stem]
@@ -272,8 +274,7 @@ def monusac_class_map(polygons, shape: tuple[int, int], path: str | os.PathLike 
             continue
         if key not in ids:
             raise ValueError(
-                f"{path}: unknown MoNuSAC class {cls!r}; expected one of "
-                f"{', '.join(MONUSAC_CLASS_NAMES)} or Ambiguous"
+                f"{path}: unknown MoNuSAC class {cls!r}; expected one of {', '.join(MONUSAC_CLASS_NAMES)} or Ambiguous"
             )
         if len(xy):
             rr, cc = draw_polygon(xy[:, 1], xy[:, 0], shape)
@@ -313,10 +314,7 @@ def read_monusac_original(root: str | os.PathLike) -> LabelledSet:
     )
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder; {layout}")
-    patients = [
-        p for p in sorted(root.iterdir())
-        if p.is_dir() and not p.name.startswith(".") and _monusac_files(p)
-    ]
+    patients = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and _monusac_files(p)]
     if not patients:
         if _monusac_files(root):
             patients = [root]  # root is one patient folder

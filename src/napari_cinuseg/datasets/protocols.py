@@ -8,8 +8,8 @@ background (:func:`napari_cinuseg.datasets.labelled.step_pairs`).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 # The paper's class orders (its MoNuSAC 1-1: Epithelial, then Lymphocyte, Neutrophil, Macrophage).
 CLASS_ORDERS = {
@@ -55,7 +55,9 @@ def make_protocol(spec: str, class_order: Sequence[str], known: Sequence[str] | 
         lower = {k.lower(): k for k in known}
         unknown = [c for c in order if c.lower() not in lower]
         if unknown:
-            raise ValueError(f"the class order names {', '.join(unknown)}, which the data set lacks; it has {', '.join(known)}")
+            raise ValueError(
+                f"the class order names {', '.join(unknown)}, which the data set lacks; it has {', '.join(known)}"
+            )
         order = [lower[c.lower()] for c in order]
     if len({c.lower() for c in order}) != len(order):
         raise ValueError("the class order names a class twice")
@@ -63,8 +65,7 @@ def make_protocol(spec: str, class_order: Sequence[str], known: Sequence[str] | 
         raise ValueError(f"protocol {spec}: X and Y must be at least 1")
     if x + y > len(order):
         raise ValueError(
-            f"protocol {spec} needs at least {x + y} classes but the class order has {len(order)} "
-            f"({', '.join(order)})"
+            f"protocol {spec} needs at least {x + y} classes but the class order has {len(order)} ({', '.join(order)})"
         )
     steps = [tuple(order[:x])]
     rest = order[x:]

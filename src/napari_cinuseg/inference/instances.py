@@ -168,7 +168,9 @@ def nuclei_of(
     if blockwise is None:
         blockwise = not isinstance(class_map, np.ndarray) or class_map.size > 4 * block * block
     if not blockwise:
-        labels, classes = split_nuclei(np.asarray(class_map), method=method, min_area_px=min_px, min_distance_px=dist_px)
+        labels, classes = split_nuclei(
+            np.asarray(class_map), method=method, min_area_px=min_px, min_distance_px=dist_px
+        )
         return Nuclei(labels, classes, min_px, method, note)
     labels, classes = _blockwise(class_map, method, min_px, dist_px, block, margin, out)
     return Nuclei(labels, classes, min_px, method, note)

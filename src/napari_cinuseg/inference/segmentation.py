@@ -20,19 +20,27 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generator, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..runtime import devices
-from ..runtime.events import Cancelled, CancelFlag, MemoryReduced, SegmentFinished, SegmentStarted, TileProgress, is_cancelled
-from ..model.segmenter import CiNuSegModel
 from ..io.slides import Slide
+from ..model.segmenter import CiNuSegModel
+from ..runtime import devices
+from ..runtime.events import (
+    CancelFlag,
+    Cancelled,
+    MemoryReduced,
+    SegmentFinished,
+    SegmentStarted,
+    TileProgress,
+    is_cancelled,
+)
 from .tiling import DEFAULT_TILE, blend_window, tile_origins, tissue_fraction
 
 
@@ -146,8 +154,21 @@ def segment(
         tally = _TilePass(total, batch_size, time.perf_counter())
         for band in strips:
             finished = yield from _segment_strip(
-                model, forward, tally, tiles, result, ys, band, (h, w), tile, window, min_tissue, dev, dtype,
-                net_tile if scale != 1.0 else None, cancel,
+                model,
+                forward,
+                tally,
+                tiles,
+                result,
+                ys,
+                band,
+                (h, w),
+                tile,
+                window,
+                min_tissue,
+                dev,
+                dtype,
+                net_tile if scale != 1.0 else None,
+                cancel,
             )
             if not finished:
                 return None
@@ -189,7 +210,23 @@ class _TilePass:
         return TileProgress(self.done, self.total, self.skipped, time.perf_counter() - self.t0)
 
 
-def _segment_strip(model, forward, tally: _TilePass, tiles, result, ys, band, shape, tile, window, min_tissue, dev, dtype, net_tile, cancel):
+def _segment_strip(
+    model,
+    forward,
+    tally: _TilePass,
+    tiles,
+    result,
+    ys,
+    band,
+    shape,
+    tile,
+    window,
+    min_tissue,
+    dev,
+    dtype,
+    net_tile,
+    cancel,
+):
     """One strip of output columns (``band`` = (x0, x1, its tile columns)), row of tiles by row:
     tiles with too little tissue skipped, the rest through the network in batches and blended
     into the strip's logits, each row's final part written to ``result``. Returns False when
@@ -214,7 +251,9 @@ def _segment_strip(model, forward, tally: _TilePass, tiles, result, ys, band, sh
         b = 0
         while b < len(row_imgs):
             if is_cancelled(cancel):
-                yield Cancelled(step=-1, iteration=tally.done, message="segmentation was cancelled; nothing was written")
+                yield Cancelled(
+                    step=-1, iteration=tally.done, message="segmentation was cancelled; nothing was written"
+                )
                 return False
             chunk = row_imgs[b : b + tally.batch_size]
             logits, parts = _forward_tiles(model, forward, chunk, dev, dtype, net_tile)
@@ -263,12 +302,16 @@ def _new_class_map(tmp_path: Path | None, h: int, w: int):
 
 def _fewer_tiles(dev, tile: int, before: int, after: int) -> MemoryReduced:
     return MemoryReduced(
-        "tiles", before, after,
+        "tiles",
+        before,
+        after,
         f"the {devices.describe(dev)} ran out of memory with {before} tiles of {tile} px at a time; going on with {after}",
     )
 
 
-def _accumulate(acc: torch.Tensor, wsum: torch.Tensor, logits: torch.Tensor, window: torch.Tensor, xs: list[int], tile: int) -> None:
+def _accumulate(
+    acc: torch.Tensor, wsum: torch.Tensor, logits: torch.Tensor, window: torch.Tensor, xs: list[int], tile: int
+) -> None:
     """Add each tile's logits, weighted by the blending window, into the strip's band at its column."""
     for i, bx in enumerate(xs):
         acc[:, :, bx : bx + tile] += logits[i] * window
@@ -318,7 +361,9 @@ def _forward_tiles(
                 with torch.inference_mode(), devices.autocast(dev, dtype):
                     x = model.normalize(batch)
                     if net_size is not None:
-                        x = F.interpolate(x, size=(net_size, net_size), mode="bicubic", align_corners=False, antialias=True)
+                        x = F.interpolate(
+                            x, size=(net_size, net_size), mode="bicubic", align_corners=False, antialias=True
+                        )
                     logits = net(x).logits.float()
                     if net_size is not None:
                         logits = F.interpolate(logits, size=batch.shape[-2:], mode="bilinear", align_corners=False)

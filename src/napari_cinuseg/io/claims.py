@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .atomic import StaleFileNotice, describe_write_failure, pid_alive
 
@@ -52,9 +52,17 @@ def claim(path: str | os.PathLike, option: str = "--out") -> Iterator[Path]:
             here = holder is not None and holder[1] in ("", socket.gethostname())
             if attempt == 0 and holder is not None and here and not pid_alive(holder[0]):
                 lock.unlink(missing_ok=True)  # its run was killed: take the claim over
-                warnings.warn(f"{path.name}: took over the claim of run {holder[0]}, which is no longer running", StaleFileNotice, stacklevel=3)
+                warnings.warn(
+                    f"{path.name}: took over the claim of run {holder[0]}, which is no longer running",
+                    StaleFileNotice,
+                    stacklevel=3,
+                )
                 continue
-            who = f"process {holder[0]}" + (f" on {holder[1]}" if holder and not here else "") if holder else "another process"
+            who = (
+                f"process {holder[0]}" + (f" on {holder[1]}" if holder and not here else "")
+                if holder
+                else "another process"
+            )
             raise OutputClaimed(
                 f"{path} is being written by another cinuseg run ({who}); wait for it to finish or choose "
                 f"another {option} (if no such run exists, delete {lock})"

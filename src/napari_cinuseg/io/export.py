@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -117,16 +117,27 @@ def export_masks(
         for k, (name, value) in enumerate(series):
             ome = {"axes": "YX", "Name": name}
             if pixel_size:
-                ome.update(PhysicalSizeX=pixel_size, PhysicalSizeXUnit="µm", PhysicalSizeY=pixel_size, PhysicalSizeYUnit="µm")
+                ome.update(
+                    PhysicalSizeX=pixel_size, PhysicalSizeXUnit="µm", PhysicalSizeY=pixel_size, PhysicalSizeYUnit="µm"
+                )
             tags = [(PAGE_NAME, "s", 0, name, True)] + ([(META_TAG, "s", 0, json.dumps(meta), True)] if k == 0 else [])
             tw.write(
-                _tiles(class_map, value, h, w, 1, tick), shape=(h, w), subifds=len(factors) - 1,
-                metadata=ome, extratags=tags, **physical(1), **common,
+                _tiles(class_map, value, h, w, 1, tick),
+                shape=(h, w),
+                subifds=len(factors) - 1,
+                metadata=ome,
+                extratags=tags,
+                **physical(1),
+                **common,
             )
             for f in factors[1:]:
                 tw.write(
-                    _tiles(class_map, value, h, w, f, tick), shape=(-(-h // f), -(-w // f)), subfiletype=1,
-                    metadata=None, **physical(f), **common,
+                    _tiles(class_map, value, h, w, f, tick),
+                    shape=(-(-h // f), -(-w // f)),
+                    subfiletype=1,
+                    metadata=None,
+                    **physical(f),
+                    **common,
                 )
     return path
 
@@ -187,7 +198,9 @@ def export_masks_job(class_map, path, *args, poll: float = 0.1, **kwargs):
 
     def write() -> None:
         try:
-            box["path"] = export_masks(class_map, path, *args, on_tile=lambda d, t: state.update(done=d, total=t), **kwargs)
+            box["path"] = export_masks(
+                class_map, path, *args, on_tile=lambda d, t: state.update(done=d, total=t), **kwargs
+            )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = exc
 

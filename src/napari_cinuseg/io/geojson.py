@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -112,7 +112,10 @@ def nucleus_features(
                 nid = int(ids[k])
                 cls = int(classes[nid]) if nid < len(classes) else 0
                 # + 0.5: pixel (r, c) is the square [c, c + 1] × [r, r + 1] in QuPath's coordinates
-                xy = np.round(np.stack([(ring[:, 1] + gx + 0.5) * downsample + ox, (ring[:, 0] + gy + 0.5) * downsample + oy], 1), 2)
+                xy = np.round(
+                    np.stack([(ring[:, 1] + gx + 0.5) * downsample + ox, (ring[:, 0] + gy + 0.5) * downsample + oy], 1),
+                    2,
+                )
                 classification = {"name": class_names[cls - 1] if 1 <= cls <= len(class_names) else "Unclassified"}
                 if 1 <= cls <= len(colours):
                     classification["color"] = rgb(colours[cls - 1])
@@ -120,7 +123,12 @@ def nucleus_features(
                     "type": "Feature",
                     "id": str(uuid.uuid4()),
                     "geometry": {"type": "Polygon", "coordinates": [xy.tolist()]},
-                    "properties": {"objectType": "detection", "name": f"nucleus {nid}", "nucleus": nid, "classification": classification},
+                    "properties": {
+                        "objectType": "detection",
+                        "name": f"nucleus {nid}",
+                        "nucleus": nid,
+                        "classification": classification,
+                    },
                 }
 
 

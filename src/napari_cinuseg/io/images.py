@@ -167,11 +167,15 @@ def check_image_file(path: str | os.PathLike) -> None:
         st = os.stat(p)
     except FileNotFoundError:
         if os.path.islink(p):
-            raise FileNotFoundError(f"{p} is a symbolic link to {os.readlink(p)}, which does not exist; choose the image itself") from None
+            raise FileNotFoundError(
+                f"{p} is a symbolic link to {os.readlink(p)}, which does not exist; choose the image itself"
+            ) from None
         raise FileNotFoundError(f"no image at {p}; check the name and the folder") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise ValueError(f"{p} is a symbolic link that points back to itself (a loop); choose the image file itself") from None
+            raise ValueError(
+                f"{p} is a symbolic link that points back to itself (a loop); choose the image file itself"
+            ) from None
         raise ValueError(f"{p} cannot be opened ({exc.strerror}); choose another image") from None
     if stat.S_ISDIR(st.st_mode):
         raise ValueError(f"{p} is a folder, not an image; choose an image file inside it (PNG, JPEG, TIFF or SVS)")

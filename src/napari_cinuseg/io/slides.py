@@ -26,7 +26,9 @@ def closed_on_failure(handle, unreadable: str):
         raise
     except Exception as exc:  # noqa: BLE001 - tifffile and zarr raise many kinds for a broken file
         handle.close()
-        raise ValueError(unreadable.replace("{cause}", f"{type(exc).__name__}: {exc}")) from None  # a path may hold braces
+        raise ValueError(
+            unreadable.replace("{cause}", f"{type(exc).__name__}: {exc}")
+        ) from None  # a path may hold braces
 
 
 def _ifd_chain_end(path: str | os.PathLike, size: int, limit: int = 4096) -> int | None:
@@ -186,7 +188,9 @@ class Slide:
         self.height, self.width = (shape[0], shape[1]) if self._channels_last in (True, None) else (shape[1], shape[2])
         self.dtype = np.dtype(lv.dtype)
         if self.dtype != np.uint8:
-            full = f"0..{np.iinfo(self.dtype).max}" if np.issubdtype(self.dtype, np.integer) else "0..1 (or as they are)"
+            full = (
+                f"0..{np.iinfo(self.dtype).max}" if np.issubdtype(self.dtype, np.integer) else "0..1 (or as they are)"
+            )
             warnings.warn(
                 f"{self.path}: {self.dtype} slide too large to read whole; each tile is scaled from the type's full "
                 f"range {full}, not the slide's own: data of fewer bits (e.g. 12 in 16) come out dark, so convert "
@@ -256,7 +260,7 @@ class Slide:
             self._tif.close()
             self._tif = None
 
-    def __enter__(self) -> "Slide":
+    def __enter__(self) -> Slide:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -50,7 +50,11 @@ def mixed_base_bce(
     logits = logits.float()
     is_nuc = labels == nucleus
     valid = (labels != ignore_index) & ~is_nuc
-    target = F.one_hot(torch.where(valid, labels, torch.zeros_like(labels)), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+    target = (
+        F.one_hot(torch.where(valid, labels, torch.zeros_like(labels)), logits.shape[1])
+        .permute(0, 3, 1, 2)
+        .to(logits.dtype)
+    )
     cls = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1) * valid.to(logits.dtype)
     nuc = nucleus_weight * nucleus_only_bce(logits, is_nuc)
     counted = valid | is_nuc

@@ -3,7 +3,7 @@ eq. 11's hard negatives (the notation is in the package's docstring)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -7,8 +7,9 @@ A method turns the model's output on a batch (and, if it uses one, the frozen pr
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -188,6 +189,19 @@ def _load_builtin() -> None:
 
 
 __all__ = [
-    "BASE_METHODS", "Method", "Setting", "StepBatch", "StepContext", "all_method_settings", "available", "base_method",
-    "classifier_init", "configure", "get_method", "method_settings", "register", "setting", "settings_of",
+    "BASE_METHODS",
+    "Method",
+    "Setting",
+    "StepBatch",
+    "StepContext",
+    "all_method_settings",
+    "available",
+    "base_method",
+    "classifier_init",
+    "configure",
+    "get_method",
+    "method_settings",
+    "register",
+    "setting",
+    "settings_of",
 ]

@@ -7,7 +7,7 @@ imports another module of this package only when it extends that method, and say
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -113,7 +113,9 @@ def compose_background(logits: torch.Tensor, residual: torch.Tensor, k_old: int)
     return torch.cat([bg, logits[:, 1:k_old].detach(), logits[:, k_old:]], dim=1)
 
 
-def pseudo_background_bce(adapted: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def pseudo_background_bce(
+    adapted: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """PB-BCE: Σ_k BCE(adapted_k, onehot(targets)_k) averaged over the batch's pixels whose target is
     not ``ignore_index`` (0 when there are none)."""
     valid = targets != ignore_index
@@ -143,7 +145,9 @@ def group_distillation(logits: torch.Tensor, old_logits: torch.Tensor) -> torch.
     return bce.mean(dim=(0, 2, 3)).sum()
 
 
-def background_feature_distillation(embedding: torch.Tensor, old_embedding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def background_feature_distillation(
+    embedding: torch.Tensor, old_embedding: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """BFD: mean over all elements of (f·1[y=0] − f̂·1[y=0])², labels resized to f's size by nearest
     neighbour; no gradient into ``old_embedding``."""
     f, g = embedding.float(), old_embedding.detach().float()
@@ -208,11 +212,7 @@ class BARM:
         gkd = group_distillation(b.logits, b.old_logits)
         bfd = background_feature_distillation(b.embedding, b.old_embedding, b.labels)
         loss = (
-            pb_bce
-            + self.lambda_ba_t * ba_t
-            + self.lambda_bfd * bfd
-            + self.lambda_gkd * gkd
-            + self.lambda_ba_ce * ba_ce
+            pb_bce + self.lambda_ba_t * ba_t + self.lambda_bfd * bfd + self.lambda_gkd * gkd + self.lambda_ba_ce * ba_ce
         )
         terms = {"pb_bce": pb_bce, "ba_t": ba_t, "ba_ce": ba_ce, "gkd": gkd, "bfd": bfd}
         return LossOutput(loss=loss, terms={k: float(v.detach()) for k, v in terms.items()})

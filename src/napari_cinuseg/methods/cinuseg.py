@@ -30,8 +30,15 @@ class CiNuSeg:
     # σ of eqs. 15-16 on a step whose images are labelled in full (the paper's setting): 0, ATT on
     # every crop with a new-class pixel, measured best on the CPU protocols (docs/method.md, ATT);
     # the paper's 0.7 with sigma=0.7. On a painted step (a few nuclei painted), sigma_painted.
-    sigma: float = setting(0.0, "σ (labelled in full), eqs. 15-16: ATT fires on a crop whose new-class share is above it, on a step whose images are labelled in full (the paper's is 0.7)", 0.0, 0.99)
-    sigma_painted: float = setting(0.7, "σ (painted), eqs. 15-16 on a painted step (under 90 % of its pixels labelled)", 0.0, 0.99)
+    sigma: float = setting(
+        0.0,
+        "σ (labelled in full), eqs. 15-16: ATT fires on a crop whose new-class share is above it, on a step whose images are labelled in full (the paper's is 0.7)",
+        0.0,
+        0.99,
+    )
+    sigma_painted: float = setting(
+        0.7, "σ (painted), eqs. 15-16 on a painted step (under 90 % of its pixels labelled)", 0.0, 0.99
+    )
     alpha_o: float = setting(10.0, "α_o, eq. 16: the old-class loss factor where ATT fires", 0.0, 100.0)
     alpha_n: float = setting(0.5, "α_n, eq. 15: the new-class loss factor where ATT fires", 0.0, 10.0)
     # eqs. 4-5 on the softmax over channels (MiB's reading, the default) or, as a binary
@@ -42,24 +49,35 @@ class CiNuSeg:
     adaptive_tau: bool = setting(False, "eq. 1's τ per old class, lowered for an under-confident prior")
     # eq. 1 on pixels nobody labelled (the paper labels every pixel): "prior" keeps the prior's
     # prediction where it is an old class, at any score; "tau" reads eq. 1 as written
-    unpainted: str = setting("prior", "eq. 1 on unlabelled pixels: the prior's prediction, or τ as written", choices=("prior", "tau"))
+    unpainted: str = setting(
+        "prior", "eq. 1 on unlabelled pixels: the prior's prediction, or τ as written", choices=("prior", "tau")
+    )
     # NS on an unpainted pixel that only the prior's argmax gives an old class (score ≤ τ): a
     # negative of the new class too (True), or only a keeper of the old class (False)
-    uncertain_negatives: bool = setting(True, "an unpainted pixel the prior calls old below τ is a negative of the new class too")
+    uncertain_negatives: bool = setting(
+        True, "an unpainted pixel the prior calls old below τ is a negative of the new class too"
+    )
     # with unpainted="prior": an unpainted pixel that no old class claims and whose prior
     # background score is above this is background too (1 = never: such pixels stay unlabelled)
-    unpainted_background: float = setting(0.5, "an unpainted pixel the prior calls background with a score above this is background (1 = never)", 0.0, 1.0)
+    unpainted_background: float = setting(
+        0.5, "an unpainted pixel the prior calls background with a score above this is background (1 = never)", 0.0, 1.0
+    )
     # that background as its own mean in NS (eq. 12), weighed as much as the other pixels together
-    background_apart: bool = setting(True, "the unpainted background is its own mean in NS, weighed as much as the rest")
+    background_apart: bool = setting(
+        True, "the unpainted background is its own mean in NS, weighed as much as the rest"
+    )
     # eq. 1 on a labelled background pixel the prior's argmax calls old at a score ≤ τ: background
     # (the paper), unlabelled (PLOP's reading of an uncertain pseudo-label) or that old class
     uncertain_old: str = setting(
-        "background", "eq. 1 on labelled background the prior calls old below τ: background, unlabelled, or that class",
+        "background",
+        "eq. 1 on labelled background the prior calls old below τ: background, unlabelled, or that class",
         choices=UNCERTAIN_OLD,
     )
     # eq. 5 over every pixel, those labelled as a new class too (the paper), on every step; off,
     # distillation leaves out the pixels labelled as a new class
-    pkd_on_new: bool = setting(True, "eq. 5 over every pixel, the new class's too (the paper), not only those not labelled new")
+    pkd_on_new: bool = setting(
+        True, "eq. 5 over every pixel, the new class's too (the paper), not only those not labelled new"
+    )
     uses_prior: bool = True
     scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
     tau_per_class: torch.Tensor | None = field(default=None, repr=False)

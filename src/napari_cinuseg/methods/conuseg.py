@@ -77,8 +77,8 @@ Labels are channel ids: 0 background, the new classes' channels (K_old..K−1), 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -388,7 +388,9 @@ class CoNuSeg:
             feats, old_feats, pseudo_small, k_old, self.prd_current_temp, self.prd_past_temp
         )
         logits_small = F.interpolate(b.logits.float(), size=size, mode="nearest")
-        pcon = prototype_contrastive(feats, self.prototypes, logits_small, pseudo_small, k_old, self.pcon_temp, self.hard)
+        pcon = prototype_contrastive(
+            feats, self.prototypes, logits_small, pseudo_small, k_old, self.pcon_temp, self.hard
+        )
         return LossOutput(
             loss=puce + self.lambda_prd * prd + self.lambda_pcon * pcon,
             terms={"puce": float(puce.detach()), "prd": float(prd.detach()), "pcon": float(pcon.detach())},

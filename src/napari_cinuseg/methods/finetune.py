@@ -22,7 +22,9 @@ class FineTune:
     def loss(self, b: StepBatch) -> LossOutput:
         if self.nucleus_targets:
             per_image, cls, nuc = mixed_base_bce(b.logits, b.labels, NUCLEUS)
-            return LossOutput(loss=per_image.mean(), terms={"bce": float(cls.detach().mean()), "nucleus": float(nuc.detach().mean())})
+            return LossOutput(
+                loss=per_image.mean(), terms={"bce": float(cls.detach().mean()), "nucleus": float(nuc.detach().mean())}
+            )
         per_image = base_bce(b.logits, b.labels)
         return LossOutput(loss=per_image.mean(), terms={"bce": float(per_image.detach().mean())})
 

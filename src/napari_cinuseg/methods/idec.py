@@ -74,8 +74,8 @@ Labels are channel ids: 0 background, the new classes' channels (K_old..K−1), 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -235,9 +235,7 @@ class IDEC:
         old_maps = [*b.old_features[:3], b.old_embedding]
         kd_feat = dense_distillation(maps, old_maps, self.layer_weights, self.kd_alpha)
         kd_logits = channel_distillation(b.logits, b.old_logits, self.kd_alpha)
-        arcl = asymmetric_region_contrast(
-            b.embedding, b.old_embedding, pseudo, k, self.margin, self.normalize_regions
-        )
+        arcl = asymmetric_region_contrast(b.embedding, b.old_embedding, pseudo, k, self.margin, self.normalize_regions)
         loss = bce + kd_feat + self.lambda_logits * kd_logits + self.lambda_arcl * arcl
         return LossOutput(
             loss=loss,

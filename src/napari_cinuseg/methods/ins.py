@@ -68,8 +68,8 @@ Labels are channel ids: 0 background, the new classes' channels (K_old..K−1), 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -159,7 +159,9 @@ def installed_classifier(
     rows = transformed_weights(old_weight, importance, projection)
     old_rows = torch.cat([bg[None], old_weight[1:]])
     new_norm = rows.norm(dim=1).mean()
-    gamma = torch.where(new_norm > 0, old_rows.norm(dim=1).mean() / new_norm.clamp_min(1e-12), torch.ones_like(new_norm))
+    gamma = torch.where(
+        new_norm > 0, old_rows.norm(dim=1).mean() / new_norm.clamp_min(1e-12), torch.ones_like(new_norm)
+    )
     return bg, rows * gamma, bias
 
 

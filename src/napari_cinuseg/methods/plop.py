@@ -57,8 +57,8 @@ Where this module departs from the code, on purpose:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F

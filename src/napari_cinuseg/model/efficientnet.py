@@ -28,7 +28,15 @@ from ..runtime.names import EFFICIENTNETS
 
 # (kernel, stride, expansion, output channels, repeats) of the seven stages of EfficientNet-B0,
 # which Lite0 shares.
-_STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3), (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
+_STAGES = (
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+    (5, 2, 6, 192, 4),
+    (3, 1, 6, 320, 1),
+)
 # width and depth multipliers of the Lite variants (names.EFFICIENTNETS, in that order)
 VARIANTS = dict(zip(EFFICIENTNETS, ((1.0, 1.0), (1.0, 1.1), (1.1, 1.2))))
 # Input normalisation the Lite weights were trained with (TensorFlow's (x − 127) / 128), in the

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from ..io.atomic import atomic_path, describe_write_failure
-from .segmenter import CiNuSegModel
 from .network import Architecture, NucleiSegNet
+from .segmenter import CiNuSegModel
 
 FORMAT = "napari-cinuseg-model"
 FORMAT_VERSION = 2  # 2: convolution kernels may be stored in 8 bits (save_model(int8=True))
@@ -107,7 +107,12 @@ def _not_a_torch_file(path: Path) -> str | None:
         return None
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         return "it is an old-style PyTorch/pickle file, not the zip file napari-cinuseg writes; pickles are never loaded (they could run code)"
-    image = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image"}
+    image = {
+        b"\x89PNG": "a PNG image",
+        b"\xff\xd8\xff": "a JPEG image",
+        b"II*\x00": "a TIFF image",
+        b"MM\x00*": "a TIFF image",
+    }
     for magic, what in image.items():
         if head.startswith(magic):
             return f"it is {what}, renamed"
@@ -132,7 +137,11 @@ def _read_payload(path: Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every reader failure becomes advice
         text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text or "UnpicklingError" in type(exc).__name__:
+        if (
+            "Weights only load failed" in text
+            or "Unsupported global" in text
+            or "UnpicklingError" in type(exc).__name__
+        ):
             reason = "it contains pickled Python objects, which are never loaded (they could run code)"
         elif "zip archive" in text or "central directory" in text or "PytorchStreamReader" in text:
             reason = "it is not a complete PyTorch file (truncated, or another format)"
@@ -219,7 +228,9 @@ def _check_record(path: Path, record: dict, net: NucleiSegNet) -> None:
         try:
             values = [float(v) for v in values]
         except (TypeError, ValueError):
-            raise ModelFileError(f"{path}: normalization {key} {values!r} is not a list of numbers; the record is damaged") from None
+            raise ModelFileError(
+                f"{path}: normalization {key} {values!r} is not a list of numbers; the record is damaged"
+            ) from None
         bad = [v for v in values if not math.isfinite(v) or (key == "std" and v <= 0)]
         if bad:
             need = "positive and finite" if key == "std" else "finite"

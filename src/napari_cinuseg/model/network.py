@@ -20,8 +20,9 @@ from torch import nn
 from torchvision import models
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from .efficientnet import EfficientNetLiteEncoder
 from ..runtime.names import DECODERS, ENCODERS, RESNETS
+from .efficientnet import EfficientNetLiteEncoder
+
 CLASSIFIER_INITS = ("sigmoid", "softmax")
 # The score a new class starts at under the "sigmoid" initialisation (a 1 % prior).
 NEW_CLASS_PRIOR = 0.01
@@ -53,7 +54,7 @@ class Architecture:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Architecture":
+    def from_dict(cls, d: dict) -> Architecture:
         return cls(**{k: d[k] for k in ("encoder", "decoder", "decoder_channels", "num_classes") if k in d})
 
 
@@ -112,7 +113,7 @@ class ResNetEncoder(nn.Module):
                 continue
             for src, dst in (("conv1.", "stem.0."), ("bn1.", "stem.1.")):
                 if key.startswith(src):
-                    key = dst + key[len(src):]
+                    key = dst + key[len(src) :]
             mapped[key] = value
         missing, unexpected = self.load_state_dict(mapped, strict=False)
         if missing or unexpected:

@@ -6,7 +6,7 @@ import copy
 import math
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ class StepRecord:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def check_class_name(name: str, known: list[str]) -> str:
@@ -170,7 +170,7 @@ class CiNuSegModel:
         colours: list[str] | None = None,
         encoder_weights: str | None = None,
         input: str = "rgb",
-    ) -> "CiNuSegModel":
+    ) -> CiNuSegModel:
         """A fresh model for step 0 with these classes, seeing ``input`` (names.INPUTS)."""
         names: list[str] = []
         for n in class_names:
@@ -187,9 +187,7 @@ class CiNuSegModel:
             mean, std = (HEMATOXYLIN_MEAN,) * 3, (HEMATOXYLIN_STD,) * 3
         return cls(net, classes, mean=mean, std=std, encoder_init=init, input=input)
 
-    def child(
-        self, new_names: list[str], colours: list[str] | None = None, init: str = "sigmoid"
-    ) -> "CiNuSegModel":
+    def child(self, new_names: list[str], colours: list[str] | None = None, init: str = "sigmoid") -> CiNuSegModel:
         """A copy of this model, grown by ``new_names`` for the next step; this model is unchanged.
 
         ``init`` is how the new classifier rows start (:meth:`NucleiSegNet.add_classes`):
@@ -259,7 +257,7 @@ class CiNuSegModel:
         }
 
     @classmethod
-    def from_record(cls, record: dict, network: NucleiSegNet) -> "CiNuSegModel":
+    def from_record(cls, record: dict, network: NucleiSegNet) -> CiNuSegModel:
         norm = record.get("normalization", {})
         return cls(
             network,

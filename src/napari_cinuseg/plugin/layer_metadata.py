@@ -27,7 +27,12 @@ NUCLEI_KEY = "cinuseg_nuclei"
 
 def result_metadata(class_names, colours, model_id, pixel_size_um=None) -> dict:
     """The ``RESULT_KEY`` entry of a class-map layer."""
-    return {"class_names": list(class_names), "colours": list(colours), "model_id": model_id, PIXEL_SIZE_KEY: pixel_size_um}
+    return {
+        "class_names": list(class_names),
+        "colours": list(colours),
+        "model_id": model_id,
+        PIXEL_SIZE_KEY: pixel_size_um,
+    }
 
 
 def layer_pixel_size(metadata: dict | None) -> float | None:

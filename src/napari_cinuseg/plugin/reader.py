@@ -13,15 +13,16 @@ saved class map can be opened, corrected and saved again.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..io.export import masks_metadata, masks_pyramidal
 from ..io.images import IN_MEMORY_LIMIT_PX, as_rgb_uint8
-from .layer_metadata import PIXEL_SIZE_KEY, RESULT_KEY, result_metadata
 from ..io.slides import TIFF_SUFFIXES, Slide, closed_on_failure, file_pixel_size, open_tiff
+from .layer_metadata import PIXEL_SIZE_KEY, RESULT_KEY, result_metadata
 
 # .ome.tif / .ome.tiff end in .tif / .tiff; napari.yaml lists the same (a test checks it)
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -97,7 +98,9 @@ def _read_one(path: Path) -> LayerData:
 
 
 def _read_tiff(path: Path) -> LayerData:
-    unreadable = f"{path} could not be read as an image ({{cause}}); is the file complete (not truncated by a download or copy)?"
+    unreadable = (
+        f"{path} could not be read as an image ({{cause}}); is the file complete (not truncated by a download or copy)?"
+    )
     with closed_on_failure(open_tiff(path), unreadable) as tif:
         masks_meta = masks_metadata(tif)
         if masks_meta is not None:

@@ -75,11 +75,23 @@ def write_masks(path: str | os.PathLike, data: Any, attributes: dict) -> list[st
     class_map = _as_uint8(data)
     nuclei = (attributes.get("metadata") or {}).get(NUCLEI_KEY) or nuclei_of(class_map, pixel_size_um=pixel_size)
     try:  # export_nuclei leaves no table or outlines without their masks file
-        _, csv_path, gj_path = drain(export_nuclei(
-            class_map, nuclei, path, names, colours, model_id, extra=extra, overwrite=True, pixel_size=pixel_size,
-        ))
+        _, csv_path, gj_path = drain(
+            export_nuclei(
+                class_map,
+                nuclei,
+                path,
+                names,
+                colours,
+                model_id,
+                extra=extra,
+                overwrite=True,
+                pixel_size=pixel_size,
+            )
+        )
     except OSError as exc:
-        raise OSError(exc.errno, f"{path} could not be written: {describe_write_failure(exc, path)}", str(path)) from None
+        raise OSError(
+            exc.errno, f"{path} could not be written: {describe_write_failure(exc, path)}", str(path)
+        ) from None
     return [str(path), str(csv_path), str(gj_path)]
 
 

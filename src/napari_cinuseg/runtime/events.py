@@ -6,9 +6,10 @@ layers; the CLI drains it with a progress bar; tests drain it directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import threading
-from typing import Any, Callable, Generator
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
 
 CancelFlag = threading.Event | Callable[[], bool] | None
 

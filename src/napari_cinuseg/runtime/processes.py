@@ -14,8 +14,9 @@ import pickle
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Callable, Generator
+from typing import Any
 
 import numpy as np
 
@@ -135,7 +136,10 @@ def run_in_process(fn: Callable, *args, poll: float = 0.1, **kwargs) -> Generato
 
 def _run(payload: bytes, poll: float):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "napari_cinuseg.runtime.processes"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "napari_cinuseg.runtime.processes"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         # sent whole before reading: communicate() drops the rest of an input when it times out
@@ -161,7 +165,9 @@ def _run(payload: bytes, poll: float):
             proc.communicate()
     if not out:
         tail = err.decode(errors="replace").strip().splitlines()[-3:]
-        raise RuntimeError(f"the separate process ended without a result (exit code {proc.returncode}): " + " / ".join(tail))
+        raise RuntimeError(
+            f"the separate process ended without a result (exit code {proc.returncode}): " + " / ".join(tail)
+        )
     ok, value = pickle.loads(out)
     if not ok:
         raise value

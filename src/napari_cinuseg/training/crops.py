@@ -3,13 +3,13 @@ and scale jitter (augment.py), the same whatever the number of loader workers.""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from . import augment
 from ..datasets.labelled import IGNORE, TrainingPair
+from . import augment
 
 
 class CropDataset(torch.utils.data.Dataset):

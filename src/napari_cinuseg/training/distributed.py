@@ -20,7 +20,7 @@ Launch any training command under torchrun and it runs data-parallel::
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -7,15 +7,19 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Generator, Sequence
 
 import numpy as np
 import torch
 
-from ..runtime import devices
 from ..analysis.forgetting import old_class_agreement
 from ..datasets.labelled import IGNORE, TrainingPair, labelled_share
+from ..losses import LossOutput
+from ..methods import StepContext, settings_of
+from ..model.file import save_model
+from ..model.segmenter import CiNuSegModel, StepRecord, image_batch
+from ..runtime import devices
 from ..runtime.events import (
     CancelFlag,
     Cancelled,
@@ -28,10 +32,6 @@ from ..runtime.events import (
     StepStarted,
     is_cancelled,
 )
-from ..losses import LossOutput
-from ..methods import StepContext, settings_of
-from ..model.segmenter import CiNuSegModel, StepRecord, image_batch
-from ..model.file import save_model
 from . import distributed
 from .crops import CropDataset
 from .settings import TrainSettings
@@ -116,7 +116,7 @@ class _Loop:
         share = labelled_share(self.pairs, len(self.channel_of_target))  # the values the table maps
         return StepContext(self.prior, self.model, list(self.new_classes), self.settings, device, batches, share)
 
-    def _iteration(self, images, target, gear: "_Gear") -> tuple[LossOutput, str | None, float]:
+    def _iteration(self, images, target, gear: _Gear) -> tuple[LossOutput, str | None, float]:
         """One optimisation step on one batch of crops: (the loss, why the optimiser did not
         step or None, the gradient's norm before clipping)."""
         device, amp, opt, scaler = gear.device, gear.amp, gear.opt, gear.scaler
@@ -189,7 +189,11 @@ class _Loop:
                 "(lr_step) or check the annotations"
             )
         return IterationSkipped(
-            step=self.step, iteration=it, reason=reason, value=value, skipped=len(skips),
+            step=self.step,
+            iteration=it,
+            reason=reason,
+            value=value,
+            skipped=len(skips),
             message=(
                 f"iteration {it}: the {reason} was {value}; the weights were left as they "
                 f"were ({len(skips)} iteration(s) skipped so far, at most {limit})"
@@ -217,8 +221,13 @@ class _Loop:
         seed_everything(s.seed)
         device = distributed.init_from_env(devices.resolve_device(s.device))  # torchrun: this rank's
         dataset = CropDataset(
-            self.pairs, s.crop_size, s.seed, length=s.batch_size, stain_jitter=s.stain_jitter,
-            scale_jitter=s.scale_jitter, painted_share=s.painted_crops if self.new_classes else 0.0,
+            self.pairs,
+            s.crop_size,
+            s.seed,
+            length=s.batch_size,
+            stain_jitter=s.stain_jitter,
+            scale_jitter=s.scale_jitter,
+            painted_share=s.painted_crops if self.new_classes else 0.0,
         )
         per_epoch = max(len(dataset) // s.batch_size, 1)  # the global batch, over all ranks
         total = s.iterations or max(s.epochs * per_epoch, s.min_iterations)
@@ -265,7 +274,7 @@ class _Loop:
         yield StepFinished(step=self.step, model=self.model, seconds=seconds, path=path)
         return self.model
 
-    def _gear(self, device: torch.device) -> "_Gear":
+    def _gear(self, device: torch.device) -> _Gear:
         """The networks on the device (the prior frozen in eval mode, BatchNorm frozen where the
         step keeps it), the optimiser, the fp16 scaler and the target → channel table."""
         s = self.settings
@@ -300,7 +309,7 @@ class _Loop:
                 opt.add_param_group({"params": params})
                 self._extra = params
 
-    def _loader(self, dataset: CropDataset, batch: int, gear: "_Gear"):
+    def _loader(self, dataset: CropDataset, batch: int, gear: _Gear):
         sampler = distributed.GlobalBatchSampler(len(dataset), batch, self.settings.seed, gear.rank, gear.world)
         loader = torch.utils.data.DataLoader(
             dataset,
@@ -313,7 +322,7 @@ class _Loop:
         )
         return loader, sampler
 
-    def _iterations(self, dataset: CropDataset, total: int, gear: "_Gear", tally: "Tally", cancel: CancelFlag):
+    def _iterations(self, dataset: CropDataset, total: int, gear: _Gear, tally: Tally, cancel: CancelFlag):
         """Epochs of crops until ``total`` iterations: each one optimised, skipped when not
         finite, or (out of memory) the epoch begun again with half the batch. Yields the events;
         returns False when cancelled."""
@@ -341,7 +350,9 @@ class _Loop:
                     gear.opt.zero_grad(set_to_none=True)
                     before, batch = batch, self._smaller_batch(batch, gear.device, gear.world, gear.rank)
                     yield MemoryReduced(
-                        "batch", before, batch,
+                        "batch",
+                        before,
+                        batch,
                         f"the {devices.describe(gear.device)} ran out of memory with a batch of {before}; "
                         f"going on with {batch} (the same number of iterations, each on fewer crops)",
                     )
@@ -376,7 +387,7 @@ class _Loop:
                 tally.epoch += 1
         return True
 
-    def _results(self, tally: "Tally", seconds: float, gear: "_Gear", forgetting) -> dict:
+    def _results(self, tally: Tally, seconds: float, gear: _Gear, forgetting) -> dict:
         """The step record's results: iterations, time, final loss, device, loss curve, ATT
         share, forgetting report, memory notes and skipped iterations."""
         att_seen, att_fired = tally.att

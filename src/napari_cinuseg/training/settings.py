@@ -59,12 +59,12 @@ class TrainSettings:
 
         return Architecture(self.encoder, self.decoder, self.decoder_channels, num_classes)
 
-    def for_network(self, arch) -> "TrainSettings":
+    def for_network(self, arch) -> TrainSettings:
         """These settings with the network of ``arch`` (a prior model's): a step keeps its
         prior's network, so its settings must name that network."""
         return self.replace(encoder=arch.encoder, decoder=arch.decoder, decoder_channels=tuple(arch.decoder_channels))
 
-    def replace(self, **changes) -> "TrainSettings":
+    def replace(self, **changes) -> TrainSettings:
         """These settings with ``changes``; a name that is no training setting but a method's
         own (e.g. ``tau``) goes into ``method_settings``."""
         own = {f.name for f in fields(self)}
@@ -188,4 +188,3 @@ def parse_changes(pairs) -> dict:
 def from_dict(d: dict) -> TrainSettings:
     known = {f.name for f in fields(TrainSettings)}
     return TrainSettings(**{k: v for k, v in d.items() if k in known})
-

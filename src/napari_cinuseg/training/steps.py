@@ -9,15 +9,15 @@ step writes no file and leaves the prior model as it was.
 from __future__ import annotations
 
 import os
-from typing import Generator, Sequence
+from collections.abc import Generator, Sequence
 
 from ..datasets.labelled import TrainingPair, check_pairs
-from ..runtime.events import CancelFlag, Event
-from ..runtime.names import IGNORE, NUCLEUS
 from ..methods import StepBatch, classifier_init, get_method
 from ..methods.offline import Offline
-from ..model.segmenter import CiNuSegModel
 from ..model.file import ModelFileError, load_model
+from ..model.segmenter import CiNuSegModel
+from ..runtime.events import CancelFlag, Event
+from ..runtime.names import IGNORE, NUCLEUS
 from .loop import _Loop, seed_everything
 from .settings import TrainSettings
 
@@ -71,7 +71,9 @@ def train_base(
                 f"init: the model to go on from has classes {init.class_names}, network {init.arch} and input "
                 f"{init.input}; the settings ask for {list(class_names)}, {model.arch}, {model.input}"
             )
-        model.network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in init.network.state_dict().items()})
+        model.network.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in init.network.state_dict().items()}
+        )
         model.mean, model.std, model.pixel_size = init.mean, init.std, model.pixel_size or init.pixel_size
     check_pairs(pairs, len(model.classes), allow_nucleus=True)
     _check_out(out, None)

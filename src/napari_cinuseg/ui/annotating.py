@@ -24,17 +24,23 @@ class AnnotationsHost:
         try:
             name, colour = self._new_class()
             image = self.class_section.image_layer(self.viewer)
-            layer = layers.add_annotation_layer(self.viewer, image, name, colour, self.class_section.exhaustive.isChecked())
+            layer = layers.add_annotation_layer(
+                self.viewer, image, name, colour, self.class_section.exhaustive.isChecked()
+            )
             layers.reserve_region(self.viewer, image.name, "step result", layers.PREVIEW_TITLE)
         except ValueError as exc:
             self._say(str(exc), error=True)
             return None
-        self._say(f"Paint {name} with label 1 and background with label 2; elsewhere the step keeps what the current model finds.")
+        self._say(
+            f"Paint {name} with label 1 and background with label 2; elsewhere the step keeps what the current model finds."
+        )
         return layer
 
     def _choose_annotation_file(self) -> None:
         folder = Path(self.model.source_path).parent if self.model and self.model.source_path else self.storage.models
-        path, _ = QFileDialog.getOpenFileName(self, "Open an annotation", str(folder), "CiNuSeg annotations (*.annotation.tif);;TIFF (*.tif *.tiff)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open an annotation", str(folder), "CiNuSeg annotations (*.annotation.tif);;TIFF (*.tif *.tiff)"
+        )
         if path:
             self.open_annotation(path)
 
@@ -45,7 +51,9 @@ class AnnotationsHost:
         try:
             labels, info = read_annotation(path)
             if info["image"] not in self.viewer.layers:
-                raise ValueError(f"{path.name} was painted on the image {info['image']!r}, which is not open; open it first, then the annotation")
+                raise ValueError(
+                    f"{path.name} was painted on the image {info['image']!r}, which is not open; open it first, then the annotation"
+                )
             image = self.viewer.layers[info["image"]]
             colour = info.get("colour") or self.class_section.colour.text()
             layer = layers.add_annotation_layer(self.viewer, image, info["class"], colour, False, data=labels)
@@ -65,7 +73,7 @@ class AnnotationsHost:
         source = Path(self.model.source_path) if self.model is not None and self.model.source_path else None
         if source is None or source.resolve() == BUNDLED_MODEL.resolve():
             self.storage.models.mkdir(parents=True, exist_ok=True)
-            return Path(self.storage.models) / ((source.name if source else "no-model.cinuseg.pt"))
+            return Path(self.storage.models) / (source.name if source else "no-model.cinuseg.pt")
         return source
 
     def save_annotations(self, model_path=None, class_name: str | None = None) -> list[Path]:
@@ -92,5 +100,7 @@ class AnnotationsHost:
 
     def training_pairs(self, class_name: str) -> list:
         """Every annotation layer of this class, as engine training pairs (headless: annotations)."""
-        pairs, self.last_crops = layers.annotation_pairs(self.viewer, class_name, self.class_section.exhaustive.isChecked())
+        pairs, self.last_crops = layers.annotation_pairs(
+            self.viewer, class_name, self.class_section.exhaustive.isChecked()
+        )
         return pairs

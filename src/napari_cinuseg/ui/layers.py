@@ -11,8 +11,16 @@ import numpy as np
 
 from ..annotations import training_pair
 from ..io.images import IN_MEMORY_LIMIT_PX, rgb_view
+from ..plugin.layer_metadata import (
+    ANNOTATION_KEY,
+    EXHAUSTIVE_KEY,
+    NUCLEI_KEY,
+    PANEL_LAYER_KEY,
+    RESULT_KEY,
+    layer_pixel_size,
+    result_metadata,
+)
 from ..plugin.reader import labels_colormap
-from ..plugin.layer_metadata import ANNOTATION_KEY, EXHAUSTIVE_KEY, NUCLEI_KEY, PANEL_LAYER_KEY, RESULT_KEY, layer_pixel_size, result_metadata
 
 # ATT's two cases, as docs/usage.md's legend gives them
 ATT_FIRED, ATT_OFF = "#ff8c00", "#00c8ff"
@@ -64,19 +72,26 @@ def add_annotation_layer(viewer, image, name: str, colour: str, exhaustive: bool
     h, w = level0(image).shape[:2]
     if data is not None:
         if tuple(data.shape[:2]) != (h, w):
-            raise ValueError(f"the annotation is {tuple(data.shape[:2])} but the image {image.name!r} is {(h, w)}; open it over the image it was painted on")
+            raise ValueError(
+                f"the annotation is {tuple(data.shape[:2])} but the image {image.name!r} is {(h, w)}; open it over the image it was painted on"
+            )
     elif h * w <= IN_MEMORY_LIMIT_PX:
         data = np.zeros((h, w), np.uint8)
     else:
         data = zarr.zeros((h, w), chunks=(1024, 1024), dtype="uint8")
     layer = viewer.add_labels(
-        data, name=f"{image.name} · {name} annotation", colormap=labels_colormap({1: colour, 2: "#9e9e9e"}),
+        data,
+        name=f"{image.name} · {name} annotation",
+        colormap=labels_colormap({1: colour, 2: "#9e9e9e"}),
         metadata={ANNOTATION_KEY: {"image": image.name, "class": name, "colour": colour}},
     )
     layer.selected_label, layer.brush_size, layer.mode = 1, 8, "paint"
     if exhaustive:
         viewer.add_shapes(
-            name=f"{image.name} · exhaustive regions", edge_color="yellow", face_color="transparent", edge_width=4,
+            name=f"{image.name} · exhaustive regions",
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=4,
             metadata={EXHAUSTIVE_KEY: {"image": image.name}},
         )
         viewer.layers.selection.active = layer
@@ -142,13 +157,21 @@ def add_att_layer(viewer, crops: list, pair_origins: list):
     if not rects:
         return None
     layer = Shapes(
-        rects, shape_type="rectangle", name="last training crops (ATT)", features=feats,
-        face_color="transparent", edge_color=colours, edge_width=3, visible=False,
+        rects,
+        shape_type="rectangle",
+        name="last training crops (ATT)",
+        features=feats,
+        face_color="transparent",
+        edge_color=colours,
+        edge_width=3,
+        visible=False,
     )
     return _put(viewer, layer, "", ("att",))  # one such layer, whichever images the step used
 
 
-def show_region(viewer, image_name: str, kind: str, class_map: np.ndarray, origin: tuple[int, int], colours: list[str], title: str):
+def show_region(
+    viewer, image_name: str, kind: str, class_map: np.ndarray, origin: tuple[int, int], colours: list[str], title: str
+):
     """A class map of part of an image (a painted region) at ``origin`` in it, as a Labels layer
     named ``<image> · <title>``. The panel's layer of the same image and kind is updated in place
     (new data, place, name and colours): making a napari layer costs the viewer's thread about
@@ -161,7 +184,9 @@ def show_region(viewer, image_name: str, kind: str, class_map: np.ndarray, origi
     for layer in panel_layers(viewer, image_name, kind):
         if tuple(layer.translate) != tuple(origin):
             layer.translate = origin
-        if len(getattr(layer.colormap, "color_dict", None) or {}) != len(colormap.color_dict):  # a reserved layer has none
+        if len(getattr(layer.colormap, "color_dict", None) or {}) != len(
+            colormap.color_dict
+        ):  # a reserved layer has none
             layer.colormap = colormap
         if isinstance(layer.data, np.ndarray) and layer.data.shape == class_map.shape and layer.data.flags.writeable:
             layer.data[...] = class_map  # in place, then one refresh: about half the cost of new data
@@ -214,11 +239,21 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
 
     multiscale = isinstance(class_map, list)
     colours = [c.colour for c in model.classes]
-    features = pd.DataFrame({"index": range(model.num_channels), "name": ["background"] + model.class_names, "colour": ["#000000"] + colours})
+    features = pd.DataFrame(
+        {
+            "index": range(model.num_channels),
+            "name": ["background"] + model.class_names,
+            "colour": ["#000000"] + colours,
+        }
+    )
     meta = {RESULT_KEY: result_metadata(model.class_names, colours, model.id, pixel_size)}
     classes = Labels(
-        class_map, name=f"{image_name} · classes", colormap=labels_colormap(dict(enumerate(colours, start=1))),
-        features=features, metadata=meta, multiscale=multiscale,
+        class_map,
+        name=f"{image_name} · classes",
+        colormap=labels_colormap(dict(enumerate(colours, start=1))),
+        features=features,
+        metadata=meta,
+        multiscale=multiscale,
     )
     if nuclei is not None:
         classes.metadata[NUCLEI_KEY] = nuclei
@@ -229,7 +264,11 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
         classes.events.paint.connect(forget_nuclei)
         classes.events.data.connect(forget_nuclei)
     # where the old result was: the class map first, then its nuclei and masks
-    old = panel_layers(viewer, image_name, "classes") + panel_layers(viewer, image_name, "nuclei") + panel_layers(viewer, image_name, "mask")
+    old = (
+        panel_layers(viewer, image_name, "classes")
+        + panel_layers(viewer, image_name, "nuclei")
+        + panel_layers(viewer, image_name, "mask")
+    )
     index = min((viewer.layers.index(ly) for ly in old), default=len(viewer.layers))
     for ly in old:
         viewer.layers.remove(ly)
@@ -237,7 +276,9 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
     if nuclei is not None and isinstance(nuclei.labels, np.ndarray):
         names = ["background"] + model.class_names
         objects = Labels(
-            nuclei.labels, name=f"{image_name} · nuclei", opacity=0.5,
+            nuclei.labels,
+            name=f"{image_name} · nuclei",
+            opacity=0.5,
             features=pd.DataFrame({"index": range(nuclei.count + 1), "class": [names[int(c)] for c in nuclei.classes]}),
         )
         objects.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": "nuclei"}
@@ -249,7 +290,13 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
             mask = [(da.from_zarr(level) == i).astype(np.uint8) for level in class_map]
         else:
             mask = (class_map == i).astype(np.uint8)
-        layer = Labels(mask, name=f"{image_name} · {c.name}", colormap=labels_colormap({1: c.colour}), visible=False, multiscale=multiscale)
+        layer = Labels(
+            mask,
+            name=f"{image_name} · {c.name}",
+            colormap=labels_colormap({1: c.colour}),
+            visible=False,
+            multiscale=multiscale,
+        )
         layer.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": "mask"}
         new.append(layer)
     classes.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": "classes"}

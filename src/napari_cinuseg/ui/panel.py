@@ -12,16 +12,26 @@ import threading
 from pathlib import Path
 
 import skimage.morphology  # noqa: F401 - loaded with the panel, not at the first Train click:
+
 # skimage's label() imports it (and scipy.spatial) on first use, 176 ms in the viewer's thread
 from qtpy.QtCore import QSettings, Qt
 from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ..annotations import sparse_annotation_advice
 from ..datasets.labelled import check_pairs
-from ..runtime.events import Cancelled, ExportProgress, IterationSkipped, MemoryReduced, Preview, SegmentFinished, StepFinished, TileProgress
-from ..plugin.layer_metadata import RESULT_KEY, layer_pixel_size
-from ..model.segmenter import CiNuSegModel
 from ..model.file import BUNDLED_MODEL, ModelFileError, load_model
+from ..model.segmenter import CiNuSegModel
+from ..plugin.layer_metadata import RESULT_KEY, layer_pixel_size
+from ..runtime.events import (
+    Cancelled,
+    ExportProgress,
+    IterationSkipped,
+    MemoryReduced,
+    Preview,
+    SegmentFinished,
+    StepFinished,
+    TileProgress,
+)
 from ..step_review import review_step, with_preview
 from ..workflows import (
     Storage,
@@ -33,9 +43,8 @@ from ..workflows import (
     slug,
 )
 from . import layers, memory
-from .sections import ModelSection, NewClassSection, SegmentSection, TrainSection, wrapped_label
-
 from .annotating import AnnotationsHost
+from .sections import ModelSection, NewClassSection, SegmentSection, TrainSection, wrapped_label
 from .workers import JobHost
 
 PANEL_WIDTH = 400  # px: the dock keeps this width whatever a message or a table holds
@@ -133,7 +142,9 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
         return float(self.class_section.pixel_size.value()) or None
 
     def _choose_model_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a CiNuSeg model", str(self.storage.models), "CiNuSeg models (*.cinuseg.pt *.pt)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a CiNuSeg model", str(self.storage.models), "CiNuSeg models (*.cinuseg.pt *.pt)"
+        )
         if path:
             try:
                 self.load_model(path)
@@ -141,8 +152,17 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
                 self._say(str(exc), error=True)
 
     def _set_busy(self, busy: bool) -> None:
-        for w in (self.train_section.train_btn, self.segment_section.segment_btn, self.model_section.open_btn, self.class_section.annotate_btn, self.segment_section.export_btn,
-                  self.train_section.review.keep_btn, self.train_section.review.discard_btn, self.train_section.device_choice, self.class_section.open_annotation_btn):
+        for w in (
+            self.train_section.train_btn,
+            self.segment_section.segment_btn,
+            self.model_section.open_btn,
+            self.class_section.annotate_btn,
+            self.segment_section.export_btn,
+            self.train_section.review.keep_btn,
+            self.train_section.review.discard_btn,
+            self.train_section.device_choice,
+            self.class_section.open_annotation_btn,
+        ):
             w.setEnabled(not busy)
         self.model_section.bundled_btn.setEnabled(not busy and BUNDLED_MODEL.is_file())
         self.train_section.cancel_btn.setEnabled(busy)
@@ -190,7 +210,13 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
 
         def on_event(ev):
             if isinstance(ev, Preview):
-                self._show_regions(ev.maps, [(o[0], o[1] + off[0], o[2] + off[1]) for o, off in zip(origins, ev.offsets)], colours, "step result", layers.PREVIEW_TITLE)
+                self._show_regions(
+                    ev.maps,
+                    [(o[0], o[1] + off[0], o[2] + off[1]) for o, off in zip(origins, ev.offsets)],
+                    colours,
+                    "step result",
+                    layers.PREVIEW_TITLE,
+                )
             else:
                 self._on_training_event(ev)
 
@@ -251,9 +277,14 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
         if review.worrying():
             from napari.utils.notifications import show_warning
 
-            show_warning("Look before you keep this step: " + " ".join([review.new_class_sentence(), *review.old_class_sentences()]))
+            show_warning(
+                "Look before you keep this step: "
+                + " ".join([review.new_class_sentence(), *review.old_class_sentences()])
+            )
         current = Path(prior.source_path).name if prior is not None and prior.source_path else "no model"
-        self._say(f"The step is done. Look at the step result over the painted regions, then Keep it or Discard it; until then {current} stays current.")
+        self._say(
+            f"The step is done. Look at the step result over the painted regions, then Keep it or Discard it; until then {current} stays current."
+        )
         from qtpy.QtCore import QTimer
 
         QTimer.singleShot(0, lambda: self.scroll.ensureWidgetVisible(self.train_section.review))
@@ -309,15 +340,29 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
             self._say(str(exc), error=True)
             return None
         self.cancel_event = cancel = threading.Event()
-        model, px, tile, device = self.model, self.image_pixel_size(), self.segment_section.tile.value(), self.device_name()
+        model, px, tile, device = (
+            self.model,
+            self.image_pixel_size(),
+            self.segment_section.tile.value(),
+            self.device_name(),
+        )
         # A slide (a lazy layer) or a large image: the class map goes to disk tile by tile, with a
         # pyramid, and is shown lazily; a small image's stays in memory.
         out = self.storage.result_path(image.name, model) if needs_disk(pixels) else None
 
         def run():
-            return (yield from segment_nuclei_and_measure(
-                model, pixels, tile=tile, overlap=min(64, tile // 4), image_pixel_size=px, out=out, cancel=cancel, device=device,
-            ))
+            return (
+                yield from segment_nuclei_and_measure(
+                    model,
+                    pixels,
+                    tile=tile,
+                    overlap=min(64, tile // 4),
+                    image_pixel_size=px,
+                    out=out,
+                    cancel=cancel,
+                    device=device,
+                )
+            )
 
         self._remember()
         self._say(f"Segmenting {image.name}…" + (f" (masks written to {out})" if out else ""))
@@ -339,7 +384,9 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
         if result is None:
             return
         model = model or self.model
-        layers.add_result_layers(self.viewer, image_name, result.class_map, model, self.image_pixel_size(), nuclei=result.nuclei)
+        layers.add_result_layers(
+            self.viewer, image_name, result.class_map, model, self.image_pixel_size(), nuclei=result.nuclei
+        )
         rows = result.statistics
         self.segment_section.show_statistics(rows)
         if result.nuclei.note:
@@ -357,7 +404,9 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
         except ValueError as exc:
             self._say(str(exc), error=True)
             return
-        path, _ = QFileDialog.getSaveFileName(self, "Export masks", f"{slug(layer.name)}.masks.tif", "TIFF (*.tif *.tiff)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export masks", f"{slug(layer.name)}.masks.tif", "TIFF (*.tif *.tiff)"
+        )
         if path:
             self.export_to(path, layer)
 
@@ -378,10 +427,19 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
         def run():
             yield ExportProgress(0, 0)
             nuclei = layers.nuclei_of_result(self.viewer, layer)
-            return (yield from export_nuclei(
-                data, nuclei, path, info["class_names"], info["colours"], info["model_id"], pixel_size=px, overwrite=True,
-                measure_in_process=True,
-            ))
+            return (
+                yield from export_nuclei(
+                    data,
+                    nuclei,
+                    path,
+                    info["class_names"],
+                    info["colours"],
+                    info["model_id"],
+                    pixel_size=px,
+                    overwrite=True,
+                    measure_in_process=True,
+                )
+            )
 
         def done(result) -> None:
             self.last_export = result[0]

@@ -7,7 +7,6 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -30,14 +29,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..inference.tiling import DEFAULT_TILE
+from ..model.file import BUNDLED_MODEL
+from ..model.segmenter import PALETTE
+from ..plugin.layer_metadata import layer_pixel_size
 from ..runtime import devices
 from ..runtime.events import Progress, StepStarted
-from ..plugin.layer_metadata import layer_pixel_size
-from ..model.segmenter import PALETTE
-from ..model.file import BUNDLED_MODEL
-from ..inference.tiling import DEFAULT_TILE
-from ..training.settings import PRESETS, SETTING_RANGES, USER_SETTINGS, TrainSettings, preset, setting_label
 from ..step_review import PREVIEW_EVERY_S
+from ..training.settings import PRESETS, SETTING_RANGES, USER_SETTINGS, TrainSettings, preset, setting_label
 from ..workflows import STEP_ITERATIONS, STEP_METHOD, device_choices
 from .plot import LossPlot
 
@@ -64,7 +63,10 @@ class ModelSection(QGroupBox):
         if m is None:
             self.label.setText(NO_MODEL)
             return
-        rows = "".join(f"<tr><td><span style='color:{c.colour}'>■</span> {c.name}</td><td>step {c.step}</td></tr>" for c in m.classes)
+        rows = "".join(
+            f"<tr><td><span style='color:{c.colour}'>■</span> {c.name}</td><td>step {c.step}</td></tr>"
+            for c in m.classes
+        )
         where = Path(m.source_path).name if m.source_path else "not saved"
         px = f", {m.pixel_size:g} µm/px" if m.pixel_size else ""
         self.label.setText(f"<b>{where}</b> ({m.arch.encoder}{px})<table>{rows}</table>")
@@ -149,7 +151,9 @@ class NewClassSection(QGroupBox):
             self.pixel_size.setValue(float(said))
             self.pixel_size_note.setText("from the file")
         elif has_image:
-            self.pixel_size_note.setText("the file does not say: set it (0.25 at 40×, 0.5 at 20×) so images are resampled to the model's")
+            self.pixel_size_note.setText(
+                "the file does not say: set it (0.25 at 40×, 0.5 at 20×) so images are resampled to the model's"
+            )
 
 
 class Collapsible(QWidget):
@@ -205,12 +209,16 @@ class ReviewBox(QGroupBox):
         row.addWidget(self.keep_btn)
         row.addWidget(self.discard_btn)
         lay.addLayout(row)
-        lay.addWidget(wrapped_label("Train again replaces this result: from the same prior, with the paint as it is then."))
+        lay.addWidget(
+            wrapped_label("Train again replaces this result: from the same prior, with the paint as it is then.")
+        )
         self.setVisible(False)
 
     def show_review(self, review, saved_as: str) -> None:
         colour = "#e6194b" if review.worrying() else "inherit"
-        self.summary.setText(f"<span style='color:{colour}'>{review.new_class_sentence()}</span> <i>(shown as “step result” over the painted regions; not kept yet: {saved_as})</i>")
+        self.summary.setText(
+            f"<span style='color:{colour}'>{review.new_class_sentence()}</span> <i>(shown as “step result” over the painted regions; not kept yet: {saved_as})</i>"
+        )
         lines = []
         for sentence in review.old_class_sentences():
             bad = any(w in sentence.split(":")[0] for w in ("shrank", "grew", "moved"))
@@ -253,7 +261,9 @@ class TrainSection(QGroupBox):
         form.addRow("Device", self.device_choice)
         self.preview = QCheckBox("Live preview of the painted regions")
         self.preview.setChecked(True)
-        self.preview.setToolTip(f"every {PREVIEW_EVERY_S:g} s of training, the model's prediction of the painted regions (a 'preview' layer)")
+        self.preview.setToolTip(
+            f"every {PREVIEW_EVERY_S:g} s of training, the model's prediction of the painted regions (a 'preview' layer)"
+        )
         form.addRow(self.preview)
         row = QHBoxLayout()
         self.train_btn = QPushButton("Train")
@@ -292,10 +302,16 @@ class TrainSection(QGroupBox):
         from ..methods import method_settings
 
         defaults = preset("cpu")
-        numbers = [(n, spec.default, spec.low, spec.high, spec.help) for n, spec in method_settings(STEP_METHOD).items() if spec.low is not None]
+        numbers = [
+            (n, spec.default, spec.low, spec.high, spec.help)
+            for n, spec in method_settings(STEP_METHOD).items()
+            if spec.low is not None
+        ]
         numbers += [(n, getattr(defaults, n), low, high, USER_SETTINGS[n]) for n, (low, high) in SETTING_RANGES.items()]
         fields = {
-            name: FloatSpinBox(name=name, label=setting_label(name, text), value=value, min=low, max=high, step=0.05, tooltip=text)
+            name: FloatSpinBox(
+                name=name, label=setting_label(name, text), value=value, min=low, max=high, step=0.05, tooltip=text
+            )
             for name, value, low, high, text in numbers
         }
         box = QGroupBox("Advanced (method)")
@@ -312,7 +328,11 @@ class TrainSection(QGroupBox):
         return str(self.device_choice.currentData() or "auto")
 
     def settings(self):
-        overrides = {"iterations": self.iterations.value(), "crop_size": self.crop.value() // 32 * 32, "device": self.device_name()}
+        overrides = {
+            "iterations": self.iterations.value(),
+            "crop_size": self.crop.value() // 32 * 32,
+            "device": self.device_name(),
+        }
         if self.advanced.isChecked():
             overrides.update({k: float(w.value) for k, w in self.hyper.items()})
         return preset(self.preset.currentText(), **overrides)
@@ -380,7 +400,9 @@ class SegmentSection(QGroupBox):
     def show_statistics(self, rows: list[dict]) -> None:
         self.table.setRowCount(len(rows))
         um = bool(rows) and "area_um2" in rows[0]  # the pixel size is known: areas in µm²
-        keys = ("class", "nuclei", "area_um2", "mean_area_um2") if um else ("class", "nuclei", "area_px", "mean_area_px")
+        keys = (
+            ("class", "nuclei", "area_um2", "mean_area_um2") if um else ("class", "nuclei", "area_px", "mean_area_px")
+        )
         unit = "µm²" if um else "px"
         self.table.setHorizontalHeaderLabels(["class", "nuclei", f"area {unit}", f"mean {unit}"])
         for r, row in enumerate(rows):

@@ -77,7 +77,11 @@ class JobHost(QWidget):
     def _start_job(self, job_fn, on_event, on_returned):
         self._set_busy(True)
         self.worker = start_job(
-            job_fn, on_event=on_event, on_returned=on_returned, on_error=self._on_error, on_finished=lambda: self._set_busy(False)
+            job_fn,
+            on_event=on_event,
+            on_returned=on_returned,
+            on_error=self._on_error,
+            on_finished=lambda: self._set_busy(False),
         )
         return self.worker
 

@@ -118,7 +118,6 @@ def test_cinuseg_takes_sigma_on_a_step_labelled_in_full_and_sigma_painted_on_a_p
             [3],
             old_logits,
             [f.clone() for f in feats],
-            TrainSettings(),
         )
 
     m = get_method("cinuseg")
@@ -160,7 +159,7 @@ def test_cinuseg_distils_over_every_pixel_as_eq5_writes_it():
                 SimpleNamespace(network=None), None, [3], TrainSettings(), torch.device("cpu"), lambda: iter(()), share
             )
         )
-        b = StepBatch(logits, feats, lab, [3], old_logits, [f.clone() for f in feats], TrainSettings())
+        b = StepBatch(logits, feats, lab, [3], old_logits, [f.clone() for f in feats])
         return m.loss(b).terms["pkd"]
 
     every = float(prediction_distillation(logits, old_logits, [3])[0])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_cinuseg import drain, load_model, train_step
-from napari_cinuseg.losses import IGNORE_INDEX
+from napari_cinuseg.losses import IGNORE
 from napari_cinuseg.methods import StepBatch, StepContext, available, get_method
 from napari_cinuseg.methods.conuseg import (
     CoNuSeg,
@@ -42,7 +42,7 @@ from napari_cinuseg.methods.mib import unbiased_cross_entropy
 from napari_cinuseg.runtime.events import Progress
 from napari_cinuseg.training.settings import TrainSettings
 
-U = IGNORE_INDEX
+U = IGNORE
 
 
 def _pixels(values):
@@ -57,7 +57,7 @@ def _probs_logits(p_max, cls, k=3):
 
 
 def _batch(logits, labels, new, old, feats=(), old_feats=(), emb=None, old_emb=None):
-    return StepBatch(logits, list(feats), labels, new, old, list(old_feats), TrainSettings(), emb, old_emb)
+    return StepBatch(logits, list(feats), labels, new, old, list(old_feats), emb, old_emb)
 
 
 def test_the_three_methods_are_registered():

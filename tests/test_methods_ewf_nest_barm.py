@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_cinuseg import drain, load_model, train_step
-from napari_cinuseg.losses import IGNORE_INDEX
+from napari_cinuseg.losses import IGNORE
 from napari_cinuseg.methods import (
     _REGISTRY,
     StepBatch,
@@ -68,7 +68,7 @@ def _tiny_step(seed=0, n_images=3, size=32):
         x = torch.randn(1, 3, size, size, generator=gen)
         y = torch.zeros(1, size, size, dtype=torch.long)
         y[:, : size // 2, : size // 2] = 3
-        y[:, -2:] = IGNORE_INDEX
+        y[:, -2:] = IGNORE
         data.append((x, y))
     ctx = StepContext(prior, model, [3], TrainSettings(device="cpu"), torch.device("cpu"), lambda: iter(data))
     return prior, model, ctx
@@ -157,7 +157,7 @@ def test_ewf_loss_is_its_base_methods():
     torch.manual_seed(1)
     logits = torch.randn(2, 4, 3, 3)
     labels = torch.randint(0, 2, (2, 3, 3)) * 3
-    batch = StepBatch(logits, [], labels, [3], torch.randn(2, 3, 3, 3), [], TrainSettings())
+    batch = StepBatch(logits, [], labels, [3], torch.randn(2, 3, 3, 3), [])
     assert EWF().loss(batch).loss.item() == pytest.approx(MiB().loss(batch).loss.item())
 
 
@@ -281,9 +281,9 @@ def _pixels(values):
 def test_barm_pseudo_labels_by_hand():
     # old logits: bg, class 1, class 2 (sigmoid scores); labels 0 except one new pixel and one 255
     old = _pixels([[-5, 3, -5], [-5, 0.5, -5], [4, 3, -5], [-5, 3, -5], [-5, -5, 3]])
-    labels = torch.tensor([[[0, 0, 0, 3, IGNORE_INDEX]]])
+    labels = torch.tensor([[[0, 0, 0, 3, IGNORE]]])
     # σ(3) = .95 ≥ .7 → 1; σ(.5) = .62 < .7 → stays 0; bg wins → 0; new pixel and 255 kept
-    assert pseudo_labels(labels, old).tolist() == [[[1, 0, 0, 3, IGNORE_INDEX]]]
+    assert pseudo_labels(labels, old).tolist() == [[[1, 0, 0, 3, IGNORE]]]
 
 
 def test_compose_background_detaches_the_old_parts():
@@ -298,13 +298,13 @@ def test_compose_background_detaches_the_old_parts():
 
 def test_pseudo_background_bce_by_hand():
     adapted = torch.zeros(1, 3, 1, 3)
-    targets = torch.tensor([[[0, 2, IGNORE_INDEX]]])
+    targets = torch.tensor([[[0, 2, IGNORE]]])
     # zero logits: each channel's BCE is log 2, three channels per labelled pixel
     assert pseudo_background_bce(adapted, targets).item() == pytest.approx(3 * math.log(2))
     adapted[0, 2, 0, 1] = 10.0  # a confident right answer lowers that pixel's term
     expected = (3 * math.log(2) + 2 * math.log(2) + F.softplus(torch.tensor(-10.0)).item()) / 2
     assert pseudo_background_bce(adapted, targets).item() == pytest.approx(expected, rel=1e-5)
-    assert pseudo_background_bce(adapted, torch.full_like(targets, IGNORE_INDEX)).item() == 0
+    assert pseudo_background_bce(adapted, torch.full_like(targets, IGNORE)).item() == 0
 
 
 def test_background_adaptation_losses_by_hand():
@@ -367,9 +367,9 @@ def test_barm_loss_is_finite_and_sums_its_terms():
     for labels in (
         torch.zeros(2, 8, 8, dtype=torch.long),  # no new-class pixel
         torch.full((2, 8, 8), 3, dtype=torch.long),  # no background pixel
-        torch.full((2, 8, 8), IGNORE_INDEX, dtype=torch.long),  # nothing labelled
+        torch.full((2, 8, 8), IGNORE, dtype=torch.long),  # nothing labelled
     ):
-        out = method.loss(StepBatch(logits, [], labels, [3], old_logits, [], TrainSettings(), emb, old_emb))
+        out = method.loss(StepBatch(logits, [], labels, [3], old_logits, [], emb, old_emb))
         assert torch.isfinite(out.loss) and set(out.terms) == {"pb_bce", "ba_t", "ba_ce", "gkd", "bfd"}
         t = out.terms
         assert out.loss.item() == pytest.approx(
@@ -378,7 +378,7 @@ def test_barm_loss_is_finite_and_sums_its_terms():
         grads = torch.autograd.grad(out.loss, [emb, method.residual.weight], retain_graph=True)
         assert all(torch.isfinite(g).all() for g in grads)
     with pytest.raises(RuntimeError, match="prepare"):
-        BARM().loss(StepBatch(logits, [], labels, [3], old_logits, [], TrainSettings(), emb, old_emb))
+        BARM().loss(StepBatch(logits, [], labels, [3], old_logits, [], emb, old_emb))
 
 
 # --- one short real step each ----------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_cinuseg import drain, load_model, train_step
-from napari_cinuseg.losses import IGNORE_INDEX
+from napari_cinuseg.losses import IGNORE
 from napari_cinuseg.methods import StepBatch, available, get_method
 from napari_cinuseg.methods._shared import histogram_medians
 from napari_cinuseg.methods.mib import unbiased_cross_entropy, unbiased_distillation
@@ -22,7 +22,6 @@ from napari_cinuseg.methods.plop import (
     normalized_entropy,
 )
 from napari_cinuseg.runtime.events import Progress
-from napari_cinuseg.training.settings import TrainSettings
 
 
 def _pixels(values):
@@ -52,11 +51,11 @@ def test_uce_zero_logits_by_hand():
 
 def test_uce_ignores_255_and_averages_over_labelled_pixels():
     logits = torch.zeros(1, 3, 1, 2)
-    labels = torch.tensor([[[2, IGNORE_INDEX]]])
+    labels = torch.tensor([[[2, IGNORE]]])
     per_pixel = unbiased_cross_entropy(logits, labels, 2, reduction="none")
     assert per_pixel[0, 0, 1].item() == 0
     assert unbiased_cross_entropy(logits, labels, 2).item() == pytest.approx(math.log(3))
-    all_ignored = torch.full((1, 1, 2), IGNORE_INDEX)
+    all_ignored = torch.full((1, 1, 2), IGNORE)
     assert unbiased_cross_entropy(logits, all_ignored, 2).item() == 0
 
 
@@ -64,14 +63,14 @@ def test_uce_is_plain_cross_entropy_without_old_classes_and_merges_them_otherwis
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 3, 3)
     labels = torch.randint(0, 4, (2, 3, 3))
-    labels[0, 0, 0] = IGNORE_INDEX
-    ref = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    labels[0, 0, 0] = IGNORE
+    ref = F.cross_entropy(logits, labels, ignore_index=IGNORE)
     torch.testing.assert_close(unbiased_cross_entropy(logits, labels, 1), ref)
     # old_classes = 3: p̃_bg = p_0 + p_1 + p_2, label 1 and 2 count as bg
     p = torch.softmax(logits, 1)
     merged = torch.log(torch.stack([p[:, :3].sum(1), p[:, 3]], 1))
-    target = torch.where(labels == IGNORE_INDEX, labels, (labels == 3).long())
-    ref = F.nll_loss(merged, target, ignore_index=IGNORE_INDEX)
+    target = torch.where(labels == IGNORE, labels, (labels == 3).long())
+    ref = F.nll_loss(merged, target, ignore_index=IGNORE)
     torch.testing.assert_close(unbiased_cross_entropy(logits, labels, 3), ref)
 
 
@@ -101,8 +100,8 @@ def test_no_gradient_into_the_old_logits():
 
 def test_mib_method_loss_is_uce_plus_ten_ukd():
     logits = torch.zeros(1, 3, 1, 2, requires_grad=True)
-    labels = torch.tensor([[[2, IGNORE_INDEX]]])
-    batch = StepBatch(logits, [], labels, [2], torch.zeros(1, 2, 1, 2), [], TrainSettings())
+    labels = torch.tensor([[[2, IGNORE]]])
+    batch = StepBatch(logits, [], labels, [2], torch.zeros(1, 2, 1, 2), [])
     out = get_method("mib").loss(batch)
     uce = math.log(3) / 2  # MiB's Trainer: mean over all pixels, the ignored one counting 0
     ukd = (0.5 * math.log(1.5) + 0.5 * math.log(3)) / 2
@@ -182,11 +181,11 @@ def test_normalized_entropy_is_plops():
 def test_pseudo_labels_follow_plop():
     # K_old = 2 (bg, old class 1), K = 3 (new class 2)
     old = _pixels([[0, 10], [0, 0], [0, 0], [0, 0], [10, 0]])
-    labels = torch.tensor([[[0, 0, 2, IGNORE_INDEX, 0]]])
+    labels = torch.tensor([[[0, 0, 2, IGNORE, 0]]])
     thresholds = torch.tensor([0.01, 0.01])
     pseudo = entropy_pseudo_labels(labels, old, thresholds, num_classes=3)
     # confident old class → 1; uncertain background → ignored; new class and 255 kept; confident bg → 0
-    assert pseudo.tolist() == [[[1, IGNORE_INDEX, 2, IGNORE_INDEX, 0]]]
+    assert pseudo.tolist() == [[[1, IGNORE, 2, IGNORE, 0]]]
     # ν: two of the three background pixels were confident
     assert classif_adaptive_factor(labels, pseudo, 2).tolist() == pytest.approx([2 / 3])
     # an image without background pixels keeps its weight
@@ -220,14 +219,14 @@ def test_plop_loss_on_a_tiny_batch():
     new_feats = [f.clone().requires_grad_(True) for f in feats]
     labels = torch.zeros(2, 8, 8, dtype=torch.long)
     labels[:, :2] = 3
-    labels[:, -1] = IGNORE_INDEX
+    labels[:, -1] = IGNORE
     method = PLOP(thresholds=torch.tensor([0.1, 0.1, 0.1]))
-    out = method.loss(StepBatch(logits, new_feats, labels, [3], old_logits, feats, TrainSettings()))
+    out = method.loss(StepBatch(logits, new_feats, labels, [3], old_logits, feats))
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     assert set(out.terms) == {"ce", "pod", "nu"} and all(isinstance(v, float) for v in out.terms.values())
     pseudo = entropy_pseudo_labels(labels, old_logits, method.thresholds, 4)
     nu = classif_adaptive_factor(labels, pseudo, 3)
-    ce = (F.cross_entropy(logits, pseudo, ignore_index=IGNORE_INDEX, reduction="none") * nu[:, None, None]).mean()
+    ce = (F.cross_entropy(logits, pseudo, ignore_index=IGNORE, reduction="none") * nu[:, None, None]).mean()
     pod = math.sqrt(4 / 1) * local_pod(
         [*new_feats, logits], [*feats, old_logits], factors=(0.01, 0.01, 0.0005), normalize=(True, True, False)
     )
@@ -235,7 +234,7 @@ def test_plop_loss_on_a_tiny_batch():
     out.loss.backward()
     assert all(torch.isfinite(f.grad).all() for f in new_feats) and torch.isfinite(logits.grad).all()
     with pytest.raises(RuntimeError, match="prepare"):
-        PLOP().loss(StepBatch(logits, new_feats, labels, [3], old_logits, feats, TrainSettings()))
+        PLOP().loss(StepBatch(logits, new_feats, labels, [3], old_logits, feats))
 
 
 # --- one short step each, on real patches ---------------------------------------------------------

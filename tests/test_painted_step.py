@@ -11,7 +11,7 @@ import torch
 
 from napari_cinuseg import drain, load_model, train_step
 from napari_cinuseg.benchmark.painting import painted_nuclei, simulate_painting
-from napari_cinuseg.losses import IGNORE_INDEX, cinuseg_loss
+from napari_cinuseg.losses import IGNORE, cinuseg_loss
 from napari_cinuseg.methods import register
 from napari_cinuseg.methods.finetune import FineTune
 from napari_cinuseg.runtime.events import IterationSkipped, Progress
@@ -203,7 +203,7 @@ def _sparse_case(pkd_scores, **rule):
     old[0, 1, 3], old[0, 0, 3] = 2.2, -2.0  # 0.90 > τ
     old[0, 2, 2], old[0, 0, 2] = 0.4, -1.0  # 0.60 < τ
     logits = torch.cat([old.clone(), torch.full((1, 1, 4, 4), -4.6)], dim=1).requires_grad_(True)
-    labels = torch.full((1, 4, 4), IGNORE_INDEX, dtype=torch.long)
+    labels = torch.full((1, 4, 4), IGNORE, dtype=torch.long)
     labels[0, 0] = 3
     labels[0, 1, 0] = 0
     feats = [torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))]
@@ -217,7 +217,7 @@ def test_unpainted_pixels_keep_what_the_prior_knows(pkd_scores):
     grad, labels = _sparse_case(pkd_scores)
     # no term pushes an old class's score down on an unpainted pixel the prior does not claim
     # (rows 1 and 2, row 2 scored 0.6 < τ for class 2: distillation only) ...
-    unclaimed = (labels == IGNORE_INDEX).clone()
+    unclaimed = (labels == IGNORE).clone()
     unclaimed[3] = False
     assert grad[1:3][:, unclaimed].max() <= 1e-7  # gradient ≤ 0: the loss falls as the score rises
     # ... and where the prior is confident (row 3, class 1 at 0.9 > τ) its class is held or raised

@@ -207,9 +207,9 @@ def test_a_methods_extra_parameters_are_trained_and_not_saved(base_file, few_pai
     """The ``extra_parameters`` hook: a training-only head built in ``prepare`` learns with the
     model, and the saved model holds only the network."""
     from napari_cinuseg.losses import LossOutput
-    from napari_cinuseg.methods import _REGISTRY, register
+    from napari_cinuseg.methods import _REGISTRY, Method, register
 
-    class WithHead:
+    class WithHead(Method):
         name, uses_prior = "test-with-head", False
 
         def prepare(self, ctx):
@@ -240,11 +240,11 @@ def test_a_methods_hooks_see_the_share_of_the_steps_pixels_that_is_labelled(base
     """StepContext.labelled_share: 1 for images labelled in full, the painted share otherwise."""
     from napari_cinuseg.datasets.labelled import IGNORE, TrainingPair
     from napari_cinuseg.losses import LossOutput
-    from napari_cinuseg.methods import _REGISTRY, register
+    from napari_cinuseg.methods import _REGISTRY, Method, register
 
     seen = []
 
-    class Probe:
+    class Probe(Method):
         name, uses_prior = "test-probe", False
 
         def prepare(self, ctx):

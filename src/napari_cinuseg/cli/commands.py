@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..training.settings import USER_SETTINGS, preset
+from ..runtime.setting import CLI, offered
+from ..training.settings import TrainSettings, preset
 from .console import CONSOLE
 from .jobs import BASE_MODEL_ROOM, MAIN_RANK, check_room, claim_model, drain, model_bytes, save_or_rescue
 from .segmenting import segment_image
@@ -18,7 +19,7 @@ from .segmenting import segment_image
 def _settings(args: argparse.Namespace, **extra):
     """The preset with the options given: training settings, and a method's own (e.g. --tau),
     which TrainSettings keeps in its method_settings for the step's method."""
-    names = set(USER_SETTINGS) | set(getattr(args, "_method_settings", ()))
+    names = set(offered(TrainSettings, CLI)) | set(getattr(args, "_method_settings", ()))
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     overrides.update({k: v for k, v in extra.items() if v is not None})
     return preset(args.preset, **overrides)
@@ -55,10 +56,11 @@ def _names(text: str) -> list[str]:
 
 def cmd_train_base(args) -> int:
     from ..datasets.labelled import step_pairs
-    from ..training.steps import _check_out, train_base
+    from ..model.file import check_new_model_path
+    from ..training.steps import train_base
 
     out = Path(args.out)
-    _check_out(out, None)
+    check_new_model_path(out, None)
     check_room(out, BASE_MODEL_ROOM)
     with claim_model(out):  # a second run with the same --out is refused now, not after training
         data = _load_data(args)
@@ -101,11 +103,12 @@ def _more_pairs(spec: str, classes: list[str], args: argparse.Namespace) -> list
 def cmd_step(args) -> int:
     from ..datasets.labelled import step_pairs
     from ..model.file import load_model
-    from ..training.steps import _check_out, train_step
+    from ..model.file import check_new_model_path
+    from ..training.steps import train_step
 
     prior = load_model(args.prior)
     out = Path(args.out)
-    _check_out(out, prior)
+    check_new_model_path(out, prior)
     check_room(out, model_bytes(prior) + 2**20)  # the prior's weights in fp32, a class more and the record
     with claim_model(out):  # a second run with the same --out is refused now, not after training
         data = _load_data(args)

@@ -17,7 +17,8 @@ import warnings
 from .. import __version__
 from ..inference.tiling import DEFAULT_TILE
 from ..runtime.names import DATASETS, DEFAULT_MIN_AREA_UM2, ENCODERS, INPUTS, INSTANCE_METHODS
-from ..training.settings import PRESETS, USER_SETTINGS
+from ..runtime.setting import CLI, offered
+from ..training.settings import PRESETS, TrainSettings
 from .commands import (
     cmd_benchmark,
     cmd_evaluate,
@@ -73,12 +74,12 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset", choices=sorted(PRESETS), default="cpu", help="the settings every option below starts from"
     )
-    for name, text in USER_SETTINGS.items():
+    for name, spec in offered(TrainSettings, CLI).items():
         values = {k: getattr(v, name) for k, v in PRESETS.items()}
-        kind = type(next((v for v in values.values() if v is not None), "")) if name != "iterations" else int
+        kind = type(next((v for v in values.values() if v is not None), "")) if spec.default is not None else int
         shown = ", ".join(f"{k} {'unset' if v is None else v}" for k, v in values.items())
         flags = [f"--{name.replace('_', '-')}"] + (["--workers"] if name == "num_workers" else [])
-        p.add_argument(*flags, type=kind, dest=name, default=None, help=f"{text} (default: the preset's: {shown})")
+        p.add_argument(*flags, type=kind, dest=name, default=None, help=f"{spec.help} (default: the preset's: {shown})")
 
 
 def _add_encoder(p: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ images before the batch mean of eq. 17.
 
 from .base import base_bce, mixed_base_bce, nucleus_only_bce
 from .cinuseg import (
-    IGNORE_INDEX,
+    IGNORE,
     LossOutput,
     adaptive_temperatures,
     background_suppression,
@@ -31,7 +31,7 @@ from .cinuseg import (
 )
 
 __all__ = [
-    "IGNORE_INDEX",
+    "IGNORE",
     "LossOutput",
     "adaptive_temperatures",
     "background_suppression",

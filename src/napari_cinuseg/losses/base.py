@@ -6,13 +6,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..runtime.names import NUCLEUS
-from .cinuseg import IGNORE_INDEX, _per_image_mean, negative_sample_bce
+from ..runtime.names import IGNORE, NUCLEUS
+from .cinuseg import negative_sample_bce
+from .pixels import per_image_mean
 
 __all__ = ["base_bce", "mixed_base_bce", "nucleus_only_bce"]
 
 
-def base_bce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def base_bce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
     """Step 0 (and fine-tuning): Σ_c BCE(one-hot(y)_c, S_c) averaged over the labelled pixels."""
     return negative_sample_bce(logits, labels, torch.zeros_like(labels, dtype=torch.bool), 0.0, ignore_index)
 
@@ -36,7 +37,7 @@ def mixed_base_bce(
     labels: torch.Tensor,
     nucleus: int = NUCLEUS,
     nucleus_weight: float = 1.0,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int = IGNORE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A base step on mixed supervision: labels 0 background, 1..K a class, ``nucleus`` a nucleus
     of unknown class, ``ignore_index`` unlabelled. Per image the mean over its labelled pixels of
@@ -58,6 +59,6 @@ def mixed_base_bce(
     cls = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1) * valid.to(logits.dtype)
     nuc = nucleus_weight * nucleus_only_bce(logits, is_nuc)
     counted = valid | is_nuc
-    class_term = _per_image_mean(cls, counted)
-    nucleus_term = _per_image_mean(nuc, counted)
+    class_term = per_image_mean(cls, counted)
+    nucleus_term = per_image_mean(nuc, counted)
     return class_term + nucleus_term, class_term, nucleus_term

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..runtime.names import IGNORE as IGNORE_INDEX
-from .pseudo import _above, _as_index, _is_in, _old_claim, class_thresholds, negative_sample_mask, pseudo_labels
+from ..runtime.names import IGNORE
+from .pixels import as_index, is_in, per_image_mean
+from .pseudo import above, class_thresholds, negative_sample_mask, old_claim, pseudo_labels
 
 __all__ = [
-    "IGNORE_INDEX",
+    "IGNORE",
     "LossOutput",
     "adaptive_temperatures",
     "background_suppression",
@@ -29,14 +30,6 @@ __all__ = [
 ]
 
 
-def _per_image_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` (B, H, W) over ``mask`` per image; 0 for an image with an empty mask."""
-    mask = mask.to(values.dtype)
-    count = mask.flatten(1).sum(1)
-    total = (values * mask).flatten(1).sum(1)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
-
-
 def class_anchors(
     features: torch.Tensor, labels: torch.Tensor, classes: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +41,7 @@ def class_anchors(
     """
     b, d, h, w = features.shape
     small = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
-    idx = _as_index(classes, labels.device)
+    idx = as_index(classes, labels.device)
     masks = (small[:, None] == idx[None, :, None, None]).to(features.dtype)  # (B, C, h, w)
     counts = masks.flatten(2).sum(2)  # (B, C)
     sums = torch.einsum("bchw,bdhw->bcd", masks, features)
@@ -103,7 +96,7 @@ def prediction_distillation(
     """
     logits = logits.float()
     k_old = old_logits.shape[1]
-    new_idx = _as_index(new_classes, logits.device)
+    new_idx = as_index(new_classes, logits.device)
     if scores == "sigmoid":
         z = logits[:, :k_old]
         log_p = F.logsigmoid(z)
@@ -126,25 +119,25 @@ def prediction_distillation(
         raise ValueError(f"scores must be 'softmax' or 'sigmoid', got {scores!r}")
     if mask is None:
         return per_pixel.flatten(1).mean(dim=1)
-    return _per_image_mean(per_pixel, mask)
+    return per_image_mean(per_pixel, mask)
 
 
 def foreground_guidance(logits: torch.Tensor, labels: torch.Tensor, new_classes: Sequence[int]) -> torch.Tensor:
     """Eqs. 7-8 (FGL): mean over the image's new-class pixels of −log S_{y_i, i}; 0 if none."""
-    is_new = _is_in(labels, new_classes)
+    is_new = is_in(labels, new_classes)
     target = torch.where(is_new, labels, torch.zeros_like(labels))
     picked = logits.float().gather(1, target[:, None])[:, 0]
-    return _per_image_mean(-F.logsigmoid(picked), is_new)
+    return per_image_mean(-F.logsigmoid(picked), is_new)
 
 
 def background_suppression(logits: torch.Tensor, labels: torch.Tensor, new_classes: Sequence[int]) -> torch.Tensor:
     """Eq. 10 (BGL): mean over the image's new-class pixels of Σ_{c∈C^{0:t-1}} S_{c,i}²; 0 if none."""
-    is_new = _is_in(labels, new_classes)
-    new_idx = _as_index(new_classes, logits.device)
+    is_new = is_in(labels, new_classes)
+    new_idx = as_index(new_classes, logits.device)
     keep = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
     keep[new_idx] = False
     old_scores = torch.sigmoid(logits.float()[:, keep])
-    return _per_image_mean((old_scores**2).sum(dim=1), is_new)
+    return per_image_mean((old_scores**2).sum(dim=1), is_new)
 
 
 def negative_sample_bce(
@@ -152,7 +145,7 @@ def negative_sample_bce(
     pseudo: torch.Tensor,
     negative_mask: torch.Tensor,
     omega: float = 0.1,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int = IGNORE,
     open_new: torch.Tensor | None = None,
     new_classes: Sequence[int] = (),
     apart: torch.Tensor | None = None,
@@ -170,14 +163,14 @@ def negative_sample_bce(
     target = target.permute(0, 3, 1, 2).to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     if open_new is not None and len(new_classes):
-        idx = _as_index(new_classes, logits.device)
+        idx = as_index(new_classes, logits.device)
         bce[:, idx] = bce[:, idx] * (~open_new)[:, None].to(bce.dtype)
     bce = bce.sum(dim=1)
     weight = 1 + omega * negative_mask.to(logits.dtype)
     if apart is None:
-        return _per_image_mean(bce * weight, valid)
+        return per_image_mean(bce * weight, valid)
     apart = apart & valid
-    return _per_image_mean(bce * weight, valid & ~apart) + _per_image_mean(bce * weight, apart)
+    return per_image_mean(bce * weight, valid & ~apart) + per_image_mean(bce * weight, apart)
 
 
 @torch.no_grad()
@@ -200,8 +193,8 @@ def adaptive_temperatures(
     pseudo-labelled foreground is more than 70 % new class gets t_o = 10 and t_n = 0.5, every
     other image 1 and 1. "One image" is one training crop here (docs/method.md).
     """
-    n_old = _is_in(pseudo, old_classes).flatten(1).sum(1).float()
-    n_new = _is_in(pseudo, new_classes).flatten(1).sum(1).float()
+    n_old = is_in(pseudo, old_classes).flatten(1).sum(1).float()
+    n_new = is_in(pseudo, new_classes).flatten(1).sum(1).float()
     total = n_old + n_new
     r = torch.where(total > 0, n_new / total.clamp_min(1), torch.zeros_like(total))
     fired = r > sigma
@@ -239,7 +232,7 @@ def cinuseg_loss(
     drr: bool = True,
     att: bool = True,
     pkd_scores: str = "softmax",
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int = IGNORE,
     unpainted: str = "tau",
     uncertain_negatives: bool = True,
     background: float = 1.0,
@@ -274,10 +267,10 @@ def cinuseg_loss(
         apart = (labels == ignore_index) & (pseudo == 0)
     open_new = None
     if not uncertain_negatives:
-        score, cls = _old_claim(old_logits)
+        score, cls = old_claim(old_logits)
         # only the pixels the prior's argmax hands an old class: an unpainted pixel made
         # background (``background``) stays a negative of the new classes
-        open_new = (labels == ignore_index) & _is_in(pseudo, old_classes) & ~_above(score, cls, tau)
+        open_new = (labels == ignore_index) & is_in(pseudo, old_classes) & ~above(score, cls, tau)
     zeros = logits.new_zeros(logits.shape[0], dtype=torch.float32)
     terms: dict[str, torch.Tensor] = {}
 
@@ -286,7 +279,7 @@ def cinuseg_loss(
         # Old knowledge is distilled on every pixel (eq. 5) with ``pkd_on_new``, else on every
         # pixel not labelled as a new class (docs/method.md, "Sparse annotations").
         terms["pkd"] = prediction_distillation(
-            logits, old_logits, new_classes, pkd_scores, mask=None if pkd_on_new else ~_is_in(labels, new_classes)
+            logits, old_logits, new_classes, pkd_scores, mask=None if pkd_on_new else ~is_in(labels, new_classes)
         )
     if drr:
         terms["fgl"] = foreground_guidance(logits, labels, new_classes)

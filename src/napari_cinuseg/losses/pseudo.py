@@ -7,25 +7,18 @@ from collections.abc import Sequence
 
 import torch
 
-from ..runtime.names import IGNORE as IGNORE_INDEX
+from ..runtime.names import IGNORE
+from .pixels import is_in
 
 
-def _as_index(classes: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(list(classes) if not torch.is_tensor(classes) else classes, dtype=torch.long, device=device)
-
-
-def _is_in(labels: torch.Tensor, classes: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    return torch.isin(labels, _as_index(classes, labels.device))
-
-
-def _above(score: torch.Tensor, cls: torch.Tensor, tau) -> torch.Tensor:
+def above(score: torch.Tensor, cls: torch.Tensor, tau) -> torch.Tensor:
     """score > τ, where τ is one number or one per old class ((K_old − 1,), indexed by cls − 1)."""
     if torch.is_tensor(tau) and tau.ndim == 1:
         return score > tau.to(score.device)[(cls - 1).clamp_min(0)]
     return score > tau
 
 
-def _old_claim(old_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def old_claim(old_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """max and argmax over the old foreground classes of S^{t-1} = sigmoid(old_logits)."""
     b, k_old, h, w = old_logits.shape
     if k_old < 2:
@@ -45,7 +38,7 @@ def pseudo_labels(
     old_logits: torch.Tensor,
     new_classes: Sequence[int],
     tau: float = 0.7,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int = IGNORE,
     unpainted: str = "tau",
     background: float = 1.0,
     uncertain_old: str = "background",
@@ -77,9 +70,9 @@ def pseudo_labels(
         raise ValueError(f"unpainted must be 'tau' or 'prior', got {unpainted!r}")
     if uncertain_old not in UNCERTAIN_OLD:
         raise ValueError(f"uncertain_old must be one of {', '.join(UNCERTAIN_OLD)}, got {uncertain_old!r}")
-    score, cls = _old_claim(old_logits)
-    is_new = _is_in(labels, new_classes)
-    claimed = _above(score, cls, tau)
+    score, cls = old_claim(old_logits)
+    is_new = is_in(labels, new_classes)
+    claimed = above(score, cls, tau)
     unlabelled = labels == ignore_index
     old_argmax = old_logits.argmax(dim=1) > 0
     if unpainted == "prior":
@@ -136,5 +129,5 @@ def negative_sample_mask(
     labels: torch.Tensor, old_logits: torch.Tensor, new_classes: Sequence[int], tau: float = 0.7
 ) -> torch.Tensor:
     """Eq. 11: O_i = 1 for a new-class pixel that the old model calls old (max_c S^{t-1}_c > τ)."""
-    score, cls = _old_claim(old_logits)
-    return _is_in(labels, new_classes) & _above(score, cls, tau)
+    score, cls = old_claim(old_logits)
+    return is_in(labels, new_classes) & above(score, cls, tau)

@@ -7,26 +7,29 @@ A method turns the model's output on a batch (and, if it uses one, the frozen pr
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import torch
 
 from ..losses import LossOutput
+from ..runtime.setting import Setting, declared, setting
+from ..runtime.setting import values as setting_values
 
 
 @dataclass
 class StepBatch:
-    """What a method sees of one iteration of an incremental step."""
+    """What a method sees of one iteration of an incremental step (the loop builds it)."""
 
     logits: torch.Tensor  # (B, K, H, W) of the model being trained
     features: Sequence[torch.Tensor]  # its layer1..layer4 outputs
     labels: torch.Tensor  # (B, H, W) channel ids: 0, the new classes' channels, 255
     new_classes: list[int]  # channel ids of C^t
-    old_logits: torch.Tensor | None  # (B, K_old, H, W) of the frozen prior, if the method uses it
-    old_features: Sequence[torch.Tensor] | None
-    settings: Any  # the step's training.settings.TrainSettings, handed down by the training loop
+    old_logits: torch.Tensor | None = None  # (B, K_old, H, W) of the frozen prior, if the method uses it
+    old_features: Sequence[torch.Tensor] | None = None
     embedding: torch.Tensor | None = None  # (B, D, h, w) decoder output (the classifier's input);
     # h, w = H/2, W/2 for the U-Net decoder, H/8 for ASPP
     old_embedding: torch.Tensor | None = None  # the frozen prior's, if the method uses it
@@ -34,7 +37,7 @@ class StepBatch:
 
 @dataclass
 class StepContext:
-    """What a method's optional hooks see of the whole step."""
+    """What a method's hooks see of the whole step."""
 
     prior: object  # CiNuSegModel, frozen
     model: object  # CiNuSegModel being trained (already grown by the new classes)
@@ -50,26 +53,36 @@ class StepContext:
     are labelled in full, a few per cent where a user painted some nuclei."""
 
 
-class Method(Protocol):
-    """One incremental method. Optional hooks, looked up with ``getattr``:
-
-    - ``prepare(ctx: StepContext) -> None``: before the first iteration;
-    - ``finish(ctx: StepContext) -> None``: after the last one, before the model is saved
-      (e.g. a weight fusion of prior and new model).
-    - ``extra_parameters() -> Iterable[torch.nn.Parameter]``: called after ``prepare``; trainable
-      parameters of the method's own training-only modules (e.g. a projection head built in
-      ``prepare`` on ``ctx.device``), optimised with the model's (same SGD, lr schedule and
-      weight decay) and never saved in the model file.
+class Method:
+    """One incremental method: a dataclass that subclasses this, with its hyper-parameters as
+    fields (those a user may change declared with :func:`setting`) and its :meth:`loss`. The
+    hooks do nothing here; a method overrides those it needs. The training loop calls, in order,
+    :meth:`prepare`, :meth:`extra_parameters`, :meth:`loss` at every iteration, and :meth:`finish`.
     """
 
-    name: str
-    uses_prior: bool  # False: the prior's forward pass is skipped
-    # How the classifier grows for this method's step (NucleiSegNet.add_classes): "sigmoid" for
-    # methods that score each class with its own sigmoid, "softmax" (MiB's initialisation) for
-    # those that compare classes through a softmax. Read with classifier_init(method).
-    scores: str
+    name: str = "method"
+    #: False: the prior's forward pass is skipped
+    uses_prior: bool = True
+    #: how the classifier grows for this method's step (NucleiSegNet.add_classes): "sigmoid" for
+    #: methods that score each class with its own sigmoid, "softmax" (MiB's initialisation) for
+    #: those that compare classes through a softmax
+    scores: str = "sigmoid"
 
-    def loss(self, batch: StepBatch) -> LossOutput: ...
+    def prepare(self, ctx: StepContext) -> None:
+        """Before the first iteration (e.g. thresholds measured on the step's images)."""
+
+    def extra_parameters(self) -> Iterable[torch.nn.Parameter]:
+        """Called after :meth:`prepare`: trainable parameters of the method's own training-only
+        modules (e.g. a projection head built in ``prepare`` on ``ctx.device``), optimised with
+        the model's (same SGD, lr schedule and weight decay) and never saved in the model file."""
+        return ()
+
+    def finish(self, ctx: StepContext) -> None:
+        """After the last iteration, before the model is saved (e.g. a weight fusion of prior and
+        new model)."""
+
+    def loss(self, batch: StepBatch) -> LossOutput:
+        raise NotImplementedError(f"{type(self).__name__} has no loss")
 
 
 _REGISTRY: dict[str, Callable[[], Method]] = {}
@@ -83,33 +96,12 @@ def register(name: str) -> Callable:
     return deco
 
 
-class Setting(NamedTuple):
-    """A hyper-parameter a user may change, as a method's field declares it (:func:`setting`)."""
-
-    name: str
-    default: Any
-    help: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple | None = None
-
-
-def setting(default, help: str, low: float | None = None, high: float | None = None, choices: tuple | None = None):
-    """A method's dataclass field that a user may change (the command line's options and the
-    panel's advanced fields are made from these): its default, what it means (starting with its
-    symbol, e.g. "τ, eq. 1: …"), and its range or choices."""
-    return dataclasses.field(default=default, metadata={"setting": (help, low, high, choices)})
-
-
 def method_settings(method: Method | str) -> dict[str, Setting]:
-    """The settings a user may change of one method (an instance, or its name)."""
+    """The settings a user may change of one method (an instance, or its name): the fields its
+    dataclass declares with :func:`setting`."""
     if isinstance(method, str):
         method = get_method(method)
-    found = {}
-    for f in dataclasses.fields(method) if dataclasses.is_dataclass(method) else ():
-        if "setting" in f.metadata:
-            found[f.name] = Setting(f.name, f.default, *f.metadata["setting"])
-    return found
+    return declared(method)
 
 
 def all_method_settings() -> dict[str, Setting]:
@@ -123,20 +115,14 @@ def all_method_settings() -> dict[str, Setting]:
 
 
 def configure(method: Method, **values) -> Method:
-    """``method`` with some of its settings changed, each checked against its range or choices."""
+    """``method`` with some of its settings changed, each checked against its declaration."""
     known = method_settings(method)
     unknown = set(values) - set(known)
     if unknown:
         has = ", ".join(known) or "none"
         raise ValueError(f"{method.name} has no setting {', '.join(sorted(unknown))} (its settings: {has})")
     for key, value in values.items():
-        spec = known[key]
-        if spec.choices is not None and value not in spec.choices:
-            raise ValueError(f"{key} must be one of {', '.join(map(str, spec.choices))} ({spec.help}), got {value!r}")
-        if isinstance(spec.default, bool) and not isinstance(value, bool):
-            raise ValueError(f"{key} is true or false ({spec.help}), got {value!r}")
-        if spec.low is not None and not spec.low <= value <= spec.high:
-            raise ValueError(f"{key} must be in [{spec.low:g}, {spec.high:g}] ({spec.help}), got {value}")
+        known[key].check(value)
     return dataclasses.replace(method, **values) if values else method
 
 
@@ -152,7 +138,7 @@ def get_method(name: str, **settings) -> Method:
 
 def settings_of(method: Method) -> dict[str, Any]:
     """The values of a method's user settings, for a step's record."""
-    return {k: getattr(method, k) for k in method_settings(method)}
+    return setting_values(method)
 
 
 #: the methods a wrapper method (EWF, NeST) may train its step with
@@ -166,12 +152,6 @@ def base_method(name: str) -> Method:
     return get_method(name)
 
 
-def classifier_init(method: Method) -> str:
-    """The one place that decides how a step's new classifier rows start: by how the method
-    scores classes (its ``scores``; "sigmoid" when it does not say)."""
-    return getattr(method, "scores", "sigmoid")
-
-
 def available() -> list[str]:
     _load_builtin()
     return sorted(_REGISTRY)
@@ -180,9 +160,6 @@ def available() -> list[str]:
 def _load_builtin() -> None:
     """Import every module of this package once: each registers its method(s) on import, so a
     new method is one new module and nothing else."""
-    import importlib
-    import pkgutil
-
     for info in pkgutil.iter_modules(__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
@@ -197,7 +174,6 @@ __all__ = [
     "all_method_settings",
     "available",
     "base_method",
-    "classifier_init",
     "configure",
     "get_method",
     "method_settings",

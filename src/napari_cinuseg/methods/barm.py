@@ -76,8 +76,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import IGNORE_INDEX, LossOutput
-from . import StepBatch, StepContext, register
+from ..losses import IGNORE, LossOutput
+from . import Method, StepBatch, StepContext, register
 from ._shared import resize_labels
 
 __all__ = [
@@ -114,7 +114,7 @@ def compose_background(logits: torch.Tensor, residual: torch.Tensor, k_old: int)
 
 
 def pseudo_background_bce(
-    adapted: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX
+    adapted: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE
 ) -> torch.Tensor:
     """PB-BCE: Σ_k BCE(adapted_k, onehot(targets)_k) averaged over the batch's pixels whose target is
     not ``ignore_index`` (0 when there are none)."""
@@ -130,7 +130,7 @@ def background_adaptation_losses(residual: torch.Tensor, labels: torch.Tensor) -
     (h, w) by nearest neighbour. New-class pixels are those neither 0 nor ignored."""
     r = residual.float()[:, 0]
     small = resize_labels(labels, r.shape[-2:])
-    positive = ((small != 0) & (small != IGNORE_INDEX)).float()
+    positive = ((small != 0) & (small != IGNORE)).float()
     negative = (small == 0).float()
     ba_ce = (F.softplus(r) * positive).sum() / positive.sum().clamp_min(1)  # BCE(r, 0) = log(1 + e^r)
     ba_t = ((1 - 2 * torch.sigmoid(r)).clamp_min(0) * negative).sum() / negative.sum().clamp_min(1)
@@ -170,7 +170,7 @@ def _new_head_init(weight: torch.Tensor, bias: torch.Tensor) -> None:
 
 
 @dataclass
-class BARM:
+class BARM(Method):
     """PB-BCE + background adaptation + GKD + BFD with a residual background channel that is folded
     into the background row at the end (see the module's docstring)."""
 

@@ -13,14 +13,14 @@ import torch
 
 from ..losses import LossOutput, cinuseg_loss, class_thresholds
 from ..losses.pseudo import UNCERTAIN_OLD
-from . import StepBatch, StepContext, register, setting
+from . import Method, StepBatch, StepContext, register, setting
 
 # a step whose images have at least this share of their pixels labelled is labelled in full
 LABELLED_IN_FULL = 0.9
 
 
 @dataclass
-class CiNuSeg:
+class CiNuSeg(Method):
     name: str = "cinuseg"
     acl: bool = True
     drr: bool = True

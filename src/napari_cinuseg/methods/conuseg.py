@@ -83,8 +83,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..losses import IGNORE_INDEX, LossOutput
-from . import StepBatch, StepContext, register
+from ..losses import IGNORE, LossOutput
+from . import Method, StepBatch, StepContext, register
 from ._shared import histogram_medians, resize_labels
 
 __all__ = [
@@ -157,7 +157,7 @@ def pseudo_unbiased_cross_entropy(
     labels: torch.Tensor,
     old_logits: torch.Tensor,
     thresholds: torch.Tensor,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int = IGNORE,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """CoNuSeg's ``PseudoUnbiasedCrossEntropy``, per pixel (with p = softmax(logits)):
@@ -318,7 +318,7 @@ def _pick(features: Sequence[torch.Tensor], embedding: torch.Tensor | None, name
 
 
 @dataclass
-class CoNuSeg:
+class CoNuSeg(Method):
     """ℓ_PUCE + 0.1·ℓ_PRD + 0.1·ℓ_PCon with the authors' defaults (see the module's docstring).
     :meth:`prepare` computes the per-class thresholds and the old classes' global prototypes with
     the prior."""
@@ -369,7 +369,7 @@ class CoNuSeg:
         for feats, small in kept:
             max_p, arg, bg = small[:, 0], small[:, 1].long(), small[:, 2] > 0
             confident = bg & (arg >= 1) & (max_p > self.thresholds[arg])
-            pseudo = torch.where(confident, arg, torch.full_like(arg, IGNORE_INDEX))
+            pseudo = torch.where(confident, arg, torch.full_like(arg, IGNORE))
             update_running_prototypes(self.prototypes, self.prototype_counts, feats, pseudo, old_classes)
 
     def loss(self, b: StepBatch) -> LossOutput:

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from ..losses import LossOutput
-from . import StepBatch, StepContext, base_method, register  # extends a base method (MiB or PLOP)
+from . import Method, StepBatch, StepContext, base_method, register  # extends a base method (MiB or PLOP)
 
 __all__ = ["EWF", "fuse_weights", "fusion_factor"]
 
@@ -103,7 +103,7 @@ def _zero_rows(k: int):
 
 
 @dataclass
-class EWF:
+class EWF(Method):
     """The base method's loss during the step, then endpoint weight fusion (see the module's
     docstring). ``alpha=None`` uses the paper's sqrt(|C^t| / K)."""
 
@@ -122,9 +122,7 @@ class EWF:
         self._base = base_method(self.base)
 
     def prepare(self, ctx: StepContext) -> None:
-        base_prepare = getattr(self._base, "prepare", None)
-        if base_prepare is not None:
-            base_prepare(ctx)
+        self._base.prepare(ctx)
         if self.freeze_old_classifier:
             cls = ctx.model.network.classifier
             k_old = ctx.prior.num_channels

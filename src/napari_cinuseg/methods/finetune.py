@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from ..losses import LossOutput, base_bce, mixed_base_bce
 from ..runtime.names import NUCLEUS
-from . import StepBatch, register
+from . import Method, StepBatch, register
 
 
 @dataclass
-class FineTune:
+class FineTune(Method):
     name: str = "finetune"
     uses_prior: bool = False
     scores: str = "sigmoid"  # BCE on per-class sigmoid scores

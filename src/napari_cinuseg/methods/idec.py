@@ -80,8 +80,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..losses import IGNORE_INDEX, LossOutput
-from . import StepBatch, register
+from ..losses import IGNORE, LossOutput
+from . import Method, StepBatch, register
 
 __all__ = [
     "IDEC",
@@ -113,7 +113,7 @@ def threshold_pseudo_labels(
     return torch.where(claim, arg, labels)
 
 
-def bce_with_ignore(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def bce_with_ignore(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
     """``BCEWithLogitsLossWithIgnoreIndex(reduction='mean')``: Σ_c BCE(one-hot(y)_c, σ(z_c)) per
     pixel, averaged over the labelled pixels of the whole batch; 0 if none is labelled."""
     logits = logits.float()
@@ -154,7 +154,7 @@ def dense_distillation(
 
 
 def region_embeddings(
-    features: torch.Tensor, regions: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+    features: torch.Tensor, regions: torch.Tensor, num_classes: int, ignore_index: int = IGNORE
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per image and class c < ``num_classes``: the mean feature over the region {y = c} and over its
     complement (the image's other pixels that are not ``ignore_index``). ``features`` (B, D, H, W) and
@@ -179,7 +179,7 @@ def asymmetric_region_contrast(
     num_classes: int,
     margin: float = MARGIN,
     normalize: bool = True,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int = IGNORE,
 ) -> torch.Tensor:
     """ARCL as a region-wise triplet: for every image and every class c with a non-empty region
     and complement, anchor a = the *old* model's region embedding (detached), positive p = the new
@@ -209,7 +209,7 @@ def asymmetric_region_contrast(
 
 
 @dataclass
-class IDEC:
+class IDEC(Method):
     """ℓ_BCE(pseudo-labels) + ℓ_DADA + λ·ℓ_ARCL, see the module's docstring."""
 
     name: str = "idec"

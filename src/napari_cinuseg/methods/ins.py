@@ -75,8 +75,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import IGNORE_INDEX, LossOutput
-from . import StepBatch, StepContext, register
+from ..losses import IGNORE, LossOutput
+from . import Method, StepBatch, StepContext, register
 from ._shared import resize_labels
 from .mib import unbiased_cross_entropy
 
@@ -199,7 +199,7 @@ def compatibility_distillation(
     labels: torch.Tensor,
     new_classes: Sequence[int],
     old_future: torch.Tensor | None = None,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int = IGNORE,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """INS's CID: with q = softmax(:func:`compatibility_targets`) and p = softmax(``logits``) over
@@ -228,7 +228,7 @@ def compatibility_distillation(
 
 
 @dataclass
-class INS:
+class INS(Method):
     """ℓ_UCE(FCA labels) + λ·ℓ_CID, see the module's docstring. :meth:`prepare` builds the
     training-only unknown channel and the centroid table."""
 

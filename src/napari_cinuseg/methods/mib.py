@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..losses import IGNORE_INDEX, LossOutput
-from . import StepBatch, register
+from ..losses import IGNORE, LossOutput
+from . import Method, StepBatch, register
 
 __all__ = ["MiB", "unbiased_cross_entropy", "unbiased_distillation"]
 
@@ -49,7 +49,7 @@ def unbiased_cross_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
     old_classes: int,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int = IGNORE,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """MiB's unbiased cross-entropy (Sec. 3, q̃).
@@ -109,7 +109,7 @@ def unbiased_distillation(
 
 
 @dataclass
-class MiB:
+class MiB(Method):
     """ℓ_UCE + λ·ℓ_UKD (MiB's objective), with MiB's defaults (see the module's docstring)."""
 
     name: str = "mib"

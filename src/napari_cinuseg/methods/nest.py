@@ -73,7 +73,7 @@ import torch.nn.functional as F
 
 from ..losses import LossOutput
 from ..model.network import eval_mode
-from . import StepBatch, StepContext, base_method, register  # extends a base method (MiB or PLOP)
+from . import Method, StepBatch, StepContext, base_method, register  # extends a base method (MiB or PLOP)
 from .mib import unbiased_cross_entropy
 
 __all__ = [
@@ -166,7 +166,7 @@ def installed_classifier(
 
 
 @dataclass
-class NeST:
+class NeST(Method):
     """Pre-tunes the new classifier from the old ones in :meth:`prepare`, then trains the step with
     the base method (see the module's docstring)."""
 
@@ -255,9 +255,7 @@ class NeST:
             cls.weight[k_old:, :, 0, 0] = rows.to(cls.weight.dtype)
             cls.bias[k_old:] = bias.to(cls.bias.dtype)
 
-        base_prepare = getattr(self._base, "prepare", None)
-        if base_prepare is not None:
-            base_prepare(ctx)
+        self._base.prepare(ctx)
 
     def loss(self, b: StepBatch) -> LossOutput:
         return self._base.loss(b)

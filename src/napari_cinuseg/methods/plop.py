@@ -63,8 +63,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..losses import IGNORE_INDEX, LossOutput
-from . import StepBatch, StepContext, register
+from ..losses import IGNORE, LossOutput
+from . import Method, StepBatch, StepContext, register
 from ._shared import histogram_medians  # shared with CoNuSeg
 
 __all__ = [
@@ -218,7 +218,7 @@ def entropy_pseudo_labels(
     old_logits: torch.Tensor,
     thresholds: torch.Tensor,
     num_classes: int | None = None,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int = IGNORE,
 ) -> torch.Tensor:
     """PLOP's ``pseudo == "entropy"`` labels (Sec. 3.2).
 
@@ -237,7 +237,7 @@ def entropy_pseudo_labels(
 
 @torch.no_grad()
 def classif_adaptive_factor(
-    labels: torch.Tensor, pseudo: torch.Tensor, k_old: int, ignore_index: int = IGNORE_INDEX
+    labels: torch.Tensor, pseudo: torch.Tensor, k_old: int, ignore_index: int = IGNORE
 ) -> torch.Tensor:
     """PLOP's ``classif_adaptive_factor`` (ν), (B,): per image, the share of background pixels
     (label < K_old) that got a pseudo-label; 1 for an image without background pixels."""
@@ -251,7 +251,7 @@ def classif_adaptive_factor(
 
 
 @dataclass
-class PLOP:
+class PLOP(Method):
     """ν-weighted cross-entropy on entropy pseudo-labels + Local POD, PLOP's defaults (see the
     module's docstring). :meth:`prepare` computes the class thresholds with the prior."""
 
@@ -279,7 +279,7 @@ class PLOP:
         k, k_old = b.logits.shape[1], b.old_logits.shape[1]
         pseudo = entropy_pseudo_labels(b.labels, b.old_logits, self.thresholds, k)
         nu = classif_adaptive_factor(b.labels, pseudo, k_old)
-        ce_map = F.cross_entropy(b.logits.float(), pseudo, ignore_index=IGNORE_INDEX, reduction="none")
+        ce_map = F.cross_entropy(b.logits.float(), pseudo, ignore_index=IGNORE, reduction="none")
         ce = (ce_map * nu[:, None, None]).mean()
         factors = [self.pod_factor] * len(b.features) + [self.pod_logits_factor]
         norms = [True] * len(b.features) + [False]  # the stages normalised, the logits not (PLOP's defaults)

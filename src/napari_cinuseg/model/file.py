@@ -274,3 +274,18 @@ def load_model(path: str | os.PathLike, *, expect_encoder: str | None = None) ->
         raise ModelFileError(f"{path} has a damaged record ({exc}); the file cannot be used") from None
     model.source_path = str(path)
     return model
+
+
+def check_new_model_path(out: str | os.PathLike | None, prior=None) -> None:
+    """Refuse, before a step trains rather than after, a place its model could not be saved:
+    the ``prior``'s own file, a missing folder, or an existing file (never overwritten)."""
+    if out is None:
+        return
+    out = os.fspath(out)
+    if prior is not None and prior.source_path and os.path.abspath(out) == os.path.abspath(prior.source_path):
+        raise ModelFileError(f"{out} is the prior model's file; save the new model under another name")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise ModelFileError(f"the folder {parent} does not exist; create it or choose another place")
+    if os.path.exists(out):
+        raise ModelFileError(f"{out} exists; choose another name (model files are never overwritten)")

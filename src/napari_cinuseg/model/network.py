@@ -207,7 +207,7 @@ class NucleiSegNet(nn.Module):
     def add_classes(self, n_new: int, init: str = "sigmoid") -> None:
         """Grow the classifier by ``n_new`` channels; the existing rows are kept as they are.
 
-        ``init`` fits how the step's method scores classes (``methods.classifier_init``):
+        ``init`` fits how the step's method scores classes (:attr:`napari_cinuseg.methods.Method.scores`):
 
         - ``"sigmoid"`` (CiNuSeg and the other per-class-sigmoid methods): the new rows' weights
           are 0 and their biases logit(``NEW_CLASS_PRIOR``) = logit(0.01) ≈ −4.6, so every

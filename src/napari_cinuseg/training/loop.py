@@ -5,18 +5,17 @@ step's record (loss curve, ATT share, forgetting report) and the atomic save."""
 from __future__ import annotations
 
 import math
-import random
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..analysis.forgetting import old_class_agreement
-from ..datasets.labelled import IGNORE, TrainingPair, labelled_share
+from ..datasets.labelled import TrainingPair, labelled_share
 from ..losses import LossOutput
-from ..methods import StepContext, settings_of
+from ..methods import Method, StepBatch, StepContext, settings_of
 from ..model.file import save_model
 from ..model.segmenter import CiNuSegModel, StepRecord, image_batch
 from ..runtime import devices
@@ -34,70 +33,26 @@ from ..runtime.events import (
 )
 from . import distributed
 from .crops import CropDataset
+from .gear import Gear, clip_gradient, make_gear, poly_lr, seed_everything
 from .settings import TrainSettings
 from .tally import Tally, crop_stats, loss_curve
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _freeze_batchnorm(net: torch.nn.Module) -> None:
-    """Keep BatchNorm's running statistics as the prior learned them (its affine weights still
-    train): an incremental step sees only the new class's images, often a handful at batch 1,
-    and re-estimating the statistics there shifts every old class's features."""
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
-def poly_lr(base: float, iteration: int, total: int, power: float) -> float:
-    """The poly schedule: base · (1 − it/total)^power, it counted from 0."""
-    return base * (1 - iteration / total) ** power
-
-
-def clip_gradient(
-    params: Sequence[torch.nn.Parameter], classifier: torch.nn.Module, rows: Sequence[int], limit: float, factor: float
-) -> float:
-    """Clip the gradient's global L2 norm to ``limit`` (0 = no clipping), the same for every
-    method. The new classes' classifier ``rows`` (zero weights at the start, nothing to keep) are
-    clipped on their own, so that the large gradient of the rest cannot shrink theirs to nothing,
-    and then step ``factor`` times further (SGD's per-row learning rate). Returns the norm of the
-    whole gradient before clipping, the new rows' included (not finite: the step must be skipped)."""
-    limit = limit if limit > 0 else float("inf")
-    params = [p for p in params if p.grad is not None]
-    weight, bias = classifier.weight, classifier.bias
-    if not rows or weight.grad is None:
-        return float(torch.nn.utils.clip_grad_norm_(params, limit))
-    rows = list(rows)
-    own = [p for p in (weight, bias) if p is not None and p.grad is not None]
-    new_grads = [p.grad[rows].clone() for p in own]
-    for p in own:
-        p.grad[rows] = 0
-    rest = torch.nn.utils.clip_grad_norm_(params, limit)
-    new = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in new_grads]))
-    scale = (limit / (new + 1e-6)).clamp(max=1.0) if math.isfinite(limit) else torch.ones_like(new)
-    for p, g in zip(own, new_grads):
-        p.grad[rows] = (g * scale * factor).to(p.grad.dtype)
-    return float(torch.sqrt(rest.float() ** 2 + new.float() ** 2))
-
-
 @dataclass
-class _Loop:
-    """One step's optimisation, shared by the base and incremental steps."""
+class StepLoop:
+    """One step's optimisation, shared by the base and incremental steps: the ``method``'s hooks
+    and its loss on a :class:`~napari_cinuseg.methods.StepBatch` the loop builds at every
+    iteration. ``record_as``: the method's name in the step's record (the base step's is "base")."""
 
     model: CiNuSegModel
     pairs: Sequence[TrainingPair]
     channel_of_target: list[int]  # step target value → channel id (index 0 → 0)
-    loss_fn: Callable[[torch.Tensor, object, torch.Tensor], LossOutput]
+    method: Method
     prior: CiNuSegModel | None
     settings: TrainSettings
     lr: float
     step: int
-    method: str
-    hooks: object | None = None  # the Method, for its optional prepare/finish hooks
+    record_as: str | None = None
     freeze_bn: bool = False
     new_classes: tuple[int, ...] = ()
     memory_notes: list[str] = field(default_factory=list)  # batches reduced for lack of memory
@@ -116,7 +71,21 @@ class _Loop:
         share = labelled_share(self.pairs, len(self.channel_of_target))  # the values the table maps
         return StepContext(self.prior, self.model, list(self.new_classes), self.settings, device, batches, share)
 
-    def _iteration(self, images, target, gear: _Gear) -> tuple[LossOutput, str | None, float]:
+    def _batch(self, labels: torch.Tensor, output, old) -> StepBatch:
+        """What the method sees of one iteration: the model's output, and the prior's where it
+        runs."""
+        return StepBatch(
+            logits=output.logits,
+            features=output.features,
+            labels=labels,
+            new_classes=list(self.new_classes),
+            old_logits=old.logits if old is not None else None,
+            old_features=old.features if old is not None else None,
+            embedding=output.embedding,
+            old_embedding=old.embedding if old is not None else None,
+        )
+
+    def _iteration(self, images, target, gear: Gear) -> tuple[LossOutput, str | None, float]:
         """One optimisation step on one batch of crops: (the loss, why the optimiser did not
         step or None, the gradient's norm before clipping)."""
         device, amp, opt, scaler = gear.device, gear.amp, gear.opt, gear.scaler
@@ -130,7 +99,7 @@ class _Loop:
                 with torch.no_grad():
                     old = prior_net(x)
             output = net(x)
-            result = self.loss_fn(labels, output, old)
+            result = self.method.loss(self._batch(labels, output, old))
         opt.zero_grad(set_to_none=True)
         # Backward also on a non-finite loss: under torchrun every rank must take part in the
         # gradients' all-reduce, and the non-finite gradient then tells every rank to skip.
@@ -204,10 +173,10 @@ class _Loop:
         """The step's record in the model: method, classes, settings (with every setting of the
         method's own, as it trained), images and ``results``."""
         settings = self.settings.to_dict()
-        settings["method_settings"] = settings_of(self.hooks) if self.hooks is not None else {}
+        settings["method_settings"] = settings_of(self.method)
         return StepRecord(
             step=self.step,
-            method=self.method,
+            method=self.record_as or self.method.name,
             new_classes=[c.name for c in self.model.classes if c.step == self.step],
             settings=settings,
             data={"images": [p.name for p in self.pairs], "num_images": len(self.pairs)},
@@ -231,10 +200,10 @@ class _Loop:
         )
         per_epoch = max(len(dataset) // s.batch_size, 1)  # the global batch, over all ranks
         total = s.iterations or max(s.epochs * per_epoch, s.min_iterations)
-        gear = self._gear(device)
+        gear = make_gear(self.model, self.prior, self.channel_of_target, s, self.lr, device, self.freeze_bn)
         yield StepStarted(
             step=self.step,
-            method=self.method,
+            method=self.record_as or self.method.name,
             device=devices.describe(device),
             total_iterations=total,
             iterations_per_epoch=per_epoch,
@@ -243,18 +212,14 @@ class _Loop:
             model=self.model,
         )
         tally = Tally(t0=time.perf_counter())
-        prepare = getattr(self.hooks, "prepare", None)
-        finish = getattr(self.hooks, "finish", None)
-        ctx = self._context(device, gear.lut) if (prepare or finish) else None
+        ctx = self._context(device, gear.lut)
         try:
-            if prepare is not None:
-                prepare(ctx)
+            self.method.prepare(ctx)
             self._add_extra_parameters(gear.opt)
             done = yield from self._iterations(dataset, total, gear, tally, cancel)
             if not done:
                 return None
-            if finish is not None:
-                finish(ctx)
+            self.method.finish(ctx)
             forgetting = None
             if self.report_prior is not None and not is_cancelled(cancel):
                 forgetting = old_class_agreement(self.report_prior, self.model, self.pairs, device)
@@ -274,42 +239,14 @@ class _Loop:
         yield StepFinished(step=self.step, model=self.model, seconds=seconds, path=path)
         return self.model
 
-    def _gear(self, device: torch.device) -> _Gear:
-        """The networks on the device (the prior frozen in eval mode, BatchNorm frozen where the
-        step keeps it), the optimiser, the fp16 scaler and the target → channel table."""
-        s = self.settings
-        world, rank = distributed.world_size(), distributed.rank()
-        amp = devices.amp_dtype(device, s.amp)
-        lut = torch.full((256,), IGNORE, dtype=torch.long)
-        for local, ch in enumerate(self.channel_of_target):
-            lut[local] = ch
-        net = self.model.network.to(device).train()
-        if self.freeze_bn:
-            _freeze_batchnorm(net)
-        prior_net = None
-        if self.prior is not None:
-            # The prior runs under no_grad; its parameters' own flags are left alone, so a later
-            # child() of the same model object can still learn.
-            prior_net = self.prior.network.to(device).eval()
-        opt = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-        train_net = net
-        if world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            train_net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-        return _Gear(device, world, rank, amp, lut, net, train_net, prior_net, opt, scaler)
-
     def _add_extra_parameters(self, opt) -> None:
         """A method's training-only modules (e.g. a projection head), optimised with the model's."""
-        extra = getattr(self.hooks, "extra_parameters", None)
-        if extra is not None:
-            params = [p for p in extra() if p.requires_grad]
-            if params:
-                opt.add_param_group({"params": params})
-                self._extra = params
+        params = [p for p in self.method.extra_parameters() if p.requires_grad]
+        if params:
+            opt.add_param_group({"params": params})
+            self._extra = params
 
-    def _loader(self, dataset: CropDataset, batch: int, gear: _Gear):
+    def _loader(self, dataset: CropDataset, batch: int, gear: Gear):
         sampler = distributed.GlobalBatchSampler(len(dataset), batch, self.settings.seed, gear.rank, gear.world)
         loader = torch.utils.data.DataLoader(
             dataset,
@@ -322,7 +259,7 @@ class _Loop:
         )
         return loader, sampler
 
-    def _iterations(self, dataset: CropDataset, total: int, gear: _Gear, tally: Tally, cancel: CancelFlag):
+    def _iterations(self, dataset: CropDataset, total: int, gear: Gear, tally: Tally, cancel: CancelFlag):
         """Epochs of crops until ``total`` iterations: each one optimised, skipped when not
         finite, or (out of memory) the epoch begun again with half the batch. Yields the events;
         returns False when cancelled."""
@@ -387,7 +324,7 @@ class _Loop:
                 tally.epoch += 1
         return True
 
-    def _results(self, tally: Tally, seconds: float, gear: _Gear, forgetting) -> dict:
+    def _results(self, tally: Tally, seconds: float, gear: Gear, forgetting) -> dict:
         """The step record's results: iterations, time, final loss, device, loss curve, ATT
         share, forgetting report, memory notes and skipped iterations."""
         att_seen, att_fired = tally.att
@@ -403,19 +340,3 @@ class _Loop:
             **({"memory": list(self.memory_notes)} if self.memory_notes else {}),
             "skipped_iterations": [{**k, "value": str(k["value"])} for k in tally.skips],
         }
-
-
-@dataclass
-class _Gear:
-    """What one step trains with, on its device."""
-
-    device: torch.device
-    world: int
-    rank: int
-    amp: object
-    lut: torch.Tensor  # step target value → channel id
-    net: torch.nn.Module
-    train_net: torch.nn.Module  # net, or its DistributedDataParallel wrapper under torchrun
-    prior_net: torch.nn.Module | None
-    opt: torch.optim.Optimizer
-    scaler: object

@@ -4,58 +4,74 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from ..runtime import setting as declared
+from ..runtime.names import DECODERS, ENCODERS, INPUTS
+from ..runtime.setting import CLI, setting
+
 
 @dataclass
 class TrainSettings:
+    """Every training setting of a step. Those declared with :func:`setting` are checked against
+    their declaration, and the command line's options (and some of the panel's fields) are made
+    from them; :data:`PRESETS` holds the paper's values and a CPU preset."""
+
     # network (used when a base model is made; an incremental step keeps its prior's network)
-    encoder: str = "resnet18"
-    decoder: str = "unet"
+    encoder: str = setting("resnet18", "encoder network of a base model", choices=ENCODERS, offered=())
+    decoder: str = setting("unet", "decoder network of a base model", choices=DECODERS, offered=())
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16)
     encoder_weights: str | None = None  # a local torchvision ResNet state dict; never downloaded
-    input: str = "rgb"  # names.INPUTS: the RGB image, or its hematoxylin optical density only
+    # the RGB image, or its hematoxylin optical density only
+    input: str = setting("rgb", "what a base model sees", choices=INPUTS, offered=())
 
     # optimisation (SGD with momentum, poly schedule)
-    lr_base: float = 0.01  # step 0
-    lr_step: float = 0.001  # incremental steps
-    momentum: float = 0.9
-    weight_decay: float = 0.01
-    poly_power: float = 0.9
-    epochs: int = 25
-    iterations: int | None = None  # if set, overrides epochs
+    lr_base: float = setting(0.01, "learning rate of step 0", 0.0, 10.0, offered=())
+    lr_step: float = setting(0.001, "learning rate of incremental steps", 0.0, 10.0, offered=())
+    momentum: float = setting(0.9, "SGD momentum", 0.0, 1.0, offered=())
+    weight_decay: float = setting(0.01, "SGD weight decay", 0.0, 1.0, offered=())
+    poly_power: float = setting(0.9, "power of the poly learning-rate schedule", 0.0, 10.0, offered=())
+    epochs: int = setting(25, "training epochs (one random crop per image each)", 1, offered=(CLI,))
+    iterations: int | None = setting(None, "total iterations (overrides --epochs)", 1, offered=(CLI,))
     # With few, large images (MoNuSAC) an epoch of one crop per image is a handful of
     # iterations: a step trains at least this many (unless ``iterations`` is set).
-    min_iterations: int = 400
-    batch_size: int = 8
-    crop_size: int = 128
+    min_iterations: int = setting(400, "the fewest iterations of a step without --iterations", 0, offered=())
+    batch_size: int = setting(8, "crops per iteration", 1, offered=(CLI,))
+    crop_size: int = setting(
+        128, "side of the training crops in pixels (a multiple of 32)", 32, 4096, multiple=32, offered=(CLI,)
+    )
     freeze_bn: bool = True  # incremental steps keep the prior's BatchNorm statistics
     # Every method alike: the gradient's global L2 norm is clipped to this before each SGD step
-    # (0 = off), and an iteration whose loss or gradient is not finite does not step at all; a
-    # step stops with an error after more than ``max_skipped`` such iterations.
-    grad_clip: float = 1.0
+    # (0 = off), the new classes' classifier rows on their own (loop.clip_gradient), and an
+    # iteration whose loss or gradient is not finite does not step at all; a step stops with an
+    # error after more than ``max_skipped`` such iterations.
+    grad_clip: float = setting(1.0, "the gradient's global L2 norm is clipped to this (0 = off)", 0.0, offered=())
     # Incremental steps: the new classes' classifier rows learn at this multiple of lr_step (they
     # start from zero weights and must learn in a few hundred iterations; the rest of the
     # network only has to stay where the prior left it), and this share of the crops is placed
     # on a painted pixel of a new class (crops.CropDataset).
-    new_class_lr: float = 10.0
-    painted_crops: float = 0.5
-    max_skipped: int = 10
+    new_class_lr: float = setting(10.0, "the new classifier rows' learning rate, × lr_step", 1e-6, offered=())
+    painted_crops: float = setting(0.5, "share of the crops placed on a painted new-class pixel", 0.0, 1.0, offered=())
+    max_skipped: int = setting(10, "iterations with a non-finite loss skipped before a step fails", 0, offered=())
     # augmentation beyond flips and rotations (augment.py); 0 = off, as in the paper's protocol
-    stain_jitter: float = 0.0  # HED stain strength s: concentrations × 2^U(−s, s), + U(−s, s)·spread/2
-    scale_jitter: float = 0.0  # zoom 2^U(−s, s): 1.0 covers 20× to 80× for a 40× training set
+    stain_jitter: float = setting(
+        0.0, "HED stain augmentation: stain amounts scaled by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)", 0.0, 2.0
+    )
+    scale_jitter: float = setting(
+        0.0, "zoom augmentation: crops zoomed by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)", 0.0, 2.0
+    )
 
     # The user's changes to the step method's own settings (fields of its dataclass, e.g.
     # CiNuSeg's τ: methods.method_settings), handed to methods.get_method by the step.
     method_settings: dict = field(default_factory=dict)
 
     # running
-    seed: int = 0
-    device: str = "auto"  # auto = CUDA, then MPS, then CPU
+    seed: int = setting(0, "random seed of weights, crops and order", offered=(CLI,))
+    device: str = setting("auto", "auto (CUDA, then MPS, then CPU), cuda, mps or cpu", offered=(CLI,))
     amp: bool = True  # mixed precision on CUDA only
-    num_workers: int = 0
-    log_every: int = 1
+    num_workers: int = setting(0, "data loader processes", 0, 64, offered=(CLI,))
+    log_every: int = setting(1, "iterations between two progress events", 1, offered=())
 
     def architecture(self, num_classes: int = 1):
-        from ..model.network import Architecture  # here, so that reading settings needs no PyTorch
+        from ..model.network import Architecture  # noqa: PLC0415 - reading settings needs no PyTorch
 
         return Architecture(self.encoder, self.decoder, self.decoder_channels, num_classes)
 
@@ -70,7 +86,7 @@ class TrainSettings:
         own = {f.name for f in fields(self)}
         others = {k: changes.pop(k) for k in set(changes) - own}
         if others:
-            from ..methods import all_method_settings  # here: reading settings needs no PyTorch
+            from ..methods import all_method_settings  # noqa: PLC0415 - reading settings needs no PyTorch
 
             unknown = set(others) - set(all_method_settings())
             if unknown:
@@ -86,58 +102,8 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         self.decoder_channels = tuple(self.decoder_channels)
-        if self.crop_size < 32 or self.crop_size % 32:
-            raise ValueError(f"crop_size must be a multiple of 32 (the encoder's stride), got {self.crop_size}")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        if self.iterations is not None and self.iterations < 1:
-            raise ValueError("iterations must be at least 1")
-        if self.grad_clip < 0:
-            raise ValueError(f"grad_clip is a gradient norm (0 = off), got {self.grad_clip}")
-        if self.new_class_lr <= 0:
-            raise ValueError(f"new_class_lr is a factor on lr_step, above 0, got {self.new_class_lr}")
-        if not 0 <= self.painted_crops <= 1:
-            raise ValueError(f"painted_crops is a share of the crops in [0, 1], got {self.painted_crops}")
-        if self.max_skipped < 0:
-            raise ValueError(f"max_skipped is a number of iterations, got {self.max_skipped}")
-        if self.epochs < 1:
-            raise ValueError("epochs must be at least 1")
         self.method_settings = dict(self.method_settings)
-        for name, (low, high) in SETTING_RANGES.items():
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise ValueError(f"{name} must be in [{low:g}, {high:g}] ({USER_SETTINGS[name]}), got {value}")
-
-
-# The training settings a user may change for one run, with what each means: the command line
-# makes one option of each (cli/parser.py), and one of each method's own setting beside them
-# (methods.method_settings); the panel its advanced fields (ui/sections.py).
-USER_SETTINGS: dict[str, str] = {
-    "epochs": "training epochs (one random crop per image each)",
-    "iterations": "total iterations (overrides --epochs)",
-    "batch_size": "crops per iteration",
-    "crop_size": "side of the training crops in pixels (a multiple of 32)",
-    "device": "auto (CUDA, then MPS, then CPU), cuda, mps or cpu",
-    "seed": "random seed of weights, crops and order",
-    "num_workers": "data loader processes",
-    "stain_jitter": "HED stain augmentation: stain amounts scaled by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)",
-    "scale_jitter": "zoom augmentation: crops zoomed by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)",
-}
-
-
-# The allowed range of each tunable training number (TrainSettings checks them; the panel offers
-# these under "Advanced", with the method's own, one field each, explained from USER_SETTINGS).
-SETTING_RANGES: dict[str, tuple[float, float]] = {
-    "stain_jitter": (0.0, 2.0),
-    "scale_jitter": (0.0, 2.0),
-}
-
-
-def setting_label(name: str, help: str) -> str:
-    """A short label: the symbol a setting's help starts with, up to its first comma (τ, α_o,
-    σ (painted), …), else its name."""
-    head = help.split(",")[0]
-    return head if len(head) <= 3 or not head[0].isascii() else name.replace("_", " ")
+        declared.check(self)
 
 
 PRESETS: dict[str, TrainSettings] = {

@@ -12,28 +12,15 @@ import os
 from collections.abc import Generator, Sequence
 
 from ..datasets.labelled import TrainingPair, check_pairs
-from ..methods import StepBatch, classifier_init, get_method
+from ..methods import get_method
 from ..methods.offline import Offline
-from ..model.file import ModelFileError, load_model
+from ..model.file import check_new_model_path, load_model
 from ..model.segmenter import CiNuSegModel
 from ..runtime.events import CancelFlag, Event
 from ..runtime.names import IGNORE, NUCLEUS
-from .loop import _Loop, seed_everything
+from .gear import seed_everything
+from .loop import StepLoop
 from .settings import TrainSettings
-
-
-def _check_out(out: str | os.PathLike | None, prior: CiNuSegModel | None) -> None:
-    """Fail before training, not after, if the result could not be saved where asked."""
-    if out is None:
-        return
-    out = os.fspath(out)
-    if prior is not None and prior.source_path and os.path.abspath(out) == os.path.abspath(prior.source_path):
-        raise ModelFileError(f"{out} is the prior model's file; save the new model under another name")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise ModelFileError(f"the folder {parent} does not exist; create it or choose another place")
-    if os.path.exists(out):
-        raise ModelFileError(f"{out} exists; choose another name (model files are never overwritten)")
 
 
 def train_base(
@@ -76,28 +63,24 @@ def train_base(
         )
         model.mean, model.std, model.pixel_size = init.mean, init.std, model.pixel_size or init.pixel_size
     check_pairs(pairs, len(model.classes), allow_nucleus=True)
-    _check_out(out, None)
+    check_new_model_path(out, None)
     # mixed supervision: pixels that say only "nucleus" (NUCLEUS) get losses.mixed_base_bce's term
     mixed = any((p.target == NUCLEUS).any() for p in pairs)
 
     joint = Offline(nucleus_targets=mixed)  # the base step's loss is offline's (fine-tuning's BCE)
-
-    def loss_fn(labels, output, old):
-        return joint.loss(StepBatch(output.logits, [], labels, [], None, None, settings))
-
     channels = list(range(len(model.classes) + 1))
     if mixed:  # the target value NUCLEUS passes through to the loss as itself
         channels += [IGNORE] * (NUCLEUS - len(channels)) + [NUCLEUS]
-    loop = _Loop(
+    loop = StepLoop(
         model=model,
         pairs=pairs,
         channel_of_target=channels,
-        loss_fn=loss_fn,
+        method=joint,
         prior=None,
         settings=settings,
         lr=settings.lr_base,
         step=0,
-        method="base",
+        record_as="base",
     )
     return loop.run(cancel, out)
 
@@ -131,38 +114,21 @@ def train_step(
             "settings.for_network(prior.arch), or choose a prior with that network"
         )
     m = get_method(method, **settings.method_settings)  # its own settings: the user's changes
-    model = prior.child(list(new_class_names), list(colours) if colours else None, classifier_init(m))
+    model = prior.child(list(new_class_names), list(colours) if colours else None, m.scores)
     check_pairs(pairs, len(new_class_names))
-    _check_out(out, prior)
+    check_new_model_path(out, prior)
     k_old = prior.num_channels
     new_classes = list(range(k_old, model.num_channels))
 
-    def loss_fn(labels, output, old):
-        return m.loss(
-            StepBatch(
-                logits=output.logits,
-                features=output.features,
-                labels=labels,
-                new_classes=new_classes,
-                old_logits=old.logits if old is not None else None,
-                old_features=old.features if old is not None else None,
-                settings=settings,
-                embedding=output.embedding,
-                old_embedding=old.embedding if old is not None else None,
-            )
-        )
-
-    loop = _Loop(
+    loop = StepLoop(
         model=model,
         pairs=pairs,
         channel_of_target=[0] + new_classes,
-        loss_fn=loss_fn,
+        method=m,
         prior=prior if m.uses_prior else None,
         settings=settings,
         lr=settings.lr_step,
         step=model.next_step,
-        method=m.name,
-        hooks=m,
         new_classes=tuple(new_classes),
         freeze_bn=settings.freeze_bn,
         report_prior=prior,

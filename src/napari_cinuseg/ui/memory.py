@@ -1,35 +1,55 @@
-"""What the panel remembers between sessions (Qt settings): the training and segmentation
-fields, the device, the live preview, the method's settings and the last model file."""
+"""What the panel remembers between sessions (Qt settings): every field a section names in its
+``remembered()`` (the training and segmentation fields, the device, the live preview, the
+method's settings), and the last model file. A value that no longer fits its field (a device no
+longer there, a number out of range) leaves the field as it is."""
 
 from __future__ import annotations
 
+from qtpy.QtWidgets import QAbstractButton, QComboBox, QGroupBox, QSpinBox
 
-def restore(settings, train, segment) -> str:
+
+def _get(widget):
+    if isinstance(widget, QComboBox):
+        data = widget.currentData()
+        return widget.currentText() if data is None else data
+    if isinstance(widget, (QAbstractButton, QGroupBox)):
+        return widget.isChecked()
+    if isinstance(widget, QSpinBox):
+        return widget.value()
+    return widget.value  # a magicgui value widget
+
+
+def _set(widget, text) -> None:
+    text = str(text)
+    if isinstance(widget, QComboBox):
+        index = widget.findData(text)
+        index = widget.findText(text) if index < 0 else index
+        if index >= 0:
+            widget.setCurrentIndex(index)
+    elif isinstance(widget, (QAbstractButton, QGroupBox)):
+        widget.setChecked(text.lower() == "true")
+    elif isinstance(widget, QSpinBox):
+        widget.setValue(int(float(text)))
+    else:
+        widget.value = float(text)
+
+
+def restore(settings, *sections) -> str:
     """Put the remembered values into the sections' fields; returns the last model's path."""
-    s = settings
-    train.preset.setCurrentText(str(s.value("preset", "cpu")))
-    train.iterations.setValue(int(s.value("iterations", train.iterations.value())))
-    train.crop.setValue(int(s.value("crop", train.crop.value())))
-    segment.tile.setValue(int(s.value("tile", segment.tile.value())))
-    train.advanced.setChecked(str(s.value("advanced", "false")).lower() == "true")
-    train.preview.setChecked(str(s.value("preview", "true")).lower() == "true")
-    device = train.device_choice.findData(str(s.value("device", "auto")))
-    train.device_choice.setCurrentIndex(max(device, 0))  # a device no longer there: auto
-    for name, field in train.hyper.items():
-        field.value = float(s.value(f"hyper/{name}", field.value))
-    return str(s.value("model_path", "") or "")
+    for section in sections:
+        for key, widget in section.remembered().items():
+            value = settings.value(key)
+            if value is not None:
+                try:
+                    _set(widget, value)
+                except (TypeError, ValueError):
+                    pass  # a value from an older panel that no longer fits: the field's default
+    return str(settings.value("model_path", "") or "")
 
 
-def remember(settings, train, segment, model) -> None:
-    s = settings
-    s.setValue("preset", train.preset.currentText())
-    s.setValue("iterations", train.iterations.value())
-    s.setValue("crop", train.crop.value())
-    s.setValue("tile", segment.tile.value())
-    s.setValue("advanced", train.advanced.isChecked())
-    s.setValue("preview", train.preview.isChecked())
-    s.setValue("device", train.device_name())
-    for name, field in train.hyper.items():
-        s.setValue(f"hyper/{name}", field.value)
+def remember(settings, *sections, model=None) -> None:
+    for section in sections:
+        for key, widget in section.remembered().items():
+            settings.setValue(key, _get(widget))
     if model is not None and model.source_path:
-        s.setValue("model_path", model.source_path)
+        settings.setValue("model_path", model.source_path)

@@ -128,7 +128,7 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
                 pass
 
     def _remember(self) -> None:
-        memory.remember(self.settings, self.train_section, self.segment_section, self.model)
+        memory.remember(self.settings, self.train_section, self.segment_section, model=self.model)
 
     # --- helpers --------------------------------------------------------------------------
     def _say(self, text: str, error: bool = False) -> None:

@@ -7,6 +7,7 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
+from magicgui.widgets import Container, FloatSpinBox
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -30,13 +31,15 @@ from qtpy.QtWidgets import (
 )
 
 from ..inference.tiling import DEFAULT_TILE
+from ..methods import get_method
 from ..model.file import BUNDLED_MODEL
 from ..model.segmenter import PALETTE
 from ..plugin.layer_metadata import layer_pixel_size
 from ..runtime import devices
 from ..runtime.events import Progress, StepStarted
+from ..runtime.setting import PANEL, offered
 from ..step_review import PREVIEW_EVERY_S
-from ..training.settings import PRESETS, SETTING_RANGES, USER_SETTINGS, TrainSettings, preset, setting_label
+from ..training.settings import PRESETS, TrainSettings, preset
 from ..workflows import STEP_ITERATIONS, STEP_METHOD, device_choices
 from .plot import LossPlot
 
@@ -294,25 +297,23 @@ class TrainSection(QGroupBox):
 
     @staticmethod
     def _advanced():
-        """A magicgui form of the step method's numeric settings (methods.method_settings) and the
-        augmentation's (settings.SETTING_RANGES), no list of its own, in a checkable group: off =
-        the method's and the preset's values."""
-        from magicgui.widgets import Container, FloatSpinBox
-
-        from ..methods import method_settings
-
+        """A magicgui form of the numeric settings offered to the panel (runtime.setting.PANEL):
+        the step method's and the training's (the augmentation's), from their declarations, in a
+        checkable group: off = the method's and the preset's values."""
+        numbers = {**offered(get_method(STEP_METHOD), PANEL), **offered(TrainSettings, PANEL)}
         defaults = preset("cpu")
-        numbers = [
-            (n, spec.default, spec.low, spec.high, spec.help)
-            for n, spec in method_settings(STEP_METHOD).items()
-            if spec.low is not None
-        ]
-        numbers += [(n, getattr(defaults, n), low, high, USER_SETTINGS[n]) for n, (low, high) in SETTING_RANGES.items()]
         fields = {
             name: FloatSpinBox(
-                name=name, label=setting_label(name, text), value=value, min=low, max=high, step=0.05, tooltip=text
+                name=name,
+                label=spec.label,
+                value=getattr(defaults, name, spec.default),
+                min=spec.low,
+                max=spec.high,
+                step=0.05,
+                tooltip=spec.help,
             )
-            for name, value, low, high, text in numbers
+            for name, spec in numbers.items()
+            if spec.low is not None and spec.high is not None
         }
         box = QGroupBox("Advanced (method)")
         box.setCheckable(True)
@@ -323,6 +324,18 @@ class TrainSection(QGroupBox):
         lay.addWidget(form.native)
         box._form = form  # kept alive with the group
         return box, fields
+
+    def remembered(self) -> dict:
+        """The fields the panel remembers between sessions (memory.py), by key."""
+        fields = {
+            "preset": self.preset,
+            "iterations": self.iterations,
+            "crop": self.crop,
+            "advanced": self.advanced,
+            "preview": self.preview,
+            "device": self.device_choice,
+        }
+        return {**fields, **{f"hyper/{name}": field for name, field in self.hyper.items()}}
 
     def device_name(self) -> str:
         return str(self.device_choice.currentData() or "auto")
@@ -396,6 +409,10 @@ class SegmentSection(QGroupBox):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.horizontalHeader().setMinimumSectionSize(40)
         form.addRow(self.table)
+
+    def remembered(self) -> dict:
+        """The fields the panel remembers between sessions (memory.py), by key."""
+        return {"tile": self.tile}
 
     def show_statistics(self, rows: list[dict]) -> None:
         self.table.setRowCount(len(rows))

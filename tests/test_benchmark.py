@@ -118,38 +118,25 @@ def test_cached_models_of_another_configuration_are_refused(small, tiny, tmp_pat
         drain(run_benchmark(_config((fewer, test), tmp_path, tiny, methods=("finetune",), steps_only=True)))
 
 
-def test_cached_record_without_min_iterations_matches_only_if_it_ran_enough():
-    from napari_cinuseg.benchmark.run import _same_learning_settings
-    from napari_cinuseg.model.segmenter import StepRecord
-    from napari_cinuseg.training.settings import TrainSettings
-
-    s = TrainSettings(min_iterations=400)
-    legacy = {k: v for k, v in s.to_dict().items() if k != "min_iterations"}
-    rec = lambda ran: StepRecord(
-        step=1, method="mib", new_classes=["x"], settings=legacy, data={}, results={"iterations": ran}
-    )
-    assert _same_learning_settings(rec(850), s)
-    assert not _same_learning_settings(rec(25), s)  # min_iterations would have made it 400
-    changed = dict(legacy, lr=0.5)
-    assert not _same_learning_settings(
-        StepRecord(step=1, method="mib", new_classes=["x"], settings=changed, data={}, results={"iterations": 850}), s
-    )
-
-
-def test_a_step_recorded_before_uncertain_old_existed_matches_its_default():
+def test_a_cached_step_is_reused_only_with_the_same_learning_settings():
+    """A record without a setting (made before it existed) or with another value is not this
+    run's step; the run-only settings (device, seed of nothing learned, …) do not matter."""
     from napari_cinuseg.benchmark.run import _same_learning_settings
     from napari_cinuseg.methods import get_method, settings_of
     from napari_cinuseg.model.segmenter import StepRecord
     from napari_cinuseg.training.settings import TrainSettings
 
     now = TrainSettings(method_settings=settings_of(get_method("cinuseg")))
-    before = now.to_dict()
-    before["method_settings"] = {k: v for k, v in before["method_settings"].items() if k != "uncertain_old"}
-    rec = StepRecord(step=1, method="cinuseg", new_classes=["x"], settings=before, data={}, results={"iterations": 850})
-    assert _same_learning_settings(rec, now)
-    assert not _same_learning_settings(
-        rec, now.replace(method_settings=settings_of(get_method("cinuseg", uncertain_old="ignore")))
-    )
+
+    def record(settings):
+        return StepRecord(step=1, method="cinuseg", new_classes=["x"], settings=settings, data={}, results={})
+
+    assert _same_learning_settings(record(now.to_dict()), now)
+    assert _same_learning_settings(record(now.replace(device="cpu").to_dict()), now)
+    older = now.to_dict()
+    older["method_settings"] = {k: v for k, v in older["method_settings"].items() if k != "uncertain_old"}
+    assert not _same_learning_settings(record(older), now)
+    assert not _same_learning_settings(record(now.replace(lr_step=0.5).to_dict()), now)
 
 
 def _load_snapshot_script():

@@ -192,14 +192,14 @@ def test_segment_uses_the_bundled_model_and_writes_geojson(shared_data, tmp_path
 
 @pytest.mark.parametrize("on_disk", [False, True])
 def test_the_panels_engine_functions_segment_and_export_nuclei(shared_data, tmp_path, on_disk):
-    """workflows.segment_nuclei_and_measure → export_nuclei: the calls a panel makes, in memory and
+    """session.nuclei.segment_nuclei_and_measure → export_nuclei: the calls a panel makes, in memory and
     with the maps on disk (zarr), give per-instance counts, CSV and GeoJSON that agree."""
     import csv
 
     from napari_cinuseg.io.images import read_rgb
     from napari_cinuseg.model.file import BUNDLED_MODEL, load_model
     from napari_cinuseg.runtime.events import ExportProgress, drain
-    from napari_cinuseg.workflows import export_nuclei, segment_nuclei_and_measure
+    from napari_cinuseg.session.nuclei import export_nuclei, segment_nuclei_and_measure
 
     model = load_model(BUNDLED_MODEL)
     image = read_rgb(shared_data / "consep" / "train" / "images" / "train_3_004.jpg")

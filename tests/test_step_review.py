@@ -6,12 +6,14 @@ import pytest
 
 from napari_cinuseg.datasets.labelled import TrainingPair
 from napari_cinuseg.runtime.events import Preview, Progress, StepStarted, drain
-from napari_cinuseg.step_review import StepReview, review_step, with_preview
+from napari_cinuseg.model.file import load_model
+from napari_cinuseg.runtime.devices import device_choices
+from napari_cinuseg.session.candidate import StepCandidate, training_fingerprint
+from napari_cinuseg.session.learning import learn_class
+from napari_cinuseg.session.preview import with_preview
+from napari_cinuseg.session.review import StepReview, review_step
+from napari_cinuseg.session.storage import Storage
 from napari_cinuseg.training.steps import train_step
-from napari_cinuseg.workflows import (
-    Storage,
-    device_choices,
-)
 
 
 def _painted(pair):
@@ -104,14 +106,14 @@ def test_a_candidate_waits_beside_the_models_until_kept(tmp_path):
 def test_steps_ending_in_the_same_second_get_their_own_names(tmp_path, monkeypatch):
     from datetime import datetime
 
-    from napari_cinuseg import workflows
+    from napari_cinuseg.session import storage as storage_module
 
     class Frozen(datetime):
         @classmethod
         def now(cls, tz=None):
             return datetime(2026, 12, 2, 10, 12, 33)
 
-    monkeypatch.setattr(workflows, "datetime", Frozen)
+    monkeypatch.setattr(storage_module, "datetime", Frozen)
     storage = Storage(tmp_path / "models", tmp_path / "results")
     waiting = storage.candidate_path(None, "Lymphocyte")
     waiting.write_bytes(b"the result waiting to be kept")
@@ -131,3 +133,44 @@ def test_device_choices_list_auto_the_cpu_and_each_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: f"Fake GPU {i}")
     names = dict((d, label) for label, d in device_choices())
     assert names["cuda:0"] == "GPU 0: Fake GPU 0" and names["cuda:1"] == "GPU 1: Fake GPU 1"
+
+
+def _train(prior, pairs, name, settings, storage):
+    """One step as the panel runs it, headless: learn, review, and the result as a candidate."""
+    out = storage.candidate_path(prior, name)
+    model = drain(learn_class(prior, pairs, name, "#00ff00", settings, out=out))
+    review = drain(review_step(prior, model, pairs, name, device="cpu"))
+    fingerprint = training_fingerprint(prior, pairs, name, settings)
+    return StepCandidate(model, out, name, prior, review, fingerprint=fingerprint)
+
+
+def test_a_candidate_is_trained_reviewed_kept_replaced_and_discarded_without_qt(base_file, few_pairs, tiny, tmp_path):
+    """The keep, replace and discard policy is the engine's: a newer result deletes the file of
+    the one it replaces, Keep moves the file into the models folder and makes the model current,
+    Discard deletes the file, and the prior's file is never touched."""
+    storage = Storage(tmp_path / "models", tmp_path / "results")
+    prior = load_model(base_file)
+    before = base_file.read_bytes()
+    pairs = [_painted(p) for p in few_pairs[1][:2]]
+    settings = tiny.replace(iterations=2)
+
+    first = _train(prior, pairs, "Other", settings, storage).replaces(None)
+    assert first.path.parent == storage.models / "candidates" and first.path.is_file()
+    assert isinstance(first.review, StepReview) and first.review.painted > 0
+    assert first.same_training(training_fingerprint(prior, pairs, "Other", settings))  # unchanged paint
+    assert not first.same_training(training_fingerprint(prior, pairs[:1], "Other", settings))
+
+    second = _train(prior, pairs[:1], "Other", settings, storage).replaces(first)  # train again
+    assert not first.path.exists() and second.path.is_file()
+    with pytest.raises(RuntimeError, match="already kept, discarded or replaced"):
+        first.keep(storage)
+
+    current = second.keep(storage)
+    assert current is second.model and second.path.parent == storage.models and second.path.is_file()
+    assert current.source_path == str(second.path) and current.class_names[-1] == "Other"
+
+    third = _train(current, pairs, "Tumour", settings, storage)
+    third.discard()
+    assert not third.path.exists() and second.path.is_file()
+    assert base_file.read_bytes() == before  # the prior's file, untouched throughout
+

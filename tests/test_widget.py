@@ -12,7 +12,7 @@ from napari_cinuseg.runtime.events import drain
 from napari_cinuseg.training.steps import train_base
 from napari_cinuseg.ui import panel as _panel
 from napari_cinuseg.ui.panel import CiNuSegWidget
-from napari_cinuseg.workflows import Storage
+from napari_cinuseg.session.storage import Storage
 
 
 @pytest.fixture
@@ -196,10 +196,10 @@ def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(
 ):
     import functools
 
-    from napari_cinuseg import step_review
+    from napari_cinuseg.session import preview
 
     monkeypatch.setattr(
-        _panel, "with_preview", functools.partial(step_review.with_preview, every_s=0.0)
+        _panel, "with_preview", functools.partial(preview.with_preview, every_s=0.0)
     )  # a preview per iteration
     widget.load_model(prior_file)
     prior = widget.model
@@ -241,10 +241,10 @@ def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(
 def test_the_preview_updates_during_training_and_goes_at_the_end(widget, prior_file, qtbot, monkeypatch):
     import functools
 
-    from napari_cinuseg import step_review
+    from napari_cinuseg.session import preview
     from napari_cinuseg.runtime.events import Preview
 
-    monkeypatch.setattr(_panel, "with_preview", functools.partial(step_review.with_preview, every_s=0.0))
+    monkeypatch.setattr(_panel, "with_preview", functools.partial(preview.with_preview, every_s=0.0))
     widget.load_model(prior_file)
     _paint(widget)
     seen = []

@@ -81,7 +81,7 @@ def child_gui(p: dict) -> dict:
 
     from napari_cinuseg.io.slides import Slide
     from napari_cinuseg.ui.panel import CiNuSegWidget
-    from napari_cinuseg.workflows import Storage
+    from napari_cinuseg.session.storage import Storage
 
     work = Path(p["workdir"])
     (work / "models").mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def child_gui(p: dict) -> dict:
     )  # the live preview of the painted region, on by default
 
     from napari_cinuseg.runtime.events import Preview
-    from napari_cinuseg.step_review import PREVIEW_EVERY_S
+    from napari_cinuseg.session.preview import PREVIEW_EVERY_S
 
     previews = {"n": 0, "every_s": PREVIEW_EVERY_S}
     app = QApplication.instance()

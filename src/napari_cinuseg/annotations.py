@@ -8,11 +8,15 @@ annotated, where they count as background (the paper's protocol).
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import tifffile
 from skimage.draw import polygon as draw_polygon
+from skimage.measure import label
 
 from .datasets.labelled import IGNORE, TrainingPair
 
@@ -113,7 +117,6 @@ def sparse_annotation_advice(pairs: Sequence[TrainingPair], n_new: int = 1) -> s
     """A sentence for the user when the annotation is too sparse to teach much: fewer than
     :data:`MIN_EXAMPLES` painted objects (connected regions) of a new class, or no background
     painted at all (then nothing says what is *not* the class, except exhaustive regions)."""
-    from skimage.measure import label
 
     notes = []
     for c in range(1, n_new + 1):
@@ -123,7 +126,7 @@ def sparse_annotation_advice(pairs: Sequence[TrainingPair], n_new: int = 1) -> s
                 f"only {n} painted example(s) of class {c}; paint {MIN_EXAMPLES} or more nuclei for a useful model"
             )
     if not any((np.asarray(p.target) == 0).any() for p in pairs):
-        notes.append("no background is painted; paint some background (label %d) too" % (n_new + 1))
+        notes.append(f"no background is painted; paint some background (label {n_new + 1}) too")
     return "; ".join(notes) or None
 
 
@@ -135,7 +138,6 @@ ANNOTATION_SUFFIX = ".annotation.tif"
 def annotation_file(model_path: str | Path, image_name: str) -> Path:
     """Where the annotation of ``image_name`` that taught the model ``model_path`` is kept:
     beside it, ``<model name>.<image name>.annotation.tif``."""
-    import re
 
     model_path = Path(model_path)
     stem = model_path.name.removesuffix(".pt").removesuffix(".cinuseg")
@@ -148,9 +150,6 @@ def save_annotation(
 ) -> Path:
     """Write a labels array (numpy, or a lazy zarr array of a slide: read tile by tile) as a
     tiled, compressed uint8 TIFF whose description names its image, class and colour."""
-    import json
-
-    import tifffile
 
     path = Path(path)
     h, w = labels.shape[:2]
@@ -185,9 +184,6 @@ def save_annotation(
 def read_annotation(path: str | Path) -> tuple[np.ndarray, dict]:
     """An annotation TIFF written by :func:`save_annotation`: (labels, {"image", "class",
     "colour"}). A file that is not such a TIFF is a ValueError that names it."""
-    import json
-
-    import tifffile
 
     path = Path(path)
     try:

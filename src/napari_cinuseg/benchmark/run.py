@@ -85,41 +85,14 @@ def split_data(data: LabelledSet, test: LabelledSet | None, val_fraction: float 
     )
 
 
-#: settings added later whose default trains as a step did before they existed (not, e.g.,
-#: grad_clip or new_class_lr, whose defaults changed how every step trains)
-_AS_BEFORE = {"stain_jitter", "scale_jitter", "input"}
-#: the same for a method's own settings: eq. 1 as written on uncertain old pixels; σ of a painted
-#: step (the benchmark's steps are labelled in full, where ``sigma`` applies); eq. 5 leaving out
-#: the pixels labelled new, as every step did before ``pkd_on_new``
-_METHOD_AS_BEFORE = {"uncertain_old": "background", "sigma_painted": 0.7, "pkd_on_new": False}
-_NONE = object()
-
-
 def _learning_settings(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in _RUN_ONLY}
 
 
 def _same_learning_settings(cached: StepRecord, settings: TrainSettings) -> bool:
-    """Settings equal, where a setting that an older record lacks counts as equal when its
-    default trains as before it existed (:data:`_AS_BEFORE`: the augmentation strengths off, the
-    RGB input; a method's own: :data:`_METHOD_AS_BEFORE`), so a record without it matches that
-    default; ``min_iterations`` only raises the iteration count, so a record without it matches
-    if its step ran at least that many."""
-    old, new = _learning_settings(cached.settings), _learning_settings(settings.to_dict())
-    defaults = TrainSettings().to_dict()
-    for key in (set(new) - set(old)) & _AS_BEFORE:
-        if new[key] == defaults.get(key):
-            new.pop(key)
-    if new.get("method_settings"):
-        theirs = old.get("method_settings") or {}
-        new["method_settings"] = {
-            k: v for k, v in new["method_settings"].items() if k in theirs or _METHOD_AS_BEFORE.get(k, _NONE) != v
-        }
-    if "min_iterations" not in old and "min_iterations" in new:
-        ran = (cached.results or {}).get("iterations", 0)
-        if ran < new.pop("min_iterations"):
-            return False
-    return old == new
+    """Whether a cached step learned with these settings (those that change what it learns; a
+    record made before a setting existed differs, and its step is trained again)."""
+    return _learning_settings(cached.settings) == _learning_settings(settings.to_dict())
 
 
 def _check_cached(

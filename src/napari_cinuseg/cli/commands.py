@@ -309,7 +309,7 @@ def cmd_export(args) -> int:
 
     from ..inference.instances import nuclei_of
     from ..model.file import load_model
-    from ..workflows import export_nuclei
+    from ..session.nuclei import export_nuclei
 
     model = load_model(args.model)
     if Path(args.out).exists():

@@ -25,7 +25,7 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
     from ..io.claims import OutputClaimed, claim
     from ..io.slides import Slide
     from ..runtime.events import SegmentStarted, TileProgress
-    from ..workflows import class_map_on_disk, export_nuclei
+    from ..session.nuclei import class_map_on_disk, export_nuclei
 
     out = target.parent
     held = contextlib.ExitStack()  # this run's claim on the target (and its scratch folder)

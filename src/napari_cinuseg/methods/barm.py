@@ -113,9 +113,7 @@ def compose_background(logits: torch.Tensor, residual: torch.Tensor, k_old: int)
     return torch.cat([bg, logits[:, 1:k_old].detach(), logits[:, k_old:]], dim=1)
 
 
-def pseudo_background_bce(
-    adapted: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE
-) -> torch.Tensor:
+def pseudo_background_bce(adapted: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
     """PB-BCE: Σ_k BCE(adapted_k, onehot(targets)_k) averaged over the batch's pixels whose target is
     not ``ignore_index`` (0 when there are none)."""
     valid = targets != ignore_index

@@ -32,7 +32,8 @@ class CiNuSeg(Method):
     # the paper's 0.7 with sigma=0.7. On a painted step (a few nuclei painted), sigma_painted.
     sigma: float = setting(
         0.0,
-        "σ (labelled in full), eqs. 15-16: ATT fires on a crop whose new-class share is above it, on a step whose images are labelled in full (the paper's is 0.7)",
+        "σ (labelled in full), eqs. 15-16: ATT fires on a crop whose new-class share is above it, on a step "
+        "whose images are labelled in full (the paper's is 0.7)",
         0.0,
         0.99,
     )

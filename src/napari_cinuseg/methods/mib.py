@@ -15,8 +15,8 @@ MiB's three parts, against this engine:
   :func:`unbiased_distillation`.
 - Sec. 3 "Initializing the classifier's parameters": new classes copy the background's weights,
   and both the new biases and the background bias become b_0 − log(|C^t| + 1). That is exactly
-  what :meth:`napari_cinuseg.model.network.NucleiSegNet.add_classes` does when a model grows with ``init="softmax"`` (``MiB.scores``), so this
-  module adds nothing for it.
+  what :meth:`napari_cinuseg.model.network.NucleiSegNet.add_classes` does when a model grows
+  with ``init="softmax"`` (``MiB.scores``), so this module adds nothing for it.
 
 The objective is ℓ_UCE + λ·ℓ_UKD. Defaults, as read in the authors' code:
 

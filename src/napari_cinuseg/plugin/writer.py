@@ -1,7 +1,7 @@
 """npe2 writer: a Labels layer (class map) to a CiNuSeg masks TIFF, its per-nucleus CSV and a
 QuPath GeoJSON.
 
-The files are the panel's Export's (:func:`napari_cinuseg.workflows.export_nuclei`): the masks
+The files are the panel's Export's (:func:`napari_cinuseg.session.nuclei.export_nuclei`): the masks
 TIFF (the class map, then one binary mask per class, the class names, colours and the model's
 identity in the metadata), ``<name>.nuclei.csv`` (one row per nucleus) and ``<name>.geojson``
 beside it.
@@ -68,7 +68,7 @@ def write_masks(path: str | os.PathLike, data: Any, attributes: dict) -> list[st
     pixel_size = layer_pixel_size(attributes.get("metadata"))
     from ..inference.instances import nuclei_of
     from ..runtime.events import drain
-    from ..workflows import export_nuclei
+    from ..session.nuclei import export_nuclei
 
     # the same files as the panel's Export: the masks TIFF, its per-nucleus table and the GeoJSON,
     # of the nuclei the segmentation found (or split from the class map now)

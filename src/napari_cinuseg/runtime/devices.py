@@ -63,3 +63,18 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and (
         "out of memory" in text or "can't allocate memory" in text or "DefaultCPUAllocator" in text
     )
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """(what to show, device name) for each device a step and a segmentation can run on here:
+    auto, the CPU, each CUDA GPU, and MPS where there is one."""
+    out = [
+        (f"auto: {describe(resolve_device('auto'))}", "auto"),
+        (describe(torch.device("cpu")), "cpu"),
+    ]
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        out.append((f"GPU {i}: {torch.cuda.get_device_name(i)}", f"cuda:{i}"))
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append(("MPS (Apple GPU)", "mps"))
+    return out

@@ -32,7 +32,8 @@ class AnnotationsHost:
             self._say(str(exc), error=True)
             return None
         self._say(
-            f"Paint {name} with label 1 and background with label 2; elsewhere the step keeps what the current model finds."
+            f"Paint {name} with label 1 and background with label 2; elsewhere the step keeps what the "
+            "current model finds."
         )
         return layer
 
@@ -52,7 +53,8 @@ class AnnotationsHost:
             labels, info = read_annotation(path)
             if info["image"] not in self.viewer.layers:
                 raise ValueError(
-                    f"{path.name} was painted on the image {info['image']!r}, which is not open; open it first, then the annotation"
+                    f"{path.name} was painted on the image {info['image']!r}, which is not open; open it first, "
+                    "then the annotation"
                 )
             image = self.viewer.layers[info["image"]]
             colour = info.get("colour") or self.class_section.colour.text()

@@ -7,9 +7,14 @@ the same image and kind takes its place in the layer list instead of piling up b
 
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
+import pandas as pd
+import zarr
+from napari.layers import Labels, Shapes
 
 from ..annotations import training_pair
+from ..inference.instances import nuclei_of
 from ..io.images import IN_MEMORY_LIMIT_PX, rgb_view
 from ..plugin.layer_metadata import (
     ANNOTATION_KEY,
@@ -67,13 +72,13 @@ def add_annotation_layer(viewer, image, name: str, colour: str, exhaustive: bool
     """A Labels layer over ``image`` to paint ``name`` (1) and background (2) on; in memory, or
     zarr for a slide; ``data``: an annotation opened again (else empty). With ``exhaustive``
     also a Shapes layer for the exhaustive rectangles."""
-    import zarr
 
     h, w = level0(image).shape[:2]
     if data is not None:
         if tuple(data.shape[:2]) != (h, w):
             raise ValueError(
-                f"the annotation is {tuple(data.shape[:2])} but the image {image.name!r} is {(h, w)}; open it over the image it was painted on"
+                f"the annotation is {tuple(data.shape[:2])} but the image {image.name!r} is {(h, w)}; open it "
+                "over the image it was painted on"
             )
     elif h * w <= IN_MEMORY_LIMIT_PX:
         data = np.zeros((h, w), np.uint8)
@@ -100,7 +105,6 @@ def add_annotation_layer(viewer, image, name: str, colour: str, exhaustive: bool
 
 def annotation_layers(viewer, class_name: str | None = None) -> list:
     """The annotation layers (of ``class_name``, where given)."""
-    from napari.layers import Labels
 
     out = []
     for layer in viewer.layers:
@@ -113,7 +117,6 @@ def annotation_layers(viewer, class_name: str | None = None) -> list:
 def annotation_pairs(viewer, class_name: str, exhaustive: bool) -> tuple[list, list]:
     """Every annotation layer of ``class_name`` as training pairs (annotations.training_pair),
     and where each pair's crop lies: (image layer name, y0, x0)."""
-    from napari.layers import Shapes
 
     pairs, crops = [], []
     for layer in annotation_layers(viewer, class_name):
@@ -140,7 +143,6 @@ def add_att_layer(viewer, crops: list, pair_origins: list):
     """The last training crops as outlines, hidden until the user shows it: orange where ATT
     fired (t_o ≠ 1), cyan where not; r, t_o and t_n are the layer's features (shown for the
     shape under the mouse), with no text on the canvas. Replaces the previous one."""
-    from napari.layers import Shapes
 
     rects, feats, colours = [], {"r": [], "t_o": [], "t_n": [], "att": []}, []
     for c in crops:
@@ -177,7 +179,6 @@ def show_region(
     (new data, place, name and colours): making a napari layer costs the viewer's thread about
     half a second (its visuals), an update one frame; so the live preview and then the step's
     result are one layer."""
-    from napari.layers import Labels
 
     colormap = labels_colormap(dict(enumerate(colours, start=1)))
     name = f"{image_name} · {title}"
@@ -209,7 +210,6 @@ def reserve_region(viewer, image_name: str, kind: str, title: str):
     """An empty, hidden layer of ``kind`` for ``image_name`` (``<image> · <title>``), made now,
     while the user paints, so that the live preview and the step's result later only update it:
     making a napari layer costs the viewer's thread 100-300 ms, showing a hidden one a frame."""
-    from napari.layers import Labels
 
     found = panel_layers(viewer, image_name, kind)
     if found:
@@ -234,8 +234,6 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
     slide's instance map stays on disk for the export), then one hidden mask per class; a
     slide's on-disk pyramid [level 0, level 1, …] is shown lazily (multiscale). They replace the
     panel's previous result of this image."""
-    import pandas as pd
-    from napari.layers import Labels
 
     multiscale = isinstance(class_map, list)
     colours = [c.colour for c in model.classes]
@@ -285,8 +283,6 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
         new.append(objects)
     for i, c in enumerate(model.classes, start=1):
         if multiscale:
-            import dask.array as da
-
             mask = [(da.from_zarr(level) == i).astype(np.uint8) for level in class_map]
         else:
             mask = (class_map == i).astype(np.uint8)
@@ -312,7 +308,6 @@ def nuclei_of_result(viewer, layer):
     nuclei = layer.metadata.get(NUCLEI_KEY)
     if nuclei is not None:
         return nuclei
-    from ..inference.instances import nuclei_of
 
     data = layer.data[0] if layer.multiscale else layer.data
     return nuclei_of(data, pixel_size_um=layer_pixel_size(layer.metadata))
@@ -320,7 +315,6 @@ def nuclei_of_result(viewer, layer):
 
 def result_layer(viewer):
     """The newest class-map layer (one the panel made or the reader opened)."""
-    from napari.layers import Labels
 
     for layer in reversed(list(viewer.layers)):
         if isinstance(layer, Labels) and RESULT_KEY in layer.metadata:

@@ -2,8 +2,9 @@
 
 It only gathers inputs (sections.py), starts the engine's jobs in napari workers (workers.py)
 and turns their events and results into widgets and layers. What it decides — where models and
-results go, base step or incremental, in memory or on disk, what follows a segmentation — is the
-engine's (``workflows.py``), shared with the ``cinuseg`` command.
+results go, base step or incremental, in memory or on disk, what Keep and Discard do to a step's
+files, what follows a segmentation — is the session's (:mod:`napari_cinuseg.session`), shared
+with the ``cinuseg`` command and driven headless by the tests.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 import skimage.morphology  # noqa: F401 - loaded with the panel, not at the first Train click:
 
 # skimage's label() imports it (and scipy.spatial) on first use, 176 ms in the viewer's thread
-from qtpy.QtCore import QSettings, Qt
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import QSettings, Qt, QTimer
 from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ..annotations import sparse_annotation_advice
@@ -32,16 +34,12 @@ from ..runtime.events import (
     StepFinished,
     TileProgress,
 )
-from ..step_review import review_step, with_preview
-from ..workflows import (
-    Storage,
-    export_nuclei,
-    learn_class,
-    needs_disk,
-    no_nuclei_advice,
-    segment_nuclei_and_measure,
-    slug,
-)
+from ..session.candidate import StepCandidate, training_fingerprint
+from ..session.learning import learn_class
+from ..session.nuclei import export_nuclei, needs_disk, no_nuclei_advice, segment_nuclei_and_measure
+from ..session.preview import with_preview
+from ..session.review import review_step
+from ..session.storage import Storage, slug
 from . import layers, memory
 from .annotating import AnnotationsHost
 from .sections import ModelSection, NewClassSection, SegmentSection, TrainSection, wrapped_label
@@ -65,11 +63,7 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
         self.settings = settings if settings is not None else _user_settings()
         self.model: CiNuSegModel | None = None
         self.last_crops: list = []  # (image layer name, y0, x0) per training pair
-        self.new_model_path: Path | None = None
-        # a step's result before the user keeps or discards it: (model, its file, its class)
-        self.candidate = None
-        self.candidate_path: Path | None = None
-        self.candidate_class: str | None = None
+        self.candidate: StepCandidate | None = None  # a step's result awaiting Keep or Discard
         self.last_export: Path | None = None
         self._build()
         self._restore()
@@ -134,8 +128,6 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
     def _say(self, text: str, error: bool = False) -> None:
         self.status.setText(text)
         if error:
-            from napari.utils.notifications import show_error
-
             show_error(text)
 
     def image_pixel_size(self) -> float | None:
@@ -194,6 +186,13 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
             self._say(str(exc), error=True)
             return None
         prior = self.model
+        fingerprint = training_fingerprint(prior, pairs, name, settings)
+        if self.candidate is not None and self.candidate.same_training(fingerprint):
+            self._say(
+                f"The paint, the class and the settings are those of the step result waiting to be kept: "
+                f"training again would give the same {name} model. Keep or Discard it, or paint more first."
+            )
+            return None
         out = self.storage.candidate_path(prior, name)
         self.cancel_event = cancel = threading.Event()
         px, device, preview = self.image_pixel_size(), self.device_name(), self.train_section.preview.isChecked()
@@ -206,7 +205,8 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
             if model is None:
                 return None
             review = yield from review_step(prior, model, pairs, name, device=device)
-            return model, review
+            saved = out if out.is_file() else None
+            return StepCandidate(model, saved, name, prior, review, origins, fingerprint)
 
         def on_event(ev):
             if isinstance(ev, Preview):
@@ -231,10 +231,8 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
         again = " It replaces the step result waiting to be kept." if self.candidate is not None else ""
         self._say(f"Training {name} on {len(pairs)} image(s)…{again}" + (f" Note: {advice}." if advice else ""))
         if advice:
-            from napari.utils.notifications import show_warning
-
             show_warning(f"Training goes on, but {advice}.")
-        return self._start_job(run, on_event, lambda result: self._on_trained(result, prior, name, colours, origins))
+        return self._start_job(run, on_event, self._on_trained)
 
     def cancel(self) -> None:
         self.cancel_event.set()
@@ -253,73 +251,67 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
                 if self.candidate is None:
                     layers.clear_regions(self.viewer, "step result", layers.PREVIEW_TITLE)
                 else:  # the result still waiting to be kept, shown again
-                    self._show_regions(*self._candidate_regions, "step result", "step result")
-        elif isinstance(ev, StepFinished):
-            self.new_model_path = Path(ev.path) if ev.path else None
-        else:
+                    self._show_candidate()
+        elif not isinstance(ev, StepFinished):
             self.train_section.on_event(ev)
 
-    def _on_trained(self, result, prior, name: str, colours: list, origins: list) -> None:
-        """The step's result, shown on the painted regions, waiting for Keep or Discard; the
-        result it replaces (train again) is deleted. The preview's layer shows the result."""
-        if result is None:
-            return
-        model, review = result
-        if self.candidate_path is not None and self.candidate_path != self.new_model_path:
-            self.candidate_path.unlink(missing_ok=True)
-        self.candidate, self.candidate_path, self.candidate_class = model, self.new_model_path, name
-        if self.new_model_path is not None:
-            model.source_path = str(self.new_model_path)
-        self._candidate_regions = (review.maps, origins, colours)
-        self._show_regions(review.maps, origins, colours, "step result", "step result")
-        self._add_att_layer()
-        self.train_section.review.show_review(review, self.candidate_path.name if self.candidate_path else "not saved")
-        if review.worrying():
-            from napari.utils.notifications import show_warning
+    def _colours(self, model) -> list[str]:
+        return [c.colour for c in model.classes]
 
+    def _show_candidate(self) -> None:
+        c = self.candidate
+        self._show_regions(c.review.maps, c.origins, self._colours(c.model), "step result", "step result")
+
+    def _on_trained(self, candidate: StepCandidate | None) -> None:
+        """The step's result, shown on the painted regions, waiting for Keep or Discard; it
+        replaces the result waiting before it (train again)."""
+        if candidate is None:
+            return
+        self.candidate = candidate.replaces(self.candidate)
+        self._show_candidate()
+        self._add_att_layer()
+        review = candidate.review
+        self.train_section.review.show_review(review, candidate.path.name if candidate.path else "not saved")
+        if review.worrying():
             show_warning(
                 "Look before you keep this step: "
                 + " ".join([review.new_class_sentence(), *review.old_class_sentences()])
             )
+        prior = candidate.prior
         current = Path(prior.source_path).name if prior is not None and prior.source_path else "no model"
         self._say(
-            f"The step is done. Look at the step result over the painted regions, then Keep it or Discard it; until then {current} stays current."
+            "The step is done. Look at the step result over the painted regions, then Keep it or Discard it; "
+            f"until then {current} stays current."
         )
-        from qtpy.QtCore import QTimer
-
         QTimer.singleShot(0, lambda: self.scroll.ensureWidgetVisible(self.train_section.review))
 
     def keep_step(self) -> Path | None:
-        """The step's result becomes current: its file moves into the models folder, and the
-        annotations that taught it are saved beside it."""
-        if self.candidate is None:
+        """The step's result becomes current (the session moves its file into the models
+        folder), and the annotations that taught it are saved beside it."""
+        candidate = self.candidate
+        if candidate is None:
             return None
         try:
-            path = self.storage.keep(self.candidate_path) if self.candidate_path else None
+            model = candidate.keep(self.storage)
         except OSError as exc:
             self._say(f"the model could not be kept: {exc}", error=True)
             return None
-        model, name = self.candidate, self.candidate_class
-        if path is not None:
-            model.source_path = str(path)
-        self.model, self.new_model_path = model, path
-        self.candidate = self.candidate_path = self.candidate_class = None
+        self.model, self.candidate = model, None
         self.model_section.show_model(model)
         self._remember()
         self.train_section.review.clear()
-        saved = self.save_annotations(path, name) if path is not None else []
+        path = candidate.path
+        saved = self.save_annotations(path, candidate.class_name) if path is not None else []
         also = f" and its annotation {', '.join(p.name for p in saved)}" if saved else ""
         self._say(f"Kept: saved {path}{also}; it is now the current model.")
         return path
 
     def discard_step(self) -> None:
-        """The step's result is deleted; the prior stays current."""
+        """The step's result is deleted (the session deletes its file); the prior stays current."""
         if self.candidate is None:
             return
-        if self.candidate_path is not None:
-            self.candidate_path.unlink(missing_ok=True)
-        self.candidate = self.candidate_path = self.candidate_class = None
-        self.new_model_path = None
+        self.candidate.discard()
+        self.candidate = None
         self.train_section.review.clear()
         layers.clear_regions(self.viewer, "step result", layers.PREVIEW_TITLE)
         layers.remove_panel_layers(self.viewer, kind="att")
@@ -392,8 +384,6 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
         if result.nuclei.note:
             self._say(result.nuclei.note)
         if rows and not any(row["nuclei"] for row in rows):  # say why, rather than show empty layers
-            from napari.utils.notifications import show_warning
-
             self._say(no_nuclei_advice(image_name))
             show_warning(self.status.text())
 
@@ -412,8 +402,8 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
 
     def export_to(self, path, layer=None):
         """Export the result layer to ``path`` (pyramidal OME-TIFF), its per-nucleus CSV and a
-        QuPath GeoJSON of the nucleus outlines beside it, in a worker with progress; returns the worker (None if refused). ``self.last_export`` is the
-        masks file once it is written."""
+        QuPath GeoJSON of the nucleus outlines beside it, in a worker with progress; returns the
+        worker (None if refused). ``self.last_export`` is the masks file once it is written."""
         try:
             layer = layer or layers.result_layer(self.viewer)
         except ValueError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
@@ -11,9 +13,6 @@ class LossPlot(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
         # fixed margins, not tight_layout: a layout pass on every redraw costs the event loop
         self.figure = Figure(figsize=(3.2, 1.8), dpi=80)
         self.figure.subplots_adjust(left=0.14, right=0.98, top=0.97, bottom=0.2)

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import Container, FloatSpinBox
+from napari.layers import Image
 from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QCheckBox,
+    QColorDialog,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -36,11 +39,12 @@ from ..model.file import BUNDLED_MODEL
 from ..model.segmenter import PALETTE
 from ..plugin.layer_metadata import layer_pixel_size
 from ..runtime import devices
+from ..runtime.devices import device_choices
 from ..runtime.events import Progress, StepStarted
 from ..runtime.setting import PANEL, offered
-from ..step_review import PREVIEW_EVERY_S
+from ..session.learning import STEP_ITERATIONS, STEP_METHOD
+from ..session.preview import PREVIEW_EVERY_S
 from ..training.settings import PRESETS, TrainSettings, preset
-from ..workflows import STEP_ITERATIONS, STEP_METHOD, device_choices
 from .plot import LossPlot
 
 NO_MODEL = "No model: training starts a new base model from your annotations."
@@ -119,8 +123,6 @@ class NewClassSection(QGroupBox):
         form.addRow(self.exhaustive)
 
     def pick_colour(self) -> None:
-        from qtpy.QtGui import QColor
-        from qtpy.QtWidgets import QColorDialog
 
         c = QColorDialog.getColor(QColor(self.colour.text()), self, "Colour of the new class")
         if c.isValid():
@@ -128,7 +130,6 @@ class NewClassSection(QGroupBox):
 
     def refresh_images(self, viewer) -> None:
         """The viewer's image layers in the combo box, keeping the current choice."""
-        from napari.layers import Image
 
         current = self.image.currentText()
         names = [ly.name for ly in viewer.layers if isinstance(ly, Image)]
@@ -220,7 +221,8 @@ class ReviewBox(QGroupBox):
     def show_review(self, review, saved_as: str) -> None:
         colour = "#e6194b" if review.worrying() else "inherit"
         self.summary.setText(
-            f"<span style='color:{colour}'>{review.new_class_sentence()}</span> <i>(shown as “step result” over the painted regions; not kept yet: {saved_as})</i>"
+            f"<span style='color:{colour}'>{review.new_class_sentence()}</span> <i>(shown as “step result” "
+            f"over the painted regions; not kept yet: {saved_as})</i>"
         )
         lines = []
         for sentence in review.old_class_sentences():
@@ -265,7 +267,8 @@ class TrainSection(QGroupBox):
         self.preview = QCheckBox("Live preview of the painted regions")
         self.preview.setChecked(True)
         self.preview.setToolTip(
-            f"every {PREVIEW_EVERY_S:g} s of training, the model's prediction of the painted regions (a 'preview' layer)"
+            f"every {PREVIEW_EVERY_S:g} s of training, the model's prediction of the painted regions "
+            "(a 'preview' layer)"
         )
         form.addRow(self.preview)
         row = QHBoxLayout()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
+from napari.qt.threading import create_worker
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QWidget
 
@@ -31,7 +33,6 @@ def freeze_heap(start: bool) -> None:
     napari process scans every tracked object (660k in the benchmark) and held the GIL for 0.28 s
     during an export. ``gc.freeze`` moves the objects alive now out of the collector's reach; the
     last job to end hands them back (``gc.unfreeze``), so nothing stays uncollected afterwards."""
-    import gc
 
     if start:
         _frozen["jobs"] += 1
@@ -46,7 +47,6 @@ def start_job(job_fn, *, on_event, on_returned, on_error, on_finished):
     """Start ``job_fn()`` (a generator) in a napari worker. Every exception becomes one
     :class:`JobFailed` (one ``errored`` signal), napari is told not to notify again
     (``_ignore_errors``), and ``finished`` always fires."""
-    from napari.qt.threading import create_worker
 
     def guarded():
         try:

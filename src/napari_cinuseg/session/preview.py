@@ -1,0 +1,60 @@
+"""A live preview of the painted regions while a step trains (:func:`with_preview`): the model's
+prediction, made in the job's thread between two iterations, that the panel only shows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Sequence
+
+import numpy as np
+
+from ..runtime.events import Preview, Progress, StepStarted, tap
+
+PREVIEW_EVERY_S = 3.0  # seconds of training between two previews
+PREVIEW_MAX_SIDE = 512  # a preview covers at most this much of each painted region (its centre)
+
+
+def _centre_box(h: int, w: int, side: int) -> tuple[int, int, int, int]:
+    y0, x0 = max((h - side) // 2, 0), max((w - side) // 2, 0)
+    return y0, x0, min(y0 + side, h), min(x0 + side, w)
+
+
+def preview_boxes(pairs: Sequence, max_side: int = PREVIEW_MAX_SIDE) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) in each pair's image of what the live preview covers: its centre, at most
+    ``max_side`` px a side."""
+    return [_centre_box(*np.asarray(p.image).shape[:2], max_side) for p in pairs]
+
+
+def predict_while_training(model, image: np.ndarray) -> np.ndarray:
+    """The class map of ``image`` by a model in training, on the device its weights are on,
+    leaving every module's train/eval mode (frozen batch norms too) and the weights as they were."""
+    return model.predict(image, next(model.network.parameters()).device)
+
+
+def with_preview(
+    job: Generator, pairs: Sequence, every_s: float = PREVIEW_EVERY_S, max_side: int = PREVIEW_MAX_SIDE
+) -> Generator:
+    """``job``'s events and result, and every ``every_s`` seconds of training a
+    :class:`~napari_cinuseg.runtime.events.Preview`: the model's prediction of the centre
+    (at most ``max_side`` px) of each pair's image, made in the job's thread between two
+    iterations, so the viewer only shows it. Closing this closes ``job``."""
+    boxes = preview_boxes(pairs, max_side)
+    last, model = time.perf_counter(), None
+
+    def after(ev):
+        nonlocal last, model
+        if isinstance(ev, StepStarted):
+            model = ev.model  # the model being trained, read only between two events
+        if not isinstance(ev, Progress) or ev.iteration >= ev.total or time.perf_counter() - last < every_s:
+            return None
+        shown = None
+        if model is not None:
+            maps = tuple(
+                predict_while_training(model, np.asarray(p.image)[y0:y1, x0:x1])
+                for p, (y0, x0, y1, x1) in zip(pairs, boxes)
+            )
+            shown = [Preview(ev.iteration, ev.total, maps, tuple((y0, x0) for y0, x0, _, _ in boxes))]
+        last = time.perf_counter()
+        return shown
+
+    return (yield from tap(job, after))

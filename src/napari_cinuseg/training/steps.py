@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Generator, Sequence
 
-from ..datasets.labelled import TrainingPair, check_pairs
+from ..datasets.labelled import TrainingPair, as_pairs, check_pairs
 from ..methods import StepBatch, classifier_init, get_method
 from ..methods.offline import Offline
 from ..model.file import ModelFileError, load_model
@@ -37,7 +37,7 @@ def _check_out(out: str | os.PathLike | None, prior: CiNuSegModel | None) -> Non
 
 
 def train_base(
-    pairs: Sequence[TrainingPair],
+    pairs: Sequence[TrainingPair | tuple],
     class_names: Sequence[str],
     settings: TrainSettings | None = None,
     *,
@@ -56,6 +56,7 @@ def train_base(
     weights; otherwise the network starts as the settings say).
     """
     settings = settings or TrainSettings()
+    pairs = as_pairs(pairs)
     seed_everything(settings.seed)  # the initial weights depend on the seed too
     model = CiNuSegModel.new(
         list(class_names),
@@ -104,7 +105,7 @@ def train_base(
 
 def train_step(
     prior: CiNuSegModel | str | os.PathLike,
-    pairs: Sequence[TrainingPair],
+    pairs: Sequence[TrainingPair | tuple],
     new_class_names: Sequence[str],
     settings: TrainSettings | None = None,
     *,
@@ -120,6 +121,7 @@ def train_step(
     prior is kept, and the settings must name it (:meth:`TrainSettings.for_network`).
     """
     settings = settings or TrainSettings()
+    pairs = as_pairs(pairs)
     if not isinstance(prior, CiNuSegModel):
         prior = load_model(prior)
     want = (settings.encoder, settings.decoder, tuple(settings.decoder_channels))

@@ -233,9 +233,22 @@ def write_nucleus_csv(table: dict[str, list], path) -> None:
     keys = list(table)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(keys)
+        out.writerow([spreadsheet_safe(k) for k in keys])
         for row in zip(*(table[k] for k in keys)):
-            out.writerow([f"{v:.4f}" if isinstance(v, float) else v for v in row])
+            out.writerow([f"{v:.4f}" if isinstance(v, float) else spreadsheet_safe(v) for v in row])
+
+
+#: What a spreadsheet reads as the start of a formula (OWASP's CSV injection list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell):
+    """A text cell that a spreadsheet would run as a formula (a class named ``=HYPERLINK(…)``)
+    prefixed with a single quote, as OWASP advises, so that it is shown as text; numbers and
+    other text as they are."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
 
 
 def measure_nuclei_to_csv(class_map, class_names: list[str], pixel_size_um: float | None, path) -> int:

@@ -44,10 +44,34 @@ def _load_data(args: argparse.Namespace):
     from ..datasets.layouts import read_dataset
 
     data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
+    return _split(data, args, split_by_source)
+
+
+def _split(data, args: argparse.Namespace, split_by_source):
+    """The part of ``data`` that --split names; --val-fraction 0 holds nothing out (all of it is
+    "train", and "val" is refused rather than given an image that was meant for training)."""
     if args.split == "all":
+        return data
+    if args.val_fraction == 0:
+        if args.split == "val":
+            raise ValueError(
+                "--val-fraction 0 holds out no image, so --split val has none to use; give a share above 0 "
+                "(e.g. --val-fraction 0.2) or --split all"
+            )
         return data
     train, val = split_by_source(data, args.val_fraction, args.split_seed)
     return train if args.split == "train" else val
+
+
+def _model_out(text: str) -> Path:
+    """--out of a new model: a file name. A name that ends in a slash or is a folder means a
+    folder to a user, and a file named like that folder would surprise them: refused, with a name inside."""
+    out = Path(text)
+    if text.endswith(("/", os.sep)) or out.is_dir():
+        raise ValueError(
+            f"--out {text} is a folder; give the new model's file name, e.g. --out {out / 'model.cinuseg.pt'}"
+        )
+    return out
 
 
 def _names(text: str) -> list[str]:
@@ -59,7 +83,7 @@ def cmd_train_base(args) -> int:
     from ..model.file import check_new_model_path
     from ..training.steps import train_base
 
-    out = Path(args.out)
+    out = _model_out(args.out)
     check_new_model_path(out, None)
     check_room(out, BASE_MODEL_ROOM)
     with claim_model(out):  # a second run with the same --out is refused now, not after training
@@ -89,10 +113,13 @@ def _more_pairs(spec: str, classes: list[str], args: argparse.Namespace) -> list
         raise ValueError(
             f"--with {spec}: unknown data set {kind!r}; choose one of {', '.join(DATASETS + NUCLEUS_DATASETS)}"
         )
-    data = read_dataset(kind, folder or data_dir() / kind)
-    if args.split != "all":
-        train, val = split_by_source(data, args.val_fraction, args.split_seed)
-        data = train if args.split == "train" else val
+    root = Path(folder) if folder else data_dir() / kind
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"--with {spec}: no folder at {root}; "
+            + (f"give the {kind} data's folder as --with {kind}=FOLDER" if folder else f"give --with {kind}=FOLDER")
+        )
+    data = _split(read_dataset(kind, root), args, split_by_source)
     pairs = nucleus_pairs(data) if kind in NUCLEUS_DATASETS else mixed_class_pairs(data, classes)
     CONSOLE.say(
         f"--with {kind}: {len(pairs)} images ({'nucleus-only' if kind in NUCLEUS_DATASETS else 'classes'}, split {args.split})"
@@ -107,7 +134,7 @@ def cmd_step(args) -> int:
     from ..training.steps import train_step
 
     prior = load_model(args.prior)
-    out = Path(args.out)
+    out = _model_out(args.out)
     check_new_model_path(out, prior)
     check_room(out, model_bytes(prior) + 2**20)  # the prior's weights in fp32, a class more and the record
     with claim_model(out):  # a second run with the same --out is refused now, not after training
@@ -153,16 +180,21 @@ def cmd_evaluate(args) -> int:
         "model": str(args.model),
         "split": args.split,
         "images": len(data.items),
-        "dice": dice,
+        "dice": {name: v if v == v else None for name, v in dice.items()},  # NaN (no pixel of it): null
         "mean": sum(fg) / len(fg) if fg else None,
     }
     if args.json:
-        print(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1, allow_nan=False))
     else:
-        for name, v in dice.items():
-            print(f"{name:>20s}  Dice {v:6.2f}")
-        print(f"{'mean':>20s}  Dice {result['mean']:6.2f}  ({len(data.items)} images, split {args.split})")
+        for name, v in result["dice"].items():
+            print(f"{name:>20s}  Dice {_dice(v)}")
+        print(f"{'mean':>20s}  Dice {_dice(result['mean'])}  ({len(data.items)} images, split {args.split})")
     return 0
+
+
+def _dice(value: float | None) -> str:
+    """A Dice score as printed; None: no pixel of the class in the images or the masks."""
+    return "   n/a (no pixel of it)" if value is None else f"{value:6.2f}"
 
 
 def cmd_info(args) -> int:
@@ -172,8 +204,11 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(record, indent=1))
         return 0
-    a = record["architecture"]
-    print(f"model {record.get('id', '?')}  {a['encoder']} / {a['decoder']}  created {record.get('created', '?')}")
+    a = record["architecture"] if isinstance(record["architecture"], dict) else {}
+    print(
+        f"model {record.get('id', '?')}  {a.get('encoder', '?')} / {a.get('decoder', '?')}  "
+        f"created {record.get('created', '?')}"
+    )
     seen = record.get("normalization", {}).get("input", "rgb")
     px = record.get("pixel_size_um")
     print(
@@ -181,11 +216,15 @@ def cmd_info(args) -> int:
     )
     print("classes:")
     for i, c in enumerate(record["classes"], start=1):
-        print(f"  {i}: {c['name']:<20s} {c['colour']}  learned at step {c['step']}")
-    for s in record.get("steps", []):
-        r = s.get("results", {})
+        c = c if isinstance(c, dict) else {}
+        print(f"  {i}: {str(c.get('name', '?')):<20s} {c.get('colour', '?')}  learned at step {c.get('step', '?')}")
+    for s in record.get("steps", []):  # what a record lacks is shown as "?", never a KeyError
+        s = s if isinstance(s, dict) else {}
+        r = s.get("results") if isinstance(s.get("results"), dict) else {}
+        new = ", ".join(map(str, s.get("new_classes") or [])) or "?"
         print(
-            f"step {s['step']}: {s['method']} → {', '.join(s['new_classes'])}; {r.get('iterations')} iterations, {r.get('seconds')} s, final loss {r.get('final_loss')}"
+            f"step {s.get('step', '?')}: {s.get('method', '?')} → {new}; {r.get('iterations')} iterations, "
+            f"{r.get('seconds')} s, final loss {r.get('final_loss')}"
         )
         _print_forgetting(r.get("forgetting"), indent="  ")
     return 0
@@ -284,6 +323,10 @@ def cmd_segment(args) -> int:
         )
     model = load_model(args.model or BUNDLED_MODEL)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(
+            f"--out {out} is a file; segment writes a folder of masks and tables: give a folder's name (it is created)"
+        )
     images, device = _shard(args.images, args.shard), args.device
     if os.environ.get("LOCAL_RANK") and device == "auto" and torch.cuda.is_available():
         device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"  # one GPU per process
@@ -314,9 +357,25 @@ def cmd_export(args) -> int:
     model = load_model(args.model)
     if Path(args.out).exists():
         raise ValueError(f"{args.out} exists; choose another --out (export never replaces a file)")
+    folder = Path(args.out).absolute().parent
+    if not folder.is_dir():
+        raise ValueError(f"the folder {folder} does not exist; create it or choose another --out")
     class_map = np.asarray(skio.imread(args.class_map))
     if class_map.ndim != 2:
         raise ValueError(f"{args.class_map} is not a 2-D class map (shape {class_map.shape})")
+    if not (np.issubdtype(class_map.dtype, np.integer) or class_map.dtype == bool):
+        odd = class_map[np.isfinite(class_map) & (class_map != np.round(class_map))] if class_map.size else []
+        if not np.isfinite(class_map).all() or len(odd):
+            example = odd[0] if len(odd) else class_map[~np.isfinite(class_map)][0]
+            raise ValueError(
+                f"{args.class_map} holds {class_map.dtype} values that are not class ids (e.g. {example:g}); a "
+                "class map holds whole numbers (0 background, 1.. the model's classes): save it as an integer image"
+            )
+    if class_map.min(initial=0) < 0:
+        raise ValueError(
+            f"{args.class_map} holds negative values (down to {class_map.min():g}); a class map holds 0 for background "
+            f"and 1..{len(model.classes)} for the model's classes: fix the map"
+        )
     if class_map.max(initial=0) > len(model.classes):
         raise ValueError(
             f"{args.class_map} has class ids up to {class_map.max()}, but the model knows {len(model.classes)} classes"

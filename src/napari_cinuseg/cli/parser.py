@@ -10,7 +10,9 @@ Engine modules are imported inside each command, so that the help answers at onc
 from __future__ import annotations
 
 import argparse
+import io
 import math
+import os
 import sys
 import warnings
 
@@ -57,6 +59,44 @@ def pixel_size(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """--val-fraction: a share of the sources in 0..1 (1 excluded: something must be left to train
+    on); NaN, a negative value or 1.5 is refused here, not met later as a wrong split."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a share such as 0.2") from None
+    if not 0 <= value < 1:  # NaN fails this too
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a share of the images: give a number from 0 (hold none out) to below 1, e.g. 0.2"
+        )
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (a batch of 0 tiles would never end)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give 1 or more") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is too small: give a whole number of 1 or more")
+    return value
+
+
+def area(text: str) -> float:
+    """--min-area: a finite number of µm², 0 or more (inf would drop every nucleus)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give an area in µm², e.g. 10") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not an area: give a finite number of µm², 0 or more (0 keeps every nucleus)"
+        )
+    return value
+
+
 def _add_data(p: argparse.ArgumentParser, default_split: str) -> None:
     p.add_argument("--dataset", choices=DATASETS, default="consep", help="layout of --data")
     p.add_argument("--data", help="data folder (default: $CINUSEG_DATA/<dataset>, else ../shared/data/<dataset>)")
@@ -66,7 +106,12 @@ def _add_data(p: argparse.ArgumentParser, default_split: str) -> None:
         default=default_split,
         help="which part of --data to use: a validation split is carved by source image/slide",
     )
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of sources held out for validation")
+    p.add_argument(
+        "--val-fraction",
+        type=fraction,
+        default=0.2,
+        help="share of sources held out for validation (0: none, then --split val has no images)",
+    )
     p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
 
 
@@ -226,7 +271,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="a held-out test set in the same layout; without it a validation split is carved from --data by source",
     )
     p.add_argument(
-        "--val-fraction", type=float, default=0.2, help="share of sources held out for validation (without --test-data)"
+        "--val-fraction",
+        type=fraction,
+        default=0.2,
+        help="share of sources held out for validation (without --test-data)",
     )
     p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--protocol", default="1-1", help="one or more X-Y, comma-separated (e.g. 1-1,2-1)")
@@ -270,7 +318,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--min-area",
-        type=float,
+        type=area,
         default=DEFAULT_MIN_AREA_UM2,
         help="nuclei under this many µm² are dropped (with the pixel size unknown, 0.25 µm/px is assumed)",
     )
@@ -282,7 +330,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help="tile side in the model's pixels (a multiple of 32)")
     p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles, blended")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles run through the network at a time")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="tiles run through the network at a time")
     p.add_argument("--level", type=int, default=0, help="pyramid level of a slide")
     p.add_argument(
         "--pixel-size",
@@ -341,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_notice
             return args.func(args)
+    except BrokenPipeError:  # the reader of the output left (`cinuseg info … | head`): quiet, as CLIs are
+        _stdout_to_devnull()
+        return 141
     except (ModelFileError, ValueError, OSError, FloatingPointError, RuntimeError, MemoryError) as exc:
         CONSOLE.error(_one_line(exc))
         return 2
@@ -349,6 +400,17 @@ def main(argv: list[str] | None = None) -> int:
             "\ncancelled: nothing was written by the interrupted work; files saved before it are kept", file=sys.stderr
         )
         return 130
+
+
+def _stdout_to_devnull() -> None:
+    """Point standard output at /dev/null, so that flushing it at exit raises no second
+    BrokenPipeError (Python's own advice for a closed pipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # no file descriptor (e.g. captured): nothing will be flushed to a closed pipe
 
 
 def _one_line(exc: BaseException) -> str:

@@ -44,6 +44,11 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
         held.close()
         CONSOLE.error(str(exc))
         return 1
+    if slide.pixel_size_error and not args.pixel_size:
+        held.close()
+        slide.close()
+        CONSOLE.error(slide.pixel_size_error)
+        return 1
     h, w = slide.shape
     pixel_size = args.pixel_size or slide.pixel_size
     scale = resampling_factor(model.pixel_size, pixel_size)

@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,6 +24,8 @@ from ..io.images import read_rgb
 from ..runtime.names import IGNORE, NUCLEUS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# Class maps must be stored without loss: JPEG would blur class ids into others.
+LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 
 
 class TrainingPair(NamedTuple):
@@ -82,11 +85,17 @@ def read_folder(
     cfile = Path(classes_file) if classes_file else root / "classes.json"
     if not cfile.is_file():
         raise FileNotFoundError(f'{root} has no classes.json; add one like {{"0": "background", "1": "tumour"}}')
-    raw = json.loads(cfile.read_text())
+    raw = read_classes_json(cfile)
     pixel_size = raw.pop("pixel_size_um", None)  # optional: µm per pixel of the images
     if pixel_size is not None and not (isinstance(pixel_size, (int, float)) and pixel_size > 0):
         raise ValueError(f"{cfile}: pixel_size_um must be a positive number of µm per pixel, got {pixel_size!r}")
-    ids = {int(k): str(v) for k, v in raw.items() if int(k) != 0}
+    try:
+        ids = {int(k): str(v) for k, v in raw.items() if int(k) != 0}
+    except ValueError:
+        raise ValueError(
+            f'{cfile}: every key must be a class id (a whole number) or "pixel_size_um", got '
+            f'{", ".join(repr(k) for k in raw)}; write it like {{"0": "background", "1": "tumour"}}'
+        ) from None
     img_dir, lab_dir = root / images, root / labels
     if not img_dir.is_dir() or not lab_dir.is_dir():
         raise FileNotFoundError(f"{root} needs the folders {images}/ and {labels}/")
@@ -107,10 +116,14 @@ def read_folder(
         lut = None
     items = []
     for ip in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        lp = next(
-            (lab_dir / (ip.stem + s) for s in (".png", ".tif", ".tiff") if (lab_dir / (ip.stem + s)).exists()), None
-        )
+        lp = next((lab_dir / (ip.stem + s) for s in LABEL_SUFFIXES if (lab_dir / (ip.stem + s)).exists()), None)
         if lp is None:
+            other = sorted(p.name for p in lab_dir.glob(glob_escape(ip.stem) + ".*"))
+            if other:  # a class map the reader cannot take would otherwise drop its image without a word
+                raise ValueError(
+                    f"{lab_dir / other[0]}: a class map must be PNG, TIFF or BMP (stored without loss), so "
+                    f"{ip.name} would be left out; save it as {ip.stem}.png"
+                )
             continue
         lab = read_class_map(lp, set(ids))
         img = read_rgb(ip)
@@ -122,6 +135,23 @@ def read_folder(
     if not items:
         raise FileNotFoundError(f"no image in {img_dir} has a class map of the same name in {lab_dir}")
     return LabelledSet(names, items, float(pixel_size) if pixel_size else None)
+
+
+def read_classes_json(path: Path) -> dict:
+    """A ``classes.json`` as a dict: read as UTF-8 with or without a byte-order mark (as some
+    Windows editors save it); anything but a JSON object of ids and names is a clear ValueError."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(
+            f'{path} is not valid JSON ({exc}); write it like {{"0": "background", "1": "tumour"}}'
+        ) from None
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"{path} holds a JSON {type(raw).__name__}, not an object of class ids and names; write it like "
+            '{"0": "background", "1": "tumour"}'
+        )
+    return raw
 
 
 def read_class_map(path: str | os.PathLike, known: set[int]) -> np.ndarray:
@@ -210,6 +240,10 @@ def split_by_source(
     (:func:`balanced_sources`), so that no class is missing from the validation images or nearly
     so; ``seed`` chooses among the few best. The benchmark splits this way.
     """
+    if not 0 < val_fraction < 1:  # NaN fails this too
+        raise ValueError(
+            f"val_fraction {val_fraction} holds out no share of the sources; give a share above 0 and below 1, e.g. 0.2"
+        )
     sources = data.sources
     if len(sources) < 2:
         raise ValueError("a validation split needs images from at least two sources (images or slides)")
@@ -288,6 +322,22 @@ def labelled_share(pairs: Sequence[TrainingPair], n_values: int) -> float | None
     a few per cent for a few painted nuclei; None for no pixels."""
     total = sum(p.target.size for p in pairs)
     return sum(int((p.target < n_values).sum()) for p in pairs) / total if total else None
+
+
+def as_pairs(pairs: Sequence) -> list[TrainingPair]:
+    """Training pairs as :class:`TrainingPair`: plain ``(image, target)`` or ``(image, target,
+    name)`` tuples are taken too; anything else is a clear ValueError."""
+    out = []
+    for i, p in enumerate(pairs):
+        if isinstance(p, TrainingPair):
+            out.append(p)
+        elif isinstance(p, (tuple, list)) and len(p) in (2, 3):
+            out.append(TrainingPair(*p))
+        else:
+            raise ValueError(
+                f"training pair {i} is a {type(p).__name__}; give (image, target) tuples or TrainingPair(image, target)"
+            )
+    return out
 
 
 def check_pairs(pairs: Sequence[TrainingPair], n_classes: int, allow_nucleus: bool = False) -> None:

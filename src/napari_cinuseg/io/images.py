@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import warnings
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: The one limit for holding a whole class map in memory (64 MB as uint8): above it the
 #: segmentation builds the map on disk, the statistics go blockwise, and the napari reader opens
@@ -157,6 +159,17 @@ def region_to_uint8(region: np.ndarray) -> np.ndarray:
 
 
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: The most pixels a PNG/JPEG may have: it is decoded whole (3 bytes a pixel, 540 MB here), and
+#: Pillow's own guard against decompression bombs (a tiny file that decodes to gigabytes) ends
+#: there. A larger image belongs in a tiled TIFF, which is read tile by tile.
+PLAIN_IMAGE_LIMIT_PX = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_956_970
+EXIF_ORIENTATION = 0x0112
+
+
+class _TooLarge(Exception):
+    def __init__(self, width: int, height: int):
+        super().__init__(f"{width}×{height}")
+        self.width, self.height = width, height
 
 
 def check_image_file(path: str | os.PathLike) -> None:
@@ -186,24 +199,50 @@ def check_image_file(path: str | os.PathLike) -> None:
 
 
 def _read_plain(path: str) -> np.ndarray:
-    """A PNG/JPEG through Pillow, in its own colour space made RGB: CMYK converted (and said),
-    palettes expanded; grey and 16-bit values returned as they are for :func:`as_rgb_uint8`."""
-    from PIL import Image, UnidentifiedImageError
-
+    """A PNG/JPEG through Pillow, in its own colour space made RGB: turned upright as its EXIF
+    orientation says (said), CMYK converted (and said), palettes expanded, grey with alpha made
+    RGBA; grey and 16-bit values returned as they are for :func:`as_rgb_uint8`. One of more than
+    :data:`PLAIN_IMAGE_LIMIT_PX` pixels is refused before it is decoded."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is said below
+            im = Image.open(path)
+        with im:
+            if im.width * im.height > PLAIN_IMAGE_LIMIT_PX:
+                raise _TooLarge(im.width, im.height)
             im.load()
+            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+            if orientation not in (None, 1):
+                im = ImageOps.exif_transpose(im)
+                _say(path, f"turned upright as its EXIF orientation ({orientation}) says, as photo viewers show it")
             mode = im.mode
             if mode == "CMYK":
                 im = im.convert("RGB")
                 _say(path, "CMYK image converted to RGB")
             elif mode == "P" or mode == "PA":
                 im = im.convert("RGBA")
+            elif mode in ("LA", "La"):
+                im = im.convert("RGBA")
+                _say(path, "grey image repeated to three channels; H&E models expect colour, results may be poor")
             elif mode == "1":
                 im = im.convert("L")
             elif mode in ("YCbCr", "LAB", "HSV"):
                 im = im.convert("RGB")
             return np.asarray(im)
+    except (_TooLarge, Image.DecompressionBombError) as exc:
+        said = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow's words: "Image size (N pixels) exceeds …"
+        size = (
+            f"{exc.width:,} × {exc.height:,} px"
+            if isinstance(exc, _TooLarge)
+            else f"{int(said.group(1)):,} px"
+            if said
+            else "too many pixels"
+        )
+        raise ValueError(
+            f"{path} is too large for a PNG/JPEG ({size}): such an image is decoded whole into memory, "
+            f"and one of more than {PLAIN_IMAGE_LIMIT_PX:,} pixels is refused; save it as a tiled (pyramidal) "
+            "TIFF, which is read tile by tile"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         with open(path, "rb") as fh:
             head = fh.read(8)

@@ -101,6 +101,33 @@ def open_tiff(path: str | os.PathLike):
     return tif
 
 
+class PixelSizeError(ValueError):
+    """A pixel size that a file states but that cannot be a microscope's; the message says what to do."""
+
+
+#: Below this a stated size is no microscope's pixel (a 100× oil objective gives about 0.07 µm/px):
+#: it would make an image thousands of times larger for the model, and run out of memory.
+SMALLEST_PIXEL_UM = 0.05
+
+
+def stated_pixel_size(text: str, where: str) -> float:
+    """The µm per pixel that a file's ``where`` (e.g. "MPP in its Aperio description") states as
+    ``text``; a PixelSizeError that says what is wrong with it and what to do, when it is not a
+    number or smaller than :data:`SMALLEST_PIXEL_UM`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise PixelSizeError(
+            f"the {where} is {text!r}, which is not a pixel size; give --pixel-size (µm per pixel, e.g. 0.25 for 40×)"
+        ) from None
+    if 0 < value < SMALLEST_PIXEL_UM:
+        raise PixelSizeError(
+            f"the {where} says {value:g} µm per pixel, smaller than any microscope's pixel (at least "
+            f"{SMALLEST_PIXEL_UM} µm), so the pixel size is wrong; give --pixel-size (µm per pixel, e.g. 0.25 for 40×)"
+        )
+    return value
+
+
 def file_pixel_size(tif) -> float | None:
     """µm per pixel of a TIFF's full-resolution image, as the file states it: the MPP of an
     Aperio SVS description, OME-XML's PhysicalSizeX (in µm, or with its unit), or the TIFF
@@ -110,15 +137,21 @@ def file_pixel_size(tif) -> float | None:
     page = tif.pages[0]
     desc = page.description or ""
     if tif.is_svs or desc.startswith("Aperio"):
-        m = re.search(r"MPP\s*=\s*([0-9.eE+-]+)", desc)
-        if m and float(m.group(1)) > 0:
+        m = re.search(r"MPP\s*=\s*([^|\s]*)", desc)
+        if m and stated_pixel_size(m.group(1), "MPP in its Aperio description") > 0:
             return float(m.group(1))
     if tif.is_ome and tif.ome_metadata:
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-        if m and float(m.group(1)) > 0:
+        m = re.search(r'PhysicalSizeX="([^"]*)"', tif.ome_metadata)
+        if m:
             unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
             factor = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(unit.group(1) if unit else "µm", 1.0)
-            return float(m.group(1)) * factor
+            try:
+                text = repr(float(m.group(1)) * factor)  # in µm
+            except ValueError:
+                text = m.group(1)
+            value = stated_pixel_size(text, "PhysicalSizeX of its OME metadata")
+            if value > 0:
+                return value
     tags = page.tags
     if "XResolution" in tags and "ResolutionUnit" in tags:
         num, den = tags["XResolution"].value
@@ -131,6 +164,16 @@ def file_pixel_size(tif) -> float | None:
             if 0.05 <= um <= 20:
                 return um
     return None
+
+
+def believed_pixel_size(tif, path) -> float | None:
+    """:func:`file_pixel_size` for a viewer: a stated size that cannot be believed is said (an
+    :class:`ImageNotice`) and taken as unknown, so that the image still opens."""
+    try:
+        return file_pixel_size(tif)
+    except PixelSizeError as exc:
+        warnings.warn(f"{path}: {exc}; the pixel size is taken as unknown", ImageNotice, stacklevel=2)
+        return None
 
 
 class Slide:
@@ -146,9 +189,15 @@ class Slide:
         self._tif = None
         self._array = None
         self.pixel_size: float | None = None  # µm per pixel at this level, where the file says
+        self.pixel_size_error: str | None = None  # why the size the file states was not believed
         if self.path.suffix.lower() in TIFF_SUFFIXES:
             self._open_tiff()
         else:
+            if self.level != 0:
+                raise ValueError(
+                    f"{self.path} is a plain image with one level (0), so level {self.level} cannot be read; "
+                    "levels are of pyramidal slides (SVS, TIFF): leave --level out"
+                )
             self._array = read_rgb(self.path)  # clear ValueError, conversions said
 
     def _open_tiff(self) -> None:
@@ -165,11 +214,18 @@ class Slide:
             if self._fits_in_memory(lv):
                 # converted whole, as the panel's reader converts it (from the image's own range)
                 self._array = as_rgb_uint8(lv.asarray(), self.path)
-                self.pixel_size = file_pixel_size(self._tif) if self.level == 0 else None
+                self.pixel_size = self._file_pixel_size() if self.level == 0 else None
                 self._tif.close()
                 self._tif = None
                 return
             self._z = zarr.open(series.aszarr(level=self.level), mode="r")
+        channels = lv.shape[-1] if axes in ("YXS", "YXC") else lv.shape[0] if axes in ("SYX", "CYX") else None
+        if channels is not None and channels not in (3, 4):
+            self.close()
+            raise ValueError(
+                f"{self.path} holds {channels} channel(s) ({lv.shape}, {axes}), but an RGB image (3 channels) is "
+                "needed; save it as RGB (e.g. a fluorescence image's channels are no H&E)"
+            )
         if axes in ("YXS", "YXC"):
             self._channels_last = True
         elif axes in ("SYX", "CYX"):
@@ -198,11 +254,20 @@ class Slide:
                 ImageNotice,
                 stacklevel=3,
             )
-        base = file_pixel_size(self._tif)
+        base = self._file_pixel_size()
         if base is not None:
             full = series.levels[0].shape
             full_w = full[1] if self._channels_last in (True, None) else full[2]
             self.pixel_size = base * full_w / self.width
+
+    def _file_pixel_size(self) -> float | None:
+        """:func:`file_pixel_size`; a stated size that cannot be believed is kept in
+        ``pixel_size_error`` (a user without --pixel-size is told it) and taken as unknown."""
+        try:
+            return file_pixel_size(self._tif)
+        except PixelSizeError as exc:
+            self.pixel_size_error = f"{self.path}: {exc}"
+            return None
 
     @staticmethod
     def _fits_in_memory(level) -> bool:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..runtime.names import EFFICIENTNETS
+from .weights_file import read_state_dict
 
 # (kernel, stride, expansion, output channels, repeats) of the seven stages of EfficientNet-B0,
 # which Lite0 shares.
@@ -124,7 +125,9 @@ class EfficientNetLiteEncoder(nn.Module):
         """Load a lukemelas-style EfficientNet-Lite state dict; the ImageNet classifier (``_fc``)
         is left out, every other key must fit (zero missing, zero unexpected)."""
         path = Path(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_state_dict(
+            path, f"the {self.name} ImageNet weights (a lukemelas-style EfficientNet-Lite state dict)"
+        )
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         missing, unexpected = self.load_state_dict(state, strict=False)
         if missing or unexpected:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 import torch
@@ -105,6 +106,8 @@ def _not_a_torch_file(path: Path) -> str | None:
         return "it is empty (0 bytes); copy it again"
     if head.startswith(b"PK\x03\x04"):
         return None
+    if not head.strip(b"\x00"):
+        return "it holds only zero bytes (a file never written, or a sparse or damaged copy); copy it again"
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         return "it is an old-style PyTorch/pickle file, not the zip file napari-cinuseg writes; pickles are never loaded (they could run code)"
     image = {
@@ -117,6 +120,8 @@ def _not_a_torch_file(path: Path) -> str | None:
         if head.startswith(magic):
             return f"it is {what}, renamed"
     try:
+        if b"\x00" in head:
+            raise UnicodeDecodeError("utf-8", head, 0, 1, "a NUL byte is no text")
         head.decode("utf-8")
         return "it is a text file, renamed"
     except UnicodeDecodeError:
@@ -128,6 +133,10 @@ def _read_payload(path: Path) -> dict:
         raise ModelFileError(f"no model file at {path}")
     if path.is_dir():
         raise ModelFileError(f"{path} is a folder, not a model file")
+    if not stat.S_ISREG(path.stat().st_mode):  # a named pipe would block the reader, a device never ends
+        raise ModelFileError(
+            f"{path} is not a regular file (a named pipe, a device or a socket); choose a model file (*.cinuseg.pt)"
+        )
     reason = _not_a_torch_file(path)
     if reason is not None:
         raise ModelFileError(
@@ -157,7 +166,12 @@ def _read_payload(path: Path) -> dict:
             "choose a file saved by napari-cinuseg (*.cinuseg.pt)"
         )
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFileError(
+            f"{path} states file format {version!r}, which napari-cinuseg never writes (it writes the numbers "
+            f"1..{FORMAT_VERSION}); the file was edited or damaged, use the file as napari-cinuseg saved it"
+        )
+    if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path} was written by a newer napari-cinuseg (file format {version}); upgrade the plugin"
         )
@@ -210,10 +224,18 @@ def read_record(path: str | os.PathLike) -> dict:
 
 def _check_record(path: Path, record: dict, net: NucleiSegNet) -> None:
     """Refuse a record that would segment wrongly without a word: class names that do not match
-    the network's outputs, an input normalisation that divides by zero or is not finite."""
+    the network's outputs or name one class twice, an input normalisation that divides by zero,
+    is not finite or has not one value per colour channel, a pixel size that is none."""
     classes = record["classes"]
     if not isinstance(classes, list):
         raise ModelFileError(f"{path} has a damaged record (its classes are not a list); the file cannot be used")
+    names = [str(c.get("name", "")).strip().lower() if isinstance(c, dict) else "" for c in classes]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ModelFileError(
+            f"{path}'s record names class {twice[0]!r} more than once, so its masks and table would merge "
+            "different classes; the record was edited or damaged, use the file as napari-cinuseg saved it"
+        )
     if net.num_classes != len(classes) + 1:
         raise ModelFileError(
             f"{path}'s record names {len(classes)} class(es), but its network segments "
@@ -231,12 +253,35 @@ def _check_record(path: Path, record: dict, net: NucleiSegNet) -> None:
             raise ModelFileError(
                 f"{path}: normalization {key} {values!r} is not a list of numbers; the record is damaged"
             ) from None
+        if len(values) != 3:
+            raise ModelFileError(
+                f"{path}: normalization {key} {values} has {len(values)} value(s), but one per colour channel (3) "
+                "is needed; the record was edited or damaged, use the file as napari-cinuseg saved it"
+            )
         bad = [v for v in values if not math.isfinite(v) or (key == "std" and v <= 0)]
         if bad:
             need = "positive and finite" if key == "std" else "finite"
             raise ModelFileError(
                 f"{path}: normalization {key} {values} must be {need} (a std of 0 makes every pixel infinite, "
                 "and the model finds no nuclei); the record was edited or damaged, use the file as saved"
+            )
+    px = record.get("pixel_size_um")
+    if px is not None and not (
+        isinstance(px, (int, float)) and not isinstance(px, bool) and math.isfinite(px) and px > 0
+    ):
+        raise ModelFileError(
+            f"{path}: its record's pixel size {px!r} is not a positive number of µm per pixel, so images "
+            "would be resampled wrongly; the record was edited or damaged, use the file as napari-cinuseg saved it"
+        )
+
+
+def _check_weights(path: Path, state: dict) -> None:
+    """Refuse weights that are NaN or infinite: such a network segments every pixel as background."""
+    for name, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ModelFileError(
+                f"{path} holds NaN or infinite weights ({name}), with which it finds no nuclei; the training "
+                "diverged or the file is damaged: choose another model file, or train again with a lower learning rate"
             )
 
 
@@ -261,6 +306,7 @@ def load_model(path: str | os.PathLike, *, expect_encoder: str | None = None) ->
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(f"{path} holds weights that are not tensors; the file is damaged")
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in _dequantized(path, state).items()}
+    _check_weights(path, state)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -22,6 +22,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from ..runtime.names import DECODERS, ENCODERS, RESNETS
 from .efficientnet import EfficientNetLiteEncoder
+from .weights_file import read_state_dict
 
 CLASSIFIER_INITS = ("sigmoid", "softmax")
 # The score a new class starts at under the "sigmoid" initialisation (a 1 % prior).
@@ -92,20 +93,7 @@ class ResNetEncoder(nn.Module):
 
     def load_pretrained(self, path: str | Path) -> None:
         """Load a local torchvision ResNet state dict (never downloads)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"encoder weights file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - re-raised with advice
-            raise ValueError(
-                f"{path} is not a PyTorch weights file ({type(exc).__name__}: {exc}); "
-                "give a torchvision ResNet state dict saved with torch.save"
-            ) from exc
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise ValueError(f"{path} holds no state dict of a ResNet")
+        state = read_state_dict(path, "a torchvision ResNet state dict")
         mapped = {}
         for key, value in state.items():
             key = key.removeprefix("module.").removeprefix("backbone.")

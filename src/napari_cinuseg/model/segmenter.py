@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import numpy as np
 import torch
 
+from ..io.images import as_rgb_uint8
 from ..runtime.names import INPUTS
 from .network import Architecture, NucleiSegNet, eval_mode
 
@@ -287,8 +288,13 @@ class CiNuSegModel:
     @torch.no_grad()
     def predict(self, image: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
         """Class map (H, W) uint8 of one RGB uint8 image (H, W, 3), the whole image at once.
-        Every module's train/eval mode is left as it was (a step's frozen batch norms too), so a
-        model in training can be scored between two iterations."""
+        Another image (float 0..1, 16-bit, grey, RGBA) is converted as the readers convert it,
+        and the conversion said (:func:`~napari_cinuseg.io.images.as_rgb_uint8`); one that is
+        no image is refused. Every module's train/eval mode is left as it was (a step's frozen
+        batch norms too), so a model in training can be scored between two iterations."""
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            image = as_rgb_uint8(image, "the image given to predict()")
         with eval_mode(self.network.to(device)) as net:
             x = image_batch(image, device)
             logits = net(self.normalize(x)).logits  # no gradients: the decorator

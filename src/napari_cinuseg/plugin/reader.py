@@ -21,7 +21,7 @@ import numpy as np
 
 from ..io.export import masks_metadata, masks_pyramidal
 from ..io.images import IN_MEMORY_LIMIT_PX, as_rgb_uint8
-from ..io.slides import TIFF_SUFFIXES, Slide, closed_on_failure, file_pixel_size, open_tiff
+from ..io.slides import TIFF_SUFFIXES, Slide, believed_pixel_size, closed_on_failure, open_tiff
 from .layer_metadata import PIXEL_SIZE_KEY, RESULT_KEY, result_metadata
 
 # .ome.tif / .ome.tiff end in .tif / .tiff; napari.yaml lists the same (a test checks it)
@@ -149,7 +149,7 @@ def _image_layer(tif, path: Path) -> LayerData:
     if len(levels) == 1 and Slide._fits_in_memory(levels[0]):
         # 16-bit, float, NaN, alpha: converted (and said) by the function the command line uses
         data = as_rgb_uint8(levels[0].asarray(), path)
-        meta = {"path": str(path), "level_shapes": [tuple(data.shape)], PIXEL_SIZE_KEY: file_pixel_size(tif)}
+        meta = {"path": str(path), "level_shapes": [tuple(data.shape)], PIXEL_SIZE_KEY: believed_pixel_size(tif, path)}
         tif.close()
         return (data, {"name": _layer_name(path), "rgb": True, "multiscale": False, "metadata": meta}, "image")
     root = _open_zarr(series.aszarr(), tif)
@@ -164,7 +164,7 @@ def _image_layer(tif, path: Path) -> LayerData:
         "name": _layer_name(path),
         "rgb": rgb,
         "multiscale": len(levels) > 1,
-        "metadata": {"path": str(path), "level_shapes": level_shapes, PIXEL_SIZE_KEY: file_pixel_size(tif)},
+        "metadata": {"path": str(path), "level_shapes": level_shapes, PIXEL_SIZE_KEY: believed_pixel_size(tif, path)},
     }
     if not rgb:
         kwargs["colormap"] = "gray"

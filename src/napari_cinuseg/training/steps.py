@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Generator, Sequence
 
-from ..datasets.labelled import TrainingPair, check_pairs
+from ..datasets.labelled import TrainingPair, as_pairs, check_pairs
 from ..methods import get_method
 from ..methods.offline import Offline
 from ..model.file import check_new_model_path, load_model
@@ -24,7 +24,7 @@ from .settings import TrainSettings
 
 
 def train_base(
-    pairs: Sequence[TrainingPair],
+    pairs: Sequence[TrainingPair | tuple],
     class_names: Sequence[str],
     settings: TrainSettings | None = None,
     *,
@@ -43,6 +43,7 @@ def train_base(
     weights; otherwise the network starts as the settings say).
     """
     settings = settings or TrainSettings()
+    pairs = as_pairs(pairs)
     seed_everything(settings.seed)  # the initial weights depend on the seed too
     model = CiNuSegModel.new(
         list(class_names),
@@ -87,7 +88,7 @@ def train_base(
 
 def train_step(
     prior: CiNuSegModel | str | os.PathLike,
-    pairs: Sequence[TrainingPair],
+    pairs: Sequence[TrainingPair | tuple],
     new_class_names: Sequence[str],
     settings: TrainSettings | None = None,
     *,
@@ -103,6 +104,7 @@ def train_step(
     prior is kept, and the settings must name it (:meth:`TrainSettings.for_network`).
     """
     settings = settings or TrainSettings()
+    pairs = as_pairs(pairs)
     if not isinstance(prior, CiNuSegModel):
         prior = load_model(prior)
     want = (settings.encoder, settings.decoder, tuple(settings.decoder_channels))

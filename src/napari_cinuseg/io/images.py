@@ -188,7 +188,7 @@ def check_image_file(path: str | os.PathLike) -> None:
 def _read_plain(path: str) -> np.ndarray:
     """A PNG/JPEG through Pillow, in its own colour space made RGB: CMYK converted (and said),
     palettes expanded; grey and 16-bit values returned as they are for :func:`as_rgb_uint8`."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - Pillow loads only for a PNG/JPEG (+14 ms on `cinuseg --help`, which imports io.slides)
 
     try:
         with Image.open(path) as im:
@@ -229,11 +229,11 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         return as_rgb_uint8(_read_plain(os.fspath(path)), path)
     try:
         if suffix in (".tif", ".tiff"):
-            import tifffile
+            import tifffile  # noqa: PLC0415 - tifffile loads only for a TIFF (+23 ms on `cinuseg --help`, which imports io.slides)
 
             img = np.asarray(tifffile.imread(str(path)))
         else:
-            from skimage import io as skio
+            from skimage import io as skio  # noqa: PLC0415 - scikit-image loads only for another format (+300 ms on `cinuseg --help`, which imports io.slides)
 
             img = np.asarray(skio.imread(str(path)))
     except Exception as exc:  # noqa: BLE001 - every decoder failure becomes advice

@@ -125,9 +125,12 @@ def test_cached_record_without_min_iterations_matches_only_if_it_ran_enough():
 
     s = TrainSettings(min_iterations=400)
     legacy = {k: v for k, v in s.to_dict().items() if k != "min_iterations"}
-    rec = lambda ran: StepRecord(
-        step=1, method="mib", new_classes=["x"], settings=legacy, data={}, results={"iterations": ran}
-    )
+
+    def rec(ran):
+        return StepRecord(
+            step=1, method="mib", new_classes=["x"], settings=legacy, data={}, results={"iterations": ran}
+        )
+
     assert _same_learning_settings(rec(850), s)
     assert not _same_learning_settings(rec(25), s)  # min_iterations would have made it 400
     changed = dict(legacy, lr=0.5)

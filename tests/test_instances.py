@@ -125,7 +125,7 @@ def test_object_scores():
 
 
 def test_geojson_for_qupath_parses_back_with_shapely(shared_data, tmp_path):
-    shapely = pytest.importorskip("shapely")
+    pytest.importorskip("shapely")
     from shapely.geometry import Point, shape
 
     from napari_cinuseg.io.geojson import write_geojson

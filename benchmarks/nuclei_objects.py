@@ -99,8 +99,9 @@ def cmd_train(args) -> int:
         log_every=25,
     )
     print(
-        f"training on {len(pairs)} pairs (CoNSeP {len(c_train.items)} × {args.consep_repeat}, MoNuSeg {len(m_train.items)} × "
-        f"{args.monuseg_repeat}, NuInsSeg {len(n_train.items)}), {args.iterations} iterations from {init.id[:8]}",
+        f"training on {len(pairs)} pairs (CoNSeP {len(c_train.items)} × {args.consep_repeat}, "
+        f"MoNuSeg {len(m_train.items)} × {args.monuseg_repeat}, NuInsSeg {len(n_train.items)}), "
+        f"{args.iterations} iterations from {init.id[:8]}",
         flush=True,
     )
     t0 = time.time()
@@ -151,7 +152,10 @@ def cmd_train(args) -> int:
 
 
 def _machine() -> str:
-    return f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')}"
+    return (
+        f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')}"
+    )
 
 
 def _class_map(model, image, device) -> np.ndarray:
@@ -200,7 +204,10 @@ def measure_model(model, consep_val, monuseg_val, device: str = "cpu", cached: d
             d = conf.dice()
             result[name]["class_dice"] = {n: float(d[model.channel_of(n)] * 100) for n in model.class_names}
         print(
-            f"  {name}: {json.dumps({m: {k: round(v, 3) for k, v in result[name][m].items() if isinstance(v, float)} for m in scores})}",
+            f"  {name}: "
+            + json.dumps(
+                {m: {k: round(v, 3) for k, v in result[name][m].items() if isinstance(v, float)} for m in scores}
+            ),
             flush=True,
         )
     result["seconds"] = round(time.time() - t0, 1)
@@ -224,7 +231,8 @@ def cmd_measure(args) -> int:
     _CONSEP_ROOT = root / "consep"
     (_, c_val), (_, m_val) = _splits(root, args.val_fraction, args.seed)
     print(
-        f"validation: CoNSeP {len(c_val.items)} patches of {len(c_val.sources)} source images, MoNuSeg {len(m_val.items)} slides",
+        f"validation: CoNSeP {len(c_val.items)} patches of {len(c_val.sources)} source images, "
+        f"MoNuSeg {len(m_val.items)} slides",
         flush=True,
     )
     results = {}
@@ -248,7 +256,8 @@ def cmd_measure(args) -> int:
 
 def table(results: dict) -> str:
     rows = [
-        "| model | instances | MoNuSeg Dice | F1@0.5 | AJI | PQ | CoNSeP Dice | F1@0.5 | AJI | PQ | CoNSeP class Dice Epi / Spindle |",
+        "| model | instances | MoNuSeg Dice | F1@0.5 | AJI | PQ "
+        "| CoNSeP Dice | F1@0.5 | AJI | PQ | CoNSeP class Dice Epi / Spindle |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
@@ -256,13 +265,15 @@ def table(results: dict) -> str:
             mo, co = r["MoNuSeg"][m], r["CoNSeP"][m]
             cd = r["CoNSeP"]["class_dice"]
             rows.append(
-                f"| {name} | {m} | {100 * mo['dice']:.1f} | {100 * mo['f1']:.1f} | {100 * mo['aji']:.1f} | {100 * mo['pq']:.1f} | "
+                f"| {name} | {m} | {100 * mo['dice']:.1f} | {100 * mo['f1']:.1f} | {100 * mo['aji']:.1f} "
+                f"| {100 * mo['pq']:.1f} | "
                 f"{100 * co['dice']:.1f} | {100 * co['f1']:.1f} | {100 * co['aji']:.1f} | {100 * co['pq']:.1f} | "
                 f"{cd['Epithelial']:.1f} / {cd['Spindle-shaped']:.1f} |"
             )
     p = PUBLISHED["MoNuSeg"]
     rows.append(
-        f"| HoVer-Net, published (trained on MoNuSeg) | its own | {100 * p['dice']:.1f} | – | {100 * p['aji']:.1f} | {100 * p['pq']:.1f} | – | – | – | – | – |"
+        f"| HoVer-Net, published (trained on MoNuSeg) | its own | {100 * p['dice']:.1f} | – | {100 * p['aji']:.1f} "
+        f"| {100 * p['pq']:.1f} | – | – | – | – | – |"
     )
     return "\n".join(rows)
 

@@ -108,7 +108,8 @@ def run_one(args, seed: int) -> dict:
 def table(paths) -> str:
     rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
     out = [
-        "| data set | class | method (changes) | K | iterations | seed | new-class Dice | old classes: Dice after / prior (ratio) | finite | skipped | seconds |",
+        "| data set | class | method (changes) | K | iterations | seed | new-class Dice "
+        "| old classes: Dice after / prior (ratio) | finite | skipped | seconds |",
         "|---|---|---|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     for r in rows:
@@ -123,7 +124,8 @@ def table(paths) -> str:
             "" if not r.get("settings") else " " + ",".join(f"{k}={v}" for k, v in r["settings"].items())
         )
         out.append(
-            f"| {r['dataset']} | {r['class']} | {tag} | {r['painted_nuclei']} | {r['iterations']} | {r['seed']} | {new} | {old} | "
+            f"| {r['dataset']} | {r['class']} | {tag} | {r['painted_nuclei']} | {r['iterations']} | {r['seed']} "
+            f"| {new} | {old} | "
             f"{'yes' if r['finite'] else 'NO'} | {len(r['skipped'])} | {r['seconds']:.0f} |"
         )
     return "\n".join(out)

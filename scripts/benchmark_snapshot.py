@@ -197,7 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--curves",
         type=Path,
-        help="also draw the per-step curves, as <out stem>.png in this folder, and the base and offline models' curves while they trained (a run with --curve-every) as <out stem>-training.png",
+        help="also draw the per-step curves, as <out stem>.png in this folder, and the base and offline models' "
+        "curves while they trained (a run with --curve-every) as <out stem>-training.png",
     )
     args = ap.parse_args(argv)
     parts = [rescored(json.loads(p.read_text())) for p in args.parts]

@@ -21,7 +21,14 @@ def _actions(parser):
 
 
 def test_python_m_runs_the_command_without_importing_torch():
-    code = "import runpy, sys; sys.argv = ['cinuseg', '--help']\ntry:\n    runpy.run_module('napari_cinuseg', run_name='__main__')\nexcept SystemExit as e:\n    assert e.code == 0\nprint('torch' in sys.modules)"
+    code = (
+        "import runpy, sys; sys.argv = ['cinuseg', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('napari_cinuseg', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0\n"
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "train-base" in out and out.strip().endswith("False")
     done = subprocess.run([sys.executable, "-m", "napari_cinuseg", "methods"], capture_output=True, text=True)
@@ -29,7 +36,10 @@ def test_python_m_runs_the_command_without_importing_torch():
 
 
 def test_the_napari_reader_and_writer_import_without_torch():
-    code = "import sys, napari_cinuseg.plugin.reader, napari_cinuseg.plugin.writer, napari_cinuseg.io.export; print('torch' in sys.modules)"
+    code = (
+        "import sys, napari_cinuseg.plugin.reader, napari_cinuseg.plugin.writer, napari_cinuseg.io.export; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -443,10 +443,11 @@ def test_a_full_disk_in_segmentation_is_one_line_and_leaves_no_orphan_table(
     for limit in ("1000", "100000000"):
         assert main(args + ["--in-memory-limit", limit]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert (
-            err[-1]
-            == f"cinuseg: error: {out / 'region.masks.tif'} could not be written: the disk is full (no space left on device); free space in {out} or choose another place"
+        full = (
+            f"cinuseg: error: {out / 'region.masks.tif'} could not be written: the disk is full "
+            f"(no space left on device); free space in {out} or choose another place"
         )
+        assert err[-1] == full
         assert list(out.iterdir()) == []  # no masks, no orphan CSV, no scratch folder, no lock
 
 

@@ -125,7 +125,7 @@ def test_object_scores():
 
 
 def test_geojson_for_qupath_parses_back_with_shapely(shared_data, tmp_path):
-    shapely = pytest.importorskip("shapely")
+    pytest.importorskip("shapely")
     from shapely.geometry import Point, shape
 
     from napari_cinuseg.io.geojson import write_geojson
@@ -199,7 +199,8 @@ def test_the_panels_engine_functions_segment_and_export_nuclei(shared_data, tmp_
     from napari_cinuseg.io.images import read_rgb
     from napari_cinuseg.model.file import BUNDLED_MODEL, load_model
     from napari_cinuseg.runtime.events import ExportProgress, drain
-    from napari_cinuseg.session.nuclei import export_nuclei, segment_nuclei_and_measure
+    from napari_cinuseg.session.export import export_nuclei
+    from napari_cinuseg.session.nuclei import segment_nuclei_and_measure
 
     model = load_model(BUNDLED_MODEL)
     image = read_rgb(shared_data / "consep" / "train" / "images" / "train_3_004.jpg")

@@ -324,7 +324,10 @@ def test_cid_by_hand_and_against_a_pixel_loop():
     old = _pixels([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [1.0, 3.0]])
     labels = torch.tensor([[[2, 0, 4, U]]])  # new, bg, unknown (excluded), unlabelled; C = 5 channels
     loss = compatibility_distillation(torch.zeros(1, 5, 1, 4), old, labels, [2], reduction="none")
-    lse = lambda t: math.log(sum(math.exp(v) for v in t))
+
+    def lse(t):
+        return math.log(sum(math.exp(v) for v in t))
+
     expected = [
         -(1 / 25) * sum(v - lse([0, 0, 2, 0, 0]) for v in [0, 0, 2, 0, 0]),
         -(1 / 25) * sum(v - lse([2, 0, 0, 0, 0]) for v in [2, 0, 0, 0, 0]),
@@ -436,7 +439,10 @@ def test_bce_with_ignore_by_hand():
     # zero logits: every channel costs log 2, 3 channels, mean over the 2 labelled pixels
     assert bce_with_ignore(torch.zeros(1, 3, 1, 3), labels).item() == pytest.approx(3 * math.log(2))
     logits = _pixels([[2.0, -1.0, 0.0], [0.0, 0.0, 3.0], [9.0, 9.0, 9.0]])
-    sp = lambda v: math.log1p(math.exp(v))  # BCE(1, z) = sp(−z), BCE(0, z) = sp(z)
+
+    def sp(v):  # BCE(1, z) = sp(−z), BCE(0, z) = sp(z)
+        return math.log1p(math.exp(v))
+
     expected = ((sp(-2) + sp(-1) + sp(0)) + (sp(0) + sp(0) + sp(-3))) / 2
     assert bce_with_ignore(logits, labels).item() == pytest.approx(expected, rel=1e-6)
     assert bce_with_ignore(logits, torch.full((1, 1, 3), U)).item() == 0

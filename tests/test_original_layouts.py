@@ -150,7 +150,8 @@ def _xml(regions) -> str:
             f'<Annotation Id="{k}" Name="" Type="4"><Attributes><Attribute Name="{cls}" Id="0" Value=""/></Attributes>'
         )
         parts.append(
-            '<Regions><RegionAttributeHeaders><AttributeHeader Id="9999" Name="Region" ColumnWidth="-1"/></RegionAttributeHeaders>'
+            '<Regions><RegionAttributeHeaders><AttributeHeader Id="9999" Name="Region" ColumnWidth="-1"/>'
+            "</RegionAttributeHeaders>"
         )
         for j, poly in enumerate(polys, start=1):
             parts.append(f'<Region Id="{j}" Type="0"><Attributes/><Vertices>')

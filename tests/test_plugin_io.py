@@ -194,7 +194,7 @@ def test_save_layers_writes_the_files_that_export_writes(tmp_path, class_map):
     panel's Export does."""
     from napari_cinuseg import drain
     from napari_cinuseg.inference.instances import nuclei_of
-    from napari_cinuseg.session.nuclei import export_nuclei
+    from napari_cinuseg.session.export import export_nuclei
 
     features = {"index": [0, 1, 2, 3], "name": ["background", "Epithelial", "Spindle-shaped", "Other"]}
     (tmp_path / "saved").mkdir()

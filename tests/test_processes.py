@@ -69,7 +69,7 @@ def test_export_measures_in_a_process_from_an_on_disk_map(consep, tmp_path):
     import zarr
 
     from napari_cinuseg.inference.instances import nuclei_of
-    from napari_cinuseg.session.nuclei import export_nuclei
+    from napari_cinuseg.session.export import export_nuclei
 
     cm, names = _real_map(consep)
     on_disk = zarr.open_array(str(tmp_path / "map.zarr"), mode="w", shape=cm.shape, dtype=cm.dtype, chunks=(512, 512))

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from napari_cinuseg.datasets.labelled import TrainingPair
-from napari_cinuseg.runtime.events import Preview, Progress, StepStarted, drain
 from napari_cinuseg.model.file import load_model
 from napari_cinuseg.runtime.devices import device_choices
+from napari_cinuseg.runtime.events import Preview, Progress, StepStarted, drain
 from napari_cinuseg.session.candidate import StepCandidate, training_fingerprint
 from napari_cinuseg.session.learning import learn_class
 from napari_cinuseg.session.preview import with_preview
@@ -173,4 +173,3 @@ def test_a_candidate_is_trained_reviewed_kept_replaced_and_discarded_without_qt(
     third.discard()
     assert not third.path.exists() and second.path.is_file()
     assert base_file.read_bytes() == before  # the prior's file, untouched throughout
-

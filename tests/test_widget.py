@@ -9,10 +9,10 @@ from qtpy.QtCore import QSettings
 from napari_cinuseg.io.export import read_masks
 from napari_cinuseg.io.slides import Slide
 from napari_cinuseg.runtime.events import drain
+from napari_cinuseg.session.storage import Storage
 from napari_cinuseg.training.steps import train_base
 from napari_cinuseg.ui import panel as _panel
 from napari_cinuseg.ui.panel import CiNuSegWidget
-from napari_cinuseg.session.storage import Storage
 
 
 @pytest.fixture
@@ -241,8 +241,8 @@ def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(
 def test_the_preview_updates_during_training_and_goes_at_the_end(widget, prior_file, qtbot, monkeypatch):
     import functools
 
-    from napari_cinuseg.session import preview
     from napari_cinuseg.runtime.events import Preview
+    from napari_cinuseg.session import preview
 
     monkeypatch.setattr(_panel, "with_preview", functools.partial(preview.with_preview, every_s=0.0))
     widget.load_model(prior_file)

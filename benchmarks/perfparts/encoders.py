@@ -62,7 +62,8 @@ def part_encoders(ctx: Context) -> dict:
         )
     errors = [r for r in rows if "error" in r]
     res = {
-        "what": "CiNuSeg step crops/s (batch × iterations ÷ s, after warm-up) and segment() megapixels/s of image per encoder; untrained models (weights do not change the time)",
+        "what": "CiNuSeg step crops/s (batch × iterations ÷ s, after warm-up) and segment() megapixels/s of image "
+        "per encoder; untrained models (weights do not change the time)",
         "image": str(a.slide),
         "tile": a.tile,
         "overlap": a.overlap,

@@ -80,8 +80,8 @@ def child_gui(p: dict) -> dict:
     from qtpy.QtWidgets import QApplication
 
     from napari_cinuseg.io.slides import Slide
-    from napari_cinuseg.ui.panel import CiNuSegWidget
     from napari_cinuseg.session.storage import Storage
+    from napari_cinuseg.ui.panel import CiNuSegWidget
 
     work = Path(p["workdir"])
     (work / "models").mkdir(parents=True, exist_ok=True)

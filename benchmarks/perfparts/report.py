@@ -52,7 +52,8 @@ def markdown(results: dict) -> str:
         "| Training overhead: s/iteration CiNuSeg ÷ fine-tuning"
         + (
             f" ({p['encoder']}, batch {p['batch_size']}, crop {p['crop_size']}) | **{p['ratio']:.2f}** "
-            f"({p['cinuseg_seconds_per_iteration']:.3f} / {p['finetune_seconds_per_iteration']:.3f} s) | ≤ {TARGET_TRAIN_RATIO} "
+            f"({p['cinuseg_seconds_per_iteration']:.3f} / {p['finetune_seconds_per_iteration']:.3f} s) "
+            f"| ≤ {TARGET_TRAIN_RATIO} "
             f"(floor ≈ {TRAIN_RATIO_FLOOR}) | {p['status']} |"
             if not e
             else f" | {e} | ≤ {TARGET_TRAIN_RATIO} | – |"
@@ -63,7 +64,8 @@ def markdown(results: dict) -> str:
         "| Tiling overhead: MP/s segment ÷ bare forward"
         + (
             f" ({p['tiles']} tiles of {p['tile']} px, overlap {p['overlap']}) | **{p['ratio']:.2f}** "
-            f"({p['segment_mp_per_s']:.3f} / {p['bare_forward_mp_per_s']:.3f} MP/s) | ≥ {TARGET_TILING_RATIO} | {p['status']} |"
+            f"({p['segment_mp_per_s']:.3f} / {p['bare_forward_mp_per_s']:.3f} MP/s) "
+            f"| ≥ {TARGET_TILING_RATIO} | {p['status']} |"
             if not e
             else f" | {e} | ≥ {TARGET_TILING_RATIO} | – |"
         )
@@ -74,7 +76,8 @@ def markdown(results: dict) -> str:
         names = " / ".join(f"{s['size'] // 1024}k²" if s["size"] >= 1024 else f"{s['size']}²" for s in p["sizes"])
         rows = f", first {p['rows']} rows" if p["rows"] != "all" else ""
         lines.append(
-            f"| Peak RSS segmenting {names}{rows} (GiB) | **{peaks}** (×{p['flat_ratio']:.2f}) | flat (≤ ×{FLAT_FACTOR}), "
+            f"| Peak RSS segmenting {names}{rows} (GiB) | **{peaks}** (×{p['flat_ratio']:.2f}) "
+            f"| flat (≤ ×{FLAT_FACTOR}), "
             f"< {TARGET_PEAK_MB / 1024:.0f} GiB | {p['status']} |"
         )
     else:
@@ -93,7 +96,8 @@ def markdown(results: dict) -> str:
     if not e and "export" in p:
         lines.append(
             f"| Event-loop delay while the panel exports a {p.get('export_side')}² class map, max / p99 | "
-            f"**{p['export']['max_ms']:.0f}** / {p['export']['p99_ms']:.0f} ms ({p.get('export_seconds', float('nan')):.1f} s) | "
+            f"**{p['export']['max_ms']:.0f}** / {p['export']['p99_ms']:.0f} ms "
+            f"({p.get('export_seconds', float('nan')):.1f} s) | "
             f"< {TARGET_LATENESS_MS:.0f} ms | {p['status']} |"
         )
 
@@ -101,7 +105,8 @@ def markdown(results: dict) -> str:
     if not e:
         lines += [
             "",
-            "| Slide | Segmented | Peak RSS (MiB) | After imports + model load (MiB) | Added by segmenting (MiB) | Time (s) | MP/s |",
+            "| Slide | Segmented | Peak RSS (MiB) | After imports + model load (MiB) | Added by segmenting (MiB) "
+            "| Time (s) | MP/s |",
             "|---|---|---:|---:|---:|---:|---:|",
         ]
         for s in p["sizes"]:
@@ -113,7 +118,8 @@ def markdown(results: dict) -> str:
     if not e:
         lines += [
             "",
-            "| Encoder | Training crops/s (batch × crop) | Inference MP/s (image) | Inference MP/s (tiles) | GPU util. train / infer |",
+            "| Encoder | Training crops/s (batch × crop) | Inference MP/s (image) | Inference MP/s (tiles) "
+            "| GPU util. train / infer |",
             "|---|---:|---:|---:|---:|",
         ]
         for r in p["encoders"]:
@@ -147,23 +153,27 @@ def summary_lines(results: dict) -> list[str]:
         elif name == "training":
             out.append(
                 f"{name:9s} {p['status']}  ratio {p['ratio']:.3f} (target {p['target']}): "
-                f"cinuseg {p['cinuseg_seconds_per_iteration']:.4f} s/it, finetune {p['finetune_seconds_per_iteration']:.4f} s/it"
+                f"cinuseg {p['cinuseg_seconds_per_iteration']:.4f} s/it, "
+                f"finetune {p['finetune_seconds_per_iteration']:.4f} s/it"
             )
         elif name == "tiling":
             out.append(
                 f"{name:9s} {p['status']}  ratio {p['ratio']:.3f} (target {p['target']}): "
-                f"segment {p['segment_mp_per_s']:.3f} MP/s, bare forward {p['bare_forward_mp_per_s']:.3f} MP/s over {p['tiles']} tiles"
+                f"segment {p['segment_mp_per_s']:.3f} MP/s, "
+                f"bare forward {p['bare_forward_mp_per_s']:.3f} MP/s over {p['tiles']} tiles"
             )
         elif name == "memory":
             peaks = ", ".join(f"{s['size']}²: {s['peak_rss_mb']:.0f} MiB" for s in p["sizes"])
             out.append(
-                f"{name:9s} {p['status']}  peak RSS {peaks} (×{p['flat_ratio']:.2f}; under 2 GB {p['status_under_2gb']}, "
+                f"{name:9s} {p['status']}  peak RSS {peaks} (×{p['flat_ratio']:.2f}; "
+                f"under 2 GB {p['status_under_2gb']}, "
                 f"flat {p['status_flat']}); {p['note']}"
             )
         elif name == "gui":
             out.append(
                 f"{name:9s} {p['status']}  event-loop delay during training max {p['training']['max_ms']:.1f} ms, "
-                f"p99 {p['training']['p99_ms']:.1f} ms, during export max {p.get('export', {}).get('max_ms', float('nan')):.1f} ms "
+                f"p99 {p['training']['p99_ms']:.1f} ms, "
+                f"during export max {p.get('export', {}).get('max_ms', float('nan')):.1f} ms "
                 f"(idle max {p['idle']['max_ms']:.1f} ms); {p['display']}"
             )
         elif name == "encoders":

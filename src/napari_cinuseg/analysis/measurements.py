@@ -6,14 +6,16 @@ zarr or dask array) are measured block by block in bounded memory; see :func:`cl
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import find_objects
 from skimage.measure import label as connected_components
-from skimage.measure import regionprops
+from skimage.measure import regionprops, regionprops_table
 
+from ..io.atomic import atomic_path
 from ..io.images import IN_MEMORY_LIMIT_PX
 
 #: Above this many pixels a numpy class map is measured blockwise, like a lazy one.
@@ -198,8 +200,6 @@ def nucleus_table(
     top-left corner of its bounding box, and is measured whole in the extended block. So memory
     stays bounded on a slide, and the table is exact for nuclei smaller than ``margin``.
     """
-    from skimage.measure import regionprops_table
-
     if len(class_map.shape) != 2:
         raise ValueError(f"a per-nucleus table needs a 2-D class map, got shape {tuple(class_map.shape)}")
     n = len(class_names)
@@ -226,10 +226,6 @@ def nucleus_table(
 
 def write_nucleus_csv(table: dict[str, list], path) -> None:
     """The per-nucleus table as CSV (one header row, one row per nucleus), written atomically."""
-    import csv
-
-    from ..io.atomic import atomic_path
-
     keys = list(table)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f)
@@ -306,8 +302,6 @@ def instance_table(
     instance map (so a row finds its object in the map and in the GeoJSON). A map is read in core
     blocks with a halo (the same rule: an instance is measured by the block whose core holds the
     top-left corner of its bounding box), exact for nuclei smaller than ``margin``."""
-    from skimage.measure import regionprops_table
-
     if len(labels.shape) != 2:
         raise ValueError(f"a per-nucleus table needs a 2-D instance map, got shape {tuple(labels.shape)}")
     classes = np.asarray(classes)

@@ -180,10 +180,11 @@ def _confident_rows(results: dict) -> list[str]:
 
 def write_curves(results: dict, out: Path) -> None:
     """The per-step curve (paper's Fig. 5): mean Dice over the classes seen so far."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - matplotlib (+680 ms) loads only when a figure is drawn, and its Agg backend is
+    # chosen only then: importing the report leaves a caller's backend (napari's) alone
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - see matplotlib above
 
     for protocol, curves in results.get("curves", {}).items():
         # one colour per method, however many (the default cycle repeats after 10), the legend
@@ -221,10 +222,11 @@ def write_training_curves(results: dict, out: Path) -> None:
     curves = {k: v for k, v in results.get("training_curves", {}).items() if v}
     if not curves:
         return
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - matplotlib (+680 ms) loads only when a figure is drawn, and its Agg backend is
+    # chosen only then: importing the report leaves a caller's backend (napari's) alone
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - see matplotlib above
 
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), dpi=120, squeeze=False)
     for ax, (key, points) in zip(axes[0], curves.items()):

@@ -1,4 +1,4 @@
-"""What each ``cinuseg`` command does (the parser is in cli.py). Engine modules are imported
+"""What each ``cinuseg`` command does (the parser is in parser.py). Engine modules are imported
 inside each command, so that the help answers at once, without PyTorch."""
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from ..runtime.names import DATASETS, NUCLEUS_DATASETS
 from ..runtime.setting import CLI, offered
 from ..training.settings import TrainSettings, preset
 from .console import CONSOLE
@@ -40,8 +43,8 @@ def _with_encoder(settings, args: argparse.Namespace):
 
 
 def _load_data(args: argparse.Namespace):
-    from ..datasets.labelled import data_dir, split_by_source
-    from ..datasets.layouts import read_dataset
+    from ..datasets.labelled import data_dir, split_by_source  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
+    from ..datasets.layouts import read_dataset  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
 
     data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
     return _split(data, args, split_by_source)
@@ -79,9 +82,9 @@ def _names(text: str) -> list[str]:
 
 
 def cmd_train_base(args) -> int:
-    from ..datasets.labelled import step_pairs
-    from ..model.file import check_new_model_path
-    from ..training.steps import train_base
+    from ..datasets.labelled import step_pairs  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
+    from ..model.file import check_new_model_path  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
+    from ..training.steps import train_base  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
 
     out = _model_out(args.out)
     check_new_model_path(out, None)
@@ -103,10 +106,9 @@ def cmd_train_base(args) -> int:
 
 def _more_pairs(spec: str, classes: list[str], args: argparse.Namespace) -> list:
     """The training pairs of one ``--with KIND[=FOLDER]`` of train-base, split as --split says."""
-    from ..datasets.labelled import data_dir, split_by_source
-    from ..datasets.layouts import read_dataset
-    from ..datasets.nucleus_only import mixed_class_pairs, nucleus_pairs
-    from ..runtime.names import DATASETS, NUCLEUS_DATASETS
+    from ..datasets.labelled import data_dir, split_by_source  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
+    from ..datasets.layouts import read_dataset  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
+    from ..datasets.nucleus_only import mixed_class_pairs, nucleus_pairs  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
 
     kind, _, folder = spec.partition("=")
     if kind not in DATASETS + NUCLEUS_DATASETS:
@@ -122,16 +124,18 @@ def _more_pairs(spec: str, classes: list[str], args: argparse.Namespace) -> list
     data = _split(read_dataset(kind, root), args, split_by_source)
     pairs = nucleus_pairs(data) if kind in NUCLEUS_DATASETS else mixed_class_pairs(data, classes)
     CONSOLE.say(
-        f"--with {kind}: {len(pairs)} images ({'nucleus-only' if kind in NUCLEUS_DATASETS else 'classes'}, split {args.split})"
+        f"--with {kind}: {len(pairs)} images "
+        f"({'nucleus-only' if kind in NUCLEUS_DATASETS else 'classes'}, split {args.split})"
     )
     return pairs
 
 
 def cmd_step(args) -> int:
-    from ..datasets.labelled import step_pairs
-    from ..model.file import load_model
-    from ..model.file import check_new_model_path
-    from ..training.steps import train_step
+    from ..datasets.labelled import step_pairs  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
+
+    # PyTorch loads only once a command runs: `cinuseg --help` stays fast
+    from ..model.file import check_new_model_path, load_model  # noqa: PLC0415
+    from ..training.steps import train_step  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
 
     prior = load_model(args.prior)
     out = _model_out(args.out)
@@ -152,7 +156,7 @@ def cmd_step(args) -> int:
 
 def _print_forgetting(report: dict | None, indent: str = "") -> None:
     """The step's forgetting report (forgetting.py) and a warning per class below the threshold."""
-    from ..analysis.forgetting import forgetting_warnings, format_report
+    from ..analysis.forgetting import forgetting_warnings, format_report  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
 
     if not report:
         return
@@ -165,8 +169,8 @@ def _print_forgetting(report: dict | None, indent: str = "") -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from ..analysis.evaluation import evaluate
-    from ..model.file import load_model
+    from ..analysis.evaluation import evaluate  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
+    from ..model.file import load_model  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
 
     model = load_model(args.model)
     data = _load_data(args)
@@ -198,7 +202,7 @@ def _dice(value: float | None) -> str:
 
 
 def cmd_info(args) -> int:
-    from ..model.file import read_record
+    from ..model.file import read_record  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
 
     record = read_record(args.model)
     if args.json:
@@ -212,7 +216,8 @@ def cmd_info(args) -> int:
     seen = record.get("normalization", {}).get("input", "rgb")
     px = record.get("pixel_size_um")
     print(
-        f"input: {'hematoxylin density only' if seen == 'hematoxylin' else 'RGB'}; pixel size {f'{px:g} µm' if px else 'unknown'}"
+        f"input: {'hematoxylin density only' if seen == 'hematoxylin' else 'RGB'}; "
+        f"pixel size {f'{px:g} µm' if px else 'unknown'}"
     )
     print("classes:")
     for i, c in enumerate(record["classes"], start=1):
@@ -231,10 +236,10 @@ def cmd_info(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from ..benchmark.run import BenchmarkConfig, run_benchmark, split_data
-    from ..datasets.labelled import data_dir
-    from ..datasets.layouts import read_dataset
-    from ..runtime.events import BenchmarkStarted, CurvePoint, PriorUnconfident, StepEvaluated, StepPlanned
+    from ..benchmark.run import BenchmarkConfig, run_benchmark, split_data  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
+    from ..datasets.labelled import data_dir  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
+    from ..datasets.layouts import read_dataset  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
+    from ..runtime.events import BenchmarkStarted, CurvePoint, PriorUnconfident, StepEvaluated, StepPlanned  # noqa: PLC0415 - runtime.events' event classes take +10 ms to define, on `cinuseg --help` too
 
     data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
     test = read_dataset(args.dataset, args.test_data) if args.test_data else None
@@ -260,7 +265,8 @@ def cmd_benchmark(args) -> int:
     def show(ev) -> None:
         if isinstance(ev, BenchmarkStarted):
             CONSOLE.say(
-                f"benchmark {', '.join(ev.protocols)} × {', '.join(ev.methods)}: {ev.train_images} training images, {ev.test_images} test images, {ev.device}"
+                f"benchmark {', '.join(ev.protocols)} × {', '.join(ev.methods)}: {ev.train_images} training images, "
+                f"{ev.test_images} test images, {ev.device}"
             )
         elif isinstance(ev, StepPlanned):
             what = "cached" if ev.cached else "training"
@@ -313,9 +319,9 @@ def _shard(images: list[str], spec: str | None) -> list[str]:
 
 
 def cmd_segment(args) -> int:
-    import torch
+    import torch  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
 
-    from ..model.file import BUNDLED_MODEL, load_model
+    from ..model.file import BUNDLED_MODEL, load_model  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
 
     if args.model is None and MAIN_RANK:
         CONSOLE.say(
@@ -334,7 +340,8 @@ def cmd_segment(args) -> int:
     clash = [t.name for t in targets.values() if list(targets.values()).count(t) > 1]
     if clash:
         raise ValueError(
-            f"several images would write {sorted(set(clash))[0]}; give them different names or run them into different --out folders"
+            f"several images would write {sorted(set(clash))[0]}; give them different names or run them into "
+            "different --out folders"
         )
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -347,12 +354,11 @@ def cmd_segment(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import numpy as np
-    from skimage import io as skio
+    from skimage import io as skio  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
 
-    from ..inference.instances import nuclei_of
-    from ..model.file import load_model
-    from ..session.nuclei import export_nuclei
+    from ..inference.instances import nuclei_of  # noqa: PLC0415 - SciPy and scikit-image load only once a command runs (+250 ms on `cinuseg --help`)
+    from ..model.file import load_model  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
+    from ..session.export import export_nuclei  # noqa: PLC0415 - its readers and writers load only once a command runs
 
     model = load_model(args.model)
     if Path(args.out).exists():
@@ -401,7 +407,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from ..methods import available
+    from ..methods import available  # noqa: PLC0415 - the method registry imports PyTorch: `cinuseg --help` stays fast
 
     print("\n".join(available()))
     return 0

@@ -5,10 +5,14 @@ trained model saved or, where that fails, kept elsewhere and said (:func:`save_o
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
+from ..io.claims import claim
 from .console import CONSOLE
 
 MAIN_RANK = int(os.environ.get("RANK", "0")) == 0
@@ -17,7 +21,7 @@ MAIN_RANK = int(os.environ.get("RANK", "0")) == 0
 def drain(job, show=None) -> object:
     """Run a job (runtime.events.drain) with a progress bar per training step; Ctrl-C cancels it
     cleanly. ``show`` sees the events this does not report itself."""
-    from ..runtime.events import (
+    from ..runtime.events import (  # noqa: PLC0415 - runtime.events' event classes take +10 ms to define, on `cinuseg --help` too
         Cancelled,
         IterationSkipped,
         MemoryReduced,
@@ -67,8 +71,6 @@ BASE_MODEL_ROOM = 8 * 2**20
 
 def check_room(out: Path, need: int) -> None:
     """Refuse before training when the disk of ``out`` has less than ``need`` bytes free."""
-    import shutil
-
     try:
         free = shutil.disk_usage(out.parent).free
     except OSError:
@@ -90,8 +92,6 @@ def model_bytes(model) -> int:
 def rescue_places(out: Path) -> list[Path]:
     """Where a trained model goes when ``out`` cannot be written: the temporary folder, then
     ~/.napari-cinuseg/rescued (another disk, often)."""
-    import tempfile
-
     name = f"{out.name.removesuffix('.cinuseg.pt')}-{os.getpid()}.cinuseg.pt"
     return [Path(tempfile.gettempdir()) / name, Path.home() / ".napari-cinuseg" / "rescued" / name]
 
@@ -99,7 +99,7 @@ def rescue_places(out: Path) -> list[Path]:
 def save_or_rescue(model, out: Path) -> Path:
     """Save the trained ``model`` at ``out``; if that fails, keep it elsewhere and say where,
     in one error line (the training is never lost to a full disk or a folder made read-only)."""
-    from ..model.file import ModelFileError, save_model
+    from ..model.file import ModelFileError, save_model  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
 
     try:
         path = save_model(model, out)
@@ -124,8 +124,4 @@ def save_or_rescue(model, out: Path) -> Path:
 
 def claim_model(out: Path):
     """The claim on a new model's file; under torchrun rank 0 holds it (it alone saves)."""
-    import contextlib
-
-    from ..io.claims import claim
-
     return claim(out) if MAIN_RANK else contextlib.nullcontext()

@@ -39,7 +39,7 @@ METHODS_HELP = "{methods}"
 
 
 def _methods_list() -> str:
-    from ..methods import available
+    from ..methods import available  # noqa: PLC0415 - the method registry imports PyTorch: only printed help needs it, `cinuseg --help` stays fast
 
     return ", ".join(available())
 
@@ -148,7 +148,7 @@ def _add_encoder(p: argparse.ArgumentParser) -> None:
 def _add_method_settings(p: argparse.ArgumentParser) -> None:
     """One option per method's own setting (methods.method_settings: CiNuSeg's τ, ω, …), for
     the method that has it; a method without it refuses it."""
-    from ..methods import all_method_settings, available, method_settings
+    from ..methods import all_method_settings, available, method_settings  # noqa: PLC0415 - the method registry imports PyTorch: `cinuseg --help` stays fast
 
     group = p.add_argument_group("settings of a method (given to the methods that have them)")
     has = {m: method_settings(m) for m in available()}
@@ -225,7 +225,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--pixel-size",
         type=pixel_size,
-        help="µm per pixel of the training images (default: the data set's, or pixel_size_um in a folder's classes.json)",
+        help="µm per pixel of the training images "
+        "(default: the data set's, or pixel_size_um in a folder's classes.json)",
     )
     p.add_argument(
         "--with",
@@ -295,7 +296,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--curve-every",
         type=int,
         default=0,
-        help="score the base and offline models on the test images every N iterations while they train: a curve of Dice against iterations (0 = off)",
+        help="score the base and offline models on the test images every N iterations while they train: "
+        "a curve of Dice against iterations (0 = off)",
     )
     _add_settings(p)
     _add_encoder(p)
@@ -309,12 +311,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         required=True,
-        help="folder for <name>.masks.tif (pyramidal OME-TIFF) and <name>.nuclei.csv (one row per nucleus); images already done are skipped",
+        help="folder for <name>.masks.tif (pyramidal OME-TIFF) and <name>.nuclei.csv (one row per nucleus); "
+        "images already done are skipped",
     )
     p.add_argument(
         "--geojson",
         action="store_true",
-        help="also write <name>.geojson: nucleus polygons with class names and colours, for QuPath (File > Import objects), in level-0 pixels",
+        help="also write <name>.geojson: nucleus polygons with class names and colours, for QuPath "
+        "(File > Import objects), in level-0 pixels",
     )
     p.add_argument(
         "--min-area",
@@ -340,7 +344,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--shard",
-        help="K/N: only images K, K+N, … (0-based), to split a cohort over N processes or machines (under torchrun: RANK/WORLD_SIZE)",
+        help="K/N: only images K, K+N, … (0-based), to split a cohort over N processes or machines "
+        "(under torchrun: RANK/WORLD_SIZE)",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
     p.add_argument(
@@ -383,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     CONSOLE.quiet = bool(getattr(args, "quiet", False))
-    from ..model.file import ModelFileError
+    from ..model.file import ModelFileError  # noqa: PLC0415 - PyTorch loads only after the arguments are read: `cinuseg --help` stays fast
 
     try:
         with warnings.catch_warnings():

@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from glob import escape as glob_escape
+from itertools import combinations
+from math import comb
 from pathlib import Path
 from typing import NamedTuple
 
@@ -104,7 +106,7 @@ def read_folder(
         by_name = {v.lower(): k for k, v in ids.items()}
         lut = np.zeros(256, np.uint8)
         lut[IGNORE] = IGNORE
-        for new_id, (new_name, members) in enumerate(regroup.items(), start=1):
+        for new_id, members in enumerate(regroup.values(), start=1):
             for m in members:
                 if m.lower() not in by_name:
                     raise ValueError(f"regroup names {m!r}, which {cfile} does not define")
@@ -274,9 +276,6 @@ def balanced_sources(
     1 for each class held out entirely or missing from the held-out sources although another
     source has it. Every choice is tried where there are at most ``candidates``, else that many
     random ones; ``seed`` picks one of the ``among`` cheapest."""
-    from itertools import combinations
-    from math import comb
-
     counts = class_pixels_by_source(data)
     sources = sorted(counts)
     table = np.stack([counts[s] for s in sources]).astype(np.float64)  # (sources, classes)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..runtime.names import DATASETS, NUCLEUS_DATASETS
+from . import nucleus_only
 from .labelled import LabelledSet, read_consep_patches, read_folder, read_monusac_images
 from .original_layouts import read_consep_original, read_monusac_original
 
@@ -30,8 +31,6 @@ def read_dataset(kind: str, root: str | os.PathLike) -> LabelledSet:
     elif kind == "folder":
         return read_folder(root)
     elif kind in NUCLEUS_DATASETS:
-        from . import nucleus_only
-
         return {
             "monuseg": nucleus_only.read_monuseg,
             "nuinsseg": nucleus_only.read_nuinsseg,

@@ -18,6 +18,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+import tifffile
+from scipy.io import loadmat
+from scipy.io.matlab import matfile_version
+from skimage.draw import polygon as draw_polygon
 
 from ..io.images import as_rgb_uint8, read_rgb
 from .labelled import (
@@ -80,9 +84,6 @@ def _consep_split_folder(root: Path, split: str | None) -> Path:
 
 def _read_mat(path: Path) -> dict:
     """The variables of a MATLAB file; v7.3 (HDF5) files need h5py, else a clear error."""
-    from scipy.io import loadmat
-    from scipy.io.matlab import matfile_version
-
     try:
         with open(path, "rb") as f:
             major, _minor = matfile_version(f)
@@ -90,7 +91,7 @@ def _read_mat(path: Path) -> dict:
         raise ValueError(f"{path} is not a readable MATLAB .mat file ({e})") from e
     if major == 2:  # MATLAB v7.3: an HDF5 file
         try:
-            import h5py
+            import h5py  # noqa: PLC0415 - optional dependency: only MATLAB v7.3 files need it
         except ImportError:
             raise ValueError(
                 f"{path} is a MATLAB v7.3 (HDF5) file, which scipy cannot read; re-save it as v7 "
@@ -199,8 +200,6 @@ def _rgb_from_array(img: np.ndarray, axes: str, path: Path) -> np.ndarray:
 
 def read_tiff_rgb(path: str | os.PathLike) -> np.ndarray:
     """The baseline (series 0, level 0) of a TIFF or Aperio SVS as RGB uint8, alpha dropped."""
-    import tifffile
-
     path = Path(path)
     try:
         with tifffile.TiffFile(str(path)) as tif:
@@ -262,8 +261,6 @@ def monusac_class_map(polygons, shape: tuple[int, int], path: str | os.PathLike 
     over an earlier one); Ambiguous regions are painted last, as 255, so they win every overlap.
     Pixels whose centres lie inside or on a polygon are painted; parts outside the image are clipped.
     """
-    from skimage.draw import polygon as draw_polygon
-
     ids = {n.lower(): i for i, n in enumerate(MONUSAC_CLASS_NAMES, start=1)}
     labels = np.zeros(shape, np.uint8)
     ambiguous = []

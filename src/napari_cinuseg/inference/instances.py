@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.feature import peak_local_max
+from skimage.segmentation import relabel_sequential, watershed
 
 from ..analysis.measurements import block_windows
 from ..runtime.names import DEFAULT_MIN_AREA_UM2, INSTANCE_METHODS
@@ -104,9 +106,6 @@ def split_nuclei(
 def _watershed(fg: np.ndarray, components: np.ndarray, n: int, min_distance: int) -> np.ndarray:
     """Marker-controlled watershed of ``fg`` on its distance transform; every component keeps at
     least one marker (its deepest point), so no nucleus is lost for want of a peak."""
-    from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
-
     dist = ndi.distance_transform_edt(fg)
     smooth = ndi.gaussian_filter(dist, 1.0) * fg
     peaks = peak_local_max(smooth, min_distance=min_distance, labels=components, exclude_border=False)
@@ -125,8 +124,6 @@ def _watershed(fg: np.ndarray, components: np.ndarray, n: int, min_distance: int
 
 def _finish(labels: np.ndarray, cm: np.ndarray, min_area_px: int) -> tuple[np.ndarray, np.ndarray]:
     """Drop objects under ``min_area_px``, renumber 1..N, and give each its majority class."""
-    from skimage.segmentation import relabel_sequential
-
     labels = labels.astype(np.int64, copy=False)
     n = int(labels.max())
     area = np.bincount(labels.ravel(), minlength=n + 1)
@@ -180,7 +177,7 @@ def _blockwise(class_map, method, min_px, dist_px, block, margin, out):
     h, w = (int(s) for s in class_map.shape)
     out_path = Path(out) if out is not None else None
     if out_path is not None:
-        import zarr
+        import zarr  # noqa: PLC0415 - zarr (+150 ms) loads only for a map written to disk: the napari writer and the panel work in memory
 
         if out_path.exists():
             raise FileExistsError(f"{out_path} exists; choose another output or delete it")

@@ -293,7 +293,7 @@ def _new_class_map(tmp_path: Path | None, h: int, w: int):
     """The class map being written: a zarr array at ``tmp_path``, or in memory."""
     if tmp_path is None:
         return np.zeros((h, w), np.uint8)
-    import zarr
+    import zarr  # noqa: PLC0415 - zarr (+150 ms) loads only for a map written to disk: the napari writer and the panel work in memory
 
     if tmp_path.exists():
         shutil.rmtree(tmp_path)
@@ -305,7 +305,8 @@ def _fewer_tiles(dev, tile: int, before: int, after: int) -> MemoryReduced:
         "tiles",
         before,
         after,
-        f"the {devices.describe(dev)} ran out of memory with {before} tiles of {tile} px at a time; going on with {after}",
+        f"the {devices.describe(dev)} ran out of memory with {before} tiles of {tile} px at a time; "
+        f"going on with {after}",
     )
 
 

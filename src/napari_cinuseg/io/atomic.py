@@ -9,8 +9,10 @@ longer run (a killed save), and names, in an :class:`StaleFileNotice`, one it ca
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -129,9 +131,6 @@ def describe_write_failure(exc: BaseException, path: str | os.PathLike) -> str:
     """Why writing ``path`` failed, in words, with what to do: a full disk and a folder that
     cannot be written are recognised also where PyTorch's zip writer hides them ("enforce fail
     at inline_container.cc")."""
-    import errno
-    import shutil
-
     folder = Path(path).parent
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in str(exc):
         return f"the disk is full (no space left on device); free space in {folder} or choose another place"
@@ -152,7 +151,5 @@ def describe_write_failure(exc: BaseException, path: str | os.PathLike) -> str:
 def atomic_json(path: str | os.PathLike, obj, **dumps) -> None:
     """``obj`` as JSON at ``path`` (indented, keys sorted, unless ``dumps`` says otherwise: it
     goes to ``json.dumps``), written atomically."""
-    import json
-
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, **{"indent": 1, "sort_keys": True, **dumps}))

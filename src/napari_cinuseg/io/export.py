@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from .atomic import atomic_path
 
@@ -79,8 +81,6 @@ def export_masks(
     class_names[i-1]) as a pyramidal OME-TIFF (see the module's docstring). ``pixel_size``: µm
     per pixel of the class map, written where known. ``on_tile(done, total)`` is called after each
     tile written."""
-    import tifffile
-
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another name or allow overwriting")
@@ -170,8 +170,6 @@ def masks_pyramidal(tif) -> bool:
 def read_masks(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """(class map, {class name: binary mask}, metadata) of a file written by :func:`export_masks`,
     all at full resolution (for tests and small maps; the napari reader opens them lazily)."""
-    import tifffile
-
     with tifffile.TiffFile(path) as tif:
         meta = masks_metadata(tif)
         if meta is None:
@@ -191,8 +189,6 @@ def export_masks_job(class_map, path, *args, poll: float = 0.1, **kwargs):
     """:func:`export_masks` as a job: a generator that yields ``(done, total)`` tiles about every
     ``poll`` seconds while the file is written (in a thread of its own, so the caller's loop
     stays free) and returns the path. The file appears only when complete."""
-    import threading
-
     state = {"done": 0, "total": 0}
     box: dict = {}
 

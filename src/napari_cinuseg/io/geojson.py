@@ -26,6 +26,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from matplotlib.colors import to_rgb
+from scipy.ndimage import find_objects
+from skimage.measure import approximate_polygon, find_contours
 
 from .atomic import atomic_path
 
@@ -35,8 +38,6 @@ MARGIN = 256
 
 def rgb(colour: str) -> list[int]:
     """A colour (``#rrggbb``, or a name matplotlib knows, as a layer may carry) → [r, g, b] in 0..255."""
-    from matplotlib.colors import to_rgb
-
     try:
         return [int(round(255 * v)) for v in to_rgb(colour)]
     except ValueError:
@@ -46,8 +47,6 @@ def rgb(colour: str) -> list[int]:
 def outline(mask: np.ndarray, tolerance: float = 0.5) -> np.ndarray | None:
     """The outer boundary (N, 2) as (row, col), closed, of a binary mask's largest part; None for
     an empty mask."""
-    from skimage.measure import approximate_polygon, find_contours
-
     padded = np.pad(mask.astype(np.uint8), 1)
     contours = find_contours(padded, 0.5)
     if not contours:
@@ -82,8 +81,6 @@ def nucleus_features(
     """GeoJSON Features (see the module's docstring) of every nucleus of ``labels`` (an (H, W)
     instance map, numpy or lazy), in order of blocks. ``classes[i]`` is nucleus i's class (1-based
     into ``class_names``); ``origin`` (x, y) and ``downsample`` map the map's pixels to level 0."""
-    from scipy.ndimage import find_objects
-
     classes = np.asarray(classes)
     colours = list(colours or [])
     ox, oy = origin

@@ -268,11 +268,11 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         return as_rgb_uint8(_read_plain(os.fspath(path)), path)
     try:
         if suffix in (".tif", ".tiff"):
-            import tifffile
+            import tifffile  # noqa: PLC0415 - tifffile loads only for a TIFF (+23 ms on `cinuseg --help`, which imports io.slides)
 
             img = np.asarray(tifffile.imread(str(path)))
         else:
-            from skimage import io as skio
+            from skimage import io as skio  # noqa: PLC0415 - scikit-image loads only for another format (+300 ms on `cinuseg --help`, which imports io.slides)
 
             img = np.asarray(skio.imread(str(path)))
     except Exception as exc:  # noqa: BLE001 - every decoder failure becomes advice

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 
 def build_pyramid(level0_path: str | os.PathLike, min_size: int = 1024, block: int = 4096) -> list:
@@ -22,8 +23,6 @@ def build_pyramid(level0_path: str | os.PathLike, min_size: int = 1024, block: i
     expected shape is reused, so an interrupted build resumes; each is written under a temporary
     name and renamed when complete.
     """
-    import zarr
-
     if min_size < 1 or block < 2 or block % 2:
         raise ValueError("min_size must be positive and block an even number of pixels")
     level0_path = Path(level0_path)

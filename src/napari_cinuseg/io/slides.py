@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import struct
 import warnings
 from pathlib import Path
 
@@ -35,8 +37,6 @@ def _ifd_chain_end(path: str | os.PathLike, size: int, limit: int = 4096) -> int
     """The first image-directory offset of a TIFF's chain that lies past the file's ``size``
     bytes (the file was cut there), or None when the whole chain is inside the file (or the
     header is not a TIFF's: tifffile then says so itself)."""
-    import struct
-
     with open(path, "rb") as fh:
         head = fh.read(16)
         if len(head) < 8 or head[:2] not in (b"II", b"MM"):
@@ -67,7 +67,7 @@ def _ifd_chain_end(path: str | os.PathLike, size: int, limit: int = 4096) -> int
 
 def open_tiff(path: str | os.PathLike):
     """``tifffile.TiffFile(path)``, or a ValueError that says what is wrong with the file."""
-    import tifffile
+    import tifffile  # noqa: PLC0415 - tifffile loads only when a TIFF is opened (+23 ms on `cinuseg --help`, which imports io.slides)
 
     check_image_file(path)
     size = os.path.getsize(path)
@@ -132,8 +132,6 @@ def file_pixel_size(tif) -> float | None:
     """µm per pixel of a TIFF's full-resolution image, as the file states it: the MPP of an
     Aperio SVS description, OME-XML's PhysicalSizeX (in µm, or with its unit), or the TIFF
     resolution tags when their unit is a length. None when the file does not say."""
-    import re
-
     page = tif.pages[0]
     desc = page.description or ""
     if tif.is_svs or desc.startswith("Aperio"):
@@ -201,7 +199,7 @@ class Slide:
             self._array = read_rgb(self.path)  # clear ValueError, conversions said
 
     def _open_tiff(self) -> None:
-        import zarr
+        import zarr  # noqa: PLC0415 - zarr loads only when a TIFF is opened (+150 ms on `cinuseg --help`, which imports io.slides)
 
         self._tif = open_tiff(self.path)
         with closed_on_failure(self, f"{self.path} is not a readable TIFF/SVS ({{cause}}); is the file complete?"):

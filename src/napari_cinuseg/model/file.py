@@ -109,7 +109,10 @@ def _not_a_torch_file(path: Path) -> str | None:
     if not head.strip(b"\x00"):
         return "it holds only zero bytes (a file never written, or a sparse or damaged copy); copy it again"
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
-        return "it is an old-style PyTorch/pickle file, not the zip file napari-cinuseg writes; pickles are never loaded (they could run code)"
+        return (
+            "it is an old-style PyTorch/pickle file, not the zip file napari-cinuseg writes; "
+            "pickles are never loaded (they could run code)"
+        )
     image = {
         b"\x89PNG": "a PNG image",
         b"\xff\xd8\xff": "a JPEG image",
@@ -140,7 +143,8 @@ def _read_payload(path: Path) -> dict:
     reason = _not_a_torch_file(path)
     if reason is not None:
         raise ModelFileError(
-            f"{path} is not a usable napari-cinuseg model file: {reason}. Choose a file saved by napari-cinuseg (*.cinuseg.pt)."
+            f"{path} is not a usable napari-cinuseg model file: {reason}. "
+            "Choose a file saved by napari-cinuseg (*.cinuseg.pt)."
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

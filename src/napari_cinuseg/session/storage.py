@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
+from ..io.images import IN_MEMORY_LIMIT_PX
+
 
 def slug(text: str) -> str:
     """``text`` as a safe, lower-case file-name part."""
@@ -84,3 +88,14 @@ def geojson_path(masks_path: str | Path) -> Path:
     """The QuPath GeoJSON beside a masks file: ``x.masks.tif`` → ``x.geojson``."""
     csv_path = nuclei_csv_path(masks_path)
     return csv_path.with_name(csv_path.name.removesuffix(".nuclei.csv") + ".geojson")
+
+
+def class_map_on_disk(height: int, width: int, *, lazy: bool = False, limit: int | None = None) -> bool:
+    """The one rule for where a class map goes: on disk for a lazy image (a slide layer) or one
+    over ``limit`` pixels (default ``IN_MEMORY_LIMIT_PX``), else in memory."""
+    return lazy or height * width > (IN_MEMORY_LIMIT_PX if limit is None else limit)
+
+
+def needs_disk(pixels) -> bool:
+    """:func:`class_map_on_disk` for an image layer's pixels (a numpy array is in memory)."""
+    return class_map_on_disk(pixels.shape[0], pixels.shape[1], lazy=not isinstance(pixels, np.ndarray))

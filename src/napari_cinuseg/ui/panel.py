@@ -35,11 +35,12 @@ from ..runtime.events import (
     TileProgress,
 )
 from ..session.candidate import StepCandidate, training_fingerprint
+from ..session.export import export_nuclei
 from ..session.learning import learn_class
-from ..session.nuclei import export_nuclei, needs_disk, no_nuclei_advice, segment_nuclei_and_measure
+from ..session.nuclei import no_nuclei_advice, segment_nuclei_and_measure
 from ..session.preview import with_preview
 from ..session.review import review_step
-from ..session.storage import Storage, slug
+from ..session.storage import Storage, needs_disk, slug
 from . import layers, memory
 from .annotating import AnnotationsHost
 from .sections import ModelSection, NewClassSection, SegmentSection, TrainSection, wrapped_label

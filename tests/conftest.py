@@ -1,3 +1,5 @@
+import ast
+import functools
 import os
 from pathlib import Path
 
@@ -62,32 +64,70 @@ def base_file(tmp_path_factory, few_pairs):
 
 
 # --- the quick subset: pytest -m "not slow" ------------------------------------------------------
-# A test is slow when it trains a model, opens a napari viewer or runs a separate process: each
-# of those costs seconds to minutes on two cores; also one marked so (a whole slide segmented).
-# Everything else is the quick subset.
-_SLOW_FIXTURES = {"make_napari_viewer", "widget", "qtbot", "base_file", "prior_file", "bundled"}
-_SLOW_CALLS = (
-    "train_base(",
-    "train_step(",
-    "run_benchmark(",
-    "subprocess.",
-    "run_in_process(",
-    '"train-base"',
-    '"step"',
-    '"benchmark"',
+# A test is slow when it trains a model, opens a napari viewer or runs a separate process (each
+# costs seconds to minutes on two cores), or is marked so (a whole slide segmented). It is found by
+# what the test reaches, not by its text alone: the fixtures it uses (pytest's closure of them),
+# and the calls made by its body, by the helper functions and fixtures of its module it calls, and
+# by theirs, transitively. Everything else is the quick subset.
+
+#: entry points that train, run a benchmark, start a process, segment a whole slide or open a viewer
+SLOW_CALLS = {
+    "train_base",
+    "train_step",
+    "learn_class",
+    "run_benchmark",
+    "run_in_process",
     "torchrun",
-)
+    "Popen",
+    "run",
+    "check_output",
+    "check_call",
+    "segment_slide",
+    "make_napari_viewer",
+    "Viewer",
+    "CiNuSegWidget",
+}
+#: conftest's and plugins' fixtures that do one of those
+SLOW_FIXTURES = {"make_napari_viewer", "widget", "qtbot", "base_file", "prior_file", "bundled", "viewer"}
+#: the command line's subcommands that train or benchmark, run through cli.main([...])
+SLOW_COMMANDS = {"train-base", "step", "benchmark"}
+
+
+def _called_names(node) -> set[str]:
+    """The names a function calls (``f(…)`` and ``x.f(…)``), and the subcommands it passes as
+    string constants to the command line."""
+    names = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Call):
+            f = sub.func
+            names.add(f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else "")
+        elif isinstance(sub, ast.Constant) and sub.value in SLOW_COMMANDS:
+            names.add("main")
+    return names
+
+
+@functools.cache
+def _slow_functions(path: str) -> frozenset[str]:
+    """The module-level functions (tests, helpers and fixtures) of one test module that reach a
+    slow call, directly or through each other, or that take a slow fixture as an argument."""
+    tree = ast.parse(Path(path).read_text())
+    funcs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    calls = {name: _called_names(node) for name, node in funcs.items()}
+    args = {name: {a.arg for a in node.args.args} for name, node in funcs.items()}
+    slow = {name for name in funcs if calls[name] & SLOW_CALLS or args[name] & SLOW_FIXTURES}
+    grew = True
+    while grew:
+        more = {name for name in funcs if name not in slow and (calls[name] | args[name]) & slow}
+        slow |= more
+        grew = bool(more)
+    return frozenset(slow)
 
 
 def pytest_collection_modifyitems(config, items):
-    import inspect
-
     for item in items:
         if item.get_closest_marker("slow"):
             continue
-        try:
-            source = inspect.getsource(item.function)
-        except (OSError, TypeError):
-            source = ""
-        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(call in source for call in _SLOW_CALLS):
+        slow = _slow_functions(str(item.path))
+        used = set(getattr(item, "fixturenames", ()))
+        if item.originalname in slow or used & (SLOW_FIXTURES | slow):
             item.add_marker(pytest.mark.slow)

@@ -16,6 +16,8 @@ import warnings
 
 from .. import __version__
 from ..inference.tiling import DEFAULT_TILE
+from ..io.images import ImageWarning
+from ..io.pixel_size import checked_pixel_size
 from ..runtime.names import DATASETS, DEFAULT_MIN_AREA_UM2, ENCODERS, INPUTS, INSTANCE_METHODS
 from ..training.settings import PRESETS, USER_SETTINGS
 from .commands import (
@@ -42,8 +44,9 @@ def _methods_list() -> str:
 
 
 def pixel_size(text: str) -> float:
-    """--pixel-size: a positive, finite number of µm per pixel (0, a negative value or NaN is
-    refused here, not taken for "unknown" or met later as an error about tiles)."""
+    """--pixel-size: a positive, finite number of µm per pixel in the plausible range
+    (io.pixel_size; 0, a negative value, NaN or 1e9 is refused here, not taken for "unknown",
+    believed, or met later as an error about tiles)."""
     try:
         value = float(text)
     except ValueError:
@@ -53,7 +56,10 @@ def pixel_size(text: str) -> float:
             f"{text} is not a pixel size: give a positive number of µm per pixel (e.g. 0.25 for 40×, 0.5 for 20×), "
             "or leave the option out to use what the file says"
         )
-    return value
+    try:
+        return checked_pixel_size(value, text, fix="give µm per pixel, e.g. 0.25 for 40×, 0.5 for 20×")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_data(p: argparse.ArgumentParser, default_split: str) -> None:
@@ -326,8 +332,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
-    """Conversions of input images (and other warnings) as one line, not a source listing."""
-    CONSOLE.note(str(message))
+    """Conversions of input images (and other warnings) as one line, not a source listing; what
+    may make a result wrong (an ImageWarning) is a warning, printed even with --quiet."""
+    if issubclass(category, ImageWarning):
+        CONSOLE.warn(str(message))
+    else:
+        CONSOLE.note(str(message))
 
 
 def main(argv: list[str] | None = None) -> int:

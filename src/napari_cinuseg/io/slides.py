@@ -4,13 +4,25 @@ zarr view (only the tiles asked for are decoded), plain PNG/JPEG in memory."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .images import IN_MEMORY_LIMIT_PX, ImageNotice, as_rgb_uint8, check_image_file, read_rgb, region_to_uint8
+from .images import (
+    IN_MEMORY_LIMIT_PX,
+    ImageNotice,
+    ImageWarning,
+    as_rgb_uint8,
+    check_image_file,
+    check_jpeg_tiles,
+    read_rgb,
+    region_to_uint8,
+)
+from .pixel_size import checked_pixel_size, ome_length_um, plausible
 
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif")
 
@@ -98,27 +110,46 @@ def open_tiff(path: str | os.PathLike):
         raise
     except Exception:  # noqa: BLE001 - pages that cannot be parsed are reported when read
         pass
+    try:
+        check_jpeg_tiles(tif, path)  # a JPEG tile cut short would be decoded in silence
+    except ValueError:
+        tif.close()
+        raise
     return tif
 
 
 def file_pixel_size(tif) -> float | None:
     """µm per pixel of a TIFF's full-resolution image, as the file states it: the MPP of an
-    Aperio SVS description, OME-XML's PhysicalSizeX (in µm, or with its unit), or the TIFF
-    resolution tags when their unit is a length. None when the file does not say."""
-    import re
-
+    Aperio SVS description, OME-XML's PhysicalSizeX (with its unit), or the TIFF resolution tags
+    when their unit is a length. None when the file does not say. A size the file states that is
+    not plausible (:mod:`.pixel_size`: an MPP of 1000 or inf) is a ValueError that says to give
+    the pixel size; OME sizes of X and Y that differ are said (X's is used)."""
+    where = f"{tif.filehandle.name}"
     page = tif.pages[0]
     desc = page.description or ""
     if tif.is_svs or desc.startswith("Aperio"):
-        m = re.search(r"MPP\s*=\s*([0-9.eE+-]+)", desc)
-        if m and float(m.group(1)) > 0:
-            return float(m.group(1))
+        m = re.search(r"MPP\s*=\s*([^|\s]+)", desc)
+        if m:
+            return checked_pixel_size(m.group(1), f"{where}: the file's MPP")
     if tif.is_ome and tif.ome_metadata:
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-        if m and float(m.group(1)) > 0:
-            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-            factor = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(unit.group(1) if unit else "µm", 1.0)
-            return float(m.group(1)) * factor
+        sizes = {}
+        for axis in "XY":
+            m = re.search(rf'PhysicalSize{axis}="([^"]*)"', tif.ome_metadata)
+            if m:
+                unit = re.search(rf'PhysicalSize{axis}Unit="([^"]*)"', tif.ome_metadata)
+                sizes[axis] = ome_length_um(
+                    m.group(1), unit.group(1) if unit else None, f"{where}: the file's OME PhysicalSize{axis}"
+                )
+        if "X" in sizes:
+            if "Y" in sizes and not math.isclose(sizes["X"], sizes["Y"], rel_tol=0.01):
+                warnings.warn(
+                    f"{where}: its pixels are not square (OME PhysicalSizeX {sizes['X']:g} µm, PhysicalSizeY "
+                    f"{sizes['Y']:g} µm); X's is used, so sizes along Y are off by {sizes['Y'] / sizes['X']:.2f}×: "
+                    "resample the image to square pixels first",
+                    ImageWarning,
+                    stacklevel=2,
+                )
+            return sizes["X"]
     tags = page.tags
     if "XResolution" in tags and "ResolutionUnit" in tags:
         num, den = tags["XResolution"].value
@@ -128,7 +159,7 @@ def file_pixel_size(tif) -> float | None:
             um = (25400.0 if unit == 2 else 10000.0) / per_unit
             # 72 or 300 dpi (a screen's or a printer's, written by most image software) is no
             # microscope's pixel: only sizes a slide scanner or camera could have are believed.
-            if 0.05 <= um <= 20:
+            if plausible(um):
                 return um
     return None
 
@@ -145,7 +176,8 @@ class Slide:
         self.level = int(level)
         self._tif = None
         self._array = None
-        self.pixel_size: float | None = None  # µm per pixel at this level, where the file says
+        self._pixel_size: float | None = None  # µm per pixel at this level, where the file says
+        self._pixel_size_error: str | None = None  # why the file's pixel size is not believed
         if self.path.suffix.lower() in TIFF_SUFFIXES:
             self._open_tiff()
         else:
@@ -165,7 +197,7 @@ class Slide:
             if self._fits_in_memory(lv):
                 # converted whole, as the panel's reader converts it (from the image's own range)
                 self._array = as_rgb_uint8(lv.asarray(), self.path)
-                self.pixel_size = file_pixel_size(self._tif) if self.level == 0 else None
+                self._pixel_size = self._file_pixel_size() if self.level == 0 else None
                 self._tif.close()
                 self._tif = None
                 return
@@ -198,11 +230,29 @@ class Slide:
                 ImageNotice,
                 stacklevel=3,
             )
-        base = file_pixel_size(self._tif)
+        base = self._file_pixel_size()
         if base is not None:
             full = series.levels[0].shape
             full_w = full[1] if self._channels_last in (True, None) else full[2]
-            self.pixel_size = base * full_w / self.width
+            self._pixel_size = base * full_w / self.width
+
+    def _file_pixel_size(self) -> float | None:
+        """:func:`file_pixel_size`, with a size that is not believed kept as the error that
+        :attr:`pixel_size` raises (the image still opens: a pixel size given by the user is used
+        instead)."""
+        try:
+            return file_pixel_size(self._tif)
+        except ValueError as exc:
+            self._pixel_size_error = str(exc)
+            return None
+
+    @property
+    def pixel_size(self) -> float | None:
+        """µm per pixel at this level as the file states it, None where it does not; a size it
+        states that is not plausible is a ValueError that says to give one."""
+        if self._pixel_size_error is not None:
+            raise ValueError(self._pixel_size_error)
+        return self._pixel_size
 
     @staticmethod
     def _fits_in_memory(level) -> bool:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import numpy as np
 import torch
 
+from ..io.pixel_size import checked_pixel_size
 from ..runtime.names import INPUTS
 from .network import Architecture, NucleiSegNet, eval_mode
 
@@ -159,7 +160,11 @@ class CiNuSegModel:
         self.encoder_init: dict = dict(encoder_init or {"weights": "random"})
         # µm per pixel of the images the model was trained on (None: not known); segmentation
         # resamples each tile to it (segmentation.py).
-        self.pixel_size: float | None = float(pixel_size) if pixel_size else None
+        self.pixel_size: float | None = (
+            None
+            if pixel_size is None
+            else checked_pixel_size(pixel_size, "the model's pixel size", fix="train it with a plausible one")
+        )
 
     # --- construction -------------------------------------------------------------------------
     @classmethod

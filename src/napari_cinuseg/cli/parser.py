@@ -10,7 +10,10 @@ Engine modules are imported inside each command, so that the help answers at onc
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import math
+import signal
 import sys
 import warnings
 
@@ -340,23 +343,74 @@ def _show_notice(message, category, filename, lineno, file=None, line=None) -> N
         CONSOLE.note(str(message))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, systemd and SLURM send), raised where the program is, as Ctrl-C
+    is: every clean-up a Ctrl-C runs (the claim, scratch folders, temporary files, a table
+    without its masks) runs for it too."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM raises :class:`Terminated` for the block (in the main thread; elsewhere, as in
+    a test's thread, the handler cannot be set and is left as it is)."""
+    try:
+        before = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Ctrl-C and SIGTERM held for the block and raised after it: PyTorch's import, interrupted
+    inside its C++ (pybind11) code, aborts the process ("terminate called after throwing …")
+    instead of raising, so a signal while it loads waits until it has loaded (a second or two)."""
+    got: list[int] = []
+    try:
+        before = {
+            s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+        }
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    if got:
+        raise Terminated if got[0] == signal.SIGTERM else KeyboardInterrupt
+
+
+CANCELLED = "cancelled: nothing was written by the interrupted work; files saved before it are kept"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv).parse_args(argv)
-    CONSOLE.quiet = bool(getattr(args, "quiet", False))
-    from ..model.file import ModelFileError
-
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_notice
-            return args.func(args)
-    except (ModelFileError, ValueError, OSError, FloatingPointError, RuntimeError, MemoryError) as exc:
+        with _sigterm_as_ctrl_c():
+            # the parser loads the method registry (PyTorch) for `step` and `benchmark`: inside
+            # the try, so that Ctrl-C while it loads is a cancel, not a traceback
+            with _signals_deferred():
+                args = build_parser(argv).parse_args(argv)
+                importlib.import_module("torch")  # every command's engine needs it
+            CONSOLE.quiet = bool(getattr(args, "quiet", False))
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_notice
+                return args.func(args)
+    except (ValueError, OSError, FloatingPointError, RuntimeError, MemoryError) as exc:  # ModelFileError too
         CONSOLE.error(_one_line(exc))
         return 2
-    except KeyboardInterrupt:  # Ctrl-C before a job runs (loading PyTorch, a model, the data)
-        print(
-            "\ncancelled: nothing was written by the interrupted work; files saved before it are kept", file=sys.stderr
-        )
+    except KeyboardInterrupt as exc:  # Ctrl-C (or SIGTERM) before a job runs: loading PyTorch, a model, the data
+        print(f"\n{CANCELLED}" + (" (terminated: SIGTERM)" if isinstance(exc, Terminated) else ""), file=sys.stderr)
         return 130
 
 

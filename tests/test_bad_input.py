@@ -139,7 +139,8 @@ def test_truncated_or_corrupt_tiff_and_svs(tmp_path, shared_data, rgb):
         head.write_bytes(f.read(4096))
     with pytest.raises(ValueError, match="truncated|complete|damaged"):
         Slide(head)
-    # a slide whose tile data is damaged opens, but reading it says so
+    # a slide whose tile data is damaged is refused (when opened: its JPEG tile does not end as a
+    # JPEG does; a tile of another codec when that region is read)
     damaged = tmp_path / "damaged.svs"
     shutil.copy(svs, damaged)
     with tifffile.TiffFile(svs) as tif:
@@ -148,7 +149,7 @@ def test_truncated_or_corrupt_tiff_and_svs(tmp_path, shared_data, rgb):
     with open(damaged, "r+b") as f:
         f.seek(offset)
         f.write(b"\x00" * count)
-    with Slide(damaged) as slide, pytest.raises(ValueError, match="damaged or incomplete"):
+    with pytest.raises(ValueError, match="damaged or incomplete"), Slide(damaged) as slide:
         slide.read(0, 0, 64, 64)
 
 

@@ -10,14 +10,19 @@ Engine modules are imported inside each command, so that the help answers at onc
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import io
 import math
 import os
+import signal
 import sys
 import warnings
 
 from .. import __version__
 from ..inference.tiling import DEFAULT_TILE
+from ..io.images import ImageWarning
+from ..io.pixel_size import checked_pixel_size
 from ..runtime.names import DATASETS, DEFAULT_MIN_AREA_UM2, ENCODERS, INPUTS, INSTANCE_METHODS
 from ..runtime.setting import CLI, offered
 from ..training.settings import PRESETS, TrainSettings
@@ -45,8 +50,9 @@ def _methods_list() -> str:
 
 
 def pixel_size(text: str) -> float:
-    """--pixel-size: a positive, finite number of µm per pixel (0, a negative value or NaN is
-    refused here, not taken for "unknown" or met later as an error about tiles)."""
+    """--pixel-size: a positive, finite number of µm per pixel in the plausible range
+    (io.pixel_size; 0, a negative value, NaN or 1e9 is refused here, not taken for "unknown",
+    believed, or met later as an error about tiles)."""
     try:
         value = float(text)
     except ValueError:
@@ -56,7 +62,10 @@ def pixel_size(text: str) -> float:
             f"{text} is not a pixel size: give a positive number of µm per pixel (e.g. 0.25 for 40×, 0.5 for 20×), "
             "or leave the option out to use what the file says"
         )
-    return value
+    try:
+        return checked_pixel_size(value, text, fix="give µm per pixel, e.g. 0.25 for 40×, 0.5 for 20×")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def fraction(text: str) -> float:
@@ -380,30 +389,85 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
-    """Conversions of input images (and other warnings) as one line, not a source listing."""
-    CONSOLE.note(str(message))
+    """Conversions of input images (and other warnings) as one line, not a source listing; what
+    may make a result wrong (an ImageWarning) is a warning, printed even with --quiet."""
+    if issubclass(category, ImageWarning):
+        CONSOLE.warn(str(message))
+    else:
+        CONSOLE.note(str(message))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, systemd and SLURM send), raised where the program is, as Ctrl-C
+    is: every clean-up a Ctrl-C runs (the claim, scratch folders, temporary files, a table
+    without its masks) runs for it too."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM raises :class:`Terminated` for the block (in the main thread; elsewhere, as in
+    a test's thread, the handler cannot be set and is left as it is)."""
+    try:
+        before = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Ctrl-C and SIGTERM held for the block and raised after it: PyTorch's import, interrupted
+    inside its C++ (pybind11) code, aborts the process ("terminate called after throwing …")
+    instead of raising, so a signal while it loads waits until it has loaded (a second or two)."""
+    got: list[int] = []
+    try:
+        before = {
+            s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+        }
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    if got:
+        raise Terminated if got[0] == signal.SIGTERM else KeyboardInterrupt
+
+
+CANCELLED = "cancelled: nothing was written by the interrupted work; files saved before it are kept"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv).parse_args(argv)
-    CONSOLE.quiet = bool(getattr(args, "quiet", False))
-    from ..model.file import ModelFileError  # noqa: PLC0415 - PyTorch loads only after the arguments are read: `cinuseg --help` stays fast
-
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_notice
-            return args.func(args)
+        with _sigterm_as_ctrl_c():
+            # the parser loads the method registry (PyTorch) for `step` and `benchmark`: inside
+            # the try, so that Ctrl-C while it loads is a cancel, not a traceback
+            with _signals_deferred():
+                args = build_parser(argv).parse_args(argv)
+                importlib.import_module("torch")  # every command's engine needs it
+            CONSOLE.quiet = bool(getattr(args, "quiet", False))
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_notice
+                return args.func(args)
     except BrokenPipeError:  # the reader of the output left (`cinuseg info … | head`): quiet, as CLIs are
         _stdout_to_devnull()
         return 141
-    except (ModelFileError, ValueError, OSError, FloatingPointError, RuntimeError, MemoryError) as exc:
+    except (ValueError, OSError, FloatingPointError, RuntimeError, MemoryError) as exc:  # ModelFileError too
         CONSOLE.error(_one_line(exc))
         return 2
-    except KeyboardInterrupt:  # Ctrl-C before a job runs (loading PyTorch, a model, the data)
-        print(
-            "\ncancelled: nothing was written by the interrupted work; files saved before it are kept", file=sys.stderr
-        )
+    except KeyboardInterrupt as exc:  # Ctrl-C (or SIGTERM) before a job runs: loading PyTorch, a model, the data
+        print(f"\n{CANCELLED}" + (" (terminated: SIGTERM)" if isinstance(exc, Terminated) else ""), file=sys.stderr)
         return 130
 
 

@@ -8,12 +8,49 @@ import errno
 import shutil
 from pathlib import Path
 
+import tifffile
+
 from ..io.atomic import describe_write_failure
 from ..io.claims import OutputClaimed, claim
+from ..io.export import masks_metadata
 from ..io.slides import Slide
-from ..session.storage import class_map_on_disk
+from ..session.storage import class_map_on_disk, nuclei_csv_path
 from .console import CONSOLE
 from .jobs import MAIN_RANK, drain
+
+
+def segment_settings(args) -> dict:
+    """What ``cinuseg segment``'s masks depend on besides the model and the image, as recorded in
+    the masks file (its ``settings``): a file made otherwise is not this run's result."""
+    return {
+        "tile": args.tile,
+        "overlap": args.overlap,
+        "level": args.level,
+        "pixel_size_um_given": args.pixel_size,
+        "min_area_um2": args.min_area,
+        "instances": args.instances,
+    }
+
+
+def why_not_reusable(target: Path, model, settings: dict) -> str | None:
+    """None when the masks file ``target`` was made by ``model`` with ``settings`` (a resumed
+    run may skip its image); else why not, in words. A file of an earlier version, which did not
+    record its settings, is judged by its model alone."""
+    try:
+        with tifffile.TiffFile(target) as tif:
+            meta = masks_metadata(tif)
+    except Exception:  # noqa: BLE001 - any file that is not a readable masks file
+        meta = None
+    if meta is None:
+        return "is not a napari-cinuseg masks file"
+    if meta.get("model_id") != model.id:
+        made_by = str(meta.get("model_id") or "an unknown model")[:8]
+        return f"was made by another model ({made_by}…, not {Path(model.source_path or model.id).name})"
+    recorded = meta.get("settings")
+    if recorded is None:
+        return None
+    differ = [f"{k} {recorded.get(k)} (now {v})" for k, v in settings.items() if recorded.get(k) != v]
+    return f"was made with other settings: {', '.join(differ)}" if differ else None
 
 
 def segment_image(args, model, image, target: Path, device: str) -> int:
@@ -34,23 +71,37 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
     except OutputClaimed as exc:
         CONSOLE.error(str(exc))
         return 1
+    settings = segment_settings(args)
     if target.exists():
         held.close()
-        CONSOLE.say(f"{target} exists: skipped (delete it to segment {image} again)")
+        stale = why_not_reusable(target, model, settings)
+        if stale:
+            CONSOLE.error(
+                f"{target} exists but {stale}: it is not the result of this run; delete it (and "
+                f"{nuclei_csv_path(target).name}) to segment {image} again, or give another --out"
+            )
+            return 1
+        CONSOLE.say(f"{target} exists (the same model and settings): skipped (delete it to segment {image} again)")
         return 0
+    out_scratch = (out / f".{target.name}.zarr", out / f".{target.name}.instances.zarr")
+    for left in out_scratch:  # we hold the claim: a scratch folder here is a dead run's
+        if left.exists():
+            shutil.rmtree(left, ignore_errors=True)
+            CONSOLE.note(f"removed {left}, left by a run that was killed")
     try:
         slide = Slide(image, level=args.level)
     except (ValueError, FileNotFoundError) as exc:
         held.close()
         CONSOLE.error(str(exc))
         return 1
-    if slide.pixel_size_error and not args.pixel_size:
-        held.close()
-        slide.close()
-        CONSOLE.error(slide.pixel_size_error)
-        return 1
     h, w = slide.shape
-    pixel_size = args.pixel_size or slide.pixel_size
+    try:
+        pixel_size = args.pixel_size or slide.pixel_size
+    except ValueError as exc:  # the file states a pixel size that is not believed
+        slide.close()
+        held.close()
+        CONSOLE.error(str(exc))
+        return 1
     scale = resampling_factor(model.pixel_size, pixel_size)
     if MAIN_RANK:
         said = (
@@ -66,9 +117,7 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
         )
         CONSOLE.say(f"{Path(image).name}: {w}×{h} px, {said}; {how}")
     on_disk = class_map_on_disk(h, w, limit=args.in_memory_limit)
-    scratch = out / f".{target.name}.zarr"
-    if scratch.exists():
-        shutil.rmtree(scratch)
+    scratch, instances_scratch = out_scratch
     bar = CONSOLE.bar(1, "tile", Path(image).name)
     try:
         job = segment(
@@ -98,7 +147,7 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
             pixel_size_um=pixel_size,
             min_area_um2=args.min_area,
             method=args.instances,
-            out=out / f".{target.name}.instances.zarr" if on_disk else None,
+            out=instances_scratch if on_disk else None,
         )
         if nuclei.note and MAIN_RANK:
             CONSOLE.note(nuclei.note)
@@ -115,7 +164,7 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
                 model.class_names,
                 [c.colour for c in model.classes],
                 model.id,
-                extra={"source": str(image), "level": args.level},
+                extra={"source": str(image), "level": args.level, "settings": settings},
                 pixel_size=pixel_size,
                 geojson=args.geojson,
                 downsample=downsample,
@@ -132,6 +181,6 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
         slide.close()
         if scratch.exists():
             shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(out / f".{target.name}.instances.zarr", ignore_errors=True)
+        shutil.rmtree(instances_scratch, ignore_errors=True)
         held.close()
     return 0

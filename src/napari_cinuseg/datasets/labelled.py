@@ -23,6 +23,7 @@ import numpy as np
 from skimage import io as skio
 
 from ..io.images import read_rgb
+from ..io.pixel_size import checked_pixel_size
 from ..runtime.names import IGNORE, NUCLEUS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -89,8 +90,8 @@ def read_folder(
         raise FileNotFoundError(f'{root} has no classes.json; add one like {{"0": "background", "1": "tumour"}}')
     raw = read_classes_json(cfile)
     pixel_size = raw.pop("pixel_size_um", None)  # optional: µm per pixel of the images
-    if pixel_size is not None and not (isinstance(pixel_size, (int, float)) and pixel_size > 0):
-        raise ValueError(f"{cfile}: pixel_size_um must be a positive number of µm per pixel, got {pixel_size!r}")
+    if pixel_size is not None:  # Infinity and NaN too (Python's json reads them): refused here, not trained on
+        pixel_size = checked_pixel_size(pixel_size, f"{cfile}: pixel_size_um", fix="correct it or leave it out")
     try:
         ids = {int(k): str(v) for k, v in raw.items() if int(k) != 0}
     except ValueError:

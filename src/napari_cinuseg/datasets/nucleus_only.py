@@ -27,6 +27,7 @@ import numpy as np
 from skimage import io as skio
 
 from ..io.images import read_rgb
+from ..io.pixel_size import checked_pixel_size
 from ..runtime.names import NUCLEUS
 from .labelled import IMAGE_SUFFIXES, LabelledImage, LabelledSet, TrainingPair, source_of_stem
 
@@ -61,8 +62,8 @@ def read_nucleus_folder(
     meta = root / "nuclei.json"
     if pixel_size is None and meta.is_file():
         pixel_size = json.loads(meta.read_text()).get("pixel_size_um")
-        if pixel_size is not None and not (isinstance(pixel_size, (int, float)) and pixel_size > 0):
-            raise ValueError(f"{meta}: pixel_size_um must be a positive number of µm per pixel, got {pixel_size!r}")
+        if pixel_size is not None:
+            pixel_size = checked_pixel_size(pixel_size, f"{meta}: pixel_size_um", fix="correct it or leave it out")
     items, instances = [], {}
     paths = sorted((p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural)
     for ip in paths[:limit] if limit else paths:

@@ -185,26 +185,46 @@ def read_masks(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, np.ndarra
     return maps[0], masks, meta
 
 
+class ExportStopped(Exception):
+    """The caller of :func:`export_masks_job` stopped it (closed, cancelled, interrupted)."""
+
+
 def export_masks_job(class_map, path, *args, poll: float = 0.1, **kwargs):
     """:func:`export_masks` as a job: a generator that yields ``(done, total)`` tiles about every
     ``poll`` seconds while the file is written (in a thread of its own, so the caller's loop
-    stays free) and returns the path. The file appears only when complete."""
+    stays free) and returns the path. The file appears only when complete. A job that is closed
+    or interrupted (Ctrl-C, SIGTERM) before it ends stops its writer at the next tile and waits
+    for it, so that its temporary file is removed and no masks file appears afterwards."""
     state = {"done": 0, "total": 0}
     box: dict = {}
+    stop, finished = threading.Event(), threading.Event()
+
+    def on_tile(done: int, total: int) -> None:
+        if stop.is_set():
+            raise ExportStopped
+        state.update(done=done, total=total)
 
     def write() -> None:
         try:
-            box["path"] = export_masks(
-                class_map, path, *args, on_tile=lambda d, t: state.update(done=d, total=t), **kwargs
-            )
+            box["path"] = export_masks(class_map, path, *args, on_tile=on_tile, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = exc
+        finally:
+            finished.set()
 
-    thread = threading.Thread(target=write, name="cinuseg-export", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(poll)
-        yield state["done"], state["total"]
+    threading.Thread(target=write, name="cinuseg-export", daemon=True).start()
+    # waited on through an Event, not Thread.join: a join that a signal interrupts (Ctrl-C,
+    # SIGTERM) can leave the thread marked as ended while it still writes (Python 3.11)
+    try:
+        while True:
+            ended = finished.wait(poll)
+            yield state["done"], state["total"]
+            if ended:
+                break
+    finally:
+        if not finished.is_set():  # stopped early: the writer ends at its next tile and removes its file
+            stop.set()
+            finished.wait()
     if "error" in box:
         raise box["error"]
     return box["path"]

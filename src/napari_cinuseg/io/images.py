@@ -10,8 +10,10 @@ a ValueError that says what to do.
 - CMYK (a JPEG from print software): converted to RGB, and said.
 - Grey (H, W): repeated to three channels (H&E is colour; a grey image segments poorly).
 - Channels first (3, H, W): moved last (four planes are taken for a stack, not RGBA).
-- 16-bit and other integers: rescaled from the image's own range (min..max) to 0..255; floats in
-  0..1 are multiplied by 255, other floats rescaled from their own range.
+- 16-bit and other integers: rescaled from the image's own range (min..max) to 0..255, unless
+  that range is too narrow to hold tissue (:data:`NARROWEST_RANGE` of the bit depth the values
+  fit): then scaled from the bit depth's range and warned (:class:`ImageWarning`), never stretched;
+  floats in 0..1 are multiplied by 255, other floats rescaled from their own range.
 - NaN: replaced by the highest finite value (white, as empty glass: no data is no tissue); ±inf
   by the highest / lowest finite value.
 - A stack or volume (more than two spatial axes): refused; save one 2-D plane.
@@ -40,11 +42,30 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 #: a masks file lazily (read-only) instead of whole (editable).
 IN_MEMORY_LIMIT_PX = 64_000_000
 
-__all__ = ["ImageNotice", "as_rgb_uint8", "check_image_file", "on_white", "read_rgb", "region_to_uint8", "rgb_view"]
+__all__ = [
+    "DamagedImage",
+    "ImageNotice",
+    "ImageWarning",
+    "as_rgb_uint8",
+    "check_image_file",
+    "on_white",
+    "read_rgb",
+    "region_to_uint8",
+    "rgb_view",
+]
 
 
 class ImageNotice(UserWarning):
     """A conversion made to an input image (shown to the user, never silent)."""
+
+
+class DamagedImage(ValueError):
+    """An image file whose data is damaged or incomplete; the message says to copy it again."""
+
+
+class ImageWarning(ImageNotice):
+    """What in an input image may make its result wrong (a range too narrow to hold tissue,
+    pixels that are not square): said even where notes are not (``cinuseg --quiet``)."""
 
 
 def _say(path, what: str) -> None:
@@ -94,6 +115,25 @@ def on_white(rgb: np.ndarray, opacity: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((rgb * a + 255.0 * (1 - a)).round().clip(0, 255).astype(np.uint8))
 
 
+#: The narrowest share of its scale (:func:`_bit_depth_top`) an integer image's values may span to
+#: be stretched to 0..255: an eighth, 32 of 256 levels, the least that can tell nuclei, stroma and
+#: glass apart. A narrower image (glass at 64000..64039 of 65535) is scaled from its scale instead:
+#: stretched, its noise would be segmented as nuclei.
+NARROWEST_RANGE = 1 / 8
+
+
+def _bit_depth_top(dtype: np.dtype, hi: float) -> float | None:
+    """The top of the scale an unsigned-valued integer image was recorded on: 2^b - 1 for the
+    fewest bits b of 8, 10, 12, 14, 16 (then the dtype's) that hold ``hi`` (12-bit data in a
+    16-bit file is on 0..4095). None for floats."""
+    if not np.issubdtype(dtype, np.integer):
+        return None
+    for bits in (8, 10, 12, 14, 16, np.iinfo(dtype).bits):
+        if hi <= 2**bits - 1:
+            return float(2**bits - 1)
+    return float(np.iinfo(dtype).max)
+
+
 def _values_to_uint8(img: np.ndarray, path) -> np.ndarray:
     """(H, W, 3) of any numeric dtype → uint8: from the image's own range, NaN/inf replaced, said."""
     if img.dtype == np.uint8:
@@ -113,9 +153,19 @@ def _values_to_uint8(img: np.ndarray, path) -> np.ndarray:
             "no data is taken for empty glass, not for dark tissue), +inf/-inf by the highest/lowest",
         )
     lo, hi = float(values.min()), float(values.max())
+    top = _bit_depth_top(img.dtype, hi) if lo >= 0 else None
     if np.issubdtype(img.dtype, np.floating) and lo >= 0 and hi <= 1:
         out = values * 255
         _say(path, f"{img.dtype} values in 0..1 scaled to 0..255")
+    elif top is not None and hi - lo < top * NARROWEST_RANGE:
+        out = values / top * 255
+        warnings.warn(
+            f"{path}: its {img.dtype} values span only {lo:g}..{hi:g} of 0..{top:g}, too narrow a range to hold "
+            f"tissue (blank glass, or an empty channel?): scaled from 0..{top:g}, not stretched (stretching it "
+            "would turn noise into nuclei); check that this is the image you meant",
+            ImageWarning,
+            stacklevel=3,
+        )
     else:
         out = (values - lo) / max(hi - lo, 1e-12) * 255
         _say(path, f"{img.dtype} values rescaled from their range {lo:g}..{hi:g} to 0..255")
@@ -170,6 +220,34 @@ class _TooLarge(Exception):
     def __init__(self, width: int, height: int):
         super().__init__(f"{width}×{height}")
         self.width, self.height = width, height
+
+
+#: TIFF compressions whose every tile (or strip) is a whole JPEG stream, ending in the
+#: end-of-image marker: 7 (JPEG, as in SVS), 34892 (lossy JPEG of DNG)
+JPEG_COMPRESSIONS = (7, 34892)
+END_OF_IMAGE = b"\xff\xd9"
+
+
+def check_jpeg_tiles(tif, path: str | os.PathLike, pages: int = 64) -> None:
+    """Refuse (ValueError) a TIFF whose JPEG tiles or strips do not end in JPEG's end-of-image
+    marker: one cut short (its byte count shortened, or the file damaged) would be decoded in
+    silence, its missing part made up by the decoder. The marker cannot occur inside the
+    compressed data, so a complete tile always ends in it."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        for page in tif.pages[:pages]:
+            if int(getattr(page, "compression", 1)) not in JPEG_COMPRESSIONS:
+                continue
+            ends = np.asarray(page.dataoffsets, np.int64) + np.asarray(page.databytecounts, np.int64)
+            for k, (end, count) in enumerate(zip(ends.tolist(), page.databytecounts)):
+                if not count or end > size:
+                    continue  # an empty tile is blank; data past the end is the truncation check's
+                fh.seek(end - 2)
+                if fh.read(2) != END_OF_IMAGE:
+                    raise DamagedImage(
+                        f"{path} is damaged or incomplete: JPEG tile {k} of image {page.index} does not end where "
+                        "a JPEG ends (the file was cut or changed); copy or download it again"
+                    )
 
 
 def check_image_file(path: str | os.PathLike) -> None:
@@ -270,11 +348,15 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             import tifffile  # noqa: PLC0415 - tifffile loads only for a TIFF (+23 ms on `cinuseg --help`, which imports io.slides)
 
-            img = np.asarray(tifffile.imread(str(path)))
+            with tifffile.TiffFile(str(path)) as tif:
+                check_jpeg_tiles(tif, path)
+                img = np.asarray(tif.asarray())
         else:
             from skimage import io as skio  # noqa: PLC0415 - scikit-image loads only for another format (+300 ms on `cinuseg --help`, which imports io.slides)
 
             img = np.asarray(skio.imread(str(path)))
+    except DamagedImage:
+        raise
     except Exception as exc:  # noqa: BLE001 - every decoder failure becomes advice
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ValueError(

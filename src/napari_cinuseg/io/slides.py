@@ -4,15 +4,25 @@ zarr view (only the tiles asked for are decoded), plain PNG/JPEG in memory."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
-import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .images import IN_MEMORY_LIMIT_PX, ImageNotice, as_rgb_uint8, check_image_file, read_rgb, region_to_uint8
+from .images import (
+    IN_MEMORY_LIMIT_PX,
+    ImageNotice,
+    ImageWarning,
+    as_rgb_uint8,
+    check_image_file,
+    check_jpeg_tiles,
+    read_rgb,
+    region_to_uint8,
+)
+from .pixel_size import checked_pixel_size, ome_length_um, plausible
 
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif")
 
@@ -37,6 +47,8 @@ def _ifd_chain_end(path: str | os.PathLike, size: int, limit: int = 4096) -> int
     """The first image-directory offset of a TIFF's chain that lies past the file's ``size``
     bytes (the file was cut there), or None when the whole chain is inside the file (or the
     header is not a TIFF's: tifffile then says so itself)."""
+    import struct
+
     with open(path, "rb") as fh:
         head = fh.read(16)
         if len(head) < 8 or head[:2] not in (b"II", b"MM"):
@@ -67,7 +79,7 @@ def _ifd_chain_end(path: str | os.PathLike, size: int, limit: int = 4096) -> int
 
 def open_tiff(path: str | os.PathLike):
     """``tifffile.TiffFile(path)``, or a ValueError that says what is wrong with the file."""
-    import tifffile  # noqa: PLC0415 - tifffile loads only when a TIFF is opened (+23 ms on `cinuseg --help`, which imports io.slides)
+    import tifffile
 
     check_image_file(path)
     size = os.path.getsize(path)
@@ -98,58 +110,46 @@ def open_tiff(path: str | os.PathLike):
         raise
     except Exception:  # noqa: BLE001 - pages that cannot be parsed are reported when read
         pass
-    return tif
-
-
-class PixelSizeError(ValueError):
-    """A pixel size that a file states but that cannot be a microscope's; the message says what to do."""
-
-
-#: Below this a stated size is no microscope's pixel (a 100× oil objective gives about 0.07 µm/px):
-#: it would make an image thousands of times larger for the model, and run out of memory.
-SMALLEST_PIXEL_UM = 0.05
-
-
-def stated_pixel_size(text: str, where: str) -> float:
-    """The µm per pixel that a file's ``where`` (e.g. "MPP in its Aperio description") states as
-    ``text``; a PixelSizeError that says what is wrong with it and what to do, when it is not a
-    number or smaller than :data:`SMALLEST_PIXEL_UM`."""
     try:
-        value = float(text)
+        check_jpeg_tiles(tif, path)  # a JPEG tile cut short would be decoded in silence
     except ValueError:
-        raise PixelSizeError(
-            f"the {where} is {text!r}, which is not a pixel size; give --pixel-size (µm per pixel, e.g. 0.25 for 40×)"
-        ) from None
-    if 0 < value < SMALLEST_PIXEL_UM:
-        raise PixelSizeError(
-            f"the {where} says {value:g} µm per pixel, smaller than any microscope's pixel (at least "
-            f"{SMALLEST_PIXEL_UM} µm), so the pixel size is wrong; give --pixel-size (µm per pixel, e.g. 0.25 for 40×)"
-        )
-    return value
+        tif.close()
+        raise
+    return tif
 
 
 def file_pixel_size(tif) -> float | None:
     """µm per pixel of a TIFF's full-resolution image, as the file states it: the MPP of an
-    Aperio SVS description, OME-XML's PhysicalSizeX (in µm, or with its unit), or the TIFF
-    resolution tags when their unit is a length. None when the file does not say."""
+    Aperio SVS description, OME-XML's PhysicalSizeX (with its unit), or the TIFF resolution tags
+    when their unit is a length. None when the file does not say. A size the file states that is
+    not plausible (:mod:`.pixel_size`: an MPP of 1000 or inf) is a ValueError that says to give
+    the pixel size; OME sizes of X and Y that differ are said (X's is used)."""
+    where = f"{tif.filehandle.name}"
     page = tif.pages[0]
     desc = page.description or ""
     if tif.is_svs or desc.startswith("Aperio"):
-        m = re.search(r"MPP\s*=\s*([^|\s]*)", desc)
-        if m and stated_pixel_size(m.group(1), "MPP in its Aperio description") > 0:
-            return float(m.group(1))
-    if tif.is_ome and tif.ome_metadata:
-        m = re.search(r'PhysicalSizeX="([^"]*)"', tif.ome_metadata)
+        m = re.search(r"MPP\s*=\s*([^|\s]+)", desc)
         if m:
-            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-            factor = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(unit.group(1) if unit else "µm", 1.0)
-            try:
-                text = repr(float(m.group(1)) * factor)  # in µm
-            except ValueError:
-                text = m.group(1)
-            value = stated_pixel_size(text, "PhysicalSizeX of its OME metadata")
-            if value > 0:
-                return value
+            return checked_pixel_size(m.group(1), f"{where}: the file's MPP")
+    if tif.is_ome and tif.ome_metadata:
+        sizes = {}
+        for axis in "XY":
+            m = re.search(rf'PhysicalSize{axis}="([^"]*)"', tif.ome_metadata)
+            if m:
+                unit = re.search(rf'PhysicalSize{axis}Unit="([^"]*)"', tif.ome_metadata)
+                sizes[axis] = ome_length_um(
+                    m.group(1), unit.group(1) if unit else None, f"{where}: the file's OME PhysicalSize{axis}"
+                )
+        if "X" in sizes:
+            if "Y" in sizes and not math.isclose(sizes["X"], sizes["Y"], rel_tol=0.01):
+                warnings.warn(
+                    f"{where}: its pixels are not square (OME PhysicalSizeX {sizes['X']:g} µm, PhysicalSizeY "
+                    f"{sizes['Y']:g} µm); X's is used, so sizes along Y are off by {sizes['Y'] / sizes['X']:.2f}×: "
+                    "resample the image to square pixels first",
+                    ImageWarning,
+                    stacklevel=2,
+                )
+            return sizes["X"]
     tags = page.tags
     if "XResolution" in tags and "ResolutionUnit" in tags:
         num, den = tags["XResolution"].value
@@ -159,19 +159,9 @@ def file_pixel_size(tif) -> float | None:
             um = (25400.0 if unit == 2 else 10000.0) / per_unit
             # 72 or 300 dpi (a screen's or a printer's, written by most image software) is no
             # microscope's pixel: only sizes a slide scanner or camera could have are believed.
-            if 0.05 <= um <= 20:
+            if plausible(um):
                 return um
     return None
-
-
-def believed_pixel_size(tif, path) -> float | None:
-    """:func:`file_pixel_size` for a viewer: a stated size that cannot be believed is said (an
-    :class:`ImageNotice`) and taken as unknown, so that the image still opens."""
-    try:
-        return file_pixel_size(tif)
-    except PixelSizeError as exc:
-        warnings.warn(f"{path}: {exc}; the pixel size is taken as unknown", ImageNotice, stacklevel=2)
-        return None
 
 
 class Slide:
@@ -186,20 +176,15 @@ class Slide:
         self.level = int(level)
         self._tif = None
         self._array = None
-        self.pixel_size: float | None = None  # µm per pixel at this level, where the file says
-        self.pixel_size_error: str | None = None  # why the size the file states was not believed
+        self._pixel_size: float | None = None  # µm per pixel at this level, where the file says
+        self._pixel_size_error: str | None = None  # why the file's pixel size is not believed
         if self.path.suffix.lower() in TIFF_SUFFIXES:
             self._open_tiff()
         else:
-            if self.level != 0:
-                raise ValueError(
-                    f"{self.path} is a plain image with one level (0), so level {self.level} cannot be read; "
-                    "levels are of pyramidal slides (SVS, TIFF): leave --level out"
-                )
             self._array = read_rgb(self.path)  # clear ValueError, conversions said
 
     def _open_tiff(self) -> None:
-        import zarr  # noqa: PLC0415 - zarr loads only when a TIFF is opened (+150 ms on `cinuseg --help`, which imports io.slides)
+        import zarr
 
         self._tif = open_tiff(self.path)
         with closed_on_failure(self, f"{self.path} is not a readable TIFF/SVS ({{cause}}); is the file complete?"):
@@ -212,18 +197,11 @@ class Slide:
             if self._fits_in_memory(lv):
                 # converted whole, as the panel's reader converts it (from the image's own range)
                 self._array = as_rgb_uint8(lv.asarray(), self.path)
-                self.pixel_size = self._file_pixel_size() if self.level == 0 else None
+                self._pixel_size = self._file_pixel_size() if self.level == 0 else None
                 self._tif.close()
                 self._tif = None
                 return
             self._z = zarr.open(series.aszarr(level=self.level), mode="r")
-        channels = lv.shape[-1] if axes in ("YXS", "YXC") else lv.shape[0] if axes in ("SYX", "CYX") else None
-        if channels is not None and channels not in (3, 4):
-            self.close()
-            raise ValueError(
-                f"{self.path} holds {channels} channel(s) ({lv.shape}, {axes}), but an RGB image (3 channels) is "
-                "needed; save it as RGB (e.g. a fluorescence image's channels are no H&E)"
-            )
         if axes in ("YXS", "YXC"):
             self._channels_last = True
         elif axes in ("SYX", "CYX"):
@@ -256,16 +234,25 @@ class Slide:
         if base is not None:
             full = series.levels[0].shape
             full_w = full[1] if self._channels_last in (True, None) else full[2]
-            self.pixel_size = base * full_w / self.width
+            self._pixel_size = base * full_w / self.width
 
     def _file_pixel_size(self) -> float | None:
-        """:func:`file_pixel_size`; a stated size that cannot be believed is kept in
-        ``pixel_size_error`` (a user without --pixel-size is told it) and taken as unknown."""
+        """:func:`file_pixel_size`, with a size that is not believed kept as the error that
+        :attr:`pixel_size` raises (the image still opens: a pixel size given by the user is used
+        instead)."""
         try:
             return file_pixel_size(self._tif)
-        except PixelSizeError as exc:
-            self.pixel_size_error = f"{self.path}: {exc}"
+        except ValueError as exc:
+            self._pixel_size_error = str(exc)
             return None
+
+    @property
+    def pixel_size(self) -> float | None:
+        """µm per pixel at this level as the file states it, None where it does not; a size it
+        states that is not plausible is a ValueError that says to give one."""
+        if self._pixel_size_error is not None:
+            raise ValueError(self._pixel_size_error)
+        return self._pixel_size
 
     @staticmethod
     def _fits_in_memory(level) -> bool:

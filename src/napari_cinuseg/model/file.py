@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..io.atomic import atomic_path, describe_write_failure
+from ..io.pixel_size import checked_pixel_size
 from .network import Architecture, NucleiSegNet
 from .segmenter import CiNuSegModel
 
@@ -229,7 +230,8 @@ def read_record(path: str | os.PathLike) -> dict:
 def _check_record(path: Path, record: dict, net: NucleiSegNet) -> None:
     """Refuse a record that would segment wrongly without a word: class names that do not match
     the network's outputs or name one class twice, an input normalisation that divides by zero,
-    is not finite or has not one value per colour channel, a pixel size that is none."""
+    is not finite or has not one value per colour channel, a pixel size that is not plausible
+    (io.pixel_size)."""
     classes = record["classes"]
     if not isinstance(classes, list):
         raise ModelFileError(f"{path} has a damaged record (its classes are not a list); the file cannot be used")
@@ -246,6 +248,15 @@ def _check_record(path: Path, record: dict, net: NucleiSegNet) -> None:
             f"{net.num_classes - 1} (plus background); the record was edited or damaged, "
             "use the file as napari-cinuseg saved it"
         )
+    if record.get("pixel_size_um") is not None:  # every tile is resampled by it: inf or 1000 µm is no scale
+        try:
+            checked_pixel_size(
+                record["pixel_size_um"],
+                f"{path}: its record's pixel_size_um",
+                fix="the record was edited or damaged, use the file as napari-cinuseg saved it",
+            )
+        except ValueError as exc:
+            raise ModelFileError(str(exc)) from None
     norm = record.get("normalization") or {}
     for key in ("mean", "std"):
         values = norm.get(key)

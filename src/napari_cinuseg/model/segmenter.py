@@ -15,6 +15,7 @@ import torch
 from skimage.color import hed_from_rgb
 
 from ..io.images import as_rgb_uint8
+from ..io.pixel_size import checked_pixel_size
 from ..runtime.names import INPUTS
 from .efficientnet import LITE_MEAN, LITE_STD, imagenet_weights
 from .network import Architecture, NucleiSegNet, eval_mode
@@ -157,7 +158,11 @@ class CiNuSegModel:
         self.encoder_init: dict = dict(encoder_init or {"weights": "random"})
         # µm per pixel of the images the model was trained on (None: not known); segmentation
         # resamples each tile to it (segmentation.py).
-        self.pixel_size: float | None = float(pixel_size) if pixel_size else None
+        self.pixel_size: float | None = (
+            None
+            if pixel_size is None
+            else checked_pixel_size(pixel_size, "the model's pixel size", fix="train it with a plausible one")
+        )
 
     # --- construction -------------------------------------------------------------------------
     @classmethod

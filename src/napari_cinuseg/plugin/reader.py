@@ -13,6 +13,7 @@ saved class map can be opened, corrected and saved again.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..io.export import masks_metadata, masks_pyramidal
-from ..io.images import IN_MEMORY_LIMIT_PX, as_rgb_uint8, check_image_file, read_rgb
-from ..io.slides import TIFF_SUFFIXES, Slide, believed_pixel_size, closed_on_failure, open_tiff
+from ..io.images import IN_MEMORY_LIMIT_PX, ImageWarning, as_rgb_uint8, check_image_file, read_rgb
+from ..io.slides import TIFF_SUFFIXES, Slide, closed_on_failure, file_pixel_size, open_tiff
 from .layer_metadata import PIXEL_SIZE_KEY, RESULT_KEY, result_metadata
 
 # .ome.tif / .ome.tiff end in .tif / .tiff; napari.yaml lists the same (a test checks it)
@@ -122,6 +123,20 @@ def _probe(array) -> None:
     np.asarray(array[last])
 
 
+def _believed_pixel_size(tif) -> float | None:
+    """The file's pixel size, or None (unknown, and said) when it states one that is not plausible:
+    the image still opens, and the panel's pixel-size field is where to give the right one."""
+    try:
+        return file_pixel_size(tif)
+    except ValueError as exc:
+        warnings.warn(
+            f"{str(exc).replace('give --pixel-size', 'set the pixel size in the panel')} (taken as unknown)",
+            ImageWarning,
+            stacklevel=2,
+        )
+        return None
+
+
 def _image_layer(tif, path: Path) -> LayerData:
     if not tif.series:
         raise ValueError(
@@ -145,7 +160,7 @@ def _image_layer(tif, path: Path) -> LayerData:
     if len(levels) == 1 and Slide._fits_in_memory(levels[0]):
         # 16-bit, float, NaN, alpha: converted (and said) by the function the command line uses
         data = as_rgb_uint8(levels[0].asarray(), path)
-        meta = {"path": str(path), "level_shapes": [tuple(data.shape)], PIXEL_SIZE_KEY: believed_pixel_size(tif, path)}
+        meta = {"path": str(path), "level_shapes": [tuple(data.shape)], PIXEL_SIZE_KEY: _believed_pixel_size(tif)}
         tif.close()
         return (data, {"name": _layer_name(path), "rgb": True, "multiscale": False, "metadata": meta}, "image")
     root = _open_zarr(series.aszarr(), tif)
@@ -160,7 +175,7 @@ def _image_layer(tif, path: Path) -> LayerData:
         "name": _layer_name(path),
         "rgb": rgb,
         "multiscale": len(levels) > 1,
-        "metadata": {"path": str(path), "level_shapes": level_shapes, PIXEL_SIZE_KEY: believed_pixel_size(tif, path)},
+        "metadata": {"path": str(path), "level_shapes": level_shapes, PIXEL_SIZE_KEY: _believed_pixel_size(tif)},
     }
     if not rgb:
         kwargs["colormap"] = "gray"

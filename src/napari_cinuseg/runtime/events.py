@@ -29,13 +29,17 @@ def drain(job: Generator, on_event: Callable[[Any], None] | None = None):
 
 def relay(job: Generator, convert: Callable[[Any], Any]) -> Generator:
     """Yield ``convert(event)`` for each event of ``job`` and return its result: a job that
-    reports another's progress in its own events."""
-    while True:
-        try:
-            event = next(job)
-        except StopIteration as stop:
-            return stop.value
-        yield convert(event)
+    reports another's progress in its own events. Closing this closes ``job`` (a cancel or
+    Ctrl-C reaches its clean-up at once, not when it is collected)."""
+    try:
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as stop:
+                return stop.value
+            yield convert(event)
+    finally:
+        job.close()
 
 
 def tap(job: Generator, after: Callable[[Any], Any]) -> Generator:

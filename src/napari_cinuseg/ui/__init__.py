@@ -5,7 +5,8 @@
 - ``workers.py``: how a job runs in a napari worker, and how its failure is said;
 - ``plot.py``: the live loss plot.
 
-What the panel decides lives in the engine (``workflows.py``), shared with the command line.
+What the panel decides lives in the headless session (``napari_cinuseg.session``), shared with
+the command line.
 
 Importing this package keeps Triton out of the napari process (``keep_triton_out``): the panel
 is opened after napari's canvas has loaded OpenGL, and with Mesa that OpenGL carries its own

@@ -373,7 +373,7 @@ class CiNuSegWidget(JobHost, AnnotationsHost):
     def show_result(self, image_name: str, result, model=None) -> None:
         """The class map and the nuclei as layers (layers.add_result_layers, one id per nucleus)
         and the table of nucleus counts and areas, per nucleus; says why when no nucleus was
-        found. ``result``: a :class:`~napari_cinuseg.workflows.SegmentedNuclei`."""
+        found. ``result``: a :class:`~napari_cinuseg.session.nuclei.SegmentedNuclei`."""
         if result is None:
             return
         model = model or self.model

@@ -12,6 +12,7 @@ from napari_cinuseg.runtime.events import drain
 from napari_cinuseg.session.storage import Storage
 from napari_cinuseg.training.steps import train_base
 from napari_cinuseg.ui import panel as _panel
+from napari_cinuseg.ui import segmenting as _segmenting
 from napari_cinuseg.ui.panel import CiNuSegWidget
 
 
@@ -74,8 +75,12 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     assert layer.metadata["cinuseg_annotation"] == {"image": "he", "class": "Neutrophil", "colour": "#00ffff"}
     _train(widget, qtbot)
     # the step's result waits for a look: shown on the painted region, the prior still current
-    assert widget.model is prior and widget.candidate.class_names == ["Epithelial", "Spindle-shaped", "Neutrophil"]
-    candidate = widget.new_model_path
+    assert widget.model is prior and widget.candidate.model.class_names == [
+        "Epithelial",
+        "Spindle-shaped",
+        "Neutrophil",
+    ]
+    candidate = widget.candidate.path
     assert candidate.exists() and candidate.parent == tmp_path / "candidates"
     assert widget.train_section.review.isVisibleTo(widget) and widget.train_section.review.keep_btn.isEnabled()
     assert "of the 2 painted Neutrophil nuclei Neutrophil" in widget.train_section.review.summary.text()
@@ -205,12 +210,15 @@ def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(
     prior = widget.model
     layer = _paint(widget, "Lymphocyte")
     _train(widget, qtbot)
-    first = widget.new_model_path
+    first = widget.candidate.path
     assert first.exists() and widget.model is prior
+    assert widget.start_training() is None  # unchanged paint: said, not trained again
+    assert "training again would give the same Lymphocyte model" in widget.status.text()
+    assert widget.candidate.path == first and first.exists()
     layer.data[150:165, 40:55] = 1  # correct the paint, and train the same class again
     layer.refresh()
     _train(widget, qtbot)
-    second = widget.new_model_path
+    second = widget.candidate.path
     assert second != first and second.exists() and not first.exists()  # replaced, not piled up
     assert "of the 3 painted Lymphocyte nuclei" in widget.train_section.review.summary.text()
     assert [ly.name for ly in widget.viewer.layers].count("he · step result") == 1
@@ -226,7 +234,7 @@ def test_train_again_replaces_the_candidate_and_discard_keeps_the_prior(
     widget.cancel()
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
-    assert widget.new_model_path == second and second.exists() and widget.candidate is not None
+    assert widget.candidate.path == second and second.exists()
     np.testing.assert_array_equal(np.asarray(widget.viewer.layers["he · step result"].data), shown)
     widget.discard_step()
     assert not second.exists() and list((tmp_path / "candidates").iterdir()) == []
@@ -275,7 +283,7 @@ def test_the_preview_updates_during_training_and_goes_at_the_end(widget, prior_f
 
 def test_the_chosen_device_reaches_the_step_and_the_segmentation(widget, prior_file, qtbot, monkeypatch):
     asked = {}
-    real_learn, real_segment = _panel.learn_class, _panel.segment_nuclei_and_measure
+    real_learn, real_segment = _panel.learn_class, _segmenting.segment_nuclei_and_measure
 
     def learn(prior, pairs, name, colour, settings, **kw):
         asked["step"] = settings.device
@@ -286,7 +294,7 @@ def test_the_chosen_device_reaches_the_step_and_the_segmentation(widget, prior_f
         return real_segment(model, pixels, **kw)
 
     monkeypatch.setattr(_panel, "learn_class", learn)
-    monkeypatch.setattr(_panel, "segment_nuclei_and_measure", segment)
+    monkeypatch.setattr(_segmenting, "segment_nuclei_and_measure", segment)
     choices = [
         widget.train_section.device_choice.itemData(i) for i in range(widget.train_section.device_choice.count())
     ]
@@ -295,7 +303,7 @@ def test_the_chosen_device_reaches_the_step_and_the_segmentation(widget, prior_f
     widget.load_model(prior_file)
     _paint(widget)
     _train(widget, qtbot)
-    assert asked["step"] == "cpu" and widget.candidate.steps[-1].results["device"].startswith("CPU")
+    assert asked["step"] == "cpu" and widget.candidate.model.steps[-1].results["device"].startswith("CPU")
     assert widget.train_section.device.text().startswith("Device: CPU")
     widget.segment_section.tile.setValue(256)
     with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
@@ -383,7 +391,7 @@ def test_a_failing_job_is_one_error_and_the_panel_works_again(widget, prior_file
         before = np.array(layer.data)
         worker = widget.start_training()
     else:
-        monkeypatch.setattr(_panel, "segment_nuclei_and_measure", fail)
+        monkeypatch.setattr(_segmenting, "segment_nuclei_and_measure", fail)
         worker = widget.start_segmentation()
     assert worker is not None
     # a failure this fast may finish before a signal could be waited for: wait for its effects
@@ -497,7 +505,7 @@ def test_base_model_from_annotations_without_a_prior(widget, qtbot, tmp_path):
     widget.train_section.crop.setValue(64)
     with qtbot.waitSignal(widget.start_training().finished, timeout=120_000):
         pass
-    assert widget.model is None and widget.candidate.class_names == ["Tumour"]
+    assert widget.model is None and widget.candidate.model.class_names == ["Tumour"]
     assert (
         "painted Tumour nuclei" in widget.train_section.review.summary.text()
         and widget.train_section.forgetting.text() == ""

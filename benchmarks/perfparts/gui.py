@@ -168,7 +168,7 @@ def child_gui(p: dict) -> dict:
             preset=w.train_section.preset.currentText(),
             device_label=w.train_section.device.text(),
             status_text=w.status.text(),
-            trained_classes=list(w.candidate.class_names) if w.candidate is not None else None,
+            trained_classes=list(w.candidate.model.class_names) if w.candidate is not None else None,
             preview=w.train_section.preview.isChecked(),
             previews=previews["n"],
             preview_every_s=previews["every_s"],

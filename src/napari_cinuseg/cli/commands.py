@@ -1,4 +1,4 @@
-"""What each ``cinuseg`` command does (the parser is in parser.py). Engine modules are imported
+"""What each ``cinuseg`` command does (the parser is in ``parser.py``). Engine modules are imported
 inside each command, so that the help answers at once, without PyTorch."""
 
 from __future__ import annotations

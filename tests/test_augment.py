@@ -5,8 +5,6 @@ import pytest
 import torch
 
 from napari_cinuseg import drain, train_base
-from napari_cinuseg.benchmark.run import _same_learning_settings
-from napari_cinuseg.model.segmenter import StepRecord
 from napari_cinuseg.training.augment import stain_jitter
 from napari_cinuseg.training.crops import CropDataset
 from napari_cinuseg.training.settings import TrainSettings
@@ -65,21 +63,3 @@ def test_augmented_base_step_trains_and_records_its_settings(few_pairs, tiny):
 def test_out_of_range_strengths_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         TrainSettings(**{field: value})
-
-
-def test_cached_models_from_before_augmentation_match_only_when_it_is_off():
-    s = TrainSettings()
-    legacy = {k: v for k, v in s.to_dict().items() if k not in ("stain_jitter", "scale_jitter")}
-    rec = StepRecord(step=1, method="mib", new_classes=["x"], settings=legacy, data={}, results={"iterations": 850})
-    assert _same_learning_settings(rec, s)
-    assert not _same_learning_settings(rec, s.replace(stain_jitter=0.5))
-    assert not _same_learning_settings(rec, s.replace(scale_jitter=1.0))
-
-
-def test_cached_models_from_before_the_input_setting_match_only_the_rgb_input():
-    """A benchmark resumed after ``input`` was added reuses its cached (RGB) models."""
-    s = TrainSettings()
-    legacy = {k: v for k, v in s.to_dict().items() if k != "input"}
-    rec = StepRecord(step=1, method="mib", new_classes=["x"], settings=legacy, data={}, results={"iterations": 850})
-    assert _same_learning_settings(rec, s)
-    assert not _same_learning_settings(rec, s.replace(input="hematoxylin"))

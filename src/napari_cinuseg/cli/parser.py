@@ -10,19 +10,15 @@ Engine modules are imported inside each command, so that the help answers at onc
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import io
-import math
 import os
-import signal
 import sys
 import warnings
 
 from .. import __version__
 from ..inference.tiling import DEFAULT_TILE
 from ..io.images import ImageWarning
-from ..io.pixel_size import checked_pixel_size
 from ..runtime.names import DATASETS, DEFAULT_MIN_AREA_UM2, ENCODERS, INPUTS, INSTANCE_METHODS
 from ..runtime.setting import CLI, offered
 from ..training.settings import PRESETS, TrainSettings
@@ -37,6 +33,8 @@ from .commands import (
     cmd_train_base,
 )
 from .console import CONSOLE
+from .options import area, fraction, pixel_size, positive_int
+from .signals import Terminated, signals_deferred, sigterm_as_ctrl_c
 
 # Where an option's help lists the incremental methods: the help formatter fills it in from the
 # registry (methods/), only when help is printed, since the registry imports PyTorch.
@@ -47,63 +45,6 @@ def _methods_list() -> str:
     from ..methods import available  # noqa: PLC0415 - the method registry imports PyTorch: only printed help needs it, `cinuseg --help` stays fast
 
     return ", ".join(available())
-
-
-def pixel_size(text: str) -> float:
-    """--pixel-size: a positive, finite number of µm per pixel in the plausible range
-    (io.pixel_size; 0, a negative value, NaN or 1e9 is refused here, not taken for "unknown",
-    believed, or met later as an error about tiles)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give µm per pixel, e.g. 0.25 for 40×") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not a pixel size: give a positive number of µm per pixel (e.g. 0.25 for 40×, 0.5 for 20×), "
-            "or leave the option out to use what the file says"
-        )
-    try:
-        return checked_pixel_size(value, text, fix="give µm per pixel, e.g. 0.25 for 40×, 0.5 for 20×")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def fraction(text: str) -> float:
-    """--val-fraction: a share of the sources in 0..1 (1 excluded: something must be left to train
-    on); NaN, a negative value or 1.5 is refused here, not met later as a wrong split."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a share such as 0.2") from None
-    if not 0 <= value < 1:  # NaN fails this too
-        raise argparse.ArgumentTypeError(
-            f"{text} is not a share of the images: give a number from 0 (hold none out) to below 1, e.g. 0.2"
-        )
-    return value
-
-
-def positive_int(text: str) -> int:
-    """A whole number of at least 1 (a batch of 0 tiles would never end)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give 1 or more") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is too small: give a whole number of 1 or more")
-    return value
-
-
-def area(text: str) -> float:
-    """--min-area: a finite number of µm², 0 or more (inf would drop every nucleus)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give an area in µm², e.g. 10") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not an area: give a finite number of µm², 0 or more (0 keeps every nucleus)"
-        )
-    return value
 
 
 def _add_data(p: argparse.ArgumentParser, default_split: str) -> None:
@@ -397,63 +338,16 @@ def _show_notice(message, category, filename, lineno, file=None, line=None) -> N
         CONSOLE.note(str(message))
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what ``timeout``, systemd and SLURM send), raised where the program is, as Ctrl-C
-    is: every clean-up a Ctrl-C runs (the claim, scratch folders, temporary files, a table
-    without its masks) runs for it too."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated
-
-
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c():
-    """SIGTERM raises :class:`Terminated` for the block (in the main thread; elsewhere, as in
-    a test's thread, the handler cannot be set and is left as it is)."""
-    try:
-        before = signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """Ctrl-C and SIGTERM held for the block and raised after it: PyTorch's import, interrupted
-    inside its C++ (pybind11) code, aborts the process ("terminate called after throwing …")
-    instead of raising, so a signal while it loads waits until it has loaded (a second or two)."""
-    got: list[int] = []
-    try:
-        before = {
-            s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
-        }
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
-    if got:
-        raise Terminated if got[0] == signal.SIGTERM else KeyboardInterrupt
-
-
 CANCELLED = "cancelled: nothing was written by the interrupted work; files saved before it are kept"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        with _sigterm_as_ctrl_c():
+        with sigterm_as_ctrl_c():
             # the parser loads the method registry (PyTorch) for `step` and `benchmark`: inside
             # the try, so that Ctrl-C while it loads is a cancel, not a traceback
-            with _signals_deferred():
+            with signals_deferred():
                 args = build_parser(argv).parse_args(argv)
                 importlib.import_module("torch")  # every command's engine needs it
             CONSOLE.quiet = bool(getattr(args, "quiet", False))

@@ -180,6 +180,11 @@ class Slide:
         if self.path.suffix.lower() in TIFF_SUFFIXES:
             self._open_tiff()
         else:
+            if self.level != 0:
+                raise ValueError(
+                    f"{self.path} is a plain image with one level (0), so level {self.level} cannot be read; "
+                    "levels are of pyramidal slides (SVS, TIFF): leave --level out"
+                )
             self._array = read_rgb(self.path)  # clear ValueError, conversions said
 
     def _open_tiff(self) -> None:
@@ -193,6 +198,12 @@ class Slide:
                 raise ValueError(f"{self.path} has pyramid levels 0..{len(series.levels) - 1}, not {self.level}")
             lv = series.levels[self.level]
             axes = lv.axes
+            channels = lv.shape[-1] if axes in ("YXS", "YXC") else lv.shape[0] if axes in ("SYX", "CYX") else None
+            if channels is not None and channels not in (3, 4):
+                raise ValueError(
+                    f"{self.path} holds {channels} channel(s) ({lv.shape}, {axes}), but an RGB image (3 channels) "
+                    "is needed; save it as RGB (e.g. a fluorescence image's channels are no H&E)"
+                )
             if self._fits_in_memory(lv):
                 # converted whole, as the panel's reader converts it (from the image's own range)
                 self._array = as_rgb_uint8(lv.asarray(), self.path)

@@ -15,7 +15,7 @@ from pathlib import Path
 import skimage.morphology  # noqa: F401 - loaded with the panel, not at the first Train click:
 
 # skimage's label() imports it (and scipy.spatial) on first use, 176 ms in the viewer's thread
-from napari.utils.notifications import show_error, show_warning
+from napari.utils import notifications
 from qtpy.QtCore import QSettings, Qt, QTimer
 from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidget
 
@@ -126,7 +126,7 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
     def _say(self, text: str, error: bool = False) -> None:
         self.status.setText(text)
         if error:
-            show_error(text)
+            notifications.show_error(text)
 
     def image_pixel_size(self) -> float | None:
         return float(self.class_section.pixel_size.value()) or None
@@ -229,7 +229,7 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
         again = " It replaces the step result waiting to be kept." if self.candidate is not None else ""
         self._say(f"Training {name} on {len(pairs)} image(s)…{again}" + (f" Note: {advice}." if advice else ""))
         if advice:
-            show_warning(f"Training goes on, but {advice}.")
+            notifications.show_warning(f"Training goes on, but {advice}.")
         return self._start_job(run, on_event, self._on_trained)
 
     def cancel(self) -> None:
@@ -271,7 +271,7 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
         review = candidate.review
         self.train_section.review.show_review(review, candidate.path.name if candidate.path else "not saved")
         if review.worrying():
-            show_warning(
+            notifications.show_warning(
                 "Look before you keep this step: "
                 + " ".join([review.new_class_sentence(), *review.old_class_sentences()])
             )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from napari.utils.notifications import show_warning
+from napari.utils import notifications
 from qtpy.QtWidgets import QFileDialog
 
 from ..plugin.layer_metadata import RESULT_KEY, layer_pixel_size
@@ -84,7 +84,7 @@ class SegmentingHost:
             self._say(result.nuclei.note)
         if rows and not any(row["nuclei"] for row in rows):  # say why, rather than show empty layers
             self._say(no_nuclei_advice(image_name))
-            show_warning(self.status.text())
+            notifications.show_warning(self.status.text())
 
     # --- export ---------------------------------------------------------------------------
     def _choose_export_file(self) -> None:

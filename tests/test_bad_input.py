@@ -373,9 +373,10 @@ def test_cli_protocol_too_long_and_unknown_class_order(tmp_path, shared_data, ca
 
 
 def test_cli_segment_outputs_never_clash(tmp_path, rgb, capsys):
-    from napari_cinuseg.cli.commands import _stem
+    from napari_cinuseg.cli.segmenting import image_stem
 
-    assert _stem("/x/Schnitt 1.v2.png") == "Schnitt 1.v2" and _stem("a.OME.tif") == "a" and _stem("b.svs") == "b"
+    assert image_stem("/x/Schnitt 1.v2.png") == "Schnitt 1.v2"
+    assert image_stem("a.OME.tif") == "a" and image_stem("b.svs") == "b"
     for name in ("a.png", "a.tif"):
         skio.imsave(tmp_path / name, rgb, check_contrast=False)
     torch.manual_seed(0)

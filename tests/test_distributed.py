@@ -84,15 +84,15 @@ def test_two_gloo_processes_match_one_process(shared_data, consep, tmp_path):
 
 
 def test_a_cohort_is_shared_across_processes_without_overlap(monkeypatch):
-    from napari_cinuseg.cli.commands import _shard
+    from napari_cinuseg.cli.segmenting import shard
 
     images = [f"slide{i}.svs" for i in range(7)]
-    shares = [_shard(images, f"{k}/3") for k in range(3)]
+    shares = [shard(images, f"{k}/3") for k in range(3)]
     assert sorted(sum(shares, [])) == sorted(images) and shares[1] == ["slide1.svs", "slide4.svs"]
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert _shard(images, None) == images[1::2]  # torchrun
+    assert shard(images, None) == images[1::2]  # torchrun
     with pytest.raises(ValueError, match="K/N"):
-        _shard(images, "3/3")
+        shard(images, "3/3")
     with pytest.raises(ValueError, match="K/N"):
-        _shard(images, "half")
+        shard(images, "half")

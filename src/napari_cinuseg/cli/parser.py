@@ -28,12 +28,12 @@ from .commands import (
     cmd_export,
     cmd_info,
     cmd_methods,
-    cmd_segment,
     cmd_step,
     cmd_train_base,
 )
 from .console import CONSOLE
 from .options import area, fraction, pixel_size, positive_int
+from .segmenting import cmd_segment
 from .signals import Terminated, signals_deferred, sigterm_as_ctrl_c
 
 # Where an option's help lists the incremental methods: the help formatter fills it in from the

@@ -1,10 +1,12 @@
-"""``cinuseg segment``'s work on one image: claimed for this run, skipped if done, segmented,
-split into nuclei and exported, every scratch file removed whatever happens."""
+"""``cinuseg segment``: its batch of images (shared out between processes), and its work on one
+image: claimed for this run, skipped if done, segmented, split into nuclei and exported, every
+scratch file removed whatever happens."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -184,3 +186,63 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
         shutil.rmtree(instances_scratch, ignore_errors=True)
         held.close()
     return 0
+
+
+def image_stem(image: str) -> str:
+    """The image's name without its extension (two for OME-TIFF: ``a.ome.tif`` → ``a``)."""
+    name = Path(image).name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def shard(images: list[str], spec: str | None) -> list[str]:
+    """This process's share of a cohort: ``K/N`` takes images K, K+N, K+2N, … (0-based); under
+    torchrun (and without --shard) it is RANK/WORLD_SIZE. Shares never overlap, and each image's
+    output is its own file, so processes need not talk to each other."""
+    if spec is None:
+        k, n = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    else:
+        try:
+            k, n = (int(v) for v in spec.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must be K/N with 0 <= K < N (e.g. 0/4), got {spec!r}") from None
+    if not 0 <= k < n:
+        raise ValueError(f"--shard must be K/N with 0 <= K < N (e.g. 0/4), got {k}/{n}")
+    return list(images)[k::n]
+
+
+def cmd_segment(args) -> int:
+    import torch  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
+
+    from ..model.file import BUNDLED_MODEL, load_model  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
+
+    if args.model is None and MAIN_RANK:
+        CONSOLE.say(
+            f"no --model given: using the bundled base model {BUNDLED_MODEL.name} (CoNSeP's classes, 0.25 µm/px)"
+        )
+    model = load_model(args.model or BUNDLED_MODEL)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(
+            f"--out {out} is a file; segment writes a folder of masks and tables: give a folder's name (it is created)"
+        )
+    images, device = shard(args.images, args.shard), args.device
+    if os.environ.get("LOCAL_RANK") and device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"  # one GPU per process
+    targets = {image: out / (image_stem(image) + ".masks.tif") for image in images}
+    clash = [t.name for t in targets.values() if list(targets.values()).count(t) > 1]
+    if clash:
+        raise ValueError(
+            f"several images would write {sorted(set(clash))[0]}; give them different names or run them into "
+            "different --out folders"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for image in images:
+        status = segment_image(args, model, image, targets[image], device)
+        if status == 130:
+            return 130
+        failed += status
+    return 2 if failed else 0

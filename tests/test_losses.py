@@ -375,3 +375,22 @@ def test_unpainted_background_stays_a_negative_of_the_new_class_without_uncertai
     assert new_grad[0] > 0  # the prior's sure background: a negative of the new class
     assert new_grad[1] == 0  # an uncertain old nucleus: no word on the new class
     assert new_grad[2] < 0  # the painted new pixel
+
+
+def test_old_class_paint_is_kept_in_eq1_and_left_out_of_distillation():
+    """A pixel painted with an old class (a correction of the prior) keeps that label in eq. 1,
+    even where the prior is sure of another class; PKD leaves it out, so its gradient there comes
+    from NS alone, toward the painted class."""
+    # the prior (bg, A, B) is sure of A on both pixels; the user paints the first one B
+    old = torch.tensor([[[-3.0, -3.0], [3.0, 3.0], [-3.0, -3.0]]])[..., None]
+    labels = torch.tensor([[2, 255]])[..., None]
+    assert pseudo_labels(labels, old, [])[0, :, 0].tolist() == [2, 1]
+    logits = old.clone().requires_grad_(True)  # the new model starts as the prior, no new class
+    feats = [torch.zeros(1, 2, 2, 1)]
+    out = cinuseg_loss(logits, old, feats, feats, labels, [], drr=False, att=False)
+    out.loss.backward()
+    g = logits.grad[0, :, :, 0]
+    assert g[2, 0] < 0 and g[1, 0] > 0  # the painted pixel: B up, A down
+    pkd_only = cinuseg_loss(logits.detach(), old, feats, feats, labels, [], drr=False, att=False).terms["pkd"]
+    plain = prediction_distillation(old, old, [], mask=torch.tensor([[False, True]])[..., None])
+    assert pkd_only == pytest.approx(float(plain.mean()))  # distilled on the unpainted pixel only

@@ -146,8 +146,8 @@ def test_bad_training_input_is_refused_clearly(base_file, few_pairs, tiny):
     nothing_painted = [pair._replace(target=np.zeros_like(pair.target))]
     with pytest.raises(ValueError, match="no pixel is painted"):
         drain(train_step(base_file, nothing_painted, ["Other"], tiny))
-    with pytest.raises(ValueError, match="already knows"):
-        drain(train_step(base_file, few_pairs[1], ["epithelial"], tiny))
+    with pytest.raises(ValueError, match="already knows"):  # one new class named twice
+        drain(train_step(base_file, few_pairs[0], ["Other", "other"], tiny))
     with pytest.raises(ValueError, match="needs a name"):
         drain(train_step(base_file, few_pairs[1], ["  "], tiny))
     wrong = [pair._replace(target=pair.target[:10])]
@@ -295,3 +295,23 @@ def test_new_classifier_rows_are_clipped_on_their_own_then_scaled():
     # a non-finite new row makes the norm non-finite, so the step is skipped
     clf.weight.grad[2] = float("inf")
     assert not math.isfinite(clip_gradient([clf.weight, clf.bias, other], clf, [2], 1.0, 10.0))
+
+
+def test_a_refining_step_teaches_classes_the_prior_has_and_adds_none(base_file, few_pairs, tiny):
+    """More paint of a kept class, and a correction of another, in one step without a new class:
+    the model keeps its classes, records what was refined, and a method that takes no old-class
+    paint refuses it with what to do."""
+    prior = load_model(base_file)
+    pairs = few_pairs[0][:2]  # targets 0, 1 Epithelial, 2 Spindle-shaped
+    model = drain(train_step(prior, pairs, ["spindle-shaped", "Epithelial"], tiny.replace(iterations=2)))
+    assert model.class_names == prior.class_names and model.num_channels == prior.num_channels
+    assert model.steps[-1].new_classes == [] and model.steps[-1].data["refined_classes"] == [
+        "Spindle-shaped",
+        "Epithelial",
+    ]
+    assert model.lineage[-1] == prior.id
+    with pytest.raises(ValueError, match="mib learns new classes only, and the prior already has Epithelial"):
+        drain(train_step(prior, pairs, ["Epithelial", "Other"], tiny.replace(iterations=1), method="mib"))
+    grown = drain(train_step(prior, pairs, ["Epithelial", "Other"], tiny.replace(iterations=2)))
+    assert grown.class_names == [*prior.class_names, "Other"]
+    assert grown.steps[-1].new_classes == ["Other"] and grown.steps[-1].data["refined_classes"] == ["Epithelial"]

@@ -8,9 +8,11 @@ from qtpy.QtCore import QSettings
 
 from napari_cinuseg.io.export import read_masks
 from napari_cinuseg.io.slides import Slide
+from napari_cinuseg.plugin.layer_metadata import RESULT_KEY
 from napari_cinuseg.runtime.events import drain
 from napari_cinuseg.session.storage import Storage
 from napari_cinuseg.training.steps import train_base
+from napari_cinuseg.ui import layers
 from napari_cinuseg.ui import panel as _panel
 from napari_cinuseg.ui import segmenting as _segmenting
 from napari_cinuseg.ui.panel import CiNuSegWidget
@@ -113,6 +115,10 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     assert not widget.train_section.review.isVisibleTo(widget) and "it is now the current model" in widget.status.text()
     annotation = kept.with_name(kept.name.removesuffix(".cinuseg.pt") + ".he.annotation.tif")
     assert annotation.is_file() and annotation.name in widget.status.text()
+    assert "Segmenting he with it" in widget.status.text()  # Keep segments the image again, with the kept model
+    qtbot.waitUntil(lambda: widget.segment_section.segment_btn.isEnabled(), timeout=120_000)
+    result = layers.result_layer(viewer)
+    assert result.metadata[RESULT_KEY]["class_names"][-1] == "Neutrophil"
     assert _digest(prior_file) == before
     painted = np.array(layer.data)
     viewer.layers.remove(layer)
@@ -511,6 +517,7 @@ def test_base_model_from_annotations_without_a_prior(widget, qtbot, tmp_path):
         and widget.train_section.forgetting.text() == ""
     )
     widget.keep_step()
+    qtbot.waitUntil(lambda: widget.segment_section.segment_btn.isEnabled(), timeout=120_000)  # its segmentation
     assert widget.model.class_names == ["Tumour"]
     assert widget.model.steps[-1].step == 0 and widget.model.lineage == []
     (saved,) = tmp_path.glob("base+tumour-*.cinuseg.pt")
@@ -578,3 +585,20 @@ def test_a_segmentation_without_nuclei_says_why(widget, qtbot, favoured, warned)
         pass
     assert ("found no nuclei" in widget.status.text()) is warned
     assert widget.segment_section.table.rowCount() == 1
+
+
+def test_a_kept_class_is_trained_further_from_more_paint(widget, prior_file, qtbot):
+    """Painting a class the model has continues it: a refining step that adds no class, keeps the
+    model's colour for it, and records what it refined; after Keep the kept model segments."""
+    widget.load_model(prior_file)
+    prior = widget.model
+    _paint(widget, "epithelial")  # any case: the model's own class
+    assert "The model has Epithelial: the step teaches it further" in widget.status.text()
+    _train(widget, qtbot)
+    candidate = widget.candidate
+    assert candidate is not None and candidate.model.class_names == prior.class_names
+    assert candidate.model.steps[-1].data["refined_classes"] == ["Epithelial"]
+    assert candidate.model.steps[-1].new_classes == []
+    widget.keep_step()
+    qtbot.waitUntil(lambda: widget.segment_section.segment_btn.isEnabled(), timeout=120_000)
+    assert widget.model.class_names == prior.class_names and widget.model.lineage[-1] == prior.id

@@ -225,7 +225,10 @@ def cmd_info(args) -> int:
     for s in record.get("steps", []):  # what a record lacks is shown as "?", never a KeyError
         s = s if isinstance(s, dict) else {}
         r = s.get("results") if isinstance(s.get("results"), dict) else {}
-        new = ", ".join(map(str, s.get("new_classes") or [])) or "?"
+        new = ", ".join(map(str, s.get("new_classes") or []))
+        data = s.get("data") if isinstance(s.get("data"), dict) else {}
+        refined = ", ".join(map(str, data.get("refined_classes") or []))
+        new = "; ".join(filter(None, [new, f"refined {refined}" if refined else ""])) or "?"
         print(
             f"step {s.get('step', '?')}: {s.get('method', '?')} → {new}; {r.get('iterations')} iterations, "
             f"{r.get('seconds')} s, final loss {r.get('final_loss')}"

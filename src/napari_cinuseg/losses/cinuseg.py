@@ -254,6 +254,12 @@ def cinuseg_loss(
     ``pkd_on_new``: eq. 5 over every pixel, as the paper writes it; off (not in the paper), PKD
     leaves out the pixels labelled as a new class.
 
+    ``labels`` may also hold old classes (not in the paper, whose step labels only C^t): pixels a
+    user painted with a class the prior has, to correct the prior or to teach that class more
+    (a refining step, whose ``new_classes`` may be empty). They keep their label in eq. 1 (so NS
+    teaches it), PKD leaves them out (eq. 5 would pull them back to what the prior says), and
+    FGL, BGL and eq. 11 stay the new classes' (docs/method.md, "Refining steps").
+
     ``background`` and ``background_apart`` (not in the paper): :func:`pseudo_labels`'s
     ``background``, and those unpainted background pixels as their own mean in NS
     (:func:`negative_sample_bce`'s ``apart``); ``uncertain_old``: :func:`pseudo_labels`'s.
@@ -277,10 +283,13 @@ def cinuseg_loss(
     if acl:
         terms["cac"] = class_anchor_consolidation(features, old_features, pseudo, old_classes)
         # Old knowledge is distilled on every pixel (eq. 5) with ``pkd_on_new``, else on every
-        # pixel not labelled as a new class (docs/method.md, "Sparse annotations").
-        terms["pkd"] = prediction_distillation(
-            logits, old_logits, new_classes, pkd_scores, mask=None if pkd_on_new else ~is_in(labels, new_classes)
-        )
+        # pixel not labelled as a new class (docs/method.md, "Sparse annotations"); never on a
+        # pixel painted with an old class, where the user corrects what the prior says.
+        keep_out = is_in(labels, old_classes)
+        if not pkd_on_new:
+            keep_out = keep_out | is_in(labels, new_classes)
+        mask = ~keep_out if bool(keep_out.any()) else None
+        terms["pkd"] = prediction_distillation(logits, old_logits, new_classes, pkd_scores, mask=mask)
     if drr:
         terms["fgl"] = foreground_guidance(logits, labels, new_classes)
         terms["bgl"] = background_suppression(logits, labels, new_classes)

@@ -47,8 +47,9 @@ def pseudo_labels(
 
     ỹ_i = y_i where y_i ∈ C^t; otherwise argmax_{c∈C^{1:t-1}} S^{t-1}_{c,i} where that maximum
     exceeds τ; otherwise 0, except that an unlabelled pixel that no old class claims stays
-    ``ignore_index``. ``tau`` is one threshold, or one per old class (a (K_old − 1,) tensor:
-    :func:`class_thresholds`).
+    ``ignore_index``. A pixel labelled with an old class (not in the paper, whose step labels only
+    C^t: a user's correction of the prior, or more paint of a class it has) keeps its label too.
+    ``tau`` is one threshold, or one per old class (a (K_old − 1,) tensor: :func:`class_thresholds`).
 
     ``unpainted`` (not in the paper, whose every pixel is labelled): ``"tau"`` reads eq. 1 as
     written on unlabelled pixels too; ``"prior"`` gives an unlabelled pixel the prior's own
@@ -71,15 +72,15 @@ def pseudo_labels(
     if uncertain_old not in UNCERTAIN_OLD:
         raise ValueError(f"uncertain_old must be one of {', '.join(UNCERTAIN_OLD)}, got {uncertain_old!r}")
     score, cls = old_claim(old_logits)
-    is_new = is_in(labels, new_classes)
-    claimed = above(score, cls, tau)
     unlabelled = labels == ignore_index
+    painted = ~unlabelled & (labels != 0)  # a new class, or an old one painted by the user
+    claimed = above(score, cls, tau)
     old_argmax = old_logits.argmax(dim=1) > 0
     if unpainted == "prior":
         claimed = claimed | (unlabelled & old_argmax)
     unsure = None  # labelled background the prior calls old below τ (eq. 1 as written: background)
     if uncertain_old != "background":
-        unsure = ~unlabelled & ~is_new & ~claimed & old_argmax
+        unsure = ~unlabelled & ~painted & ~claimed & old_argmax
     if uncertain_old == "prior":
         claimed = claimed | unsure
     out = torch.where(unlabelled, torch.full_like(labels, ignore_index), torch.zeros_like(labels))
@@ -89,7 +90,7 @@ def pseudo_labels(
         quiet = unlabelled & ~claimed & (torch.sigmoid(old_logits[:, 0].float()) > background)
         out = torch.where(quiet, torch.zeros_like(out), out)
     out = torch.where(claimed, cls, out)
-    return torch.where(is_new, labels, out)
+    return torch.where(painted, labels, out)
 
 
 @torch.no_grad()

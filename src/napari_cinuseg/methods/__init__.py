@@ -67,6 +67,9 @@ class Method:
     #: methods that score each class with its own sigmoid, "softmax" (MiB's initialisation) for
     #: those that compare classes through a softmax
     scores: str = "sigmoid"
+    #: whether its loss takes pixels painted with an old class (a user's corrections of the prior,
+    #: or more paint of a class it has): a refining step
+    refines: bool = False
 
     def prepare(self, ctx: StepContext) -> None:
         """Before the first iteration (e.g. thresholds measured on the step's images)."""

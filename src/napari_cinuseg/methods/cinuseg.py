@@ -80,6 +80,7 @@ class CiNuSeg(Method):
         True, "eq. 5 over every pixel, the new class's too (the paper), not only those not labelled new"
     )
     uses_prior: bool = True
+    refines: bool = True  # old-class paint: kept in eq. 1, left out of eq. 5 (losses.cinuseg_loss)
     scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
     tau_per_class: torch.Tensor | None = field(default=None, repr=False)
     labelled_share: float | None = field(default=None, repr=False)  # of the step's pixels, set by prepare

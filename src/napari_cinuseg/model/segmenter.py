@@ -190,25 +190,29 @@ class CiNuSegModel:
             mean, std = (HEMATOXYLIN_MEAN,) * 3, (HEMATOXYLIN_STD,) * 3
         return cls(net, classes, mean=mean, std=std, encoder_init=init, input=input)
 
-    def child(self, new_names: list[str], colours: list[str] | None = None, init: str = "sigmoid") -> CiNuSegModel:
+    def child(
+        self, new_names: list[str], colours: list[str] | None = None, init: str = "sigmoid", *, refining: bool = False
+    ) -> CiNuSegModel:
         """A copy of this model, grown by ``new_names`` for the next step; this model is unchanged.
 
         ``init`` is how the new classifier rows start (:meth:`NucleiSegNet.add_classes`):
         ``"sigmoid"`` leaves every score of the old channels as this model gives it and starts the
-        new classes low; ``"softmax"`` is MiB's. A step takes it from its method.
+        new classes low; ``"softmax"`` is MiB's. A step takes it from its method. ``refining``:
+        the step may add no class (it teaches classes this model has, from more paint).
         """
         known = self.class_names
         names: list[str] = []
         for n in new_names:
             names.append(check_class_name(n, known + names))
-        if not names:
+        if not names and not refining:
             raise ValueError("an incremental step needs at least one new class")
         step = self.next_step
         start = len(self.classes)
         colours = colours or [PALETTE[(start + i) % len(PALETTE)] for i in range(len(names))]
         net = copy.deepcopy(self.network)
         net.requires_grad_(True)  # the copy learns, whatever the prior's flags were
-        net.add_classes(len(names), init)
+        if names:
+            net.add_classes(len(names), init)
         classes = self.classes + [NucleusClass(n, check_colour(c), step) for n, c in zip(names, colours)]
         return CiNuSegModel(
             net,

@@ -174,12 +174,18 @@ class StepLoop:
         method's own, as it trained), images and ``results``."""
         settings = self.settings.to_dict()
         settings["method_settings"] = settings_of(self.method)
+        data = {"images": [p.name for p in self.pairs], "num_images": len(self.pairs)}
+        if self.report_prior is not None:  # an incremental step: the old classes it was painted with
+            old = self.report_prior.num_channels
+            refined = [self.model.classes[ch - 1].name for ch in self.channel_of_target[1:] if 0 < ch < old]
+            if refined:
+                data["refined_classes"] = refined
         return StepRecord(
             step=self.step,
             method=self.record_as or self.method.name,
             new_classes=[c.name for c in self.model.classes if c.step == self.step],
             settings=settings,
-            data={"images": [p.name for p in self.pairs], "num_images": len(self.pairs)},
+            data=data,
             results=results,
         )
 

@@ -100,8 +100,13 @@ def train_step(
     """One incremental step: a copy of ``prior`` grows by ``new_class_names`` and learns them with
     ``method`` against the frozen prior. The prior (object and file) is never changed.
 
-    ``pairs`` hold targets 0 background, i the i-th new class, 255 unlabelled. The network of the
-    prior is kept, and the settings must name it (:meth:`TrainSettings.for_network`).
+    ``pairs`` hold targets 0 background, i the i-th of ``new_class_names``, 255 unlabelled. The
+    network of the prior is kept, and the settings must name it (:meth:`TrainSettings.for_network`).
+
+    A name the prior already has (any case) is not added again: its paint teaches that class
+    (more paint of a kept class, or a correction of what the prior calls it). A step of such
+    names only is a refining step, which adds no class; it needs a method that ``refines``
+    (CiNuSeg: docs/method.md, "Refining steps").
     """
     settings = settings or TrainSettings()
     pairs = as_pairs(pairs)
@@ -116,16 +121,32 @@ def train_step(
             "settings.for_network(prior.arch), or choose a prior with that network"
         )
     m = get_method(method, **settings.method_settings)  # its own settings: the user's changes
-    model = prior.child(list(new_class_names), list(colours) if colours else None, m.scores)
-    check_pairs(pairs, len(new_class_names))
+    names = [str(n).strip() for n in new_class_names]
+    if not names:
+        raise ValueError("a step needs at least one class to learn: name it")
+    known = {n.lower(): prior.channel_of(n) for n in prior.class_names}
+    refined = [n for n in names if n.lower() in known]
+    if refined and not m.refines:
+        raise ValueError(
+            f"{m.name} learns new classes only, and the prior already has {', '.join(refined)}; name a new "
+            "class, or train with the cinuseg method, which takes paint of the classes a model has"
+        )
+    new_names = [n for n in names if n.lower() not in known]
+    colours = list(colours) if colours else None
+    if colours is not None and len(colours) == len(names):  # the colours of the new ones
+        colours = [c for n, c in zip(names, colours) if n.lower() not in known]
+    model = prior.child(new_names, colours or None, m.scores, refining=True)
+    check_pairs(pairs, len(names))
     check_new_model_path(out, prior)
     k_old = prior.num_channels
     new_classes = list(range(k_old, model.num_channels))
+    grown = iter(new_classes)
+    channels = [known[n.lower()] if n.lower() in known else next(grown) for n in names]
 
     loop = StepLoop(
         model=model,
         pairs=pairs,
-        channel_of_target=[0] + new_classes,
+        channel_of_target=[0] + channels,
         method=m,
         prior=prior if m.uses_prior else None,
         settings=settings,

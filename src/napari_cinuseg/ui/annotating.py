@@ -17,8 +17,17 @@ from . import layers
 
 class AnnotationsHost:
     def _new_class(self) -> tuple[str, str]:
-        known = self.model.class_names if self.model else []
-        return check_class_name(self.class_section.name.text(), known), check_colour(self.class_section.colour.text())
+        """The class to paint: a new one (its name checked, the colour field's colour), or one the
+        current model has (its own name and colour): painting it teaches that class further."""
+        typed = self.class_section.name.text().strip()
+        for c in self.model.classes if self.model else []:
+            if typed and c.name.lower() == typed.lower():
+                return c.name, c.colour
+        return check_class_name(typed, []), check_colour(self.class_section.colour.text())
+
+    def _continues(self, name: str) -> bool:
+        """Whether painting ``name`` continues a class the current model has (a refining step)."""
+        return self.model is not None and name in self.model.class_names
 
     def add_annotation_layer(self):
         try:
@@ -31,9 +40,12 @@ class AnnotationsHost:
         except ValueError as exc:
             self._say(str(exc), error=True)
             return None
+        more = ""
+        if self._continues(name):
+            more = f" The model has {name}: the step teaches it further, and adds no class."
         self._say(
             f"Paint {name} with label 1 and background with label 2; elsewhere the step keeps what the "
-            "current model finds."
+            f"current model finds.{more}"
         )
         return layer
 

@@ -301,7 +301,14 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
         path = candidate.path
         saved = self.save_annotations(path, candidate.class_name) if path is not None else []
         also = f" and its annotation {', '.join(p.name for p in saved)}" if saved else ""
-        self._say(f"Kept: saved {path}{also}; it is now the current model.")
+        kept = f"Kept: saved {path}{also}; it is now the current model."
+        try:
+            image = self.class_section.image_layer(self.viewer)
+        except ValueError:  # no image to segment: nothing more to do
+            self._say(kept)
+            return path
+        self.start_segmentation()  # what the kept model finds, in place of the prior's (self.worker)
+        self._say(f"{kept} Segmenting {image.name} with it…")
         return path
 
     def discard_step(self) -> None:

@@ -18,6 +18,17 @@ def test_unpainted_is_unlabelled_unless_exhaustive():
         annotation_target(ann + 5)
 
 
+def test_the_model_s_classes_painted_as_corrections_follow_the_step_s_classes():
+    """Labels after background are the model's classes (corrections): with one new class and two
+    old ones, 1 is the new class, 2 background, 3 and 4 the old ones, which become targets 2 and 3."""
+    ann = np.array([[0, 1, 2, 3, 4]])
+    assert annotation_target(ann, 1, n_old=2).tolist() == [[255, 1, 0, 2, 3]]
+    with pytest.raises(ValueError, match="labels 3 to 4 for the model's classes and label 2 for background"):
+        annotation_target(np.array([[5]]), 1, n_old=2)
+    with pytest.raises(ValueError, match=r"label\(s\) \[3\]"):
+        annotation_target(np.array([[3]]), 1)  # without old classes, 3 is no label
+
+
 def test_training_pair_is_cropped_to_the_annotation():
     img = np.random.default_rng(0).integers(0, 255, (300, 400, 3)).astype(np.uint8)
     ann = np.zeros((300, 400), np.uint8)

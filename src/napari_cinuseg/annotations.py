@@ -33,17 +33,23 @@ def exhaustive_mask(shapes: Sequence[np.ndarray], shape: tuple[int, int]) -> np.
     return mask
 
 
-def annotation_target(annotation: np.ndarray, n_new: int = 1, exhaustive: np.ndarray | None = None) -> np.ndarray:
-    """The engine's step target: 0 background, 1..n_new the new classes, 255 unlabelled."""
+def annotation_target(
+    annotation: np.ndarray, n_new: int = 1, exhaustive: np.ndarray | None = None, n_old: int = 0
+) -> np.ndarray:
+    """The engine's step target: 0 background, 1..n_new the step's classes, 255 unlabelled; with
+    ``n_old``, labels n_new + 2 .. n_new + 1 + n_old (after background) are classes the model has,
+    painted as corrections, and become targets n_new + 1 .. n_new + n_old (the step's classes go
+    on with them: :func:`napari_cinuseg.training.steps.train_step` takes names the prior has)."""
     ann = np.asarray(annotation)
     if ann.ndim != 2:
         raise ValueError(f"an annotation must be 2-D, got shape {ann.shape}")
     background = n_new + 1
-    bad = np.setdiff1d(np.unique(ann), np.arange(background + 1))
+    bad = np.setdiff1d(np.unique(ann), np.arange(background + n_old + 1))
     if bad.size:
         new = "label 1 for the new class" if n_new == 1 else f"labels 1 to {n_new} for the new classes"
+        old = f", labels {background + 1} to {background + n_old} for the model's classes" if n_old else ""
         raise ValueError(
-            f"the annotation uses label(s) {bad.tolist()}; paint with {new} and label {background} for "
+            f"the annotation uses label(s) {bad.tolist()}; paint with {new}{old} and label {background} for "
             f"background (erase label(s) {bad.tolist()} with the eraser or label 0)"
         )
     target = np.full(ann.shape, IGNORE, np.uint8)
@@ -54,6 +60,8 @@ def annotation_target(annotation: np.ndarray, n_new: int = 1, exhaustive: np.nda
     target[ann == background] = 0
     painted = (ann >= 1) & (ann <= n_new)
     target[painted] = ann[painted]
+    corrected = ann > background
+    target[corrected] = ann[corrected] - 1
     return target
 
 
@@ -83,6 +91,7 @@ def training_pair(
     exhaustive_regions: Sequence[np.ndarray] = (),
     name: str = "",
     margin: int = 64,
+    n_old: int = 0,
 ) -> tuple[TrainingPair, tuple[int, int]] | None:
     """A training pair cropped to the annotated part of ``image`` and the crop's (top, left) in
     the image; None if nothing is painted.
@@ -106,7 +115,7 @@ def training_pair(
         img = img[..., :3]
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"the image must be RGB uint8 for training, got {img.dtype} {img.shape}")
-    target = annotation_target(ann[y0:y1, x0:x1], n_new, ex[y0:y1, x0:x1] if ex is not None else None)
+    target = annotation_target(ann[y0:y1, x0:x1], n_new, ex[y0:y1, x0:x1] if ex is not None else None, n_old)
     return TrainingPair(np.ascontiguousarray(img), target, name), (y0, x0)
 
 

@@ -46,25 +46,46 @@ from .workers import JobHost
 PANEL_WIDTH = 400  # px: the dock keeps this width whatever a message or a table holds
 
 
-def _user_settings() -> QSettings:
+def user_settings() -> QSettings:
+    """Where the panel remembers its fields between sessions: the user's Qt settings."""
     return QSettings("napari-cinuseg", "CiNuSeg")
+
+
+def last_model(settings: QSettings) -> CiNuSegModel | None:
+    """The model the panel used last (remembered in ``settings``), if its file still opens."""
+    last = str(settings.value("model_path", "") or "")
+    if last and Path(last).is_file():
+        try:
+            return load_model(last)
+        except ModelFileError:
+            pass
+    return None
 
 
 class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
     """``storage``: where new models and on-disk results go (default ``~/.napari-cinuseg``);
-    ``settings``: where the panel remembers its fields (default: the user's Qt settings)."""
+    ``settings``: where the panel remembers its fields (default: the user's Qt settings);
+    ``model``: the current model, already loaded (else the last one used is loaded here).
+    napari docks it through :class:`~napari_cinuseg.ui.opening.CiNuSegDock`, which loads PyTorch,
+    the engine and the last model in a worker first."""
 
-    def __init__(self, napari_viewer, storage: Storage | None = None, settings: QSettings | None = None):
+    def __init__(
+        self,
+        napari_viewer,
+        storage: Storage | None = None,
+        settings: QSettings | None = None,
+        model: CiNuSegModel | None = None,
+    ):
         super().__init__()
         self.viewer = napari_viewer
         self.storage = storage or Storage()
-        self.settings = settings if settings is not None else _user_settings()
+        self.settings = settings if settings is not None else user_settings()
         self.model: CiNuSegModel | None = None
         self.last_crops: list = []  # (image layer name, y0, x0) per training pair
         self.candidate: StepCandidate | None = None  # a step's result awaiting Keep or Discard
         self.last_export: Path | None = None
         self._build()
-        self._restore()
+        self._restore(model)
 
     # --- layout: four sections; their fields are the panel's public parts --------------------
     def _build(self) -> None:
@@ -111,13 +132,12 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
         c.image_chosen(self.viewer)
 
     # --- fields remembered between sessions (memory.py) ------------------------------------
-    def _restore(self) -> None:
-        last = memory.restore(self.settings, self.train_section, self.segment_section)
-        if last and Path(str(last)).is_file():
-            try:
-                self.load_model(last)
-            except ModelFileError:
-                pass
+    def _restore(self, model: CiNuSegModel | None) -> None:
+        memory.restore(self.settings, self.train_section, self.segment_section)
+        model = model or last_model(self.settings)
+        if model is not None:
+            self.model = model
+            self.model_section.show_model(model)
 
     def _remember(self) -> None:
         memory.remember(self.settings, self.train_section, self.segment_section, model=self.model)

@@ -5,9 +5,12 @@ import hashlib
 import numpy as np
 import pytest
 from qtpy.QtCore import QSettings
+from skimage.color import rgb2hed
+from skimage.measure import label, regionprops
 
 from napari_cinuseg.io.export import read_masks
 from napari_cinuseg.io.slides import Slide
+from napari_cinuseg.model.file import BUNDLED_MODEL
 from napari_cinuseg.plugin.layer_metadata import RESULT_KEY
 from napari_cinuseg.runtime.events import drain
 from napari_cinuseg.session.storage import Storage
@@ -602,3 +605,58 @@ def test_a_kept_class_is_trained_further_from_more_paint(widget, prior_file, qtb
     widget.keep_step()
     qtbot.waitUntil(lambda: widget.segment_section.segment_btn.isEnabled(), timeout=120_000)
     assert widget.model.class_names == prior.class_names and widget.model.lineage[-1] == prior.id
+
+
+def _train_saying(widget, qtbot) -> str:
+    """Train a step (2 iterations, 64 px crops); returns what the panel said as it started."""
+    widget.train_section.iterations.setValue(2)
+    widget.train_section.crop.setValue(64)
+    worker = widget.start_training()
+    said = widget.status.text()
+    assert worker is not None, said
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    return said
+
+
+def test_a_20x_step_is_reviewed_as_segment_image_finds_it_after_keep(widget, qtbot):
+    """The fixture's image is CMU-1 at 0.499 µm/px, the bundled model 0.25: the step trains and
+    is reviewed at the model's pixel size, so the review's count of painted nuclei called the new
+    class is what Segment image finds after Keep."""
+    prior = widget.load_model(BUNDLED_MODEL)
+    assert prior.pixel_size == 0.25
+    image = np.asarray(widget.viewer.layers["he"].data)
+    # 20 nuclei (dark in hematoxylin, 20-150 px) painted as the new class, and background between them
+    haematoxylin = rgb2hed(image)[..., 0]
+    found = label(haematoxylin > np.percentile(haematoxylin, 90))
+    big = [r for r in regionprops(found) if 20 <= r.area <= 150][:20]
+    assert len(big) == 20
+    paint = np.zeros(image.shape[:2], np.uint8)
+    paint[(found == 0) & (np.arange(320) % 9 == 0)] = 2
+    paint[:2, :2] = paint[-2:, -2:] = 2  # the painted box is the whole image, as Segment image sees it
+    for r in big:
+        paint[found == r.label] = 1
+    widget.class_section.name.setText("Lymphocyte")
+    layer = widget.add_annotation_layer()
+    layer.data[:] = paint
+    layer.refresh()
+    widget.train_section.device_choice.setCurrentIndex(1)  # cpu
+
+    assert widget.image_pixel_size() is None  # unknown: the model's is assumed, and said
+    assert "pixel size is unknown, so the model's (0.25 µm/px) is assumed" in _train_saying(widget, qtbot)
+    widget.class_section.pixel_size.setValue(0.499)  # the same paint at another pixel size: another step
+    assert "It trains and is reviewed at the model's 0.25 µm/px" in _train_saying(widget, qtbot)
+    review = widget.candidate.review
+    assert review.painted == 20 and widget.crop_scale == pytest.approx(0.499 / 0.25)
+
+    widget.keep_step()  # and Segment image with the kept model
+    qtbot.waitUntil(lambda: widget.segment_section.segment_btn.isEnabled(), timeout=120_000)
+    classes = np.asarray(widget.viewer.layers["he · classes"].data)
+    painted = label(paint == 1)
+    calls = [np.bincount(classes[painted == i], minlength=4).argmax() for i in range(1, painted.max() + 1)]
+    assert np.bincount(calls, minlength=4).tolist() == [
+        review.called_background,
+        review.called_old["Epithelial"],
+        review.called_old["Spindle-shaped"],
+        review.called,
+    ]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.pixel_size import resampling_factor
 from ..runtime.names import DATASETS, NUCLEUS_DATASETS
 from ..runtime.setting import CLI, offered
 from ..training.settings import TrainSettings, preset
@@ -144,13 +145,29 @@ def cmd_step(args) -> int:
         data = _load_data(args)
         new = _names(args.new_classes)
         pairs = step_pairs(data, new)
-        model = drain(train_step(prior, pairs, new, _settings(args).for_network(prior.arch), method=args.method))
+        px = args.pixel_size or data.pixel_size
+        _say_scale(px, prior.pixel_size)
+        settings = _settings(args).for_network(prior.arch)
+        model = drain(train_step(prior, pairs, new, settings, method=args.method, pixel_size=px))
         if model is None:
             return 130
         if MAIN_RANK:
             save_or_rescue(model, out)
             _print_forgetting(model.steps[-1].results.get("forgetting"))
     return 0
+
+
+def _say_scale(pixel_size: float | None, prior_pixel_size: float | None) -> None:
+    """At which pixel size the step trains: the prior's, the images resampled where theirs differs."""
+    if not prior_pixel_size:
+        return
+    if not pixel_size:
+        CONSOLE.note(
+            f"the images' pixel size is unknown, so the prior's ({prior_pixel_size:g} µm/px) is assumed; "
+            "give --pixel-size (or pixel_size_um in classes.json) if they are at another magnification"
+        )
+    elif resampling_factor(prior_pixel_size, pixel_size) != 1.0:
+        CONSOLE.say(f"the images ({pixel_size:g} µm/px) are resampled to the prior's {prior_pixel_size:g} µm/px")
 
 
 def _print_forgetting(report: dict | None, indent: str = "") -> None:

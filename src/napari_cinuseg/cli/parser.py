@@ -197,6 +197,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_settings(p)
     p.add_argument("--new-classes", "--new-class", required=True, help="comma-separated new classes")
     p.add_argument("--method", default="cinuseg", help="the incremental method, one of " + METHODS_HELP)
+    p.add_argument(
+        "--pixel-size",
+        type=pixel_size,
+        help="µm per pixel of the training images; they are resampled to the prior's pixel size, as "
+        "segment resamples an image (default: the data set's, or pixel_size_um in a folder's classes.json; "
+        "unknown: the prior's)",
+    )
     p.add_argument("--out", required=True, help="new model file (*.cinuseg.pt); never overwritten")
     if wants("step"):
         _add_method_settings(p)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..io.pixel_size import resampling_factor
 from ..io.slides import Slide
 from ..model.segmenter import CiNuSegModel
 from ..runtime import devices
@@ -332,15 +333,6 @@ def _write_final_rows(result, acc, wsum, y: int, next_y: int, h: int, x0: int, x
     acc[:, tile - shift :] = 0
     wsum[tile - shift :] = 0
     return acc, wsum
-
-
-def resampling_factor(model_pixel_size: float | None, image_pixel_size: float | None, tolerance: float = 0.05) -> float:
-    """How many model pixels one image pixel spans (image µm/px ÷ model µm/px); 1 when either is
-    unknown or they differ by at most ``tolerance``."""
-    if not model_pixel_size or not image_pixel_size:
-        return 1.0
-    f = float(image_pixel_size) / float(model_pixel_size)
-    return 1.0 if abs(f - 1) <= tolerance else f
 
 
 def _forward_tiles(

@@ -71,3 +71,13 @@ def ome_length_um(value: str, unit: str | None, where: str) -> float:
             f"{where}: its pixel size {value!r} is not a number; give --pixel-size (µm per pixel)"
         ) from None
     return checked_pixel_size(number * OME_UNITS_UM[unit], where)
+
+
+def resampling_factor(model_pixel_size: float | None, image_pixel_size: float | None, tolerance: float = 0.05) -> float:
+    """How many model pixels one image pixel spans (image µm/px ÷ model µm/px); 1 when either is
+    unknown or they differ by at most ``tolerance``. The one rule for every resampling to a
+    model's pixel size: segmentation's tiles, a step's training pairs, its review and preview."""
+    if not model_pixel_size or not image_pixel_size:
+        return 1.0
+    f = float(image_pixel_size) / float(model_pixel_size)
+    return 1.0 if abs(f - 1) <= tolerance else f

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from skimage.color import hed_from_rgb
 
 from ..io.images import as_rgb_uint8
@@ -292,18 +293,26 @@ class CiNuSegModel:
         return (images.float() - mean) / std
 
     @torch.no_grad()
-    def predict(self, image: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
+    def predict(self, image: np.ndarray, device: str | torch.device = "cpu", scale: float = 1.0) -> np.ndarray:
         """Class map (H, W) uint8 of one RGB uint8 image (H, W, 3), the whole image at once.
         Another image (float 0..1, 16-bit, grey, RGBA) is converted as the readers convert it,
         and the conversion said (:func:`~napari_cinuseg.io.images.as_rgb_uint8`); one that is
         no image is refused. Every module's train/eval mode is left as it was (a step's frozen
-        batch norms too), so a model in training can be scored between two iterations."""
+        batch norms too), so a model in training can be scored between two iterations.
+        ``scale``: model pixels per image pixel; the image is resampled by it for the network and
+        the logits back to (H, W), as segmentation resamples each tile."""
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             image = as_rgb_uint8(image, "the image given to predict()")
         with eval_mode(self.network.to(device)) as net:
-            x = image_batch(image, device)
-            logits = net(self.normalize(x)).logits  # no gradients: the decorator
+            x = self.normalize(image_batch(image, device))
+            size = x.shape[-2:]
+            if scale != 1.0:
+                at = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+                x = F.interpolate(x, size=at, mode="bicubic", align_corners=False, antialias=True)
+            logits = net(x).logits  # no gradients: the decorator
+            if scale != 1.0:
+                logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
             return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
 
     def __repr__(self) -> str:

@@ -18,14 +18,16 @@ from .review import StepReview
 from .storage import Storage
 
 
-def training_fingerprint(prior, pairs: Sequence, class_name: str, settings) -> str:
-    """What a step would learn from, as one digest: the prior, the class, the settings and every
-    training pair's pixels and paint. The same digest means the same step would be trained again."""
+def training_fingerprint(prior, pairs: Sequence, class_name: str, settings, pixel_size: float | None = None) -> str:
+    """What a step would learn from, as one digest: the prior, the class, the settings, the
+    images' pixel size (the scale the step resamples them by) and every training pair's pixels and
+    paint. The same digest means the same step would be trained again."""
     h = hashlib.sha256()
     record = {
         "prior": getattr(prior, "id", None),
         "class": class_name,
         "settings": settings.to_dict() if hasattr(settings, "to_dict") else repr(settings),
+        "pixel_size": pixel_size,
     }
     h.update(json.dumps(record, sort_keys=True, default=str).encode())
     for pair in pairs:

@@ -29,7 +29,8 @@ def learn_class(
 ) -> Generator:
     """Teach a painted class: a base model (step 0) when there is no prior, which records the
     painted image's ``pixel_size``; else one CiNuSeg step against the frozen prior, in the prior's
-    network."""
+    network, on the pairs resampled from ``pixel_size`` to the prior's pixel size (as Segment
+    image resamples; unknown: the prior's assumed)."""
     if prior is None:
         return (
             yield from train_base(
@@ -39,6 +40,14 @@ def learn_class(
     settings = settings.for_network(prior.arch)
     return (
         yield from train_step(
-            prior, pairs, [name], settings, method=STEP_METHOD, colours=[colour], out=out, cancel=cancel
+            prior,
+            pairs,
+            [name],
+            settings,
+            method=STEP_METHOD,
+            colours=[colour],
+            out=out,
+            cancel=cancel,
+            pixel_size=pixel_size,
         )
     )

@@ -8,6 +8,7 @@ from collections.abc import Generator, Sequence
 
 import numpy as np
 
+from ..io.pixel_size import resampling_factor
 from ..runtime.events import Preview, Progress, StepStarted, tap
 
 PREVIEW_EVERY_S = 3.0  # seconds of training between two previews
@@ -25,19 +26,28 @@ def preview_boxes(pairs: Sequence, max_side: int = PREVIEW_MAX_SIDE) -> list[tup
     return [_centre_box(*np.asarray(p.image).shape[:2], max_side) for p in pairs]
 
 
-def predict_while_training(model, image: np.ndarray) -> np.ndarray:
+def predict_while_training(model, image: np.ndarray, image_pixel_size: float | None = None) -> np.ndarray:
     """The class map of ``image`` by a model in training, on the device its weights are on,
-    leaving every module's train/eval mode (frozen batch norms too) and the weights as they were."""
-    return model.predict(image, next(model.network.parameters()).device)
+    leaving every module's train/eval mode (frozen batch norms too) and the weights as they were;
+    resampled from ``image_pixel_size`` to the model's pixel size as segmentation resamples, the
+    map back at the image's size."""
+    scale = resampling_factor(model.pixel_size, image_pixel_size)
+    return model.predict(image, next(model.network.parameters()).device, scale=scale)
 
 
 def with_preview(
-    job: Generator, pairs: Sequence, every_s: float = PREVIEW_EVERY_S, max_side: int = PREVIEW_MAX_SIDE
+    job: Generator,
+    pairs: Sequence,
+    every_s: float = PREVIEW_EVERY_S,
+    max_side: int = PREVIEW_MAX_SIDE,
+    image_pixel_size: float | None = None,
 ) -> Generator:
     """``job``'s events and result, and every ``every_s`` seconds of training a
     :class:`~napari_cinuseg.runtime.events.Preview`: the model's prediction of the centre
     (at most ``max_side`` px) of each pair's image, made in the job's thread between two
-    iterations, so the viewer only shows it. Closing this closes ``job``."""
+    iterations, so the viewer only shows it. The images (``image_pixel_size`` µm per pixel;
+    unknown: the model's assumed) are seen at the model's pixel size, as Segment image sees them,
+    and the maps come back at their own size. Closing this closes ``job``."""
     boxes = preview_boxes(pairs, max_side)
     last, model = time.perf_counter(), None
 
@@ -50,7 +60,7 @@ def with_preview(
         shown = None
         if model is not None:
             maps = tuple(
-                predict_while_training(model, np.asarray(p.image)[y0:y1, x0:x1])
+                predict_while_training(model, np.asarray(p.image)[y0:y1, x0:x1], image_pixel_size)
                 for p, (y0, x0, y1, x1) in zip(pairs, boxes)
             )
             shown = [Preview(ev.iteration, ev.total, maps, tuple((y0, x0) for y0, x0, _, _ in boxes))]

@@ -104,20 +104,24 @@ def review_step(
     *,
     device: str = "auto",
     tile: int = DEFAULT_TILE,
+    image_pixel_size: float | None = None,
     cancel: CancelFlag = None,
 ) -> Generator:
     """Segment each pair's image (the painted region and its margin) with the candidate and the
-    prior; returns a :class:`StepReview` (None if cancelled). Yields the segmentation's events."""
+    prior as Segment image segments an image: ``tile`` (in the model's pixels) with its overlap,
+    resampled from ``image_pixel_size`` (µm per pixel; unknown: the model's assumed) to the
+    model's pixel size, the maps back at the image's own size. Returns a :class:`StepReview`
+    (None if cancelled). Yields the segmentation's events."""
     new = candidate.channel_of(class_name)
     old_names = list(prior.class_names) if prior is not None else []
     review = StepReview(class_name, [], old_pixels={c: (0, 0, 0) for c in old_names})
     painted_sizes, found_sizes = [], []
+    # Segment image's path: its tile and overlap, resampled to the model's pixel size
+    at = {"tile": tile, "overlap": min(64, tile // 4), "image_pixel_size": image_pixel_size}
+    at.update(device=device, cancel=cancel)
     for pair in pairs:
         image, target = np.asarray(pair.image), np.asarray(pair.target)
-        t = max(64, min(tile, (max(image.shape[:2]) + 31) // 32 * 32))
-        after = yield from segment(
-            candidate, image, tile=t, overlap=min(64, t // 4), device=device, min_tissue=0, cancel=cancel
-        )
+        after = yield from segment(candidate, image, **at)
         if after is None:
             return None
         review.maps.append(after)
@@ -136,9 +140,7 @@ def review_step(
         objects = label(after == new)
         found_sizes += np.bincount(objects.ravel())[1:].tolist()
         if prior is not None:
-            before = yield from segment(
-                prior, image, tile=t, overlap=min(64, t // 4), device=device, min_tissue=0, cancel=cancel
-            )
+            before = yield from segment(prior, image, **at)
             if before is None:
                 return None
             keep = ~((target >= 1) & (target != IGNORE))

@@ -20,6 +20,7 @@ from ..runtime.events import CancelFlag, Event
 from ..runtime.names import IGNORE, NUCLEUS
 from .gear import seed_everything
 from .loop import StepLoop
+from .resampling import pairs_at_pixel_size
 from .settings import TrainSettings
 
 
@@ -96,6 +97,7 @@ def train_step(
     colours: Sequence[str] | None = None,
     out: str | os.PathLike | None = None,
     cancel: CancelFlag = None,
+    pixel_size: float | None = None,
 ) -> Generator[Event, None, CiNuSegModel | None]:
     """One incremental step: a copy of ``prior`` grows by ``new_class_names`` and learns them with
     ``method`` against the frozen prior. The prior (object and file) is never changed.
@@ -107,6 +109,10 @@ def train_step(
     (more paint of a kept class, or a correction of what the prior calls it). A step of such
     names only is a refining step, which adds no class; it needs a method that ``refines``
     (CiNuSeg: docs/method.md, "Refining steps").
+    ``pixel_size``: µm per pixel of the pairs' images. They are resampled to the prior's pixel
+    size (training/resampling.py), as segmentation resamples an image, so the step learns its
+    nuclei at the size the network will see them; unknown (None): the prior's is assumed. The
+    crops of the step's events are then in the resampled images' pixels.
     """
     settings = settings or TrainSettings()
     pairs = as_pairs(pairs)
@@ -138,6 +144,7 @@ def train_step(
     model = prior.child(new_names, colours or None, m.scores, refining=True)
     check_pairs(pairs, len(names))
     check_new_model_path(out, prior)
+    pairs, _ = pairs_at_pixel_size(pairs, pixel_size, prior.pixel_size)
     k_old = prior.num_channels
     new_classes = list(range(k_old, model.num_channels))
     grown = iter(new_classes)

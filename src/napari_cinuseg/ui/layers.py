@@ -139,18 +139,19 @@ def annotation_pairs(viewer, class_name: str, exhaustive: bool) -> tuple[list, l
     return pairs, crops
 
 
-def add_att_layer(viewer, crops: list, pair_origins: list):
+def add_att_layer(viewer, crops: list, pair_origins: list, scale: float = 1.0):
     """The last training crops as outlines, hidden until the user shows it: orange where ATT
     fired (t_o ≠ 1), cyan where not; r, t_o and t_n are the layer's features (shown for the
-    shape under the mouse), with no text on the canvas. Replaces the previous one."""
+    shape under the mouse), with no text on the canvas. Replaces the previous one. ``scale``:
+    the step's model pixels per image pixel (its crops are in the resampled pairs' pixels)."""
 
     rects, feats, colours = [], {"r": [], "t_o": [], "t_n": [], "att": []}, []
     for c in crops:
         if c.image_index >= len(pair_origins):
             continue
         _, y0, x0 = pair_origins[c.image_index]
-        top, left = y0 + c.top, x0 + c.left
-        rects.append(np.array([[top, left], [top + c.size, left + c.size]]))
+        top, left, size = y0 + c.top / scale, x0 + c.left / scale, c.size / scale
+        rects.append(np.array([[top, left], [top + size, left + size]]))
         for k in ("r", "t_o", "t_n"):
             feats[k].append(round(float(getattr(c, k)), 3))
         fired = c.t_o != 1

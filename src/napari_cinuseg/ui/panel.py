@@ -21,6 +21,7 @@ from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidge
 
 from ..annotations import sparse_annotation_advice
 from ..datasets.labelled import check_pairs
+from ..io.pixel_size import resampling_factor
 from ..model.file import BUNDLED_MODEL, ModelFileError, load_model
 from ..model.segmenter import CiNuSegModel
 from ..runtime.events import (
@@ -82,6 +83,7 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
         self.settings = settings if settings is not None else user_settings()
         self.model: CiNuSegModel | None = None
         self.last_crops: list = []  # (image layer name, y0, x0) per training pair
+        self.crop_scale = 1.0  # the last step's model pixels per image pixel (its crops' scale)
         self.candidate: StepCandidate | None = None  # a step's result awaiting Keep or Discard
         self.last_export: Path | None = None
         self._build()
@@ -203,26 +205,28 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
         except ValueError as exc:
             self._say(str(exc), error=True)
             return None
-        prior = self.model
-        fingerprint = training_fingerprint(prior, pairs, name, settings)
+        prior, px = self.model, self.image_pixel_size()
+        fingerprint = training_fingerprint(prior, pairs, name, settings, px)
         if self.candidate is not None and self.candidate.same_training(fingerprint):
             self._say(
-                f"The paint, the class and the settings are those of the step result waiting to be kept: "
-                f"training again would give the same {name} model. Keep or Discard it, or paint more first."
+                "The paint, the class, the pixel size and the settings are those of the step result waiting to "
+                f"be kept: training again would give the same {name} model. Keep or Discard it, or paint more first."
             )
             return None
         out = self.storage.candidate_path(prior, name)
         self.cancel_event = cancel = threading.Event()
-        px, device, preview = self.image_pixel_size(), self.device_name(), self.train_section.preview.isChecked()
+        device, preview = self.device_name(), self.train_section.preview.isChecked()
+        tile = self.segment_section.tile.value()  # the review segments as Segment image does
         colours = ([c.colour for c in prior.classes] if prior is not None else []) + [colour]
         origins = list(self.last_crops)
+        self.crop_scale = resampling_factor(prior.pixel_size, px) if prior is not None else 1.0
 
         def run():  # in the worker thread: even copying the prior would stall the viewer
             job = learn_class(prior, pairs, name, colour, settings, out=out, cancel=cancel, pixel_size=px)
-            model = yield from (with_preview(job, pairs) if preview else job)
+            model = yield from (with_preview(job, pairs, image_pixel_size=px) if preview else job)
             if model is None:
                 return None
-            review = yield from review_step(prior, model, pairs, name, device=device)
+            review = yield from review_step(prior, model, pairs, name, device=device, tile=tile, image_pixel_size=px)
             saved = out if out.is_file() else None
             return StepCandidate(model, saved, name, prior, review, origins, fingerprint)
 
@@ -247,10 +251,28 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
         self._remember()
         advice = sparse_annotation_advice(pairs)
         again = " It replaces the step result waiting to be kept." if self.candidate is not None else ""
-        self._say(f"Training {name} on {len(pairs)} image(s)…{again}" + (f" Note: {advice}." if advice else ""))
+        self._say(
+            f"Training {name} on {len(pairs)} image(s)…{again}{self._scale_sentence(prior, px)}"
+            + (f" Note: {advice}." if advice else "")
+        )
         if advice:
             notifications.show_warning(f"Training goes on, but {advice}.")
         return self._start_job(run, on_event, self._on_trained)
+
+    @staticmethod
+    def _scale_sentence(prior, px: float | None) -> str:
+        """At which pixel size a step trains and is reviewed, where the image's is unknown or
+        differs from the prior's: the same as Segment image's."""
+        if prior is None or not prior.pixel_size:
+            return ""
+        if not px:
+            return (
+                f" The image's pixel size is unknown, so the model's ({prior.pixel_size:g} µm/px) is assumed: "
+                "set Pixel size if the image is at another magnification (0.5 at 20×)."
+            )
+        if resampling_factor(prior.pixel_size, px) != 1.0:
+            return f" It trains and is reviewed at the model's {prior.pixel_size:g} µm/px (the image's resampled)."
+        return ""
 
     def cancel(self) -> None:
         self.cancel_event.set()
@@ -344,4 +366,4 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
         self._say(f"Discarded the step's model (its file is deleted); {current} stays current.")
 
     def _add_att_layer(self) -> None:
-        layers.add_att_layer(self.viewer, list(self.train_section.crops), self.last_crops)
+        layers.add_att_layer(self.viewer, list(self.train_section.crops), self.last_crops, self.crop_scale)

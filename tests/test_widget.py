@@ -489,9 +489,9 @@ def test_bad_layers_and_annotations_are_messages_and_lose_nothing(widget, prior_
     assert layer is not None and layer.data.shape == (320, 320)
 
     widget.load_model(prior_file)
-    widget.class_section.name.setText("epithelial")
+    widget.class_section.name.setText("background")  # channel 0 of every model: no class's name
     assert widget.add_annotation_layer() is None
-    assert "already" in widget.status.text()
+    assert "'background' is channel 0" in widget.status.text()
 
     widget.class_section.name.setText("Neutrophil")
     layer.data[10:20, 10:20] = 3  # a label the annotation does not use

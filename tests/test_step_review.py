@@ -173,3 +173,23 @@ def test_a_candidate_is_trained_reviewed_kept_replaced_and_discarded_without_qt(
     third.discard()
     assert not third.path.exists() and second.path.is_file()
     assert base_file.read_bytes() == before  # the prior's file, untouched throughout
+
+
+def test_the_preview_follows_the_painted_nuclei_not_the_background_strokes():
+    """A painted region of 1200² px whose nuclei sit in one corner and whose background strokes
+    spread wide: the 512-px preview box holds the nuclei."""
+    from napari_cinuseg.session.preview import preview_boxes
+
+    target = np.full((1200, 1200), 255, np.uint8)
+    target[100:140, 900:940] = 1  # the painted nuclei, top right
+    target[150:170, 1000:1030] = 1
+    target[1100:1110, :] = 0  # a background stroke along the bottom
+    (y0, x0, y1, x1), (cy0, cx0, cy1, cx1) = preview_boxes(
+        [
+            TrainingPair(np.zeros((1200, 1200, 3), np.uint8), target, "a"),
+            TrainingPair(np.zeros((100, 80, 3), np.uint8), np.full((100, 80), 255, np.uint8), "b"),
+        ]
+    )
+    assert y1 - y0 == 512 and x1 - x0 == 512
+    assert (target[y0:y1, x0:x1] == 1).sum() == (target == 1).sum()  # every painted nucleus is in sight
+    assert (cy0, cx0, cy1, cx1) == (0, 0, 100, 80)  # a small region: all of it

@@ -10,20 +10,27 @@ import numpy as np
 
 from ..io.pixel_size import resampling_factor
 from ..runtime.events import Preview, Progress, StepStarted, tap
+from ..runtime.names import IGNORE
 
 PREVIEW_EVERY_S = 3.0  # seconds of training between two previews
-PREVIEW_MAX_SIDE = 512  # a preview covers at most this much of each painted region (its centre)
+PREVIEW_MAX_SIDE = 512  # a preview covers at most this much of each painted region (around its nuclei)
 
 
-def _centre_box(h: int, w: int, side: int) -> tuple[int, int, int, int]:
-    y0, x0 = max((h - side) // 2, 0), max((w - side) // 2, 0)
+def _box_around(target: np.ndarray, side: int) -> tuple[int, int, int, int]:
+    """A box of at most ``side`` px a side inside the image, centred where the painted nuclei are
+    (the median of the pixels painted with a class), else on the image's centre."""
+    h, w = target.shape[:2]
+    ys, xs = np.nonzero((target != 0) & (target != IGNORE))
+    cy, cx = (int(np.median(ys)), int(np.median(xs))) if ys.size else (h // 2, w // 2)
+    y0 = min(max(cy - side // 2, 0), max(h - side, 0))
+    x0 = min(max(cx - side // 2, 0), max(w - side, 0))
     return y0, x0, min(y0 + side, h), min(x0 + side, w)
 
 
 def preview_boxes(pairs: Sequence, max_side: int = PREVIEW_MAX_SIDE) -> list[tuple[int, int, int, int]]:
-    """(y0, x0, y1, x1) in each pair's image of what the live preview covers: its centre, at most
-    ``max_side`` px a side."""
-    return [_centre_box(*np.asarray(p.image).shape[:2], max_side) for p in pairs]
+    """(y0, x0, y1, x1) in each pair's image of what the live preview covers: at most ``max_side``
+    px a side, around the painted nuclei (background strokes spread wide do not move it)."""
+    return [_box_around(np.asarray(p.target), max_side) for p in pairs]
 
 
 def predict_while_training(model, image: np.ndarray, image_pixel_size: float | None = None) -> np.ndarray:
@@ -43,8 +50,8 @@ def with_preview(
     image_pixel_size: float | None = None,
 ) -> Generator:
     """``job``'s events and result, and every ``every_s`` seconds of training a
-    :class:`~napari_cinuseg.runtime.events.Preview`: the model's prediction of the centre
-    (at most ``max_side`` px) of each pair's image, made in the job's thread between two
+    :class:`~napari_cinuseg.runtime.events.Preview`: the model's prediction around the painted
+    nuclei (at most ``max_side`` px a side) of each pair's image, made in the job's thread between two
     iterations, so the viewer only shows it. The images (``image_pixel_size`` µm per pixel;
     unknown: the model's assumed) are seen at the model's pixel size, as Segment image sees them,
     and the maps come back at their own size. Closing this closes ``job``."""

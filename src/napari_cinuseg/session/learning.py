@@ -26,12 +26,17 @@ def learn_class(
     out: str | Path,
     cancel: CancelFlag = None,
     pixel_size: float | None = None,
+    corrections: Sequence[str] = (),
 ) -> Generator:
     """Teach a painted class: a base model (step 0) when there is no prior, which records the
     painted image's ``pixel_size``; else one CiNuSeg step against the frozen prior, in the prior's
     network, on the pairs resampled from ``pixel_size`` to the prior's pixel size (as Segment
-    image resamples; unknown: the prior's assumed)."""
+    image resamples; unknown: the prior's assumed). ``name`` may be a class the prior has (a
+    refining step), and ``corrections`` names the prior's classes painted after background
+    (targets 2, 3, …: annotations.annotation_target's ``n_old``)."""
     if prior is None:
+        if corrections:
+            raise ValueError("there is no model whose classes could be corrected: paint the new class and background")
         return (
             yield from train_base(
                 pairs, [name], settings, colours=[colour], out=out, cancel=cancel, pixel_size=pixel_size
@@ -42,7 +47,7 @@ def learn_class(
         yield from train_step(
             prior,
             pairs,
-            [name],
+            [name, *corrections],
             settings,
             method=STEP_METHOD,
             colours=[colour],

@@ -51,11 +51,14 @@ def test_each_nucleus_takes_its_majority_class_and_specks_are_dropped():
 
 
 def _classes_per_object(labels, class_map) -> np.ndarray:
-    """How many classes (not background) each object 1..N holds in ``class_map``."""
+    """How many classes (not background) each object of the instance map ``labels`` holds in
+    ``class_map``."""
     labels, class_map = np.asarray(labels).astype(np.int64), np.asarray(class_map).astype(np.int64)
     k = int(class_map.max()) + 1
-    votes = np.bincount(labels.ravel() * k + class_map.ravel(), minlength=(labels.max() + 1) * k)
-    return (votes.reshape(-1, k)[1:, 1:] > 0).sum(1)
+    votes = np.bincount(labels.ravel() * k + class_map.ravel(), minlength=(labels.max() + 1) * k).reshape(-1, k)
+    present = votes.sum(1) > 0
+    present[0] = False
+    return (votes[present, 1:] > 0).sum(1)
 
 
 def test_the_class_map_of_the_nuclei_gives_each_nucleus_its_one_class():

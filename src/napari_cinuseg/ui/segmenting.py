@@ -88,12 +88,17 @@ class SegmentingHost:
         )
         rows = result.statistics
         self.segment_section.show_statistics(rows)
-        QTimer.singleShot(0, lambda: self.scroll.ensureWidgetVisible(self.segment_section.table))
+        self._show_table()
         if result.nuclei.note:
             self._say(result.nuclei.note)
         if rows and not any(row["nuclei"] for row in rows):  # say why, rather than show empty layers
             self._say(no_nuclei_advice(image_name))
             notifications.show_warning(self.status.text())
+
+    def _show_table(self) -> None:
+        """The table of counts scrolled into sight, once the panel has laid out what changed (a
+        longer message below the sections shrinks their view)."""
+        QTimer.singleShot(0, lambda: self.scroll.ensureWidgetVisible(self.segment_section.table))
 
     # --- export ---------------------------------------------------------------------------
     def _choose_export_file(self) -> None:
@@ -142,6 +147,7 @@ class SegmentingHost:
         def done(result) -> None:
             self.last_export = result[0]
             self._say(f"Exported {result[0]}, the per-nucleus table {result[1].name} and {result[2].name} for QuPath")
+            self._show_table()
 
         self._say(f"Exporting {path.name}…")
         return self._start_job(run, self._on_segment_event, done)

@@ -9,7 +9,7 @@ from skimage import io as skio
 
 from napari_cinuseg.analysis.measurements import instance_statistics, instance_table
 from napari_cinuseg.analysis.objects import ObjectScores, image_scores
-from napari_cinuseg.inference.instances import min_area_pixels, nuclei_of, split_nuclei
+from napari_cinuseg.inference.instances import min_area_pixels, nuclei_of, object_classes, split_nuclei
 
 
 def _consep(shared_data, stems):
@@ -48,6 +48,53 @@ def test_each_nucleus_takes_its_majority_class_and_specks_are_dropped():
     assert labels.max() == 2 and len(classes) == 3 and classes[0] == 0
     assert classes[labels[12, 12]] == 1 and classes[labels[47, 47]] == 3
     assert labels[30, 5] == 0
+
+
+def _classes_per_object(labels, class_map) -> np.ndarray:
+    """How many classes (not background) each object of the instance map ``labels`` holds in
+    ``class_map``."""
+    labels, class_map = np.asarray(labels).astype(np.int64), np.asarray(class_map).astype(np.int64)
+    k = int(class_map.max()) + 1
+    votes = np.bincount(labels.ravel() * k + class_map.ravel(), minlength=(labels.max() + 1) * k).reshape(-1, k)
+    present = votes.sum(1) > 0
+    present[0] = False
+    return (votes[present, 1:] > 0).sum(1)
+
+
+def test_the_class_map_of_the_nuclei_gives_each_nucleus_its_one_class():
+    """A nucleus of two classes (a core of one, a rim of another) is painted whole in its majority
+    class; a speck dropped as no nucleus is background."""
+    cm = np.zeros((60, 60), np.uint8)
+    cm[5:20, 5:20] = 2
+    cm[5:20, 5:8] = 1  # a rim of class 1 on a class-2 nucleus
+    cm[40:55, 40:55] = 3
+    cm[30, 5] = 2  # a speck
+    labels, classes = split_nuclei(cm, min_area_px=10)
+    assert (_classes_per_object(labels, cm) == 2).any()  # the class map of pixels: one nucleus, two classes
+    objects = object_classes(labels, classes)
+    assert objects.dtype == np.uint8 and (_classes_per_object(labels, objects) == 1).all()
+    assert (objects[5:20, 5:20] == 2).all() and (objects[40:55, 40:55] == 3).all()
+    assert objects[30, 5] == 0 and (objects[labels == 0] == 0).all()
+
+
+def test_the_class_map_of_a_slides_nuclei_is_built_block_by_block(shared_data, tmp_path):
+    """A lazy instance map (zarr) gives the same class map of nuclei block by block, in memory or
+    written to disk under a temporary name, refused over an existing folder."""
+    import zarr
+
+    _, cm = _mosaic(shared_data)
+    nuclei = nuclei_of(cm, pixel_size_um=0.25)
+    whole = object_classes(nuclei.labels, nuclei.classes)
+    assert (_classes_per_object(nuclei.labels, whole) == 1).all() and (_classes_per_object(nuclei.labels, cm) > 1).any()
+    z = zarr.open_array(str(tmp_path / "inst.zarr"), mode="w", shape=cm.shape, chunks=(128, 128), dtype="uint32")
+    z[:] = nuclei.labels
+    np.testing.assert_array_equal(object_classes(z, nuclei.classes, block=192), whole)
+    path = object_classes(z, nuclei.classes, block=192, out=tmp_path / "objects.zarr")
+    assert path == tmp_path / "objects.zarr"
+    np.testing.assert_array_equal(np.asarray(zarr.open_array(str(path), mode="r")), whole)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    with pytest.raises(FileExistsError):
+        object_classes(z, nuclei.classes, out=path)
 
 
 def test_minimum_area_in_square_micrometres():
@@ -209,8 +256,12 @@ def test_the_panels_engine_functions_segment_and_export_nuclei(shared_data, tmp_
     nuclei = done.nuclei
     assert nuclei.count > 5 and not nuclei.note
     assert sum(r["nuclei"] for r in done.statistics) == nuclei.count
+    objects = done.object_map[0] if on_disk else done.object_map  # the class map of the nuclei
+    np.testing.assert_array_equal(np.asarray(objects), nuclei.classes[np.asarray(nuclei.labels)])
     if on_disk:
         assert isinstance(done.class_map, list) and (tmp_path / "r.instances.zarr").is_dir()
+        assert [lv.shape for lv in done.object_map] == [lv.shape for lv in done.class_map]
+        assert (tmp_path / "r.objects.zarr").is_dir()
     events = []
     masks, csv_path, gj = drain(
         export_nuclei(

@@ -109,6 +109,7 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
     np.testing.assert_allclose(att.edge_color, want)  # each crop's own colour, whatever came first
 
     kept = widget.keep_step()  # keep: saved in the models folder, current, the annotation beside it
+    assert "he · step result" not in viewer.layers and "last training crops (ATT)" not in viewer.layers  # done with
     assert kept == tmp_path / candidate.name and kept.exists() and not candidate.exists()
     assert widget.model.class_names == [
         "Epithelial",
@@ -332,7 +333,10 @@ def test_the_panel_keeps_its_width_and_folds_the_details(widget, prior_file, qtb
     )  # under Details, closed
     widget.train_section.details.set_open(True)
     assert widget.train_section.advanced.isVisibleTo(widget)
-    assert widget.segment_section.table.minimumHeight() >= 150
+    table = widget.segment_section.table  # as tall as its rows: no scroll of its own
+    assert (
+        table.height() >= table.horizontalHeader().sizeHint().height() + 3 * table.verticalHeader().defaultSectionSize()
+    )
     widget.load_model(prior_file)
     _paint(widget)
     widget._say("a very long message " * 40)
@@ -548,24 +552,36 @@ def test_slide_is_segmented_to_disk_and_shown_as_a_pyramid(widget, prior_file, q
     with qtbot.waitSignal(widget.start_segmentation().finished, timeout=300_000):
         pass
     classes = viewer.layers["CMU-1-Small-Region · classes"]
-    assert classes.multiscale and [lv.shape for lv in classes.data][:3] == [(2967, 2220), (1484, 1110), (742, 555)]
-    assert not any(isinstance(lv, np.ndarray) for lv in classes.data)
+    pixels = viewer.layers["CMU-1-Small-Region · class map (pixels)"]
+    for layer in (classes, pixels):
+        assert layer.multiscale and [lv.shape for lv in layer.data][:3] == [(2967, 2220), (1484, 1110), (742, 555)]
+        assert not any(isinstance(lv, np.ndarray) for lv in layer.data)
     written = sorted(p.name for p in (tmp_path / "results").iterdir())
-    (level0_name,) = [n for n in written if ".level" not in n and ".instances." not in n]
-    assert any(n.endswith(".instances.zarr") for n in written)  # the nuclei of the slide, on disk too
+    (level0_name,) = [n for n in written if ".level" not in n and ".instances." not in n and ".objects" not in n]
+    (instances_name,) = [n for n in written if n.endswith(".instances.zarr")]  # the nuclei of the slide, on disk too
     assert level0_name.startswith("cmu-1-small-region-") and level0_name.endswith(".zarr")
-    assert len(written) == len(classes.data) + 1 and not [n for n in written if "partial" in n]  # and the nuclei
+    objects_names = [n for n in written if ".objects" in n]  # and their class map, with its pyramid
+    assert len(objects_names) == len(classes.data) and not [n for n in written if "partial" in n]
+    assert len(written) == 2 * len(pixels.data) + 1
     reference = drain(segment(load_model(prior_file), svs, tile=512, overlap=64))
-    level0 = np.asarray(classes.data[0][:])
-    np.testing.assert_array_equal(level0, reference)
-    np.testing.assert_array_equal(np.asarray(classes.data[1][:]), reference[::2, ::2])
+    np.testing.assert_array_equal(np.asarray(pixels.data[0][:]), reference)
+    np.testing.assert_array_equal(np.asarray(pixels.data[1][:]), reference[::2, ::2])
+    # the classes: each nucleus whole in its class (the majority of its pixels)
+    import zarr
+
+    instances = np.asarray(zarr.open_array(str(tmp_path / "results" / instances_name), mode="r"))
+    nuclei = classes.metadata["cinuseg_nuclei"]
+    objects = np.asarray(classes.data[0][:])
+    np.testing.assert_array_equal(objects, nuclei.classes[instances])
+    np.testing.assert_array_equal(np.asarray(classes.data[1][:]), objects[::2, ::2])
+    assert (_classes_per_object(instances, objects) == 1).all()
     epi = viewer.layers["CMU-1-Small-Region · Epithelial"]
-    assert epi.multiscale and np.array_equal(np.asarray(epi.data[0]), (reference == 1).astype(np.uint8))
+    assert epi.multiscale and np.array_equal(np.asarray(epi.data[0]), (objects == 1).astype(np.uint8))
     assert widget.segment_section.table.rowCount() == 2
     with qtbot.waitSignal(widget.export_to(tmp_path / "slide.masks.tif").finished, timeout=120_000):
         pass
     class_map, masks, _ = read_masks(widget.last_export)
-    np.testing.assert_array_equal(class_map, reference)
+    np.testing.assert_array_equal(class_map, objects)  # what the classes layer shows
     assert list(masks) == ["Epithelial", "Spindle-shaped"]
 
 
@@ -651,7 +667,7 @@ def test_a_20x_step_is_reviewed_as_segment_image_finds_it_after_keep(widget, qtb
 
     widget.keep_step()  # and Segment image with the kept model
     qtbot.waitUntil(lambda: widget.segment_section.segment_btn.isEnabled(), timeout=120_000)
-    classes = np.asarray(widget.viewer.layers["he · classes"].data)
+    classes = np.asarray(widget.viewer.layers["he · class map (pixels)"].data)
     painted = label(paint == 1)
     calls = [np.bincount(classes[painted == i], minlength=4).argmax() for i in range(1, painted.max() + 1)]
     assert np.bincount(calls, minlength=4).tolist() == [
@@ -660,3 +676,118 @@ def test_a_20x_step_is_reviewed_as_segment_image_finds_it_after_keep(widget, qtb
         review.called_old["Spindle-shaped"],
         review.called,
     ]
+
+
+def _classes_per_object(labels, class_map) -> np.ndarray:
+    """How many classes (not background) each object of the instance map ``labels`` holds in
+    ``class_map``."""
+    labels, class_map = np.asarray(labels).astype(np.int64), np.asarray(class_map).astype(np.int64)
+    k = int(class_map.max()) + 1
+    votes = np.bincount(labels.ravel() * k + class_map.ravel(), minlength=(labels.max() + 1) * k).reshape(-1, k)
+    present = votes.sum(1) > 0
+    present[0] = False
+    return (votes[present, 1:] > 0).sum(1)
+
+
+def test_segment_image_shows_one_class_per_nucleus_and_the_table_in_sight(widget, qtbot):
+    """Segment image on a crop of the plugin's sample (20x, resampled for the bundled 40x model):
+    the class layers show each nucleus in its one class, the counts per nucleus; the class map of
+    pixels (where some nuclei hold two classes) stays as a hidden layer, the nuclei layer (a
+    colour per nucleus) is hidden; the table is scrolled into sight, its class names whole. A
+    change of image clears the segmentation's message."""
+    from napari_cinuseg.model.file import BUNDLED_MODEL
+    from napari_cinuseg.plugin.sample_data import sample_he
+
+    viewer = widget.viewer
+    ((image, attributes),) = sample_he()
+    viewer.add_image(image[0:384, 384:768], name="sample", rgb=True, metadata=attributes["metadata"])
+    widget.class_section.image.setCurrentText("sample")
+    assert widget.class_section.pixel_size.value() == pytest.approx(0.499)
+    model = widget.load_model(BUNDLED_MODEL)
+    widget.segment_section.tile.setValue(512)
+    widget.scroll.verticalScrollBar().setValue(0)
+    with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
+        pass
+    classes = viewer.layers["sample · classes"]
+    pixels = viewer.layers["sample · class map (pixels)"]
+    objects = viewer.layers["sample · nuclei"]
+    assert classes.visible and not pixels.visible and not objects.visible
+    labels = np.asarray(objects.data)
+    assert labels.max() > 20
+    assert (_classes_per_object(labels, pixels.data) > 1).any()  # the pixels: some nuclei are two classes
+    assert (_classes_per_object(labels, classes.data) == 1).all()  # the classes: one each
+    assert not np.asarray(classes.data)[labels == 0].any()  # and nothing outside a nucleus
+    table = widget.segment_section.table
+    for i, name in enumerate(model.class_names, start=1):
+        mask = np.asarray(viewer.layers[f"sample · {name}"].data)
+        np.testing.assert_array_equal(mask, np.asarray(classes.data) == i)
+        row = next(r for r in range(table.rowCount()) if table.item(r, 0).text() == name)
+        assert int(table.item(row, 1).text()) == len(np.unique(labels[mask > 0]))  # nuclei, not fragments
+    assert viewer.layers.index(pixels) < viewer.layers.index(classes)  # the export's layer is the classes
+    # the table in sight, its class names whole
+    qtbot.wait(50)
+    top = table.mapTo(widget.scroll.widget(), table.rect().topLeft()).y()
+    bar = widget.scroll.verticalScrollBar().value()
+    assert bar <= top and top + table.height() <= bar + widget.scroll.viewport().height()
+    width = table.fontMetrics().horizontalAdvance("Spindle-shaped")
+    assert table.columnWidth(0) > width
+    # a layer added keeps the message; another image chosen clears it
+    assert widget.status.text().startswith("Segmented in")
+    viewer.add_image(image[:64, :64], name="other", rgb=True)
+    assert widget.status.text().startswith("Segmented in")
+    widget.class_section.image.setCurrentText("other")
+    assert widget.status.text() == ""
+
+
+def test_the_loss_plot_follows_napari_theme(widget):
+    from matplotlib.colors import same_color
+    from napari.utils.theme import get_theme
+
+    plot = widget.train_section.plot
+    assert widget.viewer.theme == "dark"  # napari's default: no white box on it
+    assert same_color(plot.figure.get_facecolor(), get_theme("dark").background.as_hex())
+    widget.viewer.theme = "light"
+    light = get_theme("light")
+    assert same_color(plot.figure.get_facecolor(), light.background.as_hex())
+    assert same_color(plot.ax.get_facecolor(), light.background.as_hex())
+    assert same_color(plot.ax.xaxis.label.get_color(), light.text.as_hex())
+
+
+def test_the_paint_the_new_class_and_the_models_classes_differ_in_colour(widget):
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_cinuseg.model.file import BUNDLED_MODEL
+
+    widget.class_section.colour.setText("#e6194b")  # the bundled model's Epithelial
+    model = widget.load_model(BUNDLED_MODEL)
+    used = [c.colour for c in model.classes]
+    offered = widget.class_section.colour.text()
+    assert offered not in used  # the field offers a colour no class of the model has
+    widget.class_section.name.setText("Lymphocyte")
+    layer = widget.add_annotation_layer()
+    assert layer.metadata["cinuseg_annotation"]["colour"] == offered
+    paint = transform_color(layer.colormap.map(1))[0]
+    for colour in [offered, *used]:  # the paint is none of the colours a step result shows
+        assert not np.allclose(paint[:3], transform_color(colour)[0][:3])
+    widget.class_section.colour.setText("#123456")  # a colour the user chose stays
+    widget.load_model(BUNDLED_MODEL)
+    assert widget.class_section.colour.text() == "#123456"
+
+
+def test_a_step_result_waiting_is_shown_on_its_image_only(widget, prior_file, qtbot):
+    """While a step's result waits for Keep or Discard, choosing another image hides its layer
+    (it lies over the other image's pixels on the canvas) and choosing its image shows it again;
+    the message of the last job goes."""
+    viewer = widget.viewer
+    widget.load_model(prior_file)
+    _paint(widget)
+    _train(widget, qtbot)
+    result = viewer.layers["he · step result"]
+    assert result.visible and widget.status.text()
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="other", rgb=True)
+    widget.class_section.image.setCurrentText("other")
+    assert result in viewer.layers and not result.visible and widget.status.text() == ""
+    widget.class_section.image.setCurrentText("he")
+    assert result.visible
+    widget.discard_step()
+    assert "last training crops (ATT)" not in viewer.layers

@@ -6,7 +6,8 @@ distance transform (scikit-image): each nucleus is a basin around a local maximu
 (slightly smoothed) distance to the background, the markers at least ``min_distance_um`` apart.
 ``method="components"`` keeps the plain connected components instead (no split of touching
 nuclei). Each nucleus takes the class most of its pixels have in the class map. Objects smaller
-than ``min_area_um2`` are dropped (specks, not nuclei).
+than ``min_area_um2`` are dropped (specks, not nuclei). :func:`object_classes` paints each nucleus
+whole in its one class: the class map of the nuclei, where no object holds two classes.
 
 Large or lazy class maps (zarr, dask) are split block by block in bounded memory, with the
 ownership rule of :mod:`napari_cinuseg.analysis.measurements`: each core block is read with a halo,
@@ -59,6 +60,51 @@ class Nuclei:
     @property
     def count(self) -> int:
         return int(len(self.classes) - 1)
+
+
+def object_classes(labels, classes, *, out: str | os.PathLike | None = None, block: int = BLOCK):
+    """The class map of the nuclei: every pixel of nucleus i in its class ``classes[i]``, 0 where
+    no nucleus is (background, and the specks under the minimum area). So no object holds two
+    classes, and a nucleus's fragments of other classes are its own class.
+
+    ``labels``: an instance map (numpy, zarr or dask); ``classes``: :class:`Nuclei`'s. A numpy map
+    without ``out`` is mapped whole and returned; a lazy one is read in core blocks of ``block``
+    pixels (memory bounded by the block), into numpy, or with ``out`` (a ``.zarr`` folder, written
+    under a temporary name and renamed at the end) to disk, and then its path is returned.
+    """
+    lut = np.asarray(classes)
+    lut = lut.astype(np.uint8 if lut.max(initial=0) <= np.iinfo(np.uint8).max else np.uint16)
+    if isinstance(labels, np.ndarray) and out is None:
+        return lut[labels]
+    h, w = (int(s) for s in labels.shape)
+    out_path = Path(out) if out is not None else None
+    result, tmp = (np.zeros((h, w), lut.dtype), None) if out_path is None else _zarr_output(out_path, (h, w), lut.dtype)
+    try:
+        for r0, r1, c0, c1, *_ in block_windows(h, w, block, 0):
+            part = np.asarray(labels[r0:r1, c0:c1])
+            if part.any():
+                result[r0:r1, c0:c1] = lut[part]
+        if out_path is None:
+            return result
+        os.replace(tmp, out_path)
+        return out_path
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _zarr_output(out_path: Path, shape: tuple[int, int], dtype) -> tuple[object, Path]:
+    """A zarr array of ``shape`` to fill, under a temporary name beside ``out_path`` (refused if
+    ``out_path`` exists): (array, temporary path), renamed to ``out_path`` by the caller when whole."""
+    import zarr  # noqa: PLC0415 - zarr (+150 ms) loads only for a map written to disk: the napari writer and the panel work in memory
+
+    if out_path.exists():
+        raise FileExistsError(f"{out_path} exists; choose another output or delete it")
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    h, w = shape
+    return zarr.open_array(str(tmp), mode="w", shape=shape, chunks=(min(h, 1024), min(w, 1024)), dtype=dtype), tmp
 
 
 def min_area_pixels(min_area_um2: float, pixel_size_um: float | None) -> tuple[int, str]:
@@ -177,14 +223,7 @@ def _blockwise(class_map, method, min_px, dist_px, block, margin, out):
     h, w = (int(s) for s in class_map.shape)
     out_path = Path(out) if out is not None else None
     if out_path is not None:
-        import zarr  # noqa: PLC0415 - zarr (+150 ms) loads only for a map written to disk: the napari writer and the panel work in memory
-
-        if out_path.exists():
-            raise FileExistsError(f"{out_path} exists; choose another output or delete it")
-        tmp = out_path.with_name(f".{out_path.name}.partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        result = zarr.open_array(str(tmp), mode="w", shape=(h, w), chunks=(min(h, 1024), min(w, 1024)), dtype="uint32")
+        result, tmp = _zarr_output(out_path, (h, w), "uint32")
     else:
         result = np.zeros((h, w), np.uint32)
     classes = [np.zeros(1, np.uint8)]

@@ -29,6 +29,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990")
 
 
+def next_colour(used) -> str:
+    """The colour a new class gets by default after classes of the ``used`` colours: the palette's
+    next (as :meth:`CiNuSegModel.child` gives it), else the palette's first unused one, so that
+    it differs from every class the model has while the palette lasts."""
+    used = list(used)
+    taken = {str(c).lower() for c in used}
+    order = [PALETTE[(len(used) + i) % len(PALETTE)] for i in range(len(PALETTE))]
+    return next((c for c in order if c not in taken), order[0])
+
+
 @dataclass
 class NucleusClass:
     """One class the model knows: its channel is its position in ``classes`` plus one."""

@@ -12,7 +12,8 @@ saves is understood by the other two.
 - ``NUCLEI_KEY``: on a class-map Labels layer the panel made, the segmentation's nuclei as objects
   (``inference.instances.Nuclei``), for the export;
 - ``PANEL_LAYER_KEY``: on a layer the panel made from a result, ``{"image": image layer name,
-  "kind": what it shows}`` (kinds: ``classes``, ``mask``, ``step result`` (the live preview
+  "kind": what it shows}`` (kinds: ``classes`` (the nuclei, each in its one class), ``pixels``
+  (the class map of pixels), ``nuclei``, ``mask``, ``step result`` (the live preview
   while a step trains, then its result), ``att``); a newer result of the same image and kind
   replaces it.
 """

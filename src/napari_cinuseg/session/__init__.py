@@ -5,6 +5,7 @@ once.
 - ``learning.py``: a base step or an incremental one for a painted class;
 - ``preview.py``: a live preview of the painted regions while a step trains;
 - ``review.py``: a step's review on the painted regions, in plain words;
+- ``att.py``: what ATT did to a training iteration's crops, in plain words;
 - ``candidate.py``: a step's result awaiting Keep or Discard, and what each does to its file;
 - ``nuclei.py``: segmentation as nuclei (objects) with their counts, and its export.
 

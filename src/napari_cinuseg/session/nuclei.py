@@ -10,7 +10,7 @@ from pathlib import Path
 import zarr
 
 from ..analysis.measurements import instance_statistics
-from ..inference.instances import DEFAULT_MIN_AREA_UM2, nuclei_of
+from ..inference.instances import DEFAULT_MIN_AREA_UM2, nuclei_of, object_classes
 from ..inference.segmentation import segment
 from ..inference.tiling import DEFAULT_TILE
 from ..io.pyramid import build_pyramid
@@ -29,13 +29,16 @@ def no_nuclei_advice(image_name: str) -> str:
 
 @dataclass
 class SegmentedNuclei:
-    """A segmentation as objects: the class map (an array, or its on-disk pyramid [level 0, …]),
-    the nuclei (:class:`~napari_cinuseg.inference.instances.Nuclei`: instance map and classes) and
-    one statistics row per class counted per nucleus."""
+    """A segmentation as objects: the class map of pixels (an array, or its on-disk pyramid
+    [level 0, …]), the nuclei (:class:`~napari_cinuseg.inference.instances.Nuclei`: instance map
+    and classes), one statistics row per class counted per nucleus, and ``object_map``, the class
+    map of the nuclei (each nucleus whole in its one class,
+    :func:`~napari_cinuseg.inference.instances.object_classes`; an array, or its on-disk pyramid)."""
 
     class_map: object
     nuclei: object
     statistics: list
+    object_map: object
 
 
 def segment_nuclei_and_measure(
@@ -55,7 +58,8 @@ def segment_nuclei_and_measure(
     the counts per nucleus: returns a :class:`SegmentedNuclei` (with ``out``, a ``.zarr``, the
     class map is its on-disk pyramid [level 0, level 1, …]), or None when cancelled (nothing is
     left on disk). With ``out`` (a ``.zarr``) the instance map
-    goes to ``<out>.instances.zarr`` beside the class map. ``min_area_um2``: objects below it are
+    goes to ``<out>.instances.zarr`` beside the class map, and the class map of the nuclei to
+    ``<out>.objects.zarr`` with its pyramid. ``min_area_um2``: objects below it are
     dropped (default 3 µm²; with the pixel size unknown 0.25 µm/px is assumed, and
     ``nuclei.note`` says so)."""
     result = yield from segment(
@@ -83,4 +87,10 @@ def segment_nuclei_and_measure(
     if isinstance(nuclei.labels, Path):
         nuclei.labels = zarr.open_array(str(nuclei.labels), mode="r")
     stats = instance_statistics(nuclei.labels, nuclei.classes, model.class_names, image_pixel_size)
-    return SegmentedNuclei(class_map, nuclei, stats)
+    if not isinstance(class_map, list):  # in memory
+        object_map = object_classes(nuclei.labels, nuclei.classes)
+    else:
+        object_map = build_pyramid(
+            object_classes(nuclei.labels, nuclei.classes, out=Path(str(out).removesuffix(".zarr") + ".objects.zarr"))
+        )
+    return SegmentedNuclei(class_map, nuclei, stats, object_map)

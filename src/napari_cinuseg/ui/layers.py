@@ -29,6 +29,15 @@ from ..plugin.reader import labels_colormap
 
 # ATT's two cases, as docs/usage.md's legend gives them
 ATT_FIRED, ATT_OFF = "#ff8c00", "#00c8ff"
+# The paint on an annotation layer: the new class in a colour of its own (none of the class
+# palette's), so paint and the step's result in the class colours are told apart; background grey.
+PAINT_COLOUR, PAINT_COLOUR_ELSE, BACKGROUND_PAINT = "#ffe119", "#ffffff", "#9e9e9e"
+
+
+def paint_colour(class_colour: str) -> str:
+    """The colour the new class is painted in: :data:`PAINT_COLOUR`, or white where the class
+    itself is that colour."""
+    return PAINT_COLOUR_ELSE if class_colour.lower() == PAINT_COLOUR else PAINT_COLOUR
 
 
 def level0(layer):
@@ -69,9 +78,10 @@ def _put(viewer, layer, image_name: str, kinds: tuple[str, ...]) -> object:
 
 
 def add_annotation_layer(viewer, image, name: str, colour: str, exhaustive: bool, data=None):
-    """A Labels layer over ``image`` to paint ``name`` (1) and background (2) on; in memory, or
-    zarr for a slide; ``data``: an annotation opened again (else empty). With ``exhaustive``
-    also a Shapes layer for the exhaustive rectangles."""
+    """A Labels layer over ``image`` to paint ``name`` (1, in :func:`paint_colour`; the class's own
+    ``colour`` travels in its metadata) and background (2, grey) on; in memory, or zarr for a
+    slide; ``data``: an annotation opened again (else empty). With ``exhaustive`` also a Shapes
+    layer for the exhaustive rectangles."""
 
     h, w = level0(image).shape[:2]
     if data is not None:
@@ -87,7 +97,7 @@ def add_annotation_layer(viewer, image, name: str, colour: str, exhaustive: bool
     layer = viewer.add_labels(
         data,
         name=f"{image.name} · {name} annotation",
-        colormap=labels_colormap({1: colour, 2: "#9e9e9e"}),
+        colormap=labels_colormap({1: paint_colour(colour), 2: BACKGROUND_PAINT}),
         metadata={ANNOTATION_KEY: {"image": image.name, "class": name, "colour": colour}},
     )
     layer.selected_label, layer.brush_size, layer.mode = 1, 8, "paint"
@@ -219,6 +229,19 @@ def reserve_region(viewer, image_name: str, kind: str, title: str):
     return _put(viewer, layer, image_name, (kind,))
 
 
+def is_placeholder(layer) -> bool:
+    """A layer :func:`reserve_region` or :func:`clear_regions` left empty and hidden for the next run."""
+    return not layer.visible and tuple(layer.data.shape) == (1, 1)
+
+
+def show_regions_of(viewer, kind: str, image_name: str) -> None:
+    """The panel's layers of ``kind`` shown for ``image_name`` and hidden for every other image
+    (empty placeholders stay hidden)."""
+    for layer in panel_layers(viewer, kind=kind):
+        if not is_placeholder(layer):
+            layer.visible = layer.metadata[PANEL_LAYER_KEY]["image"] == image_name
+
+
 def clear_regions(viewer, kind: str, title: str) -> None:
     """The panel's layers of ``kind`` emptied and hidden, named ``<image> · <title>`` again (kept
     for the next run: see :func:`reserve_region`)."""
@@ -229,15 +252,33 @@ def clear_regions(viewer, kind: str, title: str) -> None:
         layer.name = f"{layer.metadata[PANEL_LAYER_KEY]['image']} · {title}"
 
 
-def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: float | None, nuclei=None) -> None:
-    """All classes in one Labels layer (names and colours in its features), the nuclei as one
-    Labels layer with an id per nucleus (its class in the features; in-memory maps only: a
-    slide's instance map stays on disk for the export), then one hidden mask per class; a
-    slide's on-disk pyramid [level 0, level 1, …] is shown lazily (multiscale). They replace the
-    panel's previous result of this image."""
+PIXELS_TITLE = "class map (pixels)"  # the title of the hidden layer of a result's pixel classes
+
+
+def add_result_layers(
+    viewer, image_name: str, class_map, model, pixel_size: float | None, nuclei=None, object_map=None
+) -> None:
+    """A segmentation's layers, bottom to top; they replace the panel's previous result of this
+    image. ``object_map`` (the class map of the nuclei: each nucleus whole in its one class,
+    ``session.nuclei.SegmentedNuclei.object_map``) is what the ``· classes`` layer and the
+    per-class masks show, so no nucleus holds two classes; the class map of pixels then stays
+    available as the hidden layer ``· class map (pixels)``, below it. Without one, the class map
+    itself is shown.
+
+    - ``· class map (pixels)``: hidden (with ``object_map`` only);
+    - ``· classes``: all classes in one Labels layer (names and colours in its features; the
+      export's layer, with the nuclei for it);
+    - ``· nuclei``: an id per nucleus (its class in the features), hidden: its colours are one per
+      nucleus, not per class (in-memory maps only: a slide's instance map stays on disk for the
+      export);
+    - one hidden mask per class.
+
+    A slide's on-disk pyramids [level 0, level 1, …] are shown lazily (multiscale)."""
 
     multiscale = isinstance(class_map, list)
+    shown = class_map if object_map is None else object_map
     colours = [c.colour for c in model.classes]
+    colormap = labels_colormap(dict(enumerate(colours, start=1)))
     features = pd.DataFrame(
         {
             "index": range(model.num_channels),
@@ -245,13 +286,29 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
             "colour": ["#000000"] + colours,
         }
     )
-    meta = {RESULT_KEY: result_metadata(model.class_names, colours, model.id, pixel_size)}
+
+    def metadata() -> dict:
+        return {RESULT_KEY: result_metadata(model.class_names, colours, model.id, pixel_size)}
+
+    new = []
+    if object_map is not None:
+        pixels = Labels(
+            class_map,
+            name=f"{image_name} · {PIXELS_TITLE}",
+            colormap=colormap,
+            features=features,
+            metadata=metadata(),
+            multiscale=multiscale,
+            visible=False,
+        )
+        pixels.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": "pixels"}
+        new.append(pixels)
     classes = Labels(
-        class_map,
+        shown,
         name=f"{image_name} · classes",
-        colormap=labels_colormap(dict(enumerate(colours, start=1))),
+        colormap=colormap,
         features=features,
-        metadata=meta,
+        metadata=metadata(),
         multiscale=multiscale,
     )
     if nuclei is not None:
@@ -262,31 +319,29 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
 
         classes.events.paint.connect(forget_nuclei)
         classes.events.data.connect(forget_nuclei)
-    # where the old result was: the class map first, then its nuclei and masks
-    old = (
-        panel_layers(viewer, image_name, "classes")
-        + panel_layers(viewer, image_name, "nuclei")
-        + panel_layers(viewer, image_name, "mask")
-    )
+    classes.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": "classes"}
+    new.append(classes)
+    # where the old result was
+    old = [ly for kind in ("pixels", "classes", "nuclei", "mask") for ly in panel_layers(viewer, image_name, kind)]
     index = min((viewer.layers.index(ly) for ly in old), default=len(viewer.layers))
     for ly in old:
         viewer.layers.remove(ly)
-    new = [classes]
     if nuclei is not None and isinstance(nuclei.labels, np.ndarray):
         names = ["background"] + model.class_names
         objects = Labels(
             nuclei.labels,
             name=f"{image_name} · nuclei",
             opacity=0.5,
+            visible=False,
             features=pd.DataFrame({"index": range(nuclei.count + 1), "class": [names[int(c)] for c in nuclei.classes]}),
         )
         objects.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": "nuclei"}
         new.append(objects)
     for i, c in enumerate(model.classes, start=1):
         if multiscale:
-            mask = [(da.from_zarr(level) == i).astype(np.uint8) for level in class_map]
+            mask = [(da.from_zarr(level) == i).astype(np.uint8) for level in shown]
         else:
-            mask = (class_map == i).astype(np.uint8)
+            mask = (shown == i).astype(np.uint8)
         layer = Labels(
             mask,
             name=f"{image_name} · {c.name}",
@@ -296,7 +351,6 @@ def add_result_layers(viewer, image_name: str, class_map, model, pixel_size: flo
         )
         layer.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": "mask"}
         new.append(layer)
-    classes.metadata[PANEL_LAYER_KEY] = {"image": image_name, "kind": "classes"}
     for offset, layer in enumerate(new):
         viewer.layers.insert(min(index + offset, len(viewer.layers)), layer)
     viewer.layers.selection.active = classes

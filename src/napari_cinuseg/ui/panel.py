@@ -16,6 +16,7 @@ import skimage.morphology  # noqa: F401 - loaded with the panel, not at the firs
 
 # skimage's label() imports it (and scipy.spatial) on first use, 176 ms in the viewer's thread
 from napari.utils import notifications
+from napari.utils.theme import get_theme
 from qtpy.QtCore import QSettings, Qt, QTimer
 from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidget
 
@@ -130,8 +131,29 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(lambda *_: c.refresh_images(self.viewer))
         c.image.currentTextChanged.connect(lambda *_: c.image_chosen(self.viewer))
+        c.image.currentTextChanged.connect(lambda *_: self._image_changed())
         c.refresh_images(self.viewer)
         c.image_chosen(self.viewer)
+        self._follow_theme()
+        self.viewer.events.theme.connect(self._follow_theme)
+
+    def _follow_theme(self, event=None) -> None:
+        """The loss plot in the colours of napari's theme (dark by default), now and when it changes."""
+        try:
+            theme = get_theme(self.viewer.theme)
+        except ValueError:  # a theme napari no longer has
+            return
+        self.train_section.plot.follow_theme(theme)
+
+    def _image_changed(self) -> None:
+        """Another image chosen: the last one's messages go. A step's result waiting for Keep or
+        Discard is shown on the chosen image only (its layers on the others are hidden, and shown
+        again when their image is chosen); Keep, Discard and Cancel take a step's layers away."""
+        if self.worker is not None and getattr(self.worker, "is_running", False):
+            return
+        self._say("")
+        if self.candidate is not None:
+            layers.show_regions_of(self.viewer, "step result", self.class_section.image.currentText())
 
     # --- fields remembered between sessions (memory.py) ------------------------------------
     def _restore(self, model: CiNuSegModel | None) -> None:
@@ -183,6 +205,7 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
     def load_model(self, path) -> CiNuSegModel:
         self.model = load_model(path)
         self.model_section.show_model(self.model)
+        self.class_section.offer_colour(self.model)
         self._remember()
         return self.model
 
@@ -327,7 +350,8 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
 
     def keep_step(self) -> Path | None:
         """The step's result becomes current (the session moves its file into the models
-        folder), and the annotations that taught it are saved beside it."""
+        folder), and the annotations that taught it are saved beside it; its result and
+        training-crop layers go."""
         candidate = self.candidate
         if candidate is None:
             return None
@@ -338,8 +362,12 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
             return None
         self.model, self.candidate = model, None
         self.model_section.show_model(model)
+        self.class_section.offer_colour(model)
         self._remember()
         self.train_section.review.clear()
+        # the kept step's result and training crops have done their part: the model is current
+        layers.remove_panel_layers(self.viewer, kind="step result")
+        layers.remove_panel_layers(self.viewer, kind="att")
         path = candidate.path
         saved = self.save_annotations(path, candidate.class_name) if path is not None else []
         also = f" and its annotation {', '.join(p.name for p in saved)}" if saved else ""

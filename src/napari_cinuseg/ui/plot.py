@@ -1,4 +1,5 @@
-"""The loss terms of the running step, plotted live (matplotlib in Qt)."""
+"""The loss terms of the running step, plotted live (matplotlib in Qt), in the colours of napari's
+theme."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 
 class LossPlot(QWidget):
-    """The loss terms of the running step, live."""
+    """The loss terms of the running step, live; :meth:`follow_theme` gives it napari's colours
+    (matplotlib's white figure until then)."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
+        self.colours = {"background": "#ffffff", "text": "#000000", "frame": "#cccccc"}
         # fixed margins, not tight_layout: a layout pass on every redraw costs the event loop
         self.figure = Figure(figsize=(3.2, 1.8), dpi=80)
         self.figure.subplots_adjust(left=0.14, right=0.98, top=0.97, bottom=0.2)
@@ -27,6 +30,38 @@ class LossPlot(QWidget):
         self._timer.timeout.connect(self._redraw)
         self.clear()
 
+    def follow_theme(self, theme) -> None:
+        """The figure in the colours of a napari theme (``napari.utils.theme.get_theme(name)``):
+        its background behind the plot, its text for the axes, ticks and legend."""
+        self.colours = {
+            "background": theme.background.as_hex(),
+            "text": theme.text.as_hex(),
+            "frame": theme.primary.as_hex(),
+        }
+        self._paint()
+        if self.lines:
+            self._legend()
+        self.canvas.draw_idle()
+
+    def _paint(self) -> None:
+        bg, text, frame = self.colours["background"], self.colours["text"], self.colours["frame"]
+        self.figure.set_facecolor(bg)
+        self.ax.set_facecolor(bg)
+        self.ax.tick_params(labelsize=7, colors=text)
+        self.ax.xaxis.label.set_color(text)
+        for spine in self.ax.spines.values():
+            spine.set_color(frame)
+
+    def _legend(self) -> None:
+        self.ax.legend(
+            fontsize=6,
+            ncol=3,
+            loc="upper right",
+            facecolor=self.colours["background"],
+            edgecolor=self.colours["frame"],
+            labelcolor=self.colours["text"],
+        )
+
     def clear(self) -> None:
         self._timer.stop()
         self.history: dict[str, list[float]] = {}
@@ -34,7 +69,7 @@ class LossPlot(QWidget):
         self.lines: dict = {}  # one line per loss term, updated in place
         self.ax.clear()
         self.ax.set_xlabel("iteration", fontsize=8)
-        self.ax.tick_params(labelsize=7)
+        self._paint()
         self.canvas.draw_idle()
 
     REDRAW_MS = 500  # redraw at most twice a second: a matplotlib redraw costs the event loop tens of ms
@@ -61,7 +96,7 @@ class LossPlot(QWidget):
                 (self.lines[k],) = self.ax.plot(xs, ys, label=k, lw=1.5 if k == "loss" else 0.8)
                 new_term = True
         if new_term:
-            self.ax.legend(fontsize=6, ncol=3, loc="upper right")
+            self._legend()
         self.ax.relim()
         self.ax.autoscale_view()
         self.canvas.draw_idle()

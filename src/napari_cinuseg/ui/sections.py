@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from napari.layers import Image
+from qtpy.QtCore import QSignalBlocker, QSize, Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -19,6 +20,7 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -27,7 +29,7 @@ from qtpy.QtWidgets import (
 
 from ..inference.tiling import DEFAULT_TILE
 from ..model.file import BUNDLED_MODEL
-from ..model.segmenter import PALETTE
+from ..model.segmenter import next_colour
 from ..plugin.layer_metadata import layer_pixel_size
 from .widgets import wrapped_label
 
@@ -74,7 +76,7 @@ class NewClassSection(QGroupBox):
         self.name.setPlaceholderText("e.g. Neutrophil")
         form.addRow("Name", self.name)
         row = QHBoxLayout()
-        self.colour = QLineEdit(PALETTE[3])
+        self.colour = QLineEdit(next_colour([]))
         self.colour_btn = QPushButton("Pick…")
         row.addWidget(self.colour)
         row.addWidget(self.colour_btn)
@@ -106,6 +108,13 @@ class NewClassSection(QGroupBox):
         self.exhaustive.setToolTip("everything unpainted inside the rectangles is background")
         form.addRow(self.exhaustive)
 
+    def offer_colour(self, model) -> None:
+        """The class colour field offers one that no class of ``model`` has, where it holds one of
+        theirs (a colour the user chose otherwise stays)."""
+        used = [c.colour.lower() for c in model.classes] if model is not None else []
+        if self.colour.text().strip().lower() in used:
+            self.colour.setText(next_colour(used))
+
     def pick_colour(self) -> None:
 
         c = QColorDialog.getColor(QColor(self.colour.text()), self, "Colour of the new class")
@@ -113,14 +122,19 @@ class NewClassSection(QGroupBox):
             self.colour.setText(c.name())
 
     def refresh_images(self, viewer) -> None:
-        """The viewer's image layers in the combo box, keeping the current choice."""
+        """The viewer's image layers in the combo box, keeping the current choice: the box says
+        the image changed (``currentTextChanged``) only when the choice did, not on every layer
+        added or removed."""
 
         current = self.image.currentText()
         names = [ly.name for ly in viewer.layers if isinstance(ly, Image)]
-        self.image.clear()
-        self.image.addItems(names)
-        if current in names:
-            self.image.setCurrentText(current)
+        with QSignalBlocker(self.image):
+            self.image.clear()
+            self.image.addItems(names)
+            if current in names:
+                self.image.setCurrentText(current)
+        if self.image.currentText() != current:
+            self.image.currentTextChanged.emit(self.image.currentText())
 
     def image_layer(self, viewer):
         name = self.image.currentText()
@@ -144,6 +158,25 @@ class NewClassSection(QGroupBox):
             )
 
 
+class FittedTable(QTableWidget):
+    """A table as tall as its rows (at least three), so it needs no scroll of its own."""
+
+    MIN_ROWS = 3
+
+    def __init__(self, rows: int, columns: int):
+        super().__init__(rows, columns)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        rows = max(self.rowCount(), self.MIN_ROWS)
+        height = self.horizontalHeader().sizeHint().height() + rows * self.verticalHeader().defaultSectionSize()
+        return QSize(super().sizeHint().width(), height + 2 * self.frameWidth())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        return self.sizeHint()
+
+
 class SegmentSection(QGroupBox):
     """4. Segment and export; the table of nuclei per class."""
 
@@ -163,12 +196,14 @@ class SegmentSection(QGroupBox):
         form.addRow(row)
         self.progress = QProgressBar()
         form.addRow(self.progress)
-        self.table = QTableWidget(0, 4)
+        self.table = FittedTable(0, 4)
         self.table.setHorizontalHeaderLabels(["class", "nuclei", "area px", "mean px"])
-        self.table.setMinimumHeight(170)  # room for a header and six classes
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.table.horizontalHeader().setMinimumSectionSize(40)
+        header = self.table.horizontalHeader()
+        header.setMinimumSectionSize(40)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)  # class names whole
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         form.addRow(self.table)
 
     def remembered(self) -> dict:
@@ -187,3 +222,12 @@ class SegmentSection(QGroupBox):
             for col, key in enumerate(keys):
                 value = row[key]
                 self.table.setItem(r, col, QTableWidgetItem(f"{value:.1f}" if isinstance(value, float) else str(value)))
+        self._fit_table()
+
+    def _fit_table(self) -> None:
+        """The table as tall as its rows (at least three), so it needs no scroll of its own."""
+        rows = max(self.table.rowCount(), 3)
+        height = (
+            self.table.horizontalHeader().sizeHint().height() + rows * self.table.verticalHeader().defaultSectionSize()
+        )
+        self.table.setFixedHeight(height + 2 * self.table.frameWidth())

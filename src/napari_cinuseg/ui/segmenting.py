@@ -1,7 +1,7 @@
 """The panel's segmentation part: Segment image (the session's nuclei, in a worker), its class and
-nucleus layers with the table of counts, and Export (masks, per-nucleus table and QuPath
+nucleus layers (one class per nucleus) with the table of counts, and Export (masks, per-nucleus table and QuPath
 GeoJSON). A mixin of the panel, which gives it ``viewer``, ``model``, ``storage``, the sections,
-``image_pixel_size``, ``device_name``, ``_start_job``, ``_remember`` and ``_say``."""
+``image_pixel_size``, ``device_name``, ``scroll``, ``_start_job``, ``_remember`` and ``_say``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from napari.utils import notifications
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from ..plugin.layer_metadata import RESULT_KEY, layer_pixel_size
@@ -69,22 +70,35 @@ class SegmentingHost:
             self._say(f"Segmented in {ev.seconds:.1f} s ({ev.tiles} tiles, {ev.skipped} without tissue skipped)")
 
     def show_result(self, image_name: str, result, model=None) -> None:
-        """The class map and the nuclei as layers (layers.add_result_layers, one id per nucleus)
-        and the table of nucleus counts and areas, per nucleus; says why when no nucleus was
-        found. ``result``: a :class:`~napari_cinuseg.session.nuclei.SegmentedNuclei`."""
+        """The nuclei in their classes, the class map of pixels and the nuclei as layers
+        (layers.add_result_layers: one class per nucleus) and the table of nucleus counts and
+        areas, scrolled into sight; says why when no nucleus was found. ``result``: a
+        :class:`~napari_cinuseg.session.nuclei.SegmentedNuclei`."""
         if result is None:
             return
         model = model or self.model
         layers.add_result_layers(
-            self.viewer, image_name, result.class_map, model, self.image_pixel_size(), nuclei=result.nuclei
+            self.viewer,
+            image_name,
+            result.class_map,
+            model,
+            self.image_pixel_size(),
+            nuclei=result.nuclei,
+            object_map=result.object_map,
         )
         rows = result.statistics
         self.segment_section.show_statistics(rows)
+        self._show_table()
         if result.nuclei.note:
             self._say(result.nuclei.note)
         if rows and not any(row["nuclei"] for row in rows):  # say why, rather than show empty layers
             self._say(no_nuclei_advice(image_name))
             notifications.show_warning(self.status.text())
+
+    def _show_table(self) -> None:
+        """The table of counts scrolled into sight, once the panel has laid out what changed (a
+        longer message below the sections shrinks their view)."""
+        QTimer.singleShot(0, lambda: self.scroll.ensureWidgetVisible(self.segment_section.table))
 
     # --- export ---------------------------------------------------------------------------
     def _choose_export_file(self) -> None:
@@ -133,6 +147,7 @@ class SegmentingHost:
         def done(result) -> None:
             self.last_export = result[0]
             self._say(f"Exported {result[0]}, the per-nucleus table {result[1].name} and {result[2].name} for QuPath")
+            self._show_table()
 
         self._say(f"Exporting {path.name}…")
         return self._start_job(run, self._on_segment_event, done)

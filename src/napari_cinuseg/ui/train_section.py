@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections import deque
 
-import numpy as np
 from magicgui.widgets import Container, FloatSpinBox
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -25,6 +24,7 @@ from ..runtime import devices
 from ..runtime.devices import device_choices
 from ..runtime.events import Progress, StepStarted
 from ..runtime.setting import PANEL, offered
+from ..session.att import att_numbers, att_words
 from ..session.learning import STEP_ITERATIONS, STEP_METHOD
 from ..session.preview import PREVIEW_EVERY_S
 from ..training.settings import PRESETS, TrainSettings, preset
@@ -193,6 +193,7 @@ class TrainSection(QGroupBox):
         self.plot.clear()
         self.att.setText("")
         self.iteration_text.setText("")
+        self.iteration_text.setToolTip("")
         self.progress.setValue(0)
         self.crops: deque = deque(maxlen=64)  # the last training crops, for the ATT layer
         self.att_seen = self.att_fired = 0  # crops seen in this training, and where ATT fired
@@ -206,11 +207,12 @@ class TrainSection(QGroupBox):
         elif isinstance(ev, Progress):
             self.progress.setValue(ev.iteration)
             left = time.strftime("%M:%S", time.gmtime(ev.seconds_left))
-            att = ""
-            if ev.crops:
-                r, t_o, t_n = (np.mean([getattr(c, k) for c in ev.crops]) for k in ("r", "t_o", "t_n"))
-                att = f" · ATT r={r:.2f} t_o={t_o:.2f} t_n={t_n:.2f}"
-            self.iteration_text.setText(f"iteration {ev.iteration}/{ev.total}, loss {ev.loss:.3f}, {left} left{att}")
+            words = att_words(ev.crops)
+            self.iteration_text.setText(
+                f"iteration {ev.iteration}/{ev.total}, loss {ev.loss:.3f}, {left} left"
+                + (f": {words}" if words else "")
+            )
+            self.iteration_text.setToolTip(att_numbers(ev.crops))
             self.plot.add(ev)
             self.crops.extend(ev.crops)
             self.att_seen += len(ev.crops)

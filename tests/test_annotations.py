@@ -98,3 +98,14 @@ def test_a_file_that_is_not_an_annotation_is_named(tmp_path):
     tifffile.imwrite(tmp_path / "plain.tif", np.zeros((8, 8), np.uint8))
     with pytest.raises(ValueError, match=r"plain.tif is a TIFF but not a CiNuSeg annotation"):
         read_annotation(tmp_path / "plain.tif")
+
+
+def test_classes_offered_for_correction_but_not_painted_leave_the_step():
+    from napari_cinuseg.annotations import painted_corrections
+    from napari_cinuseg.datasets.labelled import TrainingPair
+
+    pair = TrainingPair(np.zeros((1, 4, 3), np.uint8), np.array([[1, 0, 3, 255]], np.uint8), "a")
+    (kept,), names = painted_corrections([pair], ["Epithelial", "Spindle-shaped"])
+    assert names == ["Spindle-shaped"] and kept.target.tolist() == [[1, 0, 2, 255]]
+    (same,), both = painted_corrections([pair._replace(target=np.array([[2, 3]], np.uint8))], ["A", "B"])
+    assert both == ["A", "B"] and same.target.tolist() == [[2, 3]]  # both painted: as they were

@@ -77,7 +77,12 @@ def test_paint_train_keep_cancel_segment_export(widget, prior_file, qtbot, tmp_p
 
     widget.class_section.colour.setText("#00ffff")
     layer = _paint(widget)
-    assert layer.metadata["cinuseg_annotation"] == {"image": "he", "class": "Neutrophil", "colour": "#00ffff"}
+    assert layer.metadata["cinuseg_annotation"] == {
+        "image": "he",
+        "class": "Neutrophil",
+        "colour": "#00ffff",
+        "corrections": ["Epithelial", "Spindle-shaped"],  # the model's classes, from label 3 on
+    }
     _train(widget, qtbot)
     # the step's result waits for a look: shown on the painted region, the prior still current
     assert widget.model is prior and widget.candidate.model.class_names == [
@@ -791,3 +796,30 @@ def test_a_step_result_waiting_is_shown_on_its_image_only(widget, prior_file, qt
     assert result.visible
     widget.discard_step()
     assert "last training crops (ATT)" not in viewer.layers
+
+
+def test_a_nucleus_the_model_calls_wrongly_is_painted_with_its_class_by_name(widget, prior_file, qtbot):
+    """The Paint choices name every label: the new class, background, and the model's classes
+    (corrections); choosing one sets the brush, the brush's label shows in the choice, and a step
+    trains the new class and the corrected class together."""
+    widget.load_model(prior_file)
+    layer = _paint(widget, "Neutrophil")
+    paint = widget.class_section.paint
+    names = [paint.itemText(i) for i in range(paint.count())]
+    assert names == [
+        "Neutrophil [1]",
+        "background [2]",
+        "Epithelial (correction) [3]",
+        "Spindle-shaped (correction) [4]",
+    ]
+    assert list(layer.features["paint"]) == ["unpainted", "Neutrophil", "background", *[n[:-4] for n in names[2:]]]
+    paint.setCurrentIndex(3)
+    assert layer.selected_label == 4  # the brush paints Spindle-shaped
+    layer.selected_label = 2
+    assert paint.currentText() == "background [2]"  # and the choice follows the brush
+    layer.data[150:170, 250:270] = 4  # a nucleus the model calls otherwise, painted Spindle-shaped
+    layer.refresh()
+    _train(widget, qtbot)
+    step = widget.candidate.model.steps[-1]
+    assert widget.candidate.model.class_names == ["Epithelial", "Spindle-shaped", "Neutrophil"]
+    assert step.new_classes == ["Neutrophil"] and step.data["refined_classes"] == ["Spindle-shaped"]

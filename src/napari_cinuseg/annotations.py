@@ -65,6 +65,24 @@ def annotation_target(
     return target
 
 
+def painted_corrections(
+    pairs: Sequence[TrainingPair], corrections: Sequence[str], n_new: int = 1
+) -> tuple[list[TrainingPair], list[str]]:
+    """Only the corrected classes that some pair paints, the targets renumbered to follow them:
+    a class offered for correction but not painted is not a class of the step."""
+    painted = set().union(*(np.unique(p.target).tolist() for p in pairs)) if pairs else set()
+    kept = [i for i in range(len(corrections)) if n_new + 1 + i in painted]
+    if len(kept) == len(corrections):
+        return list(pairs), list(corrections)
+    lut = np.arange(256, dtype=np.uint8)
+    for i in range(len(corrections)):
+        lut[n_new + 1 + i] = IGNORE  # not painted anywhere: no pixel holds it
+    for new_index, i in enumerate(kept):
+        lut[n_new + 1 + i] = n_new + 1 + new_index
+    renumbered = [p._replace(target=lut[np.asarray(p.target)]) for p in pairs]
+    return renumbered, [corrections[i] for i in kept]
+
+
 def annotated_box(
     annotation: np.ndarray, exhaustive: np.ndarray | None = None, margin: int = 64
 ) -> tuple[int, int, int, int] | None:
@@ -155,14 +173,23 @@ def annotation_file(model_path: str | Path, image_name: str) -> Path:
 
 
 def save_annotation(
-    path: str | Path, labels, image_name: str, class_name: str, colour: str | None = None, tile: int = 512
+    path: str | Path,
+    labels,
+    image_name: str,
+    class_name: str,
+    colour: str | None = None,
+    corrections: Sequence[str] = (),
+    tile: int = 512,
 ) -> Path:
     """Write a labels array (numpy, or a lazy zarr array of a slide: read tile by tile) as a
-    tiled, compressed uint8 TIFF whose description names its image, class and colour."""
+    tiled, compressed uint8 TIFF whose description names its image, class and colour, and the
+    model's classes painted as corrections (label 3 on), if any."""
 
     path = Path(path)
     h, w = labels.shape[:2]
     info = {"cinuseg_annotation": {"image": image_name, "class": class_name, "colour": colour}}
+    if corrections:
+        info["cinuseg_annotation"]["corrections"] = list(corrections)
 
     def tiles():
         for y in range(0, h, tile):

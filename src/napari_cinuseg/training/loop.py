@@ -177,7 +177,12 @@ class StepLoop:
         data = {"images": [p.name for p in self.pairs], "num_images": len(self.pairs)}
         if self.report_prior is not None:  # an incremental step: the old classes it was painted with
             old = self.report_prior.num_channels
-            refined = [self.model.classes[ch - 1].name for ch in self.channel_of_target[1:] if 0 < ch < old]
+            painted = set().union(*(np.unique(p.target).tolist() for p in self.pairs))
+            refined = [
+                self.model.classes[ch - 1].name
+                for value, ch in enumerate(self.channel_of_target)
+                if 0 < ch < old and value in painted
+            ]
             if refined:
                 data["refined_classes"] = refined
         return StepRecord(

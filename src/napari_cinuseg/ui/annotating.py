@@ -29,25 +29,58 @@ class AnnotationsHost:
         """Whether painting ``name`` continues a class the current model has (a refining step)."""
         return self.model is not None and name in self.model.class_names
 
+    def _corrections(self, name: str) -> list[tuple[str, str]]:
+        """(name, colour) of the model's classes besides ``name``: painted from label 3 on, they
+        correct what the model calls a nucleus."""
+        return [(c.name, c.colour) for c in self.model.classes if c.name != name] if self.model else []
+
     def add_annotation_layer(self):
         try:
             name, colour = self._new_class()
             image = self.class_section.image_layer(self.viewer)
+            corrections = self._corrections(name)
             layer = layers.add_annotation_layer(
-                self.viewer, image, name, colour, self.class_section.exhaustive.isChecked()
+                self.viewer, image, name, colour, self.class_section.exhaustive.isChecked(), corrections=corrections
             )
             layers.reserve_region(self.viewer, image.name, "step result", layers.PREVIEW_TITLE)
         except ValueError as exc:
             self._say(str(exc), error=True)
             return None
+        self._follow_paint(layer)
         more = ""
         if self._continues(name):
             more = f" The model has {name}: the step teaches it further, and adds no class."
+        fixes = f"; a nucleus the model calls wrongly, with its class ({', '.join(n for n, _ in corrections)})"
         self._say(
-            f"Paint {name} with label 1 and background with label 2; elsewhere the step keeps what the "
-            f"current model finds.{more}"
+            f"Choose what to paint under Paint: {name}, background"
+            f"{fixes if corrections else ''}. Elsewhere the step keeps what the current model finds.{more}"
         )
         return layer
+
+    def _follow_paint(self, layer) -> None:
+        """The Paint choices of ``layer`` by name; choosing one sets the brush's label, and the
+        brush's label set in napari shows in the choice."""
+        names = layers.paint_names(layer.metadata[ANNOTATION_KEY])
+        self.class_section.show_paint_choices(names, layer.selected_label)
+
+        def chosen(index: int) -> None:
+            label = self.class_section.paint.itemData(index)
+            if label is not None:
+                layer.selected_label = int(label)
+
+        def brushed(event=None) -> None:
+            index = self.class_section.paint.findData(int(layer.selected_label))
+            if index >= 0 and index != self.class_section.paint.currentIndex():
+                self.class_section.paint.blockSignals(True)
+                self.class_section.paint.setCurrentIndex(index)
+                self.class_section.paint.blockSignals(False)
+
+        try:
+            self.class_section.paint.currentIndexChanged.disconnect()
+        except (TypeError, RuntimeError):  # nothing connected yet
+            pass
+        self.class_section.paint.currentIndexChanged.connect(chosen)
+        layer.events.selected_label.connect(brushed)
 
     def _choose_annotation_file(self) -> None:
         folder = Path(self.model.source_path).parent if self.model and self.model.source_path else self.storage.models
@@ -70,7 +103,11 @@ class AnnotationsHost:
                 )
             image = self.viewer.layers[info["image"]]
             colour = info.get("colour") or self.class_section.colour.text()
-            layer = layers.add_annotation_layer(self.viewer, image, info["class"], colour, False, data=labels)
+            known = {c.name: c.colour for c in self.model.classes} if self.model else {}
+            fixes = [(n, known.get(n, "#808080")) for n in info.get("corrections", [])]
+            layer = layers.add_annotation_layer(
+                self.viewer, image, info["class"], colour, False, data=labels, corrections=fixes
+            )
             layers.reserve_region(self.viewer, image.name, "step result", layers.PREVIEW_TITLE)
         except (ValueError, OSError) as exc:
             self._say(str(exc), error=True)
@@ -78,6 +115,7 @@ class AnnotationsHost:
         self.class_section.name.setText(info["class"])
         self.class_section.colour.setText(colour)
         self.class_section.image.setCurrentText(image.name)
+        self._follow_paint(layer)
         self._say(f"Opened {path.name}: {info['class']} on {image.name}; paint on, then Train.")
         return layer
 
@@ -104,7 +142,11 @@ class AnnotationsHost:
             for layer in found:
                 info = layer.metadata[ANNOTATION_KEY]
                 out = annotation_file(model_path, info["image"])
-                written.append(save_annotation(out, layer.data, info["image"], info["class"], info.get("colour")))
+                written.append(
+                    save_annotation(
+                        out, layer.data, info["image"], info["class"], info.get("colour"), info.get("corrections", ())
+                    )
+                )
         except (OSError, ValueError) as exc:
             self._say(f"the annotation could not be saved: {exc}", error=True)
             return written
@@ -112,9 +154,10 @@ class AnnotationsHost:
             self._say("Saved " + ", ".join(str(w) for w in written))
         return written
 
-    def training_pairs(self, class_name: str) -> list:
-        """Every annotation layer of this class, as engine training pairs (headless: annotations)."""
-        pairs, self.last_crops = layers.annotation_pairs(
+    def training_pairs(self, class_name: str) -> tuple[list, list[str]]:
+        """Every annotation layer of this class, as engine training pairs (headless: annotations),
+        and the model's classes they correct (targets 2, 3, …)."""
+        pairs, self.last_crops, corrections = layers.annotation_pairs(
             self.viewer, class_name, self.class_section.exhaustive.isChecked()
         )
-        return pairs
+        return pairs, corrections

@@ -222,14 +222,14 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
         step's result waiting to be kept is replaced when this one finishes (train again)."""
         try:
             name, colour = self._new_class()
-            pairs = self.training_pairs(name)
-            check_pairs(pairs, 1)
+            pairs, corrections = self.training_pairs(name)
+            check_pairs(pairs, 1 + len(corrections))
             settings = self.current_settings()
         except ValueError as exc:
             self._say(str(exc), error=True)
             return None
         prior, px = self.model, self.image_pixel_size()
-        fingerprint = training_fingerprint(prior, pairs, name, settings, px)
+        fingerprint = training_fingerprint(prior, pairs, "|".join([name, *corrections]), settings, px)
         if self.candidate is not None and self.candidate.same_training(fingerprint):
             self._say(
                 "The paint, the class, the pixel size and the settings are those of the step result waiting to "
@@ -245,7 +245,9 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
         self.crop_scale = resampling_factor(prior.pixel_size, px) if prior is not None else 1.0
 
         def run():  # in the worker thread: even copying the prior would stall the viewer
-            job = learn_class(prior, pairs, name, colour, settings, out=out, cancel=cancel, pixel_size=px)
+            job = learn_class(
+                prior, pairs, name, colour, settings, out=out, cancel=cancel, pixel_size=px, corrections=corrections
+            )
             model = yield from (with_preview(job, pairs, image_pixel_size=px) if preview else job)
             if model is None:
                 return None

@@ -97,6 +97,10 @@ class NewClassSection(QGroupBox):
         form.addRow(self.pixel_size_note)
         self.annotate_btn = QPushButton("Add annotation layer")
         form.addRow(self.annotate_btn)
+        # what the brush paints, by name: the class, background, or a class of the model (a correction)
+        self.paint = QComboBox()
+        self.paint.setToolTip("what the brush paints in the annotation layer (its label number in brackets)")
+        form.addRow("Paint", self.paint)
         row = QHBoxLayout()
         self.open_annotation_btn = QPushButton("Open annotation…")
         self.save_annotation_btn = QPushButton("Save annotation")
@@ -120,6 +124,15 @@ class NewClassSection(QGroupBox):
         c = QColorDialog.getColor(QColor(self.colour.text()), self, "Colour of the new class")
         if c.isValid():
             self.colour.setText(c.name())
+
+    def show_paint_choices(self, names: list[str], selected: int = 1) -> None:
+        """The annotation layer's labels by name (label 1 on: the class, background, corrections)."""
+        self.paint.blockSignals(True)
+        self.paint.clear()
+        for label, name in enumerate(names[1:], start=1):
+            self.paint.addItem(f"{name} [{label}]", label)
+        self.paint.setCurrentIndex(max(self.paint.findData(selected), 0))
+        self.paint.blockSignals(False)
 
     def refresh_images(self, viewer) -> None:
         """The viewer's image layers in the combo box, keeping the current choice: the box says

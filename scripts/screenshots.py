@@ -61,7 +61,13 @@ def main() -> None:
     viewer.window._qt_window.resize(1500, 950)
     app = QApplication.instance()
     (image,) = viewer.open_sample("napari-cinuseg", "he-cmu1")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-cinuseg", "CiNuSeg")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-cinuseg", "CiNuSeg")
+    settle(app, 0.3)
+    viewer.screenshot(str(out / "00-loading.png"), canvas_only=False)  # the dock, at once, loading
+    print("saved", out / "00-loading.png", flush=True)
+    while dock.panel is None:  # PyTorch, the engine and the last model load in a worker
+        settle(app, 0.1)
+    widget = dock.panel
     data = image.data
     settle(app, 1.5)
 
@@ -100,12 +106,11 @@ def main() -> None:
     wait(app, worker)
     settle(app, 1)
     shot("05-trained.png")  # the step's result over the painted region: keep or discard?
-    widget.keep_step()
-
+    widget.segment_section.tile.setValue(512)
     viewer.camera.zoom = 0.8
     viewer.camera.center = (512, 512)
-    widget.segment_section.tile.setValue(512)
-    wait(app, widget.start_segmentation())  # the panel scrolls its table of counts into sight
+    widget.keep_step()  # Keep segments the image again with the kept model
+    wait(app, widget.worker)  # the panel scrolls its table of counts into sight
     shot("06-segmented.png")
     name = image.name
     objects = np.asarray(viewer.layers[f"{name} · nuclei"].data).astype(np.int64)

@@ -23,3 +23,15 @@ def test_panel_opens_in_a_running_napari_and_segments_the_sample():
     assert run.returncode == 0, f"napari ended with {run.returncode}:\n{output[-4000:]}"
     assert "panel opened" in run.stdout
     assert "segmented ['H&E sample (CMU-1, CC0) · classes']" in run.stdout, output[-4000:]
+
+
+def test_the_dock_napari_opens_imports_neither_pytorch_nor_the_engine():
+    """napari imports the widget's module in the viewer's thread: it must load nothing heavy."""
+    code = (
+        "import sys, napari_cinuseg.ui.opening\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'napari_cinuseg.session', 'napari_cinuseg.training') "
+        "if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -8,24 +8,70 @@ click, in the viewer's thread.
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import glob
 import importlib
+import importlib.util
+import os
+import sys
 import time
 
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QSettings
+from qtpy.QtCore import QSettings, QTimer
 from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout, QWidget
 
 #: the module of the panel, imported by the worker (it imports PyTorch and the engine)
 PANEL_MODULE = "napari_cinuseg.ui.panel"
+DEVICES_MODULE = "napari_cinuseg.runtime.devices"
+#: native libraries loaded ahead of the panel's import, with Python's lock released: (package,
+#: file patterns in its folder). PyTorch's C++ libraries (not libtorch_python, whose loading is
+#: Python's), torchvision's operators and numcodecs' codecs (zarr's): their loading held the
+#: viewer's thread for 200-300 ms at a time when Python's import loaded them (docs/performance.md)
+NATIVE = (
+    ("torch", ("lib/libc10.so", "lib/libtorch_cpu.so", "lib/libtorch.so")),
+    ("torchvision", ("_C*.so",)),
+    ("numcodecs", ("*.so",)),
+)
+_RTLD_NOW, _RTLD_GLOBAL = 0x2, 0x100
+
+
+def preload_native_libraries() -> int:
+    """Load :data:`NATIVE`'s libraries through the C library's ``dlopen``, which ctypes calls with
+    Python's lock released, so that the viewer's thread runs meanwhile; the imports that follow
+    find them loaded. Linux only (elsewhere, and on any failure, nothing is done: the imports load
+    them as usual). Returns how many were loaded."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        libc = ctypes.CDLL(None)
+        dlopen = libc.dlopen
+        dlopen.restype, dlopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_int]
+    except (OSError, AttributeError):
+        return 0
+    loaded = 0
+    for package, patterns in NATIVE:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.origin:
+            continue
+        folder = os.path.dirname(spec.origin)
+        for pattern in patterns:
+            for path in sorted(glob.glob(os.path.join(folder, pattern))):
+                mode = _RTLD_NOW | (_RTLD_GLOBAL if package == "torch" else 0)
+                loaded += bool(dlopen(path.encode(), mode))
+    return loaded
 
 
 def _load(settings_file: str | None):
     """In the worker: the panel's module (PyTorch, the engine) and the last model the panel used,
     if it still opens; returns (panel module, model or None, seconds)."""
     t0 = time.perf_counter()
+    preload_native_libraries()
     panel = importlib.import_module(PANEL_MODULE)
     settings = QSettings(settings_file, QSettings.Format.IniFormat) if settings_file else panel.user_settings()
     model = panel.last_model(settings)
+    # the first look for GPUs (the CUDA driver, slow once) here, not in the viewer's thread
+    importlib.import_module(DEVICES_MODULE).device_choices()
     return panel, model, time.perf_counter() - t0
 
 
@@ -50,23 +96,38 @@ class CiNuSegDock(QWidget):
         self._layout.addWidget(self._busy)
         self._layout.addStretch(1)
         settings_file = settings.fileName() if settings is not None else None
+        # No garbage collection while the engine loads: its imports make hundreds of thousands of
+        # objects, and each full collection they set off scans the whole napari heap with
+        # Python's lock held (100-300 ms at a time, measured); the loaded heap is then frozen
+        # out of the collector's reach (gc.freeze), as a job's is (workers.freeze_heap).
+        gc.disable()
         self.worker = create_worker(_load, settings_file)
         self.worker.returned.connect(self._show_panel)
         self.worker.errored.connect(self._failed)
         self.worker.start()
 
+    def _collect_again(self) -> None:
+        gc.freeze()
+        gc.enable()
+
     def _show_panel(self, loaded) -> None:
+        self._collect_again()
         panel_module, model, seconds = loaded
         self.load_seconds = seconds
-        self.panel = panel_module.CiNuSegWidget(
-            self.viewer, storage=self._storage, settings=self._settings, model=model
-        )
+        panel = panel_module.CiNuSegWidget(self.viewer, storage=self._storage, settings=self._settings, model=model)
+        # shown at the event loop's next turn: making the panel and laying it out (its first
+        # paint) are two turns of the viewer's thread, not one
+        QTimer.singleShot(0, lambda: self._place(panel))
+
+    def _place(self, panel) -> None:
         for w in (self.loading, self._busy):
             self._layout.removeWidget(w)
             w.deleteLater()
-        self._layout.insertWidget(0, self.panel, 1)
+        self._layout.insertWidget(0, panel, 1)
+        self.panel = panel
 
     def _failed(self, exc) -> None:
+        self._collect_again()
         self._busy.setRange(0, 1)
         self.loading.setText(f"CiNuSeg could not load: {exc}. Check the installation of PyTorch (pip install torch).")
 

@@ -8,7 +8,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from napari_cinuseg.cli.parser import build_parser, main
+from napari_cinuseg.cli.entry import main
+from napari_cinuseg.cli.parser import build_parser
 
 
 def _actions(parser):

@@ -10,15 +10,9 @@ Engine modules are imported inside each command, so that the help answers at onc
 from __future__ import annotations
 
 import argparse
-import importlib
-import io
-import os
-import sys
-import warnings
 
 from .. import __version__
 from ..inference.tiling import DEFAULT_TILE
-from ..io.images import ImageWarning
 from ..runtime.names import DATASETS, DEFAULT_MIN_AREA_UM2, ENCODERS, INPUTS, INSTANCE_METHODS
 from ..runtime.setting import CLI, offered
 from ..training.settings import PRESETS, TrainSettings
@@ -31,10 +25,8 @@ from .commands import (
     cmd_step,
     cmd_train_base,
 )
-from .console import CONSOLE
 from .options import area, fraction, pixel_size, positive_int
 from .segmenting import cmd_segment
-from .signals import Terminated, signals_deferred, sigterm_as_ctrl_c
 
 # Where an option's help lists the incremental methods: the help formatter fills it in from the
 # registry (methods/), only when help is printed, since the registry imports PyTorch.
@@ -334,71 +326,3 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = _sub(sub, "methods", "list the incremental methods")
     p.set_defaults(func=cmd_methods)
     return parser
-
-
-def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
-    """Conversions of input images (and other warnings) as one line, not a source listing; what
-    may make a result wrong (an ImageWarning) is a warning, printed even with --quiet."""
-    if issubclass(category, ImageWarning):
-        CONSOLE.warn(str(message))
-    else:
-        CONSOLE.note(str(message))
-
-
-CANCELLED = "cancelled: nothing was written by the interrupted work; files saved before it are kept"
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        with sigterm_as_ctrl_c():
-            # the parser loads the method registry (PyTorch) for `step` and `benchmark`: inside
-            # the try, so that Ctrl-C while it loads is a cancel, not a traceback
-            with signals_deferred():
-                args = build_parser(argv).parse_args(argv)
-                importlib.import_module("torch")  # every command's engine needs it
-            CONSOLE.quiet = bool(getattr(args, "quiet", False))
-            with warnings.catch_warnings():
-                warnings.showwarning = _show_notice
-                return args.func(args)
-    except BrokenPipeError:  # the reader of the output left (`cinuseg info … | head`): quiet, as CLIs are
-        _stdout_to_devnull()
-        return 141
-    except (ValueError, OSError, FloatingPointError, RuntimeError, MemoryError) as exc:  # ModelFileError too
-        CONSOLE.error(_one_line(exc))
-        return 2
-    except KeyboardInterrupt as exc:  # Ctrl-C (or SIGTERM) before a job runs: loading PyTorch, a model, the data
-        print(f"\n{CANCELLED}" + (" (terminated: SIGTERM)" if isinstance(exc, Terminated) else ""), file=sys.stderr)
-        return 130
-
-
-def _stdout_to_devnull() -> None:
-    """Point standard output at /dev/null, so that flushing it at exit raises no second
-    BrokenPipeError (Python's own advice for a closed pipe)."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        pass  # no file descriptor (e.g. captured): nothing will be flushed to a closed pipe
-
-
-def _one_line(exc: BaseException) -> str:
-    """An error as one line; a file the system refused names the file and what to do."""
-    if isinstance(exc, PermissionError):
-        where = exc.filename or ""
-        return (
-            f"cannot write or read {where}: permission denied; choose a folder you may write to" if where else str(exc)
-        )
-    if (
-        isinstance(exc, OSError)
-        and exc.strerror
-        and exc.filename
-        and not isinstance(exc, (FileNotFoundError, FileExistsError))
-    ):
-        return f"{exc.filename}: {exc.strerror}"
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-if __name__ == "__main__":
-    sys.exit(main())

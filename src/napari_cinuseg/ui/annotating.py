@@ -12,7 +12,7 @@ from ..annotations import annotation_file, read_annotation, save_annotation
 from ..model.file import BUNDLED_MODEL
 from ..model.segmenter import check_class_name, check_colour
 from ..plugin.layer_metadata import ANNOTATION_KEY
-from . import layers
+from . import annotation_layers, layers
 
 
 class AnnotationsHost:
@@ -39,7 +39,7 @@ class AnnotationsHost:
             name, colour = self._new_class()
             image = self.class_section.image_layer(self.viewer)
             corrections = self._corrections(name)
-            layer = layers.add_annotation_layer(
+            layer = annotation_layers.add_annotation_layer(
                 self.viewer, image, name, colour, self.class_section.exhaustive.isChecked(), corrections=corrections
             )
             layers.reserve_region(self.viewer, image.name, "step result", layers.PREVIEW_TITLE)
@@ -60,7 +60,7 @@ class AnnotationsHost:
     def _follow_paint(self, layer) -> None:
         """The Paint choices of ``layer`` by name; choosing one sets the brush's label, and the
         brush's label set in napari shows in the choice."""
-        names = layers.paint_names(layer.metadata[ANNOTATION_KEY])
+        names = annotation_layers.paint_names(layer.metadata[ANNOTATION_KEY])
         self.class_section.show_paint_choices(names, layer.selected_label)
 
         def chosen(index: int) -> None:
@@ -105,7 +105,7 @@ class AnnotationsHost:
             colour = info.get("colour") or self.class_section.colour.text()
             known = {c.name: c.colour for c in self.model.classes} if self.model else {}
             fixes = [(n, known.get(n, "#808080")) for n in info.get("corrections", [])]
-            layer = layers.add_annotation_layer(
+            layer = annotation_layers.add_annotation_layer(
                 self.viewer, image, info["class"], colour, False, data=labels, corrections=fixes
             )
             layers.reserve_region(self.viewer, image.name, "step result", layers.PREVIEW_TITLE)
@@ -132,7 +132,7 @@ class AnnotationsHost:
         """Every annotation layer of the class (the Name field's) as a labels TIFF beside the
         model (``<model>.<image>.annotation.tif``); returns the files written."""
         name = class_name or self.class_section.name.text().strip()
-        found = layers.annotation_layers(self.viewer, name or None)
+        found = annotation_layers.annotation_layers(self.viewer, name or None)
         if not found:
             self._say(f"no annotation layer of {name!r} to save" if name else "no annotation layer to save", error=True)
             return []
@@ -157,7 +157,7 @@ class AnnotationsHost:
     def training_pairs(self, class_name: str) -> tuple[list, list[str]]:
         """Every annotation layer of this class, as engine training pairs (headless: annotations),
         and the model's classes they correct (targets 2, 3, …)."""
-        pairs, self.last_crops, corrections = layers.annotation_pairs(
+        pairs, self.last_crops, corrections = annotation_layers.annotation_pairs(
             self.viewer, class_name, self.class_section.exhaustive.isChecked()
         )
         return pairs, corrections

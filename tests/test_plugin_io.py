@@ -259,7 +259,7 @@ def test_manifest_python_names_import():
 
     manifest = npe2.PluginManifest.from_distribution("napari-cinuseg")
     commands = {c.id: c.python_name for c in manifest.contributions.commands}
-    assert commands["napari-cinuseg.widget"] == "napari_cinuseg.ui.panel:CiNuSegWidget"
+    assert commands["napari-cinuseg.widget"] == "napari_cinuseg.ui.opening:CiNuSegDock"  # the panel, loaded behind it
     assert manifest.contributions.readers[0].accepts_directories is False
     assert manifest.contributions.writers[0].layer_types == ["labels"]
     assert [s.key for s in manifest.contributions.sample_data] == ["he-cmu1"]

@@ -85,6 +85,7 @@ class CiNuSegDock(QWidget):
         self.viewer = napari_viewer
         self.panel = None
         self.load_seconds: float | None = None
+        self._closed = False  # closed while loading: the loaded panel is not made
         self._storage, self._settings = storage, settings
         self._layout = QVBoxLayout(self)
         self._layout.setContentsMargins(0, 0, 0, 0)
@@ -112,6 +113,8 @@ class CiNuSegDock(QWidget):
 
     def _show_panel(self, loaded) -> None:
         self._collect_again()
+        if self._closed:
+            return
         panel_module, model, seconds = loaded
         self.load_seconds = seconds
         panel = panel_module.CiNuSegWidget(self.viewer, storage=self._storage, settings=self._settings, model=model)
@@ -132,6 +135,7 @@ class CiNuSegDock(QWidget):
         self.loading.setText(f"CiNuSeg could not load: {exc}. Check the installation of PyTorch (pip install torch).")
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self._closed = True
         if self.panel is not None:
             self.panel.close()
         super().closeEvent(event)

@@ -8,6 +8,7 @@ click, in the viewer's thread.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import gc
 import glob
@@ -18,7 +19,7 @@ import sys
 import time
 
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QSettings, QTimer
+from qtpy.QtCore import QSettings, QThreadPool, QTimer
 from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout, QWidget
 
 #: the module of the panel, imported by the worker (it imports PyTorch and the engine)
@@ -62,6 +63,17 @@ def preload_native_libraries() -> int:
     return loaded
 
 
+_loading = {"docks": 0}
+
+
+@atexit.register
+def _let_loading_end() -> None:
+    """At exit, wait for a dock still loading (a few seconds at most): its worker, stopped in the
+    middle of PyTorch's import while Qt goes away, would end the process with an abort."""
+    if _loading["docks"]:
+        QThreadPool.globalInstance().waitForDone(60_000)
+
+
 def _load(settings_file: str | None):
     """In the worker: the panel's module (PyTorch, the engine) and the last model the panel used,
     if it still opens; returns (panel module, model or None, seconds)."""
@@ -102,10 +114,15 @@ class CiNuSegDock(QWidget):
         # Python's lock held (100-300 ms at a time, measured); the loaded heap is then frozen
         # out of the collector's reach (gc.freeze), as a job's is (workers.freeze_heap).
         gc.disable()
+        _loading["docks"] += 1
         self.worker = create_worker(_load, settings_file)
+        self.worker.finished.connect(self._loaded)
         self.worker.returned.connect(self._show_panel)
         self.worker.errored.connect(self._failed)
         self.worker.start()
+
+    def _loaded(self) -> None:
+        _loading["docks"] = max(0, _loading["docks"] - 1)
 
     def _collect_again(self) -> None:
         gc.freeze()

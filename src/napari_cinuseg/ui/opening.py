@@ -25,6 +25,7 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout, QWidget
 #: the module of the panel, imported by the worker (it imports PyTorch and the engine)
 PANEL_MODULE = "napari_cinuseg.ui.panel"
 DEVICES_MODULE = "napari_cinuseg.runtime.devices"
+METHODS_MODULE = "napari_cinuseg.methods"
 #: native libraries loaded ahead of the panel's import, with Python's lock released: (package,
 #: file patterns in its folder). PyTorch's C++ libraries (not libtorch_python, whose loading is
 #: Python's), torchvision's operators and numcodecs' codecs (zarr's): their loading held the
@@ -82,8 +83,10 @@ def _load(settings_file: str | None):
     panel = importlib.import_module(PANEL_MODULE)
     settings = QSettings(settings_file, QSettings.Format.IniFormat) if settings_file else panel.user_settings()
     model = panel.last_model(settings)
-    # the first look for GPUs (the CUDA driver, slow once) here, not in the viewer's thread
+    # the first look for GPUs (the CUDA driver, slow once) and the methods' registry (every
+    # method's module, for the panel's advanced fields) here, not in the viewer's thread
     importlib.import_module(DEVICES_MODULE).device_choices()
+    importlib.import_module(METHODS_MODULE).available()
     return panel, model, time.perf_counter() - t0
 
 

@@ -28,7 +28,7 @@ class LossPlot(QWidget):
         self._timer = QTimer(self)  # one pending redraw at a time, dies with the widget
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._redraw)
-        self.clear()
+        self._start(clear_axes=False)  # the axes are new: clearing them again costs the viewer's thread
 
     def follow_theme(self, theme) -> None:
         """The figure in the colours of a napari theme (``napari.utils.theme.get_theme(name)``):
@@ -63,11 +63,15 @@ class LossPlot(QWidget):
         )
 
     def clear(self) -> None:
+        self._start(clear_axes=True)
+
+    def _start(self, clear_axes: bool) -> None:
         self._timer.stop()
         self.history: dict[str, list[float]] = {}
         self.iterations: list[int] = []
         self.lines: dict = {}  # one line per loss term, updated in place
-        self.ax.clear()
+        if clear_axes:
+            self.ax.clear()
         self.ax.set_xlabel("iteration", fontsize=8)
         self._paint()
         self.canvas.draw_idle()

@@ -18,7 +18,7 @@ import torch
 from skimage import io as skio
 
 from napari_cinuseg import CiNuSegModel, save_model
-from napari_cinuseg.cli import main, parser
+from napari_cinuseg.cli import entry, main
 from napari_cinuseg.io.export import export_masks_job
 from napari_cinuseg.io.slides import Slide
 from napari_cinuseg.model.network import Architecture
@@ -190,7 +190,7 @@ def test_ctrl_c_while_the_parser_loads_the_methods_is_a_cancel(monkeypatch, caps
     def interrupted(argv=None):
         raise KeyboardInterrupt  # `step` and `benchmark` load the method registry (PyTorch) here
 
-    monkeypatch.setattr(parser, "build_parser", interrupted)
+    monkeypatch.setattr(entry, "build_parser", interrupted)
     try:
         code = main(["step", "--help"])
     except KeyboardInterrupt:

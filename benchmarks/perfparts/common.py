@@ -228,7 +228,7 @@ def _sync(dev) -> None:
 
 def _band_class():
     """Defined lazily so that importing this script stays light (no torch import)."""
-    from napari_cinuseg.inference.segmentation import ArraySlide
+    from napari_cinuseg.io.slides import ArraySlide
 
     class Band(ArraySlide):
         """The first ``rows`` pixel rows (and ``cols`` columns) of a :class:`Slide`, full width

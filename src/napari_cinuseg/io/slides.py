@@ -325,3 +325,29 @@ class Slide:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ArraySlide:
+    """An array-like RGB image (numpy, zarr, dask: (H, W, 3 or 4) uint8) behind the
+    :class:`Slide` interface; only the regions asked for are read."""
+
+    def __init__(self, array):
+        shape, dtype = tuple(array.shape), np.dtype(array.dtype)
+        if len(shape) != 3 or shape[2] not in (3, 4) or dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {dtype} {shape}")
+        self.array = array
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.array.shape[:2])
+
+    def read(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        h, w = self.shape
+        out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
+        sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+        if sy1 > sy0 and sx1 > sx0:
+            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = np.asarray(self.array[sy0:sy1, sx0:sx1])[..., :3]
+        return out
+
+    def close(self) -> None:
+        pass

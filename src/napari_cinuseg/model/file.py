@@ -280,14 +280,6 @@ def _check_record(path: Path, record: dict, net: NucleiSegNet) -> None:
                 f"{path}: normalization {key} {values} must be {need} (a std of 0 makes every pixel infinite, "
                 "and the model finds no nuclei); the record was edited or damaged, use the file as saved"
             )
-    px = record.get("pixel_size_um")
-    if px is not None and not (
-        isinstance(px, (int, float)) and not isinstance(px, bool) and math.isfinite(px) and px > 0
-    ):
-        raise ModelFileError(
-            f"{path}: its record's pixel size {px!r} is not a positive number of µm per pixel, so images "
-            "would be resampled wrongly; the record was edited or damaged, use the file as napari-cinuseg saved it"
-        )
 
 
 def _check_weights(path: Path, state: dict) -> None:

@@ -7,6 +7,7 @@ once.
 - ``review.py``: a step's review on the painted regions, in plain words;
 - ``att.py``: what ATT did to a training iteration's crops, in plain words;
 - ``candidate.py``: a step's result awaiting Keep or Discard, and what each does to its file;
+- ``picking.py``: a click on a nucleus takes the model's whole nucleus object as painted;
 - ``nuclei.py``: segmentation as nuclei (objects) with their counts, and its export.
 
 What a user painted becomes training pairs in :mod:`napari_cinuseg.annotations`, a floor below.

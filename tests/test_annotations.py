@@ -109,3 +109,14 @@ def test_classes_offered_for_correction_but_not_painted_leave_the_step():
     assert names == ["Spindle-shaped"] and kept.target.tolist() == [[1, 0, 2, 255]]
     (same,), both = painted_corrections([pair._replace(target=np.array([[2, 3]], np.uint8))], ["A", "B"])
     assert both == ["A", "B"] and same.target.tolist() == [[2, 3]]  # both painted: as they were
+
+
+def test_the_whole_image_is_the_step_s_context_unless_a_margin_is_given():
+    img = np.zeros((300, 400, 3), np.uint8)
+    ann = np.zeros((300, 400), np.uint8)
+    ann[100:110, 200:210] = 1
+    pair, offset = training_pair(img, ann)
+    assert pair.target.shape == (300, 400) and offset == (0, 0)
+    assert (pair.target == 255).sum() == 300 * 400 - 100  # the rest unlabelled, not background
+    pair, offset = training_pair(img, ann, margin=20)
+    assert pair.target.shape == (50, 50) and offset == (80, 180)

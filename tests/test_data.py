@@ -141,3 +141,18 @@ def test_crops_of_read_only_images_are_made_without_a_warning():
         crops = [ds[i] for i in range(40)]
     # some crops are the image itself, unturned: those are the ones that were views of it
     assert any(np.array_equal(x.permute(1, 2, 0).numpy(), img) for x, _, _ in crops)
+
+
+def test_three_splits_by_source_keep_every_class_in_tune_and_test(shared_data):
+    from napari_cinuseg.datasets.labelled import class_pixels_by_source, read_monusac_images, split_three
+
+    data = read_monusac_images(shared_data / "monusac")
+    train, tune, test = split_three(data, seed=0)
+    parts = [set(p.sources) for p in (train, tune, test)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set().union(*parts) == set(data.sources) and [len(p) for p in parts] == [4, 4, 4]
+    for part in (tune, test):
+        assert (sum(class_pixels_by_source(part).values()) > 0).all()  # every class is there
+    assert split_three(data, seed=0)[2].sources == test.sources  # the same for the same seed
+    with pytest.raises(ValueError, match="leave no sources to train on"):
+        split_three(data, 0.5, 0.5)

@@ -394,3 +394,61 @@ def test_old_class_paint_is_kept_in_eq1_and_left_out_of_distillation():
     pkd_only = cinuseg_loss(logits.detach(), old, feats, feats, labels, [], drr=False, att=False).terms["pkd"]
     plain = prediction_distillation(old, old, [], mask=torch.tensor([[False, True]])[..., None])
     assert pkd_only == pytest.approx(float(plain.mean()))  # distilled on the unpainted pixel only
+
+
+def _unpainted_step(rule, **kw):
+    """The new channel's and the old channels' gradients of a step on one row of pixels: a sure
+    background far from the prior's nucleus, a pixel next to that nucleus the prior calls
+    background, the nucleus the prior calls A (above τ), a painted new pixel."""
+    # the prior's logits (bg, A) on 12 pixels: 0-5 sure background, 6-7 background beside the
+    # nucleus, 8-10 the nucleus (A 0.95), 11 painted new
+    bg = [4.0] * 8 + [-3.0] * 3 + [4.0]
+    a = [-4.0] * 8 + [3.0] * 3 + [-4.0]
+    old = torch.tensor([[bg, a]])[..., None]
+    labels = torch.tensor([[255] * 11 + [2]])[..., None]
+    logits = torch.zeros(1, 3, 12, 1, requires_grad=True)
+    out = cinuseg_loss(
+        logits,
+        old,
+        [torch.zeros(1, 2, 12, 1)],
+        [torch.zeros(1, 2, 12, 1)],
+        labels,
+        [2],
+        acl=False,
+        att=False,
+        unpainted="prior",
+        background=0.5,
+        unpainted_nuclei=rule,
+        nucleus_margin=2,
+        **kw,
+    )
+    out.loss.backward()
+    return logits.grad[0, 2, :, 0], logits.grad[0, 1, :, 0]
+
+
+def test_given_negatives_are_the_prior_s_sure_background_a_margin_from_its_nuclei():
+    from napari_cinuseg.losses import given_negatives
+
+    old = torch.tensor([[[4.0] * 8 + [-3.0] * 3 + [4.0], [-4.0] * 8 + [3.0] * 3 + [-4.0]]])[..., None]
+    pseudo = torch.tensor([[0] * 8 + [1] * 3 + [255]])[..., None]
+    assert given_negatives(pseudo, old, 2)[0, :, 0].tolist() == [True] * 6 + [False] * 6
+    assert given_negatives(pseudo, old, 0)[0, :, 0].tolist() == [True] * 8 + [False] * 4
+
+
+def test_an_unpainted_nucleus_is_unlabelled_for_the_new_class():
+    """The positive-unlabelled rule: the new channel learns 0 only on what the user gave and on
+    the prior's sure background a margin from its nuclei; unpainted nuclei and their edges teach
+    it nothing. "unlabelled" keeps the prior's prediction for the old channels there,
+    "distilled" leaves those pixels out of NS altogether; "negative" (as before) makes every
+    pseudo-labelled pixel a negative of the new class."""
+    new, old_a = _unpainted_step("unlabelled")
+    assert (new[:6] > 0).all()  # sure background far from the nucleus: a negative
+    assert (new[6:11] == 0).all()  # the nucleus's edge and the nucleus itself: unlabelled
+    assert new[11] < 0  # the painted pixel
+    assert (old_a[8:11] < 0).all()  # the old channel still learns the prior's A there
+    new_d, old_d = _unpainted_step("distilled")
+    assert (new_d[6:11] == 0).all() and (old_d[6:11] == 0).all() and (old_d[:6] > 0).all()
+    new_n, _ = _unpainted_step("negative")
+    assert (new_n[:11] > 0).all()
+    with pytest.raises(ValueError, match="unpainted_nuclei must be one of"):
+        _unpainted_step("ignore")

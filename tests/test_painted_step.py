@@ -246,3 +246,29 @@ def test_painted_pixels_teach_the_new_class_and_real_background(pkd_scores):
     assert (grad[3, 0] < 0).all()  # painted new: the new score is pushed up
     assert (grad[1:3, 0] > 0).all()  # and the old ones down, where the user says it is new
     assert grad[3, 1, 0] > 0 and grad[1, 1, 0] > 0 and grad[2, 1, 0] > 0  # painted background
+
+
+def test_simulated_clicks_take_the_model_s_object_or_paint_by_hand(consep, shared_data):
+    """A click at a nucleus's deepest pixel takes the object a model found there; where the model
+    found none the nucleus is painted by hand (its true pixels)."""
+    data = consep.subset(["train_2"])
+    inst_dir = shared_data / "consep" / "train" / "instances"
+
+    def objects(item):  # a model that finds only the left half of the image, each nucleus grown
+        from skimage.segmentation import expand_labels
+
+        from napari_cinuseg.benchmark.painting import nucleus_instances
+
+        found = expand_labels(nucleus_instances(item, inst_dir), 2)
+        found[:, found.shape[1] // 2 :] = 0
+        return found
+
+    p = simulate_painting(data, "Other", 12, images=3, seed=1, instances_dir=inst_dir, objects=objects, margin=None)
+    assert p.clicked + p.by_hand == p.nuclei == 12 and p.clicked > 0 and p.by_hand > 0
+    for pair in p.pairs:
+        item = next(it for it in data.items if it.name == pair.name)
+        assert pair.target.shape == item.labels.shape  # the whole image is the context
+        left = pair.target[:, : pair.target.shape[1] // 2] == 1
+        # clicked nuclei come with the model's grown outline: some painted pixels are background
+        if left.any():
+            assert (item.labels[:, : item.labels.shape[1] // 2][left] == 0).any()

@@ -102,20 +102,31 @@ def annotated_box(
     )
 
 
+#: an image of at most this many pixels is a step's context whole; a larger one (a slide) the
+#: annotated part plus :data:`CONTEXT_MARGIN`
+WHOLE_IMAGE_PIXELS = 4096 * 4096
+CONTEXT_MARGIN = 1024
+
+
 def training_pair(
     image: np.ndarray,
     annotation: np.ndarray,
     n_new: int = 1,
     exhaustive_regions: Sequence[np.ndarray] = (),
     name: str = "",
-    margin: int = 64,
+    margin: int | None = None,
     n_old: int = 0,
 ) -> tuple[TrainingPair, tuple[int, int]] | None:
-    """A training pair cropped to the annotated part of ``image`` and the crop's (top, left) in
-    the image; None if nothing is painted.
+    """A training pair of the part of ``image`` a step learns from, and its (top, left) in the
+    image; None if nothing is painted.
+
+    The step's context is the whole image the user annotated on (``margin`` None), so that
+    distillation holds the old classes where the painting does not reach: an image of more than
+    :data:`WHOLE_IMAGE_PIXELS` (a slide) gives its annotated box plus :data:`CONTEXT_MARGIN`
+    pixels. A ``margin`` gives the annotated box plus that many pixels instead.
 
     ``image`` may be any array-like that slices to RGB uint8 (a lazy slide level too): only the
-    annotated box is read.
+    pair's box is read.
     """
     ann = np.asarray(annotation)
     if tuple(ann.shape[:2]) != tuple(image.shape[:2]):
@@ -124,6 +135,9 @@ def training_pair(
             "paint in a layer made for this image"
         )
     ex = exhaustive_mask(exhaustive_regions, ann.shape) if len(exhaustive_regions) else None
+    if margin is None:
+        whole = ann.shape[0] * ann.shape[1] <= WHOLE_IMAGE_PIXELS
+        margin = max(ann.shape[:2]) if whole else CONTEXT_MARGIN
     box = annotated_box(ann, ex, margin)
     if box is None:
         return None

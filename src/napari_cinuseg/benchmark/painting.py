@@ -9,7 +9,7 @@ margin).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,10 @@ from skimage.measure import label as connected
 
 from ..annotations import training_pair
 from ..datasets.labelled import LabelledImage, LabelledSet, TrainingPair
+from ..session.picking import objects_at, paint_objects
+
+#: how far (pixels) a simulated click may miss the model's nucleus object and still take it
+CLICK_RADIUS = 3
 
 
 def nucleus_instances(item: LabelledImage, instances_dir: str | Path | None = None) -> np.ndarray:
@@ -48,6 +52,8 @@ class Painting:
     images: list[str]
     sources: list[str]
     dabs: int
+    clicked: int = 0  # nuclei painted by a click: the model's object under it
+    by_hand: int = 0  # nuclei a click found no object for, painted by hand instead
 
 
 def _nuclei_of(item: LabelledImage, inst: np.ndarray, class_id: int, min_pixels: int) -> list[int]:
@@ -73,7 +79,8 @@ def simulate_painting(
     dab_radius: int = 4,
     dab_clearance: int = 10,
     min_pixels: int = 20,
-    margin: int = 64,
+    margin: int | None = 64,
+    objects: Callable[[LabelledImage], np.ndarray] | None = None,
 ) -> Painting:
     """Paint ``k`` whole nuclei of ``class_name`` on ``images`` images (from at most ``sources``
     sources, chosen at random by ``seed``) and background dabs: discs of ``dab_radius`` px at
@@ -81,6 +88,12 @@ def simulate_painting(
     (at least 3 per image). Nuclei are drawn at random over the chosen images' nuclei of the class;
     where ``images`` images hold fewer than ``k`` of them, more images of the sources are taken
     (fewer than ``k`` only if the sources have no more).
+
+    ``objects`` (an image's nucleus objects as a model finds them: an instance map): clicks
+    instead of strokes. Each chosen nucleus is clicked at its deepest pixel, and the model's
+    object under the click is painted (session.picking, as the panel does); where the click finds
+    no object the nucleus is painted by hand. ``margin``: the training pairs' context
+    (annotations.training_pair; None: the whole image).
     """
     rng = np.random.default_rng(seed)
     cid = data.class_id(class_name)
@@ -105,13 +118,21 @@ def simulate_painting(
         raise ValueError(f"no nucleus of {class_name!r} of at least {min_pixels} px in the chosen sources")
     every = [(j, n) for j, (_, _, ids) in enumerate(chosen) for n in ids]
     picked = [every[i] for i in rng.permutation(len(every))[:k]]
-    pairs, n_dabs = [], 0
+    pairs, n_dabs, clicked, by_hand = [], 0, 0, 0
     for j, (item, inst, _) in enumerate(chosen):
         mine = [n for jj, n in picked if jj == j]
         if not mine:
             continue
         ann = np.zeros(item.labels.shape, np.uint8)
-        ann[np.isin(inst, mine)] = 1
+        if objects is None:
+            ann[np.isin(inst, mine)] = 1
+        else:
+            found = objects(item)
+            hits = objects_at(found, [_deepest_pixel(inst == n) for n in mine], CLICK_RADIUS)
+            paint_objects(ann, found, hits, 1)
+            missed = [n for n, hit in zip(mine, hits) if not hit]
+            ann[np.isin(inst, missed) & (ann == 0)] = 1
+            clicked, by_hand = clicked + int((hits > 0).sum()), by_hand + len(missed)
         far = ndi.distance_transform_edt((inst == 0) & (item.labels == 0)) > dab_clearance
         ys, xs = np.nonzero(far)
         want = max(3, int(round(dabs_per_nucleus * len(mine))))
@@ -129,7 +150,15 @@ def simulate_painting(
         images=[p.name for p in pairs],
         sources=sorted({it.source for it, _, _ in chosen}),
         dabs=n_dabs,
+        clicked=clicked,
+        by_hand=by_hand,
     )
+
+
+def _deepest_pixel(mask: np.ndarray) -> tuple[int, int]:
+    """Where a person clicks a nucleus: its pixel farthest from its edge."""
+    depth = ndi.distance_transform_edt(mask)
+    return tuple(int(v) for v in np.unravel_index(int(np.argmax(depth)), mask.shape))
 
 
 def painted_nuclei(pairs: Sequence[TrainingPair], cls: int = 1) -> int:

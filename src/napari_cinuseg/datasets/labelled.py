@@ -259,6 +259,35 @@ def split_by_source(
     return data.subset([s for s in sources if s not in val]), data.subset(sorted(val))
 
 
+def split_three(
+    data: LabelledSet, tune_fraction: float = 1 / 3, test_fraction: float = 1 / 3, seed: int = 0
+) -> tuple[LabelledSet, LabelledSet, LabelledSet]:
+    """(train, tune, test), whole sources on one side only: every choice of a default, a budget
+    or a rule is measured on *tune*; tables report *test*, which no choice has looked at.
+
+    The test sources are held out first, balanced over the classes (:func:`balanced_sources`,
+    ``test_fraction`` of the sources), then the tune sources from the rest the same way; both
+    keep every class the data has where the sources allow it. The same for the same seed.
+    """
+    for name, share in (("tune_fraction", tune_fraction), ("test_fraction", test_fraction)):
+        if not 0 < share < 1:
+            raise ValueError(f"{name} {share} holds out no share of the sources; give a share above 0 and below 1")
+    if tune_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"tune ({tune_fraction}) and test ({test_fraction}) leave no sources to train on; keep their sum under 1"
+        )
+    sources = data.sources
+    if len(sources) < 3:
+        raise ValueError("three splits by source need images from at least three sources (images or slides)")
+    n_test = min(max(1, round(test_fraction * len(sources))), len(sources) - 2)
+    test = set(balanced_sources(data, n_test, test_fraction, seed))
+    rest = data.subset([s for s in sources if s not in test])
+    n_tune = min(max(1, round(tune_fraction * len(sources))), len(rest.sources) - 1)
+    tune = set(balanced_sources(rest, n_tune, n_tune / len(rest.sources), seed))
+    train = [s for s in sources if s not in test and s not in tune]
+    return data.subset(train), data.subset(sorted(tune)), data.subset(sorted(test))
+
+
 def class_pixels_by_source(data: LabelledSet) -> dict[str, np.ndarray]:
     """Per source, the pixel count of each class (index i for class id i + 1)."""
     k = len(data.class_names)

@@ -23,6 +23,7 @@ __all__ = [
     "class_anchors",
     "class_thresholds",
     "foreground_guidance",
+    "given_negatives",
     "negative_sample_bce",
     "negative_sample_mask",
     "prediction_distillation",
@@ -204,6 +205,22 @@ def adaptive_temperatures(
     return r, t_o, t_n
 
 
+#: what an unpainted pixel that may be a nucleus teaches the new classes (cinuseg_loss)
+UNPAINTED_NUCLEI = ("negative", "unlabelled", "distilled")
+
+
+@torch.no_grad()
+def given_negatives(pseudo: torch.Tensor, old_logits: torch.Tensor, margin: int = 4) -> torch.Tensor:
+    """Pixels the prior is sure are no nucleus: pseudo-labelled background (eq. 1, or the prior's
+    confident background on an unpainted pixel) at least ``margin`` pixels from the prior's
+    nucleus foreground (its argmax over background and old classes), whose edges a nucleus of a
+    class it does not know may pass. (B, H, W) bool."""
+    fg = (old_logits.argmax(dim=1) > 0).float()[:, None]
+    if margin > 0:
+        fg = F.max_pool2d(fg, kernel_size=2 * margin + 1, stride=1, padding=margin)
+    return (pseudo == 0) & (fg[:, 0] == 0)
+
+
 @dataclass
 class LossOutput:
     """Eq. 17's value, each term's batch mean, and the ATT statistics per image."""
@@ -239,6 +256,8 @@ def cinuseg_loss(
     background_apart: bool = False,
     uncertain_old: str = "background",
     pkd_on_new: bool = True,
+    unpainted_nuclei: str = "negative",
+    nucleus_margin: int = 4,
 ) -> LossOutput:
     """Eq. 17: mean over the batch of t_o·(CAC + PKD) + t_n·(FGL + BGL + NS), per image.
 
@@ -260,6 +279,17 @@ def cinuseg_loss(
     teaches it), PKD leaves them out (eq. 5 would pull them back to what the prior says), and
     FGL, BGL and eq. 11 stay the new classes' (docs/method.md, "Refining steps").
 
+    ``unpainted_nuclei`` (not in the paper, whose every pixel is labelled): what an unpainted
+    pixel that may be a nucleus teaches, a positive-unlabelled reading of a painted step. The
+    new classes' negatives are what the user gave (painted background, exhaustive regions,
+    nuclei painted with another class) and the unpainted pixels the prior is sure are no nucleus
+    (:func:`given_negatives`: its background, above ``background``, at least ``nucleus_margin``
+    pixels from its nucleus foreground). Every other unpainted pixel is unlabelled for the new
+    classes: ``"unlabelled"`` leaves the new channels out of NS there (the old channels keep the
+    prior's prediction), ``"distilled"`` leaves the pixel out of NS altogether (the old classes
+    keep what the prior knows there through CAC and PKD alone). ``"negative"`` (eq. 1 read on
+    unpainted pixels, as before): such a pixel's pseudo-label is a negative of the new classes.
+
     ``background`` and ``background_apart`` (not in the paper): :func:`pseudo_labels`'s
     ``background``, and those unpainted background pixels as their own mean in NS
     (:func:`negative_sample_bce`'s ``apart``); ``uncertain_old``: :func:`pseudo_labels`'s.
@@ -271,12 +301,23 @@ def cinuseg_loss(
     apart = None
     if background_apart:  # the prior's background, unpainted (none where ``background`` is 1)
         apart = (labels == ignore_index) & (pseudo == 0)
+    if unpainted_nuclei not in UNPAINTED_NUCLEI:
+        raise ValueError(f"unpainted_nuclei must be one of {', '.join(UNPAINTED_NUCLEI)}, got {unpainted_nuclei!r}")
     open_new = None
+    ns_pseudo = pseudo
+    if unpainted_nuclei != "negative":
+        unpainted = (labels == ignore_index) & (pseudo != ignore_index)
+        maybe = unpainted & ~given_negatives(pseudo, old_logits, nucleus_margin)
+        if unpainted_nuclei == "distilled":
+            ns_pseudo = torch.where(maybe, torch.full_like(pseudo, ignore_index), pseudo)
+        else:
+            open_new = maybe
     if not uncertain_negatives:
         score, cls = old_claim(old_logits)
         # only the pixels the prior's argmax hands an old class: an unpainted pixel made
         # background (``background``) stays a negative of the new classes
-        open_new = (labels == ignore_index) & is_in(pseudo, old_classes) & ~above(score, cls, tau)
+        uncertain = (labels == ignore_index) & is_in(pseudo, old_classes) & ~above(score, cls, tau)
+        open_new = uncertain if open_new is None else open_new | uncertain
     zeros = logits.new_zeros(logits.shape[0], dtype=torch.float32)
     terms: dict[str, torch.Tensor] = {}
 
@@ -294,10 +335,10 @@ def cinuseg_loss(
         terms["fgl"] = foreground_guidance(logits, labels, new_classes)
         terms["bgl"] = background_suppression(logits, labels, new_classes)
         neg = negative_sample_mask(labels, old_logits, new_classes, tau)
-        terms["ns"] = negative_sample_bce(logits, pseudo, neg, omega, ignore_index, open_new, new_classes, apart)
+        terms["ns"] = negative_sample_bce(logits, ns_pseudo, neg, omega, ignore_index, open_new, new_classes, apart)
     else:
         neg = torch.zeros_like(labels, dtype=torch.bool)
-        terms["bce"] = negative_sample_bce(logits, pseudo, neg, 0.0, ignore_index, open_new, new_classes, apart)
+        terms["bce"] = negative_sample_bce(logits, ns_pseudo, neg, 0.0, ignore_index, open_new, new_classes, apart)
 
     if att:
         r, t_o, t_n = adaptive_temperatures(pseudo, old_classes, new_classes, sigma, alpha_o, alpha_n)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..losses import LossOutput, cinuseg_loss, class_thresholds
+from ..losses.cinuseg import UNPAINTED_NUCLEI
 from ..losses.pseudo import UNCERTAIN_OLD
 from . import Method, StepBatch, StepContext, register, setting
 
@@ -79,6 +80,18 @@ class CiNuSeg(Method):
     pkd_on_new: bool = setting(
         True, "eq. 5 over every pixel, the new class's too (the paper), not only those not labelled new"
     )
+    # a painted step's unpainted pixels that may be a nucleus (not the prior's sure background,
+    # nucleus_margin px from its nuclei): a negative of the new class (eq. 1 read on them),
+    # unlabelled for it (the old classes keep the prior's prediction) or left to distillation
+    unpainted_nuclei: str = setting(
+        "negative",
+        "unpainted pixels that may be a nucleus: a negative of the new class, unlabelled for it, or left to "
+        "distillation",
+        choices=UNPAINTED_NUCLEI,
+    )
+    nucleus_margin: int = setting(
+        4, "pixels around the prior's nuclei that are no sure background (with unpainted_nuclei)", 0, 64
+    )
     uses_prior: bool = True
     refines: bool = True  # old-class paint: kept in eq. 1, left out of eq. 5 (losses.cinuseg_loss)
     scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
@@ -130,6 +143,8 @@ class CiNuSeg(Method):
             background_apart=self.background_apart,
             uncertain_old=self.uncertain_old,
             pkd_on_new=self.pkd_on_new,
+            unpainted_nuclei=self.unpainted_nuclei,
+            nucleus_margin=self.nucleus_margin,
         )
 
 

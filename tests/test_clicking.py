@@ -150,7 +150,8 @@ def test_a_click_on_a_20x_image_paints_the_nucleus_in_the_images_pixels(
     """A 20× crop (0.5 µm/px) and the bundled model (0.25 µm/px): the window about the click is
     resampled for the model and back, so the painted nucleus is the image's, where the click was
     and of its size (on a dark haematoxylin blob of the image); after Segment image a click takes
-    the panel's own nuclei, at once; a correction label paints the model's class."""
+    the panel's own nuclei, at once; a correction label paints the model's class; the eraser's
+    label, or no model, is said and paints nothing."""
     from napari_cinuseg.io.slides import Slide
 
     with Slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as s:
@@ -192,3 +193,14 @@ def test_a_click_on_a_20x_image_paints_the_nucleus_in_the_images_pixels(
     assert not widget._click_job  # the panel's own nuclei: no window to segment
     np.testing.assert_array_equal(np.asarray(layer.data) == 3, objects == objects[point])
     assert "as Epithelial (correction)" in widget.status.text()
+
+    # what a click cannot do is said, and paints nothing
+    before = np.asarray(layer.data).copy()
+    layer.selected_label = 0  # the eraser's label
+    _click(widget, qtbot, *chosen[2][1])
+    assert "a click paints a whole nucleus, it does not erase: choose under Paint" in widget.status.text()
+    layer.selected_label = 1
+    widget.model = None
+    _click(widget, qtbot, *chosen[2][1])
+    assert widget.status.text() == "choose or train a model first: a click takes the model's nucleus"
+    np.testing.assert_array_equal(np.asarray(layer.data), before)

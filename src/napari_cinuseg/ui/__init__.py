@@ -3,7 +3,8 @@
 - ``panel.py``: the panel, a composition of the four sections, and what each button starts;
 - ``sections.py``: the model, new-class and segment sections; ``train_section.py``: the training
   section with the review of a step's result; ``widgets.py``: the small Qt pieces they share;
-- ``annotating.py``, ``segmenting.py``: the panel's annotation and segmentation parts (mixins);
+- ``annotating.py``, ``segmenting.py``, ``clicking.py``: the panel's annotation, segmentation and
+  click-a-nucleus parts (mixins);
 - ``layers.py``: what the panel shows as napari layers;
 - ``workers.py``: how a job runs in a napari worker, and how its failure is said;
 - ``plot.py``: the live loss plot; ``memory.py``: the fields remembered between sessions.

@@ -59,7 +59,8 @@ class AnnotationsHost:
 
     def _follow_paint(self, layer) -> None:
         """The Paint choices of ``layer`` by name; choosing one sets the brush's label, and the
-        brush's label set in napari shows in the choice."""
+        brush's label set in napari shows in the choice. A click on a nucleus paints it too
+        (ui/clicking.py)."""
         names = annotation_layers.paint_names(layer.metadata[ANNOTATION_KEY])
         self.class_section.show_paint_choices(names, layer.selected_label)
 
@@ -81,6 +82,7 @@ class AnnotationsHost:
             pass
         self.class_section.paint.currentIndexChanged.connect(chosen)
         layer.events.selected_label.connect(brushed)
+        self._follow_clicks(layer)
 
     def _choose_annotation_file(self) -> None:
         folder = Path(self.model.source_path).parent if self.model and self.model.source_path else self.storage.models

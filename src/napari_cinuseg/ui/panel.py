@@ -39,6 +39,7 @@ from ..session.review import review_step
 from ..session.storage import Storage
 from . import layers, memory
 from .annotating import AnnotationsHost
+from .clicking import ClickingHost
 from .sections import ModelSection, NewClassSection, SegmentSection
 from .segmenting import SegmentingHost
 from .train_section import TrainSection
@@ -64,7 +65,7 @@ def last_model(settings: QSettings) -> CiNuSegModel | None:
     return None
 
 
-class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
+class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost, ClickingHost):
     """``storage``: where new models and on-disk results go (default ``~/.napari-cinuseg``);
     ``settings``: where the panel remembers its fields (default: the user's Qt settings);
     ``model``: the current model, already loaded (else the last one used is loaded here).
@@ -88,6 +89,7 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
         self.candidate: StepCandidate | None = None  # a step's result awaiting Keep or Discard
         self.last_export: Path | None = None
         self._build()
+        self._init_clicks()
         self._restore(model)
 
     # --- layout: four sections; their fields are the panel's public parts --------------------
@@ -136,6 +138,11 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost):
         c.image_chosen(self.viewer)
         self._follow_theme()
         self.viewer.events.theme.connect(self._follow_theme)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """The running job cancelled (JobHost), and the annotation layers stop taking clicks."""
+        self.stop_clicks()
+        super().shutdown(wait)
 
     def _follow_theme(self, event=None) -> None:
         """The loss plot in the colours of napari's theme (dark by default), now and when it changes."""

@@ -101,6 +101,14 @@ class NewClassSection(QGroupBox):
         self.paint = QComboBox()
         self.paint.setToolTip("what the brush paints in the annotation layer (its label number in brackets)")
         form.addRow("Paint", self.paint)
+        # a click paints the model's whole nucleus with the Paint label (ui/clicking.py)
+        self.click = QCheckBox("Click a nucleus to paint it whole")
+        self.click.setToolTip(
+            "a click on the annotation layer paints the current model's nucleus there with the Paint label; "
+            "a drag pans; untick (or choose the brush) to paint by hand"
+        )
+        self.click.setEnabled(False)  # until there is an annotation layer
+        form.addRow(self.click)
         row = QHBoxLayout()
         self.open_annotation_btn = QPushButton("Open annotation…")
         self.save_annotation_btn = QPushButton("Save annotation")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -32,7 +33,21 @@ import numpy as np
 RESOURCE = Path(__file__).resolve().parents[1] / "src" / "napari_cinuseg" / "resources" / "base-consep.cinuseg.pt"
 
 
-_PRIOR_DICE: dict = {}  # the prior's Dice on the test set, measured once per run of the script
+def prior_dice(args, prior, scored, measure) -> dict:
+    """The prior's Dice on the images a run scores, measured once: kept beside ``--out`` (in
+    ``prior-dice.json``, by the prior's id, the data set, split and new class, and the number of
+    images), as each run of a queue is its own process."""
+    cache = Path(args.out).parent / "prior-dice.json"
+    split = f"test-data:{args.test_data}" if args.test_data else args.split
+    key = "|".join(map(str, (prior.id, args.dataset, split, args.cls, len(scored.items))))
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key not in known:
+        known[key] = measure()
+        fresh = json.loads(cache.read_text()) if cache.is_file() else {}  # another run may have added its own
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**fresh, key: known[key]}, indent=1))
+        os.replace(tmp, cache)
+    return known[key]
 
 
 def painted_split(dataset: str, split: str, data: str | None = None):
@@ -140,10 +155,7 @@ def run_one(args, seed: int) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         old_test = same_pixels(test, args.cls)
-        key = (args.prior, args.dataset, args.split, args.cls, args.test_data)
-        if key not in _PRIOR_DICE:
-            _PRIOR_DICE[key] = evaluate(prior, old_test, "cpu")
-        before = _PRIOR_DICE[key]
+        before = prior_dice(args, prior, old_test, lambda: evaluate(prior, old_test, "cpu"))
         after = evaluate(model, old_test, "cpu") if model is not None else {}
         new = evaluate(model, test, "cpu").get(args.cls) if model is not None else None
     record = model.steps[-1].results if model is not None else {}

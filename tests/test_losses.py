@@ -452,3 +452,11 @@ def test_an_unpainted_nucleus_is_unlabelled_for_the_new_class():
     assert (new_n[:11] > 0).all()
     with pytest.raises(ValueError, match="unpainted_nuclei must be one of"):
         _unpainted_step("ignore")
+
+
+def test_unpainted_nuclei_may_be_weighed_negatives_of_the_new_class():
+    none, _ = _unpainted_step("unlabelled")
+    some, _ = _unpainted_step("unlabelled", unpainted_nucleus_weight=0.25)
+    full, _ = _unpainted_step("negative")
+    assert (none[6:11] == 0).all() and (some[6:11] > 0).all()
+    assert torch.allclose(some[6:11], 0.25 * full[6:11] * some[0] / full[0])  # a quarter, as the rest is the same

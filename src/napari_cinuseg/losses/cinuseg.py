@@ -150,12 +150,15 @@ def negative_sample_bce(
     open_new: torch.Tensor | None = None,
     new_classes: Sequence[int] = (),
     apart: torch.Tensor | None = None,
+    new_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eq. 12 (NS): Σ_c BCE(one-hot(ỹ)_c, S_c) weighted by (1 + ω·O_i), averaged over the image's
     pixels that are not ``ignore_index``. With ω = 0 it is the plain pseudo-label BCE baseline.
 
     ``open_new`` (B, H, W), not in the paper: pixels where the new classes' channels are left out
     of the sum (their old pseudo-label holds the old classes, but says nothing of the new ones).
+    ``new_weight`` (B, H, W), not in the paper: a factor on the new classes' channels per pixel
+    (0 leaves them out, as ``open_new`` does; 1 keeps them).
     ``apart`` (B, H, W), not in the paper: pixels averaged on their own and added as one more
     mean, so that however many they are they weigh as much as all the others together."""
     logits = logits.float()
@@ -166,6 +169,9 @@ def negative_sample_bce(
     if open_new is not None and len(new_classes):
         idx = as_index(new_classes, logits.device)
         bce[:, idx] = bce[:, idx] * (~open_new)[:, None].to(bce.dtype)
+    if new_weight is not None and len(new_classes):
+        idx = as_index(new_classes, logits.device)
+        bce[:, idx] = bce[:, idx] * new_weight[:, None].to(bce.dtype)
     bce = bce.sum(dim=1)
     weight = 1 + omega * negative_mask.to(logits.dtype)
     if apart is None:
@@ -258,6 +264,7 @@ def cinuseg_loss(
     pkd_on_new: bool = True,
     unpainted_nuclei: str = "negative",
     nucleus_margin: int = 4,
+    unpainted_nucleus_weight: float = 0.0,
 ) -> LossOutput:
     """Eq. 17: mean over the batch of t_o·(CAC + PKD) + t_n·(FGL + BGL + NS), per image.
 
@@ -285,10 +292,12 @@ def cinuseg_loss(
     nuclei painted with another class) and the unpainted pixels the prior is sure are no nucleus
     (:func:`given_negatives`: its background, above ``background``, at least ``nucleus_margin``
     pixels from its nucleus foreground). Every other unpainted pixel is unlabelled for the new
-    classes: ``"unlabelled"`` leaves the new channels out of NS there (the old channels keep the
-    prior's prediction), ``"distilled"`` leaves the pixel out of NS altogether (the old classes
-    keep what the prior knows there through CAC and PKD alone). ``"negative"`` (eq. 1 read on
-    unpainted pixels, as before): such a pixel's pseudo-label is a negative of the new classes.
+    classes: ``"unlabelled"`` leaves the new channels out of NS there, or weighs them by
+    ``unpainted_nucleus_weight`` (a positive-unlabelled reading: some of those pixels are the new
+    class; the old channels keep the prior's prediction), ``"distilled"`` leaves the pixel out of
+    NS altogether (the old classes keep what the prior knows there through CAC and PKD alone).
+    ``"negative"`` (eq. 1 read on unpainted pixels, as before): such a pixel's pseudo-label is a
+    negative of the new classes.
 
     ``background`` and ``background_apart`` (not in the paper): :func:`pseudo_labels`'s
     ``background``, and those unpainted background pixels as their own mean in NS
@@ -303,13 +312,15 @@ def cinuseg_loss(
         apart = (labels == ignore_index) & (pseudo == 0)
     if unpainted_nuclei not in UNPAINTED_NUCLEI:
         raise ValueError(f"unpainted_nuclei must be one of {', '.join(UNPAINTED_NUCLEI)}, got {unpainted_nuclei!r}")
-    open_new = None
+    open_new = new_weight = None
     ns_pseudo = pseudo
     if unpainted_nuclei != "negative":
         unpainted = (labels == ignore_index) & (pseudo != ignore_index)
         maybe = unpainted & ~given_negatives(pseudo, old_logits, nucleus_margin)
         if unpainted_nuclei == "distilled":
             ns_pseudo = torch.where(maybe, torch.full_like(pseudo, ignore_index), pseudo)
+        elif unpainted_nucleus_weight > 0:
+            new_weight = torch.where(maybe, unpainted_nucleus_weight, 1.0).float()
         else:
             open_new = maybe
     if not uncertain_negatives:
@@ -335,10 +346,14 @@ def cinuseg_loss(
         terms["fgl"] = foreground_guidance(logits, labels, new_classes)
         terms["bgl"] = background_suppression(logits, labels, new_classes)
         neg = negative_sample_mask(labels, old_logits, new_classes, tau)
-        terms["ns"] = negative_sample_bce(logits, ns_pseudo, neg, omega, ignore_index, open_new, new_classes, apart)
+        terms["ns"] = negative_sample_bce(
+            logits, ns_pseudo, neg, omega, ignore_index, open_new, new_classes, apart, new_weight
+        )
     else:
         neg = torch.zeros_like(labels, dtype=torch.bool)
-        terms["bce"] = negative_sample_bce(logits, ns_pseudo, neg, 0.0, ignore_index, open_new, new_classes, apart)
+        terms["bce"] = negative_sample_bce(
+            logits, ns_pseudo, neg, 0.0, ignore_index, open_new, new_classes, apart, new_weight
+        )
 
     if att:
         r, t_o, t_n = adaptive_temperatures(pseudo, old_classes, new_classes, sigma, alpha_o, alpha_n)

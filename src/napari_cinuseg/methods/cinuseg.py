@@ -89,6 +89,9 @@ class CiNuSeg(Method):
         "distillation",
         choices=UNPAINTED_NUCLEI,
     )
+    unpainted_nucleus_weight: float = setting(
+        0.0, "with unpainted_nuclei=unlabelled: their weight as negatives of the new class (0: none)", 0.0, 1.0
+    )
     nucleus_margin: int = setting(
         4, "pixels around the prior's nuclei that are no sure background (with unpainted_nuclei)", 0, 64
     )
@@ -145,6 +148,7 @@ class CiNuSeg(Method):
             pkd_on_new=self.pkd_on_new,
             unpainted_nuclei=self.unpainted_nuclei,
             nucleus_margin=self.nucleus_margin,
+            unpainted_nucleus_weight=self.unpainted_nucleus_weight,
         )
 
 

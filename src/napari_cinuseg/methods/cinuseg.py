@@ -81,10 +81,11 @@ class CiNuSeg(Method):
         True, "eq. 5 over every pixel, the new class's too (the paper), not only those not labelled new"
     )
     # a painted step's unpainted pixels that may be a nucleus (not the prior's sure background,
-    # nucleus_margin px from its nuclei): a negative of the new class (eq. 1 read on them),
-    # unlabelled for it (the old classes keep the prior's prediction) or left to distillation
+    # nucleus_margin px from its nuclei): unlabelled for the new class (the old classes keep the
+    # prior's prediction; chosen on the painted-step benchmark's tune split, docs/method.md), a
+    # negative of it (eq. 1 read on them, the rule before) or left to distillation
     unpainted_nuclei: str = setting(
-        "negative",
+        "unlabelled",
         "unpainted pixels that may be a nucleus: a negative of the new class, unlabelled for it, or left to "
         "distillation",
         choices=UNPAINTED_NUCLEI,

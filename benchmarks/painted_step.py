@@ -219,6 +219,35 @@ def table(paths) -> str:
     return "\n".join(out)
 
 
+def summary(paths) -> str:
+    """Per data set, class, painting and settings: the new class's Dice over the seeds (mean ± sd,
+    range), the runs whose every old class kept at least 0.9 × the prior's Dice on the same
+    pixels, the finite runs and the seconds."""
+    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    groups: dict = {}
+    for r in rows:
+        tag = ",".join(f"{k}={v}" for k, v in r.get("settings", {}).items())
+        groups.setdefault((r["dataset"], r["class"], r.get("split", "old"), _painting(r), tag), []).append(r)
+    out = [
+        "| data set, class | split | painting | changes | seeds | new-class Dice, mean ± sd (range) "
+        "| old classes ≥ 0.9 × the prior | finite | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (ds, cls, split, how, tag), rs in groups.items():
+        new = np.array([r["new_dice"] if r["new_dice"] is not None else np.nan for r in rs], float)
+        kept = sum(
+            all(v["after"] is not None and v["prior"] and v["after"] >= 0.9 * v["prior"] for v in r["old"].values())
+            for r in rs
+        )
+        secs = [r["seconds"] for r in rs]
+        out.append(
+            f"| {ds}, {cls} | {split} | {how} | {tag or 'defaults'} | {','.join(str(r['seed']) for r in rs)} "
+            f"| {np.nanmean(new):.1f} ± {np.nanstd(new):.1f} ({np.nanmin(new):.1f}-{np.nanmax(new):.1f}) "
+            f"| {kept} of {len(rs)} | {sum(r['finite'] for r in rs)} of {len(rs)} | {min(secs):.0f}-{max(secs):.0f} |"
+        )
+    return "\n".join(out)
+
+
 def _painting(r: dict) -> str:
     """How a row's nuclei were painted, and its context."""
     if r.get("mode", "strokes") == "clicks":
@@ -270,9 +299,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data", help="data root (default $CINUSEG_DATA, else ../shared/data)")
     ap.add_argument("--out", help="JSON lines file the rows are appended to")
     ap.add_argument("--table", nargs="+", help="print the Markdown table of these JSON lines files and stop")
+    ap.add_argument("--summary", nargs="+", help="print the summary over seeds of these JSON lines files and stop")
     args = ap.parse_args(argv)
-    if args.table:
-        print(table(args.table))
+    if args.table or args.summary:
+        print(table(args.table) if args.table else summary(args.summary))
         return 0
     if not args.out:
         ap.error("--out is needed to run")

@@ -62,6 +62,16 @@ def test_review_counts_the_painted_nuclei_and_says_grew_or_shrank(base_file, few
     assert review.called + review.called_background + sum(review.called_old.values()) == review.painted
     assert set(review.old_pixels) == {"Epithelial", "Spindle-shaped"}
     assert f"of the {review.painted} painted Other nuclei Other" in review.new_class_sentence()
+    # a pair whose context is a whole image: the review segments its painted part and 64 px
+    whole = np.full((400, 420), 255, np.uint8)
+    whole[200:360, 220:380] = pairs[0].target
+    image = np.full((400, 420, 3), 230, np.uint8)
+    image[200:360, 220:380] = pairs[0].image
+    rows, cols = np.nonzero(pairs[0].target != 255)
+    big = drain(review_step(prior, candidate, [TrainingPair(image, whole)], "Other", device="cpu", tile=128))
+    y0, x0 = 200 + rows.min() - 64, 220 + cols.min() - 64
+    assert big.offsets == [(y0, x0)] and big.maps[0].shape == (400 - y0, 420 - x0)
+    assert big.painted == review.painted
 
     r = StepReview(
         "Lymphocyte",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from skimage.measure import label
 
+from ..annotations import annotated_box
 from ..inference.segmentation import segment
 from ..inference.tiling import DEFAULT_TILE
 from ..runtime.events import CancelFlag
@@ -17,6 +18,10 @@ from ..runtime.names import IGNORE
 
 KEPT_AGREEMENT = 0.8  # an old class that agrees this much with the prior is kept
 SIZE_CHANGE = 1.25  # an old class whose pixels grew or shrank by more than this factor changed size
+
+
+#: pixels around the labelled part of a training pair that the review segments
+REVIEW_MARGIN = 64
 
 
 @dataclass
@@ -35,6 +40,7 @@ class StepReview:
     found_median_px: float = 0.0
     painted_median_px: float = 0.0
     old_pixels: dict = field(default_factory=dict)  # old class -> (prior's pixels, new model's pixels, both)
+    offsets: list = field(default_factory=list)  # (top, left) of each map in its training pair
 
     def agreement(self, name: str) -> float | None:
         p, n, both = self.old_pixels[name]
@@ -121,6 +127,10 @@ def review_step(
     at.update(device=device, cancel=cancel)
     for pair in pairs:
         image, target = np.asarray(pair.image), np.asarray(pair.target)
+        # the painted region and a margin, not the pair's whole context (a whole image)
+        box = annotated_box(target != IGNORE, margin=REVIEW_MARGIN) or (0, 0, *target.shape)
+        image, target = image[box[0] : box[2], box[1] : box[3]], target[box[0] : box[2], box[1] : box[3]]
+        review.offsets.append((int(box[0]), int(box[1])))
         after = yield from segment(candidate, image, **at)
         if after is None:
             return None

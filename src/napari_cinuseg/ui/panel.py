@@ -332,7 +332,8 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost, ClickingHost):
 
     def _show_candidate(self) -> None:
         c = self.candidate
-        self._show_regions(c.review.maps, c.origins, self._colours(c.model), "step result", "step result")
+        at = [(o[0], o[1] + off[0], o[2] + off[1]) for o, off in zip(c.origins, c.review.offsets)]
+        self._show_regions(c.review.maps, at, self._colours(c.model), "step result", "step result")
 
     def _on_trained(self, candidate: StepCandidate | None) -> None:
         """The step's result, shown on the painted regions, waiting for Keep or Discard; it

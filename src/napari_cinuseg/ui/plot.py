@@ -26,6 +26,9 @@ class LossPlot(QWidget):
         self.figure.subplots_adjust(left=0.14, right=0.98, top=0.97, bottom=0.2)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.hide()  # until the turn after the plot's first show (_show_canvas)
+        policy = self.canvas.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)  # its showing changes no layout: it only paints
+        self.canvas.setSizePolicy(policy)
         self.ax = self.figure.add_subplot(111)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)

@@ -172,7 +172,9 @@ class CiNuSegDock(QWidget):
             self._busy.setRange(0, 1)
             self.loading.setText(f"The CiNuSeg panel could not be made: {exc}")
             raise  # and napari reports it, with its traceback
-        for widget in panel.findChildren(QWidget):  # the part's widgets, styled now
+        # the part's new widgets styled in this turn, not by the requests Qt posts for a later
+        # one, perhaps the next part's (a widget already styled returns at once)
+        for widget in panel.findChildren(QWidget):
             widget.ensurePolished()
 
     def _place(self, panel) -> None:

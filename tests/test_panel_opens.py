@@ -35,3 +35,34 @@ def test_the_dock_napari_opens_imports_neither_pytorch_nor_the_engine():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_the_dock_makes_the_panel_in_parts_and_shows_it_whole(make_napari_viewer, qtbot, tmp_path):
+    """The dock's path: the panel is made a part per event-loop turn, hidden, as the dock's child;
+    it is shown when every part is made, connected to the viewer, its remembered fields restored."""
+    import numpy as np
+    from qtpy.QtCore import QSettings
+    from qtpy.QtWidgets import QFormLayout
+
+    from napari_cinuseg.session.storage import Storage
+    from napari_cinuseg.ui.opening import CiNuSegDock
+    from napari_cinuseg.ui.widgets import PANEL_WIDTH
+
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
+    settings.setValue("iterations", 77)
+    viewer = make_napari_viewer()
+    dock = CiNuSegDock(viewer, storage=Storage(tmp_path, tmp_path / "results"), settings=settings)
+    viewer.window.add_dock_widget(dock)
+    assert dock.width() == PANEL_WIDTH  # loading, at the panel's width already
+    qtbot.waitUntil(lambda: dock._making is not None or dock.panel is not None, timeout=120_000)
+    if dock.panel is None:  # caught while its parts are made: hidden, not yet connected
+        making = dock._making
+        assert making.parent() is dock and making.isHidden()
+    qtbot.waitUntil(lambda: dock.panel is not None, timeout=10_000)
+    panel = dock.panel
+    assert panel.parent() is dock and not panel.isHidden() and dock._making is None
+    assert panel.train_section.iterations.value() == 77  # restored, as a panel made at once is
+    first = panel.train_section.details.form.itemAt(0, QFormLayout.ItemRole.SpanningRole)
+    assert first.widget() is panel.train_section.advanced  # the method's settings first under Details
+    viewer.add_image(np.zeros((16, 16, 3), np.uint8), name="he", rgb=True)
+    assert panel.class_section.image.currentText() == "he"  # connected to the viewer's layers

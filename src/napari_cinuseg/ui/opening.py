@@ -22,6 +22,8 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QSettings, QThreadPool, QTimer
 from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout, QWidget
 
+from .widgets import PANEL_WIDTH
+
 #: the module of the panel, imported by the worker (it imports PyTorch and the engine)
 PANEL_MODULE = "napari_cinuseg.ui.panel"
 DEVICES_MODULE = "napari_cinuseg.runtime.devices"
@@ -101,7 +103,11 @@ class CiNuSegDock(QWidget):
         self.panel = None
         self.load_seconds: float | None = None
         self._closed = False  # closed while loading: the loaded panel is not made
+        self._making = None  # the panel while its parts are made
         self._storage, self._settings = storage, settings
+        # the panel's width from the start: the panel, when it comes, does not widen the dock
+        # (which would resize napari's canvas and lay out the whole window again in that turn)
+        self.setFixedWidth(PANEL_WIDTH)
         self._layout = QVBoxLayout(self)
         self._layout.setContentsMargins(0, 0, 0, 0)
         self.loading = QLabel("Loading PyTorch and the CiNuSeg engine… (a few seconds, the first time)")
@@ -137,16 +143,47 @@ class CiNuSegDock(QWidget):
             return
         panel_module, model, seconds = loaded
         self.load_seconds = seconds
-        panel = panel_module.CiNuSegWidget(self.viewer, storage=self._storage, settings=self._settings, model=model)
-        # shown at the event loop's next turn: making the panel and laying it out (its first
-        # paint) are two turns of the viewer's thread, not one
-        QTimer.singleShot(0, lambda: self._place(panel))
+        # made in parts, one per turn of the viewer's event loop (a zero-interval timer's turn, so
+        # that the loop's other events and timers run between them), each part styled in its own
+        # turn; hidden, as the dock's child from the start, so napari's stylesheet styles each
+        # widget once, and shown whole when the last part is made
+        panel = panel_module.CiNuSegWidget(
+            self.viewer, storage=self._storage, settings=self._settings, model=model, parent=self, in_parts=True
+        )
+        panel.hide()
+        self._making = panel
+        self._part_timer = QTimer(self)
+        self._part_timer.setInterval(0)
+        self._part_timer.timeout.connect(self._make_part)
+        self._part_timer.start()
+
+    def _make_part(self) -> None:
+        panel = self._making
+        try:
+            next(panel.parts)
+        except StopIteration:
+            self._part_timer.stop()
+            self._place(panel)
+            return
+        except Exception as exc:
+            self._part_timer.stop()
+            self._making = None
+            panel.deleteLater()
+            self._busy.setRange(0, 1)
+            self.loading.setText(f"The CiNuSeg panel could not be made: {exc}")
+            raise  # and napari reports it, with its traceback
+        # the part's new widgets styled in this turn, not by the requests Qt posts for a later
+        # one, perhaps the next part's (a widget already styled returns at once)
+        for widget in panel.findChildren(QWidget):
+            widget.ensurePolished()
 
     def _place(self, panel) -> None:
         for w in (self.loading, self._busy):
             self._layout.removeWidget(w)
             w.deleteLater()
         self._layout.insertWidget(0, panel, 1)
+        panel.show()
+        self._making = None
         self.panel = panel
 
     def _failed(self, exc) -> None:
@@ -156,6 +193,9 @@ class CiNuSegDock(QWidget):
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self._closed = True
-        if self.panel is not None:
-            self.panel.close()
+        if self._making is not None:
+            self._part_timer.stop()
+        for panel in (self.panel, self._making):
+            if panel is not None:
+                panel.close()
         super().closeEvent(event)

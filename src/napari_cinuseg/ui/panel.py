@@ -43,10 +43,8 @@ from .clicking import ClickingHost
 from .sections import ModelSection, NewClassSection, SegmentSection
 from .segmenting import SegmentingHost
 from .train_section import TrainSection
-from .widgets import wrapped_label
+from .widgets import PANEL_WIDTH, wrapped_label
 from .workers import JobHost
-
-PANEL_WIDTH = 400  # px: the dock keeps this width whatever a message or a table holds
 
 
 def user_settings() -> QSettings:
@@ -70,7 +68,8 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost, ClickingHost):
     ``settings``: where the panel remembers its fields (default: the user's Qt settings);
     ``model``: the current model, already loaded (else the last one used is loaded here).
     napari docks it through :class:`~napari_cinuseg.ui.opening.CiNuSegDock`, which loads PyTorch,
-    the engine and the last model in a worker first."""
+    the engine and the last model in a worker first, then makes the panel in parts (``in_parts``:
+    the caller goes through :attr:`parts`, each ``next`` making one part; made here otherwise)."""
 
     def __init__(
         self,
@@ -78,8 +77,10 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost, ClickingHost):
         storage: Storage | None = None,
         settings: QSettings | None = None,
         model: CiNuSegModel | None = None,
+        parent: QWidget | None = None,
+        in_parts: bool = False,
     ):
-        super().__init__()
+        super().__init__(parent)
         self.viewer = napari_viewer
         self.storage = storage or Storage()
         self.settings = settings if settings is not None else user_settings()
@@ -88,13 +89,16 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost, ClickingHost):
         self.crop_scale = 1.0  # the last step's model pixels per image pixel (its crops' scale)
         self.candidate: StepCandidate | None = None  # a step's result awaiting Keep or Discard
         self.last_export: Path | None = None
-        self._build()
-        self._init_clicks()
-        self._restore(model)
+        self.parts = self._parts(model)
+        if not in_parts:
+            for _ in self.parts:
+                pass
 
     # --- layout: four sections; their fields are the panel's public parts --------------------
-    def _build(self) -> None:
-        """The four sections in a scroll area of a fixed width; the messages below it, wrapped."""
+    def _parts(self, model: CiNuSegModel | None):
+        """The four sections in a scroll area of a fixed width, the messages below it, wrapped;
+        last, what the sections are connected to and the fields remembered: nothing is connected
+        to the viewer before every section is there."""
         self.setFixedWidth(PANEL_WIDTH)
         root = QVBoxLayout(self)
         root.setContentsMargins(2, 2, 2, 2)
@@ -105,10 +109,6 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost, ClickingHost):
         inner = QWidget()
         column = QVBoxLayout(inner)
         column.setContentsMargins(0, 0, 4, 0)
-        self.model_section, self.class_section = ModelSection(), NewClassSection()
-        self.train_section, self.segment_section = TrainSection(), SegmentSection()
-        for section in (self.model_section, self.class_section, self.train_section, self.segment_section):
-            column.addWidget(section)
         column.addStretch(1)
         scroll.setWidget(inner)
         self.scroll = scroll
@@ -117,8 +117,25 @@ class CiNuSegWidget(JobHost, AnnotationsHost, SegmentingHost, ClickingHost):
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.status.setStyleSheet("QLabel { padding: 4px; border-top: 1px solid palette(mid); }")
         root.addWidget(self.status)
-        m, c, t, s = self.model_section, self.class_section, self.train_section, self.segment_section
+        self.model_section = ModelSection()
+        column.insertWidget(0, self.model_section)
+        yield
+        self.class_section = NewClassSection()
+        column.insertWidget(1, self.class_section)
+        yield
+        self.train_section = TrainSection(in_parts=True)
+        column.insertWidget(2, self.train_section)
+        yield from self.train_section.parts
+        self.segment_section = SegmentSection()
+        column.insertWidget(3, self.segment_section)
+        yield
+        self._connect()
+        self._init_clicks()
+        self._restore(model)
+        yield
 
+    def _connect(self) -> None:
+        m, c, t, s = self.model_section, self.class_section, self.train_section, self.segment_section
         m.open_btn.clicked.connect(self._choose_model_file)
         m.bundled_btn.clicked.connect(lambda: self.load_model(BUNDLED_MODEL))
         c.annotate_btn.clicked.connect(self.add_annotation_layer)

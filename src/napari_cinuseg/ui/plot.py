@@ -11,7 +11,12 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 class LossPlot(QWidget):
     """The loss terms of the running step, live; :meth:`follow_theme` gives it napari's colours
-    (matplotlib's white figure until then)."""
+    (matplotlib's white figure until then).
+
+    Drawn only while shown: while hidden (the panel while it is made, its dock tabbed away) a
+    change waits for the next show; a hidden canvas's draw would cost the viewer's thread 20-60 ms
+    for nothing. The canvas is shown one event-loop turn after the plot's first show, so that its
+    first draw (20-60 ms) is not in the same turn as the first layout of the panel around it."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -20,6 +25,10 @@ class LossPlot(QWidget):
         self.figure = Figure(figsize=(3.2, 1.8), dpi=80)
         self.figure.subplots_adjust(left=0.14, right=0.98, top=0.97, bottom=0.2)
         self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.hide()  # until the turn after the plot's first show (_show_canvas)
+        policy = self.canvas.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)  # its showing changes no layout: it only paints
+        self.canvas.setSizePolicy(policy)
         self.ax = self.figure.add_subplot(111)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -28,6 +37,11 @@ class LossPlot(QWidget):
         self._timer = QTimer(self)  # one pending redraw at a time, dies with the widget
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._redraw)
+        self._stale = False  # changed while hidden: drawn at the next show
+        self._canvas_timer = QTimer(self)  # a timer's turn, after the loop's pending events
+        self._canvas_timer.setSingleShot(True)
+        self._canvas_timer.setInterval(0)
+        self._canvas_timer.timeout.connect(self._show_canvas)
         self._start(clear_axes=False)  # the axes are new: clearing them again costs the viewer's thread
 
     def follow_theme(self, theme) -> None:
@@ -41,7 +55,31 @@ class LossPlot(QWidget):
         self._paint()
         if self.lines:
             self._legend()
-        self.canvas.draw_idle()
+        self._draw()
+
+    def lay_out(self) -> None:
+        """matplotlib's first draw without rendering (its ticks, its texts' fonts and layout), so
+        that the canvas's first draw costs a redraw's 20 ms, not 35-60 ms: the panel calls it in
+        a part of its own while it is made."""
+        self.figure.draw_without_rendering()
+
+    def _draw(self) -> None:
+        if self.canvas.isVisible():
+            self.canvas.draw_idle()
+        else:
+            self._stale = True
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if self.canvas.isHidden():
+            self._canvas_timer.start()
+        elif self._stale:
+            self._stale = False
+            self.canvas.draw_idle()
+
+    def _show_canvas(self) -> None:
+        self._stale = False
+        self.canvas.show()  # its first resize asks for a draw, made at its first paint
 
     def _paint(self) -> None:
         bg, text, frame = self.colours["background"], self.colours["text"], self.colours["frame"]
@@ -74,7 +112,7 @@ class LossPlot(QWidget):
             self.ax.clear()
         self.ax.set_xlabel("iteration", fontsize=8)
         self._paint()
-        self.canvas.draw_idle()
+        self._draw()
 
     REDRAW_MS = 500  # redraw at most twice a second: a matplotlib redraw costs the event loop tens of ms
 
@@ -103,4 +141,4 @@ class LossPlot(QWidget):
             self._legend()
         self.ax.relim()
         self.ax.autoscale_view()
-        self.canvas.draw_idle()
+        self._draw()

@@ -78,8 +78,16 @@ class TrainSection(QGroupBox):
     step's result to keep or discard; under Details the method's settings and the diagnostics
     (device used, ATT share)."""
 
-    def __init__(self):
+    def __init__(self, in_parts: bool = False):
         super().__init__("3. Train")
+        #: the section's parts, made one at each ``next``: here, unless ``in_parts``, where the
+        #: caller goes through them (the dock makes the panel a part per turn of the event loop)
+        self.parts = self._parts()
+        if not in_parts:
+            for _ in self.parts:
+                pass
+
+    def _parts(self):
         form = QFormLayout(self)
         form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.preset = QComboBox()
@@ -118,21 +126,28 @@ class TrainSection(QGroupBox):
         form.addRow(self.progress)
         self.iteration_text = wrapped_label()
         form.addRow(self.iteration_text)
+        self.crops: deque = deque(maxlen=64)
+        self.att_seen = self.att_fired = 0
+        yield
         self.plot = LossPlot()
         form.addRow(self.plot)
+        yield
+        self.plot.lay_out()
+        yield
         self.review = ReviewBox()
         form.addRow(self.review)
         self.forgetting = self.review.forgetting
+        yield
         self.details = Collapsible("Details")
-        self.advanced, self.hyper = self._advanced()
-        self.details.form.addRow(self.advanced)
+        form.addRow(self.details)
         self.device = wrapped_label(f"Device: {devices.describe(devices.resolve_device('auto'))}")
         self.details.form.addRow(self.device)
         self.att = wrapped_label()  # the share of crops where ATT fired (eqs. 14-16)
         self.details.form.addRow(self.att)
-        form.addRow(self.details)
-        self.crops: deque = deque(maxlen=64)
-        self.att_seen = self.att_fired = 0
+        yield
+        self.advanced, self.hyper = self._advanced()
+        self.details.form.insertRow(0, self.advanced)  # first under Details
+        yield
 
     @staticmethod
     def _advanced():

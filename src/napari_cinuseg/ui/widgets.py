@@ -12,6 +12,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+PANEL_WIDTH = 400  # px: the dock keeps this width, loading or not, whatever a message or a table holds
+
 
 class Collapsible(QWidget):
     """A titled part that opens and closes with a click on its title (closed at first)."""

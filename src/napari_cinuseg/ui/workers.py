@@ -69,8 +69,8 @@ class JobHost(QWidget):
     """A widget that runs one job at a time: busy while it runs, one error for a failure, and
     the job cancelled when the widget is closed. Subclasses give ``_set_busy`` and ``_say``."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
         self.worker = None
         self.cancel_event = threading.Event()
 

@@ -112,6 +112,7 @@ def cmd_train(args) -> int:
         log_every=25,
         separation=args.separation,
         separation_weight=args.separation_weight,
+        separation_lr=args.separation_lr,
     )
     print(
         f"training on {len(pairs)} pairs (CoNSeP {len(c_train.items)} × {args.consep_repeat}, "
@@ -150,6 +151,7 @@ def cmd_train(args) -> int:
                 "train_seed": args.train_seed,
                 "separation": args.separation,
                 "separation_weight": args.separation_weight,
+                "separation_lr": args.separation_lr,
                 "init": init.id,
                 "pairs": {
                     "consep": len(c_train.items),
@@ -404,6 +406,7 @@ def main(argv=None) -> int:
         help="a separation head to learn beside the classes, on CoNSeP's and MoNuSeg's instances",
     )
     t.add_argument("--separation-weight", type=float, default=1.0, help="the separation loss's weight")
+    t.add_argument("--separation-lr", type=float, default=10.0, help="the separation head's learning rate, × --lr")
     sub.choices["measure"].add_argument("--models", default="bundled", help="comma-separated model files, or 'bundled'")
     sub.choices["measure"].add_argument(
         "--marker-h",

@@ -242,7 +242,15 @@ class StepLoop:
         per_epoch = max(len(dataset) // s.batch_size, 1)  # the global batch, over all ranks
         total = s.iterations or max(s.epochs * per_epoch, s.min_iterations)
         gear = make_gear(
-            self.model, self.prior or self.separation_prior, self.channel_of_target, s, self.lr, device, self.freeze_bn
+            self.model,
+            self.prior or self.separation_prior,
+            self.channel_of_target,
+            s,
+            self.lr,
+            device,
+            self.freeze_bn,
+            # the head learns fast where it is taught (a base step), and is kept in a step
+            head_lr=s.separation_lr if self.report_prior is None else 1.0,
         )
         yield StepStarted(
             step=self.step,
@@ -319,7 +327,7 @@ class StepLoop:
                     return False
                 lr = poly_lr(self.lr, tally.it, total, s.poly_power)
                 for group in gear.opt.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 try:
                     result, skipped, grad_norm = self._iteration(images, target, separation, gear)
                 except Exception as exc:  # noqa: BLE001 - only an allocation failure is retried

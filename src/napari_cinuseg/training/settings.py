@@ -29,6 +29,11 @@ class TrainSettings:
     separation_weight: float = setting(
         1.0, "weight of the nucleus separation's loss (regression, or distillation in a step)", 0.0, 100.0, offered=()
     )
+    # a base step's separation head learns at this multiple of lr_base: it starts from nothing
+    # (often on a trained network, whose rate is low), as a step's new classifier rows do
+    separation_lr: float = setting(
+        10.0, "the separation head's learning rate in a base step, × lr_base", 1e-6, 1000.0, offered=()
+    )
 
     # optimisation (SGD with momentum, poly schedule)
     lr_base: float = setting(0.01, "learning rate of step 0", 0.0, 10.0, offered=())

@@ -153,10 +153,20 @@ class StepLoop:
 
     def _clip_gradient(self, opt) -> float:
         """:func:`clip_gradient` of every parameter the optimiser holds, with this step's new
-        classifier rows."""
-        params = [p for g in opt.param_groups for p in g["params"]]
+        classifier rows. A separation head that learns faster than the rest (its group's
+        ``lr_scale`` above 1: a base step teaching it) is clipped on its own, as new classifier
+        rows are, so that the large gradient of the trunk cannot shrink its own to nothing."""
         s = self.settings
-        return clip_gradient(params, self.model.network.classifier, list(self.new_classes), s.grad_clip, s.new_class_lr)
+        fast = [p for g in opt.param_groups if g.get("lr_scale", 1.0) > 1.0 for p in g["params"]]
+        held = {id(p) for p in fast}
+        params = [p for g in opt.param_groups for p in g["params"] if id(p) not in held]
+        rest = clip_gradient(params, self.model.network.classifier, list(self.new_classes), s.grad_clip, s.new_class_lr)
+        if not fast:
+            return rest
+        head = [p for p in fast if p.grad is not None]
+        limit = s.grad_clip if s.grad_clip > 0 else float("inf")
+        own = float(torch.nn.utils.clip_grad_norm_(head, limit)) if head else 0.0
+        return math.sqrt(rest**2 + own**2)
 
     def _smaller_batch(self, batch: int, device, world: int, rank: int) -> int:
         """The batch after running out of memory at ``batch``: half of it, or a clear error where

@@ -213,3 +213,27 @@ def test_a_pair_with_an_instance_map_of_another_size_is_refused(few_pairs, tiny)
     bad = TrainingPair(pair.image, pair.target, pair.name, np.zeros((10, 10), np.int32))
     with pytest.raises(ValueError, match="instance map"):
         drain(train_base([bad], ["Epithelial", "Spindle-shaped"], tiny.replace(separation="distance")))
+
+
+def test_cinuseg_segment_splits_by_the_models_learned_distance(few_pairs, tmp_path, capsys):
+    from skimage import io as skio
+
+    torch.manual_seed(0)
+    model = CiNuSegModel.new(["Epithelial"], ARCH)
+    model.pixel_size = 0.25
+    path = save_model(model, tmp_path / "sep.cinuseg.pt")
+    plain = save_model(
+        CiNuSegModel.new(["Epithelial"], Architecture("resnet18", "unet", (32, 16, 16, 8))),
+        tmp_path / "plain.cinuseg.pt",
+    )
+    image = tmp_path / "patch.png"
+    skio.imsave(image, few_pairs[0][0].image, check_contrast=False)
+    common = ["--device", "cpu", "--tile", "128", "--overlap", "32", "--pixel-size", "0.25"]
+    assert main(["segment", str(image), "--model", str(path), "--out", str(tmp_path / "a"), *common]) == 0
+    assert (tmp_path / "a" / "patch.nuclei.csv").is_file()
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no scratch left
+    capsys.readouterr()
+    code = main(
+        ["segment", str(image), "--model", str(plain), "--out", str(tmp_path / "b"), "--instances", "distance", *common]
+    )
+    assert code != 0 and "separation head" in capsys.readouterr().err

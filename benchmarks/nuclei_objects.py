@@ -220,7 +220,7 @@ INFERENCE = {"MoNuSeg": "segment, tile 512, overlap 64", "CoNSeP": "predict, who
 
 
 def measure_model(
-    model, consep_val, monuseg_val, device: str = "cpu", cached: dict | None = None, marker_hs=(0.05,)
+    model, consep_val, monuseg_val, device: str = "cpu", cached: dict | None = None, marker_hs=(0.1,)
 ) -> dict:
     min_px, _ = min_area_pixels(3.0, 0.25)
     t0 = time.time()
@@ -410,7 +410,7 @@ def main(argv=None) -> int:
     sub.choices["measure"].add_argument("--models", default="bundled", help="comma-separated model files, or 'bundled'")
     sub.choices["measure"].add_argument(
         "--marker-h",
-        default="0.05",
+        default="0.1",
         help="comma-separated h of the learned distance's markers (instances of a model with a separation head)",
     )
     sub.choices["overlay"].add_argument("--models", default="bundled", help="comma-separated model files, or 'bundled'")

@@ -26,7 +26,8 @@ class CropDataset(torch.utils.data.Dataset):
     Each item is (image (3, c, c) uint8, target (c, c) long, separation target (c, c) float32,
     box): the separation target is the normalised distance of the crop's instance map (computed
     after cropping, turning and resizing, so a nucleus cut by the crop ends at its edge), and
-    ``UNKNOWN`` everywhere for a pair without instances and on unlabelled pixels.
+    ``UNKNOWN`` everywhere for a pair without instances (or with ``separation`` False: a network
+    without a separation head) and on unlabelled pixels.
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class CropDataset(torch.utils.data.Dataset):
         stain_jitter: float = 0.0,
         scale_jitter: float = 0.0,
         painted_share: float = 0.0,
+        separation: bool = True,
     ):
         self.pairs = list(pairs)
         self.crop = int(crop)
@@ -48,6 +50,9 @@ class CropDataset(torch.utils.data.Dataset):
         # 1..254), drawn uniformly over those pixels; the others fall anywhere. Sparse painting
         # leaves most random crops without a single example of the class being learned.
         self.painted_share = float(painted_share)
+        # whether the separation targets are computed (a network with a separation head learns
+        # them); otherwise every crop's is UNKNOWN, at no cost
+        self.separation = bool(separation)
         self._painted: dict[tuple, np.ndarray] = {}
         self.epoch = 0
         # An epoch has one crop per image, or ``length`` crops drawn from the images in turn
@@ -90,7 +95,7 @@ class CropDataset(torch.utils.data.Dataset):
             img, tgt = img[:, ::-1], tgt[:, ::-1]
         img, tgt = augment.resize_pair(np.ascontiguousarray(img), np.ascontiguousarray(tgt), self.crop)
         sep = np.full((self.crop, self.crop), UNKNOWN, np.float32)
-        if inst is not None:
+        if inst is not None and self.separation:
             part = np.rot90(inst[top : top + c, left : left + c], k)
             part = np.ascontiguousarray(part[:, ::-1] if flip else part)
             _, part = augment.resize_pair(np.zeros((*part.shape, 3), np.uint8), part, self.crop)

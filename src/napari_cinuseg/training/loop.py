@@ -248,6 +248,7 @@ class StepLoop:
             stain_jitter=s.stain_jitter,
             scale_jitter=s.scale_jitter,
             painted_share=s.painted_crops if self.new_classes else 0.0,
+            separation=self.model.network.has_separation,
         )
         per_epoch = max(len(dataset) // s.batch_size, 1)  # the global batch, over all ranks
         total = s.iterations or max(s.epochs * per_epoch, s.min_iterations)

@@ -45,7 +45,14 @@ import numpy as np
 from napari_cinuseg import drain, load_model, train_base
 from napari_cinuseg.analysis.metrics import ConfusionMatrix
 from napari_cinuseg.analysis.objects import ObjectScores
-from napari_cinuseg.datasets.labelled import IGNORE, data_dir, read_consep_patches, split_by_source, step_pairs
+from napari_cinuseg.datasets.labelled import (
+    IGNORE,
+    data_dir,
+    read_consep_instances,
+    read_consep_patches,
+    split_by_source,
+    step_pairs,
+)
 from napari_cinuseg.datasets.nucleus_only import mixed_class_pairs, nucleus_pairs, read_monuseg, read_nuinsseg
 from napari_cinuseg.inference.instances import min_area_pixels, split_nuclei
 from napari_cinuseg.inference.segmentation import segment
@@ -80,7 +87,13 @@ def cmd_train(args) -> int:
     consep_pairs = (
         step_pairs(c_train, CLASSES) if args.consep_other == "background" else mixed_class_pairs(c_train, CLASSES)
     )
-    pairs = consep_pairs * args.consep_repeat + nucleus_pairs(m_train) * args.monuseg_repeat + nucleus_pairs(n_train)
+    m_pairs = nucleus_pairs(m_train)
+    if args.separation == "none":  # the instances teach nothing without a separation head
+        m_pairs = [p._replace(instances=None) for p in m_pairs]
+    else:
+        inst = read_consep_instances(root / "consep", [p.name for p in consep_pairs])
+        consep_pairs = [p._replace(instances=inst[p.name]) for p in consep_pairs]
+    pairs = consep_pairs * args.consep_repeat + m_pairs * args.monuseg_repeat + nucleus_pairs(n_train)
     init = load_model(args.init if args.init != "bundled" else BUNDLED_MODEL)
     s = init.steps[0].settings
     settings = TrainSettings(
@@ -97,6 +110,9 @@ def cmd_train(args) -> int:
         seed=args.train_seed,
         device=args.device,
         log_every=25,
+        separation=args.separation,
+        separation_weight=args.separation_weight,
+        separation_lr=args.separation_lr,
     )
     print(
         f"training on {len(pairs)} pairs (CoNSeP {len(c_train.items)} × {args.consep_repeat}, "
@@ -133,6 +149,9 @@ def cmd_train(args) -> int:
                 "iterations": args.iterations,
                 "lr": args.lr,
                 "train_seed": args.train_seed,
+                "separation": args.separation,
+                "separation_weight": args.separation_weight,
+                "separation_lr": args.separation_lr,
                 "init": init.id,
                 "pairs": {
                     "consep": len(c_train.items),
@@ -159,12 +178,38 @@ def _machine() -> str:
 
 
 def _class_map(model, image, device) -> np.ndarray:
-    return drain(
-        segment(model, image, tile=512, overlap=64, device=device, min_tissue=0.0, image_pixel_size=model.pixel_size)
+    return _maps(model, image, device)[0]
+
+
+def _maps(model, image, device) -> tuple[np.ndarray, np.ndarray | None]:
+    """(class map, learned distance map uint8 or None) of an image, by the engine's tiles."""
+    sep = np.zeros(image.shape[:2], np.uint8) if model.network.has_separation else None
+    cm = drain(
+        segment(
+            model,
+            image,
+            tile=512,
+            overlap=64,
+            device=device,
+            min_tissue=0.0,
+            image_pixel_size=model.pixel_size,
+            separation_out=sep,
+        )
     )
+    return cm, sep
 
 
-def _instances(cm: np.ndarray, method: str, min_px: int) -> np.ndarray:
+def _methods(model, marker_hs) -> list[str]:
+    """The instance methods measured for ``model``: the class map's watershed and components, and
+    for a model with a separation head its learned distance at each h of ``marker_hs``."""
+    learned = [f"distance-h{h:g}" for h in marker_hs] if model.network.has_separation else []
+    return ["watershed", "components", *learned]
+
+
+def _instances(cm: np.ndarray, method: str, min_px: int, sep=None) -> np.ndarray:
+    if method.startswith("distance-h"):
+        h = float(method.removeprefix("distance-h"))
+        return split_nuclei(cm, method="distance", min_area_px=min_px, separation=sep, marker_h=h)[0]
     return split_nuclei(cm, method=method, min_area_px=min_px, min_distance_px=6)[0]
 
 
@@ -174,7 +219,9 @@ def _instances(cm: np.ndarray, method: str, min_px: int) -> np.ndarray:
 INFERENCE = {"MoNuSeg": "segment, tile 512, overlap 64", "CoNSeP": "predict, whole patch"}
 
 
-def measure_model(model, consep_val, monuseg_val, device: str = "cpu", cached: dict | None = None) -> dict:
+def measure_model(
+    model, consep_val, monuseg_val, device: str = "cpu", cached: dict | None = None, marker_hs=(0.1,)
+) -> dict:
     min_px, _ = min_area_pixels(3.0, 0.25)
     t0 = time.time()
     result: dict = {"model": model.id, "min_area_px": min_px, "inference": INFERENCE}
@@ -186,17 +233,17 @@ def measure_model(model, consep_val, monuseg_val, device: str = "cpu", cached: d
             result[name] = cached[name]
             print(f"  {name}: cached", flush=True)
             continue
-        scores = {m: ObjectScores() for m in ("watershed", "components")}
+        scores = {m: ObjectScores() for m in _methods(model, marker_hs)}
         conf = ConfusionMatrix(model.num_channels)
         lut = np.full(256, IGNORE, np.uint8)
         lut[0] = 0
         for i, n in enumerate(consep_val.class_names if name == "CoNSeP" else [], start=1):
             lut[i] = model.channel_of(n) if n in model.class_names else IGNORE
         for it in items:
-            cm = _class_map(model, it.image, device) if name == "MoNuSeg" else model.predict(it.image, device)
+            cm, sep = _maps(model, it.image, device) if name == "MoNuSeg" else model.predict_maps(it.image, device)
             inst = truth(it) if truth else _consep_instances(it.name)
             for m, s in scores.items():
-                s.update(inst, _instances(cm, m, min_px))
+                s.update(inst, _instances(cm, m, min_px, sep))
             if name == "CoNSeP":
                 conf.update(lut[it.labels], cm)
         result[name] = {m: s.summary() for m, s in scores.items()}
@@ -236,17 +283,21 @@ def cmd_measure(args) -> int:
         flush=True,
     )
     results = {}
+    hs = [float(h) for h in args.marker_h.split(",")]
     for spec in args.models.split(","):
         path = BUNDLED_MODEL if spec == "bundled" else Path(spec)
         model = load_model(path)
         cache = out / f"measure-{model.id[:12]}.json"
         cached = json.loads(cache.read_text()) if cache.exists() else None
+        wanted = _methods(model, hs)
+        if cached and any(m not in cached.get(n, {}) for n in ("MoNuSeg", "CoNSeP") for m in wanted):
+            cached = None  # measured with other instance methods: again
         if cached and cached.get("inference") == INFERENCE:
             results[spec] = cached
             print(f"{spec}: cached in {cache}")
             continue
         print(f"{spec} ({model.id[:8]}):", flush=True)
-        r = measure_model(model, c_val, m_val, args.device, cached)
+        r = measure_model(model, c_val, m_val, args.device, cached, hs)
         r.update(name=spec, file=str(path), file_mb=round(path.stat().st_size / 1e6, 1), machine=_machine())
         cache.write_text(json.dumps(r, indent=1))
         results[spec] = r
@@ -261,7 +312,7 @@ def table(results: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
-        for m in ("watershed", "components"):
+        for m in [k for k in r["MoNuSeg"] if k != "class_dice"]:
             mo, co = r["MoNuSeg"][m], r["CoNSeP"][m]
             cd = r["CoNSeP"]["class_dice"]
             rows.append(
@@ -294,7 +345,8 @@ def cmd_overlay(args) -> int:
     min_px, _ = min_area_pixels(3.0, 0.25)
     for spec, name in zip(args.models.split(","), args.names.split(",")):
         model = load_model(BUNDLED_MODEL if spec == "bundled" else spec)
-        inst, cls = split_nuclei(_class_map(model, it.image, args.device), min_area_px=min_px)
+        cm, sep = _maps(model, it.image, args.device)
+        inst, cls = split_nuclei(cm, method=model.instance_method, min_area_px=min_px, separation=sep)
         crop = it.image[y : y + n, x : x + n].copy()
         truth = crop.copy()
         lab = inst[y : y + n, x : x + n]
@@ -347,7 +399,20 @@ def main(argv=None) -> int:
         default="nucleus",
         help="CoNSeP's Other nuclei: nuclei of unknown class, or background (as the bundled model learnt them)",
     )
+    t.add_argument(
+        "--separation",
+        choices=("none", "distance"),
+        default="none",
+        help="a separation head to learn beside the classes, on CoNSeP's and MoNuSeg's instances",
+    )
+    t.add_argument("--separation-weight", type=float, default=1.0, help="the separation loss's weight")
+    t.add_argument("--separation-lr", type=float, default=10.0, help="the separation head's learning rate, × --lr")
     sub.choices["measure"].add_argument("--models", default="bundled", help="comma-separated model files, or 'bundled'")
+    sub.choices["measure"].add_argument(
+        "--marker-h",
+        default="0.1",
+        help="comma-separated h of the learned distance's markers (instances of a model with a separation head)",
+    )
     sub.choices["overlay"].add_argument("--models", default="bundled", help="comma-separated model files, or 'bundled'")
     sub.choices["overlay"].add_argument("--names", default="bundled", help="a name per model, for the pictures' files")
     args = p.parse_args(argv)

@@ -19,7 +19,7 @@ def test_off_by_default_gives_the_crops_of_before(few_pairs):
     without the options (cached benchmark models stay what this code would train)."""
     plain = _crops(CropDataset(few_pairs[0], 64, seed=3, length=8))
     zero = _crops(CropDataset(few_pairs[0], 64, seed=3, length=8, stain_jitter=0.0, scale_jitter=0.0))
-    for (x0, y0, b0), (x1, y1, b1) in zip(plain, zero):
+    for (x0, y0, _, b0), (x1, y1, _, b1) in zip(plain, zero):
         assert torch.equal(x0, x1) and torch.equal(y0, y1) and torch.equal(b0, b1)
 
 
@@ -45,7 +45,7 @@ def test_scale_jitter_zooms_crops_and_keeps_labels_exact(few_pairs):
     ds = CropDataset(few_pairs[0], 64, seed=0, length=32, scale_jitter=1.0)
     labels = set(np.unique(np.concatenate([p.target.ravel() for p in few_pairs[0]])).tolist())
     sizes = []
-    for x, y, box in _crops(ds, 32):
+    for x, y, _, box in _crops(ds, 32):
         assert x.shape == (3, 64, 64) and y.shape == (64, 64) and x.dtype == torch.uint8
         assert set(torch.unique(y).tolist()) <= labels  # nearest-neighbour: no blended label values
         sizes.append(int(box[3]))

@@ -68,11 +68,11 @@ def test_crops_pad_small_images_and_are_reproducible():
     img = np.arange(40 * 30 * 3, dtype=np.uint8).reshape(40, 30, 3)
     tgt = np.ones((40, 30), np.uint8)
     ds = CropDataset([TrainingPair(img, tgt)], crop=64, seed=3)
-    x, y, box = ds[0]
+    x, y, _, box = ds[0]
     assert x.shape == (3, 64, 64) and y.shape == (64, 64)
     assert (y == 255).sum() == 64 * 64 - 40 * 30 and (y == 1).sum() == 40 * 30
     assert tuple(box.tolist()) == (0, 0, 0, 64)  # (image, top, left, size): the padded image whole
-    x2, y2, _ = ds[0]
+    x2, y2, _, _ = ds[0]
     assert (x == x2).all() and (y == y2).all()
 
 
@@ -84,7 +84,7 @@ def test_crops_are_boxes_of_the_image_and_change_with_the_epoch():
     for epoch in (0, 1):
         ds.set_epoch(epoch)
         for i in range(4):
-            x, _, box = ds[i]
+            x, _, _, box = ds[i]
             _, top, left, c = box.tolist()
             window = img[top : top + c, left : left + c]
             # the crop is the box's pixels, up to a rotation by k·90° and a flip
@@ -140,7 +140,7 @@ def test_crops_of_read_only_images_are_made_without_a_warning():
         warnings.simplefilter("error")  # torch's "not writable" warning would fail here
         crops = [ds[i] for i in range(40)]
     # some crops are the image itself, unturned: those are the ones that were views of it
-    assert any(np.array_equal(x.permute(1, 2, 0).numpy(), img) for x, _, _ in crops)
+    assert any(np.array_equal(x.permute(1, 2, 0).numpy(), img) for x, _, _, _ in crops)
 
 
 def test_three_splits_by_source_keep_every_class_in_tune_and_test(shared_data):

@@ -217,6 +217,13 @@ def _dice(value: float | None) -> str:
     return "   n/a (no pixel of it)" if value is None else f"{value:6.2f}"
 
 
+def instances_of_architecture(architecture: dict) -> str:
+    """How a model's nuclei are split, from its record's architecture (inference/instances.py)."""
+    if architecture.get("separation", "none") == "distance":
+        return "watershed on the model's learned distance map (separation head)"
+    return "watershed on the class map's distance transform (the model has no separation head)"
+
+
 def cmd_info(args) -> int:
     from ..model.file import read_record  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
 
@@ -235,6 +242,7 @@ def cmd_info(args) -> int:
         f"input: {'hematoxylin density only' if seen == 'hematoxylin' else 'RGB'}; "
         f"pixel size {f'{px:g} µm' if px else 'unknown'}"
     )
+    print(f"instances: {instances_of_architecture(a)}")
     print("classes:")
     for i, c in enumerate(record["classes"], start=1):
         c = c if isinstance(c, dict) else {}

@@ -277,9 +277,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--instances",
-        choices=INSTANCE_METHODS,
-        default=INSTANCE_METHODS[0],
-        help="how touching nuclei are split: watershed on the distance transform, or connected components (no split)",
+        choices=("auto", *INSTANCE_METHODS),
+        default="auto",
+        help="how touching nuclei are split: auto (the model's learned distance where it has a separation head, "
+        "else the watershed), watershed on the class map's distance transform, the model's learned distance, "
+        "or connected components (no split)",
     )
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help="tile side in the model's pixels (a multiple of 32)")
     p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles, blended")

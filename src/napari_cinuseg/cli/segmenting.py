@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import tifffile
 
 from ..io.atomic import describe_write_failure
@@ -73,7 +74,15 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
     except OutputClaimed as exc:
         CONSOLE.error(str(exc))
         return 1
-    settings = segment_settings(args)
+    method = model.instance_method if args.instances == "auto" else args.instances
+    if method == "distance" and not model.network.has_separation:
+        held.close()
+        CONSOLE.error(
+            "--instances distance needs a model with a separation head; this one has none: "
+            "choose --instances auto or watershed"
+        )
+        return 1
+    settings = {**segment_settings(args), "instances": method}  # what was used, for a resumed run
     if target.exists():
         held.close()
         stale = why_not_reusable(target, model, settings)
@@ -85,7 +94,11 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
             return 1
         CONSOLE.say(f"{target} exists (the same model and settings): skipped (delete it to segment {image} again)")
         return 0
-    out_scratch = (out / f".{target.name}.zarr", out / f".{target.name}.instances.zarr")
+    out_scratch = (
+        out / f".{target.name}.zarr",
+        out / f".{target.name}.instances.zarr",
+        out / f".{target.name}.separation.zarr",
+    )
     for left in out_scratch:  # we hold the claim: a scratch folder here is a dead run's
         if left.exists():
             shutil.rmtree(left, ignore_errors=True)
@@ -119,9 +132,18 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
         )
         CONSOLE.say(f"{Path(image).name}: {w}×{h} px, {said}; {how}")
     on_disk = class_map_on_disk(h, w, limit=args.in_memory_limit)
-    scratch, instances_scratch = out_scratch
+    scratch, instances_scratch, separation_scratch = out_scratch
     bar = CONSOLE.bar(1, "tile", Path(image).name)
     try:
+        separation = None  # the model's learned distance map, written beside the class map
+        if method == "distance":
+            separation = (
+                zarr.open_array(
+                    str(separation_scratch), mode="w", shape=(h, w), chunks=(min(h, 1024), min(w, 1024)), dtype="uint8"
+                )
+                if on_disk
+                else np.zeros((h, w), np.uint8)
+            )
         job = segment(
             model,
             slide,
@@ -132,6 +154,7 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
             compile=args.compile,
             image_pixel_size=pixel_size,
             out=scratch if on_disk else None,
+            separation_out=separation,
         )
 
         def show(ev):
@@ -148,8 +171,9 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
             class_map,
             pixel_size_um=pixel_size,
             min_area_um2=args.min_area,
-            method=args.instances,
+            method=method,
             out=instances_scratch if on_disk else None,
+            separation=separation,
         )
         if nuclei.note and MAIN_RANK:
             CONSOLE.note(nuclei.note)
@@ -184,6 +208,7 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
         if scratch.exists():
             shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(instances_scratch, ignore_errors=True)
+        shutil.rmtree(separation_scratch, ignore_errors=True)
         held.close()
     return 0
 

@@ -35,6 +35,9 @@ class TrainingPair(NamedTuple):
     image: np.ndarray  # (H, W, 3) uint8
     target: np.ndarray  # (H, W) uint8: 0 background, 1..n step classes, 255 unlabelled
     name: str = ""
+    # (H, W) integer instance map (0 background, i nucleus i), where the data has one: it teaches
+    # a separation head (losses/separation.py); None: the nuclei's instances are not known
+    instances: np.ndarray | None = None
 
 
 @dataclass
@@ -211,6 +214,26 @@ def read_consep_patches(root: str | os.PathLike) -> LabelledSet:
     return data
 
 
+def read_consep_instances(root: str | os.PathLike, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """CoNSeP's instance maps (``train/instances/<stem>.png``, or ``test/...``, or ``instances/``
+    in ``root`` itself; uint16, 0 background) of the patches ``names``, by name."""
+    root = Path(root)
+    split = next((root / d for d in ("train", "test") if (root / d / "instances").is_dir()), root)
+    folder = split / "instances"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{root} has no instances/ folder of CoNSeP instance maps")
+    out = {}
+    for name in names:
+        path = folder / f"{name}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: patch {name} has no instance map")
+        lab = skio.imread(path)
+        if lab.ndim != 2 or not np.issubdtype(lab.dtype, np.integer):
+            raise ValueError(f"{path} is not an instance map (a 2-D integer map), but {lab.dtype} {lab.shape}")
+        out[name] = lab
+    return out
+
+
 # MoNuSAC's four classes in the paper's order.
 MONUSAC_PAPER_CLASSES = {
     "Epithelial": ["epithelial"],
@@ -360,7 +383,7 @@ def as_pairs(pairs: Sequence) -> list[TrainingPair]:
     for i, p in enumerate(pairs):
         if isinstance(p, TrainingPair):
             out.append(p)
-        elif isinstance(p, (tuple, list)) and len(p) in (2, 3):
+        elif isinstance(p, (tuple, list)) and len(p) in (2, 3, 4):
             out.append(TrainingPair(*p))
         else:
             raise ValueError(
@@ -381,6 +404,13 @@ def check_pairs(pairs: Sequence[TrainingPair], n_classes: int, allow_nucleus: bo
             raise ValueError(f"training image {p.name or i} must be RGB uint8 (H, W, 3), got {img.dtype} {img.shape}")
         if tgt.shape != img.shape[:2]:
             raise ValueError(f"annotation of {p.name or i} is {tgt.shape} but its image is {img.shape[:2]}")
+        if p.instances is not None:
+            inst = np.asarray(p.instances)
+            if inst.shape != img.shape[:2] or not np.issubdtype(inst.dtype, np.integer):
+                raise ValueError(
+                    f"instance map of {p.name or i} must be an integer map of its image's size {img.shape[:2]}, "
+                    f"got {inst.dtype} {inst.shape}"
+                )
         bad = np.setdiff1d(np.unique(tgt), np.r_[np.arange(n_classes + 1), IGNORE, [NUCLEUS] if allow_nucleus else []])
         if bad.size:
             raise ValueError(

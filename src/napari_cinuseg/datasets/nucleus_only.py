@@ -109,17 +109,21 @@ def read_nuclei(root: str | os.PathLike, limit: int | None = None) -> NucleusSet
 
 
 def nucleus_pairs(data: LabelledSet):
-    """Training pairs of a nucleus-only set: targets 0 background, ``NUCLEUS`` nucleus."""
-    return [TrainingPair(it.image, it.labels, it.name) for it in data.items]
+    """Training pairs of a nucleus-only set: targets 0 background, ``NUCLEUS`` nucleus; with the
+    set's instance maps where it has them (MoNuSeg; NuInsSeg's masks merge touching nuclei and
+    give none)."""
+    instances = getattr(data, "instances", {})
+    return [TrainingPair(it.image, it.labels, it.name, instances.get(it.name)) for it in data.items]
 
 
-def mixed_class_pairs(data: LabelledSet, classes) -> list:
+def mixed_class_pairs(data: LabelledSet, classes, instances: dict | None = None) -> list:
     """Training pairs of a class-labelled set joined to a base step whose classes are ``classes``
     (names): a pixel of a class named there gets its index (1-based), a pixel of any other class of
     the set is ``NUCLEUS`` (a nucleus, of a class this model does not learn), background stays 0,
-    unlabelled 255."""
+    unlabelled 255. ``instances``: instance maps by image name, carried by the pairs."""
+    instances = instances or {}
     want = {n.lower(): i for i, n in enumerate(classes, start=1)}
     lut = np.arange(256, dtype=np.uint8)  # 255 (unlabelled) stays 255
     for cid, name in enumerate(data.class_names, start=1):
         lut[cid] = want.get(name.lower(), NUCLEUS)
-    return [TrainingPair(it.image, lut[it.labels], it.name) for it in data.items]
+    return [TrainingPair(it.image, lut[it.labels], it.name, instances.get(it.name)) for it in data.items]

@@ -5,9 +5,15 @@ foreground (every pixel of any class) is split into nuclei by a marker-controlle
 distance transform (scikit-image): each nucleus is a basin around a local maximum of the
 (slightly smoothed) distance to the background, the markers at least ``min_distance_um`` apart.
 ``method="components"`` keeps the plain connected components instead (no split of touching
-nuclei). Each nucleus takes the class most of its pixels have in the class map. Objects smaller
-than ``min_area_um2`` are dropped (specks, not nuclei). :func:`object_classes` paints each nucleus
-whole in its one class: the class map of the nuclei, where no object holds two classes.
+nuclei). ``method="distance"`` splits the same foreground on a model's learned distance map (its
+separation head, model/network.py: each pixel's distance to its nucleus's border, normalised per
+nucleus to 0..1): markers are the h-maxima of the map (regional maxima at least ``h`` above
+every path to a higher one; Soille, "Morphological Image Analysis", 2003, §6.3.5) and the basins
+its watershed, as in Naylor et al. 2019 (IEEE TMI 38(2)); two touching nuclei meet at a low
+distance, so they split where the foreground does not pinch. Each nucleus takes the class most
+of its pixels have in the class map. Objects smaller than ``min_area_um2`` are dropped (specks,
+not nuclei). :func:`object_classes` paints each nucleus whole in its one class: the class map of
+the nuclei, where no object holds two classes.
 
 Large or lazy class maps (zarr, dask) are split block by block in bounded memory, with the
 ownership rule of :mod:`napari_cinuseg.analysis.measurements`: each core block is read with a halo,
@@ -26,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
+from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
 from ..analysis.measurements import block_windows
@@ -36,6 +43,12 @@ DEFAULT_MIN_DISTANCE_UM = 1.5
 #: The pixel size assumed where an image's is unknown: 40×, as CoNSeP, MoNuSeg and MoNuSAC.
 ASSUMED_PIXEL_SIZE_UM = 0.25
 METHODS = INSTANCE_METHODS
+#: h of the learned distance's h-maxima (``method="distance"``), in the map's units (0..1): a dip
+#: of at least this much between two peaks splits them. Chosen on the nuclei benchmark's
+#: validation split (docs/benchmarks-nuclei.md: of 0.05, 0.1, 0.2 and 0.3, the only one whose
+#: F1, AJI and PQ all beat the class map's watershed on MoNuSeg and CoNSeP for a head trained
+#: 600 iterations; after 300 it was 0.05: the better the head, the higher its peaks and the h).
+DEFAULT_MARKER_H = 0.1
 #: Above this many pixels (or for any non-numpy map) the map is split blockwise.
 BLOCK = 2048
 MARGIN = 128
@@ -129,24 +142,68 @@ def split_nuclei(
     min_area_px: int = 0,
     min_distance_px: int = 6,
     foreground: np.ndarray | None = None,
+    separation: np.ndarray | None = None,
+    marker_h: float = DEFAULT_MARKER_H,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(instance map uint32, classes) of an in-memory class map: see the module's docstring.
     ``foreground``: a boolean mask to split instead of ``class_map > 0`` (the class map still gives
-    the classes). Ids run 1..N in raster order of the nuclei's first pixel."""
+    the classes). ``separation``: the learned distance map (float 0..1, or uint8 0..255) of the
+    same size, which ``method="distance"`` needs, ``marker_h`` its h-maxima's h. Ids run 1..N in
+    raster order of the nuclei's first pixel."""
     if method not in METHODS:
         raise ValueError(f"unknown instance method {method!r}: choose one of {', '.join(METHODS)}")
     cm = np.asarray(class_map)
     if cm.ndim != 2:
         raise ValueError(f"an instance map needs a 2-D class map, got shape {cm.shape}")
+    if method == "distance":
+        if separation is None:
+            raise ValueError(
+                "instances by the learned distance need the model's separation map; a model without a "
+                "separation head splits its nuclei by the watershed"
+            )
+        separation = as_distance(separation)
+        if separation.shape != cm.shape:
+            raise ValueError(f"the separation map {separation.shape} and the class map {cm.shape} must agree")
     fg = (cm > 0) if foreground is None else np.asarray(foreground, bool)
     if not fg.any():
         return np.zeros(cm.shape, np.uint32), np.zeros(1, np.uint8)
     components, n = ndi.label(fg)
     if method == "components":
         labels = components
+    elif method == "distance":
+        labels = _distance_watershed(fg, components, n, separation, marker_h)
     else:
         labels = _watershed(fg, components, n, max(1, int(min_distance_px)))
     return _finish(labels, cm, min_area_px)
+
+
+def as_distance(separation) -> np.ndarray:
+    """A separation map as float32 0..1: a uint8 one (as segmentation stores it) is divided by 255."""
+    sep = np.asarray(separation)
+    if sep.ndim != 2:
+        raise ValueError(f"a separation map is 2-D, got shape {sep.shape}")
+    if sep.dtype == np.uint8:
+        return sep.astype(np.float32) / 255.0
+    if not np.issubdtype(sep.dtype, np.floating):
+        raise ValueError(f"a separation map is float 0..1 or uint8 0..255, got {sep.dtype}")
+    return sep.astype(np.float32, copy=False)
+
+
+def _distance_watershed(fg: np.ndarray, components: np.ndarray, n: int, distance: np.ndarray, h: float) -> np.ndarray:
+    """Watershed of ``fg`` on the learned ``distance`` (lightly smoothed), from its h-maxima; a
+    component without one keeps a marker at its highest pixel, so no nucleus is lost."""
+    if not 0 < h < 1:
+        raise ValueError(f"the markers' h must lie between 0 and 1 (the distance map's range), got {h}")
+    d = ndi.gaussian_filter(distance, 1.0) * fg
+    markers, _ = ndi.label(h_maxima(d, h).astype(bool) & fg)
+    found = int(markers.max())
+    have = np.zeros(n + 1, bool)
+    have[components[markers > 0]] = True
+    missing = np.flatnonzero(~have[1:]) + 1
+    if missing.size:
+        for k, pos in enumerate(ndi.maximum_position(d, components, missing), start=found + 1):
+            markers[pos] = k
+    return watershed(-d, markers, mask=fg)
 
 
 def _watershed(fg: np.ndarray, components: np.ndarray, n: int, min_distance: int) -> np.ndarray:
@@ -198,8 +255,13 @@ def nuclei_of(
     blockwise: bool | None = None,
     block: int = BLOCK,
     margin: int = MARGIN,
+    separation=None,
+    marker_h: float = DEFAULT_MARKER_H,
 ) -> Nuclei:
     """The nuclei of a class map (numpy, zarr or dask; 0 background, i class i) as :class:`Nuclei`.
+
+    ``separation``: the model's learned distance map of the same size (numpy, zarr or dask; float
+    0..1 or uint8 0..255, read block by block with the class map), for ``method="distance"``.
 
     ``pixel_size_um``: µm per pixel of the map (unknown: 0.25 assumed, and the note says so).
     A numpy map of at most ``block``² × 4 pixels is split whole; a larger or lazy one blockwise
@@ -212,14 +274,25 @@ def nuclei_of(
         blockwise = not isinstance(class_map, np.ndarray) or class_map.size > 4 * block * block
     if not blockwise:
         labels, classes = split_nuclei(
-            np.asarray(class_map), method=method, min_area_px=min_px, min_distance_px=dist_px
+            np.asarray(class_map),
+            method=method,
+            min_area_px=min_px,
+            min_distance_px=dist_px,
+            separation=None if separation is None else np.asarray(separation),
+            marker_h=marker_h,
         )
         return Nuclei(labels, classes, min_px, method, note)
-    labels, classes = _blockwise(class_map, method, min_px, dist_px, block, margin, out)
+    if method == "distance" and separation is None:
+        raise ValueError("instances by the learned distance need the model's separation map")
+    if separation is not None and tuple(separation.shape) != tuple(class_map.shape):
+        raise ValueError(
+            f"the separation map {tuple(separation.shape)} and the class map {tuple(class_map.shape)} must agree"
+        )
+    labels, classes = _blockwise(class_map, method, min_px, dist_px, block, margin, out, separation, marker_h)
     return Nuclei(labels, classes, min_px, method, note)
 
 
-def _blockwise(class_map, method, min_px, dist_px, block, margin, out):
+def _blockwise(class_map, method, min_px, dist_px, block, margin, out, separation=None, marker_h=DEFAULT_MARKER_H):
     h, w = (int(s) for s in class_map.shape)
     out_path = Path(out) if out is not None else None
     if out_path is not None:
@@ -233,7 +306,10 @@ def _blockwise(class_map, method, min_px, dist_px, block, margin, out):
             ext = np.asarray(class_map[er0:er1, ec0:ec1])
             if not (ext > 0).any():
                 continue
-            lab, cls = split_nuclei(ext, method=method, min_area_px=min_px, min_distance_px=dist_px)
+            sep = None if separation is None else np.asarray(separation[er0:er1, ec0:ec1])
+            lab, cls = split_nuclei(
+                ext, method=method, min_area_px=min_px, min_distance_px=dist_px, separation=sep, marker_h=marker_h
+            )
             n = len(cls) - 1
             if n == 0:
                 continue

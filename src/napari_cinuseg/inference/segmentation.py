@@ -13,6 +13,10 @@ gets the blended logits of every tile covering it, exactly as without strips; th
 are recomputed (about one column of tiles per seam, none for a slide narrower than a strip).
 Tiles are read by a background thread while the model works on the previous batch; tiles with
 no tissue are skipped (their pixels stay background unless a neighbouring tile covers them).
+
+A model with a separation head (model/network.py) can also write its learned distance map
+(``separation_out``): blended like the logits, as one more channel of the band, and written as
+uint8 (0..255 for 0..1) row by row beside the class map, for inference/instances.py.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ def segment(
     compile: bool = False,
     image_pixel_size: float | None = None,
     out: str | os.PathLike | None = None,
+    separation_out=None,
     cancel: CancelFlag = None,
 ) -> Generator[object, None, np.ndarray | Path | None]:
     """Class map of ``image``: a file path, a :class:`Slide`, or an array-like (H, W, 3) uint8
@@ -116,6 +121,10 @@ def segment(
     to the model's pixel size before the network and its logits back to the image's, so the class
     map always has the image's size; ``tile`` and ``overlap`` are then in the model's pixels.
 
+    ``separation_out``: an array (H, W) uint8 (numpy, or a zarr array for a slide too big for
+    memory) that receives the model's learned distance map, 0..255 for 0..1; only for a model with
+    a separation head (``model.network.has_separation``). It is filled as the class map is.
+
     The logits buffer is K × tile × (``strip`` + up to 2 tiles) floats whatever the slide's width
     or height. The result does not depend on it: a strip also segments the tiles left of it that
     reach into its columns, so each seam between strips costs one or two columns of tiles
@@ -123,6 +132,11 @@ def segment(
     at most ``strip`` wide is one strip, with no extra tiles.
     """
     strip = _checked(tile, strip)
+    if separation_out is not None and not model.network.has_separation:
+        raise ValueError(
+            "this model has no separation head, so it has no distance map to write; leave separation_out "
+            "out (its nuclei are split by the watershed on the class map)"
+        )
     own = isinstance(image, (str, os.PathLike))
     slide = _as_slide(image)
     scale = resampling_factor(model.pixel_size, image_pixel_size or getattr(slide, "pixel_size", None))
@@ -144,6 +158,8 @@ def segment(
     t0 = time.perf_counter()
     try:
         h, w = slide.shape
+        if separation_out is not None and tuple(separation_out.shape) != (h, w):
+            raise ValueError(f"separation_out is {tuple(separation_out.shape)} but the image is {(h, w)}")
         ys, xs = tile_origins(h, tile, overlap), tile_origins(w, tile, overlap)
         strips = _strips(w, xs, tile, strip)
         total = len(ys) * sum(len(sx) for _, _, sx in strips)
@@ -169,6 +185,7 @@ def segment(
                 dev,
                 dtype,
                 net_tile if scale != 1.0 else None,
+                separation_out,
                 cancel,
             )
             if not finished:
@@ -226,6 +243,7 @@ def _segment_strip(
     dev,
     dtype,
     net_tile,
+    separation_out,
     cancel,
 ):
     """One strip of output columns (``band`` = (x0, x1, its tile columns)), row of tiles by row:
@@ -236,7 +254,8 @@ def _segment_strip(
     x0, x1, sx = band
     left = sx[0]  # band column 0 is image column ``left``
     band_w = sx[-1] + tile - left  # max(w, tile) for a single strip, as without strips
-    acc = torch.zeros((model.num_channels, tile, band_w), dtype=torch.float32)
+    with_sep = separation_out is not None
+    acc = torch.zeros((model.num_channels + int(with_sep), tile, band_w), dtype=torch.float32)
     wsum = torch.zeros((tile, band_w), dtype=torch.float32)
     for r, y in enumerate(ys):
         row_imgs, row_x = [], []
@@ -257,7 +276,7 @@ def _segment_strip(
                 )
                 return False
             chunk = row_imgs[b : b + tally.batch_size]
-            logits, parts = _forward_tiles(model, forward, chunk, dev, dtype, net_tile)
+            logits, parts = _forward_tiles(model, forward, chunk, dev, dtype, net_tile, with_sep)
             if parts > 1:  # out of memory: fewer tiles at a time from now on
                 before, tally.batch_size = tally.batch_size, max(1, -(-len(chunk) // parts))
                 yield _fewer_tiles(dev, tile, before, tally.batch_size)
@@ -267,7 +286,7 @@ def _segment_strip(
             yield tally.progress()
         # rows [y, next_y) of this strip are final: no later tile reaches them
         next_y = ys[r + 1] if r + 1 < len(ys) else min(y + tile, h)
-        acc, wsum = _write_final_rows(result, acc, wsum, y, next_y, h, x0, x1, left, tile)
+        acc, wsum = _write_final_rows(result, acc, wsum, y, next_y, h, x0, x1, left, tile, separation_out)
     return True
 
 
@@ -320,13 +339,21 @@ def _accumulate(
         wsum[:, bx : bx + tile] += window
 
 
-def _write_final_rows(result, acc, wsum, y: int, next_y: int, h: int, x0: int, x1: int, left: int, tile: int):
+def _write_final_rows(
+    result, acc, wsum, y: int, next_y: int, h: int, x0: int, x1: int, left: int, tile: int, separation_out=None
+):
     """Write rows [y, next_y) of the strip's columns [x0, x1) to the class map (their argmax; 0
-    where no tile reached), then move the band up by as many rows; returns the band."""
+    where no tile reached), and with ``separation_out`` the blended distance (the band's last
+    channel) to it, then move the band up by as many rows; returns the band."""
     rows = min(next_y, h) - y
-    labels = acc[:, :rows, x0 - left : x1 - left].argmax(0).to(torch.uint8)
-    labels[wsum[:rows, x0 - left : x1 - left] == 0] = 0
+    k = acc.shape[0] - int(separation_out is not None)
+    weight = wsum[:rows, x0 - left : x1 - left]
+    labels = acc[:k, :rows, x0 - left : x1 - left].argmax(0).to(torch.uint8)
+    labels[weight == 0] = 0
     result[y : y + rows, x0:x1] = labels.numpy()
+    if separation_out is not None:
+        dist = acc[k, :rows, x0 - left : x1 - left] / weight.clamp_min(1e-6)
+        separation_out[y : y + rows, x0:x1] = (dist.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
     shift = next_y - y
     acc = torch.roll(acc, -shift, dims=1)
     wsum = torch.roll(wsum, -shift, dims=0)
@@ -336,9 +363,16 @@ def _write_final_rows(result, acc, wsum, y: int, next_y: int, h: int, x0: int, x
 
 
 def _forward_tiles(
-    model: CiNuSegModel, net, tiles: list[np.ndarray], dev: torch.device, dtype, net_size: int | None = None
+    model: CiNuSegModel,
+    net,
+    tiles: list[np.ndarray],
+    dev: torch.device,
+    dtype,
+    net_size: int | None = None,
+    separation: bool = False,
 ) -> tuple[torch.Tensor, int]:
-    """Logits (N, K, t, t) on the CPU of ``tiles``, and into how many parts the batch had to be
+    """Logits (N, K, t, t) on the CPU of ``tiles`` (with ``separation``, the learned distance,
+    sigmoid of the separation head, as channel K + 1), and into how many parts the batch had to be
     cut to fit in the device's memory (1: it fitted). Out of memory even for one tile is a
     MemoryError that says what to do. ``net_size``: the tiles are resized to it for the network
     (the model's pixel size) and the logits back to the tiles' size."""
@@ -357,7 +391,10 @@ def _forward_tiles(
                         x = F.interpolate(
                             x, size=(net_size, net_size), mode="bicubic", align_corners=False, antialias=True
                         )
-                    logits = net(x).logits.float()
+                    y = net(x)
+                    logits = y.logits.float()
+                    if separation:
+                        logits = torch.cat([logits, torch.sigmoid(y.separation.float())], dim=1)
                     if net_size is not None:
                         logits = F.interpolate(logits, size=batch.shape[-2:], mode="bilinear", align_corners=False)
                     out.append(logits.cpu())

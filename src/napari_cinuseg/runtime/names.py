@@ -13,6 +13,9 @@ DATASETS = ("consep", "monusac", "folder")
 # carries across scanners and stains better (docs/benchmarks.md) and loses the colour
 # that tells some classes apart.
 INPUTS = ("rgb", "hematoxylin")
+# What a network learns beside its class scores to split touching nuclei: nothing, or each
+# nucleus pixel's normalised distance to the nucleus's border (model/network.py).
+SEPARATIONS = ("none", "distance")
 
 # The label value of an unlabelled pixel, in class maps, training targets and losses alike.
 IGNORE = 255
@@ -26,5 +29,7 @@ NUCLEUS = 254
 
 # Nuclei as objects (inference/instances.py): how touching nuclei are split, and the smallest
 # object kept (a nucleus is typically 20-60 µm²; below 3 µm², about 48 px at 0.25 µm/px, a speck).
-INSTANCE_METHODS = ("watershed", "components")
+# "distance": a marker-controlled watershed on a model's learned distance map, for a model
+# with a separation head (model/network.py SEPARATIONS); the others work on the class map alone.
+INSTANCE_METHODS = ("watershed", "components", "distance")
 DEFAULT_MIN_AREA_UM2 = 3.0

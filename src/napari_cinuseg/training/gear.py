@@ -89,9 +89,12 @@ def make_gear(
     lr: float,
     device: torch.device,
     freeze_bn: bool,
+    head_lr: float = 1.0,
 ) -> Gear:
     """The networks on the device (the prior frozen in eval mode, BatchNorm frozen where the
-    step keeps it), the optimiser, the fp16 scaler and the target → channel table."""
+    step keeps it), the optimiser, the fp16 scaler and the target → channel table. ``head_lr``:
+    the separation head's parameters learn at this multiple of the schedule's rate (each
+    parameter group's ``lr_scale``)."""
     s = settings
     world, rank = distributed.world_size(), distributed.rank()
     amp = devices.amp_dtype(device, s.amp)
@@ -106,7 +109,14 @@ def make_gear(
         # The prior runs under no_grad; its parameters' own flags are left alone, so a later
         # child() of the same model object can still learn.
         prior_net = prior.network.to(device).eval()
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    head = list(net.separation.parameters()) if net.separation is not None else []
+    held = {id(p) for p in head}
+    groups = [{"params": [p for p in net.parameters() if id(p) not in held], "lr_scale": 1.0}]
+    if head:
+        groups.append({"params": head, "lr_scale": float(head_lr)})
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
+    opt = torch.optim.SGD(groups, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
     train_net = net
     if world > 1:
         train_net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)

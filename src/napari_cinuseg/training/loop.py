@@ -1,6 +1,11 @@
 """The optimisation loop shared by the base and incremental steps (steps.py): crops, SGD with the
 poly schedule, the prior's forward pass, out-of-memory handling, typed progress events, the
-step's record (loss curve, ATT share, forgetting report) and the atomic save."""
+step's record (loss curve, ATT share, forgetting report) and the atomic save.
+
+The nucleus separation (a network's separation head, model/network.py) is trained here, beside
+whatever the method's loss is, since it knows no classes: regressed on the crops whose instances
+are known, and in an incremental step distilled from the frozen prior's
+(losses/separation.py), each weighted by ``settings.separation_weight``."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import torch
 from ..analysis.forgetting import old_class_agreement
 from ..datasets.labelled import TrainingPair, labelled_share
 from ..losses import LossOutput
+from ..losses.separation import separation_distillation, separation_loss
 from ..methods import Method, StepBatch, StepContext, settings_of
 from ..model.file import save_model
 from ..model.segmenter import CiNuSegModel, StepRecord, image_batch
@@ -59,6 +65,9 @@ class StepLoop:
     # The model the step started from, for the forgetting report (forgetting.py); set for every
     # incremental step, also when the method itself never looks at the prior.
     report_prior: CiNuSegModel | None = None
+    # The frozen model whose separation the step keeps (distillation), where both have the head;
+    # its forward pass runs also for a method that never looks at the prior.
+    separation_prior: CiNuSegModel | None = None
     _extra: list = field(default_factory=list)  # a method's training-only parameters
 
     def _context(self, device: torch.device, lut: torch.Tensor) -> StepContext:
@@ -85,9 +94,10 @@ class StepLoop:
             old_embedding=old.embedding if old is not None else None,
         )
 
-    def _iteration(self, images, target, gear: Gear) -> tuple[LossOutput, str | None, float]:
+    def _iteration(self, images, target, separation, gear: Gear) -> tuple[LossOutput, str | None, float]:
         """One optimisation step on one batch of crops: (the loss, why the optimiser did not
-        step or None, the gradient's norm before clipping)."""
+        step or None, the gradient's norm before clipping). ``separation``: the crops' separation
+        targets (crops.CropDataset)."""
         device, amp, opt, scaler = gear.device, gear.amp, gear.opt, gear.scaler
         net, prior_net = gear.train_net, gear.prior_net
         images = images.to(device, non_blocking=True)
@@ -99,7 +109,8 @@ class StepLoop:
                 with torch.no_grad():
                     old = prior_net(x)
             output = net(x)
-            result = self.method.loss(self._batch(labels, output, old))
+            result = self.method.loss(self._batch(labels, output, old if self.prior is not None else None))
+            result = self._with_separation(result, output, old, separation.to(device, non_blocking=True))
         opt.zero_grad(set_to_none=True)
         # Backward also on a non-finite loss: under torchrun every rank must take part in the
         # gradients' all-reduce, and the non-finite gradient then tells every rank to skip.
@@ -121,12 +132,41 @@ class StepLoop:
                 scaler.update()
         return result, skipped, norm
 
+    def _with_separation(self, result: LossOutput, output, old, target: torch.Tensor) -> LossOutput:
+        """The method's loss plus the separation's terms, where the network has a separation head:
+        w · mean_b separation_loss on crops with known instances (term ``separation``), and in a
+        step with a separation prior w · mean_b separation_distillation (``separation_kd``)."""
+        w = self.settings.separation_weight
+        if output.separation is None or w == 0:
+            return result
+        loss, terms = result.loss, dict(result.terms)
+        known = (target >= 0).flatten(1).any(1)
+        if bool(known.any()):
+            reg = separation_loss(output.separation, target)[known].mean()
+            loss = loss + w * reg
+            terms["separation"] = float(reg.detach())
+        if self.separation_prior is not None and old is not None and old.separation is not None:
+            kd = separation_distillation(output.separation, old.separation).mean()
+            loss = loss + w * kd
+            terms["separation_kd"] = float(kd.detach())
+        return LossOutput(loss, terms, result.r, result.t_o, result.t_n)
+
     def _clip_gradient(self, opt) -> float:
         """:func:`clip_gradient` of every parameter the optimiser holds, with this step's new
-        classifier rows."""
-        params = [p for g in opt.param_groups for p in g["params"]]
+        classifier rows. A separation head that learns faster than the rest (its group's
+        ``lr_scale`` above 1: a base step teaching it) is clipped on its own, as new classifier
+        rows are, so that the large gradient of the trunk cannot shrink its own to nothing."""
         s = self.settings
-        return clip_gradient(params, self.model.network.classifier, list(self.new_classes), s.grad_clip, s.new_class_lr)
+        fast = [p for g in opt.param_groups if g.get("lr_scale", 1.0) > 1.0 for p in g["params"]]
+        held = {id(p) for p in fast}
+        params = [p for g in opt.param_groups for p in g["params"] if id(p) not in held]
+        rest = clip_gradient(params, self.model.network.classifier, list(self.new_classes), s.grad_clip, s.new_class_lr)
+        if not fast:
+            return rest
+        head = [p for p in fast if p.grad is not None]
+        limit = s.grad_clip if s.grad_clip > 0 else float("inf")
+        own = float(torch.nn.utils.clip_grad_norm_(head, limit)) if head else 0.0
+        return math.sqrt(rest**2 + own**2)
 
     def _smaller_batch(self, batch: int, device, world: int, rank: int) -> int:
         """The batch after running out of memory at ``batch``: half of it, or a clear error where
@@ -208,10 +248,21 @@ class StepLoop:
             stain_jitter=s.stain_jitter,
             scale_jitter=s.scale_jitter,
             painted_share=s.painted_crops if self.new_classes else 0.0,
+            separation=self.model.network.has_separation,
         )
         per_epoch = max(len(dataset) // s.batch_size, 1)  # the global batch, over all ranks
         total = s.iterations or max(s.epochs * per_epoch, s.min_iterations)
-        gear = make_gear(self.model, self.prior, self.channel_of_target, s, self.lr, device, self.freeze_bn)
+        gear = make_gear(
+            self.model,
+            self.prior or self.separation_prior,
+            self.channel_of_target,
+            s,
+            self.lr,
+            device,
+            self.freeze_bn,
+            # the head learns fast where it is taught (a base step), and is kept in a step
+            head_lr=s.separation_lr if self.report_prior is None else 1.0,
+        )
         yield StepStarted(
             step=self.step,
             method=self.record_as or self.method.name,
@@ -281,15 +332,15 @@ class StepLoop:
             dataset.set_epoch(tally.epoch)
             sampler.set_epoch(tally.epoch)
             reduced = False
-            for images, target, boxes in loader:
+            for images, target, separation, boxes in loader:
                 if is_cancelled(cancel):
                     yield Cancelled(step=self.step, iteration=tally.it)
                     return False
                 lr = poly_lr(self.lr, tally.it, total, s.poly_power)
                 for group in gear.opt.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 try:
-                    result, skipped, grad_norm = self._iteration(images, target, gear)
+                    result, skipped, grad_norm = self._iteration(images, target, separation, gear)
                 except Exception as exc:  # noqa: BLE001 - only an allocation failure is retried
                     if not devices.is_out_of_memory(exc):
                         raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from ..runtime import setting as declared
-from ..runtime.names import DECODERS, ENCODERS, INPUTS
+from ..runtime.names import DECODERS, ENCODERS, INPUTS, SEPARATIONS
 from ..runtime.setting import CLI, setting
 
 
@@ -22,6 +22,18 @@ class TrainSettings:
     encoder_weights: str | None = None  # a local torchvision ResNet state dict; never downloaded
     # the RGB image, or its hematoxylin optical density only
     input: str = setting("rgb", "what a base model sees", choices=INPUTS, offered=())
+    # what a base model learns beside the class scores to split touching nuclei (network.py)
+    separation: str = setting("none", "nucleus separation learned by a base model", choices=SEPARATIONS, offered=())
+    # the separation's weight in the loss: its regression on images with instances (base step),
+    # its distillation from the prior (incremental steps; 0 = the step does not keep it)
+    separation_weight: float = setting(
+        1.0, "weight of the nucleus separation's loss (regression, or distillation in a step)", 0.0, 100.0, offered=()
+    )
+    # a base step's separation head learns at this multiple of lr_base: it starts from nothing
+    # (often on a trained network, whose rate is low), as a step's new classifier rows do
+    separation_lr: float = setting(
+        10.0, "the separation head's learning rate in a base step, × lr_base", 1e-6, 1000.0, offered=()
+    )
 
     # optimisation (SGD with momentum, poly schedule)
     lr_base: float = setting(0.01, "learning rate of step 0", 0.0, 10.0, offered=())
@@ -73,7 +85,7 @@ class TrainSettings:
     def architecture(self, num_classes: int = 1):
         from ..model.network import Architecture  # noqa: PLC0415 - reading settings needs no PyTorch
 
-        return Architecture(self.encoder, self.decoder, self.decoder_channels, num_classes)
+        return Architecture(self.encoder, self.decoder, self.decoder_channels, num_classes, self.separation)
 
     def for_network(self, arch) -> TrainSettings:
         """These settings with the network of ``arch`` (a prior model's): a step keeps its

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator, Sequence
+from dataclasses import replace
 
 from ..datasets.labelled import TrainingPair, as_pairs, check_pairs
 from ..methods import get_method
@@ -41,7 +42,9 @@ def train_base(
     mixed supervision 254 (``NUCLEUS``): a nucleus of unknown class (docs/method.md).
     ``pixel_size``: µm per pixel of the images (recorded; segmentation resamples to it).
     ``init``: a base model of the same classes, network and input to go on training from (its
-    weights; otherwise the network starts as the settings say).
+    weights; otherwise the network starts as the settings say). Where the settings ask for a
+    separation head that ``init`` lacks, the head starts fresh and everything else is ``init``'s.
+    Pairs with instance maps (``TrainingPair.instances``) teach the separation head.
     """
     settings = settings or TrainSettings()
     pairs = as_pairs(pairs)
@@ -55,14 +58,19 @@ def train_base(
     )
     model.pixel_size = float(pixel_size) if pixel_size else None
     if init is not None:  # go on training a base model: its weights, its classes and network
-        if list(init.class_names) != list(class_names) or init.arch != model.arch or init.input != model.input:
+        grows_head = init.arch.separation == "none" and model.arch.separation != "none"
+        same_net = init.arch == model.arch or (
+            grows_head and replace(init.arch, separation="none") == replace(model.arch, separation="none")
+        )
+        if list(init.class_names) != list(class_names) or not same_net or init.input != model.input:
             raise ValueError(
                 f"init: the model to go on from has classes {init.class_names}, network {init.arch} and input "
                 f"{init.input}; the settings ask for {list(class_names)}, {model.arch}, {model.input}"
             )
-        model.network.load_state_dict(
-            {k: v.float() if v.is_floating_point() else v for k, v in init.network.state_dict().items()}
-        )
+        state = {k: v.float() if v.is_floating_point() else v for k, v in init.network.state_dict().items()}
+        missing, unexpected = model.network.load_state_dict(state, strict=not grows_head)
+        if grows_head and (unexpected or any(not k.startswith("separation.") for k in missing)):
+            raise ValueError(f"init: its weights do not fit the network ({missing[:3]}, {unexpected[:3]})")
         model.mean, model.std, model.pixel_size = init.mean, init.std, model.pixel_size or init.pixel_size
     check_pairs(pairs, len(model.classes), allow_nucleus=True)
     check_new_model_path(out, None)
@@ -162,5 +170,7 @@ def train_step(
         new_classes=tuple(new_classes),
         freeze_bn=settings.freeze_bn,
         report_prior=prior,
+        # nucleus separation knows no classes: the step keeps the prior's (losses/separation.py)
+        separation_prior=prior if prior.network.has_separation and settings.separation_weight > 0 else None,
     )
     return loop.run(cancel, out)

@@ -11,14 +11,20 @@ import numpy as np
 from ..io.pixel_size import resampling_factor
 from ..runtime.events import Preview, Progress, StepStarted, tap
 from ..runtime.names import IGNORE
+from .review import painted_region
 
 PREVIEW_EVERY_S = 3.0  # seconds of training between two previews
 PREVIEW_MAX_SIDE = 512  # a preview covers at most this much of each painted region (around its nuclei)
 
 
 def _box_around(target: np.ndarray, side: int) -> tuple[int, int, int, int]:
-    """A box of at most ``side`` px a side inside the image, centred where the painted nuclei are
-    (the median of the pixels painted with a class), else on the image's centre."""
+    """The region the review will look at (:func:`~.review.painted_region`) where it is at most
+    ``side`` px a side, so that the step's result takes the preview's place; else a box of ``side``
+    px a side inside the image, centred where the painted nuclei are (the median of the pixels
+    painted with a class), else on the image's centre."""
+    region = painted_region(target)
+    if region[2] - region[0] <= side and region[3] - region[1] <= side:
+        return region
     h, w = target.shape[:2]
     ys, xs = np.nonzero((target != 0) & (target != IGNORE))
     cy, cx = (int(np.median(ys)), int(np.median(xs))) if ys.size else (h // 2, w // 2)

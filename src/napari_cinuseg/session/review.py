@@ -24,6 +24,14 @@ SIZE_CHANGE = 1.25  # an old class whose pixels grew or shrank by more than this
 REVIEW_MARGIN = 64
 
 
+def painted_region(target: np.ndarray, margin: int = REVIEW_MARGIN) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) of a training pair's labelled pixels plus ``margin``, inside the pair; the
+    whole pair where nothing is labelled. What the review looks at (a pair's context may be a
+    whole image)."""
+    target = np.asarray(target)
+    return annotated_box(target != IGNORE, margin=margin) or (0, 0, *target.shape[:2])
+
+
 @dataclass
 class StepReview:
     """What a step did where the user painted: the new model's class map of each painted region
@@ -128,7 +136,7 @@ def review_step(
     for pair in pairs:
         image, target = np.asarray(pair.image), np.asarray(pair.target)
         # the painted region and a margin, not the pair's whole context (a whole image)
-        box = annotated_box(target != IGNORE, margin=REVIEW_MARGIN) or (0, 0, *target.shape)
+        box = painted_region(target)
         image, target = image[box[0] : box[2], box[1] : box[3]], target[box[0] : box[2], box[1] : box[3]]
         review.offsets.append((int(box[0]), int(box[1])))
         after = yield from segment(candidate, image, **at)

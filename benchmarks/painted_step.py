@@ -227,7 +227,8 @@ def summary(paths) -> str:
     groups: dict = {}
     for r in rows:
         tag = ",".join(f"{k}={v}" for k, v in r.get("settings", {}).items())
-        groups.setdefault((r["dataset"], r["class"], r.get("split", "old"), _painting(r), tag), []).append(r)
+        how = r.get("mode", "strokes") + ("" if r.get("context", "64") == "64" else f", context {r['context']}")
+        groups.setdefault((r["dataset"], r["class"], r.get("split", "old"), how, tag), []).append(r)
     out = [
         "| data set, class | split | painting | changes | seeds | new-class Dice, mean ± sd (range) "
         "| old classes ≥ 0.9 × the prior | finite | seconds |",

@@ -29,13 +29,8 @@ import numpy as np
 from napari_cinuseg import drain, load_model, train_base
 from napari_cinuseg.analysis.evaluation import evaluate
 from napari_cinuseg.analysis.metrics import ConfusionMatrix
-from napari_cinuseg.datasets.labelled import (
-    data_dir,
-    read_consep_patches,
-    read_monusac_images,
-    split_by_source,
-    step_pairs,
-)
+from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images, step_pairs
+from napari_cinuseg.datasets.splits import split_by_source
 from napari_cinuseg.inference.segmentation import segment
 from napari_cinuseg.io.images import read_rgb
 from napari_cinuseg.training.settings import preset

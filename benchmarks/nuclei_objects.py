@@ -45,15 +45,9 @@ import numpy as np
 from napari_cinuseg import drain, load_model, train_base
 from napari_cinuseg.analysis.metrics import ConfusionMatrix
 from napari_cinuseg.analysis.objects import ObjectScores
-from napari_cinuseg.datasets.labelled import (
-    IGNORE,
-    data_dir,
-    read_consep_instances,
-    read_consep_patches,
-    split_by_source,
-    step_pairs,
-)
+from napari_cinuseg.datasets.labelled import IGNORE, data_dir, read_consep_instances, read_consep_patches, step_pairs
 from napari_cinuseg.datasets.nucleus_only import mixed_class_pairs, nucleus_pairs, read_monuseg, read_nuinsseg
+from napari_cinuseg.datasets.splits import split_by_source
 from napari_cinuseg.inference.instances import min_area_pixels, split_nuclei
 from napari_cinuseg.inference.segmentation import segment
 from napari_cinuseg.model.file import BUNDLED_MODEL

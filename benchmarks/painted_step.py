@@ -55,21 +55,15 @@ def painted_split(dataset: str, split: str, data: str | None = None):
     (where every rule and default of a painted step is chosen) or ``test`` (the tables; nothing
     is chosen on it), whole sources on one side only.
 
-    MoNuSAC (12 slides, none seen by the bundled model): datasets.labelled.split_three, seed 0,
+    MoNuSAC (12 slides, none seen by the bundled model): datasets.splits.split_three, seed 0,
     4 slides each, every class in each. CoNSeP: the bundled model trained on 22 of its 27
     source images and chose its training seed on the other 5 (benchmarks/nuclei_objects.py's
     split); no source is untouched by it. Test is those 5 (the painted step's rules never looked
     at them; the prior's seed was chosen there on Epithelial and Spindle-shaped), tune 5 of the
     22 (balanced over the classes), paint the other 17.
     """
-    from napari_cinuseg.datasets.labelled import (
-        balanced_sources,
-        data_dir,
-        read_consep_patches,
-        read_monusac_images,
-        split_by_source,
-        split_three,
-    )
+    from napari_cinuseg.datasets.labelled import data_dir, read_consep_patches, read_monusac_images
+    from napari_cinuseg.datasets.splits import balanced_sources, split_by_source, split_three
 
     root = data_dir(data)
     if dataset == "monusac":

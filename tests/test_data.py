@@ -4,13 +4,8 @@ import numpy as np
 import pytest
 from skimage import io as skio
 
-from napari_cinuseg.datasets.labelled import (
-    TrainingPair,
-    read_folder,
-    read_monusac_images,
-    split_by_source,
-    step_pairs,
-)
+from napari_cinuseg.datasets.labelled import TrainingPair, read_folder, read_monusac_images, step_pairs
+from napari_cinuseg.datasets.splits import split_by_source
 from napari_cinuseg.training.crops import CropDataset
 
 
@@ -109,7 +104,8 @@ def test_read_dataset_tells_layouts_apart(shared_data, tmp_path):
 
 
 def test_the_balanced_split_gives_every_class_a_fair_share_of_the_held_out_slides(shared_data):
-    from napari_cinuseg.datasets.labelled import class_pixels_by_source, read_monusac_images
+    from napari_cinuseg.datasets.labelled import read_monusac_images
+    from napari_cinuseg.datasets.splits import class_pixels_by_source
 
     data = read_monusac_images(shared_data / "monusac")
     counts = class_pixels_by_source(data)
@@ -144,7 +140,8 @@ def test_crops_of_read_only_images_are_made_without_a_warning():
 
 
 def test_three_splits_by_source_keep_every_class_in_tune_and_test(shared_data):
-    from napari_cinuseg.datasets.labelled import class_pixels_by_source, read_monusac_images, split_three
+    from napari_cinuseg.datasets.labelled import read_monusac_images
+    from napari_cinuseg.datasets.splits import class_pixels_by_source, split_three
 
     data = read_monusac_images(shared_data / "monusac")
     train, tune, test = split_three(data, seed=0)

@@ -141,7 +141,7 @@ def test_child_keeps_parent_and_grows(model):
 def test_bundled_base_model_segments_held_out_consep(consep):
     """The shipped base model (8-bit kernels) loads and segments images of sources it was not trained on."""
     from napari_cinuseg.analysis.evaluation import evaluate
-    from napari_cinuseg.datasets.labelled import split_by_source
+    from napari_cinuseg.datasets.splits import split_by_source
     from napari_cinuseg.model.file import BUNDLED_MODEL
 
     model = load_model(BUNDLED_MODEL)

@@ -8,7 +8,6 @@ import tifffile
 from scipy.io import savemat
 from skimage import io as skio
 
-from napari_cinuseg.datasets.labelled import split_by_source
 from napari_cinuseg.datasets.original_layouts import (
     monusac_class_map,
     read_consep_original,
@@ -16,6 +15,7 @@ from napari_cinuseg.datasets.original_layouts import (
     read_monusac_xml,
     read_tiff_rgb,
 )
+from napari_cinuseg.datasets.splits import split_by_source
 
 # ------------------------------------------------------------------------------------------ CoNSeP
 

@@ -19,7 +19,8 @@ from skimage import io as skio
 from napari_cinuseg import CiNuSegModel, drain, load_model, save_model, train_base, train_step
 from napari_cinuseg.analysis.measurements import measure_nuclei_to_csv
 from napari_cinuseg.cli import main
-from napari_cinuseg.datasets.labelled import read_folder, split_by_source
+from napari_cinuseg.datasets.labelled import read_folder
+from napari_cinuseg.datasets.splits import split_by_source
 from napari_cinuseg.io.images import ImageNotice, read_rgb
 from napari_cinuseg.model.file import BUNDLED_MODEL, ModelFileError
 from napari_cinuseg.model.network import Architecture, NucleiSegNet

@@ -23,8 +23,9 @@ import torch
 from .. import __version__
 from ..analysis.evaluation import evaluate
 from ..analysis.forgetting import confident_share
-from ..datasets.labelled import LabelledSet, split_by_source, step_pairs
+from ..datasets.labelled import LabelledSet, step_pairs
 from ..datasets.protocols import CLASS_ORDERS, make_protocol
+from ..datasets.splits import split_by_source
 from ..io.atomic import atomic_json
 from ..methods import get_method, method_settings, settings_of
 from ..model.file import load_model

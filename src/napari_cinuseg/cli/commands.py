@@ -43,8 +43,9 @@ def _with_encoder(settings, args: argparse.Namespace):
 
 
 def _load_data(args: argparse.Namespace):
-    from ..datasets.labelled import data_dir, split_by_source  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
+    from ..datasets.labelled import data_dir  # noqa: PLC0415 - as the import beside it
     from ..datasets.layouts import read_dataset  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
+    from ..datasets.splits import split_by_source  # noqa: PLC0415 - as the import beside it
 
     data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
     return _split(data, args, split_by_source)
@@ -106,9 +107,10 @@ def cmd_train_base(args) -> int:
 
 def _more_pairs(spec: str, classes: list[str], args: argparse.Namespace) -> list:
     """The training pairs of one ``--with KIND[=FOLDER]`` of train-base, split as --split says."""
-    from ..datasets.labelled import data_dir, split_by_source  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
+    from ..datasets.labelled import data_dir  # noqa: PLC0415 - as the import beside it
     from ..datasets.layouts import read_dataset  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
     from ..datasets.nucleus_only import mixed_class_pairs, nucleus_pairs  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
+    from ..datasets.splits import split_by_source  # noqa: PLC0415 - as the import beside it
 
     kind, _, folder = spec.partition("=")
     if kind not in DATASETS + NUCLEUS_DATASETS:

@@ -14,8 +14,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from glob import escape as glob_escape
-from itertools import combinations
-from math import comb
 from pathlib import Path
 from typing import NamedTuple
 
@@ -254,102 +252,6 @@ def source_of_stem(stem: str) -> str:
     """``train_12_003`` → ``train_12``; ``TCGA-..._4`` → ``TCGA-...``: the image or slide a patch is from."""
     m = re.match(r"(.+)_\d+$", stem)
     return m.group(1) if m else stem
-
-
-def split_by_source(
-    data: LabelledSet, val_fraction: float = 0.2, seed: int = 0, balanced: bool = False
-) -> tuple[LabelledSet, LabelledSet]:
-    """(train, validation) with whole sources on one side only; the same for the same seed.
-
-    A random choice of sources, which on a small data set can leave a class out. ``balanced``: of the ways to
-    hold out that many sources, one that gives every class about ``val_fraction`` of its pixels
-    (:func:`balanced_sources`), so that no class is missing from the validation images or nearly
-    so; ``seed`` chooses among the few best. The benchmark splits this way.
-    """
-    if not 0 < val_fraction < 1:  # NaN fails this too
-        raise ValueError(
-            f"val_fraction {val_fraction} holds out no share of the sources; give a share above 0 and below 1, e.g. 0.2"
-        )
-    sources = data.sources
-    if len(sources) < 2:
-        raise ValueError("a validation split needs images from at least two sources (images or slides)")
-    n_val = min(max(1, round(val_fraction * len(sources))), len(sources) - 1)
-    if balanced and any(c.any() for c in class_pixels_by_source(data).values()):
-        val = set(balanced_sources(data, n_val, val_fraction, seed))
-    else:
-        order = np.random.default_rng(seed).permutation(len(sources))
-        val = {sources[i] for i in order[:n_val]}
-    return data.subset([s for s in sources if s not in val]), data.subset(sorted(val))
-
-
-def split_three(
-    data: LabelledSet, tune_fraction: float = 1 / 3, test_fraction: float = 1 / 3, seed: int = 0
-) -> tuple[LabelledSet, LabelledSet, LabelledSet]:
-    """(train, tune, test), whole sources on one side only: every choice of a default, a budget
-    or a rule is measured on *tune*; tables report *test*, which no choice has looked at.
-
-    The test sources are held out first, balanced over the classes (:func:`balanced_sources`,
-    ``test_fraction`` of the sources), then the tune sources from the rest the same way; both
-    keep every class the data has where the sources allow it. The same for the same seed.
-    """
-    for name, share in (("tune_fraction", tune_fraction), ("test_fraction", test_fraction)):
-        if not 0 < share < 1:
-            raise ValueError(f"{name} {share} holds out no share of the sources; give a share above 0 and below 1")
-    if tune_fraction + test_fraction >= 1:
-        raise ValueError(
-            f"tune ({tune_fraction}) and test ({test_fraction}) leave no sources to train on; keep their sum under 1"
-        )
-    sources = data.sources
-    if len(sources) < 3:
-        raise ValueError("three splits by source need images from at least three sources (images or slides)")
-    n_test = min(max(1, round(test_fraction * len(sources))), len(sources) - 2)
-    test = set(balanced_sources(data, n_test, test_fraction, seed))
-    rest = data.subset([s for s in sources if s not in test])
-    n_tune = min(max(1, round(tune_fraction * len(sources))), len(rest.sources) - 1)
-    tune = set(balanced_sources(rest, n_tune, n_tune / len(rest.sources), seed))
-    train = [s for s in sources if s not in test and s not in tune]
-    return data.subset(train), data.subset(sorted(tune)), data.subset(sorted(test))
-
-
-def class_pixels_by_source(data: LabelledSet) -> dict[str, np.ndarray]:
-    """Per source, the pixel count of each class (index i for class id i + 1)."""
-    k = len(data.class_names)
-    counts: dict[str, np.ndarray] = {}
-    for it in data.items:
-        hist = np.bincount(it.labels.ravel(), minlength=256)[1 : k + 1]
-        counts[it.source] = counts.get(it.source, np.zeros(k, np.int64)) + hist
-    return counts
-
-
-def balanced_sources(
-    data: LabelledSet, n_val: int, val_fraction: float, seed: int = 0, candidates: int = 20000, among: int = 5
-) -> list[str]:
-    """``n_val`` sources to hold out whose share of each class's pixels is nearest
-    ``val_fraction``: the cost of a choice is the sum over classes of (share − fraction)², plus
-    1 for each class held out entirely or missing from the held-out sources although another
-    source has it. Every choice is tried where there are at most ``candidates``, else that many
-    random ones; ``seed`` picks one of the ``among`` cheapest."""
-    counts = class_pixels_by_source(data)
-    sources = sorted(counts)
-    table = np.stack([counts[s] for s in sources]).astype(np.float64)  # (sources, classes)
-    total = table.sum(0)
-    present = (table > 0).sum(0)
-    rng = np.random.default_rng(seed)
-    if comb(len(sources), n_val) <= candidates:
-        choices = [np.array(c) for c in combinations(range(len(sources)), n_val)]
-    else:
-        choices = [np.sort(rng.choice(len(sources), n_val, replace=False)) for _ in range(candidates)]
-    costs = []
-    for c in choices:
-        held = table[c].sum(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = np.where(total > 0, held / total, val_fraction)
-        cost = float(((share - val_fraction) ** 2).sum())
-        cost += float(((held == 0) & (present >= 2)).sum() + ((held == total) & (total > 0)).sum())
-        costs.append(cost)
-    best = np.argsort(costs, kind="stable")[: max(1, among)]
-    pick = choices[best[rng.integers(len(best))]]
-    return [sources[i] for i in pick]
 
 
 def step_pairs(data: LabelledSet, step_classes: Sequence[str]) -> list[TrainingPair]:

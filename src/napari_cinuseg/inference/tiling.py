@@ -9,6 +9,12 @@ import numpy as np
 DEFAULT_TILE = 512
 
 
+def panel_overlap(tile: int) -> int:
+    """The overlap the panel's Segment image uses with ``tile`` (its review and clicks too): a
+    quarter of the tile, at most 64 px."""
+    return min(64, tile // 4)
+
+
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
     """Origins of tiles of size ``tile`` covering [0, length) with at least ``overlap`` shared
     pixels between neighbours; the last tile ends at ``length`` (or the only tile at 0)."""

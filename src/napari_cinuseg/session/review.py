@@ -12,7 +12,7 @@ from skimage.measure import label
 
 from ..annotations import annotated_box
 from ..inference.segmentation import segment
-from ..inference.tiling import DEFAULT_TILE
+from ..inference.tiling import DEFAULT_TILE, panel_overlap
 from ..runtime.events import CancelFlag
 from ..runtime.names import IGNORE
 
@@ -131,7 +131,7 @@ def review_step(
     review = StepReview(class_name, [], old_pixels={c: (0, 0, 0) for c in old_names})
     painted_sizes, found_sizes = [], []
     # Segment image's path: its tile and overlap, resampled to the model's pixel size
-    at = {"tile": tile, "overlap": min(64, tile // 4), "image_pixel_size": image_pixel_size}
+    at = {"tile": tile, "overlap": panel_overlap(tile), "image_pixel_size": image_pixel_size}
     at.update(device=device, cancel=cancel)
     for pair in pairs:
         image, target = np.asarray(pair.image), np.asarray(pair.target)

@@ -14,6 +14,7 @@ import threading
 
 import numpy as np
 
+from ..inference.tiling import panel_overlap
 from ..plugin.layer_metadata import ANNOTATION_KEY, NUCLEI_KEY, RESULT_KEY, layer_pixel_size
 from ..runtime.events import Cancelled, MemoryReduced, TileProgress
 from ..session.picking import (
@@ -214,7 +215,7 @@ class ClickingHost:
                     pixels,
                     box,
                     tile=tile,
-                    overlap=min(64, tile // 4),
+                    overlap=panel_overlap(tile),
                     image_pixel_size=px,
                     device=device,
                     cancel=cancel,

@@ -12,6 +12,7 @@ from napari.utils import notifications
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
+from ..inference.tiling import panel_overlap
 from ..plugin.layer_metadata import RESULT_KEY, layer_pixel_size
 from ..runtime.events import Cancelled, ExportProgress, MemoryReduced, SegmentFinished, TileProgress
 from ..session.export import export_nuclei
@@ -48,7 +49,7 @@ class SegmentingHost:
                     model,
                     pixels,
                     tile=tile,
-                    overlap=min(64, tile // 4),
+                    overlap=panel_overlap(tile),
                     image_pixel_size=px,
                     out=out,
                     cancel=cancel,

@@ -163,6 +163,7 @@ def run_one(args, seed: int) -> dict:
         "split": "test-data" if args.test_data else args.split,
         "mode": args.mode,
         "context": args.context,
+        "context_share": painting.context_share,  # each class's share of its pixels on the painted images in context
         "k": args.k,
         "painted_nuclei": painting.nuclei,
         "painted_regions": painted_nuclei(painting.pairs),  # touching nuclei make one region

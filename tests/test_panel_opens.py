@@ -45,15 +45,17 @@ def test_the_dock_makes_the_panel_in_parts_and_shows_it_whole(make_napari_viewer
     from qtpy.QtWidgets import QFormLayout
 
     from napari_cinuseg.session.storage import Storage
-    from napari_cinuseg.ui.opening import CiNuSegDock
+    from napari_cinuseg.ui.opening import LOADING_SWITCH_INTERVAL, CiNuSegDock
     from napari_cinuseg.ui.widgets import PANEL_WIDTH
 
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
     settings.setValue("iterations", 77)
     viewer = make_napari_viewer()
+    switch_interval = sys.getswitchinterval()
     dock = CiNuSegDock(viewer, storage=Storage(tmp_path, tmp_path / "results"), settings=settings)
     viewer.window.add_dock_widget(dock)
     assert dock.width() == PANEL_WIDTH  # loading, at the panel's width already
+    assert sys.getswitchinterval() <= LOADING_SWITCH_INTERVAL  # the viewer's thread gets the lock back sooner
     qtbot.waitUntil(lambda: dock._making is not None or dock.panel is not None, timeout=120_000)
     if dock.panel is None:  # caught while its parts are made: hidden, not yet connected
         making = dock._making
@@ -61,6 +63,7 @@ def test_the_dock_makes_the_panel_in_parts_and_shows_it_whole(make_napari_viewer
     qtbot.waitUntil(lambda: dock.panel is not None, timeout=10_000)
     panel = dock.panel
     assert panel.parent() is dock and not panel.isHidden() and dock._making is None
+    assert sys.getswitchinterval() == switch_interval  # Python's own again once loaded
     assert panel.train_section.iterations.value() == 77  # restored, as a panel made at once is
     first = panel.train_section.details.form.itemAt(0, QFormLayout.ItemRole.SpanningRole)
     assert first.widget() is panel.train_section.advanced  # the method's settings first under Details

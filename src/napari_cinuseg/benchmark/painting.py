@@ -54,6 +54,9 @@ class Painting:
     dabs: int
     clicked: int = 0  # nuclei painted by a click: the model's object under it
     by_hand: int = 0  # nuclei a click found no object for, painted by hand instead
+    #: each class's share of its labelled pixels on the painted images that the pairs' context
+    #: holds (1.0 where the context is the whole image): how much of an old class a step sees
+    context_share: dict[str, float] | None = None
 
 
 def _nuclei_of(item: LabelledImage, inst: np.ndarray, class_id: int, min_pixels: int) -> list[int]:
@@ -119,6 +122,8 @@ def simulate_painting(
     every = [(j, n) for j, (_, _, ids) in enumerate(chosen) for n in ids]
     picked = [every[i] for i in rng.permutation(len(every))[:k]]
     pairs, n_dabs, clicked, by_hand = [], 0, 0, 0
+    n = len(data.class_names) + 1  # background and the classes
+    in_context, on_images = np.zeros(n, np.int64), np.zeros(n, np.int64)
     for j, (item, inst, _) in enumerate(chosen):
         mine = [n for jj, n in picked if jj == j]
         if not mine:
@@ -144,6 +149,10 @@ def simulate_painting(
         made = training_pair(item.image, ann, 1, name=item.name, margin=margin)
         if made is not None:
             pairs.append(made[0])
+            (y0, x0), (h, w) = made[1], made[0].image.shape[:2]
+            on_images += np.bincount(item.labels[item.labels < n].ravel(), minlength=n)[:n]
+            box = item.labels[y0 : y0 + h, x0 : x0 + w]
+            in_context += np.bincount(box[box < n].ravel(), minlength=n)[:n]
     return Painting(
         pairs=pairs,
         nuclei=len(picked),
@@ -152,6 +161,11 @@ def simulate_painting(
         dabs=n_dabs,
         clicked=clicked,
         by_hand=by_hand,
+        context_share={
+            name: round(float(in_context[c] / on_images[c]), 4)
+            for c, name in enumerate(data.class_names, start=1)
+            if on_images[c]
+        },
     )
 
 

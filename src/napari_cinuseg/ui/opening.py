@@ -38,6 +38,10 @@ NATIVE = (
     ("numcodecs", ("*.so",)),
 )
 _RTLD_NOW, _RTLD_GLOBAL = 0x2, 0x100
+#: Python's switch interval while the engine loads (its default is 5 ms): every return of the
+#: viewer's thread from Qt waits for Python's lock, which the loading worker then holds for up to
+#: the interval; at 1 ms the worst gap while loading fell from 46-55 ms to 35-48 (docs/performance.md)
+LOADING_SWITCH_INTERVAL = 0.001
 
 
 def preload_native_libraries() -> int:
@@ -66,7 +70,7 @@ def preload_native_libraries() -> int:
     return loaded
 
 
-_loading = {"docks": 0}
+_loading = {"docks": 0, "switch_interval": None}
 
 
 @atexit.register
@@ -123,6 +127,9 @@ class CiNuSegDock(QWidget):
         # Python's lock held (100-300 ms at a time, measured); the loaded heap is then frozen
         # out of the collector's reach (gc.freeze), as a job's is (workers.freeze_heap).
         gc.disable()
+        if _loading["switch_interval"] is None:
+            _loading["switch_interval"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(LOADING_SWITCH_INTERVAL, _loading["switch_interval"]))
         _loading["docks"] += 1
         self.worker = create_worker(_load, settings_file)
         self.worker.finished.connect(self._loaded)
@@ -132,6 +139,9 @@ class CiNuSegDock(QWidget):
 
     def _loaded(self) -> None:
         _loading["docks"] = max(0, _loading["docks"] - 1)
+        if not _loading["docks"] and _loading["switch_interval"] is not None:
+            sys.setswitchinterval(_loading["switch_interval"])
+            _loading["switch_interval"] = None
 
     def _collect_again(self) -> None:
         gc.freeze()

@@ -272,3 +272,26 @@ def test_simulated_clicks_take_the_model_s_object_or_paint_by_hand(consep, share
         # clicked nuclei come with the model's grown outline: some painted pixels are background
         if left.any():
             assert (item.labels[:, : item.labels.shape[1] // 2][left] == 0).any()
+
+
+def test_simulated_painting_says_how_much_of_each_class_the_context_holds(consep, shared_data):
+    """The whole image holds every class's pixels; the painted box alone holds all of the painted
+    class's painted nuclei but, by a margin, less of the others."""
+    data = consep.subset(["train_2", "train_3"])
+    shares = {
+        margin: simulate_painting(
+            data,
+            "Other",
+            5,
+            images=2,
+            seed=1,
+            instances_dir=shared_data / "consep" / "train" / "instances",
+            margin=margin,
+        ).context_share
+        for margin in (None, 0, 64)
+    }
+    assert set(shares[None].values()) == {1.0}
+    assert set(shares[0]) == set(shares[None]) and "Other" in shares[0]
+    for name, share in shares[0].items():
+        assert 0.0 <= share <= shares[64][name] <= 1.0
+    assert min(shares[0].values()) < 1.0  # the painted box alone leaves some of the images out

@@ -25,7 +25,6 @@ from ..analysis.evaluation import evaluate
 from ..analysis.forgetting import confident_share
 from ..datasets.labelled import LabelledSet, step_pairs
 from ..datasets.protocols import CLASS_ORDERS, make_protocol
-from ..datasets.splits import split_by_source
 from ..io.atomic import atomic_json
 from ..methods import get_method, method_settings, settings_of
 from ..model.file import load_model
@@ -66,24 +65,9 @@ class BenchmarkConfig:
     base_iterations: int | None = None  # the base and offline models' budget (None: as the steps')
     curve_every: int = 0  # score the base and offline models every N iterations while they train
     test_description: str = ""
+    split: dict = field(default_factory=dict)  # split.BenchmarkSplit.record(): name, seed and parts
     command: str = ""
     extra: dict = field(default_factory=dict)
-
-
-def split_data(data: LabelledSet, test: LabelledSet | None, val_fraction: float = 0.2, split_seed: int = 0):
-    """(train, test, description): the given test set, else a validation split by source that
-    gives every class a fair share of the held-out sources (``split_by_source(balanced=True)``)."""
-    if test is not None:
-        return data, test, "separate test set"
-    train, val = split_by_source(data, val_fraction, split_seed, balanced=True)
-    return (
-        train,
-        val,
-        (
-            f"validation split: {len(val.sources)} of {len(data.sources)} sources held out, balanced by class "
-            f"(seed {split_seed}): {', '.join(val.sources)}"
-        ),
-    )
 
 
 def _learning_settings(settings: dict) -> dict:
@@ -213,6 +197,7 @@ class _BenchmarkRun:
             "test_sources": len(cfg.test.sources),
             "test_image_names": sorted(it.name for it in cfg.test.items),
             "test": cfg.test_description,
+            "split": cfg.split,
             "base_iterations": cfg.base_iterations,
             "curve_every": cfg.curve_every,
             "scoring": SCORING,

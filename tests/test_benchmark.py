@@ -62,6 +62,7 @@ def test_benchmark_writes_results_and_resumes(small, tiny, tmp_path):
     assert (tmp_path / "curve-1-1.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["config"]["split"]["name"] == "test-data"
+    assert all(len(e["per_image"]) == 3 for e in saved["evaluations"].values())  # the test images, for bootstrap.py
     assert saved["config"]["split"]["sources"] == {"train": ["train_1", "train_2", "train_3"], "test": ["train_8"]}
     pixels = saved["config"]["split"]["class_pixels"]["test"]
     assert f"Split: test-data; pixels of each class scored: Epithelial {pixels['Epithelial']:,}," in table

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..analysis.evaluation import evaluate
+from ..analysis.evaluation import evaluate, score
 from ..analysis.forgetting import confident_share
 from ..datasets.labelled import LabelledSet, step_pairs
 from ..datasets.protocols import CLASS_ORDERS, make_protocol
@@ -232,9 +232,9 @@ class _BenchmarkRun:
         return model
 
     def _evaluated(self, model, protocol, method, step):
-        """Dice per known class on the test set (cached by model and test set), and the share of
-        each known class's test pixels the model scores above τ: what eq. 1 would pseudo-label
-        with that class at the next step."""
+        """Dice per known class on the test set (cached by model and test set) with each test
+        image's counts behind it, and the share of each known class's test pixels the model
+        scores above τ: what eq. 1 would pseudo-label with that class at the next step."""
         key = f"{protocol}/{method}/step{step}"
         cached = self.evaluations.get(key)
         if (
@@ -242,11 +242,13 @@ class _BenchmarkRun:
             and cached.get("model_id") == model.id
             and cached.get("test_set") == self.test_set
             and cached.get("scoring") == SCORING
+            and "per_image" in cached  # what bootstrap.py resamples; made before it was kept: scored again
         ):
             yield StepEvaluated(protocol, method, step, cached["dice"], True)
             return cached["dice"]
         # classes not learned yet are ignored on purpose (Fig. 5): no warning for them
-        dice = evaluate(model, self.cfg.test, self.settings.device, say_unscored=False)
+        scores = score(model, self.cfg.test, self.settings.device, say_unscored=False)
+        dice = scores.dice
         known = [c for c in model.class_names if c in self.cfg.test.class_names]
         confident = confident_share(model, self.cfg.test, known, self.tau, self.device)
         self.evaluations[key] = {
@@ -256,6 +258,7 @@ class _BenchmarkRun:
             "dice": dice,
             "classes": model.class_names,
             "confident": confident,
+            "per_image": scores.per_image,
         }
         atomic_json(self.results_path, self.results)
         yield StepEvaluated(protocol, method, step, dice, False)

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from napari_cinuseg import load_model
 from napari_cinuseg.analysis.evaluation import pixel_confusion
-from napari_cinuseg.benchmark.run import split_data
+from napari_cinuseg.benchmark.split import benchmark_split
 from napari_cinuseg.datasets.labelled import data_dir
 from napari_cinuseg.datasets.layouts import read_dataset
 from napari_cinuseg.io.atomic import atomic_json
+from napari_cinuseg.runtime.names import BENCHMARK_SPLITS
 
 
 def _table(name: str, record: dict) -> str:
@@ -45,15 +46,23 @@ def main(argv: list[str] | None = None) -> dict:
         "(default: $CINUSEG_DATA/<dataset>, else ../shared/data/<dataset>)",
     )
     ap.add_argument("--test-data", help="a separate test set (same layout), as `cinuseg benchmark --test-data`")
+    ap.add_argument("--split", choices=BENCHMARK_SPLITS, help="the benchmark's --split (default: val)")
     ap.add_argument("--val-fraction", type=float, default=0.2, help="the benchmark's --val-fraction")
+    ap.add_argument("--test-fraction", type=float, default=1 / 3, help="the benchmark's --test-fraction")
     ap.add_argument("--split-seed", type=int, default=0, help="the benchmark's --split-seed")
     ap.add_argument("--out", required=True, help="JSON of every model's confusion")
     args = ap.parse_args(argv)
 
     data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
     test = read_dataset(args.dataset, args.test_data) if args.test_data else None
-    _, held_out, described = split_data(data, test, args.val_fraction, args.split_seed)
-    out = {"test_set": described, "test_images": [it.name for it in held_out.items], "models": {}}
+    split = benchmark_split(data, args.split, test, args.val_fraction, args.test_fraction, args.split_seed)
+    held_out = split.scored
+    out = {
+        "test_set": split.description,
+        "split": split.record(),
+        "test_images": [it.name for it in held_out.items],
+        "models": {},
+    }
     for path in args.models:
         model = load_model(path)
         record = pixel_confusion(model, held_out, "cpu").record()

@@ -17,10 +17,11 @@ from pathlib import Path
 from napari_cinuseg import drain, load_model, train_step
 from napari_cinuseg.analysis.evaluation import evaluate
 from napari_cinuseg.analysis.forgetting import confident_share
-from napari_cinuseg.benchmark.run import split_data
+from napari_cinuseg.benchmark.split import benchmark_split
 from napari_cinuseg.datasets.labelled import data_dir, step_pairs
 from napari_cinuseg.datasets.layouts import read_dataset
 from napari_cinuseg.methods import get_method
+from napari_cinuseg.runtime.names import BENCHMARK_SPLITS
 from napari_cinuseg.training.settings import from_dict, parse_changes
 
 
@@ -35,7 +36,9 @@ def main(argv: list[str] | None = None) -> dict:
         help="the data set's folder, as `cinuseg benchmark --data` "
         "(default: $CINUSEG_DATA/<dataset>, else ../shared/data/<dataset>)",
     )
+    ap.add_argument("--split", choices=BENCHMARK_SPLITS, help="the benchmark's --split (default: val)")
     ap.add_argument("--val-fraction", type=float, default=0.2, help="the benchmark's --val-fraction")
+    ap.add_argument("--test-fraction", type=float, default=1 / 3, help="the benchmark's --test-fraction")
     ap.add_argument("--split-seed", type=int, default=0, help="the benchmark's --split-seed")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = from_dict(record.settings).replace(**changes)
 
     data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
-    train, val, _ = split_data(data, None, args.val_fraction, args.split_seed)  # the benchmark's split
+    split = benchmark_split(data, args.split, None, args.val_fraction, args.test_fraction, args.split_seed)
+    train, val = split.train, split.scored  # the benchmark's split
     new = [c for c in like.class_names if c not in prior.class_names]
     pairs = step_pairs(train, new)
     if [p.name for p in pairs] != record.data.get("images"):
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     row = {
         "like": args.like,
+        "split": split.name,
         "changes": changes,
         "seconds": round(time.time() - t0),
         "dice": evaluate(model, val, "cpu", say_unscored=False),

@@ -6,6 +6,7 @@ import pytest
 
 from napari_cinuseg.benchmark.report import across_seeds, offline_ratio, write_seed_table, write_table
 from napari_cinuseg.benchmark.run import BenchmarkConfig, run_benchmark
+from napari_cinuseg.benchmark.split import benchmark_split
 from napari_cinuseg.datasets.labelled import LabelledSet
 from napari_cinuseg.runtime.events import StepEvaluated, StepPlanned, drain
 
@@ -37,7 +38,8 @@ def _config(small, out, tiny, methods=("cinuseg", "finetune", "offline"), **kw):
 
 def test_benchmark_writes_results_and_resumes(small, tiny, tmp_path):
     events = []
-    results = drain(run_benchmark(_config(small, tmp_path, tiny)), events.append)
+    split = benchmark_split(small[0], test_data=small[1])
+    results = drain(run_benchmark(_config(small, tmp_path, tiny, split=split.record())), events.append)
     planned = [e for e in events if isinstance(e, StepPlanned)]
     # base once, two steps for each of the two incremental methods, offline once
     assert [(e.method, e.step) for e in planned] == [
@@ -59,6 +61,11 @@ def test_benchmark_writes_results_and_resumes(small, tiny, tmp_path):
     assert "| cinuseg |" in table and table.index("| offline |") > table.index("| cinuseg |")
     assert (tmp_path / "curve-1-1.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["split"]["name"] == "test-data"
+    assert all(len(e["per_image"]) == 3 for e in saved["evaluations"].values())  # the test images, for bootstrap.py
+    assert saved["config"]["split"]["sources"] == {"train": ["train_1", "train_2", "train_3"], "test": ["train_8"]}
+    pixels = saved["config"]["split"]["class_pixels"]["test"]
+    assert f"Split: test-data; pixels of each class scored: Epithelial {pixels['Epithelial']:,}," in table
     assert saved["summary"]["1-1"]["cinuseg"]["mean"] == pytest.approx(summary["cinuseg"]["mean"], nan_ok=True)
 
     # a second run finds every model and evaluation and redoes nothing

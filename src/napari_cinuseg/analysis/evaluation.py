@@ -1,10 +1,11 @@
-"""Evaluate a model on labelled images: Dice per class the model and the data share, and where each
-labelled class's pixels went (the pixel confusion of data classes against model channels)."""
+"""Evaluate a model on labelled images: Dice per class the model and the data share (and the
+counts of each image behind it), and where each labelled class's pixels went (the pixel
+confusion of data classes against model channels)."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,28 @@ def evaluate(
     Each image is predicted whole. ``say_unscored``: warn when some classes of the model or the
     data are not scored (off where that is the protocol, as in the benchmark's per-step curve).
     """
+    return score(model, data, device, on_image, say_unscored).dice
+
+
+@dataclass
+class Scores:
+    """Dice per class over all the images, and per image the counts it is made of."""
+
+    dice: dict[str, float]  # 0..100, NaN for a class without pixels in the images
+    #: per image name, per class: [pixels of the class predicted as it, pixels of the class,
+    #: pixels predicted as it]; summed over the images they give ``dice``
+    per_image: dict[str, dict[str, list[int]]]
+
+
+def score(
+    model: CiNuSegModel,
+    data: LabelledSet,
+    device: str = "auto",
+    on_image: Callable[[int, int], None] | None = None,
+    say_unscored: bool = True,
+) -> Scores:
+    """:func:`evaluate`'s Dice and, per image, the counts behind it (what a bootstrap over the
+    images resamples: ``benchmark/bootstrap.py``)."""
     lut = np.full(256, IGNORE, np.uint8)
     lut[0] = 0
     shared = []
@@ -58,15 +81,21 @@ def evaluate(
                 else ""
             ),
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     cm = ConfusionMatrix(model.num_channels)
-    counts = pixel_confusion(model, data, device, on_image).counts
-    rows = lut[: counts.shape[0]]
-    known = rows != IGNORE
-    np.add.at(cm.counts, rows[known], counts[known])  # a pixel of a class the model does not know is skipped
+    channels = [model.channel_of(name) for name in shared]
+    per_image = {}
+    for name, counts in _image_confusions(model, data, device, on_image):
+        image = np.zeros_like(cm.counts)
+        rows = lut[: counts.shape[0]]
+        known = rows != IGNORE
+        np.add.at(image, rows[known], counts[known])  # a pixel of a class the model does not know is skipped
+        cm.counts += image
+        truth, called = image.sum(1), image.sum(0)
+        per_image[name] = {c: [int(image[ch, ch]), int(truth[ch]), int(called[ch])] for c, ch in zip(shared, channels)}
     dice = cm.dice()
-    return {name: float(dice[model.channel_of(name)] * 100) for name in shared}
+    return Scores({name: float(dice[ch] * 100) for name, ch in zip(shared, channels)}, per_image)
 
 
 @dataclass
@@ -106,8 +135,17 @@ def pixel_confusion(
     """Count every labelled pixel (label ``IGNORE`` skipped) by its class in the data and the
     channel the model predicts there, each image predicted whole: where a class's pixels are lost
     to, and what an over-called class is called on."""
+    counts = np.zeros((len(data.class_names) + 1, model.num_channels), np.int64)
+    for _, image in _image_confusions(model, data, device, on_image):
+        counts += image
+    return PixelConfusion(["background", *data.class_names], ["background", *model.class_names], counts)
+
+
+def _image_confusions(
+    model: CiNuSegModel, data: LabelledSet, device: str, on_image: Callable[[int, int], None] | None
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Per image, its name and :func:`pixel_confusion`'s counts on it alone."""
     truth_names = ["background", *data.class_names]
-    cm = ConfusionMatrix(len(truth_names), model.num_channels)
     dev = resolve_device(device)
     with torch.inference_mode():
         for n, item in enumerate(data.items):
@@ -117,7 +155,8 @@ def pixel_confusion(
                 raise ValueError(
                     f"image {item.name}: label {top} but the data set names {len(data.class_names)} classes"
                 )
+            cm = ConfusionMatrix(len(truth_names), model.num_channels)
             cm.update(truth, model.predict(item.image, dev))
+            yield item.name, cm.counts
             if on_image:
                 on_image(n + 1, len(data.items))
-    return PixelConfusion(truth_names, ["background", *model.class_names], cm.counts)

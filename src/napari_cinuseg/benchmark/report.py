@@ -117,9 +117,20 @@ def write_table(results: dict, path: Path) -> None:
             + (f"; not scored (no test pixels) {', '.join(absent)}" if absent else "")
             + "."
         )
+    rows += _split_rows(cfg.get("split") or {})
     if cfg.get("test_image_names"):
         rows.append("Test images: " + ", ".join(cfg["test_image_names"]) + ".")
     path.write_text("\n".join(rows) + "\n")
+
+
+def _split_rows(split: dict) -> list[str]:
+    """The split's name and the pixels of each class in the part scored (split.BenchmarkSplit.record)."""
+    if not split:
+        return []
+    scored = {"val": "val", "tune": "tune"}.get(split.get("name"), "test")
+    pixels = (split.get("class_pixels") or {}).get(scored) or {}
+    counts = ", ".join(f"{c} {n:,}" for c, n in pixels.items())
+    return [f"Split: {split.get('name')}" + (f"; pixels of each class scored: {counts}." if counts else ".")]
 
 
 # The paper's Mean Dice of CiNuSeg and offline (Tables 1-2; ../shared/method/cinuseg-equations.md)
@@ -249,7 +260,7 @@ def write_training_curves(results: dict, out: Path) -> None:
 
 
 #: what runs of one protocol at several seeds must share: all but the seed
-_SAME_BUT_SEED = ("dataset", "protocols", "test_image_names", "base_iterations", "scoring")
+_SAME_BUT_SEED = ("dataset", "protocols", "test", "test_image_names", "base_iterations", "scoring")
 
 
 def across_seeds(runs: list[dict]) -> dict:
@@ -286,7 +297,7 @@ def across_seeds(runs: list[dict]) -> dict:
 
     out: dict = {
         "seeds": seeds,
-        "config": {k: first.get(k) for k in (*_SAME_BUT_SEED, "test", "methods")},
+        "config": {k: first.get(k) for k in (*_SAME_BUT_SEED, "split", "methods")},
         "summary": {},
     }
     protocols = [p for p in runs[0].get("summary", {})]
@@ -333,7 +344,8 @@ def write_seed_table(seeded: dict, path: Path) -> None:
 
     seeds = seeded["seeds"]
     dataset = seeded.get("config", {}).get("dataset", "")
-    rows = []
+    scored = seeded.get("config", {}).get("test")
+    rows = [f"Scored on the {scored}.", ""] if scored else []
     for protocol, per_method in seeded["summary"].items():
         classes = []
         for s in per_method.values():

@@ -21,11 +21,10 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..analysis.evaluation import evaluate
+from ..analysis.evaluation import evaluate, score
 from ..analysis.forgetting import confident_share
 from ..datasets.labelled import LabelledSet, step_pairs
 from ..datasets.protocols import CLASS_ORDERS, make_protocol
-from ..datasets.splits import split_by_source
 from ..io.atomic import atomic_json
 from ..methods import get_method, method_settings, settings_of
 from ..model.file import load_model
@@ -66,24 +65,9 @@ class BenchmarkConfig:
     base_iterations: int | None = None  # the base and offline models' budget (None: as the steps')
     curve_every: int = 0  # score the base and offline models every N iterations while they train
     test_description: str = ""
+    split: dict = field(default_factory=dict)  # split.BenchmarkSplit.record(): name, seed and parts
     command: str = ""
     extra: dict = field(default_factory=dict)
-
-
-def split_data(data: LabelledSet, test: LabelledSet | None, val_fraction: float = 0.2, split_seed: int = 0):
-    """(train, test, description): the given test set, else a validation split by source that
-    gives every class a fair share of the held-out sources (``split_by_source(balanced=True)``)."""
-    if test is not None:
-        return data, test, "separate test set"
-    train, val = split_by_source(data, val_fraction, split_seed, balanced=True)
-    return (
-        train,
-        val,
-        (
-            f"validation split: {len(val.sources)} of {len(data.sources)} sources held out, balanced by class "
-            f"(seed {split_seed}): {', '.join(val.sources)}"
-        ),
-    )
 
 
 def _learning_settings(settings: dict) -> dict:
@@ -213,6 +197,7 @@ class _BenchmarkRun:
             "test_sources": len(cfg.test.sources),
             "test_image_names": sorted(it.name for it in cfg.test.items),
             "test": cfg.test_description,
+            "split": cfg.split,
             "base_iterations": cfg.base_iterations,
             "curve_every": cfg.curve_every,
             "scoring": SCORING,
@@ -247,9 +232,9 @@ class _BenchmarkRun:
         return model
 
     def _evaluated(self, model, protocol, method, step):
-        """Dice per known class on the test set (cached by model and test set), and the share of
-        each known class's test pixels the model scores above τ: what eq. 1 would pseudo-label
-        with that class at the next step."""
+        """Dice per known class on the test set (cached by model and test set) with each test
+        image's counts behind it, and the share of each known class's test pixels the model
+        scores above τ: what eq. 1 would pseudo-label with that class at the next step."""
         key = f"{protocol}/{method}/step{step}"
         cached = self.evaluations.get(key)
         if (
@@ -257,11 +242,13 @@ class _BenchmarkRun:
             and cached.get("model_id") == model.id
             and cached.get("test_set") == self.test_set
             and cached.get("scoring") == SCORING
+            and "per_image" in cached  # what bootstrap.py resamples; made before it was kept: scored again
         ):
             yield StepEvaluated(protocol, method, step, cached["dice"], True)
             return cached["dice"]
         # classes not learned yet are ignored on purpose (Fig. 5): no warning for them
-        dice = evaluate(model, self.cfg.test, self.settings.device, say_unscored=False)
+        scores = score(model, self.cfg.test, self.settings.device, say_unscored=False)
+        dice = scores.dice
         known = [c for c in model.class_names if c in self.cfg.test.class_names]
         confident = confident_share(model, self.cfg.test, known, self.tau, self.device)
         self.evaluations[key] = {
@@ -271,6 +258,7 @@ class _BenchmarkRun:
             "dice": dice,
             "classes": model.class_names,
             "confident": confident,
+            "per_image": scores.per_image,
         }
         atomic_json(self.results_path, self.results)
         yield StepEvaluated(protocol, method, step, dice, False)

@@ -265,18 +265,28 @@ def cmd_info(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from ..benchmark.run import BenchmarkConfig, run_benchmark, split_data  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
+    from ..benchmark.run import BenchmarkConfig, run_benchmark  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
+    from ..benchmark.split import benchmark_split  # noqa: PLC0415 - as the import beside it
     from ..datasets.labelled import data_dir  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
     from ..datasets.layouts import read_dataset  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
     from ..runtime.events import BenchmarkStarted, CurvePoint, PriorUnconfident, StepEvaluated, StepPlanned  # noqa: PLC0415 - runtime.events' event classes take +10 ms to define, on `cinuseg --help` too
 
+    if not args.out and not args.describe_split:
+        raise ValueError("give --out FOLDER for the results (or --describe-split to only print the split)")
+    if args.test_data and args.split:
+        raise ValueError(
+            f"--test-data is scored whole, so --split {args.split} has no meaning with it: give one of the two"
+        )
     data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
     test = read_dataset(args.dataset, args.test_data) if args.test_data else None
-    train, test, described = split_data(data, test, args.val_fraction, args.split_seed)
+    split = benchmark_split(data, args.split, test, args.val_fraction, args.test_fraction, args.split_seed)
+    if args.describe_split:
+        print(split.describe())
+        return 0
     cfg = BenchmarkConfig(
         dataset=args.dataset,
-        train=train,
-        test=test,
+        train=split.train,
+        test=split.scored,
         protocols=_names(args.protocol),
         methods=_names(args.methods),
         settings=_with_encoder(_settings(args), args),
@@ -285,7 +295,8 @@ def cmd_benchmark(args) -> int:
         steps_only=args.steps_only,
         base_iterations=args.base_iterations,
         curve_every=args.curve_every,
-        test_description=described,
+        test_description=split.description,
+        split=split.record(),
         command="cinuseg " + " ".join(sys.argv[1:])
         if sys.argv and (sys.argv[0].endswith("cinuseg") or Path(sys.argv[0]).match("napari_cinuseg/__main__.py"))
         else "",

@@ -13,7 +13,7 @@ import argparse
 
 from .. import __version__
 from ..inference.tiling import DEFAULT_TILE
-from ..runtime.names import DATASETS, DEFAULT_MIN_AREA_UM2, ENCODERS, INPUTS, INSTANCE_METHODS
+from ..runtime.names import BENCHMARK_SPLITS, DATASETS, DEFAULT_MIN_AREA_UM2, ENCODERS, INPUTS, INSTANCE_METHODS
 from ..runtime.setting import CLI, offered
 from ..training.settings import PRESETS, TrainSettings
 from .commands import (
@@ -218,15 +218,37 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--data", help="training data (default: $CINUSEG_DATA/<dataset>, else ../shared/data/<dataset>)")
     p.add_argument(
         "--test-data",
-        help="a held-out test set in the same layout; without it a validation split is carved from --data by source",
+        help="a held-out test set in the same layout, scored whole while all of --data trains; without it "
+        "--split chooses what of --data is scored",
+    )
+    p.add_argument(
+        "--split",
+        choices=BENCHMARK_SPLITS,
+        default=None,
+        help="what of --data is scored, whole sources (images or slides) on one side only: val, the balanced "
+        "validation split (--val-fraction; every default of the project was chosen on it), the rest trained on; "
+        "tune, the same sources, trained on the sources neither tune nor test holds; test, --test-fraction of "
+        "the sources, held out of the rest and balanced by class, which no choice has looked at, trained on as "
+        "tune (default: val; recorded in every result)",
     )
     p.add_argument(
         "--val-fraction",
         type=fraction,
         default=0.2,
-        help="share of sources held out for validation (without --test-data)",
+        help="share of sources in the validation split, the tune part of --split tune and test (without --test-data)",
     )
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument(
+        "--test-fraction",
+        type=fraction,
+        default=1 / 3,
+        help="share of sources in the test part of --split tune and test (default: a third)",
+    )
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the split")
+    p.add_argument(
+        "--describe-split",
+        action="store_true",
+        help="print each part of the split (sources, images, pixels of each class) and stop; nothing is trained",
+    )
     p.add_argument("--protocol", default="1-1", help="one or more X-Y, comma-separated (e.g. 1-1,2-1)")
     p.add_argument(
         "--methods",
@@ -235,7 +257,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--class-order", help="comma-separated class order (default: the paper's)")
     p.add_argument("--steps-only", action="store_true", help="train (or resume) the step models, evaluate nothing")
-    p.add_argument("--out", required=True, help="output folder; an interrupted run resumes from it")
+    p.add_argument("--out", help="output folder; an interrupted run resumes from it (needed but with --describe-split)")
     p.add_argument(
         "--base-iterations",
         type=int,

@@ -1,5 +1,6 @@
 """Splits of a labelled set by source (image or slide), never by patch: train and validation,
-or train, tune and test; a held-out part balanced over the classes where asked."""
+or train, tune and test; a held-out part balanced over the classes where asked; and how many
+pixels of each class a part holds."""
 
 from __future__ import annotations
 
@@ -69,6 +70,46 @@ def split_three(
     tune = set(balanced_sources(rest, n_tune, n_tune / len(rest.sources), seed))
     train = [s for s in sources if s not in test and s not in tune]
     return data.subset(train), data.subset(sorted(tune)), data.subset(sorted(test))
+
+
+def split_tune_test(
+    data: LabelledSet, val_fraction: float = 0.2, test_fraction: float = 1 / 3, seed: int = 0
+) -> tuple[LabelledSet, LabelledSet, LabelledSet]:
+    """(train, tune, test) whose *tune* part is the balanced validation split,
+    ``split_by_source(data, val_fraction, seed, balanced=True)``: the sources every choice made
+    on that validation split was measured on. *test* is held out of the other sources, balanced
+    over the classes (:func:`balanced_sources`, ``test_fraction`` of all the sources), so that
+    no choice measured on the validation split has seen it; *train* is the rest.
+
+    :func:`split_three` draws test first and may give it validation sources; this split never
+    does. The same for the same seed."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(
+            f"test_fraction {test_fraction} holds out no share of the sources; give a share above 0 and below 1"
+        )
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"validation ({val_fraction}) and test ({test_fraction}) leave no sources to train on; "
+            "keep their sum under 1"
+        )
+    if len(data.sources) < 3:
+        raise ValueError("train, tune and test by source need images from at least three sources (images or slides)")
+    rest, tune = split_by_source(data, val_fraction, seed, balanced=True)
+    if len(rest.sources) < 2:
+        raise ValueError(
+            f"the validation split ({val_fraction}) leaves {len(rest.sources)} source for train and test; "
+            "give a smaller --val-fraction"
+        )
+    n_test = _held_out(test_fraction, len(data.sources), len(rest.sources) - 1)
+    test = set(balanced_sources(rest, n_test, n_test / len(rest.sources), seed))
+    return rest.subset([s for s in rest.sources if s not in test]), tune, rest.subset(sorted(test))
+
+
+def class_pixels(data: LabelledSet) -> dict[str, int]:
+    """The pixel count of each class of ``data``, by name, over all its images."""
+    counts = class_pixels_by_source(data)
+    total = sum(counts.values()) if counts else np.zeros(len(data.class_names), np.int64)
+    return {name: int(n) for name, n in zip(data.class_names, total)}
 
 
 def class_pixels_by_source(data: LabelledSet) -> dict[str, np.ndarray]:

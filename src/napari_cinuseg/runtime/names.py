@@ -9,6 +9,9 @@ EFFICIENTNETS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2
 ENCODERS = RESNETS + EFFICIENTNETS
 DECODERS = ("unet", "aspp")
 DATASETS = ("consep", "monusac", "folder")
+# What of a data set a benchmark scores (benchmark/split.py): the validation split, or the tune
+# or test part of train / tune / test.
+BENCHMARK_SPLITS = ("val", "tune", "test")
 # What a network sees: the RGB image, or only its hematoxylin optical density (nuclei), which
 # carries across scanners and stains better (docs/benchmarks.md) and loses the colour
 # that tells some classes apart.

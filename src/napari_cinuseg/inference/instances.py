@@ -13,7 +13,9 @@ its watershed, as in Naylor et al. 2019 (IEEE TMI 38(2)); two touching nuclei me
 distance, so they split where the foreground does not pinch. Each nucleus takes the class most
 of its pixels have in the class map. Objects smaller than ``min_area_um2`` are dropped (specks,
 not nuclei). :func:`object_classes` paints each nucleus whole in its one class: the class map of
-the nuclei, where no object holds two classes.
+the nuclei, where no object holds two classes. :func:`instance_method` is the one rule of which
+split a model's nuclei get (``cinuseg segment``, the panel, napari's writer): its learned distance
+where it has a separation head, else the watershed.
 
 Large or lazy class maps (zarr, dask) are split block by block in bounded memory, with the
 ownership rule of :mod:`napari_cinuseg.analysis.measurements`: each core block is read with a halo,

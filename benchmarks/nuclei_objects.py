@@ -48,7 +48,7 @@ from napari_cinuseg.analysis.objects import ObjectScores
 from napari_cinuseg.datasets.labelled import IGNORE, data_dir, read_consep_instances, read_consep_patches, step_pairs
 from napari_cinuseg.datasets.nucleus_only import mixed_class_pairs, nucleus_pairs, read_monuseg, read_nuinsseg
 from napari_cinuseg.datasets.splits import split_by_source
-from napari_cinuseg.inference.instances import min_area_pixels, split_nuclei
+from napari_cinuseg.inference.instances import instance_method, min_area_pixels, split_nuclei
 from napari_cinuseg.inference.segmentation import segment
 from napari_cinuseg.model.file import BUNDLED_MODEL
 from napari_cinuseg.runtime.events import Progress
@@ -340,7 +340,9 @@ def cmd_overlay(args) -> int:
     for spec, name in zip(args.models.split(","), args.names.split(",")):
         model = load_model(BUNDLED_MODEL if spec == "bundled" else spec)
         cm, sep = _maps(model, it.image, args.device)
-        inst, cls = split_nuclei(cm, method=model.instance_method, min_area_px=min_px, separation=sep)
+        inst, cls = split_nuclei(
+            cm, method=instance_method(model.network.has_separation), min_area_px=min_px, separation=sep
+        )
         crop = it.image[y : y + n, x : x + n].copy()
         truth = crop.copy()
         lab = inst[y : y + n, x : x + n]

@@ -1,6 +1,9 @@
 """The nucleus separation: a head beside the classifier that learns each nucleus's normalised
 distance to its border, the instances split on it (whole and blockwise, and from the engine's
-tiles), its model file and the fallback of models without it, and a step that keeps it."""
+tiles), its model file and the fallback of models without it, a step that keeps it, and the panel and
+writer splitting by it as `cinuseg segment` does."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ from napari_cinuseg import CiNuSegModel, drain, load_model, read_record, save_mo
 from napari_cinuseg.analysis.objects import image_scores
 from napari_cinuseg.cli import main
 from napari_cinuseg.datasets.labelled import TrainingPair, read_consep_instances
-from napari_cinuseg.inference.instances import nuclei_of, split_nuclei
+from napari_cinuseg.inference.instances import instance_method, nuclei_of, split_nuclei
 from napari_cinuseg.inference.segmentation import segment
 from napari_cinuseg.losses.separation import UNKNOWN, distance_target, separation_distillation, separation_loss
 from napari_cinuseg.model.file import BUNDLED_MODEL
@@ -149,14 +152,14 @@ def test_model_file_of_a_head_is_format_3_and_old_files_fall_back(tmp_path, caps
     payload = torch.load(path, weights_only=True)
     assert payload["format_version"] == 3
     loaded = load_model(path)
-    assert loaded.network.has_separation and loaded.instance_method == "distance"
+    assert loaded.network.has_separation and instance_method(loaded.network.has_separation) == "distance"
     assert read_record(path)["architecture"]["separation"] == "distance"
     assert main(["info", str(path)]) == 0
     assert "learned distance map" in capsys.readouterr().out
     # the bundled model (format 2, 8-bit kernels) has no head: today's watershed
     bundled = load_model(BUNDLED_MODEL)
     assert torch.load(BUNDLED_MODEL, weights_only=True)["format_version"] == 2
-    assert not bundled.network.has_separation and bundled.instance_method == "watershed"
+    assert not bundled.network.has_separation and instance_method(bundled.network.has_separation) == "watershed"
     class_map, distance = bundled.predict_maps(np.full((64, 64, 3), 200, np.uint8))
     assert class_map.shape == (64, 64) and distance is None
     assert main(["info", str(BUNDLED_MODEL)]) == 0
@@ -165,7 +168,7 @@ def test_model_file_of_a_head_is_format_3_and_old_files_fall_back(tmp_path, caps
     plain = CiNuSegModel.new(["Epithelial"], Architecture("resnet18", "unet", (32, 16, 16, 8)))
     old = save_model(plain, tmp_path / "old.cinuseg.pt")
     assert torch.load(old, weights_only=True)["format_version"] == 1
-    assert load_model(old).instance_method == "watershed"
+    assert not load_model(old).network.has_separation
 
 
 def test_segment_writes_the_blended_distance_beside_the_class_map(few_pairs):
@@ -237,3 +240,115 @@ def test_cinuseg_segment_splits_by_the_models_learned_distance(few_pairs, tmp_pa
         ["segment", str(image), "--model", str(plain), "--out", str(tmp_path / "b"), "--instances", "distance", *common]
     )
     assert code != 0 and "separation head" in capsys.readouterr().err
+
+
+def _outlines(path) -> list:
+    """A GeoJSON's features without their ids (a new random UUID each time it is written)."""
+    import json
+
+    return [{k: v for k, v in f.items() if k != "id"} for f in json.loads(Path(path).read_text())["features"]]
+
+
+def _headed_model(path):
+    """The bundled model (its real class maps) with a fresh separation head, saved to ``path``:
+    its learned distance splits the nuclei otherwise than the watershed does."""
+    torch.manual_seed(0)
+    model = load_model(BUNDLED_MODEL)
+    model.network.add_separation()
+    return save_model(model, path)
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_the_panels_and_writers_nuclei_are_cinuseg_segments_own(shared_data, tmp_path, head):
+    """The panel's session (Segment image), its Export and napari's writer give the nuclei, CSV
+    and GeoJSON that ``cinuseg segment --instances auto`` gives for the same image: by the
+    learned distance for a model with a separation head, and exactly the class map's watershed
+    (as before the head) for one without."""
+    from skimage import io as skio
+
+    from napari_cinuseg.io.images import read_rgb
+    from napari_cinuseg.plugin.layer_metadata import NUCLEI_KEY, SEPARATION_KEY, result_metadata
+    from napari_cinuseg.plugin.writer import write_masks
+    from napari_cinuseg.session.export import export_nuclei
+    from napari_cinuseg.session.nuclei import segment_nuclei_and_measure
+
+    path = _headed_model(tmp_path / "sep.cinuseg.pt") if head else BUNDLED_MODEL
+    model = load_model(path)
+    image = read_rgb(shared_data / "consep" / "train" / "images" / "train_3_004.jpg")
+    png = tmp_path / "patch.png"
+    skio.imsave(png, image, check_contrast=False)
+    common = ["--device", "cpu", "--tile", "256", "--overlap", "32", "--pixel-size", "0.25", "--geojson"]
+    assert main(["segment", str(png), "--model", str(path), "--out", str(tmp_path / "cli"), *common]) == 0
+    cli_csv, cli_geojson = (tmp_path / "cli" / "patch.nuclei.csv").read_text(), (tmp_path / "cli" / "patch.geojson")
+
+    done = drain(segment_nuclei_and_measure(model, image, tile=256, overlap=32, image_pixel_size=0.25, device="cpu"))
+    watershed = nuclei_of(done.class_map, pixel_size_um=0.25)
+    if head:
+        assert done.nuclei.method == "distance" and done.separation.shape == image.shape[:2]
+        assert done.nuclei.count != watershed.count  # the test tells the two apart
+    else:
+        assert done.nuclei.method == "watershed" and done.separation is None
+        assert np.array_equal(done.nuclei.labels, watershed.labels)
+        assert np.array_equal(done.nuclei.classes, watershed.classes)
+    (tmp_path / "panel").mkdir()
+    names, colours = model.class_names, [c.colour for c in model.classes]
+    _, csv_path, gj = drain(
+        export_nuclei(
+            done.class_map,
+            done.nuclei,
+            tmp_path / "panel" / "patch.masks.tif",
+            names,
+            colours,
+            model.id,
+            pixel_size=0.25,
+        )
+    )
+    assert csv_path.read_text() == cli_csv
+    assert _outlines(gj) == _outlines(cli_geojson)
+
+    # napari's writer: on the panel's classes layer (its nuclei), and on a layer without them (the
+    # class map of pixels, or one edited by hand): split again, by the learned distance it carries
+    meta = {"cinuseg": result_metadata(names, colours, model.id, 0.25)}
+    if head:
+        meta[SEPARATION_KEY] = done.separation
+    (tmp_path / "writer").mkdir()
+    _, table, _ = write_masks(
+        tmp_path / "writer" / "a.tif", done.object_map, {"metadata": {**meta, NUCLEI_KEY: done.nuclei}}
+    )
+    assert Path(table).read_text() == cli_csv
+    _, table, outlines = write_masks(tmp_path / "writer" / "b.tif", done.class_map, {"metadata": meta})
+    assert Path(table).read_text() == cli_csv and _outlines(outlines) == _outlines(cli_geojson)
+
+
+def test_a_slides_learned_distance_goes_to_disk_beside_its_class_map(shared_data, tmp_path):
+    """On disk (a slide), the panel's session writes the learned distance beside the class map and
+    splits by it block by block as in memory; napari's writer splits the lazy maps alike; a
+    cancelled run leaves nothing."""
+    import threading
+
+    from napari_cinuseg.io.images import read_rgb
+    from napari_cinuseg.plugin.layer_metadata import SEPARATION_KEY, result_metadata
+    from napari_cinuseg.plugin.writer import write_masks
+    from napari_cinuseg.session.nuclei import segment_nuclei_and_measure
+
+    model = load_model(_headed_model(tmp_path / "sep.cinuseg.pt"))
+    image = read_rgb(shared_data / "consep" / "train" / "images" / "train_3_004.jpg")
+    kw = {"tile": 256, "overlap": 32, "image_pixel_size": 0.25, "device": "cpu"}
+    memory = drain(segment_nuclei_and_measure(model, image, **kw))
+    disk = drain(segment_nuclei_and_measure(model, image, out=tmp_path / "r.zarr", **kw))
+    assert (tmp_path / "r.separation.zarr").is_dir()
+    np.testing.assert_array_equal(np.asarray(disk.separation), memory.separation)
+    np.testing.assert_array_equal(np.asarray(disk.nuclei.labels), memory.nuclei.labels)
+    meta = {"cinuseg": result_metadata(model.class_names, [c.colour for c in model.classes], model.id, 0.25)}
+    _, lazy, _ = write_masks(
+        tmp_path / "lazy.tif", disk.class_map, {"metadata": {**meta, SEPARATION_KEY: disk.separation}}
+    )
+    _, whole, _ = write_masks(
+        tmp_path / "whole.tif", memory.class_map, {"metadata": {**meta, SEPARATION_KEY: memory.separation}}
+    )
+    assert Path(lazy).read_text() == Path(whole).read_text()
+
+    cancel = threading.Event()
+    cancel.set()
+    assert drain(segment_nuclei_and_measure(model, image, out=tmp_path / "c.zarr", cancel=cancel, **kw)) is None
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("c.", ".c."))]

@@ -1,6 +1,7 @@
 """The whole flow in a real napari window (Xvfb): prior model, paint, train, cancel, segment, export."""
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -376,6 +377,44 @@ def test_pixel_size_from_the_file_or_the_user_resamples_and_gives_micrometres(wi
         pass
     assert widget.viewer.layers["he · classes"].data.shape == (320, 320)  # the image's own size
     assert widget.segment_section.table.horizontalHeaderItem(2).text() == "area µm²"
+
+
+def test_the_panels_nuclei_are_those_of_cinuseg_segment_for_a_model_with_a_separation_head(widget, qtbot, tmp_path):
+    """With a model that has a separation head, Segment image splits the nuclei by its learned
+    distance, as ``cinuseg segment`` does: Export's CSV and napari's writer on the class map of
+    pixels (split again there, by the distance the layer carries) give ``cinuseg segment``'s."""
+    import torch
+    from skimage import io as skio
+
+    from napari_cinuseg import load_model, save_model
+    from napari_cinuseg.cli import main
+    from napari_cinuseg.plugin.layer_metadata import NUCLEI_KEY, SEPARATION_KEY
+    from napari_cinuseg.plugin.writer import write_masks
+
+    torch.manual_seed(0)
+    headed = load_model(BUNDLED_MODEL)  # its real class maps, and a fresh separation head
+    headed.network.add_separation()
+    model_path = save_model(headed, tmp_path / "sep.cinuseg.pt")
+    widget.load_model(model_path)
+    widget.class_section.image.setCurrentText("he")
+    widget.class_section.pixel_size.setValue(0.5)  # 20×: tiles resampled to the model's 0.25 µm/px
+    widget.segment_section.tile.setValue(256)
+    with qtbot.waitSignal(widget.start_segmentation().finished, timeout=120_000):
+        pass
+    classes, pixels = widget.viewer.layers["he · classes"], widget.viewer.layers["he · class map (pixels)"]
+    assert classes.metadata[NUCLEI_KEY].method == "distance"
+    assert pixels.metadata[SEPARATION_KEY].shape == (320, 320)
+    with qtbot.waitSignal(widget.export_to(tmp_path / "he.masks.tif").finished, timeout=120_000):
+        pass
+    image = tmp_path / "he.png"
+    skio.imsave(image, np.asarray(widget.viewer.layers["he"].data), check_contrast=False)
+    args = ["--device", "cpu", "--tile", "256", "--overlap", "64", "--pixel-size", "0.5"]
+    assert main(["segment", str(image), "--model", str(model_path), "--out", str(tmp_path / "cli"), *args]) == 0
+    cli = (tmp_path / "cli" / "he.nuclei.csv").read_text()
+    assert (tmp_path / "he.nuclei.csv").read_text() == cli
+    data, attributes, _ = pixels.as_layer_data_tuple()
+    _, table, _ = write_masks(tmp_path / "pixels.tif", data, attributes)
+    assert Path(table).read_text() == cli
 
 
 class _FakeCudaOOM(RuntimeError):

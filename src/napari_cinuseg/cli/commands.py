@@ -220,8 +220,11 @@ def _dice(value: float | None) -> str:
 
 
 def instances_of_architecture(architecture: dict) -> str:
-    """How a model's nuclei are split, from its record's architecture (inference/instances.py)."""
-    if architecture.get("separation", "none") == "distance":
+    """How a model's nuclei are split, from its record's architecture: the rule of
+    :func:`~napari_cinuseg.inference.instances.instance_method`, in words."""
+    from ..inference.instances import instance_method  # noqa: PLC0415 - SciPy and scikit-image load only once a command runs (+250 ms on `cinuseg --help`)
+
+    if instance_method(architecture.get("separation", "none") == "distance") == "distance":
         return "watershed on the model's learned distance map (separation head)"
     return "watershed on the class map's distance transform (the model has no separation head)"
 

@@ -62,7 +62,7 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
     said) or 130 (cancelled)."""
     import zarr  # noqa: PLC0415 - zarr loads only once a command runs (+150 ms on `cinuseg --help`)
 
-    from ..inference.instances import nuclei_of  # noqa: PLC0415 - SciPy and scikit-image load only once a command runs (+250 ms on `cinuseg --help`)
+    from ..inference.instances import instance_method, nuclei_of  # noqa: PLC0415 - SciPy and scikit-image load only once a command runs (+250 ms on `cinuseg --help`)
     from ..inference.segmentation import resampling_factor, segment  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
     from ..runtime.events import SegmentStarted, TileProgress  # noqa: PLC0415 - runtime.events' event classes take +10 ms to define, on `cinuseg --help` too
     from ..session.export import export_nuclei  # noqa: PLC0415 - its readers and writers load only once a command runs
@@ -74,13 +74,11 @@ def segment_image(args, model, image, target: Path, device: str) -> int:
     except OutputClaimed as exc:
         CONSOLE.error(str(exc))
         return 1
-    method = model.instance_method if args.instances == "auto" else args.instances
-    if method == "distance" and not model.network.has_separation:
+    try:
+        method = instance_method(model.network.has_separation, args.instances)
+    except ValueError as exc:
         held.close()
-        CONSOLE.error(
-            "--instances distance needs a model with a separation head; this one has none: "
-            "choose --instances auto or watershed"
-        )
+        CONSOLE.error(f"--instances {args.instances}: {exc}")
         return 1
     settings = {**segment_settings(args), "instances": method}  # what was used, for a resumed run
     if target.exists():

@@ -13,7 +13,9 @@ its watershed, as in Naylor et al. 2019 (IEEE TMI 38(2)); two touching nuclei me
 distance, so they split where the foreground does not pinch. Each nucleus takes the class most
 of its pixels have in the class map. Objects smaller than ``min_area_um2`` are dropped (specks,
 not nuclei). :func:`object_classes` paints each nucleus whole in its one class: the class map of
-the nuclei, where no object holds two classes.
+the nuclei, where no object holds two classes. :func:`instance_method` is the one rule of which
+split a model's nuclei get (``cinuseg segment``, the panel, napari's writer): its learned distance
+where it has a separation head, else the watershed.
 
 Large or lazy class maps (zarr, dask) are split block by block in bounded memory, with the
 ownership rule of :mod:`napari_cinuseg.analysis.measurements`: each core block is read with a halo,
@@ -118,6 +120,23 @@ def _zarr_output(out_path: Path, shape: tuple[int, int], dtype) -> tuple[object,
         shutil.rmtree(tmp)
     h, w = shape
     return zarr.open_array(str(tmp), mode="w", shape=shape, chunks=(min(h, 1024), min(w, 1024)), dtype=dtype), tmp
+
+
+def instance_method(has_separation: bool, choice: str = "auto") -> str:
+    """How nuclei are split, the one rule of ``cinuseg segment``, the panel and the writer:
+    ``choice`` "auto" is the learned distance (``"distance"``) where the model has a separation
+    head, so that its distance map is at hand, else the watershed on the class map's distance
+    transform; any other choice is one of :data:`METHODS`, ``"distance"`` only with a head."""
+    if choice == "auto":
+        return "distance" if has_separation else "watershed"
+    if choice not in METHODS:
+        raise ValueError(f"unknown instance method {choice!r}: choose auto or one of {', '.join(METHODS)}")
+    if choice == "distance" and not has_separation:
+        raise ValueError(
+            "instances by the learned distance need a model with a separation head; this one has none: "
+            "choose auto or watershed"
+        )
+    return choice
 
 
 def min_area_pixels(min_area_um2: float, pixel_size_um: float | None) -> tuple[int, str]:
@@ -250,7 +269,7 @@ def nuclei_of(
     pixel_size_um: float | None = None,
     min_area_um2: float = DEFAULT_MIN_AREA_UM2,
     min_distance_um: float = DEFAULT_MIN_DISTANCE_UM,
-    method: str = "watershed",
+    method: str = "auto",
     out: str | os.PathLike | None = None,
     blockwise: bool | None = None,
     block: int = BLOCK,
@@ -262,12 +281,16 @@ def nuclei_of(
 
     ``separation``: the model's learned distance map of the same size (numpy, zarr or dask; float
     0..1 or uint8 0..255, read block by block with the class map), for ``method="distance"``.
+    ``method="auto"`` (:func:`instance_method`) splits by it where it is given, else by the
+    watershed.
 
     ``pixel_size_um``: µm per pixel of the map (unknown: 0.25 assumed, and the note says so).
     A numpy map of at most ``block``² × 4 pixels is split whole; a larger or lazy one blockwise
     (``blockwise`` forces the choice), its instance map then a zarr array at ``out`` (a ``.zarr``
     folder, written under a temporary name and renamed at the end; in memory without ``out``).
     """
+    if method == "auto":
+        method = instance_method(separation is not None)
     min_px, note = min_area_pixels(min_area_um2, pixel_size_um)
     dist_px = max(1, int(round(min_distance_um / (pixel_size_um or ASSUMED_PIXEL_SIZE_UM))))
     if blockwise is None:

@@ -338,12 +338,6 @@ class CiNuSegModel:
             distance = torch.sigmoid(sep[0, 0].float()).cpu().numpy() if sep is not None else None
             return class_map, distance
 
-    @property
-    def instance_method(self) -> str:
-        """How this model's nuclei are split (inference/instances.py): on its learned distance map
-        where it has a separation head, else the watershed on the class map's distance transform."""
-        return "distance" if self.network.has_separation else "watershed"
-
     def __repr__(self) -> str:
         cls = ", ".join(f"{c.name}(step {c.step})" for c in self.classes)
         return f"CiNuSegModel({self.arch.encoder}/{self.arch.decoder}, classes=[{cls}], id={self.id[:8]})"

@@ -11,6 +11,10 @@ saves is understood by the other two.
   background, ``{"image": image layer name}``.
 - ``NUCLEI_KEY``: on a class-map Labels layer the panel made, the segmentation's nuclei as objects
   (``inference.instances.Nuclei``), for the export;
+- ``SEPARATION_KEY``: on the class-map Labels layers the panel made with a model that has a
+  separation head, its learned distance map of the image (uint8, level 0's size), so that a
+  class map edited by hand (or the class map of pixels) is split into nuclei as the segmentation
+  split it (``inference.instances.nuclei_of``, by the learned distance where it is given);
 - ``PANEL_LAYER_KEY``: on a layer the panel made from a result, ``{"image": image layer name,
   "kind": what it shows}`` (kinds: ``classes`` (the nuclei, each in its one class), ``pixels``
   (the class map of pixels), ``nuclei``, ``mask``, ``step result`` (the live preview
@@ -24,6 +28,7 @@ ANNOTATION_KEY = "cinuseg_annotation"
 EXHAUSTIVE_KEY = "cinuseg_exhaustive"
 PANEL_LAYER_KEY = "cinuseg_panel_layer"
 NUCLEI_KEY = "cinuseg_nuclei"
+SEPARATION_KEY = "cinuseg_separation"
 
 
 def result_metadata(class_names, colours, model_id, pixel_size_um=None) -> dict:

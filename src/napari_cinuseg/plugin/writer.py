@@ -1,10 +1,12 @@
 """npe2 writer: a Labels layer (class map) to a CiNuSeg masks TIFF, its per-nucleus CSV and a
 QuPath GeoJSON.
 
-The files are the panel's Export's (:func:`napari_cinuseg.session.nuclei.export_nuclei`): the masks
+The files are the panel's Export's (:func:`napari_cinuseg.session.export.export_nuclei`): the masks
 TIFF (the class map, then one binary mask per class, the class names, colours and the model's
 identity in the metadata), ``<name>.nuclei.csv`` (one row per nucleus) and ``<name>.geojson``
-beside it.
+beside it. The nuclei are the segmentation's where the panel made the layer and it was not edited
+since; else the class map is split now as ``cinuseg segment`` splits it: by the model's learned
+distance map where the layer carries it (a model with a separation head), else by the watershed.
 
 Class names come from, in this order:
 
@@ -29,7 +31,7 @@ import numpy as np
 from ..io.atomic import describe_write_failure
 from ..runtime.events import drain
 from ..session.export import export_nuclei
-from .layer_metadata import NUCLEI_KEY, RESULT_KEY, layer_pixel_size
+from .layer_metadata import NUCLEI_KEY, RESULT_KEY, SEPARATION_KEY, layer_pixel_size
 
 SUFFIXES = (".tif", ".tiff")
 _ROWS = 2048  # rows scanned at a time when checking a lazy (zarr/dask) class map
@@ -71,9 +73,13 @@ def write_masks(path: str | os.PathLike, data: Any, attributes: dict) -> list[st
     from ..inference.instances import nuclei_of  # noqa: PLC0415 - SciPy and scikit-image load only when a class map is saved (+250 ms on importing the writer)
 
     # the same files as the panel's Export: the masks TIFF, its per-nucleus table and the GeoJSON,
-    # of the nuclei the segmentation found (or split from the class map now)
+    # of the nuclei the segmentation found, or split from the class map now as it split them (by
+    # the model's learned distance where the layer carries it, else by the watershed)
     class_map = _as_uint8(data)
-    nuclei = (attributes.get("metadata") or {}).get(NUCLEI_KEY) or nuclei_of(class_map, pixel_size_um=pixel_size)
+    metadata = attributes.get("metadata") or {}
+    nuclei = metadata.get(NUCLEI_KEY) or nuclei_of(
+        class_map, pixel_size_um=pixel_size, separation=metadata.get(SEPARATION_KEY)
+    )
     try:  # export_nuclei leaves no table or outlines without their masks file
         _, csv_path, gj_path = drain(
             export_nuclei(

@@ -18,6 +18,7 @@ from ..plugin.layer_metadata import (
     NUCLEI_KEY,
     PANEL_LAYER_KEY,
     RESULT_KEY,
+    SEPARATION_KEY,
     layer_pixel_size,
     result_metadata,
 )
@@ -180,7 +181,14 @@ PIXELS_TITLE = "class map (pixels)"  # the title of the hidden layer of a result
 
 
 def add_result_layers(
-    viewer, image_name: str, class_map, model, pixel_size: float | None, nuclei=None, object_map=None
+    viewer,
+    image_name: str,
+    class_map,
+    model,
+    pixel_size: float | None,
+    nuclei=None,
+    object_map=None,
+    separation=None,
 ) -> None:
     """A segmentation's layers, bottom to top; they replace the panel's previous result of this
     image. ``object_map`` (the class map of the nuclei: each nucleus whole in its one class,
@@ -197,6 +205,8 @@ def add_result_layers(
       export);
     - one hidden mask per class.
 
+    ``separation``: the model's learned distance map that split the nuclei (a model with a
+    separation head), kept on both class-map layers for a later split (:func:`nuclei_of_result`).
     A slide's on-disk pyramids [level 0, level 1, …] are shown lazily (multiscale)."""
 
     multiscale = isinstance(class_map, list)
@@ -212,7 +222,10 @@ def add_result_layers(
     )
 
     def metadata() -> dict:
-        return {RESULT_KEY: result_metadata(model.class_names, colours, model.id, pixel_size)}
+        meta = {RESULT_KEY: result_metadata(model.class_names, colours, model.id, pixel_size)}
+        if separation is not None:
+            meta[SEPARATION_KEY] = separation
+        return meta
 
     new = []
     if object_map is not None:
@@ -282,14 +295,17 @@ def add_result_layers(
 
 def nuclei_of_result(viewer, layer):
     """The nuclei (objects) of a class-map layer: those its segmentation found, or for a class
-    map opened from a file, split from it now (inference.instances.nuclei_of; no Qt call, so a
-    worker may run it)."""
+    map edited by hand or opened from a file, split from it now (inference.instances.nuclei_of:
+    by the model's learned distance where the layer carries it, else by the watershed; no Qt call,
+    so a worker may run it)."""
     nuclei = layer.metadata.get(NUCLEI_KEY)
     if nuclei is not None:
         return nuclei
 
     data = layer.data[0] if layer.multiscale else layer.data
-    return nuclei_of(data, pixel_size_um=layer_pixel_size(layer.metadata))
+    return nuclei_of(
+        data, pixel_size_um=layer_pixel_size(layer.metadata), separation=layer.metadata.get(SEPARATION_KEY)
+    )
 
 
 def result_layer(viewer):

@@ -86,6 +86,7 @@ class SegmentingHost:
             self.image_pixel_size(),
             nuclei=result.nuclei,
             object_map=result.object_map,
+            separation=result.separation,
         )
         rows = result.statistics
         self.segment_section.show_statistics(rows)

@@ -295,3 +295,18 @@ def test_a_nucleus_that_fills_its_block_still_gets_its_outline():
     assert [
         f["properties"]["classification"]["name"] for f in sorted(features, key=lambda f: f["properties"]["nucleus"])
     ] == ["A", "B"]
+
+
+def test_a_class_without_a_colour_is_exported_without_one():
+    """A layer whose metadata names fewer colours than classes (the writer pads them with None):
+    the class with a colour keeps it, the other gets none, and QuPath colours it itself."""
+    from napari_cinuseg.io.geojson import nucleus_features
+
+    labels = np.zeros((20, 40), np.uint32)
+    labels[2:8, 2:8], labels[2:8, 22:28] = 1, 2
+    features = sorted(
+        nucleus_features(labels, np.array([0, 1, 2]), ["A", "B"], ["#ff0000", None], block=64),
+        key=lambda f: f["properties"]["nucleus"],
+    )
+    assert features[0]["properties"]["classification"] == {"name": "A", "color": [255, 0, 0]}
+    assert features[1]["properties"]["classification"] == {"name": "B"}

@@ -318,6 +318,11 @@ def test_the_panels_and_writers_nuclei_are_cinuseg_segments_own(shared_data, tmp
     assert Path(table).read_text() == cli_csv
     _, table, outlines = write_masks(tmp_path / "writer" / "b.tif", done.class_map, {"metadata": meta})
     assert Path(table).read_text() == cli_csv and _outlines(outlines) == _outlines(cli_geojson)
+    if head:  # a layer cropped since it was segmented: its map no longer fits, the watershed splits it
+        crop = np.ascontiguousarray(done.class_map[:200, :200])
+        with pytest.warns(UserWarning, match="split by the watershed instead"):
+            _, table, _ = write_masks(tmp_path / "writer" / "c.tif", crop, {"metadata": meta})
+        assert Path(table).read_text().count("\n") > 1
 
 
 def test_a_slides_learned_distance_goes_to_disk_beside_its_class_map(shared_data, tmp_path):

@@ -114,7 +114,7 @@ def nucleus_features(
                     2,
                 )
                 classification = {"name": class_names[cls - 1] if 1 <= cls <= len(class_names) else "Unclassified"}
-                if 1 <= cls <= len(colours):
+                if 1 <= cls <= len(colours) and colours[cls - 1] is not None:  # a class without one: QuPath's own
                     classification["color"] = rgb(colours[cls - 1])
                 yield {
                     "type": "Feature",

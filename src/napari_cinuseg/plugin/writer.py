@@ -23,6 +23,7 @@ Label values without a name get ``"class <value>"``.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +78,16 @@ def write_masks(path: str | os.PathLike, data: Any, attributes: dict) -> list[st
     # the model's learned distance where the layer carries it, else by the watershed)
     class_map = _as_uint8(data)
     metadata = attributes.get("metadata") or {}
-    nuclei = metadata.get(NUCLEI_KEY) or nuclei_of(
-        class_map, pixel_size_um=pixel_size, separation=metadata.get(SEPARATION_KEY)
-    )
+    separation = metadata.get(SEPARATION_KEY)
+    if separation is not None and tuple(np.shape(separation)) != class_map.shape:
+        warnings.warn(
+            f"the layer's learned distance map is {tuple(np.shape(separation))} but the layer is "
+            f"{class_map.shape} (cropped or resized since it was segmented): its nuclei are split by the "
+            "watershed instead; segment the image again for the model's own split",
+            stacklevel=2,
+        )
+        separation = None
+    nuclei = metadata.get(NUCLEI_KEY) or nuclei_of(class_map, pixel_size_um=pixel_size, separation=separation)
     try:  # export_nuclei leaves no table or outlines without their masks file
         _, csv_path, gj_path = drain(
             export_nuclei(

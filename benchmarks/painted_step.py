@@ -102,9 +102,21 @@ def prior_objects(prior):
     return objects
 
 
+def corrections(args) -> dict[str, int]:
+    """--corrections NAME=N …: how many nuclei of each old class are painted as corrections."""
+    out = {}
+    for given in args.corrections:
+        name, _, count = given.rpartition("=")
+        if not name or not count.isdigit():
+            raise SystemExit(f"--corrections {given!r}: give an old class and a count, e.g. Spindle-shaped=10")
+        out[name] = int(count)
+    return out
+
+
 def run_one(args, seed: int) -> dict:
     from napari_cinuseg import drain, load_model, train_step
     from napari_cinuseg.analysis.evaluation import evaluate
+    from napari_cinuseg.annotations import painted_corrections
     from napari_cinuseg.benchmark.painting import painted_nuclei, simulate_painting
     from napari_cinuseg.datasets.labelled import data_dir
     from napari_cinuseg.runtime.events import IterationSkipped
@@ -129,7 +141,10 @@ def run_one(args, seed: int) -> dict:
         instances_dir=instances,
         margin=None if args.context == "whole" else int(args.context),
         objects=prior_objects(prior) if args.mode == "clicks" else None,
+        corrections=corrections(args),
     )
+    # the old classes painted as corrections, as the panel passes them (those some pair paints)
+    pairs, fixed = painted_corrections(painting.pairs, list(corrections(args)))
     changes = parse_changes(args.set)
     panel = dict(iterations=args.iterations, crop_size=128, seed=seed, device="cpu")  # the panel's defaults
     settings = preset(args.preset, **{**panel, **changes})
@@ -140,7 +155,7 @@ def run_one(args, seed: int) -> dict:
     model = None
     try:
         model = drain(
-            train_step(prior, painting.pairs, [args.cls], settings, method=args.method),
+            train_step(prior, pairs, [args.cls, *fixed], settings, method=args.method),
             lambda ev: skipped.append(ev.message) if isinstance(ev, IterationSkipped) else None,
         )
     except FloatingPointError as exc:
@@ -163,6 +178,8 @@ def run_one(args, seed: int) -> dict:
         "split": "test-data" if args.test_data else args.split,
         "mode": args.mode,
         "context": args.context,
+        "corrections": corrections(args),  # old classes' nuclei to paint as corrections
+        "corrected": painting.corrected or {},  # and how many were painted
         "context_share": painting.context_share,  # each class's share of its pixels on the painted images in context
         "k": args.k,
         "painted_nuclei": painting.nuclei,
@@ -222,7 +239,8 @@ def summary(paths) -> str:
     groups: dict = {}
     for r in rows:
         tag = ",".join(f"{k}={v}" for k, v in r.get("settings", {}).items())
-        how = r.get("mode", "strokes") + ("" if r.get("context", "64") == "64" else f", context {r['context']}")
+        how = r.get("mode", "strokes") + "".join(f", {n} {c} corrected" for c, n in r.get("corrections", {}).items())
+        how += "" if r.get("context", "64") == "64" else f", context {r['context']}"
         groups.setdefault((r["dataset"], r["class"], r.get("split", "old"), how, tag), []).append(r)
     out = [
         "| data set, class | split | painting | changes | seeds | new-class Dice, mean ± sd (range) "
@@ -250,6 +268,7 @@ def _painting(r: dict) -> str:
         how = f"clicks ({r['clicked']} took an object, {r['by_hand']} by hand)"
     else:
         how = "strokes"
+    how += "".join(f", {n} {c} corrected" for c, n in r.get("corrected", {}).items())
     return how + ("" if r.get("context", "64") == "64" else f", context {r['context']}")
 
 
@@ -265,6 +284,7 @@ def _key(r: dict) -> tuple:
         r.get("mode", "strokes"),
         r.get("context", "64"),
         json.dumps(r.get("settings", {}), sort_keys=True),
+        json.dumps(r.get("corrections", {}), sort_keys=True),
     )
 
 
@@ -291,6 +311,12 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--context", default="whole", help="the training pairs' context: whole (the panel's) or a margin in pixels"
     )
+    ap.add_argument(
+        "--corrections",
+        nargs="+",
+        default=[],
+        help="old classes' nuclei painted as corrections on the same images, e.g. Spindle-shaped=10",
+    )
     ap.add_argument("--test-data", help="score on this folder (the data set's layout) instead of the held-out sources")
     ap.add_argument("--data", help="data root (default $CINUSEG_DATA, else ../shared/data)")
     ap.add_argument("--out", help="JSON lines file the rows are appended to")
@@ -314,7 +340,8 @@ def main(argv=None) -> int:
     split = "test-data" if args.test_data else args.split
     for seed in args.seeds:
         want = dict(dataset=args.dataset, k=args.k, seed=seed, split=split, mode=args.mode, context=args.context)
-        if _key({**want, "class": args.cls, "method": args.method, "settings": parse_changes(args.set)}) in done:
+        made = {"class": args.cls, "method": args.method, "settings": parse_changes(args.set)}
+        if _key({**want, **made, "corrections": corrections(args)}) in done:
             continue
         row = run_one(args, seed)
         with out.open("a") as f:

@@ -295,3 +295,21 @@ def test_simulated_painting_says_how_much_of_each_class_the_context_holds(consep
     for name, share in shares[0].items():
         assert 0.0 <= share <= shares[64][name] <= 1.0
     assert min(shares[0].values()) < 1.0  # the painted box alone leaves some of the images out
+
+
+def test_simulated_painting_paints_old_class_corrections_on_the_same_images(consep, shared_data):
+    """Nuclei of an old class painted as corrections: the panel's label after background, target
+    n_new + 1 in the pairs, on the true pixels of that class; nothing else of the painting moves."""
+    data = consep.subset(["train_2", "train_3"])
+    inst = shared_data / "consep" / "train" / "instances"
+    kw = dict(images=3, seed=0, instances_dir=inst, margin=None)  # whole images: a pair is its image
+    plain = simulate_painting(data, "Other", 10, **kw)
+    fixed = simulate_painting(data, "Other", 10, **kw, corrections={"Spindle-shaped": 6})
+    assert fixed.corrected == {"Spindle-shaped": 6} and not plain.corrected
+    spindle = consep.class_id("Spindle-shaped")
+    for a, b in zip(plain.pairs, fixed.pairs):
+        assert np.array_equal(a.target == 1, b.target == 1)  # the new class's paint is the same
+        item = next(it for it in consep.items if it.name == b.name)
+        if (b.target == 2).any():
+            assert (item.labels[b.target == 2] == spindle).mean() > 0.9
+    assert sum(int((p.target == 2).any()) for p in fixed.pairs) >= 1

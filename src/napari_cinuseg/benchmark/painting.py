@@ -9,7 +9,7 @@ margin).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,7 @@ class Painting:
     dabs: int
     clicked: int = 0  # nuclei painted by a click: the model's object under it
     by_hand: int = 0  # nuclei a click found no object for, painted by hand instead
+    corrected: dict[str, int] | None = None  # nuclei of each old class painted as corrections
     #: each class's share of its labelled pixels on the painted images that the pairs' context
     #: holds (1.0 where the context is the whole image): how much of an old class a step sees
     context_share: dict[str, float] | None = None
@@ -84,6 +85,7 @@ def simulate_painting(
     min_pixels: int = 20,
     margin: int | None = 64,
     objects: Callable[[LabelledImage], np.ndarray] | None = None,
+    corrections: Mapping[str, int] | None = None,
 ) -> Painting:
     """Paint ``k`` whole nuclei of ``class_name`` on ``images`` images (from at most ``sources``
     sources, chosen at random by ``seed``) and background dabs: discs of ``dab_radius`` px at
@@ -97,6 +99,12 @@ def simulate_painting(
     object under the click is painted (session.picking, as the panel does); where the click finds
     no object the nucleus is painted by hand. ``margin``: the training pairs' context
     (annotations.training_pair; None: the whole image).
+
+    ``corrections`` (an old class's name: how many): nuclei of classes the model already has,
+    painted with that class on the same images as the panel's correction labels do (after
+    background: 3, 4, … in the order given), as a user does after a review that says an old
+    class was lost. They are drawn at random over those images' nuclei of the class, painted by
+    the same strokes or clicks, and the pairs carry them (``annotation_target``'s ``n_old``).
     """
     rng = np.random.default_rng(seed)
     cid = data.class_id(class_name)
@@ -121,6 +129,14 @@ def simulate_painting(
         raise ValueError(f"no nucleus of {class_name!r} of at least {min_pixels} px in the chosen sources")
     every = [(j, n) for j, (_, _, ids) in enumerate(chosen) for n in ids]
     picked = [every[i] for i in rng.permutation(len(every))[:k]]
+    painted_on = sorted({j for j, _ in picked})
+    fixes = {}  # image index -> [(instance id, correction label)]
+    for i, (old, count) in enumerate((corrections or {}).items()):
+        oid = data.class_id(old)
+        theirs = [(j, m) for j in painted_on for m in _nuclei_of(chosen[j][0], chosen[j][1], oid, min_pixels)]
+        for t in rng.permutation(len(theirs))[:count]:
+            j, m = theirs[t]
+            fixes.setdefault(j, []).append((m, 3 + i))
     pairs, n_dabs, clicked, by_hand = [], 0, 0, 0
     n = len(data.class_names) + 1  # background and the classes
     in_context, on_images = np.zeros(n, np.int64), np.zeros(n, np.int64)
@@ -129,15 +145,20 @@ def simulate_painting(
         if not mine:
             continue
         ann = np.zeros(item.labels.shape, np.uint8)
-        if objects is None:
-            ann[np.isin(inst, mine)] = 1
-        else:
-            found = objects(item)
-            hits = objects_at(found, [_deepest_pixel(inst == n) for n in mine], CLICK_RADIUS)
-            paint_objects(ann, found, hits, 1)
-            missed = [n for n, hit in zip(mine, hits) if not hit]
-            ann[np.isin(inst, missed) & (ann == 0)] = 1
-            clicked, by_hand = clicked + int((hits > 0).sum()), by_hand + len(missed)
+        found = objects(item) if objects is not None else None
+        strokes = {1: mine}  # label: the instances painted with it (the new class first)
+        for m, label in fixes.get(j, []):
+            strokes.setdefault(label, []).append(m)
+        for label, ids in strokes.items():
+            if found is None:
+                ann[np.isin(inst, ids) & (ann == 0)] = label
+                continue
+            hits = objects_at(found, [_deepest_pixel(inst == n) for n in ids], CLICK_RADIUS)
+            paint_objects(ann, found, hits, label)
+            missed = [n for n, hit in zip(ids, hits) if not hit]
+            ann[np.isin(inst, missed) & (ann == 0)] = label
+            if label == 1:
+                clicked, by_hand = clicked + int((hits > 0).sum()), by_hand + len(missed)
         far = ndi.distance_transform_edt((inst == 0) & (item.labels == 0)) > dab_clearance
         ys, xs = np.nonzero(far)
         want = max(3, int(round(dabs_per_nucleus * len(mine))))
@@ -146,7 +167,7 @@ def simulate_painting(
             disc = (yy - ys[t]) ** 2 + (xx - xs[t]) ** 2 <= dab_radius**2
             ann[disc & (ann == 0)] = 2
             n_dabs += 1
-        made = training_pair(item.image, ann, 1, name=item.name, margin=margin)
+        made = training_pair(item.image, ann, 1, name=item.name, margin=margin, n_old=len(corrections or {}))
         if made is not None:
             pairs.append(made[0])
             (y0, x0), (h, w) = made[1], made[0].image.shape[:2]
@@ -161,6 +182,9 @@ def simulate_painting(
         dabs=n_dabs,
         clicked=clicked,
         by_hand=by_hand,
+        corrected={
+            old: sum(lab == 3 + i for v in fixes.values() for _, lab in v) for i, old in enumerate(corrections or {})
+        },
         context_share={
             name: round(float(in_context[c] / on_images[c]), 4)
             for c, name in enumerate(data.class_names, start=1)

@@ -17,6 +17,19 @@ def _held_out(fraction: float, n_sources: int, at_most: int) -> int:
     return min(max(1, round(fraction * n_sources)), at_most)
 
 
+def _check_shares(**shares: float) -> None:
+    """Each named share of the sources held out lies strictly between 0 and 1 (NaN does not), and
+    together they leave some sources to train on."""
+    for name, share in shares.items():
+        if not 0 < share < 1:
+            raise ValueError(
+                f"{name} {share} holds out no share of the sources; give a share above 0 and below 1, e.g. 0.2"
+            )
+    if len(shares) > 1 and sum(shares.values()) >= 1:
+        given = " and ".join(f"{name} ({share})" for name, share in shares.items())
+        raise ValueError(f"{given} leave no sources to train on; keep their sum under 1")
+
+
 def split_by_source(
     data: LabelledSet, val_fraction: float = 0.2, seed: int = 0, balanced: bool = False
 ) -> tuple[LabelledSet, LabelledSet]:
@@ -27,10 +40,7 @@ def split_by_source(
     (:func:`balanced_sources`), so that no class is missing from the validation images or nearly
     so; ``seed`` chooses among the few best. The benchmark splits this way.
     """
-    if not 0 < val_fraction < 1:  # NaN fails this too
-        raise ValueError(
-            f"val_fraction {val_fraction} holds out no share of the sources; give a share above 0 and below 1, e.g. 0.2"
-        )
+    _check_shares(val_fraction=val_fraction)
     sources = data.sources
     if len(sources) < 2:
         raise ValueError("a validation split needs images from at least two sources (images or slides)")
@@ -53,13 +63,7 @@ def split_three(
     ``test_fraction`` of the sources), then the tune sources from the rest the same way; both
     keep every class the data has where the sources allow it. The same for the same seed.
     """
-    for name, share in (("tune_fraction", tune_fraction), ("test_fraction", test_fraction)):
-        if not 0 < share < 1:
-            raise ValueError(f"{name} {share} holds out no share of the sources; give a share above 0 and below 1")
-    if tune_fraction + test_fraction >= 1:
-        raise ValueError(
-            f"tune ({tune_fraction}) and test ({test_fraction}) leave no sources to train on; keep their sum under 1"
-        )
+    _check_shares(tune_fraction=tune_fraction, test_fraction=test_fraction)
     sources = data.sources
     if len(sources) < 3:
         raise ValueError("three splits by source need images from at least three sources (images or slides)")
@@ -83,15 +87,7 @@ def split_tune_test(
 
     :func:`split_three` draws test first and may give it validation sources; this split never
     does. The same for the same seed."""
-    if not 0 < test_fraction < 1:
-        raise ValueError(
-            f"test_fraction {test_fraction} holds out no share of the sources; give a share above 0 and below 1"
-        )
-    if val_fraction + test_fraction >= 1:
-        raise ValueError(
-            f"validation ({val_fraction}) and test ({test_fraction}) leave no sources to train on; "
-            "keep their sum under 1"
-        )
+    _check_shares(val_fraction=val_fraction, test_fraction=test_fraction)
     if len(data.sources) < 3:
         raise ValueError("train, tune and test by source need images from at least three sources (images or slides)")
     rest, tune = split_by_source(data, val_fraction, seed, balanced=True)

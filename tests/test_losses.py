@@ -460,3 +460,24 @@ def test_unpainted_nuclei_may_be_weighed_negatives_of_the_new_class():
     full, _ = _unpainted_step("negative")
     assert (none[6:11] == 0).all() and (some[6:11] > 0).all()
     assert torch.allclose(some[6:11], 0.25 * full[6:11] * some[0] / full[0])  # a quarter, as the rest is the same
+
+
+def test_ns_can_leave_the_old_channels_alone_on_background():
+    """With ``ns_old_on_background`` off, eq. 12 no longer pushes an old class's channel down where
+    label and pseudo-label are both background (an old nucleus the prior scores under τ); the
+    background and new channels keep eq. 12 there, and a pixel pseudo-labelled old is unchanged."""
+    old_logits = torch.tensor([[[[2.0, 0.0, 0.0]], [[-2.0, 0.5, 3.0]]]])  # old class 1: under τ, then sure
+    labels = torch.tensor([[[0, 0, 0]]])  # fully labelled step: old nuclei are background to it
+
+    def grads(on: bool) -> torch.Tensor:
+        logits = torch.cat([old_logits, torch.zeros(1, 1, 1, 3)], dim=1).requires_grad_(True)
+        out = cinuseg_loss(
+            logits, old_logits, [], [], labels, [2], acl=False, att=False, ns_old_on_background=on
+        )
+        out.loss.backward()
+        return logits.grad[0, :, 0]
+
+    paper, free = grads(True), grads(False)
+    assert paper[1, 1] > 0 and free[1, 1] == 0  # the uncertain old nucleus: pushed down, or left alone
+    assert free[2, 1] > 0 and free[0, 1] != 0  # the new and background channels still learn there
+    torch.testing.assert_close(paper[:, 2], free[:, 2])  # pseudo-labelled old: the same either way

@@ -151,6 +151,7 @@ def negative_sample_bce(
     new_classes: Sequence[int] = (),
     apart: torch.Tensor | None = None,
     new_weight: torch.Tensor | None = None,
+    old_free: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eq. 12 (NS): Σ_c BCE(one-hot(ỹ)_c, S_c) weighted by (1 + ω·O_i), averaged over the image's
     pixels that are not ``ignore_index``. With ω = 0 it is the plain pseudo-label BCE baseline.
@@ -160,7 +161,9 @@ def negative_sample_bce(
     ``new_weight`` (B, H, W), not in the paper: a factor on the new classes' channels per pixel
     (0 leaves them out, as ``open_new`` does; 1 keeps them).
     ``apart`` (B, H, W), not in the paper: pixels averaged on their own and added as one more
-    mean, so that however many they are they weigh as much as all the others together."""
+    mean, so that however many they are they weigh as much as all the others together.
+    ``old_free`` (B, H, W), not in the paper: pixels where the old classes' channels (every
+    channel but the background and ``new_classes``) are left out of the sum."""
     logits = logits.float()
     valid = pseudo != ignore_index
     target = F.one_hot(torch.where(valid, pseudo, torch.zeros_like(pseudo)), logits.shape[1])
@@ -172,6 +175,11 @@ def negative_sample_bce(
     if new_weight is not None and len(new_classes):
         idx = as_index(new_classes, logits.device)
         bce[:, idx] = bce[:, idx] * new_weight[:, None].to(bce.dtype)
+    if old_free is not None:
+        old = [c for c in range(1, logits.shape[1]) if c not in set(new_classes)]
+        if old:
+            idx = as_index(old, logits.device)
+            bce[:, idx] = bce[:, idx] * (~old_free)[:, None].to(bce.dtype)
     bce = bce.sum(dim=1)
     weight = 1 + omega * negative_mask.to(logits.dtype)
     if apart is None:
@@ -265,6 +273,7 @@ def cinuseg_loss(
     unpainted_nuclei: str = "negative",
     nucleus_margin: int = 4,
     unpainted_nucleus_weight: float = 0.0,
+    ns_old_on_background: bool = True,
 ) -> LossOutput:
     """Eq. 17: mean over the batch of t_o·(CAC + PKD) + t_n·(FGL + BGL + NS), per image.
 
@@ -299,6 +308,11 @@ def cinuseg_loss(
     ``"negative"`` (eq. 1 read on unpainted pixels, as before): such a pixel's pseudo-label is a
     negative of the new classes.
 
+    ``ns_old_on_background`` = False (not in the paper): where a pixel's label and its pseudo-label
+    are both background, eq. 12 leaves the old classes' channels alone (distillation, eq. 5, alone
+    holds them there), so that an old class the prior scores under τ is not trained toward 0 on
+    its own nuclei; the new classes' channels and the background's keep eq. 12.
+
     ``background`` and ``background_apart`` (not in the paper): :func:`pseudo_labels`'s
     ``background``, and those unpainted background pixels as their own mean in NS
     (:func:`negative_sample_bce`'s ``apart``); ``uncertain_old``: :func:`pseudo_labels`'s.
@@ -329,6 +343,7 @@ def cinuseg_loss(
         # background (``background``) stays a negative of the new classes
         uncertain = (labels == ignore_index) & is_in(pseudo, old_classes) & ~above(score, cls, tau)
         open_new = uncertain if open_new is None else open_new | uncertain
+    old_free = None if ns_old_on_background else (labels == 0) & (pseudo == 0)
     zeros = logits.new_zeros(logits.shape[0], dtype=torch.float32)
     terms: dict[str, torch.Tensor] = {}
 
@@ -347,12 +362,12 @@ def cinuseg_loss(
         terms["bgl"] = background_suppression(logits, labels, new_classes)
         neg = negative_sample_mask(labels, old_logits, new_classes, tau)
         terms["ns"] = negative_sample_bce(
-            logits, ns_pseudo, neg, omega, ignore_index, open_new, new_classes, apart, new_weight
+            logits, ns_pseudo, neg, omega, ignore_index, open_new, new_classes, apart, new_weight, old_free
         )
     else:
         neg = torch.zeros_like(labels, dtype=torch.bool)
         terms["bce"] = negative_sample_bce(
-            logits, ns_pseudo, neg, 0.0, ignore_index, open_new, new_classes, apart, new_weight
+            logits, ns_pseudo, neg, 0.0, ignore_index, open_new, new_classes, apart, new_weight, old_free
         )
 
     if att:

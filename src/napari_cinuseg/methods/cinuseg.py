@@ -96,6 +96,11 @@ class CiNuSeg(Method):
     nucleus_margin: int = setting(
         4, "pixels around the prior's nuclei that are no sure background (with unpainted_nuclei)", 0, 64
     )
+    # eq. 12 on the old classes' channels where the label and the pseudo-label are both background:
+    # trained toward 0 there (the paper), or left to distillation (eq. 5) alone
+    ns_old_on_background: bool = setting(
+        True, "eq. 12 trains the old channels toward 0 where label and pseudo-label are both background"
+    )
     uses_prior: bool = True
     refines: bool = True  # old-class paint: kept in eq. 1, left out of eq. 5 (losses.cinuseg_loss)
     scores: str = "sigmoid"  # per-class sigmoid scores: the new rows start low, the old scores untouched
@@ -150,6 +155,7 @@ class CiNuSeg(Method):
             unpainted_nuclei=self.unpainted_nuclei,
             nucleus_margin=self.nucleus_margin,
             unpainted_nucleus_weight=self.unpainted_nucleus_weight,
+            ns_old_on_background=self.ns_old_on_background,
         )
 
 

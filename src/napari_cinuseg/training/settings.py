@@ -39,7 +39,7 @@ class TrainSettings:
     lr_base: float = setting(0.01, "learning rate of step 0", 0.0, 10.0, offered=())
     lr_step: float = setting(0.001, "learning rate of incremental steps", 0.0, 10.0, offered=())
     momentum: float = setting(0.9, "SGD momentum", 0.0, 1.0, offered=())
-    weight_decay: float = setting(0.01, "SGD weight decay", 0.0, 1.0, offered=())
+    weight_decay: float = setting(0.01, "SGD weight decay", 0.0, 1.0, offered=(CLI,))
     poly_power: float = setting(0.9, "power of the poly learning-rate schedule", 0.0, 10.0, offered=())
     epochs: int = setting(25, "training epochs (one random crop per image each)", 1, offered=(CLI,))
     iterations: int | None = setting(None, "total iterations (overrides --epochs)", 1, offered=(CLI,))
@@ -55,7 +55,7 @@ class TrainSettings:
     # (0 = off), the new classes' classifier rows on their own (loop.clip_gradient), and an
     # iteration whose loss or gradient is not finite does not step at all; a step stops with an
     # error after more than ``max_skipped`` such iterations.
-    grad_clip: float = setting(1.0, "the gradient's global L2 norm is clipped to this (0 = off)", 0.0, offered=())
+    grad_clip: float = setting(1.0, "the gradient's global L2 norm is clipped to this (0 = off)", 0.0, offered=(CLI,))
     # Incremental steps: the new classes' classifier rows learn at this multiple of lr_step (they
     # start from zero weights and must learn in a few hundred iterations; the rest of the
     # network only has to stay where the prior left it), and this share of the crops is placed

@@ -97,6 +97,7 @@ def cmd_train(args) -> int:
         encoder_weights=None,
         input=s["input"],
         stain_jitter=s["stain_jitter"],
+        magnification_jitter=args.magnification_jitter,
         crop_size=s["crop_size"],
         batch_size=s["batch_size"],
         iterations=args.iterations,
@@ -146,6 +147,7 @@ def cmd_train(args) -> int:
                 "separation": args.separation,
                 "separation_weight": args.separation_weight,
                 "separation_lr": args.separation_lr,
+                "magnification_jitter": args.magnification_jitter,
                 "init": init.id,
                 "pairs": {
                     "consep": len(c_train.items),
@@ -403,6 +405,12 @@ def main(argv=None) -> int:
     )
     t.add_argument("--separation-weight", type=float, default=1.0, help="the separation loss's weight")
     t.add_argument("--separation-lr", type=float, default=10.0, help="the separation head's learning rate, × --lr")
+    t.add_argument(
+        "--magnification-jitter",
+        type=float,
+        default=0.0,
+        help="share of crops seen as a 20× scan (shrunk by 1-2× and enlarged back), for 20× slides",
+    )
     sub.choices["measure"].add_argument("--models", default="bundled", help="comma-separated model files, or 'bundled'")
     sub.choices["measure"].add_argument(
         "--marker-h",

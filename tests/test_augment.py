@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from napari_cinuseg import drain, train_base
-from napari_cinuseg.training.augment import stain_jitter
+from napari_cinuseg.training.augment import magnification_jitter, stain_jitter
 from napari_cinuseg.training.crops import CropDataset
 from napari_cinuseg.training.settings import TrainSettings
 
@@ -53,13 +53,33 @@ def test_scale_jitter_zooms_crops_and_keeps_labels_exact(few_pairs):
     assert min(sizes) < 48 and max(sizes) > 90  # and the range is used
 
 
+def test_magnification_jitter_blurs_a_share_of_the_crops_in_place(few_pairs):
+    """A crop seen as a 20× scan: the same tissue at the same place and size, with less detail
+    (a lower high-frequency energy); the others untouched."""
+    img = few_pairs[0][0].image[:128, :128]
+    rng = np.random.default_rng(0)
+    outs = [magnification_jitter(img, rng, 0.5) for _ in range(40)]
+    same = [o is img for o in outs]
+    assert 8 < sum(same) < 32  # about half the crops
+    lap = lambda a: np.abs(np.diff(a.astype(float).mean(2), 2, axis=0)).mean()  # noqa: E731
+    for out in (o for o, s in zip(outs, same) if not s):
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert np.corrcoef(img.astype(float).ravel(), out.astype(float).ravel())[0, 1] > 0.8
+        assert lap(out) < lap(img)
+    assert all(magnification_jitter(img, rng, 0.0) is img for _ in range(5))
+
+
 def test_augmented_base_step_trains_and_records_its_settings(few_pairs, tiny):
-    settings = tiny.replace(stain_jitter=0.5, scale_jitter=0.5, iterations=3)
+    settings = tiny.replace(stain_jitter=0.5, scale_jitter=0.5, magnification_jitter=0.5, iterations=3)
     model = drain(train_base(few_pairs[0], ["Epithelial", "Spindle-shaped"], settings))
     assert model.steps[-1].settings["stain_jitter"] == 0.5 and model.steps[-1].settings["scale_jitter"] == 0.5
+    assert model.steps[-1].settings["magnification_jitter"] == 0.5
 
 
-@pytest.mark.parametrize("field, value", [("stain_jitter", -0.1), ("stain_jitter", 3.0), ("scale_jitter", 2.5)])
+@pytest.mark.parametrize(
+    "field, value",
+    [("stain_jitter", -0.1), ("stain_jitter", 3.0), ("scale_jitter", 2.5), ("magnification_jitter", 1.5)],
+)
 def test_out_of_range_strengths_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         TrainSettings(**{field: value})

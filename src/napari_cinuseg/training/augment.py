@@ -11,6 +11,10 @@ Both are off by default (the benchmarks follow the paper's protocol: flips and r
   α from U(1 − s, 1 + s); we draw its logarithm so that one strength covers both lighter and
   much darker stains (CMU-1's haematoxylin is ~2.6× CoNSeP's at the 99th percentile, s = 1 reaches
   0.5×..2×).
+- **Magnification jitter** shows a share of the crops as a lower-magnification scan resampled to
+  the model's pixel size would look: shrunk by a factor f ~ U(1, 2) (anti-aliased, as a 20×
+  scanner's optics and sampling lose detail at f = 2) and enlarged back to the crop (bicubic, as
+  the engine enlarges a 20× tile), so a model trained at 40× sees the blur of a 20× slide.
 - **Scale jitter** zooms the crop by z = 2^U(−s, s): a crop of c/z pixels is read and resized to
   c (image bilinear, labels nearest), so a model trained at 40× also sees nuclei at 20× size
   (s = 1 covers 0.5×..2×).
@@ -33,6 +37,19 @@ def stain_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -
     beta = rng.uniform(-strength, strength, size=3) * spread / 2
     out = hed2rgb(hed * alpha + beta)
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def magnification_jitter(image: np.ndarray, rng: np.random.Generator, share: float) -> np.ndarray:
+    """RGB uint8 (H, W, 3) → with probability ``share``, the same crop as seen at 1/f of its
+    magnification, f ~ U(1, 2): shrunk (anti-aliased) and enlarged back (bicubic); else unchanged."""
+    if share <= 0 or rng.random() >= share:
+        return image
+    f = rng.uniform(1.0, 2.0)
+    h, w = image.shape[:2]
+    small = resize(image, (max(1, round(h / f)), max(1, round(w / f)), 3), order=1, anti_aliasing=True,
+                   preserve_range=True)  # fmt: skip
+    back = resize(small, (h, w, 3), order=3, preserve_range=True, anti_aliasing=False)
+    return (np.clip(back, 0, 255) + 0.5).astype(np.uint8)
 
 
 def zoom_factor(rng: np.random.Generator, strength: float) -> float:

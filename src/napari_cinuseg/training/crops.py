@@ -38,6 +38,7 @@ class CropDataset(torch.utils.data.Dataset):
         length: int | None = None,
         stain_jitter: float = 0.0,
         scale_jitter: float = 0.0,
+        magnification_jitter: float = 0.0,
         painted_share: float = 0.0,
         separation: bool = True,
     ):
@@ -46,6 +47,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.stain_jitter = float(stain_jitter)
         self.scale_jitter = float(scale_jitter)
+        self.magnification_jitter = float(magnification_jitter)
         # The share of crops placed so that they hold a painted pixel of a step class (target
         # 1..254), drawn uniformly over those pixels; the others fall anywhere. Sparse painting
         # leaves most random crops without a single example of the class being learned.
@@ -101,6 +103,7 @@ class CropDataset(torch.utils.data.Dataset):
             _, part = augment.resize_pair(np.zeros((*part.shape, 3), np.uint8), part, self.crop)
             sep = distance_target(part)
             sep[tgt == IGNORE] = UNKNOWN
+        img = augment.magnification_jitter(img, rng, self.magnification_jitter)
         img = augment.stain_jitter(img, rng, self.stain_jitter)
         # A cached data set's arrays are read-only and an uncropped, unturned crop is a view of
         # them; torch wants to own its memory, so such a crop is copied.

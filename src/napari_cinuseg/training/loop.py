@@ -247,6 +247,7 @@ class StepLoop:
             length=s.batch_size,
             stain_jitter=s.stain_jitter,
             scale_jitter=s.scale_jitter,
+            magnification_jitter=s.magnification_jitter,
             painted_share=s.painted_crops if self.new_classes else 0.0,
             separation=self.model.network.has_separation,
         )

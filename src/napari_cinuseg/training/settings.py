@@ -70,6 +70,9 @@ class TrainSettings:
     scale_jitter: float = setting(
         0.0, "zoom augmentation: crops zoomed by 2^U(-s, s) (0 = off, 1 = 0.5x..2x)", 0.0, 2.0
     )
+    magnification_jitter: float = setting(
+        0.0, "share of crops seen as a 20x scan: shrunk by 1-2x and enlarged back (0 = off)", 0.0, 1.0
+    )
 
     # The user's changes to the step method's own settings (fields of its dataclass, e.g.
     # CiNuSeg's τ: methods.method_settings), handed to methods.get_method by the step.

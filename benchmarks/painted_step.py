@@ -7,7 +7,9 @@ trained from a prior (the bundled model by default) with the panel's defaults (m
 the cpu preset, 300 iterations, 128-px crops) and scored with ``analysis.evaluation.evaluate``
 on the other sources (split by source), or on ``--test-data``. Each row records the new class's
 Dice, each old class's Dice against the prior's, the forgetting report, whether every loss was
-finite, the skipped iterations and the seconds.
+finite, the skipped iterations and the seconds. With ``--objects`` it also scores the new class's
+nuclei as objects on the same images (``new_objects``: detection F1 at IoU 0.5, PQ, AJI; see
+:func:`class_object_scores`).
 
     CINUSEG_DATA=../shared/data OMP_NUM_THREADS=1 nice -n 10 python3 benchmarks/painted_step.py \\
         --dataset monusac --class Lymphocyte --k 35 --images 3 --sources 3 --seeds 0 1 2 3 4 \\
@@ -102,6 +104,74 @@ def prior_objects(prior):
     return objects
 
 
+def true_class_objects(data, class_name: str, instances: dict | None = None) -> dict[str, np.ndarray]:
+    """Per image of ``data``, its true nuclei of ``class_name`` as an instance map, every other
+    nucleus background. The nuclei are ``instances[name]`` (CoNSeP's instance maps) or, without
+    them, the connected regions of each class of the class map (MoNuSAC: touching nuclei of a
+    class merge); each is of the class most of its pixels carry. A ValueError where the images
+    hold no nucleus of the class."""
+    from napari_cinuseg.analysis.objects import class_objects, majority_classes
+    from napari_cinuseg.benchmark.painting import nucleus_instances
+
+    cid = data.class_id(class_name)
+    out = {}
+    for item in data.items:
+        inst = np.asarray(instances[item.name] if instances is not None else nucleus_instances(item))
+        if inst.shape != item.labels.shape:
+            raise ValueError(f"{item.name}: its instance map is {inst.shape} but its class map {item.labels.shape}")
+        out[item.name] = class_objects(inst, majority_classes(inst, item.labels), cid)
+    if not any(m.any() for m in out.values()):
+        raise ValueError(
+            f"no true {class_name} nucleus in the {len(data.items)} images scored "
+            f"(sources {', '.join(data.sources)}): the new class's objects cannot be scored there"
+        )
+    return out
+
+
+def model_objects(model, device: str = "cpu"):
+    """An image's nucleus objects as the product finds them: the image predicted whole, as
+    ``evaluate`` scores it (``predict_maps``: the class map and, for a model with a separation
+    head, its learned distance), split by :func:`instance_method`'s rule with ``nuclei_of``'s
+    defaults (objects of at least 3 µm², watershed markers 1.5 µm apart) at the model's pixel
+    size. Gives (instance map, class of each id in the model's channels)."""
+    from napari_cinuseg.inference.instances import instance_method, nuclei_of
+
+    method = instance_method(model.network.has_separation)
+
+    def objects(item):
+        cm, sep = model.predict_maps(item.image, device)
+        nuclei = nuclei_of(cm, pixel_size_um=model.pixel_size, method=method, separation=sep)
+        return nuclei.labels, nuclei.classes
+
+    objects.method = method
+    return objects
+
+
+def class_object_scores(data, truths: dict, objects, channel: int) -> dict:
+    """The predicted objects of class ``channel`` (``objects(item)``: instance map and classes,
+    as :func:`model_objects`) against the true ones (``truths``, :func:`true_class_objects`),
+    each side keeping only the class's objects: detection F1 at IoU 0.5, PQ, SQ and AJI
+    (``analysis.objects``), the mean over the images where either side holds an object of the
+    class (an image with neither says nothing of them), and pooled over those images; the
+    matches, misses and false objects summed."""
+    from napari_cinuseg.analysis.objects import ObjectScores, class_objects
+
+    scores = ObjectScores()
+    for item in data.items:
+        truth = truths[item.name]
+        labels, classes = objects(item)
+        pred = class_objects(labels, classes, channel)
+        if truth.any() or pred.any():
+            scores.update(truth, pred)
+    s = scores.summary()
+    keys = ("f1", "pq", "sq", "aji", "f1_pooled", "pq_pooled", "aji_pooled", "tp", "fp", "fn", "true", "pred")
+    return {
+        **{k: s.get(k) for k in keys},
+        "images": s.get("images", 0),
+        "images_without": len(data.items) - s.get("images", 0),
+    }
+
+
 def corrections(args) -> dict[str, int]:
     """--corrections NAME=N …: how many nuclei of each old class are painted as corrections."""
     out = {}
@@ -130,6 +200,15 @@ def run_one(args, seed: int) -> dict:
         test = read_dataset(args.dataset, args.test_data)
     else:
         test = painted_split(args.dataset, args.split, args.data)
+    truths = None
+    if args.objects:  # the true objects first: a split without the class fails before the step
+        from napari_cinuseg.datasets.labelled import read_consep_instances
+
+        root = args.test_data or data_dir(args.data) / "consep"
+        names = [it.name for it in test.items]
+        truths = true_class_objects(
+            test, args.cls, read_consep_instances(root, names) if args.dataset == "consep" else None
+        )
     prior = load_model(args.prior)
     painting = simulate_painting(
         paint,
@@ -167,6 +246,12 @@ def run_one(args, seed: int) -> dict:
         before = prior_dice(args, prior, old_test, lambda: evaluate(prior, old_test, "cpu"))
         after = evaluate(model, old_test, "cpu") if model is not None else {}
         new = evaluate(model, test, "cpu").get(args.cls) if model is not None else None
+        objects = None
+        if truths is not None and model is not None:
+            t1 = time.perf_counter()
+            find = model_objects(model)
+            objects = class_object_scores(test, truths, find, model.channel_of(args.cls))
+            objects.update(instances=find.method, seconds=round(time.perf_counter() - t1, 1))
     record = model.steps[-1].results if model is not None else {}
     curve = record.get("loss_curve", {})
     finite = error is None and all(math.isfinite(v) for v in curve.get("loss", []) if v is not None)
@@ -192,6 +277,7 @@ def run_one(args, seed: int) -> dict:
         "settings": changes,
         "iterations": args.iterations,
         "new_dice": new,
+        "new_objects": objects,  # with --objects: the new class's nuclei as objects (class_object_scores)
         "old": {c: {"prior": before[c], "after": after.get(c)} for c in prior.class_names if c in before},
         "old_scored_on": "the same pixels for prior and step: the new class's left out",
         "forgetting": record.get("forgetting"),
@@ -275,6 +361,7 @@ def _painting(r: dict) -> str:
 def _key(r: dict) -> tuple:
     """What makes a run: a row with the same key is not run again."""
     return (
+        r.get("prior"),
         r["dataset"],
         r["class"],
         r["method"],
@@ -317,6 +404,11 @@ def main(argv=None) -> int:
         default=[],
         help="old classes' nuclei painted as corrections on the same images, e.g. Spindle-shaped=10",
     )
+    ap.add_argument(
+        "--objects",
+        action="store_true",
+        help="score the new class's nuclei as objects too (F1 at IoU 0.5, PQ, AJI against its true nuclei)",
+    )
     ap.add_argument("--test-data", help="score on this folder (the data set's layout) instead of the held-out sources")
     ap.add_argument("--data", help="data root (default $CINUSEG_DATA, else ../shared/data)")
     ap.add_argument("--out", help="JSON lines file the rows are appended to")
@@ -332,14 +424,20 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.context != "whole" and not args.context.isdigit():
         ap.error(f"--context {args.context!r}: give whole or a margin in pixels, e.g. 64")
-    done = set()
+    done = set()  # runs there; with --objects only those that scored the new class's objects
     if out.exists():
-        done = {_key(json.loads(line)) for line in out.read_text().splitlines() if line.strip()}
+        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+        done = {_key(r) for r in rows if r.get("new_objects") or not args.objects}
+    from napari_cinuseg import load_model
     from napari_cinuseg.training.settings import parse_changes
+
+    prior = load_model(args.prior).id[:8]
 
     split = "test-data" if args.test_data else args.split
     for seed in args.seeds:
-        want = dict(dataset=args.dataset, k=args.k, seed=seed, split=split, mode=args.mode, context=args.context)
+        want = dict(
+            prior=prior, dataset=args.dataset, k=args.k, seed=seed, split=split, mode=args.mode, context=args.context
+        )
         made = {"class": args.cls, "method": args.method, "settings": parse_changes(args.set)}
         if _key({**want, **made, "corrections": corrections(args)}) in done:
             continue
@@ -347,7 +445,9 @@ def main(argv=None) -> int:
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(
-            json.dumps({k: row[k] for k in ("dataset", "class", "seed", "new_dice", "old", "finite", "seconds")}),
+            json.dumps(
+                {k: row[k] for k in ("dataset", "class", "seed", "new_dice", "new_objects", "old", "finite", "seconds")}
+            ),
             flush=True,
         )
     return 0

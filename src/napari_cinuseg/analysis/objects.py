@@ -9,7 +9,12 @@
   Σ |G ∩ P| over Σ |G ∪ P|, plus every predicted nucleus never taken in the denominator.
 
 Scores are per image; :class:`ObjectScores` averages them over images (the mean of per-image
-figures, as HoVer-Net's tables), and pools the foreground Dice too.
+figures, as HoVer-Net's tables), and pools them too: F1 and PQ from the summed matches, AJI from
+the summed intersections and unions, and the foreground Dice (the figures of a sparse class, whose
+images hold a nucleus or two each, where a per-image mean is mostly noise).
+
+:func:`majority_classes` and :func:`class_objects` keep one class's objects of an instance map,
+so that the scores can be had for one class's nuclei alone.
 """
 
 from __future__ import annotations
@@ -82,12 +87,37 @@ def image_scores(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         "true": n_true,
         "pred": n_pred,
         "_fg": (fg_i, fg_t, fg_p),
+        "_aji": (c, u),
     }
+
+
+def majority_classes(instances: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per id 0..max of ``instances``, the value most of its pixels carry in the class map
+    ``labels`` (background and unlabelled count as values too; ties to the lowest); 0 for id 0
+    and for ids not in the map."""
+    inst = np.asarray(instances).astype(np.int64).ravel()
+    lab = np.asarray(labels).astype(np.int64).ravel()
+    if inst.shape != lab.shape:
+        raise ValueError(f"instances and labels differ in size: {np.shape(instances)} vs {np.shape(labels)}")
+    n, k = int(inst.max(initial=0)) + 1, int(lab.max(initial=0)) + 1
+    votes = np.bincount(inst * k + lab, minlength=n * k).reshape(n, k)
+    out = votes.argmax(1)
+    out[0] = 0
+    return out
+
+
+def class_objects(instances: np.ndarray, classes: np.ndarray, keep: int) -> np.ndarray:
+    """``instances`` with only the objects whose class (``classes[id]``) is ``keep``, the others
+    background; ids are kept."""
+    inst = np.asarray(instances)
+    wanted = np.asarray(classes) == keep
+    wanted[0] = False
+    return np.where(wanted[inst], inst, 0)
 
 
 @dataclass
 class ObjectScores:
-    """Scores accumulated over images: per-image means, and the pooled foreground Dice."""
+    """Scores accumulated over images: per-image means, and pooled (``*_pooled``) figures."""
 
     images: list[dict] = field(default_factory=list)
 
@@ -102,6 +132,12 @@ class ObjectScores:
         mean = {k: float(np.mean([s[k] for s in self.images])) for k in ("dice", "f1", "pq", "sq", "aji")}
         i, t, p = (sum(s["_fg"][j] for s in self.images) for j in range(3))
         mean["dice_pooled"] = 2 * i / (t + p) if (t + p) else 1.0
+        tp, fp, fn = (sum(s[k] for s in self.images) for k in ("tp", "fp", "fn"))
+        f1 = 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0
+        mean["f1_pooled"] = f1
+        mean["pq_pooled"] = sum(s["sq"] * s["tp"] for s in self.images) / tp * f1 if tp else 0.0
+        c, u = (sum(s["_aji"][j] for s in self.images) for j in range(2))
+        mean["aji_pooled"] = c / u if u else 1.0
         for k in ("tp", "fp", "fn", "true", "pred"):
             mean[k] = int(sum(s[k] for s in self.images))
         mean["images"] = len(self.images)

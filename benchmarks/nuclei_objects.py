@@ -15,15 +15,29 @@ by slide / source image / tile) are never trained on. Saved as ``<out>/mixed.cin
   0.5, AJI, PQ against MoNuSeg's instance maps;
 - CoNSeP (5 held-out source images, 80 patches): the same against CoNSeP's instance maps, and
   class Dice (Epithelial, Spindle-shaped; the data's Other pixels ignored, as ``cinuseg evaluate``);
-- each with the instances of inference/instances.py: watershed on the distance transform and
-  plain connected components.
+- each with the instances of inference/instances.py, split as ``cinuseg segment`` splits a user's
+  (``nuclei_of`` at the image's pixel size): watershed on the distance transform and plain
+  connected components (and a separation head's learned distance, for a model with one);
+- ``--test-data DIR``: another centre's images and instance maps, one more set ``test:<folder>``
+  measured as MoNuSeg is (``DIR/images/<name>.png|.tif``, ``DIR/instances/<name>.png|.tif|.npy``,
+  ``--test-pixel-size``).
 
-Images are segmented whole by the engine (``segment``: tiles of 512, overlap 64). Scores are
-means over images (as HoVer-Net's tables), the foreground Dice also pooled over pixels.
+MoNuSeg's (and the test set's) images are segmented whole by the engine (``segment``: tiles of
+512, overlap 64). Scores are means over images (as HoVer-Net's tables), the foreground Dice also
+pooled over pixels.
+
+``--magnification 20`` measures what a user with 20× images gets: the 40× images are downsampled
+to 0.5 µm/px (anti-aliased; the instance and class maps by nearest pixel), segmented with that
+pixel size given (the engine resamples to the model's 0.25 µm/px and back; CoNSeP's patches,
+128² then, are predicted whole with the same resampling), their nuclei split with 3 µm² and
+1.5 µm in 0.5 µm pixels, and scored against the downsampled maps. Each
+magnification has its own cache (``measure-<id>-20x.json``; 40× keeps ``measure-<id>.json``).
 
     OMP_NUM_THREADS=1 nice -n 10 python3 benchmarks/nuclei_objects.py train --out runs/nuclei --iterations 500
     OMP_NUM_THREADS=1 nice -n 10 python3 benchmarks/nuclei_objects.py measure --out runs/nuclei \\
         --models bundled,runs/nuclei/mixed.cinuseg.pt
+    OMP_NUM_THREADS=1 nice -n 10 python3 benchmarks/nuclei_objects.py measure --out runs/nuclei --models bundled \\
+        --magnification 20
     python3 benchmarks/nuclei_objects.py overlay --out docs/images --models bundled,runs/nuclei/mixed.cinuseg.pt \\
         --names bundled-before,mixed
 
@@ -38,6 +52,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +60,20 @@ import numpy as np
 from napari_cinuseg import drain, load_model, train_base
 from napari_cinuseg.analysis.metrics import ConfusionMatrix
 from napari_cinuseg.analysis.objects import ObjectScores
-from napari_cinuseg.datasets.labelled import IGNORE, data_dir, read_consep_instances, read_consep_patches, step_pairs
+from napari_cinuseg.datasets.labelled import (
+    IGNORE,
+    IMAGE_SUFFIXES,
+    data_dir,
+    read_consep_instances,
+    read_consep_patches,
+    step_pairs,
+)
 from napari_cinuseg.datasets.nucleus_only import mixed_class_pairs, nucleus_pairs, read_monuseg, read_nuinsseg
 from napari_cinuseg.datasets.splits import split_by_source
-from napari_cinuseg.inference.instances import instance_method, min_area_pixels, split_nuclei
+from napari_cinuseg.inference.instances import instance_method, min_area_pixels, nuclei_of, split_nuclei
 from napari_cinuseg.inference.segmentation import segment
+from napari_cinuseg.io.images import read_rgb
+from napari_cinuseg.io.pixel_size import checked_pixel_size, resampling_factor
 from napari_cinuseg.model.file import BUNDLED_MODEL
 from napari_cinuseg.runtime.events import Progress
 from napari_cinuseg.training.settings import TrainSettings
@@ -177,8 +201,10 @@ def _class_map(model, image, device) -> np.ndarray:
     return _maps(model, image, device)[0]
 
 
-def _maps(model, image, device) -> tuple[np.ndarray, np.ndarray | None]:
-    """(class map, learned distance map uint8 or None) of an image, by the engine's tiles."""
+def _maps(model, image, device, pixel_size: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(class map, learned distance map uint8 or None) of an image of ``pixel_size`` µm/px (default:
+    the model's), by the engine's tiles: resampled to the model's pixel size and back, as ``cinuseg
+    segment`` does, so both maps have the image's size."""
     sep = np.zeros(image.shape[:2], np.uint8) if model.network.has_separation else None
     cm = drain(
         segment(
@@ -188,7 +214,7 @@ def _maps(model, image, device) -> tuple[np.ndarray, np.ndarray | None]:
             overlap=64,
             device=device,
             min_tissue=0.0,
-            image_pixel_size=model.pixel_size,
+            image_pixel_size=pixel_size or model.pixel_size,
             separation_out=sep,
         )
     )
@@ -202,59 +228,282 @@ def _methods(model, marker_hs) -> list[str]:
     return ["watershed", "components", *learned]
 
 
-def _instances(cm: np.ndarray, method: str, min_px: int, sep=None) -> np.ndarray:
+def _instances(cm: np.ndarray, method: str, pixel_size: float, sep=None) -> np.ndarray:
+    """The instance map of a class map of ``pixel_size`` µm/px by ``method`` (one of
+    :func:`_methods`), split as ``cinuseg segment`` splits a user's (``nuclei_of``): objects under
+    3 µm² dropped and the watershed's markers 1.5 µm apart, both in this pixel size's pixels."""
     if method.startswith("distance-h"):
         h = float(method.removeprefix("distance-h"))
-        return split_nuclei(cm, method="distance", min_area_px=min_px, separation=sep, marker_h=h)[0]
-    return split_nuclei(cm, method=method, min_area_px=min_px, min_distance_px=6)[0]
+        return nuclei_of(cm, pixel_size_um=pixel_size, method="distance", separation=sep, marker_h=h).labels
+    return nuclei_of(cm, pixel_size_um=pixel_size, method=method).labels
 
 
 #: How each set's images are segmented: MoNuSeg's 1000² images by the engine's tiles (what a user
 #: gets), CoNSeP's 256² patches whole (``model.predict``, as ``cinuseg evaluate`` and the Dice
 #: figures of docs/benchmarks.md: in a 512 tile they would sit in white padding).
 INFERENCE = {"MoNuSeg": "segment, tile 512, overlap 64", "CoNSeP": "predict, whole patch"}
+#: MoNuSeg's and CoNSeP's magnification and pixel size as published.
+NATIVE_MAGNIFICATION = 40
+NATIVE_PIXEL_SIZE = 0.25
+#: How ``--test-data`` is laid out, for its errors and help.
+TEST_LAYOUT = (
+    "DIR/images/<name>.png or .tif (the H&E images) and DIR/instances/<name>.png, .tif or .npy "
+    "(each image's instance map: one id per nucleus, 0 background, the image's height and width)"
+)
+INSTANCE_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
+
+
+def pixel_size_at(magnification: float) -> float:
+    """µm per pixel at ``magnification``: 40× is 0.25 µm/px, 20× 0.5."""
+    return NATIVE_PIXEL_SIZE * NATIVE_MAGNIFICATION / magnification
+
+
+def downsample(image: np.ndarray, label_maps, factor: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``image`` (H, W, 3) uint8 and its label maps ``factor`` times smaller, as an image taken at a
+    lower magnification: the image resized with anti-aliasing (a Gaussian of σ = (factor - 1) / 2
+    pixels before linear interpolation, so that each new pixel averages the area it covers), each
+    label map (instance ids, class values) by its nearest pixel, so that its values stay the ids or
+    classes they were (a nucleus narrower than about ``factor`` pixels may vanish)."""
+    from skimage.transform import resize
+
+    h, w = image.shape[:2]
+    shape = (max(1, round(h / factor)), max(1, round(w / factor)))
+    small = resize(image, shape + image.shape[2:], order=1, anti_aliasing=True, preserve_range=True)
+    small = np.clip(np.rint(small), 0, 255).astype(np.uint8)
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.intp), w - 1)
+    return small, [np.asarray(m)[np.ix_(rows, cols)] for m in label_maps]
+
+
+def _scaled(pixel_size: float, magnification: float) -> tuple[float, float]:
+    """(downsampling factor, pixel size measured at) of a set of ``pixel_size`` µm/px measured at
+    ``magnification``: finer sets are brought down to it, none is upsampled (a set already at or
+    below it is measured as it is; within 5 %, the engine's tolerance, counts as at it)."""
+    factor = pixel_size_at(magnification) / pixel_size
+    return (factor, pixel_size_at(magnification)) if factor > 1.05 else (1.0, pixel_size)
+
+
+@dataclass
+class TestData:
+    """Another centre's images and instance maps (``--test-data``): (image, instance map) paths,
+    every pair read and checked once by :func:`read_test_data`, and the images' pixel size."""
+
+    root: Path
+    pairs: list[tuple[Path, Path]]
+    pixel_size: float = NATIVE_PIXEL_SIZE
+
+    @property
+    def name(self) -> str:
+        return f"test:{self.root.name}"
+
+
+def read_test_data(folder, pixel_size: float = NATIVE_PIXEL_SIZE) -> TestData:
+    """``folder`` laid out as :data:`TEST_LAYOUT`, every image with its instance map, checked (each
+    pair read, of one size) before anything is measured; a clear error says what to fix."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"--test-data {root}: no such folder; give a folder laid out as {TEST_LAYOUT}")
+    pixel_size = checked_pixel_size(pixel_size, "--test-pixel-size", fix="give µm per pixel of the test images")
+    img_dir, inst_dir = root / "images", root / "instances"
+    for d in (img_dir, inst_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"--test-data {root} has no {d.name}/ folder; lay it out as {TEST_LAYOUT}")
+    images = sorted(p for p in img_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise FileNotFoundError(f"{img_dir} holds no image ({', '.join(IMAGE_SUFFIXES)}); lay it out as {TEST_LAYOUT}")
+    found = {p: _instance_path(inst_dir, p.stem) for p in images}
+    missing = [p.name for p, lp in found.items() if lp is None]
+    if missing:
+        more = ", …" if len(missing) > 5 else ""
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(images)} images in {img_dir} have no instance map in {inst_dir} "
+            f"({', '.join(missing[:5])}{more}): add <name>.png, .tif or .npy for each (one id per nucleus, "
+            "0 background), or move those images out of images/"
+        )
+    pairs = list(found.items())
+    for ip, lp in pairs:
+        _read_test_pair(ip, lp)
+    return TestData(root.resolve(), pairs, pixel_size)
+
+
+def _instance_path(inst_dir: Path, stem: str) -> Path | None:
+    return next((inst_dir / (stem + s) for s in INSTANCE_SUFFIXES if (inst_dir / (stem + s)).is_file()), None)
+
+
+def _read_test_pair(image_path: Path, instances_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB uint8 image, integer instance map) of a test pair, or a ValueError that says what is wrong."""
+    from skimage import io as skio
+
+    image = read_rgb(image_path)
+    try:
+        inst = np.load(instances_path) if instances_path.suffix == ".npy" else np.asarray(skio.imread(instances_path))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{instances_path} could not be read as an instance map ({exc})") from None
+    if inst.ndim == 3 and inst.shape[2] == 1:
+        inst = inst[..., 0]
+    if inst.ndim != 2:
+        raise ValueError(
+            f"{instances_path} has shape {inst.shape}, not a label image: save each image's nucleus ids as one "
+            "channel (an 8-, 16- or 32-bit PNG or TIFF, or .npy), 0 background"
+        )
+    if not np.issubdtype(inst.dtype, np.integer):
+        if not (np.issubdtype(inst.dtype, np.floating) and np.all(np.mod(inst, 1) == 0)):
+            raise ValueError(f"{instances_path} holds {inst.dtype} values that are not whole: nucleus ids are integers")
+        inst = inst.astype(np.int64)
+    if inst.min(initial=0) < 0:
+        raise ValueError(f"{instances_path} holds negative values: nucleus ids are 1, 2, …, and 0 is background")
+    if inst.shape != image.shape[:2]:
+        raise ValueError(
+            f"{instances_path} is {inst.shape[0]}×{inst.shape[1]} (rows × columns) but its image {image_path.name} "
+            f"is {image.shape[0]}×{image.shape[1]}: an instance map must have its image's height and width"
+        )
+    return image, inst
+
+
+@dataclass
+class _Set:
+    """One set as measured: ``images()`` yields (image, true instance map, class labels or None) at
+    the set's own pixel size, downsampled by ``factor`` to ``pixel_size`` before segmentation; the
+    engine's tiles segment them (else ``model.predict_maps``, whole); ``inference``: how, the key
+    its cached result is reused by; ``class_names``: the classes of its labels, for class Dice."""
+
+    name: str
+    images: object
+    pixel_size: float
+    factor: float
+    engine: bool
+    inference: str
+    class_names: list | None = None
+
+
+def _sets(consep_val, monuseg_val, magnification: float = NATIVE_MAGNIFICATION, tests=()) -> list[_Set]:
+    """The sets measured at ``magnification``: MoNuSeg's and CoNSeP's validation splits, then each
+    test set. At 40× the inference keys are :data:`INFERENCE`'s, so results cached before
+    magnifications were measured are reused."""
+    factor, px = _scaled(NATIVE_PIXEL_SIZE, magnification)
+    at = "" if factor == 1 else f"; downsampled to {px:g} µm/px ({magnification:g}×)"
+    sets = [
+        _Set(
+            "MoNuSeg",
+            lambda: ((it.image, monuseg_val.instances[it.name], None) for it in monuseg_val.items),
+            px,
+            factor,
+            True,
+            INFERENCE["MoNuSeg"] + at,
+        ),
+        _Set(
+            "CoNSeP",
+            lambda: ((it.image, _consep_instances(it.name), it.labels) for it in consep_val.items),
+            px,
+            factor,
+            False,
+            INFERENCE["CoNSeP"] + at,
+            list(consep_val.class_names),
+        ),
+    ]
+    for t in tests:
+        f, p = _scaled(t.pixel_size, magnification)
+        sets.append(
+            _Set(
+                t.name,
+                lambda t=t: ((*_read_test_pair(ip, lp), None) for ip, lp in t.pairs),
+                p,
+                f,
+                True,
+                f"{INFERENCE['MoNuSeg']}; {t.root}, {len(t.pairs)} images at {t.pixel_size:g} µm/px"
+                + ("" if f == 1 else f", downsampled to {p:g} µm/px"),
+            )
+        )
+    return sets
+
+
+def _reusable(cached: dict | None, st: _Set, methods) -> bool:
+    """Whether ``cached`` holds ``st``'s result, measured the same way, for every method."""
+    return bool(
+        cached
+        and cached.get("inference", {}).get(st.name) == st.inference
+        and all(m in cached.get(st.name, {}) for m in methods)
+    )
 
 
 def measure_model(
-    model, consep_val, monuseg_val, device: str = "cpu", cached: dict | None = None, marker_hs=(0.1,)
+    model,
+    consep_val,
+    monuseg_val,
+    device: str = "cpu",
+    cached: dict | None = None,
+    marker_hs=(0.1,),
+    magnification: float = NATIVE_MAGNIFICATION,
+    tests=(),
 ) -> dict:
-    min_px, _ = min_area_pixels(3.0, 0.25)
+    """Object scores of ``model`` on every set of :func:`_sets` (its results in ``cached`` reused)."""
     t0 = time.time()
-    result: dict = {"model": model.id, "min_area_px": min_px, "inference": INFERENCE}
-    for name, items, truth in (
-        ("MoNuSeg", monuseg_val.items, lambda it: monuseg_val.instances[it.name]),
-        ("CoNSeP", consep_val.items, None),
-    ):
-        if cached and cached.get("inference", {}).get(name) == INFERENCE[name] and name in cached:
-            result[name] = cached[name]
-            print(f"  {name}: cached", flush=True)
+    sets = _sets(consep_val, monuseg_val, magnification, tests)
+    methods = _methods(model, marker_hs)
+    result: dict = {
+        "model": model.id,
+        "magnification": magnification,
+        "min_area_px": min_area_pixels(3.0, sets[0].pixel_size)[0],
+        "inference": {st.name: st.inference for st in sets},
+        "at": {},
+        "set_seconds": {},
+    }
+    for st in sets:
+        if _reusable(cached, st, methods):
+            result[st.name] = cached[st.name]
+            for key in ("at", "set_seconds"):
+                if st.name in cached.get(key, {}):
+                    result[key][st.name] = cached[key][st.name]
+            print(f"  {st.name}: cached", flush=True)
             continue
-        scores = {m: ObjectScores() for m in _methods(model, marker_hs)}
+        t1 = time.time()
+        scores = {m: ObjectScores() for m in methods}
         conf = ConfusionMatrix(model.num_channels)
         lut = np.full(256, IGNORE, np.uint8)
         lut[0] = 0
-        for i, n in enumerate(consep_val.class_names if name == "CoNSeP" else [], start=1):
+        for i, n in enumerate(st.class_names or [], start=1):
             lut[i] = model.channel_of(n) if n in model.class_names else IGNORE
-        for it in items:
-            cm, sep = _maps(model, it.image, device) if name == "MoNuSeg" else model.predict_maps(it.image, device)
-            inst = truth(it) if truth else _consep_instances(it.name)
+        true_before = true_after = 0
+        for image, inst, labels in st.images():
+            if st.factor != 1:
+                true_before += _count(inst)
+                image, maps = downsample(image, [inst] + ([labels] if labels is not None else []), st.factor)
+                inst, labels = maps[0], (maps[1] if labels is not None else None)
+                true_after += _count(inst)
+            if st.engine:
+                cm, sep = _maps(model, image, device, st.pixel_size)
+            else:
+                cm, sep = model.predict_maps(image, device, resampling_factor(model.pixel_size, st.pixel_size))
             for m, s in scores.items():
-                s.update(inst, _instances(cm, m, min_px, sep))
-            if name == "CoNSeP":
-                conf.update(lut[it.labels], cm)
-        result[name] = {m: s.summary() for m, s in scores.items()}
-        if name == "CoNSeP":
+                s.update(inst, _instances(cm, m, st.pixel_size, sep))
+            if st.class_names:
+                conf.update(lut[labels], cm)
+        result[st.name] = {m: s.summary() for m, s in scores.items()}
+        if st.class_names:
             d = conf.dice()
-            result[name]["class_dice"] = {n: float(d[model.channel_of(n)] * 100) for n in model.class_names}
+            result[st.name]["class_dice"] = {n: float(d[model.channel_of(n)] * 100) for n in model.class_names}
+        result["at"][st.name] = {
+            "pixel_size_um": st.pixel_size,
+            "min_area_px": min_area_pixels(3.0, st.pixel_size)[0],
+            "downsampled_by": st.factor,
+        }
+        if st.factor != 1:  # the true nuclei too small to keep a pixel at the lower magnification
+            result["at"][st.name].update(true_nuclei=true_before, true_nuclei_lost=true_before - true_after)
+        result["set_seconds"][st.name] = round(time.time() - t1, 1)
         print(
-            f"  {name}: "
+            f"  {st.name}: "
             + json.dumps(
-                {m: {k: round(v, 3) for k, v in result[name][m].items() if isinstance(v, float)} for m in scores}
+                {m: {k: round(v, 3) for k, v in result[st.name][m].items() if isinstance(v, float)} for m in scores}
             ),
             flush=True,
         )
     result["seconds"] = round(time.time() - t0, 1)
     return result
+
+
+def _count(instances: np.ndarray) -> int:
+    """The number of objects (distinct non-zero ids) of an instance map."""
+    return int(np.count_nonzero(np.bincount(np.asarray(instances).ravel().astype(np.int64))[1:]))
 
 
 _CONSEP_ROOT: Path | None = None
@@ -266,49 +515,88 @@ def _consep_instances(stem: str) -> np.ndarray:
     return skio.imread(_CONSEP_ROOT / "train" / "instances" / f"{stem}.png")
 
 
+def cache_name(model_id: str, magnification: float = NATIVE_MAGNIFICATION) -> str:
+    """A model's cache file in ``--out``: ``measure-<id>.json`` at 40× (as ever), another per
+    magnification (``measure-<id>-20x.json``), so that the two never mix."""
+    tail = "" if magnification == NATIVE_MAGNIFICATION else f"-{magnification:g}x"
+    return f"measure-{model_id[:12]}{tail}.json"
+
+
 def cmd_measure(args) -> int:
     global _CONSEP_ROOT
+    try:  # the test data are checked before anything is measured
+        tests = [read_test_data(args.test_data, args.test_pixel_size)] if args.test_data else []
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = data_dir(args.data)
     _CONSEP_ROOT = root / "consep"
     (_, c_val), (_, m_val) = _splits(root, args.val_fraction, args.seed)
+    mag = args.magnification
     print(
         f"validation: CoNSeP {len(c_val.items)} patches of {len(c_val.sources)} source images, "
-        f"MoNuSeg {len(m_val.items)} slides",
+        f"MoNuSeg {len(m_val.items)} slides, at {mag:g}× ({pixel_size_at(mag):g} µm/px)"
+        + "".join(f"; {t.name}: {len(t.pairs)} images at {t.pixel_size:g} µm/px" for t in tests),
         flush=True,
     )
     results = {}
     hs = [float(h) for h in args.marker_h.split(",")]
+    sets = _sets(c_val, m_val, mag, tests)
     for spec in args.models.split(","):
         path = BUNDLED_MODEL if spec == "bundled" else Path(spec)
         model = load_model(path)
-        cache = out / f"measure-{model.id[:12]}.json"
+        cache = out / cache_name(model.id, mag)
         cached = json.loads(cache.read_text()) if cache.exists() else None
         wanted = _methods(model, hs)
-        if cached and any(m not in cached.get(n, {}) for n in ("MoNuSeg", "CoNSeP") for m in wanted):
-            cached = None  # measured with other instance methods: again
-        if cached and cached.get("inference") == INFERENCE:
-            results[spec] = cached
+        if all(_reusable(cached, st, wanted) for st in sets):
+            names = {st.name for st in sets}  # another folder's test set stays in the cache, not in the table
+            results[spec] = {k: v for k, v in cached.items() if not k.startswith("test:") or k in names}
             print(f"{spec}: cached in {cache}")
             continue
         print(f"{spec} ({model.id[:8]}):", flush=True)
-        r = measure_model(model, c_val, m_val, args.device, cached, hs)
+        r = measure_model(model, c_val, m_val, args.device, cached, hs, mag, tests)
         r.update(name=spec, file=str(path), file_mb=round(path.stat().st_size / 1e6, 1), machine=_machine())
-        cache.write_text(json.dumps(r, indent=1))
+        cache.write_text(json.dumps(_kept(cached, r), indent=1))
         results[spec] = r
     print(table(results))
     return 0
 
 
+def _kept(cached: dict | None, result: dict) -> dict:
+    """``result`` and the test sets of ``cached`` it did not measure (another folder's), for the cache."""
+    merged = dict(result)
+    for name, value in (cached or {}).items():
+        if name.startswith("test:") and name not in result:
+            merged[name] = value
+            for key in ("inference", "at", "set_seconds"):
+                if name in cached.get(key, {}):
+                    merged[key] = {**merged.get(key, {}), name: cached[key][name]}
+    return merged
+
+
+def _scored(s: dict) -> list[str]:
+    """The instance methods of a set's result (not its class Dice)."""
+    return [k for k, v in s.items() if isinstance(v, dict) and "dice" in v]
+
+
 def table(results: dict) -> str:
-    rows = [
+    rows = []
+    mags = {r.get("magnification", NATIVE_MAGNIFICATION) for r in results.values()}
+    if mags != {NATIVE_MAGNIFICATION}:
+        rows += [
+            f"At {', '.join(f'{m:g}×' for m in sorted(mags))}: MoNuSeg and CoNSeP downsampled from 40×, "
+            "segmented at that pixel size and scored against their downsampled instance maps.",
+            "",
+        ]
+    rows += [
         "| model | instances | MoNuSeg Dice | F1@0.5 | AJI | PQ "
         "| CoNSeP Dice | F1@0.5 | AJI | PQ | CoNSeP class Dice Epi / Spindle |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
-        for m in [k for k in r["MoNuSeg"] if k != "class_dice"]:
+        for m in _scored(r["MoNuSeg"]):
             mo, co = r["MoNuSeg"][m], r["CoNSeP"][m]
             cd = r["CoNSeP"]["class_dice"]
             rows.append(
@@ -322,6 +610,22 @@ def table(results: dict) -> str:
         f"| HoVer-Net, published (trained on MoNuSeg) | its own | {100 * p['dice']:.1f} | – | {100 * p['aji']:.1f} "
         f"| {100 * p['pq']:.1f} | – | – | – | – | – |"
     )
+    tests = [(name, k, r) for name, r in results.items() for k in r if k.startswith("test:")]
+    if tests:
+        rows += [
+            "",
+            "| model | instances | test set | images | µm/px | Dice | F1@0.5 | AJI | PQ |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, k, r in tests:
+            px = r.get("at", {}).get(k, {}).get("pixel_size_um")
+            for m in _scored(r[k]):
+                s = r[k][m]
+                rows.append(
+                    f"| {name} | {m} | {k.removeprefix('test:')} | {s['images']} | "
+                    f"{'?' if px is None else f'{px:g}'} | {100 * s['dice']:.1f} | {100 * s['f1']:.1f} | "
+                    f"{100 * s['aji']:.1f} | {100 * s['pq']:.1f} |"
+                )
     return "\n".join(rows)
 
 
@@ -365,6 +669,18 @@ def cmd_overlay(args) -> int:
         plt.close(fig)
         print(f"wrote {path} ({it.name}, rows {y}..{y + n}, columns {x}..{x + n})")
     return 0
+
+
+def _magnification(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a magnification; give e.g. 20 or 40") from None
+    if not 0 < value <= NATIVE_MAGNIFICATION:
+        raise argparse.ArgumentTypeError(
+            f"{text}: the data are at 40× and are only ever downsampled; give a magnification above 0 and at most 40"
+        )
+    return value
 
 
 def main(argv=None) -> int:
@@ -412,6 +728,27 @@ def main(argv=None) -> int:
         help="share of crops seen as a 20× scan (shrunk by 1-2× and enlarged back), for 20× slides",
     )
     sub.choices["measure"].add_argument("--models", default="bundled", help="comma-separated model files, or 'bundled'")
+    sub.choices["measure"].add_argument(
+        "--magnification",
+        type=_magnification,
+        default=NATIVE_MAGNIFICATION,
+        help="measure at this magnification (default 40): MoNuSeg's and CoNSeP's 40× images (0.25 µm/px) "
+        "downsampled to it (20: 0.5 µm/px; anti-aliased, their instance maps by nearest pixel), segmented "
+        "and split as a user's image of that pixel size, scored against the downsampled instance maps; "
+        "cached apart from 40×",
+    )
+    sub.choices["measure"].add_argument(
+        "--test-data",
+        metavar="DIR",
+        default=None,
+        help=f"another centre's images, measured as one more set 'test:<folder name>': {TEST_LAYOUT}",
+    )
+    sub.choices["measure"].add_argument(
+        "--test-pixel-size",
+        type=float,
+        default=NATIVE_PIXEL_SIZE,
+        help="µm per pixel of --test-data's images (default 0.25, 40×); the engine resamples them to the model's",
+    )
     sub.choices["measure"].add_argument(
         "--marker-h",
         default="0.1",

@@ -107,6 +107,15 @@ def test_minimum_area_in_square_micrometres():
     assert nuclei_of(np.zeros((8, 8), np.uint8), pixel_size_um=None).note
 
 
+def test_watershed_markers_apart_in_micrometres():
+    """The markers' 1.5 µm is 3 px at 20× (0.5 µm/px) and 6 px at 40×: two touching nuclei whose
+    centres are 5 px apart split in a 20× image, and are one object if the same map were 40×."""
+    yy, xx = np.mgrid[:40, :40]
+    cm = (((yy - 20) ** 2 + (xx - 17) ** 2 <= 16) | ((yy - 20) ** 2 + (xx - 22) ** 2 <= 16)).astype(np.uint8)
+    assert nuclei_of(cm, pixel_size_um=0.5, method="watershed").count == 2
+    assert nuclei_of(cm, pixel_size_um=0.25, method="watershed").count == 1
+
+
 def _mosaic(shared_data):
     pairs = _consep(shared_data, STEMS[:4])
     inst = np.zeros((512, 512), np.int64)

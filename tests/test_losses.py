@@ -471,9 +471,7 @@ def test_ns_can_leave_the_old_channels_alone_on_background():
 
     def grads(on: bool) -> torch.Tensor:
         logits = torch.cat([old_logits, torch.zeros(1, 1, 1, 3)], dim=1).requires_grad_(True)
-        out = cinuseg_loss(
-            logits, old_logits, [], [], labels, [2], acl=False, att=False, ns_old_on_background=on
-        )
+        out = cinuseg_loss(logits, old_logits, [], [], labels, [2], acl=False, att=False, ns_old_on_background=on)
         out.loss.backward()
         return logits.grad[0, :, 0]
 

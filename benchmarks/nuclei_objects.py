@@ -47,6 +47,7 @@ magnification has its own cache (``measure-<id>-20x.json``; 40× keeps ``measure
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -515,11 +516,18 @@ def _consep_instances(stem: str) -> np.ndarray:
     return skio.imread(_CONSEP_ROOT / "train" / "instances" / f"{stem}.png")
 
 
-def cache_name(model_id: str, magnification: float = NATIVE_MAGNIFICATION) -> str:
-    """A model's cache file in ``--out``: ``measure-<id>.json`` at 40× (as ever), another per
-    magnification (``measure-<id>-20x.json``), so that the two never mix."""
+def cache_name(model_id: str, magnification: float = NATIVE_MAGNIFICATION, weights: str = "") -> str:
+    """A model file's cache in ``--out``: ``measure-<id>-<weights>.json`` at 40×, another per
+    magnification (``measure-<id>-<weights>-20x.json``), so that the two never mix. ``weights``
+    (:func:`weights_key`) tells apart files of one model id whose weights differ (fp32, fp16,
+    8-bit kernels)."""
     tail = "" if magnification == NATIVE_MAGNIFICATION else f"-{magnification:g}x"
-    return f"measure-{model_id[:12]}{tail}.json"
+    return f"measure-{model_id[:12]}{'-' + weights if weights else ''}{tail}.json"
+
+
+def weights_key(path: Path) -> str:
+    """The first 8 hex digits of the file's SHA-256."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
 
 
 def cmd_measure(args) -> int:
@@ -547,7 +555,7 @@ def cmd_measure(args) -> int:
     for spec in args.models.split(","):
         path = BUNDLED_MODEL if spec == "bundled" else Path(spec)
         model = load_model(path)
-        cache = out / cache_name(model.id, mag)
+        cache = out / cache_name(model.id, mag, weights_key(path))
         cached = json.loads(cache.read_text()) if cache.exists() else None
         wanted = _methods(model, hs)
         if all(_reusable(cached, st, wanted) for st in sets):

@@ -264,8 +264,9 @@ def test_damaged_int8_weights_are_refused(model, tmp_path):
             load_model(tmp_path / f"{damage}.cinuseg.pt")
 
 
-def test_bundled_model_ships_in_8_bits_under_20_mb():
+def test_bundled_model_ships_at_most_30_mb_with_its_separation_head():
     from napari_cinuseg.model.file import BUNDLED_MODEL
 
-    assert BUNDLED_MODEL.stat().st_size < 20 * 2**20
-    assert torch.load(BUNDLED_MODEL, weights_only=True)["format_version"] == 2
+    assert BUNDLED_MODEL.stat().st_size <= 30 * 10**6
+    payload = torch.load(BUNDLED_MODEL, weights_only=True)
+    assert payload["format_version"] == 3  # fp16 with the head: 8-bit kernels cost it class Dice

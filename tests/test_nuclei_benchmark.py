@@ -184,6 +184,19 @@ def test_measure_at_20x_with_a_test_set_caches_apart_from_40x(tmp_path):
     assert at40["at"]["MoNuSeg"] == {"pixel_size_um": 0.25, "min_area_px": 48, "downsampled_by": 1.0}
     assert bench.cache_name(model.id) == f"measure-{model.id[:12]}.json"
     assert bench.cache_name(model.id, 20.0) == f"measure-{model.id[:12]}-20x.json"
+    assert bench.cache_name(model.id, 20.0, "0badf00d") == f"measure-{model.id[:12]}-0badf00d-20x.json"
     text = bench.table({"tiny": r})
     assert text.startswith("At 20×:") and "| tiny | watershed |" in text
     assert "| tiny | watershed | centre-b | 2 | 0.5 |" in text
+
+
+def test_files_of_one_model_with_other_weights_are_cached_apart(tmp_path):
+    """An fp16 file and its 8-bit copy share the model id; their measurements must not."""
+    bench = _script()
+    a, b = tmp_path / "a.cinuseg.pt", tmp_path / "b.cinuseg.pt"
+    a.write_bytes(b"fp16 weights")
+    b.write_bytes(b"8-bit weights")
+    assert bench.weights_key(a) != bench.weights_key(b) and len(bench.weights_key(a)) == 8
+    assert bench.cache_name("x" * 32, 40.0, bench.weights_key(a)) != bench.cache_name(
+        "x" * 32, 40.0, bench.weights_key(b)
+    )

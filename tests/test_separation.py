@@ -156,13 +156,25 @@ def test_model_file_of_a_head_is_format_3_and_old_files_fall_back(tmp_path, caps
     assert read_record(path)["architecture"]["separation"] == "distance"
     assert main(["info", str(path)]) == 0
     assert "learned distance map" in capsys.readouterr().out
-    # the bundled model (format 2, 8-bit kernels) has no head: today's watershed
+    # the bundled model carries the head: its learned distance splits its nuclei
     bundled = load_model(BUNDLED_MODEL)
-    assert torch.load(BUNDLED_MODEL, weights_only=True)["format_version"] == 2
-    assert not bundled.network.has_separation and instance_method(bundled.network.has_separation) == "watershed"
+    assert torch.load(BUNDLED_MODEL, weights_only=True)["format_version"] == 3
+    assert bundled.network.has_separation and instance_method(bundled.network.has_separation) == "distance"
     class_map, distance = bundled.predict_maps(np.full((64, 64, 3), 200, np.uint8))
-    assert class_map.shape == (64, 64) and distance is None
+    assert class_map.shape == (64, 64) and distance.shape == (64, 64)
     assert main(["info", str(BUNDLED_MODEL)]) == 0
+    assert "learned distance map" in capsys.readouterr().out
+    # a format-2 file (8-bit kernels, no head) still loads, and falls back to today's watershed
+    flat = save_model(
+        CiNuSegModel.new(["Epithelial"], Architecture("resnet18", "unet", (32, 16, 16, 8))),
+        tmp_path / "int8.cinuseg.pt",
+        int8=True,
+    )
+    assert torch.load(flat, weights_only=True)["format_version"] == 2
+    loaded = load_model(flat)
+    assert not loaded.network.has_separation and instance_method(loaded.network.has_separation) == "watershed"
+    assert loaded.predict_maps(np.full((64, 64, 3), 200, np.uint8))[1] is None
+    assert main(["info", str(flat)]) == 0
     assert "no separation head" in capsys.readouterr().out
     # a format-1 file (no head, fp32) still loads
     plain = CiNuSegModel.new(["Epithelial"], Architecture("resnet18", "unet", (32, 16, 16, 8)))
@@ -249,12 +261,12 @@ def _outlines(path) -> list:
     return [{k: v for k, v in f.items() if k != "id"} for f in json.loads(Path(path).read_text())["features"]]
 
 
-def _headed_model(path):
-    """The bundled model (its real class maps) with a fresh separation head, saved to ``path``:
-    its learned distance splits the nuclei otherwise than the watershed does."""
-    torch.manual_seed(0)
+def _headless_model(path):
+    """The bundled model (its real class maps) without its separation head, saved to ``path``: a
+    model of before the head, whose nuclei the class map's watershed splits."""
     model = load_model(BUNDLED_MODEL)
-    model.network.add_separation()
+    model.network.separation = None
+    model.network.arch.separation = "none"
     return save_model(model, path)
 
 
@@ -272,7 +284,7 @@ def test_the_panels_and_writers_nuclei_are_cinuseg_segments_own(shared_data, tmp
     from napari_cinuseg.session.export import export_nuclei
     from napari_cinuseg.session.nuclei import segment_nuclei_and_measure
 
-    path = _headed_model(tmp_path / "sep.cinuseg.pt") if head else BUNDLED_MODEL
+    path = BUNDLED_MODEL if head else _headless_model(tmp_path / "plain.cinuseg.pt")
     model = load_model(path)
     image = read_rgb(shared_data / "consep" / "train" / "images" / "train_3_004.jpg")
     png = tmp_path / "patch.png"
@@ -336,7 +348,7 @@ def test_a_slides_learned_distance_goes_to_disk_beside_its_class_map(shared_data
     from napari_cinuseg.plugin.writer import write_masks
     from napari_cinuseg.session.nuclei import segment_nuclei_and_measure
 
-    model = load_model(_headed_model(tmp_path / "sep.cinuseg.pt"))
+    model = load_model(BUNDLED_MODEL)
     image = read_rgb(shared_data / "consep" / "train" / "images" / "train_3_004.jpg")
     kw = {"tile": 256, "overlap": 32, "image_pixel_size": 0.25, "device": "cpu"}
     memory = drain(segment_nuclei_and_measure(model, image, **kw))

@@ -383,18 +383,13 @@ def test_the_panels_nuclei_are_those_of_cinuseg_segment_for_a_model_with_a_separ
     """With a model that has a separation head, Segment image splits the nuclei by its learned
     distance, as ``cinuseg segment`` does: Export's CSV and napari's writer on the class map of
     pixels (split again there, by the distance the layer carries) give ``cinuseg segment``'s."""
-    import torch
     from skimage import io as skio
 
-    from napari_cinuseg import load_model, save_model
     from napari_cinuseg.cli import main
     from napari_cinuseg.plugin.layer_metadata import NUCLEI_KEY, SEPARATION_KEY
     from napari_cinuseg.plugin.writer import write_masks
 
-    torch.manual_seed(0)
-    headed = load_model(BUNDLED_MODEL)  # its real class maps, and a fresh separation head
-    headed.network.add_separation()
-    model_path = save_model(headed, tmp_path / "sep.cinuseg.pt")
+    model_path = BUNDLED_MODEL  # it carries a separation head
     widget.load_model(model_path)
     widget.class_section.image.setCurrentText("he")
     widget.class_section.pixel_size.setValue(0.5)  # 20×: tiles resampled to the model's 0.25 µm/px

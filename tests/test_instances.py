@@ -319,3 +319,25 @@ def test_a_class_without_a_colour_is_exported_without_one():
     )
     assert features[0]["properties"]["classification"] == {"name": "A", "color": [255, 0, 0]}
     assert features[1]["properties"]["classification"] == {"name": "B"}
+
+
+def test_h_maxima_by_part_are_skimages_on_the_whole_map():
+    """The learned distance's markers, found part by part of the foreground, are exactly
+    scikit-image's h-maxima of the whole map: parts touching only at a corner included."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+
+    from napari_cinuseg.inference.instances import h_maxima_in
+
+    rng = np.random.default_rng(0)
+    fg = np.zeros((120, 140), bool)
+    for y, x, r in rng.integers((6, 6, 3), (114, 134, 9), size=(40, 3)):
+        yy, xx = np.ogrid[:120, :140]
+        fg |= (yy - y) ** 2 + (xx - x) ** 2 <= r * r
+    fg[60, 60] = fg[61, 61] = True  # two parts that meet at a corner only
+    fg[60, 61] = fg[61, 60] = False
+    d = ndi.gaussian_filter(ndi.distance_transform_edt(fg) / 9 + rng.random(fg.shape) * 0.05, 1.0) * fg
+    for h in (0.05, 0.1, 0.2):
+        expected = h_maxima(d.astype(np.float32), h).astype(bool) & fg
+        np.testing.assert_array_equal(h_maxima_in(d.astype(np.float32), fg, h), expected)
+        assert expected.any()

@@ -8,7 +8,7 @@ import torch
 
 from napari_cinuseg import CiNuSegModel, load_model, save_model
 from napari_cinuseg.model.network import Architecture
-from napari_cinuseg.model.segmenter import HEMATOXYLIN_MEAN, HEMATOXYLIN_STD, hematoxylin_density
+from napari_cinuseg.model.segmenter import HEMATOXYLIN_MAX, HEMATOXYLIN_MEAN, HEMATOXYLIN_STD, hematoxylin_density
 
 ARCH = Architecture("resnet18", "unet", (32, 16, 16, 8))
 
@@ -18,8 +18,19 @@ def test_hematoxylin_density_is_scikit_images_on_a_real_patch(consep):
 
     image = consep.items[0].image
     ours = hematoxylin_density(torch.from_numpy(image).permute(2, 0, 1)[None])[0, 0].numpy()
-    np.testing.assert_allclose(ours, rgb2hed(image)[..., 0].clip(0), atol=1e-5)
+    np.testing.assert_allclose(ours, rgb2hed(image)[..., 0].clip(0, HEMATOXYLIN_MAX), atol=1e-5)
     assert ours.max() > 0.1  # a patch with nuclei
+
+
+def test_the_darkest_nuclei_read_as_the_darkest_a_model_knows():
+    """A near-black nucleus pixel (RGB 5, 2, 10, as in CMU-1's darkest nuclei) has a hematoxylin density far
+    beyond CoNSeP's; it is capped at HEMATOXYLIN_MAX, which CoNSeP's own nuclei barely reach."""
+    from skimage.color import rgb2hed
+
+    dark = np.array([[[5, 2, 10]]], np.uint8)
+    assert rgb2hed(dark)[0, 0, 0] > HEMATOXYLIN_MAX
+    ours = hematoxylin_density(torch.from_numpy(dark).permute(2, 0, 1)[None])
+    assert float(ours.max()) == pytest.approx(HEMATOXYLIN_MAX)
 
 
 def test_a_hematoxylin_model_records_its_input_and_keeps_it_when_grown(consep, tmp_path):

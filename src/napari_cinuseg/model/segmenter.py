@@ -110,6 +110,11 @@ def load_encoder_weights(net: NucleiSegNet, weights: str | None) -> tuple[dict, 
 #: Hematoxylin optical density (scikit-image's ``rgb2hed`` H channel) of CoNSeP's training
 #: patches, every third one: mean and standard deviation, the standardisation of that input.
 HEMATOXYLIN_MEAN, HEMATOXYLIN_STD = 0.02035, 0.04375
+#: The hematoxylin density is capped here: about the 99.99th percentile of CoNSeP's training
+#: patches (0.233; their 99.9th is 0.149). Darker pixels, the compact nuclei of a darkly stained
+#: slide (CMU-1's reach 0.26 and more), lie beyond anything a model was trained on and were
+#: called background; capped, they read as the darkest nuclei it knows (docs/method.md).
+HEMATOXYLIN_MAX = 0.25
 
 
 def image_batch(image: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -120,11 +125,11 @@ def image_batch(image: np.ndarray, device: str | torch.device = "cpu") -> torch.
 
 def hematoxylin_density(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) RGB in 0..255 → (B, 1, H, W) hematoxylin optical density, as scikit-image's
-    ``rgb2hed`` computes it (Ruifrok and Johnston's stain vectors), clipped at 0."""
+    ``rgb2hed`` computes it (Ruifrok and Johnston's stain vectors), clipped to 0..``HEMATOXYLIN_MAX``."""
     rgb = (images.float() / 255.0).clamp_min(1e-6)
     od = torch.log(rgb) / math.log(1e-6)
     h = torch.as_tensor(hed_from_rgb[:, 0], dtype=od.dtype, device=od.device)
-    return torch.einsum("bchw,c->bhw", od, h).clamp_min(0)[:, None]
+    return torch.einsum("bchw,c->bhw", od, h).clamp(0, HEMATOXYLIN_MAX)[:, None]
 
 
 class CiNuSegModel:

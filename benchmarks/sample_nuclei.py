@@ -1,10 +1,9 @@
 """The plugin's own sample (CMU-1, 20×, 0.499 µm/px) segmented as a user gets it: each model's
 nucleus objects (how many, their areas in µm², per class) and a picture of them on a crop.
 
-Each image is segmented by the engine at its pixel size (tiles resampled to the model's) and
-split by the product's rule (``inference.instances.nuclei_of``: the learned distance for a model
-with a separation head, else the watershed; objects under 3 µm² dropped), as ``cinuseg segment``
-writes its CSV.
+Each image is segmented by the panel's engine at its pixel size (tiles resampled to the model's)
+and split by the product's rule (the learned distance for a model with a separation head, else the
+watershed; objects under 3 µm² dropped), as ``cinuseg segment`` writes its CSV.
 
     python3 benchmarks/sample_nuclei.py --models bundled,runs/x/mixed.cinuseg.pt --names before,after \\
         --out docs/benchmarks/sample-nuclei.json --pictures docs/images
@@ -21,22 +20,20 @@ from pathlib import Path
 import numpy as np
 
 from napari_cinuseg import drain, load_model
-from napari_cinuseg.inference.instances import nuclei_of
-from napari_cinuseg.inference.segmentation import segment
 from napari_cinuseg.model.file import BUNDLED_MODEL
 from napari_cinuseg.plugin.sample_data import SAMPLE_PIXEL_SIZE, sample_he
+from napari_cinuseg.session.nuclei import segment_nuclei_and_measure
 
 #: the crop of the pictures, in the sample's pixels: (row, column, side)
 CROP = (300, 300, 300)
 
 
 def objects(model, image: np.ndarray, pixel_size: float, device: str = "cpu"):
-    """(instance map, classes of the objects, seconds) of ``image`` as ``cinuseg segment`` makes them."""
+    """(instance map, classes of the objects, how they were split, seconds) of ``image``, by the
+    panel's engine (``session.nuclei.segment_nuclei_and_measure``, as ``cinuseg segment``)."""
     t0 = time.time()
-    sep = np.zeros(image.shape[:2], np.uint8) if model.network.has_separation else None
-    cm = drain(segment(model, image, device=device, image_pixel_size=pixel_size, separation_out=sep))
-    nuclei = nuclei_of(cm, pixel_size_um=pixel_size, separation=sep)
-    return np.asarray(nuclei.labels), nuclei.classes, nuclei.method, time.time() - t0
+    done = drain(segment_nuclei_and_measure(model, image, image_pixel_size=pixel_size, device=device))
+    return np.asarray(done.nuclei.labels), done.nuclei.classes, done.nuclei.method, time.time() - t0
 
 
 def summary(labels: np.ndarray, classes: np.ndarray, names: list[str], pixel_size: float) -> dict:

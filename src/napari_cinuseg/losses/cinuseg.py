@@ -176,7 +176,8 @@ def negative_sample_bce(
         idx = as_index(new_classes, logits.device)
         bce[:, idx] = bce[:, idx] * new_weight[:, None].to(bce.dtype)
     if old_free is not None:
-        old = [c for c in range(1, logits.shape[1]) if c not in set(new_classes)]
+        new = set(new_classes)
+        old = [c for c in range(1, logits.shape[1]) if c not in new]
         if old:
             idx = as_index(old, logits.device)
             bce[:, idx] = bce[:, idx] * (~old_free)[:, None].to(bce.dtype)

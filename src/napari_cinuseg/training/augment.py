@@ -46,8 +46,8 @@ def magnification_jitter(image: np.ndarray, rng: np.random.Generator, share: flo
         return image
     f = rng.uniform(1.0, 2.0)
     h, w = image.shape[:2]
-    small = resize(image, (max(1, round(h / f)), max(1, round(w / f)), 3), order=1, anti_aliasing=True,
-                   preserve_range=True)  # fmt: skip
+    size = (max(1, round(h / f)), max(1, round(w / f)), 3)
+    small = resize(image, size, order=1, anti_aliasing=True, preserve_range=True)
     back = resize(small, (h, w, 3), order=3, preserve_range=True, anti_aliasing=False)
     return (np.clip(back, 0, 255) + 0.5).astype(np.uint8)
 

@@ -24,7 +24,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from napari_cinuseg.benchmark.bootstrap import image_counts, paired_bootstrap
+import numpy as np
+
+from napari_cinuseg.benchmark.bootstrap import final_evaluation, image_counts, paired_bootstrap
 from napari_cinuseg.benchmark.report import across_seeds, write_seed_table
 
 PROTOCOLS = {"consep": ("2-1", "1-1"), "monusac": ("1-1",)}
@@ -32,6 +34,7 @@ METHODS = ("offline", "cinuseg", "mib", "nest", "ewf", "conuseg", "finetune")
 #: the paper's CiNuSeg: σ = 0.7 (eqs. 15-16), eq. 5 over every pixel, softmax scores (eqs. 4-5)
 PAPER_LITERAL = ("--sigma", "0.7", "--pkd-on-new", "--pkd-scores", "softmax")
 PAPER_NAME = "cinuseg-paper"
+DATASET_NAMES = {"consep": "CoNSeP", "monusac": "MoNuSAC"}
 COMMON = (
     "--split", "test", "--preset", "cpu", "--encoder", "resnet18", "--encoder-weights", "random",
     "--base-iterations", "2400",
@@ -77,40 +80,150 @@ def run(args) -> None:
         subprocess.run(line, check=True)
 
 
+def _finished(run_: dict, protocols: tuple[str, ...], methods: tuple[str, ...]) -> bool:
+    """Whether a run has scored every method's last step of every protocol, with per-image counts."""
+    for protocol in protocols:
+        for method in methods:
+            try:
+                final_evaluation(run_, protocol, method)
+            except (KeyError, ValueError):
+                return False
+    return True
+
+
+def _runs(out: Path, dataset: str, seeds: list[int], finished_only: bool) -> tuple[list[int], list, list]:
+    """(seeds, main runs, paper runs) of one data set; ``finished_only``: only the seeds whose
+    two runs have scored every method (a missing or unfinished one is an error otherwise)."""
+    protocols = PROTOCOLS[dataset]
+    kept, mains, papers = [], [], []
+    for s in seeds:
+        files = [folder(out, dataset, s, paper) / "results.json" for paper in (False, True)]
+        if finished_only and not all(f.exists() for f in files):
+            continue
+        main_, paper_ = (json.loads(f.read_text()) for f in files)
+        for run_ in (main_, paper_):
+            if (run_["config"].get("split") or {}).get("name") != "test":
+                raise SystemExit(f"a run of {dataset} was not scored on the test split: not a test table")
+        if finished_only and not (_finished(main_, protocols, METHODS) and _finished(paper_, protocols, ("cinuseg",))):
+            continue
+        kept.append(s)
+        mains.append(main_)
+        papers.append(paper_)
+    return kept, mains, papers
+
+
+def _class_dice(runs: list[dict], protocol: str, method: str, classes: list[str]) -> dict[str, float]:
+    """Each class's Dice after the protocol's last step, the mean over the runs (seeds)."""
+    values = {c: [final_evaluation(r, protocol, method)["dice"].get(c, float("nan")) for r in runs] for c in classes}
+    return {c: float(np.nanmean(v)) if any(x == x for x in v) else float("nan") for c, v in values.items()}
+
+
+def _budget(run_: dict) -> str:
+    """The budgets and preset a run trained with, in words."""
+    cfg, st = run_["config"], run_["config"]["settings"]
+    steps = (
+        f"{st['iterations']} iterations"
+        if st.get("iterations")
+        else (f"{st['epochs']} epochs of the step's images, at least {st['min_iterations']} iterations")
+    )
+    return (
+        f"base and offline {cfg.get('base_iterations')} iterations; each step {steps}; {st['encoder']} from "
+        f"{'scratch' if not st.get('encoder_weights') else st['encoder_weights']}, crops {st['crop_size']}, batch "
+        f"{st['batch_size']}, lr {st['lr_base']} / {st['lr_step']}, gradient norm clipped to {st['grad_clip']}"
+    )
+
+
+def protocol_table(key: str, rows: dict, dice: dict, classes: list[str], pixels: dict, head: list[str]) -> list[str]:
+    """The lines of one protocol's table: every method's Mean with its interval, its Dice per
+    class, its ratio to offline and its difference from CiNuSeg's defaults, then what the data
+    can and cannot tell apart."""
+    offline = rows.get("offline", {}).get("mean")
+    lines = [f"### {key}", "", *head, ""]
+    lines.append("Classes scored (test pixels): " + ", ".join(f"{c} {pixels.get(c, 0):,}" for c in classes) + ".")
+    columns = ["Method", "Mean [95 % CI]", *classes, "/ offline", "− CiNuSeg [95 % CI]", "draws above CiNuSeg"]
+    lines += ["", "| " + " | ".join(columns) + " |"]
+    lines.append("|---|---:|" + "---:|" * len(classes) + "---:|---:|---:|")
+    for m, r in sorted(rows.items(), key=lambda kv: -kv[1]["mean"]):
+        diff = (
+            f"{r['difference']:+.2f} [{r['difference_low']:+.2f}, {r['difference_high']:+.2f}]"
+            if "difference" in r
+            else "–"
+        )
+        above = f"{r['above_reference']:.0%}" if "above_reference" in r else "–"
+        ratio = f"{r['mean'] / offline:.3f}" if offline else "–"
+        per_class = " | ".join(f"{dice[m][c]:.2f}" for c in classes)
+        name = {"cinuseg": "**CiNuSeg (defaults)**", PAPER_NAME: "CiNuSeg (the paper's settings)"}.get(m, m)
+        mean = f"{r['mean']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
+        lines.append(f"| {name} | {mean} | {per_class} | {ratio} | {diff} | {above} |")
+    lines += ["", *verdict(rows)]
+    return lines
+
+
+def verdict(rows: dict) -> list[str]:
+    """What one protocol's table says of CiNuSeg (defaults): against every incremental method
+    and against 0.9 × offline, and which differences the bootstrap tells apart (the interval of
+    the difference leaves out 0)."""
+    ref = rows["cinuseg"]
+    others = {m: r for m, r in rows.items() if m not in ("cinuseg", "offline")}
+    above = [m for m, r in others.items() if r["difference"] > 0]
+    apart = [m for m, r in rows.items() if "difference" in r and (r["difference_low"] > 0 or r["difference_high"] < 0)]
+    close = [m for m, r in others.items() if m not in apart]
+    beaten_by = ", ".join(
+        f"{m} {others[m]['difference']:+.2f} ({'told apart' if m in apart else 'not told apart'})" for m in above
+    )
+    out = [
+        f"- CiNuSeg (defaults) ≥ every incremental method: **{'no' if above else 'yes'}**"
+        + (f"; above it: {beaten_by}." if above else ".")
+    ]
+    if "offline" in rows:
+        ratio = ref["mean"] / rows["offline"]["mean"]
+        out.append(f"- CiNuSeg (defaults) / offline = {ratio:.3f}: {'≥' if ratio >= 0.9 else 'below'} 0.9.")
+    out.append(
+        "- Told apart by the test images (the difference's interval leaves out 0): "
+        + (", ".join(f"{m} ({rows[m]['difference']:+.2f})" for m in apart) or "none")
+        + "; not told apart: "
+        + (", ".join(close) or "none")
+        + "."
+    )
+    return out
+
+
 def report(args) -> dict:
-    """Per protocol: the Means over the seeds with their bootstrap intervals and each method's
-    difference from CiNuSeg's defaults; ``report.json`` and ``report.md`` in ``--out``."""
+    """Per protocol: the Means over the seeds with their bootstrap intervals, the Dice per class,
+    each method's ratio to offline and difference from CiNuSeg's defaults, and what the data can
+    tell apart; ``report.json`` and ``report.md`` in ``--out``. ``--finished``: only the seeds
+    whose runs have finished, each data set on its own (an interim report, which says so)."""
     out = Path(args.out)
     result: dict = {"seeds": args.seeds, "resamples": args.resamples, "protocols": {}}
     lines = ["# Test-split tables", ""]
     for dataset, protocols in PROTOCOLS.items():
-        mains = [json.loads((folder(out, dataset, s) / "results.json").read_text()) for s in args.seeds]
-        papers = [json.loads((folder(out, dataset, s, True) / "results.json").read_text()) for s in args.seeds]
-        for run_ in mains + papers:
-            if (run_["config"].get("split") or {}).get("name") != "test":
-                raise SystemExit(f"a run of {dataset} was not scored on the test split: not a test table")
+        seeds, mains, papers = _runs(out, dataset, args.seeds, args.finished)
+        if not seeds:
+            lines += [f"No seed of {dataset} has finished yet.", ""]
+            continue
         write_seed_table(across_seeds(mains), out / f"{dataset}-seeds.md")
+        split = mains[0]["config"]["split"]
         for protocol in protocols:
-            counts, images = {}, None
+            counts, dice, images, classes = {}, {}, None, None
             for name, runs, method in [(m, mains, m) for m in METHODS] + [(PAPER_NAME, papers, "cinuseg")]:
-                names, _, counts[name] = image_counts(runs, protocol, method)
+                names, classes, counts[name] = image_counts(runs, protocol, method)
                 if images not in (None, names):
                     raise SystemExit(f"{name} was scored on other test images than the other methods")
                 images = names
+                dice[name] = _class_dice(runs, protocol, method, classes)
             rows = paired_bootstrap(counts, reference="cinuseg", resamples=args.resamples)
-            key = f"{dataset} {protocol}"
-            result["protocols"][key] = {"test_images": images, "methods": rows}
-            lines += [f"## {key}, seeds {', '.join(map(str, args.seeds))}: {len(images)} test images", ""]
-            lines += ["| Method | Mean [95 % CI] | − CiNuSeg [95 % CI] | draws above CiNuSeg |", "|---|---:|---:|---:|"]
-            for m, r in sorted(rows.items(), key=lambda kv: -kv[1]["mean"]):
-                diff = (
-                    f"{r['difference']:+.2f} [{r['difference_low']:+.2f}, {r['difference_high']:+.2f}]"
-                    if "difference" in r
-                    else "–"
-                )
-                above = f"{r['above_reference']:.0%}" if "above_reference" in r else "–"
-                lines.append(f"| {m} | {r['mean']:.2f} [{r['low']:.2f}, {r['high']:.2f}] | {diff} | {above} |")
-            lines.append("")
+            key = f"{DATASET_NAMES[dataset]} {protocol}"
+            order = " → ".join("+".join(s) for s in mains[0]["config"]["protocols"][protocol])
+            interim = "" if seeds == [0, 1, 2] else f" (interim: {len(seeds)} of the 3 seeds)"
+            head = [
+                f"Split: test ({len(images)} images of {len(split['sources']['test'])} sources, seed "
+                f"{split['seed']}), which no choice has looked at. Seeds {', '.join(map(str, seeds))}{interim}, each "
+                f"with its own base. Class order: {order}.",
+                f"Budgets: {_budget(mains[0])}. Intervals: 95 %, paired bootstrap over the test images "
+                f"({args.resamples} draws, the same for every method and seed).",
+            ]
+            result["protocols"][key] = {"seeds": seeds, "test_images": images, "methods": rows, "dice": dice}
+            lines += protocol_table(key, rows, dice, classes, split["class_pixels"]["test"], head) + [""]
     (out / "report.json").write_text(json.dumps(result, indent=1))
     (out / "report.md").write_text("\n".join(lines))
     print("\n".join(lines))
@@ -125,6 +238,9 @@ def main(argv: list[str] | None = None):
     ap.add_argument("--data", type=Path, help="the folder holding consep/ and monusac/ (default: $CINUSEG_DATA)")
     ap.add_argument("--dry-run", action="store_true", help="run: print the commands, run nothing")
     ap.add_argument("--resamples", type=int, default=2000, help="report: bootstrap draws of the test images")
+    ap.add_argument(
+        "--finished", action="store_true", help="report: only the seeds whose runs have finished (an interim report)"
+    )
     args = ap.parse_args(argv)
     return run(args) if args.what == "run" else report(args)
 

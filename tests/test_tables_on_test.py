@@ -44,3 +44,78 @@ def test_the_report_refuses_runs_not_scored_on_the_test_split(tmp_path):
             (run / "results.json").write_text(json.dumps({"config": {"split": {"name": "val"}}}))
     with pytest.raises(SystemExit, match="not scored on the test split"):
         script.main(["report", "--out", str(tmp_path), "--seeds", "0"])
+
+
+def _fake_run(script, dataset: str, seed: int, methods, shift: dict[str, float], images: int = 6) -> dict:
+    """A results.json of one run as the benchmark writes it, with per-image counts whose Dice
+    is higher by ``shift[method]`` (a share of the true positives) for each method."""
+    protocols = {
+        "2-1": [["Epithelial", "Spindle-shaped"], ["Other"]],
+        "1-1": [["Epithelial"], ["Spindle-shaped"], ["Other"]],
+    }
+    if dataset == "monusac":
+        protocols = {"1-1": [["Epithelial"], ["Lymphocyte"], ["Neutrophil"], ["Macrophage"]]}
+    classes = [c for s in next(iter(protocols.values())) for c in s]
+    rng = __import__("numpy").random.default_rng(seed)
+    evaluations, summary = {}, {}
+    for protocol, steps in protocols.items():
+        summary[protocol] = {}
+        for m in methods:
+            per_image, tp_all, truth_all = {}, dict.fromkeys(classes, 0), dict.fromkeys(classes, 0)
+            for i in range(images):
+                counts = {}
+                for c in classes:
+                    truth = int(rng.integers(500, 1000))
+                    tp = int(truth * min(0.95, 0.5 + shift[m] + rng.uniform(-0.05, 0.05)))
+                    counts[c] = [tp, truth, truth]
+                    tp_all[c] += tp
+                    truth_all[c] += truth
+                per_image[f"img{i}"] = counts
+            dice = {c: 100 * tp_all[c] / truth_all[c] for c in classes}
+            step = 0 if m == "offline" else len(steps) - 1
+            evaluations[f"{protocol}/{m}/step{step}"] = {"dice": dice, "per_image": per_image}
+            summary[protocol][m] = {"old": 0.0, "new": 0.0, "mean": sum(dice.values()) / len(dice), "per_class": dice}
+    split = {
+        "name": "test",
+        "seed": 0,
+        "sources": {"train": ["a", "b"], "tune": ["c"], "test": ["d", "e"]},
+        "class_pixels": {"test": dict.fromkeys(classes, 1000)},
+    }
+    settings = {
+        "seed": seed, "iterations": None, "epochs": 25, "min_iterations": 400, "encoder": "resnet18",
+        "encoder_weights": None, "crop_size": 128, "batch_size": 8, "lr_base": 0.01, "lr_step": 0.001, "grad_clip": 1.0,
+    }  # fmt: skip
+    config = {"dataset": dataset, "protocols": protocols, "split": split, "settings": settings, "base_iterations": 2400}
+    return {
+        "config": {**config, "test": "test split", "methods": list(methods)},
+        "evaluations": evaluations,
+        "summary": summary,
+    }
+
+
+def test_an_interim_report_tells_which_seeds_it_stands_on_and_what_the_data_tells_apart(tmp_path):
+    script = _script()
+    shift = {"offline": 0.3, "cinuseg": 0.1, "mib": 0.2, "nest": 0.1, "ewf": 0.0, "conuseg": 0.1, "finetune": -0.3}
+    for dataset in ("consep", "monusac"):
+        for seed in (0, 1):
+            for paper in (False, True):
+                methods = ["cinuseg"] if paper else list(script.METHODS)
+                run = _fake_run(script, dataset, seed, methods, {**shift, "cinuseg": 0.05 if paper else 0.1})
+                if seed == 1 and dataset == "monusac" and not paper:
+                    del run["evaluations"]["1-1/mib/step3"]  # mib has not finished at seed 1
+                folder = script.folder(tmp_path, dataset, seed, paper)
+                folder.mkdir()
+                (folder / "results.json").write_text(json.dumps(run))
+    result = script.main(["report", "--out", str(tmp_path), "--finished", "--resamples", "200"])
+    assert result["protocols"]["CoNSeP 2-1"]["seeds"] == [0, 1]
+    assert result["protocols"]["MoNuSAC 1-1"]["seeds"] == [0]  # seed 1 unfinished: left out
+    text = (tmp_path / "report.md").read_text()
+    assert "interim: 2 of the 3 seeds" in text and "interim: 1 of the 3 seeds" in text
+    rows = result["protocols"]["CoNSeP 1-1"]["methods"]
+    assert rows["mib"]["difference"] > 5 and rows["mib"]["difference_low"] > 0  # told apart
+    assert rows["finetune"]["difference"] < -20 and rows["finetune"]["difference_high"] < 0
+    assert "≥ every incremental method: **no**; above it: mib +" in text and "(told apart)" in text
+    assert "/ offline = " in text and "below 0.9" in text
+    assert "| CiNuSeg (the paper's settings) |" in text
+    with pytest.raises(ValueError, match="no evaluation 1-1/mib/step3"):  # without --finished: every seed asked for
+        script.main(["report", "--out", str(tmp_path), "--seeds", "0,1", "--resamples", "50"])

@@ -69,6 +69,18 @@ def test_training_pairs_are_resampled_to_the_models_pixel_size_with_their_labels
         (same,), factor = pairs_at_pixel_size([pair], px, model_px)
         assert factor == 1.0 and same is pair
     assert resampled_pair(pair, 1.0) is pair
+    assert up.instances is None  # none given, none made
+
+
+def test_an_instance_map_is_resampled_with_its_pair_nucleus_ids_intact():
+    ids = np.zeros((30, 40), np.int32)
+    ids[2:10, 3:12], ids[12:25, 20:35] = 7, 300  # ids above 255 survive
+    pair = TrainingPair(np.zeros((30, 40, 3), np.uint8), (ids > 0).astype(np.uint8), "a", ids)
+    (up,), _ = pairs_at_pixel_size([pair], 0.5, 0.25)
+    assert up.instances.shape == (60, 80) and up.instances.dtype == np.int32
+    np.testing.assert_array_equal(up.instances[::2, ::2], ids)
+    (down,), _ = pairs_at_pixel_size([pair], 0.25, 0.5)
+    assert down.instances.shape == (15, 20) and set(np.unique(down.instances)) == {0, 7, 300}
 
 
 def test_a_20x_step_is_reviewed_as_segment_image_calls_the_painted_nuclei(painted_20x):

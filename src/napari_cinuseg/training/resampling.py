@@ -2,9 +2,9 @@
 them to the network, resampled to the prior's µm per pixel by the rule segmentation follows
 (:func:`~napari_cinuseg.io.pixel_size.resampling_factor`: sizes within 5 % are left alone).
 
-The image is resampled bilinearly (anti-aliased when it shrinks), the target by nearest
-neighbour, so its values (0 background, 1..n the step's classes, 255 unlabelled) stay exactly
-those values."""
+The image is resampled bilinearly (anti-aliased when it shrinks), the target and the instance
+map (where the pair has one) by nearest neighbour, so their values (0 background, 1..n the step's
+classes, 255 unlabelled; the nucleus ids) stay exactly those values."""
 
 from __future__ import annotations
 
@@ -26,7 +26,11 @@ def resampled_pair(pair: TrainingPair, factor: float) -> TrainingPair:
     size = (max(1, round(h * factor)), max(1, round(w * factor)))
     img = resize(image, (*size, image.shape[2]), order=1, preserve_range=True, anti_aliasing=factor < 1)
     tgt = resize(target, size, order=0, preserve_range=True, anti_aliasing=False)
-    return TrainingPair((img + 0.5).astype(np.uint8), tgt.astype(target.dtype), pair.name)
+    inst = None
+    if pair.instances is not None:  # nucleus ids, by nearest neighbour as the target
+        inst = np.asarray(pair.instances)
+        inst = resize(inst, size, order=0, preserve_range=True, anti_aliasing=False).astype(inst.dtype)
+    return TrainingPair((img + 0.5).astype(np.uint8), tgt.astype(target.dtype), pair.name, inst)
 
 
 def pairs_at_pixel_size(

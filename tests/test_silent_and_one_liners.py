@@ -388,6 +388,26 @@ def test_evaluate_json_writes_null_for_a_class_without_pixels(tmp_path, rgb, mod
     assert result["dice"]["Spindle-shaped"] is None and isinstance(result["dice"]["Epithelial"], float)
 
 
+def test_evaluate_says_when_it_scores_images_the_model_trained_on(tmp_path, rgb, model_file, capsys):
+    data = _folder(tmp_path, rgb)
+
+    def trained_on_two(payload, record):
+        record["steps"][0]["data"] = {"images": ["s0", "s2", "elsewhere"], "num_images": 3}
+
+    model = _edited(model_file, tmp_path / "trained.cinuseg.pt", trained_on_two)
+    args = ["evaluate", "--model", str(model), "--dataset", "folder", "--data", str(data), "--json"]
+    assert main([*args, "--split", "all"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["trained_on"] == 2
+    assert "2 of the 4 images scored have the names of images this model trained on (step 0 (base) 2)" in err
+    assert "not held-out figures" in err
+    assert main([*args, "--split", "val", "--val-fraction", "0.25"]) == 0
+    out, err = capsys.readouterr()
+    (held,) = split_by_source(read_folder(data), 0.25, 0)[1].sources  # one of the four
+    assert json.loads(out)["trained_on"] == (held in ("s0", "s2"))
+    assert ("this model trained on" in err) == (held in ("s0", "s2"))
+
+
 def test_a_closed_pipe_ends_info_quietly(monkeypatch, capsys):
     class ClosedPipe:
         def write(self, text):

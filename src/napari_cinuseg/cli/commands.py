@@ -188,10 +188,15 @@ def _print_forgetting(report: dict | None, indent: str = "") -> None:
 
 def cmd_evaluate(args) -> int:
     from ..analysis.evaluation import evaluate  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
+    from ..analysis.held_out import trained_on, trained_on_warning  # noqa: PLC0415 - as the import beside it
     from ..model.file import load_model  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
 
     model = load_model(args.model)
     data = _load_data(args)
+    seen = trained_on(model, [it.name for it in data.items])
+    warning = trained_on_warning(seen, len(data.items))
+    if warning:
+        CONSOLE.warn(warning)
     bar = CONSOLE.bar(len(data.items), "img", "evaluate")
     try:
         dice = evaluate(model, data, args.device or "auto", lambda n, t: bar.update_to(n))
@@ -202,6 +207,7 @@ def cmd_evaluate(args) -> int:
         "model": str(args.model),
         "split": args.split,
         "images": len(data.items),
+        "trained_on": len({n for f in seen for n in f.images}),  # of the images scored, by name
         "dice": {name: v if v == v else None for name, v in dice.items()},  # NaN (no pixel of it): null
         "mean": sum(fg) / len(fg) if fg else None,
     }

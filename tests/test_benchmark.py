@@ -108,6 +108,15 @@ def test_interrupted_benchmark_resumes_without_redoing(small, tiny, tmp_path):
     assert planned == [(0, True), (1, True), (2, False)]
 
 
+def test_a_test_set_that_holds_training_images_is_said_and_recorded(small, tiny, tmp_path):
+    train, _ = small
+    leaky = LabelledSet(train.class_names, train.items[:2])  # two of the training images, scored
+    with pytest.warns(UserWarning, match=r"1-1/base/step0: 2 of the 2 images scored have the names of images this"):
+        drain(run_benchmark(_config((train, leaky), tmp_path, tiny, methods=("finetune",))))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert {e["trained_on"] for e in saved["evaluations"].values()} == {2}
+
+
 def test_cached_models_of_another_configuration_are_refused(small, tiny, tmp_path):
     drain(run_benchmark(_config(small, tmp_path, tiny, methods=("finetune",), steps_only=True)))
     other = _config(small, tmp_path, tiny, methods=("finetune",), steps_only=True)

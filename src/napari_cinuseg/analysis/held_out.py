@@ -32,14 +32,20 @@ def trained_on(model: CiNuSegModel, names: Iterable[str]) -> list[TrainedOn]:
     return out
 
 
-def trained_on_warning(found: list[TrainedOn], scored: int) -> str | None:
-    """One line for a user when a score stands on images the model trained on; None when none."""
+#: what ``cinuseg evaluate`` advises
+EVALUATE_ADVICE = (
+    "score images it has not seen (e.g. --split val with the --val-fraction and --split-seed its training used)"
+)
+
+
+def trained_on_warning(found: list[TrainedOn], scored: int, advice: str = EVALUATE_ADVICE) -> str | None:
+    """One line for a user when a score stands on images the model trained on, ending with
+    ``advice``; None when none."""
     if not found:
         return None
     images = len({n for f in found for n in f.images})
     steps = "; ".join(f"step {f.step} ({f.method}) {len(f.images)}" for f in found)
     return (
         f"{images} of the {scored} images scored have the names of images this model trained on ({steps}), so "
-        "these Dice are not held-out figures; score images it has not seen (e.g. --split val with the "
-        "--val-fraction and --split-seed its training used)"
+        f"these Dice are not held-out figures; {advice}"
     )

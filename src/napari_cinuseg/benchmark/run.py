@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from .. import __version__
 from ..analysis.evaluation import evaluate, score
 from ..analysis.forgetting import confident_share
+from ..analysis.held_out import trained_on, trained_on_warning
 from ..datasets.labelled import LabelledSet, step_pairs
 from ..datasets.protocols import CLASS_ORDERS, make_protocol
 from ..io.atomic import atomic_json
@@ -246,6 +248,11 @@ class _BenchmarkRun:
         ):
             yield StepEvaluated(protocol, method, step, cached["dice"], True)
             return cached["dice"]
+        seen = trained_on(model, [it.name for it in self.cfg.test.items])
+        if seen:  # a split by source never gives this; a separate test set may share image names
+            advice = "a test set must hold other images than --data (other images that only share names are fine)"
+            said = trained_on_warning(seen, len(self.cfg.test.items), advice)
+            warnings.warn(f"{key}: {said}", UserWarning, stacklevel=2)
         # classes not learned yet are ignored on purpose (Fig. 5): no warning for them
         scores = score(model, self.cfg.test, self.settings.device, say_unscored=False)
         dice = scores.dice
@@ -259,6 +266,7 @@ class _BenchmarkRun:
             "classes": model.class_names,
             "confident": confident,
             "per_image": scores.per_image,
+            "trained_on": len({n for f in seen for n in f.images}),  # test images of training images' names
         }
         atomic_json(self.results_path, self.results)
         yield StepEvaluated(protocol, method, step, dice, False)

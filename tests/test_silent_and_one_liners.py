@@ -352,12 +352,12 @@ def test_the_command_line_says_what_is_wrong(tmp_path, rgb, model_file, capsys, 
 
 
 def test_val_fraction_0_trains_on_every_image(tmp_path, rgb, model_file):
-    from napari_cinuseg.cli.commands import _load_data
+    from napari_cinuseg.cli.data import load_data
 
     args = argparse.Namespace(
         dataset="folder", data=str(_folder(tmp_path, rgb)), split="train", val_fraction=0.0, split_seed=0
     )
-    assert len(_load_data(args).items) == 4
+    assert len(load_data(args).items) == 4
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from ..io.pixel_size import resampling_factor
-from ..runtime.names import DATASETS, NUCLEUS_DATASETS
 from ..runtime.setting import CLI, offered
 from ..training.settings import TrainSettings, preset
 from .console import CONSOLE
+from .data import load_data, more_pairs
 from .jobs import BASE_MODEL_ROOM, MAIN_RANK, check_room, claim_model, drain, model_bytes, save_or_rescue
 
 
@@ -42,31 +42,6 @@ def _with_encoder(settings, args: argparse.Namespace):
     return settings
 
 
-def _load_data(args: argparse.Namespace):
-    from ..datasets.labelled import data_dir  # noqa: PLC0415 - as the import beside it
-    from ..datasets.layouts import read_dataset  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
-    from ..datasets.splits import split_by_source  # noqa: PLC0415 - as the import beside it
-
-    data = read_dataset(args.dataset, args.data or data_dir() / args.dataset)
-    return _split(data, args, split_by_source)
-
-
-def _split(data, args: argparse.Namespace, split_by_source):
-    """The part of ``data`` that --split names; --val-fraction 0 holds nothing out (all of it is
-    "train", and "val" is refused rather than given an image that was meant for training)."""
-    if args.split == "all":
-        return data
-    if args.val_fraction == 0:
-        if args.split == "val":
-            raise ValueError(
-                "--val-fraction 0 holds out no image, so --split val has none to use; give a share above 0 "
-                "(e.g. --val-fraction 0.2) or --split all"
-            )
-        return data
-    train, val = split_by_source(data, args.val_fraction, args.split_seed)
-    return train if args.split == "train" else val
-
-
 def _model_out(text: str) -> Path:
     """--out of a new model: a file name. A name that ends in a slash or is a folder means a
     folder to a user, and a file named like that folder would surprise them: refused, with a name inside."""
@@ -91,11 +66,11 @@ def cmd_train_base(args) -> int:
     check_new_model_path(out, None)
     check_room(out, BASE_MODEL_ROOM)
     with claim_model(out):  # a second run with the same --out is refused now, not after training
-        data = _load_data(args)
+        data = load_data(args)
         classes = _names(args.classes) if args.classes else data.class_names
         pairs = step_pairs(data, classes)
         for spec in args.with_data or []:
-            pairs += _more_pairs(spec, classes, args)
+            pairs += more_pairs(spec, classes, args)
         settings = _with_encoder(_settings(args), args)
         model = drain(train_base(pairs, classes, settings, pixel_size=args.pixel_size or data.pixel_size))
         if model is None:
@@ -103,33 +78,6 @@ def cmd_train_base(args) -> int:
         if MAIN_RANK:
             save_or_rescue(model, out)
     return 0
-
-
-def _more_pairs(spec: str, classes: list[str], args: argparse.Namespace) -> list:
-    """The training pairs of one ``--with KIND[=FOLDER]`` of train-base, split as --split says."""
-    from ..datasets.labelled import data_dir  # noqa: PLC0415 - as the import beside it
-    from ..datasets.layouts import read_dataset  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
-    from ..datasets.nucleus_only import mixed_class_pairs, nucleus_pairs  # noqa: PLC0415 - scikit-image loads only once a command runs (+300 ms on `cinuseg --help`)
-    from ..datasets.splits import split_by_source  # noqa: PLC0415 - as the import beside it
-
-    kind, _, folder = spec.partition("=")
-    if kind not in DATASETS + NUCLEUS_DATASETS:
-        raise ValueError(
-            f"--with {spec}: unknown data set {kind!r}; choose one of {', '.join(DATASETS + NUCLEUS_DATASETS)}"
-        )
-    root = Path(folder) if folder else data_dir() / kind
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"--with {spec}: no folder at {root}; "
-            + (f"give the {kind} data's folder as --with {kind}=FOLDER" if folder else f"give --with {kind}=FOLDER")
-        )
-    data = _split(read_dataset(kind, root), args, split_by_source)
-    pairs = nucleus_pairs(data) if kind in NUCLEUS_DATASETS else mixed_class_pairs(data, classes)
-    CONSOLE.say(
-        f"--with {kind}: {len(pairs)} images "
-        f"({'nucleus-only' if kind in NUCLEUS_DATASETS else 'classes'}, split {args.split})"
-    )
-    return pairs
 
 
 def cmd_step(args) -> int:
@@ -144,7 +92,7 @@ def cmd_step(args) -> int:
     check_new_model_path(out, prior)
     check_room(out, model_bytes(prior) + 2**20)  # the prior's weights in fp32, a class more and the record
     with claim_model(out):  # a second run with the same --out is refused now, not after training
-        data = _load_data(args)
+        data = load_data(args)
         new = _names(args.new_classes)
         pairs = step_pairs(data, new)
         px = args.pixel_size or data.pixel_size
@@ -192,7 +140,7 @@ def cmd_evaluate(args) -> int:
     from ..model.file import load_model  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
 
     model = load_model(args.model)
-    data = _load_data(args)
+    data = load_data(args)
     seen = trained_on(model, [it.name for it in data.items])
     warning = trained_on_warning(seen, len(data.items))
     if warning:

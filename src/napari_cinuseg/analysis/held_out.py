@@ -32,6 +32,11 @@ def trained_on(model: CiNuSegModel, names: Iterable[str]) -> list[TrainedOn]:
     return out
 
 
+def trained_images(found: list[TrainedOn]) -> set[str]:
+    """The names of :func:`trained_on`'s images, whichever step trained on them."""
+    return {n for f in found for n in f.images}
+
+
 #: what ``cinuseg evaluate`` advises
 EVALUATE_ADVICE = (
     "score images it has not seen (e.g. --split val with the --val-fraction and --split-seed its training used)"
@@ -43,7 +48,7 @@ def trained_on_warning(found: list[TrainedOn], scored: int, advice: str = EVALUA
     ``advice``; None when none."""
     if not found:
         return None
-    images = len({n for f in found for n in f.images})
+    images = len(trained_images(found))
     steps = "; ".join(f"step {f.step} ({f.method}) {len(f.images)}" for f in found)
     return (
         f"{images} of the {scored} images scored have the names of images this model trained on ({steps}), so "

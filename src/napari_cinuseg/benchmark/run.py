@@ -24,7 +24,7 @@ import torch
 from .. import __version__
 from ..analysis.evaluation import evaluate, score
 from ..analysis.forgetting import confident_share
-from ..analysis.held_out import trained_on, trained_on_warning
+from ..analysis.held_out import trained_images, trained_on, trained_on_warning
 from ..datasets.labelled import LabelledSet, step_pairs
 from ..datasets.protocols import CLASS_ORDERS, make_protocol
 from ..io.atomic import atomic_json
@@ -266,7 +266,7 @@ class _BenchmarkRun:
             "classes": model.class_names,
             "confident": confident,
             "per_image": scores.per_image,
-            "trained_on": len({n for f in seen for n in f.images}),  # test images of training images' names
+            "trained_on": len(trained_images(seen)),  # test images of training images' names
         }
         atomic_json(self.results_path, self.results)
         yield StepEvaluated(protocol, method, step, dice, False)

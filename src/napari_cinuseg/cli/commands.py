@@ -136,7 +136,7 @@ def _print_forgetting(report: dict | None, indent: str = "") -> None:
 
 def cmd_evaluate(args) -> int:
     from ..analysis.evaluation import evaluate  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
-    from ..analysis.held_out import trained_on, trained_on_warning  # noqa: PLC0415 - as the import beside it
+    from ..analysis.held_out import trained_images, trained_on, trained_on_warning  # noqa: PLC0415 - as the import beside it
     from ..model.file import load_model  # noqa: PLC0415 - PyTorch loads only once a command runs: `cinuseg --help` stays fast
 
     model = load_model(args.model)
@@ -155,7 +155,7 @@ def cmd_evaluate(args) -> int:
         "model": str(args.model),
         "split": args.split,
         "images": len(data.items),
-        "trained_on": len({n for f in seen for n in f.images}),  # of the images scored, by name
+        "trained_on": len(trained_images(seen)),  # of the images scored, by name
         "dice": {name: v if v == v else None for name, v in dice.items()},  # NaN (no pixel of it): null
         "mean": sum(fg) / len(fg) if fg else None,
     }

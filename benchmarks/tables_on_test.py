@@ -91,10 +91,12 @@ def _finished(run_: dict, protocols: tuple[str, ...], methods: tuple[str, ...]) 
     return True
 
 
-def _runs(out: Path, dataset: str, seeds: list[int], finished_only: bool) -> tuple[list[int], list, list]:
-    """(seeds, main runs, paper runs) of one data set; ``finished_only``: only the seeds whose
-    two runs have scored every method (a missing or unfinished one is an error otherwise)."""
-    protocols = PROTOCOLS[dataset]
+def _runs(
+    out: Path, dataset: str, protocol: str, seeds: list[int], finished_only: bool
+) -> tuple[list[int], list, list]:
+    """(seeds, main runs, paper runs) of one protocol of a data set; ``finished_only``: only the
+    seeds whose two runs have scored every method of it (a missing or unfinished one is an error
+    otherwise)."""
     kept, mains, papers = [], [], []
     for s in seeds:
         files = [folder(out, dataset, s, paper) / "results.json" for paper in (False, True)]
@@ -104,7 +106,9 @@ def _runs(out: Path, dataset: str, seeds: list[int], finished_only: bool) -> tup
         for run_ in (main_, paper_):
             if (run_["config"].get("split") or {}).get("name") != "test":
                 raise SystemExit(f"a run of {dataset} was not scored on the test split: not a test table")
-        if finished_only and not (_finished(main_, protocols, METHODS) and _finished(paper_, protocols, ("cinuseg",))):
+        if finished_only and not (
+            _finished(main_, (protocol,), METHODS) and _finished(paper_, (protocol,), ("cinuseg",))
+        ):
             continue
         kept.append(s)
         mains.append(main_)
@@ -192,18 +196,20 @@ def report(args) -> dict:
     """Per protocol: the Means over the seeds with their bootstrap intervals, the Dice per class,
     each method's ratio to offline and difference from CiNuSeg's defaults, and what the data can
     tell apart; ``report.json`` and ``report.md`` in ``--out``. ``--finished``: only the seeds
-    whose runs have finished, each data set on its own (an interim report, which says so)."""
+    whose runs have finished, each protocol on its own (an interim report, which says so)."""
     out = Path(args.out)
     result: dict = {"seeds": args.seeds, "resamples": args.resamples, "protocols": {}}
     lines = ["# Test-split tables", ""]
     for dataset, protocols in PROTOCOLS.items():
-        seeds, mains, papers = _runs(out, dataset, args.seeds, args.finished)
-        if not seeds:
-            lines += [f"No seed of {dataset} has finished yet.", ""]
-            continue
-        write_seed_table(across_seeds(mains), out / f"{dataset}-seeds.md")
-        split = mains[0]["config"]["split"]
         for protocol in protocols:
+            seeds, mains, papers = _runs(out, dataset, protocol, args.seeds, args.finished)
+            key = f"{DATASET_NAMES[dataset]} {protocol}"
+            if not seeds:
+                lines += [f"### {key}", "", "No seed has finished yet.", ""]
+                continue
+            if protocol == protocols[-1] and seeds == args.seeds:
+                write_seed_table(across_seeds(mains), out / f"{dataset}-seeds.md")
+            split = mains[0]["config"]["split"]
             counts, dice, images, classes = {}, {}, None, None
             for name, runs, method in [(m, mains, m) for m in METHODS] + [(PAPER_NAME, papers, "cinuseg")]:
                 names, classes, counts[name] = image_counts(runs, protocol, method)
@@ -212,9 +218,8 @@ def report(args) -> dict:
                 images = names
                 dice[name] = _class_dice(runs, protocol, method, classes)
             rows = paired_bootstrap(counts, reference="cinuseg", resamples=args.resamples)
-            key = f"{DATASET_NAMES[dataset]} {protocol}"
             order = " → ".join("+".join(s) for s in mains[0]["config"]["protocols"][protocol])
-            interim = "" if seeds == [0, 1, 2] else f" (interim: {len(seeds)} of the 3 seeds)"
+            interim = "" if seeds == args.seeds else f" (interim: {len(seeds)} of the {len(args.seeds)} seeds)"
             head = [
                 f"Split: test ({len(images)} images of {len(split['sources']['test'])} sources, seed "
                 f"{split['seed']}), which no choice has looked at. Seeds {', '.join(map(str, seeds))}{interim}, each "
@@ -239,7 +244,9 @@ def main(argv: list[str] | None = None):
     ap.add_argument("--dry-run", action="store_true", help="run: print the commands, run nothing")
     ap.add_argument("--resamples", type=int, default=2000, help="report: bootstrap draws of the test images")
     ap.add_argument(
-        "--finished", action="store_true", help="report: only the seeds whose runs have finished (an interim report)"
+        "--finished",
+        action="store_true",
+        help="report: per protocol, only the seeds whose runs have finished it (an interim report)",
     )
     args = ap.parse_args(argv)
     return run(args) if args.what == "run" else report(args)

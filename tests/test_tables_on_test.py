@@ -119,5 +119,7 @@ def test_an_interim_report_tells_which_seeds_it_stands_on_and_what_the_data_tell
     assert "≥ every incremental method: **no**; above it: mib +" in text and "(told apart)" in text
     assert "/ offline = " in text and "below 0.9" in text
     assert "| CiNuSeg (the paper's settings) |" in text
-    with pytest.raises(ValueError, match="no evaluation 1-1/finetune/step2"):  # without --finished: every seed asked for
+    with pytest.raises(
+        ValueError, match="no evaluation 1-1/finetune/step2"
+    ):  # without --finished: every seed asked for
         script.main(["report", "--out", str(tmp_path), "--seeds", "0,1", "--resamples", "50"])
